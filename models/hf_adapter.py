@@ -1,0 +1,163 @@
+"""The native transformers path: ``AutoModelForImageTextToText`` + ``AutoProcessor``.
+
+Works for every model family whose processor takes images and videos through
+its chat template (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, LLaVA-OneVision, SmolVLM,
+InternVL, MiniCPM-V 4.6). The built-in tiny model is a Qwen2-VL and runs here.
+"""
+
+import logging
+import time
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import transformers
+
+from models.base import (
+    ChatMessage,
+    GenerationRequest,
+    GenerationResult,
+    ImagePart,
+    ModelAdapter,
+    TextPart,
+    VideoPart,
+)
+
+logger = logging.getLogger(__name__)
+# Progress bars in a server's logs are noise: one line per load says what happened.
+transformers.utils.logging.disable_progress_bar()
+
+DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
+_TORCH_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+class ModelNotLoadedError(RuntimeError):
+    """``generate`` was called before ``load`` (or after ``unload``)."""
+
+
+class InvalidModelInputError(ValueError):
+    """The processor refused the request's inputs (an image too thin to patch, say)."""
+
+
+class HuggingFaceVisionLanguageAdapter(ModelAdapter):
+    """Loads a local checkpoint folder and answers chat requests with it."""
+
+    def __init__(self, model_path: str, *, device: str = "cpu", dtype: DTypeName = "auto") -> None:
+        self._model_path = model_path
+        self._device = device
+        self._dtype_name = dtype
+        self._model: transformers.PreTrainedModel | None = None
+        self._processor: transformers.ProcessorMixin | None = None
+        self._load_seconds: float | None = None
+
+    def load(self) -> None:
+        started = time.perf_counter()
+        torch_dtype = "auto" if self._dtype_name == "auto" else _TORCH_DTYPES[self._dtype_name]
+        self._processor = transformers.AutoProcessor.from_pretrained(self._model_path)
+        model = transformers.AutoModelForImageTextToText.from_pretrained(self._model_path, dtype=torch_dtype)
+        self._model = model.to(self._device).eval()
+        self._load_seconds = time.perf_counter() - started
+        logger.info(
+            "Loaded %s (%s) on %s as %s in %.2f s",
+            self._model_path,
+            self._model.config.model_type,
+            self._device,
+            self._model.dtype,
+            self._load_seconds,
+        )
+
+    def unload(self) -> None:
+        self._model = None
+        self._processor = None
+
+    def describe(self) -> dict[str, Any]:
+        description: dict[str, Any] = {
+            "model_path": self._model_path,
+            "device": self._device,
+            "loaded": self._model is not None,
+        }
+        if self._model is not None:
+            description.update(
+                model_type=self._model.config.model_type,
+                dtype=str(self._model.dtype).removeprefix("torch."),
+                parameters=sum(p.numel() for p in self._model.parameters()),
+                load_seconds=self._load_seconds,
+            )
+        return description
+
+    @torch.inference_mode()
+    def generate(self, request: GenerationRequest) -> GenerationResult:
+        if self._model is None or self._processor is None:
+            raise ModelNotLoadedError(f"Model {self._model_path} is not loaded; call load() first")
+        chat, images, videos = _to_transformers_chat(request.messages)
+        prompt = self._processor.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+        processor_kwargs: dict[str, Any] = {"text": [prompt], "return_tensors": "pt"}
+        if images:
+            processor_kwargs["images"] = images
+        if videos:
+            processor_kwargs["videos"] = videos
+        try:
+            inputs = self._processor(**processor_kwargs).to(self._device)
+        except ValueError as error:
+            raise InvalidModelInputError(str(error)) from error
+        prompt_tokens = int(inputs["input_ids"].shape[1])
+
+        sampling = request.temperature > 0
+        generation_kwargs: dict[str, Any] = {
+            "max_new_tokens": request.max_new_tokens,
+            "do_sample": sampling,
+        }
+        if sampling:
+            generation_kwargs["temperature"] = request.temperature
+            if request.seed is not None:
+                torch.manual_seed(request.seed)
+        else:
+            # The checkpoint's generation_config may carry sampling defaults; greedy ignores them.
+            generation_kwargs.update(temperature=None, top_p=None, top_k=None)
+        output_ids = self._model.generate(**inputs, **generation_kwargs)
+        new_ids = output_ids[0, prompt_tokens:]
+        completion_tokens = int(new_ids.shape[0])
+        eos_ids = _eos_token_ids(self._model.generation_config)
+        finish_reason = "stop" if completion_tokens and int(new_ids[-1]) in eos_ids else "length"
+        text = self._processor.decode(new_ids, skip_special_tokens=True)
+        return GenerationResult(
+            text=text,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            finish_reason=finish_reason,
+        )
+
+
+def _to_transformers_chat(
+    messages: tuple[ChatMessage, ...],
+) -> tuple[list[dict[str, Any]], list[np.ndarray], list[np.ndarray]]:
+    """Our messages -> the chat-template form, with media pulled out in order."""
+    chat: list[dict[str, Any]] = []
+    images: list[np.ndarray] = []
+    videos: list[np.ndarray] = []
+    for message in messages:
+        content: list[dict[str, Any]] = []
+        for part in message.content:
+            if isinstance(part, TextPart):
+                content.append({"type": "text", "text": part.text})
+            elif isinstance(part, ImagePart):
+                content.append({"type": "image"})
+                images.append(part.pixels)
+            elif isinstance(part, VideoPart):
+                content.append({"type": "video"})
+                videos.append(part.frames)
+            else:
+                raise TypeError(f"Unknown content part {type(part).__name__}")
+        chat.append({"role": message.role, "content": content})
+    return chat, images, videos
+
+
+def _eos_token_ids(generation_config: transformers.GenerationConfig) -> set[int]:
+    eos = generation_config.eos_token_id
+    if eos is None:
+        return set()
+    return {int(eos)} if isinstance(eos, int) else {int(token) for token in eos}

@@ -1,0 +1,50 @@
+"""Shared test set-up: a test-owned folder for every file the tests write.
+
+Environment variables are set here, at import, so that the Ray processes the
+integration tests start inherit them.
+"""
+
+import os
+import pathlib
+import shutil
+import sys
+import tempfile
+
+import pytest
+
+# A short path under /tmp: Ray's unix socket paths must stay under ~107 bytes.
+TEST_ROOT = pathlib.Path(tempfile.mkdtemp(prefix="vd-tests-"))
+os.environ["VIDEO_DETECTIVE_CACHE"] = str(TEST_ROOT / "cache")
+os.environ["RAY_AUTH_MODE"] = "disabled"
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Test helpers (media_factory, polling) import as plain modules.
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(TEST_ROOT, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def test_root() -> pathlib.Path:
+    return TEST_ROOT
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path() -> pathlib.Path:
+    from models.tiny import ensure_tiny_model
+
+    return ensure_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter(tiny_model_path):
+    from models.hf_adapter import HuggingFaceVisionLanguageAdapter
+
+    adapter = HuggingFaceVisionLanguageAdapter(str(tiny_model_path), device="cpu", dtype="float32")
+    adapter.load()
+    yield adapter
+    adapter.unload()
