@@ -14,9 +14,12 @@ VIDEO_KINDS = {
 }
 
 
-def image_bytes(image_format: str, *, width: int = 64, height: int = 48, seed: int = 0) -> bytes:
-    """A random RGB image encoded as PNG, JPEG or WEBP."""
-    pixels = np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+def image_bytes(image_format: str, *, width: int = 64, height: int = 48, seed: int = 0, noise: bool = True) -> bytes:
+    """A random (or, with ``noise=False``, flat grey and tiny once compressed) RGB image as PNG, JPEG or WEBP."""
+    if noise:
+        pixels = np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    else:
+        pixels = np.full((height, width, 3), 128, dtype=np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format=image_format)
     return buffer.getvalue()

@@ -1,0 +1,70 @@
+"""One real Ray instance for the test session, with a fake GPU, and the app on real HTTP.
+
+``ray.init(address="local")`` always starts a new instance owned by this
+process, so shutting it down stops only what the tests started. Ray's temp
+dir lives inside the test-owned folder.
+"""
+
+import socket
+
+import httpx
+import pytest
+import ray
+from ray import serve
+
+from polling import wait_for_condition
+
+APP_NAME = "video-detective"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_instance(test_root, tiny_model_path):
+    # tiny_model_path: build the model once here, not in racing replicas.
+    ray.init(
+        address="local",
+        num_cpus=4,
+        num_gpus=1,  # logical: GPU-group replicas get scheduled and find no CUDA
+        include_dashboard=False,
+        _temp_dir=str(test_root / "ray"),
+        log_to_driver=False,
+    )
+    yield
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def http_port(ray_instance) -> int:
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    return port
+
+
+def deploy(args: dict, port: int) -> str:
+    """Deploy the app with these args; return its base URL once /healthz answers."""
+    from deployments.app import build_app
+
+    serve.run(build_app(args), name=APP_NAME, route_prefix="/")
+    base_url = f"http://127.0.0.1:{port}"
+    wait_for_condition(lambda: httpx.get(f"{base_url}/healthz", timeout=5).status_code == 200, timeout_s=120)
+    return base_url
+
+
+TEST_APP_ARGS = {
+    "limits": {"video_frames": 4, "max_request_bytes": 2 * 1024 * 1024, "max_image_pixels": 1_000_000},
+    "model_replica": {"num_cpus": 1},
+    "ingress": {"num_cpus": 0.5},
+}
+
+
+@pytest.fixture(scope="session")
+def base_url(http_port) -> str:
+    url = deploy(TEST_APP_ARGS, http_port)
+    yield url
+    serve.delete(APP_NAME)

@@ -1,0 +1,69 @@
+import pathlib
+
+import pytest
+import yaml
+
+from deployments.config import AppConfig, ConfigError, load_app_config
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_empty_args_give_the_defaults():
+    config = load_app_config({})
+
+    assert config == AppConfig()
+    assert config.model.model_id == "tiny-qwen2-vl"
+    assert config.ingress.access_log is False
+
+
+def test_serve_config_yaml_args_validate():
+    serve_config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+    (application,) = serve_config["applications"]
+
+    config = load_app_config(application["args"])
+
+    assert application["import_path"] == "deployments.app:build_app"
+    assert config.model.source == "tiny"
+    assert serve_config["http_options"] == {"host": "127.0.0.1", "port": 8000}
+
+
+def test_an_unknown_key_is_named():
+    with pytest.raises(ConfigError, match=r"limits\.max_frame: unknown key"):
+        load_app_config({"limits": {"max_frame": 3}})
+
+
+def test_a_bad_value_is_named_with_what_was_given():
+    with pytest.raises(ConfigError, match=r"limits\.video_frames: Input should be greater than 0 \(got 0\)"):
+        load_app_config({"limits": {"video_frames": 0}})
+
+
+def test_every_problem_is_listed_at_once():
+    with pytest.raises(ConfigError) as raised:
+        load_app_config({"model": {"dtype": "int3"}, "ingress": {"num_replicas": 0}, "typo": 1})
+
+    message = str(raised.value)
+    assert "model.dtype" in message
+    assert "ingress.num_replicas" in message
+    assert "typo: unknown key" in message
+
+
+def test_default_tokens_above_the_limit_are_refused_with_both_numbers():
+    with pytest.raises(ConfigError, match=r"default_max_tokens \(600\) must be less than or equal to limits.max_tokens \(512\)"):
+        load_app_config({"limits": {"default_max_tokens": 600}})
+
+
+def test_a_model_folder_that_does_not_exist_is_refused(tmp_path):
+    missing = tmp_path / "no-such-model"
+
+    with pytest.raises(ConfigError, match="neither 'tiny' nor an existing checkpoint folder"):
+        load_app_config({"model": {"source": str(missing)}})
+
+
+def test_a_checkpoint_folder_names_the_model(tmp_path):
+    folder = tmp_path / "Qwen2.5-VL-7B-Instruct"
+    folder.mkdir()
+
+    config = load_app_config({"model": {"source": str(folder)}})
+
+    assert config.model.model_id == "Qwen2.5-VL-7B-Instruct"
+    assert load_app_config({"model": {"source": str(folder), "served_name": "qwen"}}).model.model_id == "qwen"
