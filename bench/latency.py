@@ -59,7 +59,7 @@ class BareReplica:
         import torch
 
         torch.set_num_threads(int(REPLICA_NUM_CPUS))
-        self._adapter = HuggingFaceVisionLanguageAdapter(model_path, dtype="float32")
+        self._adapter = HuggingFaceVisionLanguageAdapter(model_path)
         self._adapter.load()
 
     def generate(self, request: GenerationRequest):
@@ -128,7 +128,7 @@ def main() -> int:
         # (a) in-process, through the same request translation the ingress uses.
         config = load_app_config(_app_args(access_log=False))
         generation_request = to_generation_request(ChatCompletionRequest.model_validate(body), config)
-        adapter = HuggingFaceVisionLanguageAdapter(model_path, dtype="float32")
+        adapter = HuggingFaceVisionLanguageAdapter(model_path)
         adapter.load()
         import torch
 

@@ -13,6 +13,7 @@ from ray.serve import Application
 from deployments.config import AppConfig, load_app_config
 from deployments.ingress import Ingress
 from deployments.model_replica import ModelReplica
+from memory.allocator import allocator_env
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +35,14 @@ def build_app_from_config(config: AppConfig) -> Application:
         ray_actor_options={
             "num_cpus": replica.num_cpus,
             "num_gpus": 0,
-            # Ray no longer hides the GPU from num_gpus=0 replicas; this group must never touch it.
-            "runtime_env": {"env_vars": {"CUDA_VISIBLE_DEVICES": ""}},
+            "runtime_env": {
+                "env_vars": {
+                    # Ray no longer hides the GPU from num_gpus=0 replicas; this group must never touch it.
+                    "CUDA_VISIBLE_DEVICES": "",
+                    # Allocator settings must precede torch's CUDA start; the replica reads them back.
+                    **allocator_env(config.memory.allocator),
+                }
+            },
         },
         logging_config={"enable_access_log": config.ingress.access_log},
     ).bind(config, CPU_GROUP)

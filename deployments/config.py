@@ -5,10 +5,13 @@ built, with the key's path and what to change, not later at request time.
 """
 
 import pathlib
-from typing import Any, Literal
+from typing import Any
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from memory.allocator import DEFAULT_ALLOCATOR_SETTINGS, AllocatorConfigError, validate_allocator_settings
+from memory.strategy import DEFAULT_CPU_CHAIN, StrategyError, parse_chain
 
 _MIB = 1024**2
 
@@ -27,11 +30,6 @@ class ModelSettings(_Strict):
         min_length=1,
         description="The id clients send as 'model'; defaults to 'tiny-qwen2-vl' or the checkpoint folder's name.",
     )
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        default="float32",
-        description="Weights dtype on the replica; 'auto' follows the checkpoint.",
-    )
-
     @model_validator(mode="after")
     def _source_exists(self) -> "ModelSettings":
         if self.source != "tiny" and not pathlib.Path(self.source).is_dir():
@@ -84,6 +82,41 @@ class ReplicaSettings(_Strict):
     num_replicas: int = Field(default=1, ge=1)
     num_cpus: float = Field(default=1.0, gt=0, description="Ray CPUs per replica; also torch's thread count.")
     max_ongoing_requests: int = Field(default=4, ge=1)
+    chain: tuple[str, ...] = Field(
+        default=DEFAULT_CPU_CHAIN,
+        description="Loading strategies tried in order: fp32, bf16, fp16, int8, nf4.",
+    )
+    memory_bytes: int = Field(
+        default=8 * 1024**3,
+        gt=0,
+        description="Host memory this replica may use for weights and activations (capped by what is available).",
+    )
+    oom_retries: int = Field(default=1, ge=0, le=5, description="Retries of a strategy that ran out of memory.")
+
+    @field_validator("chain")
+    @classmethod
+    def _known_strategies(cls, chain: tuple[str, ...]) -> tuple[str, ...]:
+        try:
+            parse_chain(chain, "cpu")
+        except StrategyError as error:
+            raise ValueError(str(error)) from error
+        return chain
+
+
+class MemorySettings(_Strict):
+    allocator: dict[str, Any] = Field(
+        default_factory=lambda: dict(DEFAULT_ALLOCATOR_SETTINGS),
+        description="CUDA caching-allocator settings (PYTORCH_ALLOC_CONF keys), set before CUDA starts.",
+    )
+
+    @field_validator("allocator")
+    @classmethod
+    def _known_allocator_keys(cls, allocator: dict[str, Any]) -> dict[str, Any]:
+        try:
+            validate_allocator_settings(allocator)
+        except AllocatorConfigError as error:
+            raise ValueError(str(error)) from error
+        return allocator
 
 
 class IngressSettings(_Strict):
@@ -101,6 +134,7 @@ class AppConfig(_Strict):
     limits: LimitsSettings = LimitsSettings()
     generation: GenerationSettings = GenerationSettings()
     model_replica: ReplicaSettings = ReplicaSettings()
+    memory: MemorySettings = MemorySettings()
     ingress: IngressSettings = IngressSettings()
 
 
@@ -119,5 +153,6 @@ def load_app_config(args: dict[str, Any] | None) -> AppConfig:
             if item["type"] == "extra_forbidden":
                 problems.append(f"{location}: unknown key; check the spelling against the README's config table")
             else:
-                problems.append(f"{location}: {item['msg']} (got {item.get('input')!r})")
+                message = item["msg"].removeprefix("Value error, ")
+                problems.append(f"{location}: {message} (got {item.get('input')!r})")
         raise ConfigError("Invalid application args in serve_config.yaml:\n  " + "\n  ".join(problems)) from error

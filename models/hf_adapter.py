@@ -7,12 +7,13 @@ InternVL, MiniCPM-V 4.6). The built-in tiny model is a Qwen2-VL and runs here.
 
 import logging
 import time
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 import transformers
 
+from memory.strategy import LoadStrategy
 from models.base import (
     ChatMessage,
     GenerationRequest,
@@ -27,12 +28,16 @@ logger = logging.getLogger(__name__)
 # Progress bars in a server's logs are noise: one line per load says what happened.
 transformers.utils.logging.disable_progress_bar()
 
-DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
-_TORCH_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
+
+class _DropInt8CastNotice(logging.Filter):
+    """LLM.int8 computes in fp16 whatever the model dtype, and bitsandbytes logs so on every matmul."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("MatMul8bitLt: inputs will be cast")
+
+
+logging.getLogger("bitsandbytes.autograd._functions").addFilter(_DropInt8CastNotice())
+
 
 
 class ModelNotLoadedError(RuntimeError):
@@ -44,29 +49,37 @@ class InvalidModelInputError(ValueError):
 
 
 class HuggingFaceVisionLanguageAdapter(ModelAdapter):
-    """Loads a local checkpoint folder and answers chat requests with it."""
+    """Loads a local checkpoint folder with one :class:`LoadStrategy` and answers chat requests with it."""
 
-    def __init__(self, model_path: str, *, device: str = "cpu", dtype: DTypeName = "auto") -> None:
+    def __init__(self, model_path: str, *, strategy: LoadStrategy = LoadStrategy(device="cpu", dtype="float32")) -> None:
         self._model_path = model_path
-        self._device = device
-        self._dtype_name = dtype
+        self._strategy = strategy
         self._model: transformers.PreTrainedModel | None = None
         self._processor: transformers.ProcessorMixin | None = None
         self._load_seconds: float | None = None
 
+    @property
+    def model(self) -> transformers.PreTrainedModel | None:
+        return self._model
+
+    @property
+    def strategy(self) -> LoadStrategy:
+        return self._strategy
+
     def load(self) -> None:
         started = time.perf_counter()
-        torch_dtype = "auto" if self._dtype_name == "auto" else _TORCH_DTYPES[self._dtype_name]
         self._processor = transformers.AutoProcessor.from_pretrained(self._model_path)
-        model = transformers.AutoModelForImageTextToText.from_pretrained(self._model_path, dtype=torch_dtype)
-        self._model = model.to(self._device).eval()
+        model = transformers.AutoModelForImageTextToText.from_pretrained(
+            self._model_path, **self._strategy.from_pretrained_kwargs()
+        )
+        self._model = model.eval()
         self._load_seconds = time.perf_counter() - started
         logger.info(
             "Loaded %s (%s) on %s as %s in %.2f s",
             self._model_path,
             self._model.config.model_type,
-            self._device,
-            self._model.dtype,
+            self._strategy.device,
+            self._strategy.name,
             self._load_seconds,
         )
 
@@ -77,7 +90,8 @@ class HuggingFaceVisionLanguageAdapter(ModelAdapter):
     def describe(self) -> dict[str, Any]:
         description: dict[str, Any] = {
             "model_path": self._model_path,
-            "device": self._device,
+            "device": self._strategy.device,
+            "precision": self._strategy.name,
             "loaded": self._model is not None,
         }
         if self._model is not None:
@@ -101,7 +115,7 @@ class HuggingFaceVisionLanguageAdapter(ModelAdapter):
         if videos:
             processor_kwargs["videos"] = videos
         try:
-            inputs = self._processor(**processor_kwargs).to(self._device)
+            inputs = self._processor(**processor_kwargs).to(self._model.device)
         except ValueError as error:
             raise InvalidModelInputError(str(error)) from error
         prompt_tokens = int(inputs["input_ids"].shape[1])

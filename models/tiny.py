@@ -1,7 +1,7 @@
 """The built-in tiny vision-language model: a random-weight Qwen2-VL built offline.
 
 It exists so that everything from HTTP to ``generate`` runs for real on a
-machine that can download nothing. It is small (a few hundred KB), built in
+machine that can download nothing. It is small (about 700 KB, bf16), built in
 seconds, and deterministic: the same files with the same bytes every time. Its
 answers mean nothing; the loading and generation code it runs is exactly the
 code a real Qwen2-VL / Qwen2.5-VL checkpoint runs.
@@ -25,7 +25,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 logger = logging.getLogger(__name__)
 
 # Bump when anything below changes what is written; old builds are left alone.
-TINY_MODEL_VERSION = "1"
+TINY_MODEL_VERSION = "3"
 TINY_MODEL_NAME = "tiny-qwen2-vl"
 CACHE_DIR_ENV = "VIDEO_DETECTIVE_CACHE"
 
@@ -106,6 +106,10 @@ def ensure_tiny_model(cache_dir: pathlib.Path | None = None) -> pathlib.Path:
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         build_tiny_model(staging)
+        # mkdtemp makes the folder private; replicas running as other users must read it.
+        staging.chmod(0o755)
+        for path in staging.iterdir():
+            path.chmod(0o644)
         try:
             os.rename(staging, target)
         except OSError:
@@ -123,6 +127,7 @@ def ensure_tiny_model(cache_dir: pathlib.Path | None = None) -> pathlib.Path:
 def build_tiny_model(output_dir: pathlib.Path) -> None:
     """Write the tiny model (weights, config, tokenizer, processor) into ``output_dir``."""
     output_dir.mkdir(parents=True, exist_ok=True)
+    transformers.utils.logging.disable_progress_bar()
     tokenizer = _build_tokenizer()
     processor = transformers.Qwen2VLProcessor(
         image_processor=transformers.Qwen2VLImageProcessor(
@@ -140,7 +145,8 @@ def build_tiny_model(output_dir: pathlib.Path) -> None:
     config = _build_config(tokenizer)
     with _seeded_cpu_rng(_SEED):
         model = transformers.Qwen2VLForConditionalGeneration(config)
-    model.eval()
+    # Stored in bf16, as real Qwen2-VL checkpoints are; loaders pick their own dtype.
+    model.to(torch.bfloat16).eval()
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
 
@@ -202,9 +208,11 @@ def _build_config(tokenizer: transformers.PreTrainedTokenizerFast) -> transforme
             "pad_token_id": token_id("<|endoftext|>"),
             "tie_word_embeddings": True,
         },
+        # Every Linear's in_features is a multiple of 64: bitsandbytes' nf4 CPU kernels
+        # repack weights in blocks of 64 and fail on narrower layers.
         vision_config={
             "depth": 2,
-            "embed_dim": 32,
+            "embed_dim": 64,
             "hidden_size": hidden_size,
             "num_heads": 4,
             "mlp_ratio": 2,
@@ -239,3 +247,10 @@ class _seeded_cpu_rng:
     def __exit__(self, *exc_info: object) -> None:
         torch.random.set_rng_state(self._saved_state)
         _GLOBAL_RNG_LOCK.release()
+
+
+if __name__ == "__main__":
+    # `python -m models.tiny` builds the tiny model if needed and prints its folder.
+    import sys
+
+    sys.stdout.write(f"{ensure_tiny_model()}\n")

@@ -44,7 +44,7 @@ def tiny_model_path() -> pathlib.Path:
 def tiny_adapter(tiny_model_path):
     from models.hf_adapter import HuggingFaceVisionLanguageAdapter
 
-    adapter = HuggingFaceVisionLanguageAdapter(str(tiny_model_path), device="cpu", dtype="float32")
+    adapter = HuggingFaceVisionLanguageAdapter(str(tiny_model_path))
     adapter.load()
     yield adapter
     adapter.unload()

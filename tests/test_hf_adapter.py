@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import transformers
 
+from memory.strategy import parse_strategy
 from models.base import ChatMessage, GenerationRequest, ImagePart, TextPart, VideoPart
 from models.hf_adapter import HuggingFaceVisionLanguageAdapter, InvalidModelInputError, ModelNotLoadedError
 
@@ -107,15 +108,19 @@ def test_describe_reports_what_is_loaded(tiny_adapter):
     assert description["loaded"] is True
     assert description["model_type"] == "qwen2_vl"
     assert description["dtype"] == "float32"
+    assert description["precision"] == "fp32"
     assert 100_000 < description["parameters"] < 1_000_000
 
 
-def test_bfloat16_load(tiny_model_path):
-    adapter = HuggingFaceVisionLanguageAdapter(str(tiny_model_path), dtype="bfloat16")
+@pytest.mark.parametrize(("strategy", "dtype"), [("bf16", "bfloat16"), ("int8", "bfloat16"), ("nf4", "bfloat16")])
+def test_every_cpu_strategy_loads_and_generates_with_media(tiny_model_path, strategy, dtype):
+    adapter = HuggingFaceVisionLanguageAdapter(str(tiny_model_path), strategy=parse_strategy(strategy, "cpu"))
     adapter.load()
 
-    assert adapter.describe()["dtype"] == "bfloat16"
-    assert adapter.generate(_request(TextPart(QUESTION), max_new_tokens=2)).completion_tokens >= 1
+    description = adapter.describe()
+    assert (description["precision"], description["dtype"]) == (strategy, dtype)
+    result = adapter.generate(_request(ImagePart(_image()), VideoPart(_video()), TextPart(QUESTION), max_new_tokens=2))
+    assert result.completion_tokens >= 1
 
 
 def test_generate_before_load_names_the_fix(tiny_model_path):

@@ -70,7 +70,7 @@ def test_text_chat_over_httpx(http):
     assert response.status_code == 200, response.text
     _assert_completion_shape(response.json(), max_tokens=4)
     assert response.headers["x-served-by-group"] == "cpu"
-    assert response.headers["x-served-by-precision"] == "float32"
+    assert response.headers["x-served-by-precision"] == "fp32"
     assert response.headers["x-served-by-replica"]
     assert response.headers["x-request-id"]
 
@@ -245,3 +245,23 @@ def test_concurrent_good_and_bad_requests_leave_every_good_one_answered(base_url
 
     assert {index: status for index, status in results.items() if index % 2 == 0} == {i: 200 for i in range(0, 20, 2)}
     assert {index: status for index, status in results.items() if index % 2 == 1} == {i: 400 for i in range(1, 20, 2)}
+
+
+def test_the_replica_loaded_through_the_chain_and_reports_memory(base_url):
+    from ray import serve
+
+    from integration.conftest import APP_NAME
+
+    description = serve.get_deployment_handle("cpu_group", APP_NAME).describe.remote().result(timeout_s=60)
+
+    report = description["load_report"]
+    assert report["precision"] == description["precision"] == "fp32"
+    (attempt,) = report["attempts"]
+    assert attempt["outcome"] == "loaded"
+    assert attempt["measured_bytes"] == attempt["estimate_bytes"] > 0
+    assert attempt["budget_bytes"] > attempt["estimate_bytes"]
+    assert description["memory"]["process_rss_bytes"] > 0
+    assert description["memory"]["gpus"] == []  # CUDA_VISIBLE_DEVICES="" for the CPU group
+    # Set through the replica's runtime_env before torch started, and read back inside it.
+    assert description["allocator"]["requested"] == {"expandable_segments": "True"}
+    assert description["allocator"]["matches"] is True

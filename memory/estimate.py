@@ -1,0 +1,271 @@
+"""Estimate a model's bytes per precision from its config alone, before loading it.
+
+The model is built on the meta device (shapes, no storage, no weights read),
+then every parameter and buffer is priced at the precision a strategy would
+load it in. Quantization is priced the way transformers and bitsandbytes
+actually store it:
+
+* only plain ``nn.Linear`` (and GPT-2 ``Conv1D``) layers are quantized, the
+  vision tower's included; embeddings, norms, convolutions, ``lm_head``, tied
+  weights and the model's ``_keep_in_fp32_modules`` stay unquantized, at the
+  load dtype (transformers' own ``get_modules_to_not_convert`` decides, so the
+  estimate follows the same rules as the loader);
+* int8 (LLM.int8): 1 byte a weight, plus one fp32 scale per output row (``SCB``);
+* nf4: half a byte a weight, plus one fp32 ``absmax`` per 64 weights and a
+  16-entry fp32 code table per layer (``get_memory_footprint`` misses these);
+* biases of quantized layers stay at the load dtype.
+
+:func:`measure_model_bytes` counts the same things on a loaded model, so the
+two can be compared (``bench/estimate_accuracy.py``).
+
+The activation reserve is priced from the request limits: the visual tokens
+the largest allowed request produces, their vision-tower activations, and the
+KV cache for prompt plus output tokens.
+"""
+
+import dataclasses
+import json
+import logging
+import math
+import pathlib
+from typing import Any, Literal
+
+import torch
+import transformers
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+Quantization = Literal["none", "int8", "nf4"]
+
+NF4_BLOCK_SIZE = 64
+NF4_CODE_ENTRIES = 16
+FP32_BYTES = 4
+
+# What a CUDA context costs before any tensor: driver, runtime, cuBLAS/cuDNN
+# workspaces. Measured figures run 300-600 MiB on Hopper with torch 2.x; this is
+# the planning default, overridable where a replica measures its own.
+DEFAULT_CUDA_CONTEXT_BYTES = 512 * 1024**2
+
+
+class ModelConfigError(ValueError):
+    """The model path or its config cannot be used; the message names it and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightEstimate:
+    """Bytes one precision would take for a model's parameters, buffers and quantization state."""
+
+    dtype: str
+    quantization: Quantization
+    total_bytes: int
+    parameter_bytes: int
+    buffer_bytes: int
+    quantization_state_bytes: int
+    quantized_parameters: int
+    unquantized_parameters: int
+
+    @property
+    def precision(self) -> str:
+        return precision_name(self.dtype, self.quantization)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "precision": self.precision}
+
+
+def precision_name(dtype: str, quantization: Quantization) -> str:
+    """``('bfloat16', 'none') -> 'bf16'``; ``('bfloat16', 'nf4') -> 'nf4'``."""
+    if quantization != "none":
+        return quantization
+    return {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[dtype]
+
+
+def load_model_config(model_path: str | pathlib.Path) -> transformers.PretrainedConfig:
+    """Read ``config.json`` from a local folder, with errors that say what to change."""
+    path = pathlib.Path(model_path)
+    if not path.exists():
+        raise ModelConfigError(f"Model path {str(path)!r} does not exist; point model.source at a local checkpoint folder")
+    config_file = path / "config.json" if path.is_dir() else path
+    if not config_file.is_file():
+        raise ModelConfigError(f"{str(path)!r} has no config.json; a Hugging Face checkpoint folder holds one")
+    try:
+        raw = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ModelConfigError(f"{str(config_file)!r} is not valid JSON: {error}") from error
+    if not isinstance(raw, dict) or "model_type" not in raw:
+        raise ModelConfigError(
+            f"{str(config_file)!r} is not a model config (no 'model_type'); is this the right folder?"
+        )
+    try:
+        return transformers.AutoConfig.from_pretrained(path if path.is_dir() else path.parent)
+    except (ValueError, KeyError) as error:
+        raise ModelConfigError(f"transformers cannot read the config in {str(path)!r}: {error}") from error
+
+
+def build_meta_model(config: transformers.PretrainedConfig, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """The model's modules with shapes and dtypes but no storage: nothing is allocated or read."""
+    for auto_class in (transformers.AutoModelForImageTextToText, transformers.AutoModelForCausalLM):
+        try:
+            with torch.device("meta"):
+                return auto_class.from_config(config, dtype=dtype)
+        except ValueError:
+            continue
+    raise ModelConfigError(
+        f"model_type {config.model_type!r} is neither an image-text-to-text nor a causal LM model in transformers "
+        f"{transformers.__version__}"
+    )
+
+
+def unquantized_module_names(model: nn.Module, skip_modules: tuple[str, ...] = ()) -> list[str]:
+    """The module name patterns bitsandbytes leaves alone, as transformers computes them."""
+    from transformers.quantizers.base import HfQuantizer
+
+    return HfQuantizer.get_modules_to_not_convert(
+        model, list(skip_modules) or None, getattr(model, "_keep_in_fp32_modules", None), add_default_skips=True
+    )
+
+
+def estimate_weights(
+    meta_model: nn.Module,
+    dtype: torch.dtype,
+    quantization: Quantization = "none",
+    skip_modules: tuple[str, ...] = (),
+) -> WeightEstimate:
+    """Price every parameter and buffer of a meta-device model at one precision.
+
+    ``meta_model`` must be built with the same ``dtype`` the load will use, so
+    buffers and ``_keep_in_fp32_modules`` carry the dtypes the load gives them.
+    """
+    from transformers.pytorch_utils import Conv1D
+    from transformers.quantizers.quantizers_utils import should_convert_module
+
+    not_converted = unquantized_module_names(meta_model, skip_modules) if quantization != "none" else []
+    quantized_weights: set[int] = set()
+    parameter_bytes = 0
+    state_bytes = 0
+    quantized_count = 0
+    if quantization != "none":
+        for name, module in meta_model.named_modules():
+            if not (type(module) is nn.Linear or isinstance(module, Conv1D)):
+                continue
+            if not should_convert_module(name, not_converted):
+                continue
+            weight = module.weight
+            quantized_weights.add(id(weight))
+            numel = weight.numel()
+            out_features = weight.shape[1] if isinstance(module, Conv1D) else weight.shape[0]
+            quantized_count += numel
+            if quantization == "int8":
+                parameter_bytes += numel
+                state_bytes += out_features * FP32_BYTES
+            else:
+                parameter_bytes += math.ceil(numel / 2)
+                state_bytes += math.ceil(numel / NF4_BLOCK_SIZE) * FP32_BYTES + NF4_CODE_ENTRIES * FP32_BYTES
+    unquantized_count = 0
+    for parameter in _unique_tensors(meta_model.parameters()):
+        if id(parameter) in quantized_weights:
+            continue
+        unquantized_count += parameter.numel()
+        parameter_bytes += parameter.numel() * parameter.element_size()
+    buffer_bytes = sum(buffer.numel() * buffer.element_size() for buffer in _unique_tensors(meta_model.buffers()))
+    return WeightEstimate(
+        dtype=str(dtype).removeprefix("torch."),
+        quantization=quantization,
+        total_bytes=parameter_bytes + buffer_bytes + state_bytes,
+        parameter_bytes=parameter_bytes,
+        buffer_bytes=buffer_bytes,
+        quantization_state_bytes=state_bytes,
+        quantized_parameters=quantized_count,
+        unquantized_parameters=unquantized_count,
+    )
+
+
+def measure_model_bytes(model: nn.Module) -> int:
+    """Bytes a loaded model holds: parameters, buffers and bitsandbytes' side tensors, each once."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+
+    def count(tensor: torch.Tensor | None) -> None:
+        nonlocal total
+        if tensor is None or not isinstance(tensor, torch.Tensor) or tensor.device.type == "meta":
+            return
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        if key in seen:
+            return
+        seen.add(key)
+        total += tensor.numel() * tensor.element_size()
+
+    for parameter in model.parameters():
+        count(parameter)
+        count(getattr(parameter, "SCB", None))  # int8 row scales
+        quant_state = getattr(parameter, "quant_state", None)  # nf4 absmax and code
+        while quant_state is not None:
+            count(getattr(quant_state, "absmax", None))
+            count(getattr(quant_state, "code", None))
+            count(getattr(quant_state, "offset", None))
+            quant_state = getattr(quant_state, "state2", None)
+    for module in model.modules():
+        state = getattr(module, "state", None)
+        count(getattr(state, "SCB", None))
+    for buffer in model.buffers():
+        count(buffer)
+    return total
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestShape:
+    """The largest request the limits allow, for the activation reserve."""
+
+    max_frames: int
+    max_pixels_per_frame: int
+    max_images: int = 0
+    max_prompt_text_tokens: int = 1024
+    max_new_tokens: int = 512
+
+
+def visual_tokens(shape: RequestShape, *, patch_size: int = 14, merge_size: int = 2, temporal_patch_size: int = 2) -> int:
+    """Visual tokens a request of this shape becomes (Qwen2-VL arithmetic: one per merged patch)."""
+    tokens_per_frame = shape.max_pixels_per_frame // (patch_size * merge_size) ** 2
+    video_tokens = math.ceil(shape.max_frames / temporal_patch_size) * tokens_per_frame
+    return video_tokens + shape.max_images * tokens_per_frame
+
+
+def activation_reserve_bytes(config: transformers.PretrainedConfig, shape: RequestShape, dtype_bytes: int = 2) -> int:
+    """Memory one request of this shape needs beyond the weights, with a 2x margin.
+
+    KV cache: 2 (K and V) x layers x kv_heads x head_dim x dtype_bytes per token,
+    for prompt (text + visual tokens) plus output. Vision tower: its hidden
+    states over every patch, times a working factor of 8 (qkv, mlp, norms) for
+    the widest layer, which runs one layer at a time. The logits of the last
+    position in fp32. Example: Qwen2-VL-7B (28 layers, 4 kv heads of 128),
+    16 frames of 448x448: 2048 visual + 1536 text tokens = 3584 tokens x 57 KiB
+    = 200 MiB of KV cache; vision 16 x 1024 patches x 1280 x 2 B x 8 = 320 MiB.
+    """
+    text = getattr(config, "text_config", config)
+    vision = getattr(config, "vision_config", None)
+    patch_size = getattr(vision, "patch_size", 14) if vision is not None else 14
+    merge_size = getattr(vision, "spatial_merge_size", 2) if vision is not None else 2
+    temporal = getattr(vision, "temporal_patch_size", 2) if vision is not None else 2
+    tokens = visual_tokens(shape, patch_size=patch_size, merge_size=merge_size, temporal_patch_size=temporal)
+    sequence = tokens + shape.max_prompt_text_tokens + shape.max_new_tokens
+    num_heads = text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // num_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or num_heads
+    kv_cache = 2 * text.num_hidden_layers * kv_heads * head_dim * dtype_bytes * sequence
+    vision_bytes = 0
+    if vision is not None:
+        patches = tokens * merge_size**2
+        width = getattr(vision, "embed_dim", None) or getattr(vision, "hidden_size", 0)
+        vision_bytes = patches * width * dtype_bytes * 8
+    logits = text.vocab_size * FP32_BYTES * 2
+    return 2 * (kv_cache + vision_bytes + logits)
+
+
+def _unique_tensors(tensors) -> list[torch.Tensor]:
+    seen: set[int] = set()
+    unique = []
+    for tensor in tensors:
+        if id(tensor) not in seen:
+            seen.add(id(tensor))
+            unique.append(tensor)
+    return unique

@@ -1,0 +1,84 @@
+"""Loading strategies as data: device, dtype, quantization, and the kwargs that follow from them."""
+
+import dataclasses
+from typing import Any, Literal
+
+import torch
+
+from memory.estimate import Quantization, precision_name
+
+DType = Literal["float32", "bfloat16", "float16"]
+Device = Literal["cuda", "cpu"]
+
+TORCH_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class StrategyError(ValueError):
+    """A strategy or chain that cannot work; the message says what to change."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadStrategy:
+    """One way to load a model. ``dtype`` is the compute dtype and the dtype of unquantized modules."""
+
+    device: Device
+    dtype: DType
+    quantization: Quantization = "none"
+
+    @property
+    def name(self) -> str:
+        return precision_name(self.dtype, self.quantization)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return TORCH_DTYPES[self.dtype]
+
+    def from_pretrained_kwargs(self) -> dict[str, Any]:
+        """What ``from_pretrained`` needs to load this way."""
+        kwargs: dict[str, Any] = {"dtype": self.torch_dtype, "device_map": self.device}
+        if self.quantization == "int8":
+            import transformers
+
+            kwargs["quantization_config"] = transformers.BitsAndBytesConfig(load_in_8bit=True)
+        elif self.quantization == "nf4":
+            import transformers
+
+            kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_compute_dtype=self.torch_dtype,
+                bnb_4bit_use_double_quant=False,
+            )
+        return kwargs
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **dataclasses.asdict(self)}
+
+
+def parse_strategy(name: str, device: Device) -> LoadStrategy:
+    """``'bf16'``, ``'fp32'``, ``'fp16'``, ``'int8'``, ``'nf4'`` on a device.
+
+    Quantized strategies keep their unquantized modules (embeddings, ``lm_head``,
+    norms) and compute in bf16 on both devices: the point of quantizing is the
+    smaller footprint, and fp32 embeddings would undo much of it.
+    """
+    plain = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+    if name in plain:
+        return LoadStrategy(device=device, dtype=plain[name])
+    if name in ("int8", "nf4"):
+        return LoadStrategy(device=device, dtype="bfloat16", quantization=name)
+    raise StrategyError(f"Unknown strategy {name!r}; use one of fp32, bf16, fp16, int8, nf4")
+
+
+def parse_chain(names: list[str] | tuple[str, ...], device: Device) -> tuple[LoadStrategy, ...]:
+    """A chain of strategy names, tried in order."""
+    if not names:
+        raise StrategyError(f"The {device} loading chain has no strategy; list at least one, e.g. ['bf16', 'int8', 'nf4']")
+    chain = tuple(parse_strategy(name, device) for name in names)
+    if len(set(chain)) != len(chain):
+        raise StrategyError(f"The {device} loading chain {list(names)} lists a strategy twice")
+    return chain
+
+
+DEFAULT_GPU_CHAIN = ("bf16", "int8", "nf4")
+DEFAULT_CPU_CHAIN = ("fp32", "bf16", "int8", "nf4")

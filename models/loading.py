@@ -1,0 +1,46 @@
+"""Load a model adapter through the memory subsystem's strategy chain.
+
+Estimates come from the model's config on the meta device (no weights read);
+each strategy gets a fresh adapter so a failed attempt leaves nothing behind.
+"""
+
+import logging
+from typing import Callable
+
+from memory.budget import MemoryBudget
+from memory.estimate import load_model_config, measure_model_bytes
+from memory.loader import Loaded, load_through_chain
+from memory.plan import estimate_chain
+from memory.strategy import LoadStrategy
+from models.hf_adapter import HuggingFaceVisionLanguageAdapter
+
+logger = logging.getLogger(__name__)
+
+
+def load_adapter(
+    model_path: str,
+    chain: tuple[LoadStrategy, ...],
+    *,
+    measure_budget: Callable[[LoadStrategy], MemoryBudget],
+    oom_retries: int = 1,
+    retry_delay_s: float = 2.0,
+    make_adapter: Callable[[str, LoadStrategy], HuggingFaceVisionLanguageAdapter] | None = None,
+) -> Loaded[HuggingFaceVisionLanguageAdapter]:
+    """Load ``model_path`` with the first strategy of ``chain`` that fits; see :func:`load_through_chain`."""
+    make = make_adapter or (lambda path, strategy: HuggingFaceVisionLanguageAdapter(path, strategy=strategy))
+
+    def load(strategy: LoadStrategy) -> HuggingFaceVisionLanguageAdapter:
+        adapter = make(model_path, strategy)
+        adapter.load()
+        return adapter
+
+    return load_through_chain(
+        model_path,
+        chain,
+        estimates=estimate_chain(load_model_config(model_path), chain),
+        measure_budget=measure_budget,
+        load=load,
+        measure=lambda adapter: measure_model_bytes(adapter.model),
+        oom_retries=oom_retries,
+        retry_delay_s=retry_delay_s,
+    )
