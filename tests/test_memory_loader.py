@@ -17,6 +17,7 @@ from models.base import ChatMessage, GenerationRequest, TextPart
 from models.hf_adapter import HuggingFaceVisionLanguageAdapter
 from models.loading import load_adapter
 from models.reference_configs import build_random_model
+from weights_only import weights_only_adapter
 
 CPU_CHAIN = parse_chain(["fp32", "bf16", "int8", "nf4"], "cpu")
 
@@ -80,23 +81,11 @@ def test_a_larger_model_is_quantized_to_int8_on_cpu_when_bf16_does_not_fit(tmp_p
     estimates = {s.name: e.total_bytes for s, e in estimate_chain(load_model_config(path), CPU_CHAIN).items()}
     budget = (estimates["bf16"] + estimates["int8"]) // 2
 
-    loaded = load_adapter(path, CPU_CHAIN, measure_budget=fixed_budget(budget), make_adapter=_model_only_adapter)
+    loaded = load_adapter(path, CPU_CHAIN, measure_budget=fixed_budget(budget), make_adapter=weights_only_adapter)
 
     assert loaded.strategy.name == "int8"
     assert loaded.report.loaded.measured_bytes <= budget
     assert type(loaded.model.model.model.text_model.layers[0].self_attn.q_proj).__name__ == "Linear8bitLt"
-
-
-def _model_only_adapter(path, strategy):
-    """The reference model has no processor; load its weights only, as the adapter would."""
-
-    class WeightsOnly(HuggingFaceVisionLanguageAdapter):
-        def load(self) -> None:
-            import transformers
-
-            self._model = transformers.AutoModelForImageTextToText.from_pretrained(path, **strategy.from_pretrained_kwargs())
-
-    return WeightsOnly(path, strategy=strategy)
 
 
 class OutOfMemoryAtLoad(HuggingFaceVisionLanguageAdapter):
@@ -146,7 +135,7 @@ def test_a_non_memory_error_fails_at_once_without_trying_smaller_precisions(tiny
     (tmp_path / "config.json").write_text((tiny_model_path / "config.json").read_text())
 
     with pytest.raises(ModelLoadError, match="non-memory error; a smaller precision cannot fix it") as raised:
-        load_adapter(str(tmp_path), CPU_CHAIN, measure_budget=fixed_budget(10**9), make_adapter=_model_only_adapter)
+        load_adapter(str(tmp_path), CPU_CHAIN, measure_budget=fixed_budget(10**9), make_adapter=weights_only_adapter)
 
     assert [(a.strategy, a.outcome) for a in raised.value.report.attempts] == [("fp32", "failed")]
 
