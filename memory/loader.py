@@ -23,6 +23,7 @@ import torch
 from memory.budget import MemoryBudget
 from memory.cleanup import release_memory
 from memory.estimate import WeightEstimate
+from memory.host_heap import returning_freed_memory
 from memory.probe import format_gib
 from memory.strategy import LoadStrategy
 
@@ -151,7 +152,8 @@ def load_through_chain(
                 break
             started = time.perf_counter()
             try:
-                model = load(strategy)
+                with returning_freed_memory():
+                    model = load(strategy)
             except Exception as error:  # noqa: BLE001 - sorted into memory and non-memory below
                 seconds = time.perf_counter() - started
                 if not is_out_of_memory(error):
