@@ -104,7 +104,8 @@ def _free_port() -> int:
 
 def _app_args(access_log: bool) -> dict:
     return {
-        "model_replica": {"num_cpus": REPLICA_NUM_CPUS},
+        "gpu_group": {"enabled": False},
+        "cpu_group": {"num_cpus": REPLICA_NUM_CPUS},
         "ingress": {"num_cpus": INGRESS_NUM_CPUS, "access_log": access_log},
     }
 

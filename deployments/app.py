@@ -1,7 +1,9 @@
 """The application builder that ``serve_config.yaml`` imports.
 
 ``import_path: deployments.app:build_app`` with ``args`` from the YAML file;
-the args are validated before any deployment is created.
+the args are validated before any deployment is created. One replica class is
+deployed twice: the GPU group with a fractional GPU share and the CPU group
+with none, each with its own chain, budget and autoscaling.
 """
 
 import logging
@@ -10,46 +12,58 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
-from deployments.config import AppConfig, load_app_config
+from deployments.config import AppConfig, CpuGroupSettings, GpuGroupSettings, load_app_config
 from deployments.ingress import Ingress
-from deployments.model_replica import ModelReplica
+from deployments.model_replica import CPU_GROUP, DEPLOYMENT_NAMES, GPU_GROUP, ModelReplica
 from memory.allocator import allocator_env
 
 logger = logging.getLogger(__name__)
 
-CPU_GROUP = "cpu"
-
 
 def build_app(args: dict[str, Any]) -> Application:
-    """Validate ``args`` and bind ingress -> model replica group."""
+    """Validate ``args`` and bind ingress -> GPU group and CPU group."""
     return build_app_from_config(load_app_config(args))
 
 
-def build_app_from_config(config: AppConfig) -> Application:
-    replica = config.model_replica
-    cpu_group = serve.deployment(
+def _autoscaling(settings: GpuGroupSettings | CpuGroupSettings) -> dict[str, Any]:
+    autoscaling = settings.autoscaling
+    return {
+        "min_replicas": autoscaling.min_replicas,
+        "initial_replicas": autoscaling.min_replicas,
+        "max_replicas": autoscaling.max_replicas,
+        "target_ongoing_requests": autoscaling.target_ongoing_requests,
+        "upscale_delay_s": autoscaling.upscale_delay_s,
+        "downscale_delay_s": autoscaling.downscale_delay_s,
+    }
+
+
+def _group(config: AppConfig, group: str) -> Application | None:
+    settings = config.gpu_group if group == GPU_GROUP else config.cpu_group
+    if not settings.enabled:
+        return None
+    # Allocator settings must precede torch's CUDA start; the replica reads them back.
+    env_vars = allocator_env(config.memory.allocator)
+    if group == GPU_GROUP:
+        num_gpus = settings.num_gpus
+    else:
+        num_gpus = 0
+        # Ray no longer hides the GPU from num_gpus=0 replicas; this group must never touch it.
+        env_vars["CUDA_VISIBLE_DEVICES"] = ""
+    return serve.deployment(
         ModelReplica,
-        name="cpu_group",
-        num_replicas=replica.num_replicas,
-        max_ongoing_requests=replica.max_ongoing_requests,
-        ray_actor_options={
-            "num_cpus": replica.num_cpus,
-            "num_gpus": 0,
-            "runtime_env": {
-                "env_vars": {
-                    # Ray no longer hides the GPU from num_gpus=0 replicas; this group must never touch it.
-                    "CUDA_VISIBLE_DEVICES": "",
-                    # Allocator settings must precede torch's CUDA start; the replica reads them back.
-                    **allocator_env(config.memory.allocator),
-                }
-            },
-        },
+        name=DEPLOYMENT_NAMES[group],
+        max_ongoing_requests=settings.max_ongoing_requests,
+        autoscaling_config=_autoscaling(settings),
+        ray_actor_options={"num_cpus": settings.num_cpus, "num_gpus": num_gpus, "runtime_env": {"env_vars": env_vars}},
         logging_config={"enable_access_log": config.ingress.access_log},
-    ).bind(config, CPU_GROUP)
+    ).bind(config, group)
+
+
+def build_app_from_config(config: AppConfig) -> Application:
     ingress = config.ingress
     return Ingress.options(
         num_replicas=ingress.num_replicas,
         max_ongoing_requests=ingress.max_ongoing_requests,
         ray_actor_options={"num_cpus": ingress.num_cpus},
         logging_config={"enable_access_log": ingress.access_log},
-    ).bind(cpu_group, config)
+    ).bind(_group(config, GPU_GROUP), _group(config, CPU_GROUP), config)

@@ -5,13 +5,14 @@ built, with the key's path and what to change, not later at request time.
 """
 
 import pathlib
-from typing import Any
+from typing import Any, Literal
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from memory.allocator import DEFAULT_ALLOCATOR_SETTINGS, AllocatorConfigError, validate_allocator_settings
-from memory.strategy import DEFAULT_CPU_CHAIN, StrategyError, parse_chain
+from memory.estimate import DEFAULT_CUDA_CONTEXT_BYTES
+from memory.strategy import DEFAULT_CPU_CHAIN, DEFAULT_GPU_CHAIN, StrategyError, parse_chain
 
 _MIB = 1024**2
 
@@ -78,29 +79,86 @@ class GenerationSettings(_Strict):
     )
 
 
-class ReplicaSettings(_Strict):
-    num_replicas: int = Field(default=1, ge=1)
+class AutoscalingSettings(_Strict):
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=1, ge=1)
+    target_ongoing_requests: float = Field(default=2.0, gt=0, description="Requests per replica the autoscaler aims for.")
+    upscale_delay_s: float = Field(default=5.0, ge=0)
+    downscale_delay_s: float = Field(default=30.0, ge=0)
+
+    @model_validator(mode="after")
+    def _max_above_min(self) -> "AutoscalingSettings":
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(
+                f"max_replicas ({self.max_replicas}) must be greater than or equal to min_replicas ({self.min_replicas})"
+            )
+        return self
+
+
+class _GroupSettings(_Strict):
+    enabled: bool = True
     num_cpus: float = Field(default=1.0, gt=0, description="Ray CPUs per replica; also torch's thread count.")
     max_ongoing_requests: int = Field(default=4, ge=1)
-    chain: tuple[str, ...] = Field(
-        default=DEFAULT_CPU_CHAIN,
-        description="Loading strategies tried in order: fp32, bf16, fp16, int8, nf4.",
+    oom_retries: int = Field(default=1, ge=0, le=5, description="Retries of a strategy that ran out of memory.")
+    load_retry_period_s: float = Field(
+        default=10.0, gt=0, description="How often a replica waiting for memory measures again and retries its chain."
     )
+    autoscaling: AutoscalingSettings = AutoscalingSettings()
+
+    def strategies(self) -> tuple:
+        raise NotImplementedError
+
+
+class CpuGroupSettings(_GroupSettings):
+    chain: tuple[str, ...] = Field(default=DEFAULT_CPU_CHAIN, description="Strategies tried in order.")
     memory_bytes: int = Field(
         default=8 * 1024**3,
         gt=0,
         description="Host memory this replica may use for weights and activations (capped by what is available).",
     )
-    oom_retries: int = Field(default=1, ge=0, le=5, description="Retries of a strategy that ran out of memory.")
 
     @field_validator("chain")
     @classmethod
     def _known_strategies(cls, chain: tuple[str, ...]) -> tuple[str, ...]:
-        try:
-            parse_chain(chain, "cpu")
-        except StrategyError as error:
-            raise ValueError(str(error)) from error
-        return chain
+        return _checked_chain(chain, "cpu")
+
+    def strategies(self) -> tuple:
+        return parse_chain(self.chain, "cpu")
+
+
+class GpuGroupSettings(_GroupSettings):
+    num_gpus: float = Field(default=0.5, gt=0, le=1, description="The replica's share of one GPU.")
+    device: Literal["cuda", "cpu"] = Field(
+        default="cuda",
+        description="'cpu' runs the GPU group's chain on the CPU against the probed GPU budget: for tests and drills.",
+    )
+    chain: tuple[str, ...] = Field(default=DEFAULT_GPU_CHAIN, description="Strategies tried in order.")
+    cuda_context_bytes: int = Field(default=DEFAULT_CUDA_CONTEXT_BYTES, ge=0)
+
+    @model_validator(mode="after")
+    def _known_strategies(self) -> "GpuGroupSettings":
+        _checked_chain(self.chain, self.device)
+        return self
+
+    def strategies(self) -> tuple:
+        return parse_chain(self.chain, self.device)
+
+
+class RoutingSettings(_Strict):
+    gpu_timeout_s: float = Field(
+        default=30.0, gt=0, description="A GPU-group call slower than this goes to the CPU group instead."
+    )
+    breaker_cooldown_s: float = Field(
+        default=15.0, gt=0, description="After a GPU-group failure, send traffic to the CPU group this long before probing."
+    )
+
+
+def _checked_chain(chain: tuple[str, ...], device: str) -> tuple[str, ...]:
+    try:
+        parse_chain(chain, device)
+    except StrategyError as error:
+        raise ValueError(str(error)) from error
+    return chain
 
 
 class MemorySettings(_Strict):
@@ -133,9 +191,17 @@ class AppConfig(_Strict):
     model: ModelSettings = ModelSettings()
     limits: LimitsSettings = LimitsSettings()
     generation: GenerationSettings = GenerationSettings()
-    model_replica: ReplicaSettings = ReplicaSettings()
+    gpu_group: GpuGroupSettings = GpuGroupSettings()
+    cpu_group: CpuGroupSettings = CpuGroupSettings()
+    routing: RoutingSettings = RoutingSettings()
     memory: MemorySettings = MemorySettings()
     ingress: IngressSettings = IngressSettings()
+
+    @model_validator(mode="after")
+    def _some_group_enabled(self) -> "AppConfig":
+        if not (self.gpu_group.enabled or self.cpu_group.enabled):
+            raise ValueError("gpu_group.enabled and cpu_group.enabled are both false; enable at least one group")
+        return self
 
 
 class ConfigError(ValueError):

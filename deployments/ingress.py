@@ -19,14 +19,15 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.exceptions import RayTaskError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments.chat_translation import to_generation_request
 from deployments.config import AppConfig
 from deployments.errors import ApiError, describe_validation_errors, error_body
-from deployments.model_replica import ReplicaAnswer
+from deployments.model_replica import CPU_GROUP, DEPLOYMENT_NAMES, GPU_GROUP, ReplicaAnswer
+from deployments.router import CircuitBreaker, GroupRouter, NoGroupAvailableError
 from deployments.openai_schema import (
     ChatCompletionRequest,
     chat_completion_body,
@@ -119,20 +120,95 @@ def _served_by_headers(answer: ReplicaAnswer) -> dict[str, str]:
     }
 
 
+_DESCRIBE_TIMEOUT_S = 10.0
+_GPU_WATCH_PERIOD_S = 2.0
+
+
 @serve.deployment
 @serve.ingress(app)
 class Ingress:
-    """CPU-only front door; holds a handle to the model replica group."""
+    """CPU-only front door; routes to the GPU group, else the CPU group."""
 
-    def __init__(self, model_group: DeploymentHandle, config: AppConfig) -> None:
-        self._model_group = model_group
+    def __init__(self, gpu_group: DeploymentHandle | None, cpu_group: DeploymentHandle | None, config: AppConfig) -> None:
+        self._groups = {name: handle for name, handle in ((GPU_GROUP, gpu_group), (CPU_GROUP, cpu_group)) if handle}
         self._config = config
         self._model_id = config.model.model_id
         self._started = int(time.time())
+        self._fallbacks = 0
+        self._router = GroupRouter(
+            gpu_group,
+            cpu_group,
+            gpu_timeout_s=config.routing.gpu_timeout_s,
+            breaker=CircuitBreaker(cooldown_s=config.routing.breaker_cooldown_s),
+            on_fallback=self._count_fallback,
+        )
+
+        self._status_task = asyncio.get_event_loop().create_task(self._watch_gpu_group()) if gpu_group else None
+
+    def _count_fallback(self, reason: str) -> None:
+        self._fallbacks += 1
+
+    async def _watch_gpu_group(self) -> None:
+        """Keep the router told how many GPU-group replicas are running."""
+        app_name = serve.get_replica_context().app_name
+        while True:
+            try:
+                status = await asyncio.to_thread(serve.status)
+                deployment = status.applications[app_name].deployments.get(DEPLOYMENT_NAMES[GPU_GROUP])
+                running = deployment.replica_states.get("RUNNING", 0) if deployment else 0
+                self._router.gpu_running_replicas = running
+            except Exception as error:  # noqa: BLE001 - the watch must outlive a controller hiccup
+                logger.warning("Reading Serve status failed: %s", error)
+                self._router.gpu_running_replicas = None
+            await asyncio.sleep(_GPU_WATCH_PERIOD_S)
 
     @app.get("/healthz")
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz(self) -> JSONResponse:
+        """200 while some group can serve (``degraded`` when not all can), 503 when none can."""
+        groups = await self._describe_groups()
+        summary = {}
+        for name, replicas in groups.items():
+            ready = sum(1 for replica in replicas if replica.get("state") == "ready")
+            summary[name] = {
+                "ready_replicas": ready,
+                "replicas": len(replicas),
+                "status": "up" if replicas and ready == len(replicas) else ("degraded" if ready else "down"),
+                "reasons": sorted({replica.get("reason", "") for replica in replicas if replica.get("state") != "ready"}),
+            }
+        any_up = any(group["ready_replicas"] for group in summary.values())
+        all_up = all(group["status"] == "up" for group in summary.values())
+        status = "ready" if all_up else ("degraded" if any_up else "unavailable")
+        body = {"status": status, "groups": summary, "gpu_breaker": self._router.breaker.state, "fallbacks": self._fallbacks}
+        headers = {} if any_up else {"Retry-After": _RETRY_AFTER_S}
+        return JSONResponse(body, status_code=200 if any_up else 503, headers=headers)
+
+    @app.get("/v1/memory")
+    async def memory(self) -> dict[str, Any]:
+        """Every replica of both groups: state, memory snapshot, budget, load report, allocator settings."""
+        return {"groups": await self._describe_groups(), "gpu_breaker": self._router.breaker.state, "fallbacks": self._fallbacks}
+
+    async def _describe_groups(self) -> dict[str, list[dict[str, Any]]]:
+        async def describe(name: str, handle: DeploymentHandle) -> tuple[str, list[dict[str, Any]]]:
+            try:
+                results = await handle.broadcast("describe").results_async(
+                    timeout_s=_DESCRIBE_TIMEOUT_S, return_exceptions=True
+                )
+            except TimeoutError:
+                return name, [{"state": "unreachable", "reason": f"no answer within {_DESCRIBE_TIMEOUT_S:g} s"}]
+            described = []
+            for result in results:
+                if isinstance(result, BaseException):
+                    described.append({"state": "unreachable", "reason": f"{type(result).__name__}"})
+                else:
+                    described.append(result)
+            return name, described
+
+        pairs = await asyncio.gather(*(describe(name, handle) for name, handle in self._groups.items()))
+        return dict(pairs)
 
     @app.get("/v1/models")
     async def list_models(self) -> dict[str, Any]:
@@ -162,13 +238,14 @@ class Ingress:
 
     async def _generate(self, generation_request) -> ReplicaAnswer:
         try:
-            return await self._model_group.generate.remote(generation_request)
+            return await self._router.call("generate", generation_request)
         except InvalidModelInputError as error:
-            raise ApiError(400, f"The model cannot take this input: {error}", code="invalid_model_input") from error
-        except (DeploymentUnavailableError, BackPressureError) as error:
+            cause = error.cause if isinstance(error, RayTaskError) else error
+            raise ApiError(400, f"The model cannot take this input: {cause}", code="invalid_model_input") from error
+        except NoGroupAvailableError as error:
             raise ApiError(
                 503,
-                f"No model replica can take the request now ({type(error).__name__}); retry later",
+                f"No model replica can take the request now: {error}. Retry later.",
                 error_type="service_unavailable",
                 headers={"Retry-After": _RETRY_AFTER_S},
             ) from error

@@ -1,12 +1,19 @@
-"""The model replica: loads the model through the memory subsystem's chain, answers generation calls.
+"""The model replica: one class, deployed as the GPU group and as the CPU group.
 
-It knows nothing of HTTP. The ingress sends it decoded :class:`GenerationRequest`
-objects through a Ray Serve handle and gets :class:`ReplicaAnswer` back. It
-keeps its load report, its allocator read-back and its latest memory snapshot,
-and ``describe`` returns all three.
+The constructor never fails because memory is short. It starts a loader
+thread and returns at once, so Ray Serve sees a healthy replica and never
+counts constructor failures towards ``DEPLOY_FAILED``. The thread loads
+through the group's chain; when nothing fits (or no GPU is visible) the
+replica waits, measures again every ``load_retry_period_s`` and loads as soon
+as the memory is there: another process exiting brings the GPU group back
+without a redeploy. Until it is ready, ``generate`` raises
+:class:`ReplicaUnavailableError` at once, which the router answers from the
+other group. The replica says all of this in ``describe``: state, reason,
+load report, budget, memory snapshot, allocator settings.
 """
 
 import dataclasses
+import enum
 import logging
 import threading
 import time
@@ -16,17 +23,40 @@ import torch
 from ray import serve
 from ray.serve.exceptions import RayServeException
 
-from deployments.config import AppConfig
+from deployments.config import AppConfig, CpuGroupSettings, GpuGroupSettings
 from memory import MemorySnapshot
 from memory.allocator import read_allocator_settings
 from memory.budget import MemoryBudget, cpu_budget
+from memory.cleanup import release_memory
 from memory.estimate import RequestShape, activation_reserve_bytes, load_model_config
-from memory.strategy import LoadStrategy, parse_chain
+from memory.gpu import NoGpuVisibleError, limit_to_share, measure_gpu_budget
+from memory.loader import LoadReport, ModelLoadError, NothingFitsError, is_out_of_memory
+from memory.strategy import LoadStrategy
 from models.base import GenerationRequest, GenerationResult
+from models.hf_adapter import HuggingFaceVisionLanguageAdapter
 from models.loading import load_adapter
 from models.tiny import ensure_tiny_model
 
 logger = logging.getLogger(__name__)
+
+GPU_GROUP = "gpu"
+CPU_GROUP = "cpu"
+DEPLOYMENT_NAMES = {GPU_GROUP: "gpu_group", CPU_GROUP: "cpu_group"}
+
+
+class ReplicaState(str, enum.Enum):
+    LOADING = "loading"
+    WAITING_FOR_MEMORY = "waiting_for_memory"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class ReplicaUnavailableError(RuntimeError):
+    """This replica has no model to answer with (loading, waiting for memory, or failed)."""
+
+
+class RequestOutOfMemoryError(RuntimeError):
+    """A request ran out of memory on this replica; it was cleaned up, the replica keeps serving."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,75 +86,138 @@ def request_shape(config: AppConfig) -> RequestShape:
 
 
 class ModelReplica:
-    """Loads the configured model on construction; Serve restarts it if that fails."""
+    """Loads the configured model in the background; answers once loaded."""
 
     def __init__(self, config: AppConfig, group: str) -> None:
         self._group = group
-        self._num_threads = max(1, int(config.model_replica.num_cpus))
+        self._settings: GpuGroupSettings | CpuGroupSettings = config.gpu_group if group == GPU_GROUP else config.cpu_group
+        self._num_threads = max(1, int(self._settings.num_cpus))
         torch.set_num_threads(self._num_threads)
-        model_path = str(ensure_tiny_model()) if config.model.source == "tiny" else config.model.source
-        self._reserve_bytes = activation_reserve_bytes(load_model_config(model_path), request_shape(config))
-        self._memory_bytes = config.model_replica.memory_bytes
-        self._budget: MemoryBudget | None = None
-        loaded = load_adapter(
-            model_path,
-            parse_chain(config.model_replica.chain, "cpu"),
-            measure_budget=self._measure_budget,
-            oom_retries=config.model_replica.oom_retries,
-        )
-        self._adapter = loaded.model
-        self._load_report = loaded.report
-        self._allocator = read_allocator_settings()
-        self._precision = loaded.strategy.name
-        self._device = loaded.strategy.device
         self._replica_id = _replica_id()
-        self._snapshot = MemorySnapshot.measure()
-        # One generation at a time: the replica's torch threads are its whole CPU share.
+        self._model_path = str(ensure_tiny_model()) if config.model.source == "tiny" else config.model.source
+        self._reserve_bytes = activation_reserve_bytes(load_model_config(self._model_path), request_shape(config))
+        self._chain = self._settings.strategies()
+        self._on_cuda = all(strategy.device == "cuda" for strategy in self._chain)
+        self._state = ReplicaState.LOADING
+        self._reason = "loading"
+        self._adapter: HuggingFaceVisionLanguageAdapter | None = None
+        self._strategy: LoadStrategy | None = None
+        self._load_report: LoadReport | None = None
+        self._budget: MemoryBudget | None = None
+        self._load_attempts = 0
+        self._request_ooms = 0
+        self._allocator = read_allocator_settings()
+        self._stopping = threading.Event()
+        # One generation at a time: the replica's threads (or its GPU share) are its whole compute.
         self._generate_lock = threading.Lock()
-        logger.info(
-            "Replica %s of group %s ready: %s as %s, %d torch threads",
-            self._replica_id,
-            group,
-            model_path,
-            self._precision,
-            self._num_threads,
-        )
+        self._loader = threading.Thread(target=self._load_until_ready, name=f"{group}-loader", daemon=True)
+        self._loader.start()
+
+    # -- loading -----------------------------------------------------------------------------
 
     def _measure_budget(self, strategy: LoadStrategy) -> MemoryBudget:
-        self._budget = cpu_budget(
-            MemorySnapshot.measure(), configured_bytes=self._memory_bytes, reserve_bytes=self._reserve_bytes
-        )
+        if self._group == GPU_GROUP:
+            context = self._settings.cuda_context_bytes if self._on_cuda else 0
+            self._budget = measure_gpu_budget(
+                share=self._settings.num_gpus, context_bytes=context, reserve_bytes=self._reserve_bytes
+            )
+        else:
+            self._budget = cpu_budget(
+                MemorySnapshot.measure(), configured_bytes=self._settings.memory_bytes, reserve_bytes=self._reserve_bytes
+            )
         return self._budget
 
+    def _load_until_ready(self) -> None:
+        if self._on_cuda and torch.cuda.is_available():
+            # Ray shares the device but does not isolate its memory: enforce the share here.
+            limit_to_share(self._settings.num_gpus)
+        while not self._stopping.is_set():
+            self._load_attempts += 1
+            try:
+                loaded = load_adapter(
+                    self._model_path, self._chain, measure_budget=self._measure_budget, oom_retries=self._settings.oom_retries
+                )
+            except NothingFitsError as error:
+                self._load_report = error.report
+                self._wait_for_memory(str(error).splitlines()[0] + " " + error.budget.explain())
+            except ModelLoadError as error:
+                self._load_report = error.report
+                self._set_state(ReplicaState.FAILED, str(error))
+                return
+            except NoGpuVisibleError as error:
+                self._wait_for_memory(str(error))
+            else:
+                self._adapter, self._strategy, self._load_report = loaded.model, loaded.strategy, loaded.report
+                self._set_state(ReplicaState.READY, f"loaded as {loaded.strategy.name} on {loaded.strategy.device}")
+                return
+            self._stopping.wait(self._settings.load_retry_period_s)
+
+    def _wait_for_memory(self, reason: str) -> None:
+        self._set_state(
+            ReplicaState.WAITING_FOR_MEMORY, f"{reason}; measuring again every {self._settings.load_retry_period_s:g} s"
+        )
+
+    def _set_state(self, state: ReplicaState, reason: str) -> None:
+        if (state, reason) != (self._state, self._reason):
+            log = logger.warning if state in (ReplicaState.WAITING_FOR_MEMORY, ReplicaState.FAILED) else logger.info
+            log("Replica %s of group %s: %s (%s)", self._replica_id, self._group, state.value, reason)
+        self._state, self._reason = state, reason
+
+    # -- serving -----------------------------------------------------------------------------
+
     def generate(self, request: GenerationRequest) -> ReplicaAnswer:
+        adapter, strategy = self._adapter, self._strategy
+        if self._state is not ReplicaState.READY or adapter is None or strategy is None:
+            raise ReplicaUnavailableError(f"{self._group} replica {self._replica_id} is {self._state.value}: {self._reason}")
         with self._generate_lock:
             started = time.perf_counter()
-            result = self._adapter.generate(request)
+            try:
+                result = adapter.generate(request)
+            except Exception as error:
+                if not is_out_of_memory(error):
+                    raise
+                self._request_ooms += 1
+                freed = release_memory()
+                raise RequestOutOfMemoryError(
+                    f"{self._group} replica {self._replica_id} ran out of memory on this request "
+                    f"(cleanup freed {freed.gpu_reserved_freed_bytes + freed.process_rss_freed_bytes} bytes)"
+                ) from None
             elapsed = time.perf_counter() - started
         return ReplicaAnswer(
             result=result,
-            served_by=ServedBy(
-                group=self._group, replica=self._replica_id, precision=self._precision, device=self._device
-            ),
+            served_by=ServedBy(group=self._group, replica=self._replica_id, precision=strategy.name, device=strategy.device),
             inference_seconds=elapsed,
         )
 
     def describe(self) -> dict[str, Any]:
-        self._snapshot = MemorySnapshot.measure()
+        snapshot = MemorySnapshot.measure()
         return {
             "group": self._group,
             "replica": self._replica_id,
-            "precision": self._precision,
-            "model": self._adapter.describe(),
-            "memory": self._snapshot.to_dict(),
+            "state": self._state.value,
+            "reason": self._reason,
+            "precision": self._strategy.name if self._strategy else None,
+            "load_attempts": self._load_attempts,
+            "request_out_of_memory": self._request_ooms,
+            "model": self._adapter.describe() if self._adapter else {"model_path": self._model_path, "loaded": False},
+            "memory": snapshot.to_dict(),
             "budget": self._budget.to_dict() if self._budget else None,
-            "load_report": self._load_report.to_dict(),
+            "load_report": self._load_report.to_dict() if self._load_report else None,
             "allocator": self._allocator.to_dict(),
         }
 
     def check_health(self) -> None:
-        if not self._adapter.describe()["loaded"]:
-            raise RuntimeError(f"Replica {self._replica_id}: model is not loaded")
+        """Fail only for what a restart mends; waiting for memory is not one of them."""
+        if self._state is ReplicaState.READY and (self._adapter is None or self._adapter.model is None):
+            raise RuntimeError(f"Replica {self._replica_id}: state is ready but the model is gone")
+        if self._on_cuda and self._state is ReplicaState.READY:
+            try:
+                torch.cuda.synchronize()
+            except RuntimeError as error:
+                raise RuntimeError(f"Replica {self._replica_id}: CUDA is in an error state: {error}") from error
+
+    def __del__(self) -> None:
+        self._stopping.set()
 
 
 def _replica_id() -> str:

@@ -8,6 +8,10 @@ from memory.probe import GpuBackend, MemorySnapshot
 logger = logging.getLogger(__name__)
 
 
+class NoGpuVisibleError(RuntimeError):
+    """This process sees no GPU to budget against (no driver, no device, or CUDA hidden)."""
+
+
 def limit_to_share(share: float, device_index: int = 0) -> None:
     """Cap this process's CUDA caching allocator at ``share`` of the device.
 
@@ -28,7 +32,7 @@ def measure_gpu_budget(
     """The budget of this replica's share of its device, measured now."""
     snapshot = MemorySnapshot.measure(backend)
     if len(snapshot.gpus) <= device_index:
-        raise RuntimeError(
+        raise NoGpuVisibleError(
             f"No GPU {device_index} visible to this process (probe: {snapshot.gpu_backend}, "
             f"{len(snapshot.gpus)} device(s)); the GPU group needs num_gpus > 0 on a node with a driver"
         )

@@ -18,6 +18,7 @@ cache and retry a cudaMalloc, the usual sign that fragmentation is costing.
 """
 
 import dataclasses
+import json
 import logging
 import os
 from typing import Any, Protocol
@@ -148,6 +149,28 @@ class FixedGpu:
         return (GpuDeviceMemory(0, self._device_name, self.total_bytes, self.free_bytes),)
 
 
+class FileGpu:
+    """A device whose total and free bytes are read from a JSON file at every measurement.
+
+    ``{"total_bytes": ..., "free_bytes": ...}``; a missing file means no GPU.
+    For tests and drills across processes (a Ray replica probes it while the
+    test rewrites the file): memory short, then freed, with no real GPU.
+    """
+
+    name = "file"
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def devices(self) -> tuple[GpuDeviceMemory, ...]:
+        try:
+            with open(self.path, encoding="utf-8") as handle:
+                raw = json.load(handle)
+        except FileNotFoundError:
+            return ()
+        return (GpuDeviceMemory(0, raw.get("name", "simulated GPU"), int(raw["total_bytes"]), int(raw["free_bytes"])),)
+
+
 class TorchCudaGpu:
     """``torch.cuda.mem_get_info``: device-wide free memory, no per-process list."""
 
@@ -224,8 +247,14 @@ class NvmlGpu:
         return handles
 
 
+GPU_PROBE_FILE_ENV = "VIDEO_DETECTIVE_GPU_PROBE_FILE"
+
+
 def detect_gpu_backend() -> GpuBackend:
-    """NVML if a driver answers, else torch.cuda if it sees a device, else no GPU. Never raises."""
+    """``$VIDEO_DETECTIVE_GPU_PROBE_FILE`` if set (tests, drills), else NVML if a driver answers,
+    else torch.cuda if it sees a device, else no GPU. Never raises."""
+    if os.environ.get(GPU_PROBE_FILE_ENV):
+        return FileGpu(os.environ[GPU_PROBE_FILE_ENV])
     if os.environ.get("CUDA_VISIBLE_DEVICES") == "":
         return NoGpu()
     try:

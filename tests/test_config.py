@@ -39,10 +39,10 @@ def test_a_bad_value_is_named_with_what_was_given():
 
 def test_every_problem_is_listed_at_once():
     with pytest.raises(ConfigError) as raised:
-        load_app_config({"model_replica": {"chain": ["int3"]}, "ingress": {"num_replicas": 0}, "typo": 1})
+        load_app_config({"cpu_group": {"chain": ["int3"]}, "ingress": {"num_replicas": 0}, "typo": 1})
 
     message = str(raised.value)
-    assert "model_replica.chain: Unknown strategy 'int3'" in message
+    assert "cpu_group.chain: Unknown strategy 'int3'" in message
     assert "ingress.num_replicas" in message
     assert "typo: unknown key" in message
 

@@ -58,7 +58,10 @@ def deploy(args: dict, port: int) -> str:
 
 TEST_APP_ARGS = {
     "limits": {"video_frames": 4, "max_request_bytes": 2 * 1024 * 1024, "max_image_pixels": 1_000_000},
-    "model_replica": {"num_cpus": 1},
+    # The GPU group gets the fake GPU, finds no CUDA and waits; the CPU group serves.
+    "gpu_group": {"num_cpus": 0.5, "load_retry_period_s": 1},
+    "cpu_group": {"num_cpus": 1},
+    "routing": {"gpu_timeout_s": 5, "breaker_cooldown_s": 2},
     "ingress": {"num_cpus": 0.5},
 }
 
