@@ -34,6 +34,8 @@ def _autoscaling(settings: GpuGroupSettings | CpuGroupSettings) -> dict[str, Any
         "target_ongoing_requests": autoscaling.target_ongoing_requests,
         "upscale_delay_s": autoscaling.upscale_delay_s,
         "downscale_delay_s": autoscaling.downscale_delay_s,
+        "look_back_period_s": autoscaling.look_back_period_s,
+        "policy": {"policy_function": "deployments.autoscaling:memory_aware_policy"},
     }
 
 
@@ -42,7 +44,7 @@ def _group(config: AppConfig, group: str) -> Application | None:
     if not settings.enabled:
         return None
     # Allocator settings must precede torch's CUDA start; the replica reads them back.
-    env_vars = allocator_env(config.memory.allocator)
+    env_vars = {**settings.env_vars, **allocator_env(config.memory.allocator)}
     if group == GPU_GROUP:
         num_gpus = settings.num_gpus
     else:
@@ -54,6 +56,7 @@ def _group(config: AppConfig, group: str) -> Application | None:
         name=DEPLOYMENT_NAMES[group],
         max_ongoing_requests=settings.max_ongoing_requests,
         autoscaling_config=_autoscaling(settings),
+        health_check_period_s=settings.health_check_period_s,
         ray_actor_options={"num_cpus": settings.num_cpus, "num_gpus": num_gpus, "runtime_env": {"env_vars": env_vars}},
         logging_config={"enable_access_log": config.ingress.access_log},
     ).bind(config, group)

@@ -10,7 +10,12 @@ from typing import Any, Literal
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from memory.allocator import DEFAULT_ALLOCATOR_SETTINGS, AllocatorConfigError, validate_allocator_settings
+from memory.allocator import (
+    DEFAULT_ALLOCATOR_SETTINGS,
+    AllocatorConfigError,
+    refuse_folklore_env,
+    validate_allocator_settings,
+)
 from memory.estimate import DEFAULT_CUDA_CONTEXT_BYTES
 from memory.strategy import DEFAULT_CPU_CHAIN, DEFAULT_GPU_CHAIN, StrategyError, parse_chain
 
@@ -85,6 +90,9 @@ class AutoscalingSettings(_Strict):
     target_ongoing_requests: float = Field(default=2.0, gt=0, description="Requests per replica the autoscaler aims for.")
     upscale_delay_s: float = Field(default=5.0, ge=0)
     downscale_delay_s: float = Field(default=30.0, ge=0)
+    look_back_period_s: float = Field(
+        default=30.0, gt=10.0, description="Window the autoscaler averages over; above the 10 s metrics push period."
+    )
 
     @model_validator(mode="after")
     def _max_above_min(self) -> "AutoscalingSettings":
@@ -103,7 +111,21 @@ class _GroupSettings(_Strict):
     load_retry_period_s: float = Field(
         default=10.0, gt=0, description="How often a replica waiting for memory measures again and retries its chain."
     )
+    health_check_period_s: float = Field(default=10.0, gt=0, description="Serve restarts a replica after 3 failed checks.")
+    env_vars: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra environment variables for this group's replicas (e.g. HF_HOME, NCCL settings).",
+    )
     autoscaling: AutoscalingSettings = AutoscalingSettings()
+
+    @field_validator("env_vars")
+    @classmethod
+    def _no_folklore(cls, env_vars: dict[str, str]) -> dict[str, str]:
+        try:
+            refuse_folklore_env(env_vars)
+        except AllocatorConfigError as error:
+            raise ValueError(str(error)) from error
+        return env_vars
 
     def strategies(self) -> tuple:
         raise NotImplementedError

@@ -23,6 +23,7 @@ import torch
 from ray import serve
 from ray.serve.exceptions import RayServeException
 
+from deployments.autoscaling import FREE_BYTES_METRIC, NEED_BYTES_METRIC, READY_METRIC
 from deployments.config import AppConfig, CpuGroupSettings, GpuGroupSettings
 from memory import MemorySnapshot
 from memory.allocator import read_allocator_settings
@@ -170,6 +171,10 @@ class ModelReplica:
         if self._state is not ReplicaState.READY or adapter is None or strategy is None:
             raise ReplicaUnavailableError(f"{self._group} replica {self._replica_id} is {self._state.value}: {self._reason}")
         with self._generate_lock:
+            if adapter.model is None:  # checked under the lock: unload() takes it too
+                raise ReplicaUnavailableError(
+                    f"{self._group} replica {self._replica_id} has no model (unloaded); it is being replaced"
+                )
             started = time.perf_counter()
             try:
                 result = adapter.generate(request)
@@ -205,6 +210,35 @@ class ModelReplica:
             "load_report": self._load_report.to_dict() if self._load_report else None,
             "allocator": self._allocator.to_dict(),
         }
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Readiness and headroom for ``deployments.autoscaling.memory_aware_policy``."""
+        snapshot = MemorySnapshot.measure()
+        if self._group == GPU_GROUP:
+            free = snapshot.gpus[0].free_bytes if snapshot.gpus else 0
+        else:
+            free = snapshot.available_bytes
+        loaded = self._load_report.loaded if self._load_report else None
+        if loaded is not None and loaded.measured_bytes is not None:
+            weights = loaded.measured_bytes
+        elif self._load_report and self._load_report.attempts:
+            weights = min(attempt.estimate_bytes for attempt in self._load_report.attempts)
+        else:
+            weights = 0
+        return {
+            READY_METRIC: 1.0 if self._state is ReplicaState.READY else 0.0,
+            FREE_BYTES_METRIC: float(free),
+            NEED_BYTES_METRIC: float(weights + self._reserve_bytes),
+        }
+
+    def unload(self) -> dict[str, Any]:
+        """Let the model go (an operator freeing memory). Health then fails and Serve replaces the replica."""
+        with self._generate_lock:
+            if self._adapter is not None:
+                self._adapter.unload()
+            freed = release_memory()
+        logger.warning("Replica %s of group %s: model unloaded on request", self._replica_id, self._group)
+        return dataclasses.asdict(freed)
 
     def check_health(self) -> None:
         """Fail only for what a restart mends; waiting for memory is not one of them."""

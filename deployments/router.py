@@ -16,7 +16,7 @@ import logging
 import time
 from typing import Any, Awaitable, Callable
 
-from ray.exceptions import RayTaskError
+from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
@@ -25,6 +25,7 @@ from deployments.model_replica import CPU_GROUP, GPU_GROUP, ReplicaUnavailableEr
 logger = logging.getLogger(__name__)
 
 FALLBACK_ERRORS = (
+    RayActorError,  # the replica died mid-call (killed, node lost)
     DeploymentUnavailableError,
     BackPressureError,
     ReplicaUnavailableError,

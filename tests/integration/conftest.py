@@ -28,8 +28,8 @@ def ray_instance(test_root, tiny_model_path):
     # tiny_model_path: build the model once here, not in racing replicas.
     ray.init(
         address="local",
-        num_cpus=4,
-        num_gpus=1,  # logical: GPU-group replicas get scheduled and find no CUDA
+        num_cpus=6,
+        num_gpus=2,  # logical: GPU-group replicas get scheduled and find no CUDA
         include_dashboard=False,
         _temp_dir=str(test_root / "ray"),
         log_to_driver=False,
@@ -46,12 +46,12 @@ def http_port(ray_instance) -> int:
     return port
 
 
-def deploy(args: dict, port: int) -> str:
+def deploy(args: dict, port: int, *, name: str = APP_NAME, route_prefix: str = "/") -> str:
     """Deploy the app with these args; return its base URL once /healthz answers."""
     from deployments.app import build_app
 
-    serve.run(build_app(args), name=APP_NAME, route_prefix="/")
-    base_url = f"http://127.0.0.1:{port}"
+    serve.run(build_app(args), name=name, route_prefix=route_prefix)
+    base_url = f"http://127.0.0.1:{port}{route_prefix.rstrip('/')}"
     wait_for_condition(lambda: httpx.get(f"{base_url}/healthz", timeout=5).status_code == 200, timeout_s=120)
     return base_url
 
