@@ -20,12 +20,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.exceptions import RayTaskError
+from ray.serve.exceptions import DeploymentUnavailableError, RayServeException
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments.chat_translation import to_generation_request
 from deployments.config import AppConfig
 from deployments.errors import ApiError, describe_validation_errors, error_body
+from deployments.metrics import IngressMetrics
 from deployments.model_replica import CPU_GROUP, DEPLOYMENT_NAMES, GPU_GROUP, ReplicaAnswer
 from deployments.router import CircuitBreaker, GroupRouter, NoGroupAvailableError
 from deployments.openai_schema import (
@@ -135,6 +137,7 @@ class Ingress:
         self._model_id = config.model.model_id
         self._started = int(time.time())
         self._fallbacks = 0
+        self._metrics = IngressMetrics()
         self._router = GroupRouter(
             gpu_group,
             cpu_group,
@@ -143,10 +146,12 @@ class Ingress:
             on_fallback=self._count_fallback,
         )
 
+        self._gpu_status_message = ""
         self._status_task = asyncio.get_event_loop().create_task(self._watch_gpu_group()) if gpu_group else None
 
     def _count_fallback(self, reason: str) -> None:
         self._fallbacks += 1
+        self._metrics.record_fallback(reason)
 
     async def _watch_gpu_group(self) -> None:
         """Keep the router told how many GPU-group replicas are running."""
@@ -157,6 +162,9 @@ class Ingress:
                 deployment = status.applications[app_name].deployments.get(DEPLOYMENT_NAMES[GPU_GROUP])
                 running = deployment.replica_states.get("RUNNING", 0) if deployment else 0
                 self._router.gpu_running_replicas = running
+                if deployment:
+                    states = ", ".join(f"{state.value if hasattr(state, 'value') else state} {count}" for state, count in deployment.replica_states.items())
+                    self._gpu_status_message = f"replicas: {states or 'none'}. {deployment.message}".strip()
             except Exception as error:  # noqa: BLE001 - the watch must outlive a controller hiccup
                 logger.warning("Reading Serve status failed: %s", error)
                 self._router.gpu_running_replicas = None
@@ -199,6 +207,10 @@ class Ingress:
                 )
             except TimeoutError:
                 return name, [{"state": "unreachable", "reason": f"no answer within {_DESCRIBE_TIMEOUT_S:g} s"}]
+            except (DeploymentUnavailableError, RayServeException) as error:
+                # No replica running: unschedulable (no GPU node), starting, or restarting.
+                reason = self._gpu_status_message if name == GPU_GROUP and self._gpu_status_message else str(error)
+                return name, [{"state": "not_running", "reason": reason}]
             described = []
             for result in results:
                 if isinstance(result, BaseException):

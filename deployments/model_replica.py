@@ -25,6 +25,7 @@ from ray.serve.exceptions import RayServeException
 
 from deployments.autoscaling import FREE_BYTES_METRIC, NEED_BYTES_METRIC, READY_METRIC
 from deployments.config import AppConfig, CpuGroupSettings, GpuGroupSettings
+from deployments.metrics import ReplicaMetrics
 from memory import MemorySnapshot
 from memory.allocator import read_allocator_settings
 from memory.budget import MemoryBudget, cpu_budget
@@ -108,6 +109,7 @@ class ModelReplica:
         self._load_attempts = 0
         self._request_ooms = 0
         self._allocator = read_allocator_settings()
+        self._metrics = ReplicaMetrics(group)
         self._stopping = threading.Event()
         # One generation at a time: the replica's threads (or its GPU share) are its whole compute.
         self._generate_lock = threading.Lock()
@@ -149,9 +151,16 @@ class ModelReplica:
                 self._wait_for_memory(str(error))
             else:
                 self._adapter, self._strategy, self._load_report = loaded.model, loaded.strategy, loaded.report
+                self._metrics.set_precision(loaded.strategy.name)
+                self._record_attempts(loaded.report)
                 self._set_state(ReplicaState.READY, f"loaded as {loaded.strategy.name} on {loaded.strategy.device}")
                 return
+            self._record_attempts(self._load_report)
             self._stopping.wait(self._settings.load_retry_period_s)
+
+    def _record_attempts(self, report: LoadReport | None) -> None:
+        for attempt in report.attempts if report else ():
+            self._metrics.record_load_attempt(attempt.strategy, attempt.outcome)
 
     def _wait_for_memory(self, reason: str) -> None:
         self._set_state(
@@ -182,6 +191,7 @@ class ModelReplica:
                 if not is_out_of_memory(error):
                     raise
                 self._request_ooms += 1
+                self._metrics.record_request_out_of_memory()
                 freed = release_memory()
                 raise RequestOutOfMemoryError(
                     f"{self._group} replica {self._replica_id} ran out of memory on this request "
@@ -212,8 +222,9 @@ class ModelReplica:
         }
 
     def record_autoscaling_stats(self) -> dict[str, float]:
-        """Readiness and headroom for ``deployments.autoscaling.memory_aware_policy``."""
+        """Readiness and headroom for ``deployments.autoscaling.memory_aware_policy``; refreshes the gauges."""
         snapshot = MemorySnapshot.measure()
+        self._metrics.record_snapshot(snapshot)
         if self._group == GPU_GROUP:
             free = snapshot.gpus[0].free_bytes if snapshot.gpus else 0
         else:

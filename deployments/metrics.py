@@ -1,0 +1,61 @@
+"""Prometheus metrics through ``ray.serve.metrics``, labelled by group and precision.
+
+Serve adds its own tags (deployment, replica, application). Names carry units.
+"""
+
+from ray.serve import metrics
+
+from memory.probe import MemorySnapshot
+
+_GROUP_TAGS = ("group", "precision")
+
+
+class ReplicaMetrics:
+    """Memory gauges and counters of one model replica."""
+
+    def __init__(self, group: str) -> None:
+        self._tags = {"group": group, "precision": "none"}
+        self.gpu_allocated_bytes = metrics.Gauge("vd_gpu_allocated_bytes", "torch allocated bytes on the replica's GPU", tag_keys=_GROUP_TAGS)
+        self.gpu_reserved_bytes = metrics.Gauge("vd_gpu_reserved_bytes", "torch reserved bytes on the replica's GPU", tag_keys=_GROUP_TAGS)
+        self.gpu_free_bytes = metrics.Gauge("vd_gpu_free_bytes", "device-wide free bytes on the replica's GPU", tag_keys=_GROUP_TAGS)
+        self.gpu_fragmentation_ratio = metrics.Gauge(
+            "vd_gpu_fragmentation_ratio", "(reserved - allocated) / reserved", tag_keys=_GROUP_TAGS
+        )
+        self.process_rss_bytes = metrics.Gauge("vd_process_rss_bytes", "replica process resident bytes", tag_keys=_GROUP_TAGS)
+        self.request_out_of_memory = metrics.Counter(
+            "vd_request_out_of_memory_total", "requests that ran out of memory and were absorbed", tag_keys=_GROUP_TAGS
+        )
+        self.load_attempts = metrics.Counter(
+            "vd_load_attempts_total", "loading-chain attempts by outcome", tag_keys=(*_GROUP_TAGS, "outcome")
+        )
+
+    def set_precision(self, precision: str) -> None:
+        self._tags = {**self._tags, "precision": precision}
+
+    def record_snapshot(self, snapshot: MemorySnapshot) -> None:
+        self.process_rss_bytes.set(snapshot.process_rss_bytes, tags=self._tags)
+        if not snapshot.gpus:
+            return
+        gpu = snapshot.gpus[0]
+        self.gpu_free_bytes.set(gpu.free_bytes, tags=self._tags)
+        if gpu.torch is not None:
+            self.gpu_allocated_bytes.set(gpu.torch.allocated_bytes, tags=self._tags)
+            self.gpu_reserved_bytes.set(gpu.torch.reserved_bytes, tags=self._tags)
+            self.gpu_fragmentation_ratio.set(gpu.torch.fragmentation_ratio, tags=self._tags)
+
+    def record_load_attempt(self, strategy: str, outcome: str) -> None:
+        self.load_attempts.inc(tags={"group": self._tags["group"], "precision": strategy, "outcome": outcome})
+
+    def record_request_out_of_memory(self) -> None:
+        self.request_out_of_memory.inc(tags=self._tags)
+
+
+class IngressMetrics:
+    def __init__(self) -> None:
+        self.fallbacks = metrics.Counter(
+            "vd_fallbacks_total", "requests sent to the CPU group because the GPU group could not take them", tag_keys=("reason",)
+        )
+
+    def record_fallback(self, reason: str) -> None:
+        # The reason's first words only: a label must have few values.
+        self.fallbacks.inc(tags={"reason": reason.split(":")[0][:40]})
