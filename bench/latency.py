@@ -17,24 +17,16 @@ Usage: .venv/bin/python -m bench.latency [--requests 200] [--max-tokens 8] [--js
 """
 
 import argparse
-import base64
 import json
 import logging
 import math
-import os
-import pathlib
-import shutil
-import socket
 import statistics
 import sys
-import tempfile
 import time
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+from bench.local_serve import local_serve  # noqa: I001 - sets Ray's environment first
 
 import httpx  # noqa: E402
-import ray  # noqa: E402
 from fastapi import FastAPI, Request  # noqa: E402
 from ray import serve  # noqa: E402
 
@@ -96,12 +88,6 @@ def _summary(samples_s: list[float]) -> dict[str, float]:
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _app_args(access_log: bool) -> dict:
     return {
         "gpu_group": {"enabled": False},
@@ -122,10 +108,11 @@ def main() -> int:
 
     question = "What is happening in this video?"
     body = {"messages": [{"role": "user", "content": question}], "max_tokens": args.max_tokens, "temperature": 0}
-    workdir = pathlib.Path(tempfile.mkdtemp(prefix="vd-bench-"))
-    os.environ["VIDEO_DETECTIVE_CACHE"] = str(workdir / "cache")
-    model_path = str(ensure_tiny_model())
-    try:
+    # Logical CPUs for 3 apps x (replica + ingress); requests run one at a time, so the
+    # two real cores are never asked for more than one generation at once.
+    logical_cpus = math.ceil(3 * (REPLICA_NUM_CPUS + INGRESS_NUM_CPUS)) + 1
+    with local_serve(num_cpus=logical_cpus) as (base_url, _):
+        model_path = str(ensure_tiny_model())
         # (a) in-process, through the same request translation the ingress uses.
         config = load_app_config(_app_args(access_log=False))
         generation_request = to_generation_request(ChatCompletionRequest.model_validate(body), config)
@@ -143,18 +130,12 @@ def main() -> int:
             in_process.append(time.perf_counter() - started)
         adapter.unload()
 
-        # Logical CPUs for 3 apps x (replica + ingress); requests run one at a time, so the
-        # two real cores are never asked for more than one generation at once.
-        logical_cpus = math.ceil(3 * (REPLICA_NUM_CPUS + INGRESS_NUM_CPUS)) + 1
-        ray.init(address="local", num_cpus=logical_cpus, include_dashboard=False, _temp_dir=str(workdir / "ray"), log_to_driver=False)
-        port = _free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(BareIngress.bind(BareReplica.bind(model_path)), name="bare", route_prefix="/bare")
         serve.run(build_app(_app_args(access_log=False)), name="vd", route_prefix="/vd")
         serve.run(build_app(_app_args(access_log=True)), name="vd-access-log", route_prefix="/vd-log")
         variants = {"bare_serve": "/bare", "video_detective": "/vd", "video_detective_access_log": "/vd-log"}
         samples: dict[str, list[float]] = {name: [] for name in variants}
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+        with httpx.Client(base_url=base_url, timeout=60) as client:
             for prefix in variants.values():
                 for _ in range(args.warmup):
                     client.post(f"{prefix}/v1/chat/completions", json=body).raise_for_status()
@@ -163,10 +144,6 @@ def main() -> int:
                     started = time.perf_counter()
                     client.post(f"{prefix}/v1/chat/completions", json=body).raise_for_status()
                     samples[name].append(time.perf_counter() - started)
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        shutil.rmtree(workdir, ignore_errors=True)
 
     figures = {"in_process": _summary(in_process), **{name: _summary(values) for name, values in samples.items()}}
     bare, ours = figures["bare_serve"], figures["video_detective"]
