@@ -112,6 +112,12 @@ class _GroupSettings(_Strict):
         default=10.0, gt=0, description="How often a replica waiting for memory measures again and retries its chain."
     )
     health_check_period_s: float = Field(default=10.0, gt=0, description="Serve restarts a replica after 3 failed checks.")
+    health_min_headroom_bytes: int = Field(
+        default=0,
+        ge=0,
+        description="Fail health (so Serve restarts the replica) when free memory stays under this while requests "
+        "keep running out of memory (3 in a minute); 0 turns the check off.",
+    )
     env_vars: dict[str, str] = Field(
         default_factory=dict,
         description="Extra environment variables for this group's replicas (e.g. HF_HOME, NCCL settings).",

@@ -12,6 +12,7 @@ other group. The replica says all of this in ``describe``: state, reason,
 load report, budget, memory snapshot, allocator settings.
 """
 
+import collections
 import dataclasses
 import enum
 import logging
@@ -32,6 +33,7 @@ from memory.budget import MemoryBudget, cpu_budget
 from memory.cleanup import release_memory
 from memory.estimate import RequestShape, activation_reserve_bytes, load_model_config
 from memory.gpu import NoGpuVisibleError, limit_to_share, measure_gpu_budget
+from memory.plan import estimate_chain
 from memory.loader import LoadReport, ModelLoadError, NothingFitsError, is_out_of_memory
 from memory.strategy import LoadStrategy
 from models.base import GenerationRequest, GenerationResult
@@ -40,6 +42,9 @@ from models.loading import load_adapter
 from models.tiny import ensure_tiny_model
 
 logger = logging.getLogger(__name__)
+
+_OOMS_BEFORE_UNHEALTHY = 3
+_OOM_WINDOW_S = 60.0
 
 GPU_GROUP = "gpu"
 CPU_GROUP = "cpu"
@@ -97,8 +102,10 @@ class ModelReplica:
         torch.set_num_threads(self._num_threads)
         self._replica_id = _replica_id()
         self._model_path = str(ensure_tiny_model()) if config.model.source == "tiny" else config.model.source
-        self._reserve_bytes = activation_reserve_bytes(load_model_config(self._model_path), request_shape(config))
+        model_config = load_model_config(self._model_path)
+        self._reserve_bytes = activation_reserve_bytes(model_config, request_shape(config))
         self._chain = self._settings.strategies()
+        self._estimates = estimate_chain(model_config, self._chain)
         self._on_cuda = all(strategy.device == "cuda" for strategy in self._chain)
         self._state = ReplicaState.LOADING
         self._reason = "loading"
@@ -108,6 +115,7 @@ class ModelReplica:
         self._budget: MemoryBudget | None = None
         self._load_attempts = 0
         self._request_ooms = 0
+        self._recent_ooms: collections.deque[float] = collections.deque(maxlen=_OOMS_BEFORE_UNHEALTHY)
         self._allocator = read_allocator_settings()
         self._metrics = ReplicaMetrics(group)
         self._stopping = threading.Event()
@@ -138,7 +146,11 @@ class ModelReplica:
             self._load_attempts += 1
             try:
                 loaded = load_adapter(
-                    self._model_path, self._chain, measure_budget=self._measure_budget, oom_retries=self._settings.oom_retries
+                    self._model_path,
+                    self._chain,
+                    measure_budget=self._measure_budget,
+                    oom_retries=self._settings.oom_retries,
+                    estimates=self._estimates,
                 )
             except NothingFitsError as error:
                 self._load_report = error.report
@@ -191,6 +203,7 @@ class ModelReplica:
                 if not is_out_of_memory(error):
                     raise
                 self._request_ooms += 1
+                self._recent_ooms.append(time.monotonic())
                 self._metrics.record_request_out_of_memory()
                 freed = release_memory()
                 raise RequestOutOfMemoryError(
@@ -225,10 +238,7 @@ class ModelReplica:
         """Readiness and headroom for ``deployments.autoscaling.memory_aware_policy``; refreshes the gauges."""
         snapshot = MemorySnapshot.measure()
         self._metrics.record_snapshot(snapshot)
-        if self._group == GPU_GROUP:
-            free = snapshot.gpus[0].free_bytes if snapshot.gpus else 0
-        else:
-            free = snapshot.available_bytes
+        free = self._headroom_bytes(snapshot)
         loaded = self._load_report.loaded if self._load_report else None
         if loaded is not None and loaded.measured_bytes is not None:
             weights = loaded.measured_bytes
@@ -260,9 +270,32 @@ class ModelReplica:
                 torch.cuda.synchronize()
             except RuntimeError as error:
                 raise RuntimeError(f"Replica {self._replica_id}: CUDA is in an error state: {error}") from error
+        floor = self._settings.health_min_headroom_bytes
+        recurring = (
+            len(self._recent_ooms) == _OOMS_BEFORE_UNHEALTHY
+            and time.monotonic() - self._recent_ooms[0] <= _OOM_WINDOW_S
+        )
+        if floor and recurring:
+            headroom = self._headroom_bytes(MemorySnapshot.measure())
+            if headroom < floor:
+                raise RuntimeError(
+                    f"Replica {self._replica_id}: {_OOMS_BEFORE_UNHEALTHY} requests ran out of memory within "
+                    f"{_OOM_WINDOW_S:g} s and headroom is {headroom} bytes, under the {floor}-byte floor; restarting"
+                )
+
+    def _headroom_bytes(self, snapshot: MemorySnapshot) -> int:
+        if self._group == GPU_GROUP:
+            return snapshot.gpus[0].free_bytes if snapshot.gpus else 0
+        return snapshot.available_bytes
+
+    def close(self) -> None:
+        """Stop the loader thread (Serve calls ``__del__`` when it stops a replica)."""
+        self._stopping.set()
+        if self._loader.is_alive() and self._loader is not threading.current_thread():
+            self._loader.join(timeout=30)
 
     def __del__(self) -> None:
-        self._stopping.set()
+        self.close()
 
 
 def _replica_id() -> str:

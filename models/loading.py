@@ -8,7 +8,7 @@ import logging
 from typing import Callable
 
 from memory.budget import MemoryBudget
-from memory.estimate import load_model_config, measure_model_bytes
+from memory.estimate import WeightEstimate, load_model_config, measure_model_bytes
 from memory.loader import Loaded, load_through_chain
 from memory.plan import estimate_chain
 from memory.strategy import LoadStrategy
@@ -25,8 +25,12 @@ def load_adapter(
     oom_retries: int = 1,
     retry_delay_s: float = 2.0,
     make_adapter: Callable[[str, LoadStrategy], HuggingFaceVisionLanguageAdapter] | None = None,
+    estimates: dict[LoadStrategy, WeightEstimate] | None = None,
 ) -> Loaded[HuggingFaceVisionLanguageAdapter]:
-    """Load ``model_path`` with the first strategy of ``chain`` that fits; see :func:`load_through_chain`."""
+    """Load ``model_path`` with the first strategy of ``chain`` that fits; see :func:`load_through_chain`.
+
+    ``estimates`` saves pricing the chain again when a caller retries (they depend on the config only).
+    """
     make = make_adapter or (lambda path, strategy: HuggingFaceVisionLanguageAdapter(path, strategy=strategy))
 
     def load(strategy: LoadStrategy) -> HuggingFaceVisionLanguageAdapter:
@@ -37,7 +41,7 @@ def load_adapter(
     return load_through_chain(
         model_path,
         chain,
-        estimates=estimate_chain(load_model_config(model_path), chain),
+        estimates=estimates if estimates is not None else estimate_chain(load_model_config(model_path), chain),
         measure_budget=measure_budget,
         load=load,
         measure=lambda adapter: measure_model_bytes(adapter.model),
