@@ -67,3 +67,27 @@ def test_a_checkpoint_folder_names_the_model(tmp_path):
 
     assert config.model.model_id == "Qwen2.5-VL-7B-Instruct"
     assert load_app_config({"model": {"source": str(folder), "served_name": "qwen"}}).model.model_id == "qwen"
+
+
+def test_the_app_builder_serve_calls_refuses_a_wrong_key_with_its_name():
+    from deployments.app import build_app
+
+    with pytest.raises(ConfigError, match=r"gpu_group\.num_gpu: unknown key"):
+        build_app({"gpu_group": {"num_gpu": 1}})
+
+
+def test_the_app_builder_refuses_a_wrong_value_with_its_name():
+    from deployments.app import build_app
+
+    with pytest.raises(ConfigError, match=r"gpu_group\.num_gpus: Input should be less than or equal to 1 \(got 2\)"):
+        build_app({"gpu_group": {"num_gpus": 2}})
+
+
+def test_folklore_environment_in_a_group_is_refused():
+    with pytest.raises(ConfigError, match="CUDA_LAUNCH_BLOCKING='1': it serialises every kernel launch"):
+        load_app_config({"gpu_group": {"env_vars": {"CUDA_LAUNCH_BLOCKING": "1"}}})
+
+
+def test_max_replicas_below_min_names_both_numbers():
+    with pytest.raises(ConfigError, match=r"max_replicas \(1\) must be greater than or equal to min_replicas \(2\)"):
+        load_app_config({"cpu_group": {"autoscaling": {"min_replicas": 2, "max_replicas": 1}}})
