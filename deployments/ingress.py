@@ -19,7 +19,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
-from ray.exceptions import RayTaskError
 from ray.serve.exceptions import DeploymentUnavailableError, RayServeException
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -29,7 +28,7 @@ from deployments.config import AppConfig
 from deployments.errors import ApiError, describe_validation_errors, error_body
 from deployments.metrics import IngressMetrics
 from deployments.model_replica import CPU_GROUP, DEPLOYMENT_NAMES, GPU_GROUP, ReplicaAnswer
-from deployments.router import CircuitBreaker, GroupRouter, NoGroupAvailableError
+from deployments.router import CircuitBreaker, GroupRouter, NoGroupAvailableError, remote_cause
 from deployments.openai_schema import (
     ChatCompletionRequest,
     chat_completion_body,
@@ -145,7 +144,6 @@ class Ingress:
             breaker=CircuitBreaker(cooldown_s=config.routing.breaker_cooldown_s),
             on_fallback=self._count_fallback,
         )
-
         self._gpu_status_message = ""
         self._status_task = asyncio.get_event_loop().create_task(self._watch_gpu_group()) if gpu_group else None
 
@@ -163,7 +161,7 @@ class Ingress:
                 running = deployment.replica_states.get("RUNNING", 0) if deployment else 0
                 self._router.gpu_running_replicas = running
                 if deployment:
-                    states = ", ".join(f"{state.value if hasattr(state, 'value') else state} {count}" for state, count in deployment.replica_states.items())
+                    states = ", ".join(f"{getattr(state, 'value', state)} {n}" for state, n in deployment.replica_states.items())
                     self._gpu_status_message = f"replicas: {states or 'none'}. {deployment.message}".strip()
             except Exception as error:  # noqa: BLE001 - the watch must outlive a controller hiccup
                 logger.warning("Reading Serve status failed: %s", error)
@@ -252,8 +250,9 @@ class Ingress:
         try:
             return await self._router.call("generate", generation_request)
         except InvalidModelInputError as error:
-            cause = error.cause if isinstance(error, RayTaskError) else error
-            raise ApiError(400, f"The model cannot take this input: {cause}", code="invalid_model_input") from error
+            raise ApiError(
+                400, f"The model cannot take this input: {remote_cause(error)}", code="invalid_model_input"
+            ) from error
         except NoGroupAvailableError as error:
             raise ApiError(
                 503,

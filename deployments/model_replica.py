@@ -202,6 +202,9 @@ class ModelReplica:
             except Exception as error:
                 if not is_out_of_memory(error):
                     raise
+                result = None
+            if result is None:
+                # Outside the except block, so the request's tensors held by the traceback can be freed.
                 self._request_ooms += 1
                 self._recent_ooms.append(time.monotonic())
                 self._metrics.record_request_out_of_memory()
@@ -209,7 +212,7 @@ class ModelReplica:
                 raise RequestOutOfMemoryError(
                     f"{self._group} replica {self._replica_id} ran out of memory on this request "
                     f"(cleanup freed {freed.gpu_reserved_freed_bytes + freed.process_rss_freed_bytes} bytes)"
-                ) from None
+                )
             elapsed = time.perf_counter() - started
         return ReplicaAnswer(
             result=result,

@@ -131,10 +131,15 @@ async def _await(response: Awaitable[Any]) -> Any:
     return await response
 
 
+def remote_cause(error: BaseException) -> BaseException:
+    """The exception a replica raised, without the remote traceback Ray wraps it in."""
+    return error.cause if isinstance(error, RayTaskError) else error
+
+
 def _describe(error: BaseException, timeout_s: float | None) -> str:
     if isinstance(error, asyncio.TimeoutError):
         return f"no answer within {timeout_s:g} s (a replica may be unschedulable or stuck)"
-    cause = error.cause if isinstance(error, RayTaskError) else error  # a replica's error, without its traceback
+    cause = remote_cause(error)
     return f"{type(cause).__name__}: {cause}"
 
 

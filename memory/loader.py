@@ -151,12 +151,14 @@ def load_through_chain(
                 logger.info("Skipping %s: %s; %s", strategy.name, reason, budget.explain())
                 break
             started = time.perf_counter()
+            out_of_memory = False
             try:
                 with returning_freed_memory():
                     model = load(strategy)
             except Exception as error:  # noqa: BLE001 - sorted into memory and non-memory below
                 seconds = time.perf_counter() - started
-                if not is_out_of_memory(error):
+                out_of_memory = is_out_of_memory(error)
+                if not out_of_memory:
                     attempts.append(
                         LoadAttempt(strategy.name, strategy.device, estimate, budget.weights_bytes, "failed", f"{type(error).__name__}: {error}", seconds)
                     )
@@ -166,7 +168,8 @@ def load_through_chain(
                         f"a smaller precision cannot fix it: {type(error).__name__}: {error}",
                         report,
                     ) from error
-                del error
+            if out_of_memory:
+                # Outside the except block: its traceback, and the half-loaded tensors its frames hold, are gone.
                 freed = release_memory()
                 retrying = attempt_number < oom_retries
                 reason = "out of memory while loading; " + ("retrying after cleanup" if retrying else "next strategy")
