@@ -215,6 +215,22 @@ class IngressSettings(_Strict):
     )
 
 
+class AuthSettings(_Strict):
+    api_keys_env: str | None = Field(
+        default="VIDEO_DETECTIVE_API_KEYS",
+        description="Environment variable holding comma-separated API keys; unset or empty means no keys from it.",
+    )
+    api_keys_file: str | None = Field(
+        default=None, description="A file with one API key per line (a mounted secret); must exist when set."
+    )
+
+    @model_validator(mode="after")
+    def _file_exists(self) -> "AuthSettings":
+        if self.api_keys_file is not None and not pathlib.Path(self.api_keys_file).is_file():
+            raise ValueError(f"auth.api_keys_file {self.api_keys_file!r} does not exist; point it at a file of keys or remove it")
+        return self
+
+
 class AppConfig(_Strict):
     model: ModelSettings = ModelSettings()
     limits: LimitsSettings = LimitsSettings()
@@ -224,6 +240,7 @@ class AppConfig(_Strict):
     routing: RoutingSettings = RoutingSettings()
     memory: MemorySettings = MemorySettings()
     ingress: IngressSettings = IngressSettings()
+    auth: AuthSettings = AuthSettings()
 
     @model_validator(mode="after")
     def _some_group_enabled(self) -> "AppConfig":

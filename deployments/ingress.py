@@ -23,6 +23,7 @@ from ray.serve.exceptions import DeploymentUnavailableError, RayServeException
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from deployments.auth import check_bearer, load_api_keys
 from deployments.chat_translation import to_generation_request
 from deployments.config import AppConfig
 from deployments.errors import ApiError, describe_validation_errors, error_body
@@ -134,6 +135,7 @@ class Ingress:
         self._groups = {name: handle for name, handle in ((GPU_GROUP, gpu_group), (CPU_GROUP, cpu_group)) if handle}
         self._config = config
         self._model_id = config.model.model_id
+        self._api_keys = load_api_keys(config.auth)
         self._started = int(time.time())
         self._fallbacks = 0
         self._metrics = IngressMetrics()
@@ -172,9 +174,13 @@ class Ingress:
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
 
+    def _authorize(self, request: Request) -> None:
+        check_bearer(request.headers.get("authorization"), self._api_keys)
+
     @app.get("/readyz")
-    async def readyz(self) -> JSONResponse:
+    async def readyz(self, request: Request) -> JSONResponse:
         """200 while some group can serve (``degraded`` when not all can), 503 when none can."""
+        self._authorize(request)
         groups = await self._describe_groups()
         summary = {}
         for name, replicas in groups.items():
@@ -193,8 +199,9 @@ class Ingress:
         return JSONResponse(body, status_code=200 if any_up else 503, headers=headers)
 
     @app.get("/v1/memory")
-    async def memory(self) -> dict[str, Any]:
+    async def memory(self, request: Request) -> dict[str, Any]:
         """Every replica of both groups: state, memory snapshot, budget, load report, allocator settings."""
+        self._authorize(request)
         return {"groups": await self._describe_groups(), "gpu_breaker": self._router.breaker.state, "fallbacks": self._fallbacks}
 
     async def _describe_groups(self) -> dict[str, list[dict[str, Any]]]:
@@ -221,11 +228,13 @@ class Ingress:
         return dict(pairs)
 
     @app.get("/v1/models")
-    async def list_models(self) -> dict[str, Any]:
+    async def list_models(self, request: Request) -> dict[str, Any]:
+        self._authorize(request)
         return model_list_body(self._model_id, self._started)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(self, request: Request) -> JSONResponse:
+        self._authorize(request)
         payload = await _read_json_body(request, self._config.limits.max_request_bytes)
         try:
             chat = ChatCompletionRequest.model_validate(payload)

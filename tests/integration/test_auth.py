@@ -1,0 +1,62 @@
+"""API keys on a real deployment: 401 without a valid key on every route but /healthz."""
+
+import httpx
+import openai
+import pytest
+from ray import serve
+
+from integration.conftest import deploy
+
+KEY = "vd-test-key-0123456789"
+
+
+@pytest.fixture(scope="module")
+def secured_url(http_port, test_root):
+    keys_file = test_root / "api-keys"
+    keys_file.write_text(f"# keys for the auth tests\n{KEY}\n")
+    url = deploy(
+        {"gpu_group": {"enabled": False}, "cpu_group": {"num_cpus": 0.5}, "auth": {"api_keys_file": str(keys_file)}},
+        http_port,
+        name="secured",
+        route_prefix="/secured",
+    )
+    yield url
+    serve.delete("secured")
+
+
+CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/v1/chat/completions"), ("GET", "/v1/models"), ("GET", "/readyz"), ("GET", "/v1/memory")],
+)
+@pytest.mark.parametrize("authorization", [None, "Bearer wrong-key", "Basic dXNlcjpwYXNz"])
+def test_every_route_but_healthz_wants_a_valid_key(secured_url, method, path, authorization):
+    headers = {"Authorization": authorization} if authorization else {}
+
+    response = httpx.request(method, f"{secured_url}{path}", json=CHAT if method == "POST" else None, headers=headers, timeout=60)
+
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert response.json()["error"]["code"] == "invalid_api_key"
+    assert KEY not in response.text
+
+
+def test_healthz_needs_no_key(secured_url):
+    assert httpx.get(f"{secured_url}/healthz", timeout=30).status_code == 200
+
+
+def test_the_openai_client_with_the_key_is_served(secured_url):
+    client = openai.OpenAI(base_url=f"{secured_url}/v1", api_key=KEY, max_retries=0, timeout=60)
+
+    completion = client.chat.completions.create(model="tiny-qwen2-vl", max_tokens=2, messages=CHAT["messages"])
+
+    assert completion.usage.completion_tokens >= 1
+
+
+def test_the_openai_client_with_a_wrong_key_gets_an_authentication_error(secured_url):
+    client = openai.OpenAI(base_url=f"{secured_url}/v1", api_key="wrong", max_retries=0, timeout=60)
+
+    with pytest.raises(openai.AuthenticationError, match="Invalid API key"):
+        client.chat.completions.create(model="tiny-qwen2-vl", max_tokens=2, messages=CHAT["messages"])
