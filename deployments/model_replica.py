@@ -43,6 +43,10 @@ from models.tiny import ensure_tiny_model
 
 logger = logging.getLogger(__name__)
 
+# The CPU group is the last resort: a request reaching a replica that is still loading (scaled up
+# from zero, or just started) waits this long for the load instead of failing. The GPU group never
+# waits: its caller falls back to the CPU group at once.
+_CPU_LOAD_WAIT_S = 300.0
 _OOMS_BEFORE_UNHEALTHY = 3
 _OOM_WINDOW_S = 60.0
 
@@ -119,6 +123,7 @@ class ModelReplica:
         self._allocator = read_allocator_settings()
         self._metrics = ReplicaMetrics(group)
         self._stopping = threading.Event()
+        self._first_load_settled = threading.Event()  # set once the first load ends, whatever its outcome
         # One generation at a time: the replica's threads (or its GPU share) are its whole compute.
         self._generate_lock = threading.Lock()
         self._loader = threading.Thread(target=self._load_until_ready, name=f"{group}-loader", daemon=True)
@@ -184,10 +189,14 @@ class ModelReplica:
             log = logger.warning if state in (ReplicaState.WAITING_FOR_MEMORY, ReplicaState.FAILED) else logger.info
             log("Replica %s of group %s: %s (%s)", self._replica_id, self._group, state.value, reason)
         self._state, self._reason = state, reason
+        if state is not ReplicaState.LOADING:
+            self._first_load_settled.set()
 
     # -- serving -----------------------------------------------------------------------------
 
     def generate(self, request: GenerationRequest) -> ReplicaAnswer:
+        if self._group == CPU_GROUP and self._state is ReplicaState.LOADING:
+            self._first_load_settled.wait(timeout=_CPU_LOAD_WAIT_S)
         adapter, strategy = self._adapter, self._strategy
         if self._state is not ReplicaState.READY or adapter is None or strategy is None:
             raise ReplicaUnavailableError(f"{self._group} replica {self._replica_id} is {self._state.value}: {self._reason}")

@@ -239,3 +239,23 @@ def test_memory_gauges_and_fallback_counters_reach_prometheus(base_url):
     assert sum(float(line.rsplit(" ", 1)[1]) for line in seen["vd_fallbacks_total"]) >= 1
     loaded = [line for line in seen["vd_load_attempts_total"] if 'outcome="loaded"' in line and 'group="cpu"' in line]
     assert loaded
+
+
+def test_a_cpu_group_at_zero_replicas_scales_up_for_the_first_request_and_answers_it(http_port):
+    url = deploy(
+        {
+            "gpu_group": {"enabled": False},
+            "cpu_group": {"num_cpus": 0.5, "autoscaling": {"min_replicas": 0, "max_replicas": 1, "upscale_delay_s": 0}},
+        },
+        http_port,
+        name="from-zero",
+        route_prefix="/from-zero",
+    )
+    try:
+        assert sum(serve.status().applications["from-zero"].deployments["cpu_group"].replica_states.values()) == 0
+
+        response = httpx.post(f"{url}/v1/chat/completions", json=REQUEST, timeout=300)
+
+        assert _group_of(response) == "cpu"
+    finally:
+        serve.delete("from-zero")
