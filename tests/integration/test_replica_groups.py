@@ -259,3 +259,32 @@ def test_a_cpu_group_at_zero_replicas_scales_up_for_the_first_request_and_answer
         assert _group_of(response) == "cpu"
     finally:
         serve.delete("from-zero")
+
+
+def test_a_gpu_group_slower_than_the_timeout_is_skipped_and_the_breaker_opens(http_port, test_root):
+    probe = test_root / "slow-gpu-probe.json"
+    probe.write_text(json.dumps({"total_bytes": 8 * GIB, "free_bytes": 8 * GIB}))
+    url = deploy(
+        {
+            "gpu_group": {"device": "cpu", "num_cpus": 0.5, "env_vars": {"VIDEO_DETECTIVE_GPU_PROBE_FILE": str(probe)}},
+            "cpu_group": {"num_cpus": 0.5},
+            "routing": {"gpu_timeout_s": 0.3, "breaker_cooldown_s": 60},
+        },
+        http_port,
+        name="slow-gpu",
+        route_prefix="/slow-gpu",
+    )
+    try:
+        wait_for_condition(lambda: httpx.get(f"{url}/readyz", timeout=30).json()["status"] == "ready", timeout_s=60)
+        assert _group_of(httpx.post(f"{url}/v1/chat/completions", json=REQUEST, timeout=60)) == "gpu"
+
+        slow = {**REQUEST, "max_tokens": 300}  # far longer than 0.3 s on this CPU
+        assert _group_of(httpx.post(f"{url}/v1/chat/completions", json=slow, timeout=120)) == "cpu"
+
+        readyz = httpx.get(f"{url}/readyz", timeout=30).json()
+        assert readyz["gpu_breaker"] == "open"
+        assert readyz["fallbacks"] >= 1
+        # While the breaker is open even a quick request goes straight to the CPU group.
+        assert _group_of(httpx.post(f"{url}/v1/chat/completions", json=REQUEST, timeout=60)) == "cpu"
+    finally:
+        serve.delete("slow-gpu")
