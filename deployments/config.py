@@ -8,7 +8,7 @@ import pathlib
 from typing import Any, Literal
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from memory.allocator import (
     DEFAULT_ALLOCATOR_SETTINGS,
@@ -17,7 +17,7 @@ from memory.allocator import (
     validate_allocator_settings,
 )
 from memory.estimate import DEFAULT_CUDA_CONTEXT_BYTES
-from memory.strategy import DEFAULT_CPU_CHAIN, DEFAULT_GPU_CHAIN, StrategyError, parse_chain
+from memory.strategy import DEFAULT_CPU_CHAIN, DEFAULT_GPU_CHAIN, LoadStrategy, StrategyError, parse_chain
 
 _MIB = 1024**2
 
@@ -133,8 +133,18 @@ class _GroupSettings(_Strict):
             raise ValueError(str(error)) from error
         return env_vars
 
-    def strategies(self) -> tuple:
-        raise NotImplementedError
+    @field_validator("chain", check_fields=False)
+    @classmethod
+    def _known_strategies(cls, chain: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        # The GPU group declares ``device`` before ``chain``; the CPU group always runs on the CPU.
+        try:
+            parse_chain(chain, info.data.get("device", "cpu"))
+        except StrategyError as error:
+            raise ValueError(str(error)) from error
+        return chain
+
+    def strategies(self) -> tuple[LoadStrategy, ...]:
+        return parse_chain(self.chain, getattr(self, "device", "cpu"))
 
 
 class CpuGroupSettings(_GroupSettings):
@@ -144,14 +154,6 @@ class CpuGroupSettings(_GroupSettings):
         gt=0,
         description="Host memory this replica may use for weights and activations (capped by what is available).",
     )
-
-    @field_validator("chain")
-    @classmethod
-    def _known_strategies(cls, chain: tuple[str, ...]) -> tuple[str, ...]:
-        return _checked_chain(chain, "cpu")
-
-    def strategies(self) -> tuple:
-        return parse_chain(self.chain, "cpu")
 
 
 class GpuGroupSettings(_GroupSettings):
@@ -163,14 +165,6 @@ class GpuGroupSettings(_GroupSettings):
     chain: tuple[str, ...] = Field(default=DEFAULT_GPU_CHAIN, description="Strategies tried in order.")
     cuda_context_bytes: int = Field(default=DEFAULT_CUDA_CONTEXT_BYTES, ge=0)
 
-    @model_validator(mode="after")
-    def _known_strategies(self) -> "GpuGroupSettings":
-        _checked_chain(self.chain, self.device)
-        return self
-
-    def strategies(self) -> tuple:
-        return parse_chain(self.chain, self.device)
-
 
 class RoutingSettings(_Strict):
     gpu_timeout_s: float = Field(
@@ -179,14 +173,6 @@ class RoutingSettings(_Strict):
     breaker_cooldown_s: float = Field(
         default=15.0, gt=0, description="After a GPU-group failure, send traffic to the CPU group this long before probing."
     )
-
-
-def _checked_chain(chain: tuple[str, ...], device: str) -> tuple[str, ...]:
-    try:
-        parse_chain(chain, device)
-    except StrategyError as error:
-        raise ValueError(str(error)) from error
-    return chain
 
 
 class MemorySettings(_Strict):

@@ -14,7 +14,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
@@ -121,14 +121,10 @@ class GroupRouter:
     async def _call_gpu(self, method: str, *args: Any) -> Any:
         response = self._gpu.options(method_name=method).remote(*args)
         try:
-            return await asyncio.wait_for(_await(response), timeout=self._gpu_timeout_s)
+            return await asyncio.wait_for(response, timeout=self._gpu_timeout_s)
         except asyncio.TimeoutError:
             response.cancel()
             raise
-
-
-async def _await(response: Awaitable[Any]) -> Any:
-    return await response
 
 
 def remote_cause(error: BaseException) -> BaseException:
