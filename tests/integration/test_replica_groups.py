@@ -268,23 +268,30 @@ def test_a_gpu_group_slower_than_the_timeout_is_skipped_and_the_breaker_opens(ht
         {
             "gpu_group": {"device": "cpu", "num_cpus": 0.5, "env_vars": {"VIDEO_DETECTIVE_GPU_PROBE_FILE": str(probe)}},
             "cpu_group": {"num_cpus": 0.5},
-            "routing": {"gpu_timeout_s": 0.3, "breaker_cooldown_s": 60},
+            # 0.4 s: ten times a 2-token request, under 500 tokens. A warm-up request that times out
+            # opens the breaker for 5 s only, so the wait below still sees the GPU group answer.
+            "routing": {"gpu_timeout_s": 0.4, "breaker_cooldown_s": 5},
         },
         http_port,
         name="slow-gpu",
         route_prefix="/slow-gpu",
     )
     try:
-        wait_for_condition(lambda: httpx.get(f"{url}/readyz", timeout=30).json()["status"] == "ready", timeout_s=60)
-        assert _group_of(httpx.post(f"{url}/v1/chat/completions", json=REQUEST, timeout=60)) == "gpu"
+        # The ingress learns that a GPU replica runs from Serve's status, polled every 2 s; until then
+        # it sends requests to the CPU group without opening the breaker.
+        wait_for_condition(
+            lambda: _group_of(httpx.post(f"{url}/v1/chat/completions", json=REQUEST, timeout=60)) == "gpu",
+            timeout_s=60,
+            interval_s=0.5,
+        )
 
-        slow = {**REQUEST, "max_tokens": 300}  # far longer than 0.3 s on this CPU
+        slow = {**REQUEST, "max_tokens": 500}  # about a second or more on this CPU
         assert _group_of(httpx.post(f"{url}/v1/chat/completions", json=slow, timeout=120)) == "cpu"
 
         readyz = httpx.get(f"{url}/readyz", timeout=30).json()
         assert readyz["gpu_breaker"] == "open"
         assert readyz["fallbacks"] >= 1
-        # While the breaker is open even a quick request goes straight to the CPU group.
+        # While the breaker is open (5 s) even a quick request goes straight to the CPU group.
         assert _group_of(httpx.post(f"{url}/v1/chat/completions", json=REQUEST, timeout=60)) == "cpu"
     finally:
         serve.delete("slow-gpu")
