@@ -4,10 +4,14 @@ Runs in the ingress, so every bad input fails here with an :class:`ApiError`
 and never reaches a model replica.
 """
 
+import re
+
 from deployments.config import AppConfig
 from deployments.errors import ApiError
 from deployments.openai_schema import ChatCompletionRequest, ChatMessageIn, ImageUrlContent, TextContent
 from models import media
+from models.remote_media import fetch_media
+from models.video import FrameSelection, sample_video
 from models.base import ChatMessage, ContentPart, GenerationRequest, ImagePart, TextPart, VideoPart
 
 _STATUS_BY_MEDIA_ERROR: tuple[tuple[type[media.MediaError], int], ...] = (
@@ -19,10 +23,12 @@ _STATUS_BY_MEDIA_ERROR: tuple[tuple[type[media.MediaError], int], ...] = (
 
 
 def media_error_to_api_error(error: media.MediaError, param: str) -> ApiError:
+    """The status that fits the error, and a code a client can branch on (``AudioOnlyError`` -> ``audio_only``)."""
+    code = re.sub(r"(?<!^)(?=[A-Z])", "_", type(error).__name__.removesuffix("Error")).lower()
     for error_class, status in _STATUS_BY_MEDIA_ERROR:
         if isinstance(error, error_class):
-            return ApiError(status, f"{param}: {error}", param=param, code=type(error).__name__)
-    return ApiError(400, f"{param}: {error}", param=param, code="media_error")
+            return ApiError(status, f"{param}: {error}", param=param, code=code)
+    return ApiError(400, f"{param}: {error}", param=param, code=code)
 
 
 def to_generation_request(request: ChatCompletionRequest, config: AppConfig) -> GenerationRequest:
@@ -48,7 +54,13 @@ def to_generation_request(request: ChatCompletionRequest, config: AppConfig) -> 
         _translate_message(message, f"messages[{index}]", config) for index, message in enumerate(request.messages)
     )
     temperature = request.temperature if request.temperature is not None else config.generation.default_temperature
-    return GenerationRequest(messages=messages, max_new_tokens=max_tokens, temperature=temperature, seed=request.seed)
+    return GenerationRequest(
+        messages=messages,
+        max_new_tokens=max_tokens,
+        temperature=temperature,
+        seed=request.seed,
+        max_prompt_tokens=limits.max_prompt_tokens,
+    )
 
 
 def _translate_message(message: ChatMessageIn, where: str, config: AppConfig) -> ChatMessage:
@@ -77,9 +89,22 @@ def _translate_message(message: ChatMessageIn, where: str, config: AppConfig) ->
     return ChatMessage(role=message.role, content=tuple(parts))
 
 
+def _resolve_url(url: str, allowed_mime_types: frozenset[str], config: AppConfig) -> media.DataUrl:
+    """A data URL, or (only under ``media.remote_url_allow_list``) a fetched http(s) URL."""
+    if url.startswith("data:") or not config.media.remote_url_allow_list:
+        return media.parse_data_url(url, allowed_mime_types=allowed_mime_types)
+    return fetch_media(
+        url,
+        allow_list=config.media.remote_url_allow_list,
+        allowed_mime_types=allowed_mime_types,
+        max_bytes=config.limits.max_upload_bytes,
+        timeout_s=config.media.remote_fetch_timeout_s,
+    )
+
+
 def _decode_image_part(url: str, param: str, config: AppConfig) -> ImagePart:
     try:
-        data_url = media.parse_data_url(url, allowed_mime_types=media.IMAGE_MIME_TYPES)
+        data_url = _resolve_url(url, media.IMAGE_MIME_TYPES, config)
         pixels = media.decode_image(
             data_url.payload,
             max_pixels=config.limits.max_image_pixels,
@@ -92,11 +117,9 @@ def _decode_image_part(url: str, param: str, config: AppConfig) -> ImagePart:
 
 def _decode_video_part(url: str, param: str, config: AppConfig) -> VideoPart:
     try:
-        data_url = media.parse_data_url(url, allowed_mime_types=media.VIDEO_MIME_TYPES)
-        sampled = media.sample_video_frames(
-            data_url.payload,
-            num_frames=config.limits.video_frames,
-            max_pixels_per_frame=config.limits.max_pixels_per_frame,
+        data_url = _resolve_url(url, media.VIDEO_MIME_TYPES, config)
+        sampled = sample_video(
+            data_url.payload, FrameSelection(num_frames=config.limits.video_frames), config.limits.video_limits()
         )
     except media.MediaError as error:
         raise media_error_to_api_error(error, f"{param}.video_url") from error

@@ -5,6 +5,7 @@ built, with the key's path and what to change, not later at request time.
 """
 
 import pathlib
+import urllib.parse
 from typing import Any, Literal
 
 import pydantic
@@ -18,6 +19,8 @@ from memory.allocator import (
 )
 from memory.estimate import DEFAULT_CUDA_CONTEXT_BYTES
 from memory.strategy import DEFAULT_CPU_CHAIN, DEFAULT_GPU_CHAIN, LoadStrategy, StrategyError, parse_chain
+from models.adapters import AdapterChoiceError, AdapterName, choose_adapter
+from models.video import VideoLimits
 
 _MIB = 1024**2
 
@@ -36,6 +39,14 @@ class ModelSettings(_Strict):
         min_length=1,
         description="The id clients send as 'model'; defaults to 'tiny-qwen2-vl' or the checkpoint folder's name.",
     )
+    adapter: AdapterName = Field(
+        default="auto",
+        description="'transformers' (native path), 'minicpm-v-2.6' (its remote code), or 'auto' to choose by model_type.",
+    )
+    trust_remote_code: bool = Field(
+        default=False, description="Run Python code shipped in the checkpoint (MiniCPM-V 2.6 needs it); read it first."
+    )
+    max_slice_nums: int = Field(default=2, ge=1, le=9, description="MiniCPM-V 2.6: most slices per image or frame.")
     @model_validator(mode="after")
     def _source_exists(self) -> "ModelSettings":
         if self.source != "tiny" and not pathlib.Path(self.source).is_dir():
@@ -43,6 +54,13 @@ class ModelSettings(_Strict):
                 f"model.source {self.source!r} is neither 'tiny' nor an existing checkpoint folder; "
                 "set it to 'tiny' or to a local folder holding config.json and the weights"
             )
+        if self.source != "tiny":
+            try:
+                choose_adapter(self.source, self.adapter, trust_remote_code=self.trust_remote_code)
+            except AdapterChoiceError as error:
+                raise ValueError(str(error)) from error
+        elif self.adapter == "minicpm-v-2.6":
+            raise ValueError("model.adapter 'minicpm-v-2.6' needs a MiniCPM-V 2.6 checkpoint in model.source, not 'tiny'")
         return self
 
     @property
@@ -64,7 +82,22 @@ class LimitsSettings(_Strict):
     max_pixels_per_frame: int = Field(
         default=448 * 448, gt=0, description="Images and video frames are scaled down to at most this many pixels."
     )
-    video_frames: int = Field(default=8, gt=0, description="Frames sampled uniformly from each video.")
+    video_frames: int = Field(default=8, gt=0, description="Frames sampled uniformly from a video when a request sets none.")
+    max_video_frames: int = Field(default=32, gt=0, description="Most frames one request may ask for (frames or fps).")
+    max_video_fps: float = Field(default=30.0, gt=0, description="Highest sampling rate /v1/analyze accepts.")
+    max_video_duration_s: float = Field(default=3600.0, gt=0, description="Longest video accepted (413 above).")
+    max_video_source_pixels: int = Field(
+        default=8192 * 4320,
+        gt=0,
+        description="Largest stored frame (width x height) of a video, checked from its header before decoding (413).",
+    )
+    max_upload_bytes: int = Field(
+        default=256 * _MIB, gt=0, description="Largest /v1/analyze upload, counted while it arrives (413 above)."
+    )
+    max_question_bytes: int = Field(default=16 * 1024, gt=0, description="Largest /v1/analyze question (413 above).")
+    max_prompt_tokens: int = Field(
+        default=16384, gt=0, description="Most prompt tokens (text plus image and video tokens) one request may use (413)."
+    )
     default_max_tokens: int = Field(default=64, gt=0, description="New tokens when a request sets none.")
     max_tokens: int = Field(default=512, gt=0, description="Most new tokens a request may ask for.")
 
@@ -75,7 +108,49 @@ class LimitsSettings(_Strict):
                 f"limits.default_max_tokens ({self.default_max_tokens}) must be less than or equal to "
                 f"limits.max_tokens ({self.max_tokens})"
             )
+        if self.video_frames > self.max_video_frames:
+            raise ValueError(
+                f"limits.video_frames ({self.video_frames}) must be less than or equal to "
+                f"limits.max_video_frames ({self.max_video_frames})"
+            )
         return self
+
+    def video_limits(self) -> VideoLimits:
+        return VideoLimits(
+            max_duration_s=self.max_video_duration_s,
+            max_source_pixels=self.max_video_source_pixels,
+            max_frames=self.max_video_frames,
+            target_pixels_per_frame=self.max_pixels_per_frame,
+        )
+
+
+class RequestOomSettings(_Strict):
+    """How a request that runs out of memory is retried on the same replica before it goes to the other group."""
+
+    min_frames: int = Field(default=2, ge=1, description="Frames are halved on each retry, down to this many.")
+    min_pixels_per_frame: int = Field(
+        default=224 * 224, gt=0, description="The pixel budget per image or frame is halved on each retry, down to this."
+    )
+
+
+class MediaSettings(_Strict):
+    remote_url_allow_list: tuple[str, ...] = Field(
+        default=(),
+        description="URL prefixes (scheme://host[:port]/path) that image_url/video_url may fetch; empty means data URLs only.",
+    )
+    remote_fetch_timeout_s: float = Field(default=10.0, gt=0, description="Timeout of one allowed remote fetch.")
+
+    @field_validator("remote_url_allow_list")
+    @classmethod
+    def _absolute_http_prefixes(cls, prefixes: tuple[str, ...]) -> tuple[str, ...]:
+        for prefix in prefixes:
+            parsed = urllib.parse.urlsplit(prefix)
+            if parsed.scheme not in {"http", "https"} or not parsed.hostname or parsed.username or parsed.password:
+                raise ValueError(
+                    f"media.remote_url_allow_list entry {prefix!r} must be an http(s) URL prefix with a host and no "
+                    "user info, such as 'https://media.example.com/videos/'"
+                )
+        return prefixes
 
 
 class GenerationSettings(_Strict):
@@ -195,10 +270,20 @@ class IngressSettings(_Strict):
     num_replicas: int = Field(default=1, ge=1)
     num_cpus: float = Field(default=0.5, ge=0)
     max_ongoing_requests: int = Field(default=64, ge=1)
+    upload_dir: str | None = Field(
+        default=None, description="Where /v1/analyze uploads are spooled (deleted after each request); default: the system temp dir."
+    )
     access_log: bool = Field(
         default=False,
         description="Ray Serve's per-request access log lines (cost 1-5 ms a request on 2 cores; see README).",
     )
+
+    @field_validator("upload_dir")
+    @classmethod
+    def _upload_dir_exists(cls, upload_dir: str | None) -> str | None:
+        if upload_dir is not None and not pathlib.Path(upload_dir).is_dir():
+            raise ValueError(f"ingress.upload_dir {upload_dir!r} is not an existing folder; create it or remove the key")
+        return upload_dir
 
 
 class AuthSettings(_Strict):
@@ -227,6 +312,8 @@ class AppConfig(_Strict):
     memory: MemorySettings = MemorySettings()
     ingress: IngressSettings = IngressSettings()
     auth: AuthSettings = AuthSettings()
+    request_oom: RequestOomSettings = RequestOomSettings()
+    media: MediaSettings = MediaSettings()
 
     @model_validator(mode="after")
     def _some_group_enabled(self) -> "AppConfig":

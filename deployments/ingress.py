@@ -12,31 +12,45 @@ import asyncio
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, Awaitable
 
 import pydantic
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 from ray.serve.exceptions import DeploymentUnavailableError, RayServeException
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from deployments.analyze import (
+    TEXT_FIELDS,
+    VIDEO_FIELD,
+    analyze_body,
+    check_part_type,
+    frame_selection,
+    parse_analyze_fields,
+)
 from deployments.auth import check_bearer, load_api_keys
-from deployments.chat_translation import to_generation_request
+from deployments.chat_translation import media_error_to_api_error, to_generation_request
 from deployments.config import AppConfig
 from deployments.errors import ApiError, describe_validation_errors, error_body
 from deployments.metrics import IngressMetrics
-from deployments.model_replica import CPU_GROUP, DEPLOYMENT_NAMES, GPU_GROUP, ReplicaAnswer
+from deployments.model_replica import CPU_GROUP, DEPLOYMENT_NAMES, GPU_GROUP, ReplicaAnswer, StreamOpened
 from deployments.router import CircuitBreaker, GroupRouter, NoGroupAvailableError, remote_cause
 from deployments.openai_schema import (
     ChatCompletionRequest,
     chat_completion_body,
+    chat_completion_chunk,
     model_list_body,
     new_completion_id,
+    server_sent_event,
 )
+from deployments.uploads import receive_upload
+from models import media
+from models.base import ChatMessage, GenerationRequest, GenerationResult, PromptTooLongError, TextDelta, TextPart, VideoPart
 from models.hf_adapter import InvalidModelInputError
+from models.video import sample_video
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +64,8 @@ app = FastAPI(
 
 
 def _request_id(request: Request) -> str:
+    """The id Serve's proxy gave this request (the client's ``X-Request-ID`` if it sent one); it is also
+    the ``X-Request-ID`` response header and tags Serve's log lines for the request."""
     header = request.headers.get("x-request-id")
     if header:
         return header
@@ -248,20 +264,151 @@ class Ingress:
                 param="model",
                 code="model_not_found",
             )
-        if chat.stream:
-            raise ApiError(400, "stream: streaming responses are not supported yet; send stream=false", param="stream")
         generation_request = await asyncio.to_thread(to_generation_request, chat, self._config)
+        completion_id = new_completion_id()
+        if chat.stream:
+            include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
+            return await self._stream_chat(request, generation_request, completion_id, include_usage)
         answer = await self._generate(generation_request)
-        body = chat_completion_body(new_completion_id(), self._model_id, answer.result)
+        body = chat_completion_body(completion_id, self._model_id, answer.result)
         return JSONResponse(body, headers=_served_by_headers(answer))
 
-    async def _generate(self, generation_request) -> ReplicaAnswer:
+    async def _stream_chat(
+        self, request: Request, generation_request: GenerationRequest, completion_id: str, include_usage: bool
+    ) -> StreamingResponse:
+        """Server-sent ``chat.completion.chunk`` events; a client that goes away cancels the replica's generation."""
+        opened, stream = await self._with_api_errors(self._router.open_stream("generate_stream", generation_request))
+        request_id = _request_id(request)
+        created = int(time.time())
+
+        def chunk(delta: dict[str, Any], finish_reason: str | None = None, usage: dict[str, int] | None = None) -> str:
+            return server_sent_event(
+                chat_completion_chunk(completion_id, self._model_id, created, delta, finish_reason, usage)
+            )
+
+        async def events():
+            finished = False
+            try:
+                yield chunk({"role": "assistant", "content": ""})
+                item = opened.first
+                while True:
+                    if isinstance(item, TextDelta):
+                        yield chunk({"content": item.text})
+                    elif isinstance(item, GenerationResult):
+                        yield chunk({}, finish_reason=item.finish_reason)
+                        if include_usage:
+                            yield server_sent_event(
+                                chat_completion_chunk(completion_id, self._model_id, created, None, None, _usage(item))
+                            )
+                        break
+                    item = await stream.__anext__()
+                yield "data: [DONE]\n\n"
+                finished = True
+            except StopAsyncIteration:
+                finished = True
+                yield "data: [DONE]\n\n"
+            except Exception as error:  # noqa: BLE001 - headers are sent: the error goes in the stream
+                cause = remote_cause(error)
+                logger.error("Request %s: stream failed after it started: %s", request_id, cause)
+                yield server_sent_event(
+                    error_body(f"The answer stopped: {type(cause).__name__}: {cause}", "server_error", request_id=request_id)
+                )
+            finally:
+                if not finished:
+                    # The client went away (or the stream failed): stop the replica's generation.
+                    stream.cancel()
+                    logger.info("Request %s: stream closed before the end; generation cancelled", request_id)
+
+        served_by = opened.served_by
+        headers = {
+            "x-served-by-group": served_by.group,
+            "x-served-by-replica": served_by.replica,
+            "x-served-by-precision": served_by.precision,
+            "cache-control": "no-cache",
+        }
+        return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+
+    @app.post("/v1/analyze")
+    async def analyze(self, request: Request) -> JSONResponse:
+        """A video file (multipart field ``video``) and a ``question``; see :mod:`deployments.analyze`."""
+        self._authorize(request)
+        started = time.perf_counter()
+        limits = self._config.limits
+        request_id = _request_id(request)
+        async with receive_upload(
+            request,
+            file_field=VIDEO_FIELD,
+            text_fields=TEXT_FIELDS,
+            max_file_bytes=limits.max_upload_bytes,
+            max_field_bytes=limits.max_question_bytes,
+            directory=self._config.ingress.upload_dir,
+        ) as upload:
+            received = time.perf_counter()
+            fields = parse_analyze_fields(upload.fields, limits)
+            if fields.model is not None and fields.model != self._model_id:
+                raise ApiError(
+                    404,
+                    f"The model {fields.model!r} is not served here; this server serves {self._model_id!r}",
+                    error_type="not_found_error",
+                    param="model",
+                    code="model_not_found",
+                )
+            check_part_type(upload.content_type)
+            try:
+                sampled = await asyncio.to_thread(
+                    sample_video, upload.path, frame_selection(fields, limits), limits.video_limits()
+                )
+            except media.MediaError as error:
+                raise media_error_to_api_error(error, VIDEO_FIELD) from error
+        logger.info(
+            "Request %s: %s (%d bytes, %s/%s, %.1f s) sampled to %d frames of %dx%d in %.3f s (%d seeks, %d decoded)",
+            request_id, upload.filename or "(no name)", upload.size_bytes, sampled.info.container, sampled.info.codec,
+            sampled.info.duration_s, len(sampled.timestamps_s), sampled.frames.shape[2], sampled.frames.shape[1],
+            sampled.decode_seconds, sampled.seeks, sampled.decoded_frames,
+        )
+        generation_request = GenerationRequest(
+            messages=(
+                ChatMessage(
+                    role="user",
+                    content=(VideoPart(frames=sampled.frames, timestamps_s=sampled.timestamps_s), TextPart(fields.question)),
+                ),
+            ),
+            max_new_tokens=fields.max_tokens or limits.default_max_tokens,
+            temperature=fields.temperature if fields.temperature is not None else self._config.generation.default_temperature,
+            seed=fields.seed,
+            max_prompt_tokens=limits.max_prompt_tokens,
+        )
+        answer = await self._generate(generation_request)
+        timings = {
+            "upload_s": received - started,
+            "decode_s": sampled.decode_seconds,
+            "inference_s": answer.inference_seconds,
+            "total_s": time.perf_counter() - started,
+        }
+        body = analyze_body(
+            request_id=request_id,
+            model_id=self._model_id,
+            filename=upload.filename,
+            size_bytes=upload.size_bytes,
+            sampled=sampled,
+            answer=answer,
+            timings=timings,
+        )
+        return JSONResponse(body, headers=_served_by_headers(answer))
+
+    async def _generate(self, generation_request: GenerationRequest) -> ReplicaAnswer:
+        return await self._with_api_errors(self._router.call("generate", generation_request))
+
+    async def _with_api_errors(self, routed: Awaitable[Any]) -> Any:
+        """Errors from the replica groups, as the status a client can act on."""
         try:
-            return await self._router.call("generate", generation_request)
+            return await routed
         except InvalidModelInputError as error:
             raise ApiError(
                 400, f"The model cannot take this input: {remote_cause(error)}", code="invalid_model_input"
             ) from error
+        except PromptTooLongError as error:
+            raise ApiError(413, str(remote_cause(error)), code="prompt_too_long") from error
         except NoGroupAvailableError as error:
             raise ApiError(
                 503,
@@ -269,3 +416,11 @@ class Ingress:
                 error_type="service_unavailable",
                 headers={"Retry-After": _RETRY_AFTER_S},
             ) from error
+
+
+def _usage(result: GenerationResult) -> dict[str, int]:
+    return {
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "total_tokens": result.total_tokens,
+    }

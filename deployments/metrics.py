@@ -23,7 +23,12 @@ class ReplicaMetrics:
         )
         self.process_rss_bytes = metrics.Gauge("vd_process_rss_bytes", "replica process resident bytes", tag_keys=_GROUP_TAGS)
         self.request_out_of_memory = metrics.Counter(
-            "vd_request_out_of_memory_total", "requests that ran out of memory and were absorbed", tag_keys=_GROUP_TAGS
+            "vd_request_out_of_memory_total",
+            "generation attempts that ran out of memory, by what followed: retry_smaller or handed_off",
+            tag_keys=(*_GROUP_TAGS, "outcome"),
+        )
+        self.streams_cancelled = metrics.Counter(
+            "vd_streams_cancelled_total", "streamed generations stopped because the client went away", tag_keys=_GROUP_TAGS
         )
         self.load_attempts = metrics.Counter(
             "vd_load_attempts_total", "loading-chain attempts by outcome", tag_keys=(*_GROUP_TAGS, "outcome")
@@ -46,8 +51,11 @@ class ReplicaMetrics:
     def record_load_attempt(self, strategy: str, outcome: str) -> None:
         self.load_attempts.inc(tags={"group": self._tags["group"], "precision": strategy, "outcome": outcome})
 
-    def record_request_out_of_memory(self) -> None:
-        self.request_out_of_memory.inc(tags=self._tags)
+    def record_request_out_of_memory(self, outcome: str) -> None:
+        self.request_out_of_memory.inc(tags={**self._tags, "outcome": outcome})
+
+    def record_stream_cancelled(self) -> None:
+        self.streams_cancelled.inc(tags=self._tags)
 
 
 class IngressMetrics:

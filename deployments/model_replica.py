@@ -12,13 +12,14 @@ other group. The replica says all of this in ``describe``: state, reason,
 load report, budget, memory snapshot, allocator settings.
 """
 
+import asyncio
 import collections
 import dataclasses
 import enum
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, AsyncIterator, Callable
 
 import torch
 from ray import serve
@@ -36,9 +37,11 @@ from memory.gpu import NoGpuVisibleError, limit_to_share, measure_gpu_budget
 from memory.plan import estimate_chain
 from memory.loader import LoadReport, ModelLoadError, NothingFitsError, is_out_of_memory
 from memory.strategy import LoadStrategy
-from models.base import GenerationRequest, GenerationResult
-from models.hf_adapter import HuggingFaceVisionLanguageAdapter
+from memory.fault_injection import raise_if_simulated_out_of_memory
+from models.adapters import adapter_factory, choose_adapter
+from models.base import GenerationRequest, GenerationResult, ModelAdapter, TextDelta, VideoPart
 from models.loading import load_adapter
+from models.request_shrink import RequestSize, ShrinkFloor, request_size, shrink_request
 from models.tiny import ensure_tiny_model
 
 logger = logging.getLogger(__name__)
@@ -79,10 +82,38 @@ class ServedBy:
 
 
 @dataclasses.dataclass(frozen=True)
+class OomRetry:
+    """One out-of-memory on a request and the smaller request that followed."""
+
+    before: RequestSize
+    after: RequestSize
+    freed_bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"before": self.before.to_dict(), "after": self.after.to_dict(), "freed_bytes": self.freed_bytes}
+
+
+@dataclasses.dataclass(frozen=True)
 class ReplicaAnswer:
     result: GenerationResult
     served_by: ServedBy
     inference_seconds: float
+    used: RequestSize  # what the model saw: smaller than asked after out-of-memory retries
+    oom_retries: tuple[OomRetry, ...] = ()
+    used_timestamps_s: tuple[float, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamOpened:
+    """The first item of a stream: who serves it, what it runs on, and the first piece of text."""
+
+    served_by: ServedBy
+    used: RequestSize  # smaller than asked when out-of-memory retries came first
+    first: TextDelta | GenerationResult
+
+
+class _OutOfMemoryAfterOutput(RuntimeError):
+    """Out of memory after some of the answer was streamed: too late to retry smaller."""
 
 
 def request_shape(config: AppConfig) -> RequestShape:
@@ -106,14 +137,21 @@ class ModelReplica:
         torch.set_num_threads(self._num_threads)
         self._replica_id = _replica_id()
         self._model_path = str(ensure_tiny_model()) if config.model.source == "tiny" else config.model.source
-        model_config = load_model_config(self._model_path)
+        trust_remote_code = config.model.trust_remote_code
+        adapter_name = choose_adapter(self._model_path, config.model.adapter, trust_remote_code=trust_remote_code)
+        self._make_adapter = adapter_factory(adapter_name, max_slice_nums=config.model.max_slice_nums)
+        self._shrink_floor = ShrinkFloor(
+            min_frames=config.request_oom.min_frames, min_pixels_per_frame=config.request_oom.min_pixels_per_frame
+        )
+        self._streams_cancelled = 0
+        model_config = load_model_config(self._model_path, trust_remote_code=trust_remote_code)
         self._reserve_bytes = activation_reserve_bytes(model_config, request_shape(config))
         self._chain = self._settings.strategies()
         self._estimates = estimate_chain(model_config, self._chain)
         self._on_cuda = all(strategy.device == "cuda" for strategy in self._chain)
         self._state = ReplicaState.LOADING
         self._reason = "loading"
-        self._adapter: HuggingFaceVisionLanguageAdapter | None = None
+        self._adapter: ModelAdapter | None = None
         self._strategy: LoadStrategy | None = None
         self._load_report: LoadReport | None = None
         self._budget: MemoryBudget | None = None
@@ -156,6 +194,7 @@ class ModelReplica:
                     measure_budget=self._measure_budget,
                     oom_retries=self._settings.oom_retries,
                     estimates=self._estimates,
+                    make_adapter=self._make_adapter,
                 )
             except NothingFitsError as error:
                 self._load_report = error.report
@@ -195,39 +234,153 @@ class ModelReplica:
     # -- serving -----------------------------------------------------------------------------
 
     def generate(self, request: GenerationRequest) -> ReplicaAnswer:
+        """Answer one request; after an out-of-memory, retry it smaller down to the floor, then hand it off."""
+        adapter, served_by = self._ready()
+        with self._generate_lock:
+            self._check_still_loaded(adapter)
+            started = time.perf_counter()
+
+            def run(attempt: GenerationRequest) -> GenerationResult:
+                raise_if_simulated_out_of_memory(attempt)
+                return adapter.generate(attempt)
+
+            result, used, retries = self._shrinking_on_oom(run, request)
+            elapsed = time.perf_counter() - started
+        return ReplicaAnswer(
+            result=result,
+            served_by=served_by,
+            inference_seconds=elapsed,
+            used=request_size(used),
+            oom_retries=retries,
+            used_timestamps_s=_video_timestamps(used),
+        )
+
+    async def generate_stream(self, request: GenerationRequest) -> AsyncIterator[StreamOpened | TextDelta | GenerationResult]:
+        """Stream the answer: :class:`StreamOpened` (once the first text exists), text pieces, then the result.
+
+        Generation runs in a thread and stops at its next token when this generator is closed or
+        cancelled (the client went away). Out of memory before the first piece retries smaller, like
+        :meth:`generate`; an error before :class:`StreamOpened` leaves the caller free to try the other group.
+        """
+        adapter, served_by = self._ready()
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue = asyncio.Queue()
+        stop = threading.Event()
+        finished = object()
+
+        def put(item: Any) -> None:
+            loop.call_soon_threadsafe(items.put_nowait, item)
+
+        def produce() -> None:
+            try:
+                with self._generate_lock:
+                    self._check_still_loaded(adapter)
+                    emitted = [False]
+
+                    def run(attempt: GenerationRequest) -> GenerationResult:
+                        raise_if_simulated_out_of_memory(attempt)
+                        result = None
+                        try:
+                            for item in adapter.stream(attempt, stop.is_set):
+                                put((attempt, item))
+                                emitted[0] = True
+                                result = item
+                        except Exception as error:
+                            if emitted[0] and is_out_of_memory(error):
+                                raise _OutOfMemoryAfterOutput(f"ran out of memory mid-answer: {error}") from error
+                            raise
+                        return result
+
+                    self._shrinking_on_oom(run, request)
+            except BaseException as error:  # noqa: BLE001 - handed to the consumer
+                put(error)
+            finally:
+                put(finished)
+
+        worker = loop.run_in_executor(None, produce)
+        completed = False
+        try:
+            first = await items.get()
+            if isinstance(first, BaseException):
+                raise first
+            if first is finished:
+                raise RuntimeError("The model produced nothing")
+            attempt, item = first
+            yield StreamOpened(served_by=served_by, used=request_size(attempt), first=item)
+            while True:
+                got = await items.get()
+                if got is finished:
+                    break
+                if isinstance(got, BaseException):
+                    raise got
+                yield got[1]
+            completed = True
+        finally:
+            if not completed:
+                stop.set()
+                if not worker.done():
+                    self._streams_cancelled += 1
+                    self._metrics.record_stream_cancelled()
+                    logger.info("Stream on replica %s stopped: the caller went away", self._replica_id)
+
+    def _ready(self) -> tuple[ModelAdapter, ServedBy]:
         if self._group == CPU_GROUP and self._state is ReplicaState.LOADING:
             self._first_load_settled.wait(timeout=_CPU_LOAD_WAIT_S)
         adapter, strategy = self._adapter, self._strategy
         if self._state is not ReplicaState.READY or adapter is None or strategy is None:
             raise ReplicaUnavailableError(f"{self._group} replica {self._replica_id} is {self._state.value}: {self._reason}")
-        with self._generate_lock:
-            if adapter.model is None:  # checked under the lock: unload() takes it too
-                raise ReplicaUnavailableError(
-                    f"{self._group} replica {self._replica_id} has no model (unloaded); it is being replaced"
-                )
-            started = time.perf_counter()
+        served_by = ServedBy(group=self._group, replica=self._replica_id, precision=strategy.name, device=strategy.device)
+        return adapter, served_by
+
+    def _check_still_loaded(self, adapter: ModelAdapter) -> None:
+        if adapter.model is None:  # checked under the lock: unload() takes it too
+            raise ReplicaUnavailableError(
+                f"{self._group} replica {self._replica_id} has no model (unloaded); it is being replaced"
+            )
+
+    def _shrinking_on_oom(
+        self, run: Callable[[GenerationRequest], GenerationResult], request: GenerationRequest
+    ) -> tuple[GenerationResult, GenerationRequest, tuple[OomRetry, ...]]:
+        attempt = request
+        retries: list[OomRetry] = []
+        while True:
             try:
-                result = adapter.generate(request)
+                return run(attempt), attempt, tuple(retries)
             except Exception as error:
                 if not is_out_of_memory(error):
                     raise
-                result = None
-            if result is None:
-                # Outside the except block, so the request's tensors held by the traceback can be freed.
-                self._request_ooms += 1
-                self._recent_ooms.append(time.monotonic())
-                self._metrics.record_request_out_of_memory()
-                freed = release_memory()
-                raise RequestOutOfMemoryError(
-                    f"{self._group} replica {self._replica_id} ran out of memory on this request "
-                    f"(cleanup freed {freed.gpu_reserved_freed_bytes + freed.process_rss_freed_bytes} bytes)"
+                cause = str(error).splitlines()[0][:200]
+            # Outside the except block, so the tensors the traceback holds can be freed.
+            freed = release_memory()
+            freed_bytes = freed.gpu_reserved_freed_bytes + freed.process_rss_freed_bytes
+            self._request_ooms += 1
+            self._recent_ooms.append(time.monotonic())
+            before = request_size(attempt)
+            smaller = shrink_request(attempt, self._shrink_floor)
+            if smaller is None:
+                self._metrics.record_request_out_of_memory("handed_off")
+                logger.warning(
+                    "Replica %s (%s group) ran out of memory at %d frames, %d images, %d pixels per frame, the floor "
+                    "(%d frames, %d pixels); cleanup freed %d bytes; handing the request to the other group (%s)",
+                    self._replica_id, self._group, before.video_frames, before.images, before.max_pixels_per_frame,
+                    self._shrink_floor.min_frames, self._shrink_floor.min_pixels_per_frame, freed_bytes, cause,
                 )
-            elapsed = time.perf_counter() - started
-        return ReplicaAnswer(
-            result=result,
-            served_by=ServedBy(group=self._group, replica=self._replica_id, precision=strategy.name, device=strategy.device),
-            inference_seconds=elapsed,
-        )
+                raise RequestOutOfMemoryError(
+                    f"{self._group} replica {self._replica_id} ran out of memory with {before.video_frames} frames and "
+                    f"{before.images} images at {before.max_pixels_per_frame} pixels each, at the floor of "
+                    f"{self._shrink_floor.min_frames} frames and {self._shrink_floor.min_pixels_per_frame} pixels, after "
+                    f"{len(retries)} smaller retries (cleanup freed {freed_bytes} bytes)"
+                )
+            after = request_size(smaller)
+            self._metrics.record_request_out_of_memory("retry_smaller")
+            logger.warning(
+                "Replica %s (%s group) ran out of memory at %d frames, %d pixels per frame (cleanup freed %d bytes); "
+                "retrying with %d frames, %d pixels per frame (%s)",
+                self._replica_id, self._group, before.video_frames, before.max_pixels_per_frame, freed_bytes,
+                after.video_frames, after.max_pixels_per_frame, cause,
+            )
+            retries.append(OomRetry(before=before, after=after, freed_bytes=freed_bytes))
+            attempt = smaller
 
     def describe(self) -> dict[str, Any]:
         snapshot = MemorySnapshot.measure()
@@ -239,6 +392,7 @@ class ModelReplica:
             "precision": self._strategy.name if self._strategy else None,
             "load_attempts": self._load_attempts,
             "request_out_of_memory": self._request_ooms,
+            "streams_cancelled": self._streams_cancelled,
             "model": self._adapter.describe() if self._adapter else {"model_path": self._model_path, "loaded": False},
             "memory": snapshot.to_dict(),
             "budget": self._budget.to_dict() if self._budget else None,
@@ -308,6 +462,16 @@ class ModelReplica:
 
     def __del__(self) -> None:
         self.close()
+
+
+def _video_timestamps(request: GenerationRequest) -> tuple[float, ...]:
+    return tuple(
+        time_s
+        for message in request.messages
+        for part in message.content
+        if isinstance(part, VideoPart)
+        for time_s in part.timestamps_s
+    )
 
 
 def _replica_id() -> str:

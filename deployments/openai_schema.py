@@ -5,6 +5,7 @@ they are ignored, as the official client sends some of them. Content parts are
 strict: an unknown ``type`` is a 422 that names it.
 """
 
+import json
 import time
 import uuid
 from typing import Annotated, Any, Literal
@@ -45,6 +46,10 @@ class ChatMessageIn(_Lenient):
     content: str | list[ContentPartIn]
 
 
+class StreamOptions(_Lenient):
+    include_usage: bool = False
+
+
 class ChatCompletionRequest(_Lenient):
     model: str | None = None
     messages: list[ChatMessageIn] = Field(min_length=1)
@@ -54,6 +59,7 @@ class ChatCompletionRequest(_Lenient):
     seed: int | None = None
     n: int = Field(default=1, ge=1, le=1, description="Only one choice per request is supported.")
     stream: bool = False
+    stream_options: StreamOptions | None = None
 
     @property
     def requested_max_tokens(self) -> int | None:
@@ -85,6 +91,32 @@ def chat_completion_body(completion_id: str, model_id: str, result: GenerationRe
             "total_tokens": result.total_tokens,
         },
     }
+
+
+def chat_completion_chunk(
+    completion_id: str,
+    model_id: str,
+    created: int,
+    delta: dict[str, Any] | None,
+    finish_reason: str | None,
+    usage: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """One ``chat.completion.chunk``; with ``delta=None`` the usage-only last chunk (``choices`` empty)."""
+    choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]
+    chunk: dict[str, Any] = {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model_id,
+        "choices": choices,
+    }
+    if usage is not None:
+        chunk["usage"] = usage
+    return chunk
+
+
+def server_sent_event(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
 
 
 def model_list_body(model_id: str, created: int) -> dict[str, Any]:

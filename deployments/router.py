@@ -14,11 +14,11 @@ import asyncio
 import dataclasses
 import logging
 import time
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
-from ray.serve.handle import DeploymentHandle
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from deployments.model_replica import CPU_GROUP, GPU_GROUP, ReplicaUnavailableError, RequestOutOfMemoryError
 
@@ -95,16 +95,57 @@ class GroupRouter:
         self.gpu_running_replicas: int | None = None
 
     async def call(self, method: str, *args: Any) -> Any:
+        """One call of ``method``; its result."""
+
+        async def unary(handle: DeploymentHandle, timeout_s: float | None) -> Any:
+            response = handle.options(method_name=method).remote(*args)
+            if timeout_s is None:
+                return await response
+            try:
+                return await asyncio.wait_for(response, timeout=timeout_s)
+            except asyncio.TimeoutError:
+                response.cancel()
+                raise
+
+        return await self._route(unary)
+
+    async def open_stream(self, method: str, *args: Any) -> tuple[Any, DeploymentResponseGenerator]:
+        """Start the streaming ``method``; its first item and the rest of the stream.
+
+        A group is chosen the same way as for :meth:`call`, up to the first item: an error before it
+        (unavailable, out of memory, too slow) moves the stream to the other group; after it, the
+        stream stays where it is.
+        """
+
+        async def first_item(handle: DeploymentHandle, timeout_s: float | None) -> tuple[Any, DeploymentResponseGenerator]:
+            stream = handle.options(method_name=method, stream=True).remote(*args)
+            try:
+                if timeout_s is None:
+                    first = await stream.__anext__()
+                else:
+                    first = await asyncio.wait_for(stream.__anext__(), timeout=timeout_s)
+            except BaseException:
+                stream.cancel()
+                raise
+            return first, stream
+
+        return await self._route(first_item)
+
+    async def _route(self, invoke: Callable[[DeploymentHandle, float | None], Awaitable[Any]]) -> Any:
         gpu_reason = "the GPU group is disabled"
         if self._gpu is not None:
             if self.gpu_running_replicas == 0:
                 gpu_reason = "no GPU-group replica is running (unschedulable, starting or restarting)"
             elif self.breaker.allows():
                 try:
-                    result = await self._call_gpu(method, *args)
+                    result = await invoke(self._gpu, self._gpu_timeout_s)
                 except FALLBACK_ERRORS as error:
                     gpu_reason = _describe(error, self._gpu_timeout_s)
-                    self.breaker.record_failure(gpu_reason)
+                    if _is_request_out_of_memory(error):
+                        # The request was too big for the GPU replica even at the floor: the group itself is fine.
+                        logger.warning("GPU group out of memory on one request; the CPU group takes it (%s)", gpu_reason)
+                    else:
+                        self.breaker.record_failure(gpu_reason)
                 else:
                     self.breaker.record_success()
                     return result
@@ -114,17 +155,13 @@ class GroupRouter:
             raise NoGroupAvailableError(f"GPU group: {gpu_reason}; the CPU group is disabled")
         self._on_fallback(gpu_reason)
         try:
-            return await self._cpu.options(method_name=method).remote(*args)
+            return await invoke(self._cpu, None)
         except FALLBACK_ERRORS as error:
             raise NoGroupAvailableError(f"GPU group: {gpu_reason}; CPU group: {_describe(error, None)}") from error
 
-    async def _call_gpu(self, method: str, *args: Any) -> Any:
-        response = self._gpu.options(method_name=method).remote(*args)
-        try:
-            return await asyncio.wait_for(response, timeout=self._gpu_timeout_s)
-        except asyncio.TimeoutError:
-            response.cancel()
-            raise
+
+def _is_request_out_of_memory(error: BaseException) -> bool:
+    return isinstance(remote_cause(error), RequestOutOfMemoryError)
 
 
 def remote_cause(error: BaseException) -> BaseException:

@@ -80,8 +80,12 @@ def precision_name(dtype: str, quantization: Quantization) -> str:
     return {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[dtype]
 
 
-def load_model_config(model_path: str | pathlib.Path) -> transformers.PretrainedConfig:
-    """Read ``config.json`` from a local folder, with errors that say what to change."""
+def load_model_config(model_path: str | pathlib.Path, *, trust_remote_code: bool = False) -> transformers.PretrainedConfig:
+    """Read ``config.json`` from a local folder, with errors that say what to change.
+
+    A config whose class lives in the checkpoint's own Python files (``auto_map``, as MiniCPM-V 2.6's)
+    is read only with ``trust_remote_code``; that code runs in this process.
+    """
     path = pathlib.Path(model_path)
     if not path.exists():
         raise ModelConfigError(f"Model path {str(path)!r} does not exist; point model.source at a local checkpoint folder")
@@ -96,9 +100,16 @@ def load_model_config(model_path: str | pathlib.Path) -> transformers.Pretrained
         raise ModelConfigError(
             f"{str(config_file)!r} is not a model config (no 'model_type'); is this the right folder?"
         )
+    if raw.get("auto_map") and raw["model_type"] not in transformers.CONFIG_MAPPING and not trust_remote_code:
+        raise ModelConfigError(
+            f"{str(path)!r} is a {raw['model_type']!r} model whose code ships with the checkpoint (auto_map); "
+            "set model.trust_remote_code: true to run that code, after reading it"
+        )
     try:
-        return transformers.AutoConfig.from_pretrained(path if path.is_dir() else path.parent)
-    except (ValueError, KeyError) as error:
+        return transformers.AutoConfig.from_pretrained(
+            path if path.is_dir() else path.parent, trust_remote_code=trust_remote_code
+        )
+    except (ValueError, KeyError, OSError) as error:
         raise ModelConfigError(f"transformers cannot read the config in {str(path)!r}: {error}") from error
 
 
@@ -110,6 +121,10 @@ def build_meta_model(config: transformers.PretrainedConfig, dtype: torch.dtype =
                 return auto_class.from_config(config, dtype=dtype)
         except ValueError:
             continue
+    if "AutoModel" in (getattr(config, "auto_map", None) or {}):
+        # Checkpoint code (MiniCPM-V 2.6): its config was read with trust_remote_code, so its model class may be too.
+        with torch.device("meta"):
+            return transformers.AutoModel.from_config(config, dtype=dtype, trust_remote_code=True)
     raise ModelConfigError(
         f"model_type {config.model_type!r} is neither an image-text-to-text nor a causal LM model in transformers "
         f"{transformers.__version__}"

@@ -7,7 +7,7 @@ not parse URLs or files; that happens at the edge (see :mod:`models.media`).
 
 import abc
 import dataclasses
-from typing import Any, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import numpy as np
 
@@ -50,6 +50,7 @@ class GenerationRequest:
     max_new_tokens: int = 64
     temperature: float = 0.0
     seed: int | None = None
+    max_prompt_tokens: int | None = None
 
     @property
     def num_images(self) -> int:
@@ -74,6 +75,20 @@ class GenerationResult:
         return self.prompt_tokens + self.completion_tokens
 
 
+@dataclasses.dataclass(frozen=True)
+class TextDelta:
+    """A piece of streamed answer text."""
+
+    text: str
+
+
+StopCheck = Callable[[], bool]
+
+
+class PromptTooLongError(ValueError):
+    """The request's prompt (text plus visual tokens) is over ``max_prompt_tokens``."""
+
+
 class ModelAdapter(abc.ABC):
     """Load a model, answer requests with it, say what it is, let it go."""
 
@@ -88,6 +103,15 @@ class ModelAdapter(abc.ABC):
     @abc.abstractmethod
     def describe(self) -> dict[str, Any]:
         """What is loaded: model id, family, device, dtype. JSON-serialisable."""
+
+    def stream(self, request: GenerationRequest, should_stop: StopCheck) -> Iterator[TextDelta | GenerationResult]:
+        """Answer piece by piece, then the :class:`GenerationResult`; stop early when ``should_stop()``.
+
+        The default answers in one piece; adapters that can stream token by token override it.
+        """
+        result = self.generate(request)
+        yield TextDelta(result.text)
+        yield result
 
     def unload(self) -> None:
         """Release the model. The default does nothing."""

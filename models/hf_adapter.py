@@ -6,8 +6,9 @@ InternVL, MiniCPM-V 4.6). The built-in tiny model is a Qwen2-VL and runs here.
 """
 
 import logging
+import threading
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -20,6 +21,9 @@ from models.base import (
     GenerationResult,
     ImagePart,
     ModelAdapter,
+    PromptTooLongError,
+    StopCheck,
+    TextDelta,
     TextPart,
     VideoPart,
 )
@@ -37,7 +41,6 @@ class _DropInt8CastNotice(logging.Filter):
 
 
 logging.getLogger("bitsandbytes.autograd._functions").addFilter(_DropInt8CastNotice())
-
 
 
 class ModelNotLoadedError(RuntimeError):
@@ -103,8 +106,47 @@ class HuggingFaceVisionLanguageAdapter(ModelAdapter):
             )
         return description
 
-    @torch.inference_mode()
     def generate(self, request: GenerationRequest) -> GenerationResult:
+        inputs, prompt_tokens = self._prepare(request)
+        with torch.inference_mode():
+            output_ids = self._model.generate(**inputs, **self._generation_kwargs(request))
+        return self._result(output_ids, prompt_tokens)
+
+    def stream(self, request: GenerationRequest, should_stop: StopCheck) -> Iterator[TextDelta | GenerationResult]:
+        """Token by token: ``generate`` runs in a thread feeding a streamer, and stops at the next token
+        once ``should_stop()`` (the client went away)."""
+        inputs, prompt_tokens = self._prepare(request)
+        streamer = transformers.TextIteratorStreamer(
+            self._processor.tokenizer, skip_prompt=True, skip_special_tokens=True
+        )
+        outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                with torch.inference_mode():
+                    outcome["ids"] = self._model.generate(
+                        **inputs,
+                        **self._generation_kwargs(request),
+                        streamer=streamer,
+                        stopping_criteria=transformers.StoppingCriteriaList([_StopWhen(should_stop)]),
+                    )
+            except BaseException as error:  # noqa: BLE001 - handed to the caller below
+                outcome["error"] = error
+                streamer.end()
+
+        worker = threading.Thread(target=run, name="generate-stream", daemon=True)
+        worker.start()
+        try:
+            for text in streamer:
+                if text:
+                    yield TextDelta(text)
+        finally:
+            worker.join()
+        if "error" in outcome:
+            raise outcome.pop("error")
+        yield self._result(outcome["ids"], prompt_tokens)
+
+    def _prepare(self, request: GenerationRequest) -> tuple[Any, int]:
         if self._model is None or self._processor is None:
             raise ModelNotLoadedError(f"Model {self._model_path} is not loaded; call load() first")
         chat, images, videos = _to_transformers_chat(request.messages)
@@ -115,16 +157,20 @@ class HuggingFaceVisionLanguageAdapter(ModelAdapter):
         if videos:
             processor_kwargs["videos"] = videos
         try:
-            inputs = self._processor(**processor_kwargs).to(self._model.device)
+            inputs = self._processor(**processor_kwargs)
         except ValueError as error:
             raise InvalidModelInputError(str(error)) from error
         prompt_tokens = int(inputs["input_ids"].shape[1])
+        if request.max_prompt_tokens is not None and prompt_tokens > request.max_prompt_tokens:
+            raise PromptTooLongError(
+                f"The prompt is {prompt_tokens} tokens ({request.num_video_frames} video frames, {request.num_images} "
+                f"images and the text); the limit is {request.max_prompt_tokens}: send fewer frames or less text"
+            )
+        return inputs.to(self._model.device), prompt_tokens
 
+    def _generation_kwargs(self, request: GenerationRequest) -> dict[str, Any]:
         sampling = request.temperature > 0
-        generation_kwargs: dict[str, Any] = {
-            "max_new_tokens": request.max_new_tokens,
-            "do_sample": sampling,
-        }
+        generation_kwargs: dict[str, Any] = {"max_new_tokens": request.max_new_tokens, "do_sample": sampling}
         if sampling:
             generation_kwargs["temperature"] = request.temperature
             if request.seed is not None:
@@ -132,7 +178,9 @@ class HuggingFaceVisionLanguageAdapter(ModelAdapter):
         else:
             # The checkpoint's generation_config may carry sampling defaults; greedy ignores them.
             generation_kwargs.update(temperature=None, top_p=None, top_k=None)
-        output_ids = self._model.generate(**inputs, **generation_kwargs)
+        return generation_kwargs
+
+    def _result(self, output_ids: torch.Tensor, prompt_tokens: int) -> GenerationResult:
         new_ids = output_ids[0, prompt_tokens:]
         completion_tokens = int(new_ids.shape[0])
         eos_ids = _eos_token_ids(self._model.generation_config)
@@ -144,6 +192,14 @@ class HuggingFaceVisionLanguageAdapter(ModelAdapter):
             completion_tokens=completion_tokens,
             finish_reason=finish_reason,
         )
+
+
+class _StopWhen(transformers.StoppingCriteria):
+    def __init__(self, should_stop: StopCheck) -> None:
+        self._should_stop = should_stop
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self._should_stop(), dtype=torch.bool, device=input_ids.device)
 
 
 def _to_transformers_chat(

@@ -1,9 +1,11 @@
+import json
 import pathlib
 
 import pytest
 import yaml
 
 from deployments.config import AppConfig, ConfigError, load_app_config
+from models.adapters import choose_adapter
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -59,9 +61,15 @@ def test_a_model_folder_that_does_not_exist_is_refused(tmp_path):
         load_app_config({"model": {"source": str(missing)}})
 
 
-def test_a_checkpoint_folder_names_the_model(tmp_path):
-    folder = tmp_path / "Qwen2.5-VL-7B-Instruct"
+def _checkpoint(tmp_path, name: str, config: dict):
+    folder = tmp_path / name
     folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_a_checkpoint_folder_names_the_model(tmp_path):
+    folder = _checkpoint(tmp_path, "Qwen2.5-VL-7B-Instruct", {"model_type": "qwen2_5_vl"})
 
     config = load_app_config({"model": {"source": str(folder)}})
 
@@ -91,3 +99,44 @@ def test_folklore_environment_in_a_group_is_refused():
 def test_max_replicas_below_min_names_both_numbers():
     with pytest.raises(ConfigError, match=r"max_replicas \(1\) must be greater than or equal to min_replicas \(2\)"):
         load_app_config({"cpu_group": {"autoscaling": {"min_replicas": 2, "max_replicas": 1}}})
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_onevision", "smolvlm", "internvl", "minicpmv4_6"])
+def test_native_families_are_served_by_the_transformers_adapter(tmp_path, model_type):
+    folder = _checkpoint(tmp_path, "model", {"model_type": model_type})
+
+    assert choose_adapter(folder, "auto", trust_remote_code=False) == "transformers"
+
+
+def test_minicpm_v_2_6_needs_trust_remote_code_and_says_so(tmp_path):
+    folder = _checkpoint(tmp_path, "MiniCPM-V-2_6", {"model_type": "minicpmv", "auto_map": {"AutoModel": "modeling_minicpmv.MiniCPMV"}})
+
+    with pytest.raises(ConfigError, match="set model.trust_remote_code: true"):
+        load_app_config({"model": {"source": str(folder)}})
+    config = load_app_config({"model": {"source": str(folder), "trust_remote_code": True}})
+    assert choose_adapter(folder, config.model.adapter, trust_remote_code=True) == "minicpm-v-2.6"
+
+
+def test_an_unknown_model_type_lists_what_is_served(tmp_path):
+    folder = _checkpoint(tmp_path, "whisper", {"model_type": "whisper"})
+
+    with pytest.raises(ConfigError, match="model_type 'whisper' .* has no adapter here: transformers serves"):
+        load_app_config({"model": {"source": str(folder)}})
+
+
+def test_the_minicpm_adapter_cannot_serve_the_tiny_model():
+    with pytest.raises(ConfigError, match="needs a MiniCPM-V 2.6 checkpoint"):
+        load_app_config({"model": {"adapter": "minicpm-v-2.6"}})
+
+
+def test_remote_urls_stay_off_unless_a_prefix_is_allowed():
+    assert load_app_config({}).media.remote_url_allow_list == ()
+    with pytest.raises(ConfigError, match="must be an http\\(s\\) URL prefix with a host and no user info"):
+        load_app_config({"media": {"remote_url_allow_list": ["file:///etc/"]}})
+    with pytest.raises(ConfigError, match="no user info"):
+        load_app_config({"media": {"remote_url_allow_list": ["https://user@media.example.com/"]}})
+
+
+def test_default_frames_above_the_frame_limit_is_refused():
+    with pytest.raises(ConfigError, match="limits.video_frames \\(40\\) must be less than or equal to limits.max_video_frames \\(32\\)"):
+        load_app_config({"limits": {"video_frames": 40}})

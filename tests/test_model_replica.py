@@ -68,7 +68,7 @@ def test_out_of_memory_on_a_request_is_absorbed_and_the_replica_keeps_serving(re
     working_generate = replica._adapter.generate
     replica._adapter.generate = _out_of_memory
 
-    with pytest.raises(RequestOutOfMemoryError, match="ran out of memory on this request"):
+    with pytest.raises(RequestOutOfMemoryError, match="ran out of memory with 0 frames and 0 images"):
         replica.generate(REQUEST)
 
     replica._adapter.generate = working_generate

@@ -12,6 +12,7 @@ import pytest
 import ray
 from ray import serve
 
+from conftest import TEST_ROOT
 from polling import wait_for_condition
 
 APP_NAME = "video-detective"
@@ -56,13 +57,27 @@ def deploy(args: dict, port: int, *, name: str = APP_NAME, route_prefix: str = "
     return base_url
 
 
+UPLOAD_DIR = TEST_ROOT / "uploads"
+UPLOAD_DIR.mkdir(parents=True, exist_ok=True)
+
 TEST_APP_ARGS = {
-    "limits": {"video_frames": 4, "max_request_bytes": 2 * 1024 * 1024, "max_image_pixels": 1_000_000},
+    "limits": {
+        "video_frames": 4,
+        "max_video_frames": 8,
+        "max_request_bytes": 2 * 1024 * 1024,
+        "max_image_pixels": 1_000_000,
+        "max_upload_bytes": 1024 * 1024,
+        "max_video_duration_s": 60,
+        "max_video_source_pixels": 640 * 480,
+        "max_question_bytes": 2048,
+        "max_prompt_tokens": 250,
+        "max_tokens": 4000,
+    },
     # The GPU group gets the fake GPU, finds no CUDA and waits; the CPU group serves.
     "gpu_group": {"num_cpus": 0.5, "load_retry_period_s": 1},
     "cpu_group": {"num_cpus": 1},
     "routing": {"gpu_timeout_s": 5, "breaker_cooldown_s": 2},
-    "ingress": {"num_cpus": 0.5},
+    "ingress": {"num_cpus": 0.5, "upload_dir": str(UPLOAD_DIR)},
 }
 
 

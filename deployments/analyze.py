@@ -1,0 +1,138 @@
+"""``POST /v1/analyze``: a video file and a question in, an answer with its frames, timings and tokens out.
+
+The form fields are checked here (:func:`parse_analyze_fields`) and the answer is built here
+(:func:`analyze_body`); the route in :mod:`deployments.ingress` streams the upload to a temporary
+file, samples the frames off the event loop and calls the replica groups.
+"""
+
+import math
+import uuid
+from typing import Any
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from deployments.config import LimitsSettings
+from deployments.errors import ApiError, describe_validation_errors
+from deployments.model_replica import ReplicaAnswer
+from models.video import FrameSelection, SampledVideo
+
+VIDEO_FIELD = "video"
+TEXT_FIELDS = frozenset({"question", "frames", "fps", "max_tokens", "temperature", "seed", "model"})
+# What a video part may declare itself as; anything else (text/plain, image/png, ...) is a 415.
+ACCEPTED_PART_TYPES = ("video/", "application/octet-stream", "application/x-matroska")
+
+
+class AnalyzeFields(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    question: str = Field(description="What to ask about the video.")
+    frames: int | None = Field(default=None, ge=1, description="Frames spread uniformly over the video.")
+    fps: float | None = Field(default=None, gt=0, description="Or: one frame every 1/fps seconds, capped.")
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    seed: int | None = None
+    model: str | None = None
+
+    @field_validator("question")
+    @classmethod
+    def _not_blank(cls, question: str) -> str:
+        if not question.strip():
+            raise ValueError("the question is empty; ask something about the video")
+        return question.strip()
+
+    @field_validator("fps")
+    @classmethod
+    def _finite(cls, fps: float | None) -> float | None:
+        if fps is not None and not math.isfinite(fps):
+            raise ValueError("fps must be a finite number")
+        return fps
+
+
+def parse_analyze_fields(fields: dict[str, str], limits: LimitsSettings) -> AnalyzeFields:
+    if "question" not in fields:
+        raise ApiError(400, "No question was sent; add a form field 'question' (curl -F question='...')", param="question")
+    try:
+        parsed = AnalyzeFields.model_validate(fields)
+    except pydantic.ValidationError as error:
+        described = describe_validation_errors(error.errors())
+        raise ApiError(
+            400, "Invalid form fields: " + "; ".join(f"{param}: {text}" for param, text in described), param=described[0][0]
+        ) from error
+    if parsed.frames is not None and parsed.fps is not None:
+        raise ApiError(400, "Send either frames or fps, not both", param="fps")
+    if parsed.frames is not None and parsed.frames > limits.max_video_frames:
+        raise ApiError(
+            400, f"frames: {parsed.frames} asked; the limit is {limits.max_video_frames} (limits.max_video_frames)", param="frames"
+        )
+    if parsed.fps is not None and parsed.fps > limits.max_video_fps:
+        raise ApiError(400, f"fps: {parsed.fps:g} asked; the limit is {limits.max_video_fps:g} (limits.max_video_fps)", param="fps")
+    if parsed.max_tokens is not None and parsed.max_tokens > limits.max_tokens:
+        raise ApiError(
+            400, f"max_tokens: {parsed.max_tokens} requested; the limit is {limits.max_tokens}", param="max_tokens"
+        )
+    return parsed
+
+
+def frame_selection(fields: AnalyzeFields, limits: LimitsSettings) -> FrameSelection:
+    if fields.fps is not None:
+        return FrameSelection(fps=fields.fps)
+    return FrameSelection(num_frames=fields.frames or limits.video_frames)
+
+
+def check_part_type(content_type: str) -> None:
+    if content_type and not content_type.startswith(ACCEPTED_PART_TYPES):
+        raise ApiError(
+            415,
+            f"The file part is {content_type!r}; send a video (video/mp4, video/webm, video/x-matroska, "
+            "video/quicktime, video/x-msvideo) or application/octet-stream",
+            param=VIDEO_FIELD,
+            code="unsupported_media_type",
+        )
+
+
+def analyze_body(
+    *,
+    request_id: str,
+    model_id: str,
+    filename: str,
+    size_bytes: int,
+    sampled: SampledVideo,
+    answer: ReplicaAnswer,
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    result = answer.result
+    used_timestamps = list(answer.used_timestamps_s or sampled.timestamps_s)
+    return {
+        "id": f"analyze-{uuid.uuid4().hex}",
+        "object": "video.analysis",
+        "request_id": request_id,
+        "model": model_id,
+        "answer": result.text,
+        "finish_reason": result.finish_reason,
+        "video": {"filename": filename, "size_bytes": size_bytes, **sampled.info.to_dict()},
+        "frames": {
+            "count": len(used_timestamps),
+            "timestamps_s": used_timestamps,
+            "sampled_count": len(sampled.timestamps_s),
+            "width": int(sampled.frames.shape[2]),
+            "height": int(sampled.frames.shape[1]),
+            "pixels_per_frame_used": answer.used.max_pixels_per_frame,
+            "effective_fps": sampled.effective_fps,
+            "seeks": sampled.seeks,
+            "decoded_frames": sampled.decoded_frames,
+        },
+        "timings": {name: round(seconds, 4) for name, seconds in timings.items()},
+        "usage": {
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+            "total_tokens": result.total_tokens,
+        },
+        "served_by": {
+            "group": answer.served_by.group,
+            "replica": answer.served_by.replica,
+            "precision": answer.served_by.precision,
+            "device": answer.served_by.device,
+        },
+        "out_of_memory_retries": [retry.to_dict() for retry in answer.oom_retries],
+    }

@@ -1,0 +1,86 @@
+"""Fetch an image or video named by URL, only from prefixes an operator allowed (no SSRF by default).
+
+With an empty allow-list (the default) only data URLs work. An allowed URL must match a prefix's
+scheme, host and port exactly and start with its path at a segment boundary; user info in the URL
+is refused; redirects are not followed (they could leave the allowed hosts); the body is read up to
+a byte limit and its ``Content-Type`` must be an accepted media type.
+"""
+
+import posixpath
+import urllib.error
+import urllib.parse
+import urllib.request
+
+from models.media import DataUrl, InvalidDataUrlError, MediaDecodeError, MediaTooLargeError, UnsupportedMediaTypeError
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_READ_CHUNK_BYTES = 1 << 16
+
+
+class RemoteUrlRefusedError(InvalidDataUrlError):
+    """The URL is not under any allowed prefix."""
+
+
+def is_allowed(url: str, allow_list: tuple[str, ...]) -> bool:
+    target = _normalised(url)
+    if target is None:
+        return False
+    for prefix in allow_list:
+        allowed = _normalised(prefix)
+        if allowed is None or allowed[:3] != target[:3]:
+            continue
+        allowed_path, target_path = allowed[3], target[3]
+        if target_path == allowed_path or target_path.startswith(allowed_path.rstrip("/") + "/"):
+            return True
+    return False
+
+
+def fetch_media(url: str, *, allow_list: tuple[str, ...], allowed_mime_types: frozenset[str], max_bytes: int, timeout_s: float) -> DataUrl:
+    if not is_allowed(url, allow_list):
+        raise RemoteUrlRefusedError(
+            f"The URL {url[:100]!r} is not under an allowed prefix; this server fetches only from "
+            "media.remote_url_allow_list (embed the file as a data URL instead)"
+        )
+    opener = urllib.request.build_opener(_NoRedirect)
+    try:
+        with opener.open(urllib.request.Request(url, method="GET"), timeout=timeout_s) as response:
+            mime_type = response.headers.get_content_type().lower()
+            if mime_type not in allowed_mime_types:
+                raise UnsupportedMediaTypeError(
+                    f"{url[:100]!r} is {mime_type!r}; use one of {sorted(allowed_mime_types)}"
+                )
+            declared = response.headers.get("content-length")
+            if declared and declared.isdigit() and int(declared) > max_bytes:
+                raise MediaTooLargeError(f"{url[:100]!r} is {int(declared)} bytes; the limit is {max_bytes} bytes")
+            payload = bytearray()
+            while chunk := response.read(_READ_CHUNK_BYTES):
+                payload += chunk
+                if len(payload) > max_bytes:
+                    raise MediaTooLargeError(f"{url[:100]!r} is over the {max_bytes}-byte limit")
+    except urllib.error.HTTPError as error:
+        raise MediaDecodeError(f"Fetching {url[:100]!r} failed with HTTP {error.code}") from error
+    except (urllib.error.URLError, TimeoutError, OSError) as error:
+        raise MediaDecodeError(f"Fetching {url[:100]!r} failed: {error}") from error
+    if not payload:
+        raise MediaDecodeError(f"{url[:100]!r} is empty")
+    return DataUrl(mime_type=mime_type, payload=bytes(payload))
+
+
+def _normalised(url: str) -> tuple[str, str, int, str] | None:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in _DEFAULT_PORTS or not parts.hostname or parts.username is not None or parts.password is not None:
+        return None
+    path = urllib.parse.unquote(parts.path) or "/"
+    normalised_path = posixpath.normpath(path)  # "/videos/../secret" is "/secret"
+    if path.endswith("/") and not normalised_path.endswith("/"):
+        normalised_path += "/"
+    return parts.scheme, parts.hostname.lower(), port or _DEFAULT_PORTS[parts.scheme], normalised_path
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        raise MediaDecodeError(f"{req.full_url[:100]!r} redirects (HTTP {code}); redirects are not followed")

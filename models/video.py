@@ -1,0 +1,363 @@
+"""Sample frames from a video file with PyAV, under limits, at a cost that grows with the frames taken.
+
+Two ways to choose the frames:
+
+- **uniform**: ``num_frames`` spread over the duration, frame ``i`` being the
+  first at or after ``(i + 0.5) * duration / num_frames``;
+- **fps**: one frame every ``1 / fps`` seconds from the start, capped at
+  ``max_frames`` (past the cap the rate is lowered so the whole video is still
+  covered, and the answer says which rate was used).
+
+Either way the targets are reached the cheapest way the file allows. With a
+keyframe index (MP4, MOV, AVI, and Matroska/WebM cues) the sampler seeks only
+when the keyframe before the next target lies ahead of where the decoder
+already is; otherwise it decodes on. So a 10-minute file costs 16 short seeks
+and a 10-second clip is decoded straight through once. Without an index it
+seeks when the next target is more than ``_BLIND_SEEK_GAP_S`` ahead.
+
+Before any frame is decoded the stored frame size is checked against
+``max_source_pixels`` (a 16k x 16k video is refused from its header; the
+decoder's own ``max_pixels`` is set to the same limit, so even PyAV's stream
+probing never allocates such a frame) and the duration against
+``max_duration_s``. A header without a duration gets one from the packet
+timestamps, which costs a demux pass and no decoding. Timestamps come from each
+frame's own presentation time, so variable frame rate needs nothing special;
+rotation metadata (the display matrix) is applied to the pixels.
+"""
+
+import dataclasses
+import io
+import logging
+import math
+import os
+import time
+from typing import Iterator
+
+import av
+import numpy as np
+
+from models.media import (
+    AudioOnlyError,
+    CorruptVideoError,
+    MediaTooLargeError,
+    NoVideoFramesError,
+    NotAVideoError,
+    TruncatedVideoError,
+    scaled_size,
+)
+
+logger = logging.getLogger(__name__)
+
+# With no keyframe index, seek when the next target is further ahead than this; decode on otherwise.
+_BLIND_SEEK_GAP_S = 8.0
+# A stream that stops this far short of its header's duration (and of a target) is truncated.
+_TRUNCATION_SLACK_S = 1.0
+# Decoding that fails on more than this share of the stream's packets means a corrupt file.
+_CORRUPT_PACKET_SHARE = 0.25
+
+VideoSource = str | os.PathLike | bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoLimits:
+    """What a request's video may cost; ``target_pixels_per_frame`` is the model's pixel budget."""
+
+    max_duration_s: float
+    max_source_pixels: int
+    max_frames: int
+    target_pixels_per_frame: int
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameSelection:
+    """Exactly one of ``num_frames`` (uniform) or ``fps`` (a frame every ``1 / fps`` s, capped)."""
+
+    num_frames: int | None = None
+    fps: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.num_frames is None) == (self.fps is None):
+            raise ValueError("Give exactly one of num_frames and fps")
+        if self.num_frames is not None and self.num_frames < 1:
+            raise ValueError(f"num_frames must be at least 1, got {self.num_frames}")
+        if self.fps is not None and not (self.fps > 0 and math.isfinite(self.fps)):
+            raise ValueError(f"fps must be a positive number, got {self.fps}")
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoInfo:
+    container: str
+    codec: str
+    width: int
+    height: int
+    rotation_degrees: int
+    duration_s: float
+    duration_from: str  # "header" or "packets"
+    average_fps: float | None
+    has_audio: bool
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class SampledVideo:
+    """``frames`` is ``T x H x W x 3`` ``uint8``, upright, within the pixel budget."""
+
+    frames: np.ndarray
+    timestamps_s: tuple[float, ...]
+    info: VideoInfo
+    effective_fps: float | None
+    seeks: int
+    decoded_frames: int
+    decode_seconds: float
+
+
+def sample_video(source: VideoSource, selection: FrameSelection, limits: VideoLimits) -> SampledVideo:
+    """Open, check the limits, pick the frames; every failure is a :class:`~models.media.MediaError`."""
+    started = time.perf_counter()
+    container = _open(source, limits)
+    try:
+        stream, info = _inspect(container, limits)
+        targets, effective_fps = _targets(info.duration_s, selection, limits.max_frames)
+        sampler = _Sampler(container, stream, info)
+        frames = sampler.take(targets)
+    except av.error.FFmpegError as error:
+        raise CorruptVideoError(f"The video does not decode: {error}") from error
+    finally:
+        container.close()
+    pixels = np.stack([_to_upright_rgb(frame, limits.target_pixels_per_frame) for frame, _ in frames])
+    rotation = round(frames[0][0].rotation or 0) % 360
+    return SampledVideo(
+        frames=pixels,
+        timestamps_s=tuple(timestamp for _, timestamp in frames),
+        info=dataclasses.replace(info, rotation_degrees=rotation),
+        effective_fps=effective_fps,
+        seeks=sampler.seeks,
+        decoded_frames=sampler.decoded,
+        decode_seconds=time.perf_counter() - started,
+    )
+
+
+def _open(source: VideoSource, limits: VideoLimits) -> av.container.InputContainer:
+    file = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else os.fspath(source)
+    # ``max_pixels`` reaches the decoders too: stream probing cannot allocate an oversized frame.
+    options = {"max_pixels": str(limits.max_source_pixels)}
+    try:
+        return av.open(file, mode="r", options=options)
+    except (av.error.FFmpegError, ValueError) as error:
+        size = len(source) if isinstance(source, (bytes, bytearray)) else os.path.getsize(file)
+        raise NotAVideoError(
+            f"The file ({size} bytes) does not open as a video container ({error}); it is not a video, or it is "
+            "truncated before its index (an MP4 cut short loses the index at its end)"
+        ) from error
+
+
+def _inspect(container: av.container.InputContainer, limits: VideoLimits) -> tuple[av.video.stream.VideoStream, VideoInfo]:
+    if not container.streams.video:
+        if container.streams.audio:
+            raise AudioOnlyError("The file has audio but no video stream; send a video")
+        raise NoVideoFramesError("The file has no video stream, or one without a single frame")
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    width, height = stream.codec_context.width, stream.codec_context.height
+    if width * height > limits.max_source_pixels:
+        raise MediaTooLargeError(
+            f"Video frames are {width}x{height} = {width * height} pixels; the limit is {limits.max_source_pixels} "
+            "pixels per frame (refused before decoding)"
+        )
+    if width == 0 or height == 0:
+        raise CorruptVideoError("The video stream has no frame size in its header; the file is corrupt")
+    duration_s, duration_from = _header_duration(container, stream), "header"
+    if duration_s is not None and duration_s > limits.max_duration_s:
+        raise MediaTooLargeError(f"The video is {duration_s:.1f} s long; the limit is {limits.max_duration_s:g} s")
+    if duration_s is None:
+        duration_s, duration_from = _duration_from_packets(container, stream), "packets"
+        if duration_s > limits.max_duration_s:
+            raise MediaTooLargeError(f"The video is {duration_s:.1f} s long; the limit is {limits.max_duration_s:g} s")
+    rate = stream.average_rate or stream.guessed_rate
+    info = VideoInfo(
+        container=container.format.name,
+        codec=stream.codec_context.name,
+        width=width,
+        height=height,
+        rotation_degrees=0,  # read from the first decoded frame's display matrix
+        duration_s=round(duration_s, 6),
+        duration_from=duration_from,
+        average_fps=round(float(rate), 3) if rate else None,
+        has_audio=bool(container.streams.audio),
+    )
+    return stream, info
+
+
+def _header_duration(container, stream) -> float | None:
+    if stream.duration is not None and stream.time_base is not None and stream.duration > 0:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None and container.duration > 0:
+        return container.duration / av.time_base
+    return None
+
+
+def _duration_from_packets(container, stream) -> float:
+    """The span of presentation times, read by demuxing (no decoding); the stream is rewound after."""
+    first = last = None
+    try:
+        for packet in container.demux(stream):
+            if packet.pts is None:
+                continue
+            start = float(packet.pts * stream.time_base)
+            end = start + float((packet.duration or 0) * stream.time_base)
+            first = start if first is None else min(first, start)
+            last = end if last is None else max(last, end)
+    except av.error.FFmpegError as error:
+        raise CorruptVideoError(f"The video's packets do not read: {error}") from error
+    if first is None:
+        raise NoVideoFramesError("The video stream has no frames (no timed packets)")
+    container.seek(0)
+    return max(0.0, last - first)
+
+
+def _targets(duration_s: float, selection: FrameSelection, max_frames: int) -> tuple[list[float], float | None]:
+    if selection.num_frames is not None:
+        if selection.num_frames > max_frames:
+            raise MediaTooLargeError(f"{selection.num_frames} frames asked; the limit is {max_frames} frames")
+        step = duration_s / selection.num_frames
+        return [(index + 0.5) * step for index in range(selection.num_frames)], None
+    fps = selection.fps
+    count = max(1, math.ceil(duration_s * fps - 1e-9))  # every i / fps inside the duration
+    if count > max_frames:
+        count, fps = max_frames, max_frames / duration_s
+    return [index / fps for index in range(count)], round(fps, 6)
+
+
+class _Sampler:
+    """Walks the stream once, seeking forward only when that skips decoding."""
+
+    def __init__(self, container, stream, info: VideoInfo) -> None:
+        self._container = container
+        self._stream = stream
+        self._info = info
+        self._start_s = float(stream.start_time * stream.time_base) if stream.start_time is not None else None
+        self._keyframes_s = _keyframe_times(stream)
+        self.seeks = 0
+        self.decoded = 0
+        self.failed_packets = 0
+        self.read_packets = 0
+        self._frames: Iterator[av.VideoFrame] | None = None
+        self._position_s = -math.inf  # time of the last decoded frame
+        self._last: tuple[av.VideoFrame, float] | None = None
+
+    def take(self, targets: list[float]) -> list[tuple[av.VideoFrame, float]]:
+        chosen: list[tuple[av.VideoFrame, float]] = []
+        ended = False
+        for target_s in targets:
+            if not ended and self._should_seek(target_s):
+                self._seek(target_s)
+            found = None if ended else self._decode_until(target_s)
+            if found is None:
+                ended = True
+                if self._last is None and self.failed_packets:
+                    raise CorruptVideoError(f"The video is corrupt: {self._damage()}, and none gave a frame")
+                if self._last is None:
+                    raise NoVideoFramesError("The video stream has no decodable frames")
+                self._check_not_truncated(target_s)
+                found = self._last
+            chosen.append(found)
+        return chosen
+
+    def _should_seek(self, target_s: float) -> bool:
+        position_s = max(self._position_s, 0.0)
+        keyframes = self._keyframes_s
+        if keyframes is None or target_s > keyframes[-1] + _BLIND_SEEK_GAP_S:
+            # No index, or one that stops short (Matroska's cues as read so far): seek past long gaps only.
+            return target_s - position_s > _BLIND_SEEK_GAP_S
+        return _keyframe_before(keyframes, target_s) > position_s + 1e-6
+
+    def _seek(self, target_s: float) -> None:
+        start_s = self._start_s or 0.0
+        offset = int((start_s + target_s) / self._stream.time_base)
+        self._container.seek(offset, stream=self._stream, backward=True, any_frame=False)
+        self._frames = None
+        self.seeks += 1
+
+    def _decode_until(self, target_s: float) -> tuple[av.VideoFrame, float] | None:
+        if self._frames is None:
+            self._frames = self._decode()
+        if self._last is not None and self._last[1] >= target_s and self._position_s >= target_s:
+            return self._last  # two targets on the same frame
+        for frame in self._frames:
+            if frame.time is None:
+                continue
+            if self._start_s is None:
+                self._start_s = frame.time
+            relative_s = round(frame.time - self._start_s, 6)
+            self._position_s = relative_s
+            self._last = (frame, relative_s)
+            if relative_s >= target_s - 1e-6:
+                return self._last
+        return None
+
+    def _decode(self) -> Iterator[av.VideoFrame]:
+        for packet in self._container.demux(self._stream):
+            self.read_packets += 1
+            try:
+                frames = packet.decode()
+            except av.error.InvalidDataError as error:
+                self.failed_packets += 1
+                if self.failed_packets > 3 and self.failed_packets > _CORRUPT_PACKET_SHARE * self.read_packets:
+                    raise CorruptVideoError(f"The video is corrupt: {self._damage()} ({error})") from error
+                continue
+            for frame in frames:
+                self.decoded += 1
+                yield frame
+
+    def _check_not_truncated(self, target_s: float) -> None:
+        last_s = self._last[1] if self._last else 0.0
+        frame_s = 1.0 / self._info.average_fps if self._info.average_fps else 0.0
+        stops_short = self._info.duration_s - last_s > max(_TRUNCATION_SLACK_S, 2 * frame_s)
+        if self._info.duration_from != "header" or not stops_short or target_s - last_s <= frame_s:
+            return
+        if self.failed_packets:
+            raise CorruptVideoError(
+                f"The video is corrupt: {self._damage()}; its frames stop at {last_s:.2f} s of the "
+                f"{self._info.duration_s:.2f} s its header states"
+            )
+        raise TruncatedVideoError(
+            f"The video stream ends at {last_s:.2f} s but its header says {self._info.duration_s:.2f} s; "
+            "the file is truncated or damaged (send the whole, intact file)"
+        )
+
+    def _damage(self) -> str:
+        return f"{self.failed_packets} of the {self.read_packets} packets read do not decode"
+
+
+def _keyframe_times(stream) -> list[float] | None:
+    """Keyframe times relative to the stream start, from the demuxer's index; ``None`` without one."""
+    entries = stream.index_entries
+    if len(entries) == 0:
+        return None
+    if "matroska" in stream.container.format.name:
+        # Matroska's index is its cues, which point at keyframes without always flagging them.
+        timestamps = [entry.timestamp for entry in entries]
+    else:
+        timestamps = [entry.timestamp for entry in entries if entry.is_keyframe]
+        if not timestamps:
+            return None
+    start = stream.start_time or 0
+    return sorted(max(0.0, float((timestamp - start) * stream.time_base)) for timestamp in timestamps)
+
+
+def _keyframe_before(keyframes_s: list[float], target_s: float) -> float:
+    before = [time_s for time_s in keyframes_s if time_s <= target_s + 1e-6]
+    return before[-1] if before else 0.0
+
+
+def _to_upright_rgb(frame: av.VideoFrame, target_pixels: int) -> np.ndarray:
+    if frame.width * frame.height > target_pixels:
+        width, height = scaled_size(frame.width, frame.height, target_pixels)
+        pixels = frame.to_ndarray(format="rgb24", width=width, height=height)
+    else:
+        pixels = frame.to_ndarray(format="rgb24")
+    quarter_turns = round((frame.rotation or 0) / 90) % 4
+    # The display matrix's angle is counter-clockwise, as is np.rot90's.
+    return np.ascontiguousarray(np.rot90(pixels, k=quarter_turns)) if quarter_turns else pixels
