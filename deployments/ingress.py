@@ -138,6 +138,14 @@ def _served_by_headers(answer: ReplicaAnswer) -> dict[str, str]:
     }
 
 
+def _usage(result: GenerationResult) -> dict[str, int]:
+    return {
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "total_tokens": result.total_tokens,
+    }
+
+
 _DESCRIBE_TIMEOUT_S = 10.0
 _GPU_WATCH_PERIOD_S = 2.0
 
@@ -417,10 +425,3 @@ class Ingress:
                 headers={"Retry-After": _RETRY_AFTER_S},
             ) from error
 
-
-def _usage(result: GenerationResult) -> dict[str, int]:
-    return {
-        "prompt_tokens": result.prompt_tokens,
-        "completion_tokens": result.completion_tokens,
-        "total_tokens": result.total_tokens,
-    }

@@ -144,6 +144,7 @@ class ModelReplica:
             min_frames=config.request_oom.min_frames, min_pixels_per_frame=config.request_oom.min_pixels_per_frame
         )
         self._streams_cancelled = 0
+        self._last_cancelled_stream_tokens: int | None = None
         model_config = load_model_config(self._model_path, trust_remote_code=trust_remote_code)
         self._reserve_bytes = activation_reserve_bytes(model_config, request_shape(config))
         self._chain = self._settings.strategies()
@@ -291,7 +292,13 @@ class ModelReplica:
                             raise
                         return result
 
-                    self._shrinking_on_oom(run, request)
+                    result, _, _ = self._shrinking_on_oom(run, request)
+                    if stop.is_set() and isinstance(result, GenerationResult):
+                        self._last_cancelled_stream_tokens = result.completion_tokens
+                        logger.info(
+                            "Replica %s: cancelled stream stopped after %d of at most %d tokens",
+                            self._replica_id, result.completion_tokens, request.max_new_tokens,
+                        )
             except BaseException as error:  # noqa: BLE001 - handed to the consumer
                 put(error)
             finally:
@@ -393,6 +400,7 @@ class ModelReplica:
             "load_attempts": self._load_attempts,
             "request_out_of_memory": self._request_ooms,
             "streams_cancelled": self._streams_cancelled,
+            "last_cancelled_stream_tokens": self._last_cancelled_stream_tokens,
             "model": self._adapter.describe() if self._adapter else {"model_path": self._model_path, "loaded": False},
             "memory": snapshot.to_dict(),
             "budget": self._budget.to_dict() if self._budget else None,

@@ -89,8 +89,11 @@ def _every_other(count: int, keep: int) -> list[int]:
 def _halve_pixels(frames: np.ndarray, min_pixels: int) -> np.ndarray | None:
     """``N x H x W x 3`` frames at half the pixels (not under ``min_pixels``); ``None`` if already there."""
     _, height, width, _ = frames.shape
-    target = max(min_pixels, height * width // 2)
-    new_width, new_height = scaled_size(width, height, target)
+    if height * width // 2 > min_pixels:
+        new_width, new_height = scaled_size(width, height, height * width // 2)
+    else:  # the last step lands on the floor: round up, never under it
+        scale = math.sqrt(min_pixels / (height * width))
+        new_width, new_height = math.ceil(width * scale / 2) * 2, math.ceil(height * scale / 2) * 2
     if new_width * new_height >= height * width:
         return None
     resized = [np.asarray(Image.fromarray(frame).resize((new_width, new_height), Image.Resampling.BILINEAR)) for frame in frames]

@@ -4,12 +4,14 @@ The one double is at the hardware boundary: generation that raises CUDA's
 out-of-memory error, which a CPU cannot produce on demand.
 """
 
+import numpy as np
 import pytest
 import torch
 
 from deployments.config import load_app_config
 from deployments.model_replica import ModelReplica, ReplicaUnavailableError, RequestOutOfMemoryError
-from models.base import ChatMessage, GenerationRequest, TextPart
+from memory.fault_injection import SIMULATE_OOM_ABOVE_PIXELS_ENV
+from models.base import ChatMessage, GenerationRequest, TextPart, VideoPart
 from polling import wait_for_condition
 
 REQUEST = GenerationRequest(messages=(ChatMessage("user", (TextPart("hi"),)),), max_new_tokens=2)
@@ -101,3 +103,47 @@ def test_unload_makes_health_fail_and_requests_unavailable(ready_cpu_replica):
         replica.generate(REQUEST)
     with pytest.raises(RuntimeError, match="the model is gone"):
         replica.check_health()
+
+
+def _video_request(frames: int, height: int = 48, width: int = 64) -> GenerationRequest:
+    video = VideoPart(frames=np.full((frames, height, width, 3), 90, dtype=np.uint8), timestamps_s=tuple(float(i) for i in range(frames)))
+    return GenerationRequest(messages=(ChatMessage("user", (video, TextPart("What is it?"))),), max_new_tokens=2)
+
+
+@pytest.fixture
+def ready_cpu_replica_with_floor(replicas):
+    def make(**request_oom) -> ModelReplica:
+        replica = ModelReplica(load_app_config({"request_oom": request_oom}), "cpu")
+        replicas.append(replica)
+        wait_for_condition(lambda: replica.describe()["state"] == "ready", timeout_s=60)
+        return replica
+
+    return make
+
+
+def test_out_of_memory_retries_with_half_the_frames_and_pixels_until_it_fits(monkeypatch, ready_cpu_replica_with_floor):
+    # 8 frames of 64x48 = 24576 pixels; generation "runs out of memory" above 5000.
+    monkeypatch.setenv(SIMULATE_OOM_ABOVE_PIXELS_ENV, "5000")
+    replica = ready_cpu_replica_with_floor(min_frames=2, min_pixels_per_frame=1000)
+
+    answer = replica.generate(_video_request(8))
+
+    assert [(r.before.video_frames, r.after.video_frames) for r in answer.oom_retries] == [(8, 4), (4, 2)]
+    assert answer.oom_retries[0].after.max_pixels_per_frame <= 3072 // 2
+    assert answer.used.video_frames * answer.used.max_pixels_per_frame <= 5000
+    assert answer.used_timestamps_s == (0.0, 7.0)
+    assert answer.result.completion_tokens >= 1
+    assert replica.describe()["request_out_of_memory"] == 2
+    # The replica serves on, at full size when the request fits.
+    assert replica.generate(_video_request(2, 32, 32)).oom_retries == ()
+
+
+def test_out_of_memory_at_the_floor_hands_the_request_off_with_the_numbers(monkeypatch, ready_cpu_replica_with_floor):
+    monkeypatch.setenv(SIMULATE_OOM_ABOVE_PIXELS_ENV, "1000")
+    replica = ready_cpu_replica_with_floor(min_frames=2, min_pixels_per_frame=1000)
+
+    with pytest.raises(RequestOutOfMemoryError, match=r"ran out of memory with 2 frames .* at the floor of 2 frames and 1000 pixels, after 2 smaller retries"):
+        replica.generate(_video_request(8))
+
+    assert replica.describe()["request_out_of_memory"] == 3
+    replica.check_health()
