@@ -50,6 +50,10 @@ logger = logging.getLogger(__name__)
 
 # With no keyframe index, seek when the next target is further ahead than this; decode on otherwise.
 _BLIND_SEEK_GAP_S = 8.0
+# A seek costs about this many frames of decoding (measured with bench/sampling.py: flushing the
+# decoder's frame threads and refilling them); seek only when it skips more than that.
+_SEEK_COST_FRAMES = 30
+_ASSUMED_FPS = 30.0
 # A stream that stops this far short of its header's duration (and of a target) is truncated.
 _TRUNCATION_SLACK_S = 1.0
 # Decoding that fails on more than this share of the stream's packets means a corrupt file.
@@ -121,16 +125,14 @@ def sample_video(source: VideoSource, selection: FrameSelection, limits: VideoLi
         stream, info = _inspect(container, limits)
         targets, effective_fps = _targets(info.duration_s, selection, limits.max_frames)
         sampler = _Sampler(container, stream, info)
-        frames = sampler.take(targets)
+        arrays, times, rotation = sampler.take(targets, limits.target_pixels_per_frame)
     except av.error.FFmpegError as error:
         raise CorruptVideoError(f"The video does not decode: {error}") from error
     finally:
         container.close()
-    pixels = np.stack([_to_upright_rgb(frame, limits.target_pixels_per_frame) for frame, _ in frames])
-    rotation = round(frames[0][0].rotation or 0) % 360
     return SampledVideo(
-        frames=pixels,
-        timestamps_s=tuple(timestamp for _, timestamp in frames),
+        frames=np.stack(arrays),
+        timestamps_s=tuple(times),
         info=dataclasses.replace(info, rotation_degrees=rotation),
         effective_fps=effective_fps,
         seeks=sampler.seeks,
@@ -238,7 +240,8 @@ class _Sampler:
         self._stream = stream
         self._info = info
         self._start_s = float(stream.start_time * stream.time_base) if stream.start_time is not None else None
-        self._keyframes_s = _keyframe_times(stream)
+        self._index = _KeyframeIndex(stream)
+        self._seek_cost_s = _SEEK_COST_FRAMES / (info.average_fps or _ASSUMED_FPS)
         self.seeks = 0
         self.decoded = 0
         self.failed_packets = 0
@@ -247,8 +250,15 @@ class _Sampler:
         self._position_s = -math.inf  # time of the last decoded frame
         self._last: tuple[av.VideoFrame, float] | None = None
 
-    def take(self, targets: list[float]) -> list[tuple[av.VideoFrame, float]]:
-        chosen: list[tuple[av.VideoFrame, float]] = []
+    def take(self, targets: list[float], target_pixels: int) -> tuple[list[np.ndarray], list[float], int]:
+        """The frames at ``targets`` as upright RGB arrays, their times, and the rotation applied.
+
+        Each frame is converted as soon as it is chosen, while the decoder's threads work ahead.
+        """
+        arrays: list[np.ndarray] = []
+        times: list[float] = []
+        converted: tuple[av.VideoFrame, np.ndarray] | None = None
+        rotation = 0
         ended = False
         for target_s in targets:
             if not ended and self._should_seek(target_s):
@@ -262,16 +272,22 @@ class _Sampler:
                     raise NoVideoFramesError("The video stream has no decodable frames")
                 self._check_not_truncated(target_s)
                 found = self._last
-            chosen.append(found)
-        return chosen
+            frame, time_s = found
+            if converted is None or converted[0] is not frame:
+                converted = (frame, _to_upright_rgb(frame, target_pixels))
+                rotation = round(frame.rotation or 0) % 360
+            arrays.append(converted[1])
+            times.append(time_s)
+        return arrays, times, rotation
 
     def _should_seek(self, target_s: float) -> bool:
+        """Seek when it skips more decoding than a seek costs (a flush and a refill of the decoder's threads)."""
         position_s = max(self._position_s, 0.0)
-        keyframes = self._keyframes_s
-        if keyframes is None or target_s > keyframes[-1] + _BLIND_SEEK_GAP_S:
+        index = self._index
+        if not index.usable or target_s > index.last_s + _BLIND_SEEK_GAP_S:
             # No index, or one that stops short (Matroska's cues as read so far): seek past long gaps only.
             return target_s - position_s > _BLIND_SEEK_GAP_S
-        return _keyframe_before(keyframes, target_s) > position_s + 1e-6
+        return index.keyframe_before(target_s) - position_s > self._seek_cost_s
 
     def _seek(self, target_s: float) -> None:
         start_s = self._start_s or 0.0
@@ -331,25 +347,25 @@ class _Sampler:
         return f"{self.failed_packets} of the {self.read_packets} packets read do not decode"
 
 
-def _keyframe_times(stream) -> list[float] | None:
-    """Keyframe times relative to the stream start, from the demuxer's index; ``None`` without one."""
-    entries = stream.index_entries
-    if len(entries) == 0:
-        return None
-    if "matroska" in stream.container.format.name:
-        # Matroska's index is its cues, which point at keyframes without always flagging them.
-        timestamps = [entry.timestamp for entry in entries]
-    else:
-        timestamps = [entry.timestamp for entry in entries if entry.is_keyframe]
-        if not timestamps:
-            return None
-    start = stream.start_time or 0
-    return sorted(max(0.0, float((timestamp - start) * stream.time_base)) for timestamp in timestamps)
+class _KeyframeIndex:
+    """The demuxer's index (MP4/MOV/AVI sample tables, Matroska cues), searched by ffmpeg in O(log n)."""
 
+    def __init__(self, stream) -> None:
+        self._entries = stream.index_entries
+        self._time_base = stream.time_base
+        self._start = stream.start_time or 0
+        # Matroska's cues point at keyframes without always flagging them.
+        self._any_frame = "matroska" in stream.container.format.name
+        self.usable = len(self._entries) > 0
+        self.last_s = self._seconds(self._entries[len(self._entries) - 1].timestamp) if self.usable else 0.0
 
-def _keyframe_before(keyframes_s: list[float], target_s: float) -> float:
-    before = [time_s for time_s in keyframes_s if time_s <= target_s + 1e-6]
-    return before[-1] if before else 0.0
+    def keyframe_before(self, target_s: float) -> float:
+        timestamp = self._start + int(target_s / self._time_base)
+        index = self._entries.search_timestamp(timestamp, backward=True, any_frame=self._any_frame)
+        return self._seconds(self._entries[index].timestamp) if index >= 0 else 0.0
+
+    def _seconds(self, timestamp: int) -> float:
+        return max(0.0, float((timestamp - self._start) * self._time_base))
 
 
 def _to_upright_rgb(frame: av.VideoFrame, target_pixels: int) -> np.ndarray:
