@@ -35,6 +35,7 @@ from deployments.auth import check_bearer, load_api_keys
 from deployments.chat_translation import media_error_to_api_error, to_generation_request
 from deployments.config import AppConfig
 from deployments.errors import ApiError, describe_validation_errors, error_body
+from deployments.logs import route_logs_through_serve
 from deployments.metrics import IngressMetrics
 from deployments.model_replica import CPU_GROUP, DEPLOYMENT_NAMES, GPU_GROUP, ReplicaAnswer, StreamOpened
 from deployments.router import CircuitBreaker, GroupRouter, NoGroupAvailableError, remote_cause
@@ -156,6 +157,7 @@ class Ingress:
     """CPU-only front door; routes to the GPU group, else the CPU group."""
 
     def __init__(self, gpu_group: DeploymentHandle | None, cpu_group: DeploymentHandle | None, config: AppConfig) -> None:
+        route_logs_through_serve()
         self._groups = {name: handle for name, handle in ((GPU_GROUP, gpu_group), (CPU_GROUP, cpu_group)) if handle}
         self._config = config
         self._model_id = config.model.model_id

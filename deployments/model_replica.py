@@ -27,6 +27,7 @@ from ray.serve.exceptions import RayServeException
 
 from deployments.autoscaling import FREE_BYTES_METRIC, NEED_BYTES_METRIC, READY_METRIC
 from deployments.config import AppConfig, CpuGroupSettings, GpuGroupSettings
+from deployments.logs import route_logs_through_serve
 from deployments.metrics import ReplicaMetrics
 from memory import MemorySnapshot
 from memory.allocator import read_allocator_settings
@@ -131,6 +132,8 @@ class ModelReplica:
     """Loads the configured model in the background; answers once loaded."""
 
     def __init__(self, config: AppConfig, group: str) -> None:
+        if _in_serve_replica():
+            route_logs_through_serve()
         self._group = group
         self._settings: GpuGroupSettings | CpuGroupSettings = config.gpu_group if group == GPU_GROUP else config.cpu_group
         self._num_threads = max(1, int(self._settings.num_cpus))
@@ -480,6 +483,14 @@ def _video_timestamps(request: GenerationRequest) -> tuple[float, ...]:
         if isinstance(part, VideoPart)
         for time_s in part.timestamps_s
     )
+
+
+def _in_serve_replica() -> bool:
+    try:
+        serve.get_replica_context()
+    except RayServeException:
+        return False
+    return True
 
 
 def _replica_id() -> str:

@@ -86,3 +86,14 @@ def base_url(http_port) -> str:
     url = deploy(TEST_APP_ARGS, http_port)
     yield url
     serve.delete(APP_NAME)
+
+
+def serve_log_lines(*fragments: str) -> list[str]:
+    """Lines of the Serve replica and proxy log files (in the test-owned Ray temp dir) holding every fragment."""
+    logs = TEST_ROOT / "ray" / "session_latest" / "logs" / "serve"
+    lines = []
+    for path in logs.glob("*.log"):
+        for line in path.read_text(errors="replace").splitlines():
+            if all(fragment in line for fragment in fragments):
+                lines.append(line)
+    return lines

@@ -1,13 +1,15 @@
 """``POST /v1/analyze`` end to end: real uploads over HTTP, real files in every format, the tiny model."""
 
 import concurrent.futures
+import uuid
 
 import httpx
 import numpy as np
 import pytest
 
 import media_factory
-from integration.conftest import UPLOAD_DIR
+from integration.conftest import UPLOAD_DIR, serve_log_lines
+from polling import wait_for_condition
 
 FOUR_SECONDS = media_factory.video_bytes("mp4", num_frames=48, fps=12)
 
@@ -55,16 +57,19 @@ def test_a_video_and_a_question_get_an_answer_with_frames_timings_and_tokens(htt
     assert body["served_by"]["group"] == response.headers["x-served-by-group"]
 
 
-def test_a_client_request_id_is_kept(http):
+def test_a_client_request_id_is_kept_and_tags_the_log_lines(http):
+    trace = f"trace-{uuid.uuid4().hex}"
     response = http.post(
         "/v1/analyze",
         data={"question": "Anything?", "max_tokens": "2"},
         files={"video": ("clip.mp4", FOUR_SECONDS, "video/mp4")},
-        headers={"x-request-id": "my-trace-42"},
+        headers={"x-request-id": trace},
     )
 
-    assert response.headers["x-request-id"] == "my-trace-42"
-    assert response.json()["request_id"] == "my-trace-42"
+    assert response.headers["x-request-id"] == trace
+    assert response.json()["request_id"] == trace
+    (line,) = wait_for_condition(lambda: serve_log_lines(trace, "sampled to 4 frames"), timeout_s=30)
+    assert "Ingress" in line  # Serve's replica log format: component, replica, request id, message
 
 
 @pytest.mark.parametrize("kind", sorted(media_factory.VIDEO_KINDS))

@@ -5,6 +5,7 @@ import openai
 import pytest
 from ray import serve
 
+import media_factory
 from integration.conftest import deploy
 
 KEY = "vd-test-key-0123456789"
@@ -29,7 +30,7 @@ CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("POST", "/v1/chat/completions"), ("GET", "/v1/models"), ("GET", "/readyz"), ("GET", "/v1/memory")],
+    [("POST", "/v1/chat/completions"), ("POST", "/v1/analyze"), ("GET", "/v1/models"), ("GET", "/readyz"), ("GET", "/v1/memory")],
 )
 @pytest.mark.parametrize("authorization", [None, "Bearer wrong-key", "Basic dXNlcjpwYXNz"])
 def test_every_route_but_healthz_wants_a_valid_key(secured_url, method, path, authorization):
@@ -60,3 +61,15 @@ def test_the_openai_client_with_a_wrong_key_gets_an_authentication_error(secured
 
     with pytest.raises(openai.AuthenticationError, match="Invalid API key"):
         client.chat.completions.create(model="tiny-qwen2-vl", max_tokens=2, messages=CHAT["messages"])
+
+
+def test_an_upload_with_the_key_is_served_and_without_it_is_refused_before_it_is_read(secured_url):
+    files = {"video": ("clip.mp4", media_factory.video_bytes("mp4"), "video/mp4")}
+    data = {"question": "What is it?", "max_tokens": "2"}
+
+    served = httpx.post(f"{secured_url}/v1/analyze", data=data, files=files, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+    refused = httpx.post(f"{secured_url}/v1/analyze", data=data, files=files, headers={"Authorization": "Bearer nope"}, timeout=60)
+
+    assert served.status_code == 200, served.text
+    assert served.json()["frames"]["count"] == 8
+    assert refused.status_code == 401

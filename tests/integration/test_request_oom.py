@@ -14,7 +14,7 @@ import pytest
 from ray import serve
 
 import media_factory
-from integration.conftest import deploy
+from integration.conftest import deploy, serve_log_lines
 from memory.fault_injection import SIMULATE_OOM_ABOVE_PIXELS_ENV
 from polling import wait_for_condition
 
@@ -66,6 +66,11 @@ def test_a_video_too_big_for_the_gpu_replica_is_answered_there_with_fewer_smalle
     assert body["frames"]["count"] == 2
     assert body["frames"]["timestamps_s"] == [0.25, 3.75]
     assert body["frames"]["pixels_per_frame_used"] * 2 <= 5000
+    # Each step is logged on the replica with its numbers, under the request's id.
+    lines = wait_for_condition(
+        lambda: serve_log_lines(response.headers["x-request-id"], "ran out of memory at"), timeout_s=30
+    )
+    assert any("at 8 frames, 3072 pixels per frame" in line and "retrying with 4 frames" in line for line in lines)
 
 
 def test_past_the_floor_the_cpu_group_answers_and_the_gpu_group_keeps_serving(oom_url):
