@@ -11,6 +11,7 @@ import json
 
 import httpx
 import pytest
+import ray
 from ray import serve
 
 import media_factory
@@ -89,3 +90,20 @@ def test_past_the_floor_the_cpu_group_answers_and_the_gpu_group_keeps_serving(oo
     (gpu,) = memory["groups"]["gpu"]
     assert gpu["state"] == "ready"
     assert gpu["request_out_of_memory"] >= 3
+
+
+def test_each_out_of_memory_step_is_counted_in_prometheus(oom_url):
+    port = ray._private.worker.global_worker.node.metrics_export_port
+
+    def counted() -> dict[str, float]:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        totals: dict[str, float] = {}
+        for line in text.splitlines():
+            if line.startswith("ray_vd_request_out_of_memory_total{") and 'group="gpu"' in line:
+                outcome = line.split('outcome="', 1)[1].split('"', 1)[0]
+                totals[outcome] = totals.get(outcome, 0.0) + float(line.rsplit(" ", 1)[1])
+        return totals if {"retry_smaller", "handed_off"} <= set(totals) else {}
+
+    totals = wait_for_condition(counted, timeout_s=90, interval_s=2)
+    assert totals["retry_smaller"] >= 2 + 2  # two steps for the video, two for the images before the floor
+    assert totals["handed_off"] >= 1
