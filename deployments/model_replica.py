@@ -121,7 +121,7 @@ def request_shape(config: AppConfig) -> RequestShape:
     """The largest request the limits allow, which sizes the activation reserve."""
     limits = config.limits
     return RequestShape(
-        max_frames=limits.video_frames,
+        max_frames=limits.max_video_frames,
         max_pixels_per_frame=limits.max_pixels_per_frame,
         max_images=1,
         max_new_tokens=limits.max_tokens,
@@ -278,6 +278,8 @@ class ModelReplica:
         def produce() -> None:
             try:
                 with self._generate_lock:
+                    if stop.is_set():
+                        return  # the caller left while this stream waited for the model
                     self._check_still_loaded(adapter)
                     emitted = [False]
 
