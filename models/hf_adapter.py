@@ -13,6 +13,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 import transformers
+from transformers.video_utils import VideoMetadata
 
 from memory.strategy import LoadStrategy
 from models.base import (
@@ -155,7 +156,10 @@ class HuggingFaceVisionLanguageAdapter(ModelAdapter):
         if images:
             processor_kwargs["images"] = images
         if videos:
-            processor_kwargs["videos"] = videos
+            processor_kwargs["videos"] = [part.frames for part in videos]
+            if all(part.timestamps_s for part in videos):
+                # The frames' real times: processors that write them into the prompt (Qwen3-VL) need them.
+                processor_kwargs["video_metadata"] = [_frame_times(part) for part in videos]
         try:
             inputs = self._processor(**processor_kwargs)
         except ValueError as error:
@@ -202,13 +206,25 @@ class _StopWhen(transformers.StoppingCriteria):
         return torch.full((input_ids.shape[0],), self._should_stop(), dtype=torch.bool, device=input_ids.device)
 
 
+def _frame_times(part: VideoPart) -> VideoMetadata:
+    """Sampled frames' times as transformers' metadata: at fps 1, a frame's "index" is its time in seconds."""
+    return VideoMetadata(
+        total_num_frames=len(part.frames),
+        fps=1.0,
+        frames_indices=list(part.timestamps_s),
+        duration=part.timestamps_s[-1] if part.timestamps_s else None,
+        height=int(part.frames.shape[1]),
+        width=int(part.frames.shape[2]),
+    )
+
+
 def _to_transformers_chat(
     messages: tuple[ChatMessage, ...],
-) -> tuple[list[dict[str, Any]], list[np.ndarray], list[np.ndarray]]:
+) -> tuple[list[dict[str, Any]], list[np.ndarray], list[VideoPart]]:
     """Our messages -> the chat-template form, with media pulled out in order."""
     chat: list[dict[str, Any]] = []
     images: list[np.ndarray] = []
-    videos: list[np.ndarray] = []
+    videos: list[VideoPart] = []
     for message in messages:
         content: list[dict[str, Any]] = []
         for part in message.content:
@@ -219,7 +235,7 @@ def _to_transformers_chat(
                 images.append(part.pixels)
             elif isinstance(part, VideoPart):
                 content.append({"type": "video"})
-                videos.append(part.frames)
+                videos.append(part)
             else:
                 raise TypeError(f"Unknown content part {type(part).__name__}")
         chat.append({"role": message.role, "content": content})
