@@ -13,7 +13,7 @@ size, in the same process, on the same files.
 Target: the sampler within 1.1x of the faster baseline at both lengths. The files (30 fps, a
 keyframe every 2 s, a noise texture panning over a gradient) are written once with PyAV and cached.
 
-Usage: .venv/bin/python -m bench.sampling [--repeats 3] [--frames 16] [--json]
+Usage: .venv/bin/python -m bench.sampling [--repeats 8] [--frames 16] [--json]
 """
 
 import argparse
@@ -147,11 +147,13 @@ def _time_round_robin(
     count: int,
     repeats: dict[str, int],
 ) -> dict[str, tuple[float, list[float]]]:
-    """Median seconds and the frame times of each method, runs interleaved so no method gets a warmer machine."""
+    """Median seconds and the frame times of each method: runs interleaved, and the order rotated each
+    round, so that no method always runs on a warmer (or busier) machine than another."""
     seconds: dict[str, list[float]] = {name: [] for name, _ in methods}
     times: dict[str, list[float]] = {}
     for round_index in range(max(repeats.values())):
-        for name, method in methods:
+        shift = round_index % len(methods)
+        for name, method in methods[shift:] + methods[:shift]:
             if round_index >= repeats[name]:
                 continue
             started = time.perf_counter()
@@ -162,7 +164,7 @@ def _time_round_robin(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each method per file (median kept)")
+    parser.add_argument("--repeats", type=int, default=8, help="runs of each method per file (median kept)")
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
