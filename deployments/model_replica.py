@@ -113,8 +113,12 @@ class StreamOpened:
     first: TextDelta | GenerationResult
 
 
-class _OutOfMemoryAfterOutput(RuntimeError):
-    """Out of memory after some of the answer was streamed: too late to retry smaller."""
+class StreamOutOfMemoryError(Exception):
+    """Out of memory after part of the answer was streamed: too late to retry smaller or elsewhere.
+
+    Not a ``RuntimeError``, so the out-of-memory check (which reads ``RuntimeError`` messages) does not
+    take it for a fresh out-of-memory and start the answer again.
+    """
 
 
 def request_shape(config: AppConfig) -> RequestShape:
@@ -293,7 +297,7 @@ class ModelReplica:
                                 result = item
                         except Exception as error:
                             if emitted[0] and is_out_of_memory(error):
-                                raise _OutOfMemoryAfterOutput(f"ran out of memory mid-answer: {error}") from error
+                                raise StreamOutOfMemoryError(f"ran out of memory mid-answer: {error}") from error
                             raise
                         return result
 

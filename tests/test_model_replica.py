@@ -4,14 +4,22 @@ The one double is at the hardware boundary: generation that raises CUDA's
 out-of-memory error, which a CPU cannot produce on demand.
 """
 
+import asyncio
+
 import numpy as np
 import pytest
 import torch
 
 from deployments.config import load_app_config
-from deployments.model_replica import ModelReplica, ReplicaUnavailableError, RequestOutOfMemoryError
+from deployments.model_replica import (
+    ModelReplica,
+    ReplicaUnavailableError,
+    RequestOutOfMemoryError,
+    StreamOpened,
+    StreamOutOfMemoryError,
+)
 from memory.fault_injection import SIMULATE_OOM_ABOVE_PIXELS_ENV
-from models.base import ChatMessage, GenerationRequest, TextPart, VideoPart
+from models.base import ChatMessage, GenerationRequest, GenerationResult, TextDelta, TextPart, VideoPart
 from polling import wait_for_condition
 
 REQUEST = GenerationRequest(messages=(ChatMessage("user", (TextPart("hi"),)),), max_new_tokens=2)
@@ -147,3 +155,40 @@ def test_out_of_memory_at_the_floor_hands_the_request_off_with_the_numbers(monke
 
     assert replica.describe()["request_out_of_memory"] == 3
     replica.check_health()
+
+
+def _collect_stream(replica: ModelReplica, request: GenerationRequest) -> list:
+    async def collect() -> list:
+        return [item async for item in replica.generate_stream(request)]
+
+    return asyncio.run(collect())
+
+
+def test_a_stream_that_runs_out_of_memory_before_its_first_token_is_retried_smaller(monkeypatch, ready_cpu_replica_with_floor):
+    monkeypatch.setenv(SIMULATE_OOM_ABOVE_PIXELS_ENV, "5000")
+    replica = ready_cpu_replica_with_floor(min_frames=2, min_pixels_per_frame=1000)
+
+    items = _collect_stream(replica, _video_request(8))
+
+    opened, *rest = items
+    assert isinstance(opened, StreamOpened)
+    assert opened.used.video_frames == 2
+    assert isinstance(rest[-1], GenerationResult) and rest[-1].completion_tokens == 2
+    assert replica.describe()["request_out_of_memory"] == 2
+
+
+def test_a_stream_that_runs_out_of_memory_mid_answer_ends_with_an_error_and_is_not_restarted(ready_cpu_replica):
+    replica = ready_cpu_replica()
+    calls = []
+
+    def stream_then_out_of_memory(request, should_stop):
+        calls.append(request)
+        yield TextDelta("partial")
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+
+    replica._adapter.stream = stream_then_out_of_memory
+
+    with pytest.raises(StreamOutOfMemoryError, match="mid-answer"):
+        _collect_stream(replica, _video_request(8))
+
+    assert len(calls) == 1  # the answer was not started again
