@@ -37,7 +37,7 @@ from deployments.config import AppConfig
 from deployments.errors import ApiError, describe_validation_errors, error_body
 from deployments.logs import route_logs_through_serve
 from deployments.metrics import IngressMetrics
-from deployments.model_replica import CPU_GROUP, DEPLOYMENT_NAMES, GPU_GROUP, ReplicaAnswer, StreamOpened
+from deployments.model_replica import CPU_GROUP, DEPLOYMENT_NAMES, GPU_GROUP, ReplicaAnswer
 from deployments.router import CircuitBreaker, GroupRouter, NoGroupAvailableError, remote_cause
 from deployments.openai_schema import (
     ChatCompletionRequest,

@@ -10,10 +10,11 @@ Two ways to choose the frames:
 
 Either way the targets are reached the cheapest way the file allows. With a
 keyframe index (MP4, MOV, AVI, and Matroska/WebM cues) the sampler seeks only
-when the keyframe before the next target lies ahead of where the decoder
-already is; otherwise it decodes on. So a 10-minute file costs 16 short seeks
-and a 10-second clip is decoded straight through once. Without an index it
-seeks when the next target is more than ``_BLIND_SEEK_GAP_S`` ahead.
+when the keyframe before the next target lies further ahead of the decoder than
+a seek costs (``_SEEK_COST_FRAMES``); otherwise it decodes on. So a 10-minute
+file costs 16 short seeks and a 10-second clip is decoded straight through,
+once, up to its last target. Without an index it seeks when the next target is
+more than ``_BLIND_SEEK_GAP_S`` ahead.
 
 Before any frame is decoded the stored frame size is checked against
 ``max_source_pixels`` (a 16k x 16k video is refused from its header; the
@@ -27,7 +28,6 @@ rotation metadata (the display matrix) is applied to the pixels.
 
 import dataclasses
 import io
-import logging
 import math
 import os
 import time
@@ -45,8 +45,6 @@ from models.media import (
     TruncatedVideoError,
     scaled_size,
 )
-
-logger = logging.getLogger(__name__)
 
 # With no keyframe index, seek when the next target is further ahead than this; decode on otherwise.
 _BLIND_SEEK_GAP_S = 8.0
