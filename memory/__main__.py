@@ -65,7 +65,7 @@ def _summary(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    config = load_model_config(args.model)
+    config = load_model_config(args.model, trust_remote_code=args.trust_remote_code)
     chain = parse_chain(args.chain.split(",") if args.chain else list(_default_chain(args.device)), args.device)
     shape = RequestShape(
         max_frames=args.frames, max_pixels_per_frame=args.pixels_per_frame, max_images=1, max_new_tokens=args.max_new_tokens
@@ -132,6 +132,11 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--frames", type=int, default=8)
     plan.add_argument("--pixels-per-frame", type=int, default=448 * 448)
     plan.add_argument("--max-new-tokens", type=int, default=512)
+    plan.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="read a config whose class ships with the checkpoint (MiniCPM-V 2.6); runs that code",
+    )
     plan.add_argument("--json", action="store_true")
     return parser
 

@@ -103,7 +103,8 @@ def load_model_config(model_path: str | pathlib.Path, *, trust_remote_code: bool
     if raw.get("auto_map") and raw["model_type"] not in transformers.CONFIG_MAPPING and not trust_remote_code:
         raise ModelConfigError(
             f"{str(path)!r} is a {raw['model_type']!r} model whose code ships with the checkpoint (auto_map); "
-            "set model.trust_remote_code: true to run that code, after reading it"
+            "set model.trust_remote_code: true (python -m memory plan: --trust-remote-code) to run that code, "
+            "after reading it"
         )
     try:
         return transformers.AutoConfig.from_pretrained(

@@ -94,3 +94,16 @@ def test_bad_input_exits_2_with_the_fix(qwen2_vl_7b_config, run, args, fragment)
 
     assert completed.returncode == 2
     assert fragment in completed.stderr
+
+
+def test_a_checkpoint_with_its_own_code_is_planned_only_with_trust_remote_code(tmp_path, run):
+    folder = tmp_path / "MiniCPM-V-2_6"
+    folder.mkdir()
+    (folder / "config.json").write_text(
+        json.dumps({"model_type": "minicpmv", "auto_map": {"AutoConfig": "configuration_minicpm.MiniCPMVConfig"}})
+    )
+
+    completed = run("plan", str(folder), "--device", "cpu")
+
+    assert completed.returncode == 2
+    assert "--trust-remote-code" in completed.stderr
