@@ -47,7 +47,7 @@ from deployments.openai_schema import (
     new_completion_id,
     server_sent_event,
 )
-from deployments.uploads import receive_upload
+from deployments.uploads import receive_upload, remove_stale_uploads
 from models import media
 from models.base import ChatMessage, GenerationRequest, GenerationResult, PromptTooLongError, TextDelta, TextPart, VideoPart
 from models.hf_adapter import InvalidModelInputError
@@ -148,6 +148,8 @@ def _usage(result: GenerationResult) -> dict[str, int]:
 
 
 _DESCRIBE_TIMEOUT_S = 10.0
+# Upload files older than this at start-up were left by an ingress that died mid-request.
+_STALE_UPLOAD_S = 6 * 3600.0
 _GPU_WATCH_PERIOD_S = 2.0
 
 
@@ -158,6 +160,7 @@ class Ingress:
 
     def __init__(self, gpu_group: DeploymentHandle | None, cpu_group: DeploymentHandle | None, config: AppConfig) -> None:
         route_logs_through_serve()
+        remove_stale_uploads(config.ingress.upload_dir, older_than_s=_STALE_UPLOAD_S)
         self._groups = {name: handle for name, handle in ((GPU_GROUP, gpu_group), (CPU_GROUP, cpu_group)) if handle}
         self._config = config
         self._model_id = config.model.model_id

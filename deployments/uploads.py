@@ -13,6 +13,7 @@ import os
 import pathlib
 import re
 import tempfile
+import time
 from typing import AsyncIterator
 
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -113,7 +114,7 @@ class _UploadCollector:
             raise ApiError(400, f"More than one file was sent; send exactly one video in the field {self._file_field!r}", param=self._file_field)
         _check_filename(part.filename or "")
         self.files.append((part.name, part.filename or "", part.content_type))
-        handle, name = tempfile.mkstemp(prefix="vd-upload-", suffix=".video", dir=self._directory)
+        handle, name = tempfile.mkstemp(prefix=_UPLOAD_PREFIX, suffix=".video", dir=self._directory)
         self.path = pathlib.Path(name)
         self.file = os.fdopen(handle, "wb")
 
@@ -153,6 +154,30 @@ class _UploadCollector:
 
 
 _RAW_FILENAME = re.compile(rb'filename="((?:[^"\\]|\\.)*)"|filename=([^;\s]*)', re.IGNORECASE)
+
+
+_UPLOAD_PREFIX = "vd-upload-"
+
+
+def remove_stale_uploads(directory: str | None, *, older_than_s: float) -> int:
+    """Delete upload files left by an ingress that died mid-request; returns how many went.
+
+    Only files this module names (``vd-upload-*``) and only older than ``older_than_s``, so uploads in
+    flight at another ingress replica sharing the folder are left alone.
+    """
+    folder = pathlib.Path(directory or tempfile.gettempdir())
+    cutoff = time.time() - older_than_s
+    removed = 0
+    for path in folder.glob(f"{_UPLOAD_PREFIX}*.video"):
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:
+            continue
+    if removed:
+        logger.warning("Removed %d stale upload files from %s (older than %.0f s)", removed, folder, older_than_s)
+    return removed
 
 
 def _check_filename(filename: str) -> None:
