@@ -51,22 +51,27 @@ class AnalyzeFields(BaseModel):
 
 def parse_analyze_fields(fields: dict[str, str], limits: LimitsSettings) -> AnalyzeFields:
     if "question" not in fields:
-        raise ApiError(400, "No question was sent; add a form field 'question' (curl -F question='...')", param="question")
+        raise ApiError(
+            400, "No question was sent; add a form field 'question' (curl -F question='...')", param="question"
+        )
     try:
         parsed = AnalyzeFields.model_validate(fields)
     except pydantic.ValidationError as error:
         described = describe_validation_errors(error.errors())
-        raise ApiError(
-            400, "Invalid form fields: " + "; ".join(f"{param}: {text}" for param, text in described), param=described[0][0]
-        ) from error
+        message = "Invalid form fields: " + "; ".join(f"{param}: {text}" for param, text in described)
+        raise ApiError(400, message, param=described[0][0]) from error
     if parsed.frames is not None and parsed.fps is not None:
         raise ApiError(400, "Send either frames or fps, not both", param="fps")
     if parsed.frames is not None and parsed.frames > limits.max_video_frames:
         raise ApiError(
-            400, f"frames: {parsed.frames} asked; the limit is {limits.max_video_frames} (limits.max_video_frames)", param="frames"
+            400,
+            f"frames: {parsed.frames} asked; the limit is {limits.max_video_frames} (limits.max_video_frames)",
+            param="frames",
         )
     if parsed.fps is not None and parsed.fps > limits.max_video_fps:
-        raise ApiError(400, f"fps: {parsed.fps:g} asked; the limit is {limits.max_video_fps:g} (limits.max_video_fps)", param="fps")
+        raise ApiError(
+            400, f"fps: {parsed.fps:g} asked; the limit is {limits.max_video_fps:g} (limits.max_video_fps)", param="fps"
+        )
     if parsed.max_tokens is not None and parsed.max_tokens > limits.max_tokens:
         raise ApiError(
             400, f"max_tokens: {parsed.max_tokens} requested; the limit is {limits.max_tokens}", param="max_tokens"

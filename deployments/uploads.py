@@ -48,7 +48,15 @@ class _Part:
 class _UploadCollector:
     """python-multipart callbacks: one file part to disk, text fields to memory, limits on both."""
 
-    def __init__(self, *, file_field: str, text_fields: frozenset[str], max_file_bytes: int, max_field_bytes: int, directory: str | None) -> None:
+    def __init__(
+        self,
+        *,
+        file_field: str,
+        text_fields: frozenset[str],
+        max_file_bytes: int,
+        max_field_bytes: int,
+        directory: str | None,
+    ) -> None:
         self._file_field = file_field
         self._text_fields = text_fields
         self._max_file_bytes = max_file_bytes
@@ -109,9 +117,15 @@ class _UploadCollector:
 
     def _begin_file(self, part: _Part) -> None:
         if part.name != self._file_field:
-            raise ApiError(400, f"A file came in field {part.name!r}; send the video in the field {self._file_field!r}", param=part.name)
+            raise ApiError(
+                400, f"A file came in field {part.name!r}; send the video in the field {self._file_field!r}", param=part.name
+            )
         if self.files:
-            raise ApiError(400, f"More than one file was sent; send exactly one video in the field {self._file_field!r}", param=self._file_field)
+            raise ApiError(
+                400,
+                f"More than one file was sent; send exactly one video in the field {self._file_field!r}",
+                param=self._file_field,
+            )
         _check_filename(part.filename or "")
         self.files.append((part.name, part.filename or "", part.content_type))
         handle, name = tempfile.mkstemp(prefix=_UPLOAD_PREFIX, suffix=".video", dir=self._directory)
@@ -124,7 +138,9 @@ class _UploadCollector:
             self.file_bytes += end - start
             if self.file_bytes > self._max_file_bytes:
                 raise ApiError(
-                    413, f"The upload is over the {self._max_file_bytes}-byte limit (limits.max_upload_bytes)", code="upload_too_large"
+                    413,
+                    f"The upload is over the {self._max_file_bytes}-byte limit (limits.max_upload_bytes)",
+                    code="upload_too_large",
                 )
             self.file.write(data[start:end])
         else:
@@ -186,7 +202,8 @@ def _check_filename(filename: str) -> None:
     if "/" in filename or "\\" in filename or filename in {".", ".."} or "\x00" in filename:
         raise ApiError(
             400,
-            f"The filename {filename[:100]!r} has path separators; send a bare file name (the server never uses it as a path)",
+            f"The filename {filename[:100]!r} has path separators; send a bare file name "
+            "(the server never uses it as a path)",
             param="filename",
         )
 
@@ -239,7 +256,8 @@ async def receive_upload(
             raise ApiError(400, "The multipart body ended inside the file part; the upload is incomplete")
         if not collector.files:
             raise ApiError(
-                400, f"No file was sent; send the video as a file in the field {file_field!r} (curl -F {file_field}=@clip.mp4)",
+                400,
+                f"No file was sent; send the video as a file in the field {file_field!r} (curl -F {file_field}=@clip.mp4)",
                 param=file_field,
             )
         _, filename, part_type = collector.files[0]

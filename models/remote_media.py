@@ -35,7 +35,9 @@ def is_allowed(url: str, allow_list: tuple[str, ...]) -> bool:
     return False
 
 
-def fetch_media(url: str, *, allow_list: tuple[str, ...], allowed_mime_types: frozenset[str], max_bytes: int, timeout_s: float) -> DataUrl:
+def fetch_media(
+    url: str, *, allow_list: tuple[str, ...], allowed_mime_types: frozenset[str], max_bytes: int, timeout_s: float
+) -> DataUrl:
     if not is_allowed(url, allow_list):
         raise RemoteUrlRefusedError(
             f"The URL {url[:100]!r} is not under an allowed prefix; this server fetches only from "
@@ -72,7 +74,8 @@ def _normalised(url: str) -> tuple[str, str, int, str] | None:
         port = parts.port
     except ValueError:
         return None
-    if parts.scheme not in _DEFAULT_PORTS or not parts.hostname or parts.username is not None or parts.password is not None:
+    has_user_info = parts.username is not None or parts.password is not None
+    if parts.scheme not in _DEFAULT_PORTS or not parts.hostname or has_user_info:
         return None
     path = urllib.parse.unquote(parts.path) or "/"
     normalised_path = posixpath.normpath(path)  # "/videos/../secret" is "/secret"

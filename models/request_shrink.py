@@ -96,5 +96,7 @@ def _halve_pixels(frames: np.ndarray, min_pixels: int) -> np.ndarray | None:
         new_width, new_height = math.ceil(width * scale / 2) * 2, math.ceil(height * scale / 2) * 2
     if new_width * new_height >= height * width:
         return None
-    resized = [np.asarray(Image.fromarray(frame).resize((new_width, new_height), Image.Resampling.BILINEAR)) for frame in frames]
+    resized = [
+        np.asarray(Image.fromarray(frame).resize((new_width, new_height), Image.Resampling.BILINEAR)) for frame in frames
+    ]
     return np.stack(resized)

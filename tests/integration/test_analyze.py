@@ -20,7 +20,14 @@ def http(base_url):
         yield client
 
 
-def _analyze(http: httpx.Client, video: bytes | None = FOUR_SECONDS, *, filename: str = "clip.mp4", part_type: str = "video/mp4", **fields) -> httpx.Response:
+def _analyze(
+    http: httpx.Client,
+    video: bytes | None = FOUR_SECONDS,
+    *,
+    filename: str = "clip.mp4",
+    part_type: str = "video/mp4",
+    **fields,
+) -> httpx.Response:
     data = {"question": "What happens in this video?", "max_tokens": "4", **fields}
     # Text fields as parts without a filename, so the body is multipart even with no file.
     parts = [(name, (None, value)) for name, value in data.items() if value is not None]
