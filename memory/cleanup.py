@@ -65,6 +65,13 @@ def _cuda_reserved_bytes() -> int:
         return 0
 
 
+def return_freed_heap() -> int:
+    """Hand glibc's freed heap pages back to the OS (after a large upload passed through); bytes returned."""
+    before = _rss_bytes()
+    _malloc_trim()
+    return max(0, before - _rss_bytes())
+
+
 def _rss_bytes() -> int:
     return int(psutil.Process().memory_info().rss)
 
