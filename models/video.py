@@ -252,7 +252,8 @@ class _Sampler:
     def take(self, targets: list[float], target_pixels: int) -> tuple[list[np.ndarray], list[float], int]:
         """The frames at ``targets`` as upright RGB arrays, their times, and the rotation applied.
 
-        Each frame is converted as soon as it is chosen, while the decoder's threads work ahead.
+        Each frame is converted when it is chosen, so only the chosen frames are ever converted and no
+        decoded frame is held longer than needed.
         """
         arrays: list[np.ndarray] = []
         times: list[float] = []
@@ -280,7 +281,7 @@ class _Sampler:
         return arrays, times, rotation
 
     def _should_seek(self, target_s: float) -> bool:
-        """Seek when it skips more decoding than a seek costs (a flush and a refill of the decoder's threads)."""
+        """Seek when it skips more decoding than a seek costs (the seek, a decoder flush and the keyframe)."""
         position_s = max(self._position_s, 0.0)
         index = self._index
         if not index.usable or target_s > index.last_s + _BLIND_SEEK_GAP_S:
