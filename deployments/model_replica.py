@@ -40,7 +40,7 @@ from memory.loader import LoadReport, ModelLoadError, NothingFitsError, is_out_o
 from memory.strategy import LoadStrategy
 from memory.fault_injection import raise_if_simulated_out_of_memory
 from models.adapters import adapter_factory, choose_adapter
-from models.base import GenerationRequest, GenerationResult, ModelAdapter, TextDelta, VideoPart
+from models.base import CheckpointAdapter, GenerationRequest, GenerationResult, TextDelta, VideoPart
 from models.loading import load_adapter
 from models.request_shrink import RequestSize, ShrinkFloor, request_size, shrink_request
 from models.tiny import ensure_tiny_model
@@ -159,7 +159,7 @@ class ModelReplica:
         self._on_cuda = all(strategy.device == "cuda" for strategy in self._chain)
         self._state = ReplicaState.LOADING
         self._reason = "loading"
-        self._adapter: ModelAdapter | None = None
+        self._adapter: CheckpointAdapter | None = None
         self._strategy: LoadStrategy | None = None
         self._load_report: LoadReport | None = None
         self._budget: MemoryBudget | None = None
@@ -339,7 +339,7 @@ class ModelReplica:
                     self._metrics.record_stream_cancelled()
                     logger.info("Stream on replica %s stopped: the caller went away", self._replica_id)
 
-    def _ready(self) -> tuple[ModelAdapter, ServedBy]:
+    def _ready(self) -> tuple[CheckpointAdapter, ServedBy]:
         if self._group == CPU_GROUP and self._state is ReplicaState.LOADING:
             self._first_load_settled.wait(timeout=_CPU_LOAD_WAIT_S)
         adapter, strategy = self._adapter, self._strategy
@@ -348,7 +348,7 @@ class ModelReplica:
         served_by = ServedBy(group=self._group, replica=self._replica_id, precision=strategy.name, device=strategy.device)
         return adapter, served_by
 
-    def _check_still_loaded(self, adapter: ModelAdapter) -> None:
+    def _check_still_loaded(self, adapter: CheckpointAdapter) -> None:
         if adapter.model is None:  # checked under the lock: unload() takes it too
             raise ReplicaUnavailableError(
                 f"{self._group} replica {self._replica_id} has no model (unloaded); it is being replaced"

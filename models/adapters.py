@@ -14,7 +14,7 @@ from typing import Callable, Literal
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
 from memory.strategy import LoadStrategy
-from models.base import ModelAdapter
+from models.base import CheckpointAdapter
 
 AdapterName = Literal["auto", "transformers", "minicpm-v-2.6"]
 TRANSFORMERS = "transformers"
@@ -54,7 +54,9 @@ def choose_adapter(model_path: str | pathlib.Path, requested: AdapterName, *, tr
     return chosen
 
 
-def adapter_factory(name: str, *, max_slice_nums: int = 1) -> Callable[[str, LoadStrategy], ModelAdapter]:
+def adapter_factory(
+    name: str, *, max_slice_nums: int = 1
+) -> Callable[[str, LoadStrategy], CheckpointAdapter]:
     """``make(model_path, strategy)`` for the chosen adapter (imported lazily: remote code only when asked)."""
     if name == MINICPM_V_2_6:
         from models.minicpm_v_2_6 import MiniCpmV26Adapter

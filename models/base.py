@@ -10,6 +10,9 @@ import dataclasses
 from typing import Any, Callable, Iterator, Literal
 
 import numpy as np
+import torch
+
+from memory.strategy import LoadStrategy
 
 Role = Literal["system", "user", "assistant"]
 FinishReason = Literal["stop", "length"]
@@ -115,3 +118,25 @@ class ModelAdapter(abc.ABC):
 
     def unload(self) -> None:
         """Release the model. The default does nothing."""
+
+
+class CheckpointAdapter(ModelAdapter):
+    """An adapter for one local checkpoint folder, loaded with one :class:`LoadStrategy`.
+
+    What the loading chain and the replica rely on: ``model`` (``None`` until loaded and after
+    ``unload``: its bytes are measured, its absence fails health) and ``strategy``.
+    """
+
+    def __init__(self, model_path: str, strategy: LoadStrategy) -> None:
+        self._model_path = model_path
+        self._strategy = strategy
+        self._model: torch.nn.Module | None = None
+        self._load_seconds: float | None = None
+
+    @property
+    def model(self) -> torch.nn.Module | None:
+        return self._model
+
+    @property
+    def strategy(self) -> LoadStrategy:
+        return self._strategy

@@ -18,10 +18,10 @@ from transformers.video_utils import VideoMetadata
 from memory.strategy import LoadStrategy
 from models.base import (
     ChatMessage,
+    CheckpointAdapter,
     GenerationRequest,
     GenerationResult,
     ImagePart,
-    ModelAdapter,
     PromptTooLongError,
     StopCheck,
     TextDelta,
@@ -52,23 +52,12 @@ class InvalidModelInputError(ValueError):
     """The processor refused the request's inputs (an image too thin to patch, say)."""
 
 
-class HuggingFaceVisionLanguageAdapter(ModelAdapter):
+class HuggingFaceVisionLanguageAdapter(CheckpointAdapter):
     """Loads a local checkpoint folder with one :class:`LoadStrategy` and answers chat requests with it."""
 
     def __init__(self, model_path: str, *, strategy: LoadStrategy = LoadStrategy(device="cpu", dtype="float32")) -> None:
-        self._model_path = model_path
-        self._strategy = strategy
-        self._model: transformers.PreTrainedModel | None = None
+        super().__init__(model_path, strategy)
         self._processor: transformers.ProcessorMixin | None = None
-        self._load_seconds: float | None = None
-
-    @property
-    def model(self) -> transformers.PreTrainedModel | None:
-        return self._model
-
-    @property
-    def strategy(self) -> LoadStrategy:
-        return self._strategy
 
     def load(self) -> None:
         started = time.perf_counter()

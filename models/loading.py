@@ -12,7 +12,7 @@ from memory.estimate import WeightEstimate, load_model_config, measure_model_byt
 from memory.loader import Loaded, load_through_chain
 from memory.plan import estimate_chain
 from memory.strategy import LoadStrategy
-from models.base import ModelAdapter
+from models.base import CheckpointAdapter
 from models.hf_adapter import HuggingFaceVisionLanguageAdapter
 
 logger = logging.getLogger(__name__)
@@ -25,16 +25,16 @@ def load_adapter(
     measure_budget: Callable[[LoadStrategy], MemoryBudget],
     oom_retries: int = 1,
     retry_delay_s: float = 2.0,
-    make_adapter: Callable[[str, LoadStrategy], ModelAdapter] | None = None,
+    make_adapter: Callable[[str, LoadStrategy], CheckpointAdapter] | None = None,
     estimates: dict[LoadStrategy, WeightEstimate] | None = None,
-) -> Loaded[ModelAdapter]:
+) -> Loaded[CheckpointAdapter]:
     """Load ``model_path`` with the first strategy of ``chain`` that fits; see :func:`load_through_chain`.
 
     ``estimates`` saves pricing the chain again when a caller retries (they depend on the config only).
     """
     make = make_adapter or (lambda path, strategy: HuggingFaceVisionLanguageAdapter(path, strategy=strategy))
 
-    def load(strategy: LoadStrategy) -> ModelAdapter:
+    def load(strategy: LoadStrategy) -> CheckpointAdapter:
         adapter = make(model_path, strategy)
         adapter.load()
         return adapter

@@ -19,10 +19,10 @@ from PIL import Image
 
 from memory.strategy import LoadStrategy
 from models.base import (
+    CheckpointAdapter,
     GenerationRequest,
     GenerationResult,
     ImagePart,
-    ModelAdapter,
     StopCheck,
     TextDelta,
     TextPart,
@@ -85,24 +85,13 @@ def build_chat_call(request: GenerationRequest, *, max_slice_nums: int) -> ChatC
     return ChatCall(msgs=msgs, kwargs=kwargs, num_images=num_images)
 
 
-class MiniCpmV26Adapter(ModelAdapter):
+class MiniCpmV26Adapter(CheckpointAdapter):
     """``AutoModel`` + ``AutoTokenizer`` with ``trust_remote_code``, loaded with one :class:`LoadStrategy`."""
 
     def __init__(self, model_path: str, *, strategy: LoadStrategy, max_slice_nums: int = 2) -> None:
-        self._model_path = model_path
-        self._strategy = strategy
+        super().__init__(model_path, strategy)
         self._max_slice_nums = max_slice_nums
-        self._model: transformers.PreTrainedModel | None = None
         self._tokenizer: transformers.PreTrainedTokenizerBase | None = None
-        self._load_seconds: float | None = None
-
-    @property
-    def model(self) -> transformers.PreTrainedModel | None:
-        return self._model
-
-    @property
-    def strategy(self) -> LoadStrategy:
-        return self._strategy
 
     def load(self) -> None:
         started = time.perf_counter()
