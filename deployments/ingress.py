@@ -272,14 +272,7 @@ class Ingress:
             chat = ChatCompletionRequest.model_validate(payload)
         except pydantic.ValidationError as error:
             return _validation_response(request, error.errors())
-        if chat.model is not None and chat.model != self._model_id:
-            raise ApiError(
-                404,
-                f"The model {chat.model!r} is not served here; this server serves {self._model_id!r} (GET /v1/models)",
-                error_type="not_found_error",
-                param="model",
-                code="model_not_found",
-            )
+        self._check_served_model(chat.model)
         generation_request = await asyncio.to_thread(to_generation_request, chat, self._config)
         completion_id = new_completion_id()
         if chat.stream:
@@ -361,14 +354,7 @@ class Ingress:
         ) as upload:
             received = time.perf_counter()
             fields = parse_analyze_fields(upload.fields, limits)
-            if fields.model is not None and fields.model != self._model_id:
-                raise ApiError(
-                    404,
-                    f"The model {fields.model!r} is not served here; this server serves {self._model_id!r}",
-                    error_type="not_found_error",
-                    param="model",
-                    code="model_not_found",
-                )
+            self._check_served_model(fields.model)
             check_part_type(upload.content_type)
             try:
                 sampled = await asyncio.to_thread(
@@ -414,6 +400,17 @@ class Ingress:
             timings=timings,
         )
         return JSONResponse(body, headers=_served_by_headers(answer))
+
+    def _check_served_model(self, requested: str | None) -> None:
+        """A request may name the model; any name but the served one is a 404 (both routes)."""
+        if requested is not None and requested != self._model_id:
+            raise ApiError(
+                404,
+                f"The model {requested!r} is not served here; this server serves {self._model_id!r} (GET /v1/models)",
+                error_type="not_found_error",
+                param="model",
+                code="model_not_found",
+            )
 
     async def _generate(self, generation_request: GenerationRequest) -> ReplicaAnswer:
         return await self._with_api_errors(self._router.call("generate", generation_request))
