@@ -16,6 +16,17 @@ from models import tiny
 
 FAMILIES = ("qwen2_5_vl", "qwen3_vl")
 
+# The vision tower both families share in shape; each adds its patch size and its own features.
+_VISION_TOWER = {
+    "depth": 2,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_heads": 4,
+    "out_hidden_size": 64,
+    "spatial_merge_size": 2,
+    "temporal_patch_size": 2,
+}
+
 
 def build_tiny_family(output_dir: pathlib.Path, family: str) -> pathlib.Path:
     """Write a tiny ``family`` checkpoint (weights, config, tokenizer, processor) into ``output_dir``."""
@@ -41,18 +52,7 @@ def build_tiny_family(output_dir: pathlib.Path, family: str) -> pathlib.Path:
         )
         config = transformers.Qwen2_5_VLConfig(
             text_config=text_config,
-            vision_config={
-                "depth": 2,
-                "hidden_size": 64,
-                "intermediate_size": 128,
-                "num_heads": 4,
-                "out_hidden_size": 64,
-                "patch_size": 14,
-                "spatial_merge_size": 2,
-                "temporal_patch_size": 2,
-                "window_size": 56,
-                "fullatt_block_indexes": [1],
-            },
+            vision_config={**_VISION_TOWER, "patch_size": 14, "window_size": 56, "fullatt_block_indexes": [1]},
             tie_word_embeddings=True,
             **token_ids,
         )
@@ -76,16 +76,7 @@ def build_tiny_family(output_dir: pathlib.Path, family: str) -> pathlib.Path:
         config = transformers.Qwen3VLConfig(
             text_config=text_config,
             vision_config={
-                "depth": 2,
-                "hidden_size": 64,
-                "intermediate_size": 128,
-                "num_heads": 4,
-                "out_hidden_size": 64,
-                "patch_size": 16,
-                "spatial_merge_size": 2,
-                "temporal_patch_size": 2,
-                "num_position_embeddings": 256,
-                "deepstack_visual_indexes": [1],
+                **_VISION_TOWER, "patch_size": 16, "num_position_embeddings": 256, "deepstack_visual_indexes": [1]
             },
             tie_word_embeddings=True,
             **token_ids,

@@ -36,8 +36,8 @@ def replicas():
 
 @pytest.fixture
 def ready_cpu_replica(replicas):
-    def make(**cpu_group) -> ModelReplica:
-        replica = ModelReplica(load_app_config({"cpu_group": cpu_group}), "cpu")
+    def make(*, request_oom: dict | None = None, **cpu_group) -> ModelReplica:
+        replica = ModelReplica(load_app_config({"cpu_group": cpu_group, "request_oom": request_oom or {}}), "cpu")
         replicas.append(replica)
         wait_for_condition(lambda: replica.describe()["state"] == "ready", timeout_s=60)
         return replica
@@ -118,21 +118,10 @@ def _video_request(frames: int, height: int = 48, width: int = 64) -> Generation
     return GenerationRequest(messages=(ChatMessage("user", (video, TextPart("What is it?"))),), max_new_tokens=2)
 
 
-@pytest.fixture
-def ready_cpu_replica_with_floor(replicas):
-    def make(**request_oom) -> ModelReplica:
-        replica = ModelReplica(load_app_config({"request_oom": request_oom}), "cpu")
-        replicas.append(replica)
-        wait_for_condition(lambda: replica.describe()["state"] == "ready", timeout_s=60)
-        return replica
-
-    return make
-
-
-def test_out_of_memory_retries_with_half_the_frames_and_pixels_until_it_fits(monkeypatch, ready_cpu_replica_with_floor):
+def test_out_of_memory_retries_with_half_the_frames_and_pixels_until_it_fits(monkeypatch, ready_cpu_replica):
     # 8 frames of 64x48 = 24576 pixels; generation "runs out of memory" above 5000.
     monkeypatch.setenv(SIMULATE_OOM_ABOVE_PIXELS_ENV, "5000")
-    replica = ready_cpu_replica_with_floor(min_frames=2, min_pixels_per_frame=1000)
+    replica = ready_cpu_replica(request_oom={"min_frames": 2, "min_pixels_per_frame": 1000})
 
     answer = replica.generate(_video_request(8))
 
@@ -146,9 +135,9 @@ def test_out_of_memory_retries_with_half_the_frames_and_pixels_until_it_fits(mon
     assert replica.generate(_video_request(2, 32, 32)).oom_retries == ()
 
 
-def test_out_of_memory_at_the_floor_hands_the_request_off_with_the_numbers(monkeypatch, ready_cpu_replica_with_floor):
+def test_out_of_memory_at_the_floor_hands_the_request_off_with_the_numbers(monkeypatch, ready_cpu_replica):
     monkeypatch.setenv(SIMULATE_OOM_ABOVE_PIXELS_ENV, "1000")
-    replica = ready_cpu_replica_with_floor(min_frames=2, min_pixels_per_frame=1000)
+    replica = ready_cpu_replica(request_oom={"min_frames": 2, "min_pixels_per_frame": 1000})
 
     with pytest.raises(RequestOutOfMemoryError, match=r"ran out of memory with 2 frames .* at the floor of 2 frames and 1000 pixels, after 2 smaller retries"):
         replica.generate(_video_request(8))
@@ -164,9 +153,9 @@ def _collect_stream(replica: ModelReplica, request: GenerationRequest) -> list:
     return asyncio.run(collect())
 
 
-def test_a_stream_that_runs_out_of_memory_before_its_first_token_is_retried_smaller(monkeypatch, ready_cpu_replica_with_floor):
+def test_a_stream_that_runs_out_of_memory_before_its_first_token_is_retried_smaller(monkeypatch, ready_cpu_replica):
     monkeypatch.setenv(SIMULATE_OOM_ABOVE_PIXELS_ENV, "5000")
-    replica = ready_cpu_replica_with_floor(min_frames=2, min_pixels_per_frame=1000)
+    replica = ready_cpu_replica(request_oom={"min_frames": 2, "min_pixels_per_frame": 1000})
 
     items = _collect_stream(replica, _video_request(8))
 
