@@ -10,20 +10,10 @@ import os
 
 import torch
 
-from models.base import GenerationRequest, ImagePart, VideoPart
+from models.base import GenerationRequest
+from models.request_shrink import media_pixels
 
 SIMULATE_OOM_ABOVE_PIXELS_ENV = "VIDEO_DETECTIVE_SIMULATE_OOM_ABOVE_PIXELS"
-
-
-def media_pixels(request: GenerationRequest) -> int:
-    total = 0
-    for message in request.messages:
-        for part in message.content:
-            if isinstance(part, ImagePart):
-                total += part.pixels.shape[0] * part.pixels.shape[1]
-            elif isinstance(part, VideoPart):
-                total += part.frames.shape[0] * part.frames.shape[1] * part.frames.shape[2]
-    return total
 
 
 def raise_if_simulated_out_of_memory(request: GenerationRequest) -> None:

@@ -34,9 +34,18 @@ class RequestSize:
 
 
 def request_size(request: GenerationRequest) -> RequestSize:
-    pixels = [_pixels(part) for message in request.messages for part in message.content if _pixels(part)]
+    pixels = [_pixels(part) for message in request.messages for part in message.content]
     return RequestSize(
         video_frames=request.num_video_frames, images=request.num_images, max_pixels_per_frame=max(pixels, default=0)
+    )
+
+
+def media_pixels(request: GenerationRequest) -> int:
+    """All the pixels a request's images and video frames hold together."""
+    return sum(
+        _pixels(part) * (len(part.frames) if isinstance(part, VideoPart) else 1)
+        for message in request.messages
+        for part in message.content
     )
 
 
