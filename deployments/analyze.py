@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from deployments.config import LimitsSettings
 from deployments.errors import ApiError, describe_validation_errors
-from deployments.model_replica import ReplicaAnswer
+from deployments.replica_protocol import ReplicaAnswer
 from models.video import FrameSelection, SampledVideo
 
 VIDEO_FIELD = "video"

@@ -55,6 +55,7 @@ def _group(config: AppConfig, group: str) -> Application | None:
         ModelReplica,
         name=DEPLOYMENT_NAMES[group],
         max_ongoing_requests=settings.max_ongoing_requests,
+        max_queued_requests=settings.max_queued_requests,
         autoscaling_config=_autoscaling(settings),
         health_check_period_s=settings.health_check_period_s,
         ray_actor_options={"num_cpus": settings.num_cpus, "num_gpus": num_gpus, "runtime_env": {"env_vars": env_vars}},

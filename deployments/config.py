@@ -181,7 +181,18 @@ class AutoscalingSettings(_Strict):
 class _GroupSettings(_Strict):
     enabled: bool = True
     num_cpus: float = Field(default=1.0, gt=0, description="Ray CPUs per replica; also torch's thread count.")
-    max_ongoing_requests: int = Field(default=4, ge=1)
+    max_ongoing_requests: int = Field(
+        default=16, ge=1, description="Requests one replica holds: its running batch plus its admission queue."
+    )
+    max_batch_size: int = Field(
+        default=8, ge=1, description="Most requests decoding together in one replica (continuous batching)."
+    )
+    max_queued_requests: int = Field(
+        default=32,
+        ge=1,
+        description="Requests Serve queues for the group when every replica is full; past it the router tries the "
+        "other group, then answers 503 with Retry-After.",
+    )
     oom_retries: int = Field(default=1, ge=0, le=5, description="Retries of a strategy that ran out of memory.")
     load_retry_period_s: float = Field(
         default=10.0, gt=0, description="How often a replica waiting for memory measures again and retries its chain."
@@ -198,6 +209,15 @@ class _GroupSettings(_Strict):
         description="Extra environment variables for this group's replicas (e.g. HF_HOME, NCCL settings).",
     )
     autoscaling: AutoscalingSettings = AutoscalingSettings()
+
+    @model_validator(mode="after")
+    def _batch_within_ongoing(self) -> "_GroupSettings":
+        if self.max_batch_size > self.max_ongoing_requests:
+            raise ValueError(
+                f"max_batch_size ({self.max_batch_size}) must be less than or equal to max_ongoing_requests "
+                f"({self.max_ongoing_requests}): a replica never holds more requests than that"
+            )
+        return self
 
     @field_validator("env_vars")
     @classmethod
@@ -243,7 +263,22 @@ class GpuGroupSettings(_GroupSettings):
 
 class RoutingSettings(_Strict):
     gpu_timeout_s: float = Field(
-        default=30.0, gt=0, description="A GPU-group call slower than this goes to the CPU group instead."
+        default=30.0,
+        gt=0,
+        description="A GPU-group replica that has not taken a call within this long is broken (unschedulable, stuck): "
+        "the call goes to the CPU group and the breaker opens.",
+    )
+    admission_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="A call a replica took but has not admitted (first token) within this long: the group is busy, "
+        "not broken; the call is cancelled there and tried on the other group, and the breaker stays closed.",
+    )
+    cpu_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="The same reachability-and-admission limit for the CPU group (a CPU replica scaling up from zero "
+        "loads first; 503 past it).",
     )
     breaker_cooldown_s: float = Field(
         default=15.0, gt=0, description="After a GPU-group failure, send traffic to the CPU group this long before probing."

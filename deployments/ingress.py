@@ -37,8 +37,8 @@ from deployments.config import AppConfig
 from deployments.errors import ApiError, describe_validation_errors, error_body
 from deployments.logs import route_logs_through_serve
 from deployments.metrics import IngressMetrics
-from deployments.model_replica import CPU_GROUP, DEPLOYMENT_NAMES, GPU_GROUP, ReplicaAnswer
-from deployments.router import CircuitBreaker, GroupRouter, NoGroupAvailableError, remote_cause
+from deployments.replica_protocol import CPU_GROUP, DEPLOYMENT_NAMES, GPU_GROUP, ReplicaAnswer
+from deployments.router import CircuitBreaker, GroupRouter, GroupTimeouts, NoGroupAvailableError, remote_cause
 from deployments.openai_schema import (
     ChatCompletionRequest,
     chat_completion_body,
@@ -50,8 +50,8 @@ from deployments.openai_schema import (
 from deployments.uploads import receive_upload, remove_stale_uploads
 from memory.cleanup import return_freed_heap
 from models import media
-from models.base import ChatMessage, GenerationRequest, GenerationResult, PromptTooLongError, TextDelta, TextPart, VideoPart
-from models.hf_adapter import InvalidModelInputError
+from models.errors import InvalidModelInputError, PromptTooLongError
+from models.requests import ChatMessage, GenerationRequest, GenerationResult, TextDelta, TextPart, VideoPart
 from models.video import sample_video
 
 logger = logging.getLogger(__name__)
@@ -174,7 +174,8 @@ class Ingress:
         self._router = GroupRouter(
             gpu_group,
             cpu_group,
-            gpu_timeout_s=config.routing.gpu_timeout_s,
+            gpu_timeouts=GroupTimeouts(reach_s=config.routing.gpu_timeout_s, admission_s=config.routing.admission_timeout_s),
+            cpu_timeouts=GroupTimeouts(reach_s=config.routing.cpu_timeout_s, admission_s=config.routing.cpu_timeout_s),
             breaker=CircuitBreaker(cooldown_s=config.routing.breaker_cooldown_s),
             on_fallback=self._count_fallback,
         )
@@ -299,23 +300,18 @@ class Ingress:
             finished = False
             try:
                 yield chunk({"role": "assistant", "content": ""})
-                item = opened.first
-                while True:
+                async for item in stream:
                     if isinstance(item, TextDelta):
                         yield chunk({"content": item.text})
-                    elif isinstance(item, GenerationResult):
-                        yield chunk({}, finish_reason=item.finish_reason)
+                    elif isinstance(item, ReplicaAnswer):
+                        yield chunk({}, finish_reason=item.result.finish_reason)
                         if include_usage:
                             yield server_sent_event(
-                                chat_completion_chunk(completion_id, self._model_id, created, None, None, _usage(item))
+                                chat_completion_chunk(completion_id, self._model_id, created, None, None, _usage(item.result))
                             )
                         break
-                    item = await stream.__anext__()
                 yield "data: [DONE]\n\n"
                 finished = True
-            except StopAsyncIteration:
-                finished = True
-                yield "data: [DONE]\n\n"
             except Exception as error:  # noqa: BLE001 - headers are sent: the error goes in the stream
                 cause = remote_cause(error)
                 logger.error("Request %s: stream failed after it started: %s", request_id, cause)
@@ -413,7 +409,7 @@ class Ingress:
             )
 
     async def _generate(self, generation_request: GenerationRequest) -> ReplicaAnswer:
-        return await self._with_api_errors(self._router.call("generate", generation_request))
+        return await self._with_api_errors(self._router.call("generate_stream", generation_request))
 
     async def _with_api_errors(self, routed: Awaitable[Any]) -> Any:
         """Errors from the replica groups, as the status a client can act on."""
@@ -426,10 +422,12 @@ class Ingress:
         except PromptTooLongError as error:
             raise ApiError(413, str(remote_cause(error)), code="prompt_too_long") from error
         except NoGroupAvailableError as error:
+            what = "Every model replica is busy" if error.busy else "No model replica can take the request now"
             raise ApiError(
                 503,
-                f"No model replica can take the request now: {error}. Retry later.",
+                f"{what}: {error}. Retry later.",
                 error_type="service_unavailable",
+                code="overloaded" if error.busy else "unavailable",
                 headers={"Retry-After": _RETRY_AFTER_S},
             ) from error
 

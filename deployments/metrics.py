@@ -6,6 +6,7 @@ Serve adds its own tags (deployment, replica, application). Names carry units.
 from ray.serve import metrics
 
 from memory.probe import MemorySnapshot
+from models.scheduler import SchedulerStats
 
 _GROUP_TAGS = ("group", "precision")
 
@@ -30,6 +31,19 @@ class ReplicaMetrics:
         self.streams_cancelled = metrics.Counter(
             "vd_streams_cancelled_total", "streamed generations stopped because the client went away", tag_keys=_GROUP_TAGS
         )
+        self.batch_running = metrics.Gauge("vd_batch_running_requests", "requests in the running batch", tag_keys=_GROUP_TAGS)
+        self.batch_waiting = metrics.Gauge(
+            "vd_batch_waiting_requests", "requests queued in the replica, waiting for admission", tag_keys=_GROUP_TAGS
+        )
+        self.admitted_bytes = metrics.Gauge(
+            "vd_admitted_bytes", "predicted bytes of the requests admitted to the batch", tag_keys=_GROUP_TAGS
+        )
+        self.waiting_bytes = metrics.Gauge(
+            "vd_waiting_predicted_bytes", "predicted bytes of the requests waiting for admission", tag_keys=_GROUP_TAGS
+        )
+        self.headroom_bytes = metrics.Gauge(
+            "vd_request_headroom_bytes", "bytes admitted requests may use together (budget less weights)", tag_keys=_GROUP_TAGS
+        )
         self.load_attempts = metrics.Counter(
             "vd_load_attempts_total", "loading-chain attempts by outcome", tag_keys=(*_GROUP_TAGS, "outcome")
         )
@@ -47,6 +61,13 @@ class ReplicaMetrics:
             self.gpu_allocated_bytes.set(gpu.torch.allocated_bytes, tags=self._tags)
             self.gpu_reserved_bytes.set(gpu.torch.reserved_bytes, tags=self._tags)
             self.gpu_fragmentation_ratio.set(gpu.torch.fragmentation_ratio, tags=self._tags)
+
+    def record_batch(self, stats: SchedulerStats) -> None:
+        self.batch_running.set(stats.running, tags=self._tags)
+        self.batch_waiting.set(stats.waiting, tags=self._tags)
+        self.admitted_bytes.set(stats.admitted_bytes, tags=self._tags)
+        self.waiting_bytes.set(stats.waiting_bytes, tags=self._tags)
+        self.headroom_bytes.set(stats.headroom_bytes, tags=self._tags)
 
     def record_load_attempt(self, strategy: str, outcome: str) -> None:
         self.load_attempts.inc(tags={"group": self._tags["group"], "precision": strategy, "outcome": outcome})

@@ -12,8 +12,27 @@ class NoGpuVisibleError(RuntimeError):
     """This process sees no GPU to budget against (no driver, no device, or CUDA hidden)."""
 
 
-def limit_to_share(share: float, device_index: int = 0) -> None:
-    """Cap this process's CUDA caching allocator at ``share`` of the device.
+def allocator_fraction(share: float, *, total_bytes: int, context_bytes: int) -> float:
+    """The allocator cap that keeps a ``share`` of the device, CUDA context included, inside the share.
+
+    The context (driver, runtime, cuBLAS workspaces) is not allocated through torch's caching
+    allocator, so ``set_per_process_memory_fraction(share)`` alone lets two 0.5 replicas use
+    the whole device plus two contexts. Example: 0.5 of 80 GiB with a 0.5 GiB context caps the
+    allocator at (40 - 0.5) / 80 = 0.49375.
+    """
+    if total_bytes <= 0:
+        raise ValueError(f"total_bytes must be above zero, got {total_bytes}")
+    fraction = (share * total_bytes - context_bytes) / total_bytes
+    if fraction <= 0:
+        raise ValueError(
+            f"A {share:g} share of {total_bytes} bytes leaves nothing after the {context_bytes}-byte CUDA context; "
+            "raise num_gpus or lower cuda_context_bytes"
+        )
+    return fraction
+
+
+def limit_to_share(share: float, device_index: int = 0, *, context_bytes: int = 0) -> None:
+    """Cap this process's CUDA caching allocator at ``share`` of the device, less its CUDA context.
 
     This is what ``PYTORCH_CUDA_MEMORY_FRACTION`` is often believed to do (PyTorch
     never reads that variable). Beyond the cap, allocations raise
@@ -22,8 +41,13 @@ def limit_to_share(share: float, device_index: int = 0) -> None:
     """
     import torch
 
-    torch.cuda.set_per_process_memory_fraction(share, device_index)
-    logger.info("CUDA allocator on device %d capped at %.0f%% of the device", device_index, share * 100)
+    total = torch.cuda.get_device_properties(device_index).total_memory
+    fraction = allocator_fraction(share, total_bytes=total, context_bytes=context_bytes)
+    torch.cuda.set_per_process_memory_fraction(fraction, device_index)
+    logger.info(
+        "CUDA allocator on device %d capped at %.2f%% of the device (a %g share less a %d-byte context)",
+        device_index, fraction * 100, share, context_bytes,
+    )
 
 
 def measure_gpu_budget(

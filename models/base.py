@@ -1,95 +1,29 @@
 """The model adapter interface: the one class a new model family implements.
 
-A request reaching an adapter is already decoded: images are ``H x W x 3``
-``uint8`` arrays and videos are ``T x H x W x 3`` ``uint8`` arrays. Adapters do
-not parse URLs or files; that happens at the edge (see :mod:`models.media`).
+The request and answer types live in :mod:`models.requests` (no torch) and are re-exported here.
 """
 
 import abc
-import dataclasses
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Callable, Iterator
 
-import numpy as np
 import torch
 
 from memory.strategy import LoadStrategy
-
-Role = Literal["system", "user", "assistant"]
-FinishReason = Literal["stop", "length"]
-
-
-@dataclasses.dataclass(frozen=True)
-class TextPart:
-    text: str
-
-
-@dataclasses.dataclass(frozen=True)
-class ImagePart:
-    """One RGB image, ``H x W x 3`` ``uint8``."""
-
-    pixels: np.ndarray
-
-
-@dataclasses.dataclass(frozen=True)
-class VideoPart:
-    """Frames sampled from one video, ``T x H x W x 3`` ``uint8``, with their times."""
-
-    frames: np.ndarray
-    timestamps_s: tuple[float, ...] = ()
-
-
-ContentPart = TextPart | ImagePart | VideoPart
-
-
-@dataclasses.dataclass(frozen=True)
-class ChatMessage:
-    role: Role
-    content: tuple[ContentPart, ...]
-
-
-@dataclasses.dataclass(frozen=True)
-class GenerationRequest:
-    messages: tuple[ChatMessage, ...]
-    max_new_tokens: int = 64
-    temperature: float = 0.0
-    seed: int | None = None
-    max_prompt_tokens: int | None = None
-
-    @property
-    def num_images(self) -> int:
-        return sum(isinstance(part, ImagePart) for message in self.messages for part in message.content)
-
-    @property
-    def num_video_frames(self) -> int:
-        return sum(
-            len(part.frames) for message in self.messages for part in message.content if isinstance(part, VideoPart)
-        )
-
-
-@dataclasses.dataclass(frozen=True)
-class GenerationResult:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: FinishReason
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-
-@dataclasses.dataclass(frozen=True)
-class TextDelta:
-    """A piece of streamed answer text."""
-
-    text: str
-
+from models.errors import PromptTooLongError  # noqa: F401 - re-exported
+from models.requests import (  # noqa: F401 - re-exported: the adapter interface speaks these types
+    ChatMessage,
+    ContentPart,
+    FinishReason,
+    GenerationRequest,
+    GenerationResult,
+    ImagePart,
+    Role,
+    TextDelta,
+    TextPart,
+    VideoPart,
+)
 
 StopCheck = Callable[[], bool]
-
-
-class PromptTooLongError(ValueError):
-    """The request's prompt (text plus visual tokens) is over ``max_prompt_tokens``."""
 
 
 class ModelAdapter(abc.ABC):

@@ -16,13 +16,14 @@ import transformers
 from transformers.video_utils import VideoMetadata
 
 from memory.strategy import LoadStrategy
+from models.errors import InvalidModelInputError, PromptTooLongError
+from models.hf_batch_engine import HfBatchEngine, eos_token_ids
 from models.base import (
     ChatMessage,
     CheckpointAdapter,
     GenerationRequest,
     GenerationResult,
     ImagePart,
-    PromptTooLongError,
     StopCheck,
     TextDelta,
     TextPart,
@@ -46,10 +47,6 @@ logging.getLogger("bitsandbytes.autograd._functions").addFilter(_DropInt8CastNot
 
 class ModelNotLoadedError(RuntimeError):
     """``generate`` was called before ``load`` (or after ``unload``)."""
-
-
-class InvalidModelInputError(ValueError):
-    """The processor refused the request's inputs (an image too thin to patch, say)."""
 
 
 class HuggingFaceVisionLanguageAdapter(CheckpointAdapter):
@@ -136,7 +133,13 @@ class HuggingFaceVisionLanguageAdapter(CheckpointAdapter):
             raise outcome.pop("error")
         yield self._result(outcome["ids"], prompt_tokens)
 
-    def _prepare(self, request: GenerationRequest) -> tuple[Any, int]:
+    def batch_engine(self) -> HfBatchEngine:
+        """Prefill and decode steps on this adapter's model, for the replica's batch scheduler."""
+        if self._model is None or self._processor is None:
+            raise ModelNotLoadedError(f"Model {self._model_path} is not loaded; call load() first")
+        return HfBatchEngine(self._model, self._processor, self._prepare)
+
+    def _prepare(self, request: GenerationRequest, *, on_device: bool = True) -> tuple[Any, int]:
         if self._model is None or self._processor is None:
             raise ModelNotLoadedError(f"Model {self._model_path} is not loaded; call load() first")
         chat, images, videos = _to_transformers_chat(request.messages)
@@ -159,7 +162,7 @@ class HuggingFaceVisionLanguageAdapter(CheckpointAdapter):
                 f"The prompt is {prompt_tokens} tokens ({request.num_video_frames} video frames, {request.num_images} "
                 f"images and the text); the limit is {request.max_prompt_tokens}: send fewer frames or less text"
             )
-        return inputs.to(self._model.device), prompt_tokens
+        return (inputs.to(self._model.device) if on_device else inputs), prompt_tokens
 
     def _generation_kwargs(self, request: GenerationRequest) -> dict[str, Any]:
         sampling = request.temperature > 0
@@ -176,7 +179,7 @@ class HuggingFaceVisionLanguageAdapter(CheckpointAdapter):
     def _result(self, output_ids: torch.Tensor, prompt_tokens: int) -> GenerationResult:
         new_ids = output_ids[0, prompt_tokens:]
         completion_tokens = int(new_ids.shape[0])
-        eos_ids = _eos_token_ids(self._model.generation_config)
+        eos_ids = eos_token_ids(self._model.generation_config)
         finish_reason = "stop" if completion_tokens and int(new_ids[-1]) in eos_ids else "length"
         text = self._processor.decode(new_ids, skip_special_tokens=True)
         return GenerationResult(
@@ -229,10 +232,3 @@ def _to_transformers_chat(
                 raise TypeError(f"Unknown content part {type(part).__name__}")
         chat.append({"role": message.role, "content": content})
     return chat, images, videos
-
-
-def _eos_token_ids(generation_config: transformers.GenerationConfig) -> set[int]:
-    eos = generation_config.eos_token_id
-    if eos is None:
-        return set()
-    return {int(eos)} if isinstance(eos, int) else {int(token) for token in eos}

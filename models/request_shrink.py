@@ -11,7 +11,7 @@ import math
 import numpy as np
 from PIL import Image
 
-from models.base import ChatMessage, ContentPart, GenerationRequest, ImagePart, VideoPart
+from models.requests import ChatMessage, ContentPart, GenerationRequest, ImagePart, VideoPart
 from models.media import scaled_size
 
 
@@ -31,6 +31,18 @@ class RequestSize:
 
     def to_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class OomRetry:
+    """One out-of-memory on a request and the smaller request that followed."""
+
+    before: RequestSize
+    after: RequestSize
+    freed_bytes: int
+
+    def to_dict(self) -> dict:
+        return {"before": self.before.to_dict(), "after": self.after.to_dict(), "freed_bytes": self.freed_bytes}
 
 
 def request_size(request: GenerationRequest) -> RequestSize:

@@ -26,7 +26,7 @@ def test_serve_config_yaml_args_validate():
 
     assert application["import_path"] == "deployments.app:build_app"
     assert config.model.source == "tiny"
-    assert serve_config["http_options"] == {"host": "127.0.0.1", "port": 8000}
+    assert serve_config["http_options"] == {"host": "127.0.0.1", "port": 8000, "request_timeout_s": 600}
 
 
 def test_an_unknown_key_is_named():

@@ -1,6 +1,6 @@
-"""The replica class in this process (no Serve): states, request out-of-memory, health.
+"""The replica class in this process (no Serve): states, batching, request out-of-memory, health.
 
-The one double is at the hardware boundary: generation that raises CUDA's
+The one double is at the hardware boundary: a decode step or a prefill that raises CUDA's
 out-of-memory error, which a CPU cannot produce on demand.
 """
 
@@ -13,21 +13,27 @@ import torch
 from deployments.config import load_app_config
 from deployments.model_replica import (
     ModelReplica,
+    ReplicaAnswer,
     ReplicaUnavailableError,
     RequestOutOfMemoryError,
     StreamOpened,
     StreamOutOfMemoryError,
 )
+from deployments.replica_protocol import Accepted
 from memory.fault_injection import SIMULATE_OOM_ABOVE_PIXELS_ENV
-from models.base import ChatMessage, GenerationRequest, GenerationResult, TextDelta, TextPart, VideoPart
+from models.base import ChatMessage, GenerationRequest, TextDelta, TextPart, VideoPart
 from polling import wait_for_condition
 
 REQUEST = GenerationRequest(messages=(ChatMessage("user", (TextPart("hi"),)),), max_new_tokens=2)
 
 
+def generate(replica: ModelReplica, request: GenerationRequest) -> ReplicaAnswer:
+    return asyncio.run(replica.generate(request))
+
+
 @pytest.fixture
 def replicas():
-    """Replicas made by a test; their loader threads are stopped after it."""
+    """Replicas made by a test; their loader and scheduler threads are stopped after it."""
     made: list[ModelReplica] = []
     yield made
     for replica in made:
@@ -48,11 +54,16 @@ def ready_cpu_replica(replicas):
 def test_a_cpu_replica_loads_in_the_background_and_answers(ready_cpu_replica):
     replica = ready_cpu_replica()
 
-    answer = replica.generate(REQUEST)
+    answer = generate(replica, REQUEST)
 
     assert answer.served_by.group == "cpu"
     assert answer.served_by.precision == "fp32"
     assert answer.result.completion_tokens >= 1
+    assert answer.predicted_bytes > 0
+    batching = replica.describe()["batching"]
+    assert batching["mode"] == "continuous"
+    assert batching["headroom_bytes"] > 0
+    assert batching["admitted_bytes"] == 0  # given back when the request ended
 
 
 def test_a_gpu_replica_without_a_gpu_waits_for_memory_instead_of_failing(monkeypatch, replicas):
@@ -66,40 +77,95 @@ def test_a_gpu_replica_without_a_gpu_waits_for_memory_instead_of_failing(monkeyp
     assert "No GPU 0 visible" in description["reason"]
     replica.check_health()  # waiting is not something a restart mends
     with pytest.raises(ReplicaUnavailableError, match="waiting_for_memory"):
-        replica.generate(REQUEST)
+        generate(replica, REQUEST)
 
 
-def _out_of_memory(request):
+def test_a_loader_that_fails_unexpectedly_makes_the_replica_failed_and_health_fail(monkeypatch, replicas):
+    def broken_load(*args, **kwargs):
+        raise KeyError("a bug in the loading code")
+
+    monkeypatch.setattr("deployments.replica_loader.load_adapter", broken_load)
+    replica = ModelReplica(load_app_config({}), "cpu")
+    replicas.append(replica)
+    wait_for_condition(lambda: replica.describe()["state"] == "failed", timeout_s=30)
+
+    assert "the loader failed unexpectedly: KeyError" in replica.describe()["reason"]
+    with pytest.raises(RuntimeError, match="loader failed unexpectedly"):
+        replica.check_health()
+
+
+def test_concurrent_requests_share_decode_steps_and_each_gets_its_own_answer(ready_cpu_replica):
+    replica = ready_cpu_replica(max_batch_size=4)
+    requests = [
+        GenerationRequest(messages=(ChatMessage("user", (TextPart(f"question {i}"),)),), max_new_tokens=n)
+        for i, n in enumerate((40, 3, 25, 8))
+    ]
+    alone = [generate(replica, request).result for request in requests]
+
+    async def together():
+        return await asyncio.gather(*(replica.generate(request) for request in requests))
+
+    answers = asyncio.run(together())
+
+    assert [answer.result for answer in answers] == alone
+    assert replica.describe()["batching"]["peak_batch_size"] >= 2
+
+
+def _prefill_out_of_memory(request):
     raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.00 GiB")
 
 
-def test_out_of_memory_on_a_request_is_absorbed_and_the_replica_keeps_serving(ready_cpu_replica):
+def test_out_of_memory_on_a_request_is_absorbed_and_the_replica_keeps_serving(monkeypatch, ready_cpu_replica):
     replica = ready_cpu_replica()
-    working_generate = replica._adapter.generate
-    replica._adapter.generate = _out_of_memory
+    monkeypatch.setattr("models.hf_batch_engine.raise_if_simulated_out_of_memory", _prefill_out_of_memory)
 
     with pytest.raises(RequestOutOfMemoryError, match="ran out of memory with 0 frames and 0 images"):
-        replica.generate(REQUEST)
+        generate(replica, REQUEST)
 
-    replica._adapter.generate = working_generate
-    assert replica.generate(REQUEST).result.completion_tokens >= 1
+    monkeypatch.undo()
+    assert generate(replica, REQUEST).result.completion_tokens >= 1
     assert replica.describe()["request_out_of_memory"] == 1
     replica.check_health()
 
 
-def test_recurring_out_of_memory_under_the_headroom_floor_fails_health(ready_cpu_replica):
+def test_recurring_out_of_memory_under_the_headroom_floor_fails_health(monkeypatch, ready_cpu_replica):
     replica = ready_cpu_replica(health_min_headroom_bytes=10**15)  # more than any host has
-    replica._adapter.generate = _out_of_memory
+    monkeypatch.setattr("models.hf_batch_engine.raise_if_simulated_out_of_memory", _prefill_out_of_memory)
     for _ in range(2):
         with pytest.raises(RequestOutOfMemoryError):
-            replica.generate(REQUEST)
+            generate(replica, REQUEST)
     replica.check_health()  # two are not yet "recurring"
 
     with pytest.raises(RequestOutOfMemoryError):
-        replica.generate(REQUEST)
+        generate(replica, REQUEST)
 
     with pytest.raises(RuntimeError, match="3 requests ran out of memory within 60 s and headroom is"):
         replica.check_health()
+
+
+def test_out_of_memory_in_a_batched_decode_step_splits_the_batch_and_shrinks_no_one(ready_cpu_replica):
+    replica = ready_cpu_replica(max_batch_size=4)
+    engine = replica._scheduler._engine
+    decode = engine.decode
+
+    def decode_one_row_at_a_time(batch):
+        if batch.size > 1:  # the device fits one row's step, not two
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return decode(batch)
+
+    requests = [_video_request(4, seed=index, max_new_tokens=12) for index in range(3)]
+    alone = [generate(replica, request).result for request in requests]
+    engine.decode = decode_one_row_at_a_time
+
+    async def together():
+        return await asyncio.gather(*(replica.generate(request) for request in requests))
+
+    answers = asyncio.run(together())
+
+    assert [answer.result for answer in answers] == alone
+    assert all(answer.oom_retries == () for answer in answers)  # innocent requests are never shrunk
+    assert all(answer.used.video_frames == 4 for answer in answers)
+    assert replica.describe()["batching"]["decode_splits"] >= 1
 
 
 def test_unload_makes_health_fail_and_requests_unavailable(ready_cpu_replica):
@@ -107,15 +173,16 @@ def test_unload_makes_health_fail_and_requests_unavailable(ready_cpu_replica):
 
     replica.unload()
 
-    with pytest.raises(ReplicaUnavailableError, match="unloaded"):
-        replica.generate(REQUEST)
+    with pytest.raises(ReplicaUnavailableError):
+        generate(replica, REQUEST)
     with pytest.raises(RuntimeError, match="the model is gone"):
         replica.check_health()
 
 
-def _video_request(frames: int, height: int = 48, width: int = 64) -> GenerationRequest:
-    video = VideoPart(frames=np.full((frames, height, width, 3), 90, dtype=np.uint8), timestamps_s=tuple(float(i) for i in range(frames)))
-    return GenerationRequest(messages=(ChatMessage("user", (video, TextPart("What is it?"))),), max_new_tokens=2)
+def _video_request(frames: int, height: int = 48, width: int = 64, *, seed: int = 0, max_new_tokens: int = 2) -> GenerationRequest:
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(frames, height, width, 3), dtype=np.uint8)
+    video = VideoPart(frames=pixels, timestamps_s=tuple(float(i) for i in range(frames)))
+    return GenerationRequest(messages=(ChatMessage("user", (video, TextPart("What is it?"))),), max_new_tokens=max_new_tokens)
 
 
 def test_out_of_memory_retries_with_half_the_frames_and_pixels_until_it_fits(monkeypatch, ready_cpu_replica):
@@ -123,7 +190,7 @@ def test_out_of_memory_retries_with_half_the_frames_and_pixels_until_it_fits(mon
     monkeypatch.setenv(SIMULATE_OOM_ABOVE_PIXELS_ENV, "5000")
     replica = ready_cpu_replica(request_oom={"min_frames": 2, "min_pixels_per_frame": 1000})
 
-    answer = replica.generate(_video_request(8))
+    answer = generate(replica, _video_request(8))
 
     assert [(r.before.video_frames, r.after.video_frames) for r in answer.oom_retries] == [(8, 4), (4, 2)]
     assert answer.oom_retries[0].after.max_pixels_per_frame <= 3072 // 2
@@ -132,7 +199,7 @@ def test_out_of_memory_retries_with_half_the_frames_and_pixels_until_it_fits(mon
     assert answer.result.completion_tokens >= 1
     assert replica.describe()["request_out_of_memory"] == 2
     # The replica serves on, at full size when the request fits.
-    assert replica.generate(_video_request(2, 32, 32)).oom_retries == ()
+    assert generate(replica, _video_request(2, 32, 32)).oom_retries == ()
 
 
 def test_out_of_memory_at_the_floor_hands_the_request_off_with_the_numbers(monkeypatch, ready_cpu_replica):
@@ -140,10 +207,27 @@ def test_out_of_memory_at_the_floor_hands_the_request_off_with_the_numbers(monke
     replica = ready_cpu_replica(request_oom={"min_frames": 2, "min_pixels_per_frame": 1000})
 
     with pytest.raises(RequestOutOfMemoryError, match=r"ran out of memory with 2 frames .* at the floor of 2 frames and 1000 pixels, after 2 smaller retries"):
-        replica.generate(_video_request(8))
+        generate(replica, _video_request(8))
 
     assert replica.describe()["request_out_of_memory"] == 3
     replica.check_health()
+
+
+def test_a_request_predicted_over_the_headroom_is_shrunk_up_front_never_tried(ready_cpu_replica):
+    replica = ready_cpu_replica(request_oom={"min_frames": 2, "min_pixels_per_frame": 1000})
+    scheduler = replica._scheduler
+    big, small = _video_request(8, 96, 128), _video_request(2, 48, 64)
+    cost_of = lambda request: scheduler._predict(scheduler._engine.prepare(request)).total_bytes  # noqa: E731
+    scheduler._limits = type(scheduler._limits)(
+        max_batch_size=4, max_waiting=16, headroom_bytes=(cost_of(big) + cost_of(small)) // 2
+    )
+
+    answer = generate(replica, big)
+
+    assert answer.oom_retries and answer.oom_retries[0].freed_bytes == 0  # shrunk before it ran, not after a failure
+    assert answer.used.video_frames < 8
+    assert answer.predicted_bytes <= scheduler._limits.headroom_bytes
+    assert replica.describe()["request_out_of_memory"] == 0
 
 
 def _collect_stream(replica: ModelReplica, request: GenerationRequest) -> list:
@@ -153,31 +237,48 @@ def _collect_stream(replica: ModelReplica, request: GenerationRequest) -> list:
     return asyncio.run(collect())
 
 
+def test_a_stream_yields_accepted_opened_text_and_the_answer(ready_cpu_replica):
+    replica = ready_cpu_replica()
+
+    items = _collect_stream(replica, _video_request(2, max_new_tokens=6))
+
+    accepted, opened, *pieces, answer = items
+    assert isinstance(accepted, Accepted) and accepted.group == "cpu"
+    assert isinstance(opened, StreamOpened) and opened.used.video_frames == 2
+    assert all(isinstance(piece, TextDelta) for piece in pieces)
+    assert isinstance(answer, ReplicaAnswer)
+    assert "".join(piece.text for piece in pieces) == answer.result.text
+
+
 def test_a_stream_that_runs_out_of_memory_before_its_first_token_is_retried_smaller(monkeypatch, ready_cpu_replica):
     monkeypatch.setenv(SIMULATE_OOM_ABOVE_PIXELS_ENV, "5000")
     replica = ready_cpu_replica(request_oom={"min_frames": 2, "min_pixels_per_frame": 1000})
 
     items = _collect_stream(replica, _video_request(8))
 
-    opened, *rest = items
+    opened = items[1]
     assert isinstance(opened, StreamOpened)
     assert opened.used.video_frames == 2
-    assert isinstance(rest[-1], GenerationResult) and rest[-1].completion_tokens == 2
+    assert isinstance(items[-1], ReplicaAnswer) and items[-1].result.completion_tokens == 2
     assert replica.describe()["request_out_of_memory"] == 2
 
 
 def test_a_stream_that_runs_out_of_memory_mid_answer_ends_with_an_error_and_is_not_restarted(ready_cpu_replica):
     replica = ready_cpu_replica()
-    calls = []
+    engine = replica._scheduler._engine
+    decode, steps = engine.decode, []
 
-    def stream_then_out_of_memory(request, should_stop):
-        calls.append(request)
-        yield TextDelta("partial")
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+    def out_of_memory_on_the_third_step(batch):
+        steps.append(batch.size)
+        if len(steps) == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        return decode(batch)
 
-    replica._adapter.stream = stream_then_out_of_memory
+    engine.decode = out_of_memory_on_the_third_step
 
-    with pytest.raises(StreamOutOfMemoryError, match="mid-answer"):
-        _collect_stream(replica, _video_request(8))
+    with pytest.raises((StreamOutOfMemoryError, RequestOutOfMemoryError), match="mid-answer"):
+        _collect_stream(replica, _video_request(2, max_new_tokens=20))
 
-    assert len(calls) == 1  # the answer was not started again
+    assert len(steps) == 3  # the answer was not started again
+    engine.decode = decode
+    assert generate(replica, REQUEST).result.completion_tokens >= 1

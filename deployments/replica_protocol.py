@@ -1,0 +1,67 @@
+"""What a model replica sends back over a stream, and the errors it ends with: no torch here.
+
+The ingress imports this module (and :mod:`models.errors`), never the replica's own module,
+so it stays a small process without torch or transformers.
+
+A call to ``generate_stream`` yields, in order:
+
+1. :class:`Accepted` at once: the replica is alive and has the request (the router's
+   reachability timeout ends here);
+2. :class:`StreamOpened` when the request was admitted and its first token exists (the
+   admission timeout ends here; a busy replica is told from a broken one by this gap);
+3. text pieces (:class:`~models.requests.TextDelta`), unless the caller asked for the whole answer only;
+4. :class:`ReplicaAnswer`, the result with who served it and what the model saw.
+"""
+
+import dataclasses
+from typing import Any
+
+from models.request_shrink import OomRetry, RequestSize
+from models.requests import GenerationResult, TextDelta
+
+GPU_GROUP = "gpu"
+CPU_GROUP = "cpu"
+DEPLOYMENT_NAMES = {GPU_GROUP: "gpu_group", CPU_GROUP: "cpu_group"}
+
+
+class ReplicaUnavailableError(RuntimeError):
+    """This replica has no model to answer with (loading, waiting for memory, or failed)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ServedBy:
+    group: str
+    replica: str
+    precision: str
+    device: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Accepted:
+    group: str
+    replica: str
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamOpened:
+    """Who serves the request and what it runs on; ``first`` is the first text piece, when streaming text."""
+
+    served_by: ServedBy
+    used: RequestSize  # smaller than asked when it was shrunk to fit, or after out-of-memory retries
+    first: TextDelta | None = None
+    predicted_bytes: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplicaAnswer:
+    result: GenerationResult
+    served_by: ServedBy
+    inference_seconds: float
+    used: RequestSize  # what the model saw: smaller than asked after out-of-memory retries
+    oom_retries: tuple[OomRetry, ...] = ()
+    used_timestamps_s: tuple[float, ...] = ()
+    queued_seconds: float = 0.0
+    predicted_bytes: int = 0
+
+    def to_log(self) -> dict[str, Any]:
+        return {"served_by": dataclasses.asdict(self.served_by), "inference_seconds": self.inference_seconds}

@@ -1,0 +1,55 @@
+"""From the scheduler thread to an async generator: one request's events, delivered on the event loop.
+
+:class:`StreamBridge` is the :class:`~models.scheduler.RequestSink` of one request. The scheduler
+thread calls it; each call puts an item on an ``asyncio.Queue`` through
+``loop.call_soon_threadsafe``, so the replica's async ``generate_stream`` awaits the items
+without ever blocking the event loop. Its ``stop`` event is what the scheduler checks between
+steps: setting it (the caller went away, or gave up) takes the request out of the batch.
+"""
+
+import asyncio
+import threading
+from typing import Any
+
+from memory.admission import RequestCost
+from models.request_shrink import OomRetry
+from models.requests import GenerationRequest, GenerationResult
+
+
+class Opened:
+    def __init__(self, used: GenerationRequest, retries: tuple[OomRetry, ...], cost: RequestCost) -> None:
+        self.used, self.retries, self.cost = used, retries, cost
+
+
+class StreamBridge:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._items: asyncio.Queue = asyncio.Queue()
+        self.stop = threading.Event()
+
+    # -- the scheduler thread's side (RequestSink) ----------------------------------------------
+
+    def opened(self, used: GenerationRequest, retries: tuple[OomRetry, ...], cost: RequestCost) -> None:
+        self._put(Opened(used, retries, cost))
+
+    def text(self, piece: str) -> None:
+        self._put(piece)
+
+    def finished(self, result: GenerationResult) -> None:
+        self._put(result)
+
+    def failed(self, error: BaseException) -> None:
+        self._put(error)
+
+    def _put(self, item: Any) -> None:
+        if not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._items.put_nowait, item)
+
+    # -- the event loop's side -----------------------------------------------------------------
+
+    async def next(self) -> Opened | str | GenerationResult:
+        """The next event; an error the scheduler reported is raised here."""
+        item = await self._items.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item

@@ -1,0 +1,25 @@
+"""Errors a request can end with, importable without torch (the ingress maps them to HTTP statuses)."""
+
+
+class PromptTooLongError(ValueError):
+    """The request's prompt (text plus visual tokens) is over ``max_prompt_tokens``."""
+
+
+class InvalidModelInputError(ValueError):
+    """The processor refused the request's inputs (an image too thin to patch, say)."""
+
+
+class RequestOutOfMemoryError(RuntimeError):
+    """A request ran out of memory on this replica (or can never fit it); the replica keeps serving."""
+
+
+class StreamOutOfMemoryError(Exception):
+    """Out of memory after part of the answer was streamed: too late to retry smaller or elsewhere.
+
+    Not a ``RuntimeError``, so the out-of-memory check (which reads ``RuntimeError`` messages) does not
+    take it for a fresh out-of-memory and start the answer again.
+    """
+
+
+class ReplicaBusyError(RuntimeError):
+    """The replica's waiting queue is full: back-pressure, not a fault; another replica or group may take it."""

@@ -1,0 +1,441 @@
+"""Iteration-level (continuous) batching for one replica: requests join and leave between decode steps.
+
+One scheduler thread owns the model. Callers :meth:`BatchScheduler.submit` a request from their
+own thread: the processor runs there (tokens, pixels), the cost is predicted
+(:mod:`memory.admission`) and the request waits in a bounded queue. Between two decode steps the
+thread admits waiting requests while the batch has room and their predicted bytes fit the
+headroom, prefills each alone (its own media), joins it to the running batch, then runs one
+decode step for every row. A row leaves the moment it ends (its stop token, its ``max_tokens``,
+its caller gone), so a 4-token request never waits for a 400-token one.
+
+Each request keeps its own sampling settings and seed, its own stream of text, its own
+``finish_reason`` and token counts, and its own out-of-memory handling:
+
+* out of memory while prefilling beside a running batch: the request waits until the batch has
+  drained and tries again alone (the batch is made smaller first);
+* out of memory while prefilling alone: that request, and only that one, is retried with fewer
+  frames and pixels (:func:`models.request_shrink.shrink_request`), down to the floor, then
+  handed off (:class:`~models.errors.RequestOutOfMemoryError`);
+* out of memory in a decode step: the step is split in halves, recursively; a single row that
+  still does not fit ends with an out-of-memory error, and the other rows go on untouched.
+
+A request whose prediction exceeds the headroom even alone is shrunk before it is queued, or
+handed off; it is never tried into an out-of-memory.
+"""
+
+import collections
+import dataclasses
+import logging
+import threading
+from typing import Any, Callable, Protocol
+
+import torch
+
+from memory.admission import RequestCost, RequestCostModel, admission_decision
+from memory.cleanup import release_memory
+from memory.loader import is_out_of_memory
+from models.base import GenerationRequest, GenerationResult
+from models.detokenizer import IncrementalDetokenizer
+from models.errors import ReplicaBusyError, RequestOutOfMemoryError, StreamOutOfMemoryError
+from models.hf_batch_engine import HfBatchEngine, PreparedPrompt
+from models.kv_batch import KvBatch
+from models.request_shrink import OomRetry, ShrinkFloor, request_size, shrink_request
+from models.token_sampler import TokenSampler
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchLimits:
+    max_batch_size: int
+    max_waiting: int
+    headroom_bytes: int  # the replica's budget minus its weights: what admitted requests may use together
+
+
+class RequestSink(Protocol):
+    """Where one request's events go (called from the scheduler thread)."""
+
+    def opened(self, used: GenerationRequest, retries: tuple[OomRetry, ...], cost: RequestCost) -> None: ...
+
+    def text(self, piece: str) -> None: ...
+
+    def finished(self, result: GenerationResult) -> None: ...
+
+    def failed(self, error: BaseException) -> None: ...
+
+
+@dataclasses.dataclass
+class _Ticket:
+    prepared: PreparedPrompt
+    cost: RequestCost
+    sink: RequestSink
+    stop: threading.Event
+    retries: list[OomRetry]
+    alone: bool = False  # ran out of memory beside others: start only into an empty batch
+    admitted: bool = False  # its predicted bytes count in ``admitted_bytes``
+    sampler: TokenSampler | None = None
+    detokenizer: IncrementalDetokenizer | None = None
+    sent_chars: int = 0
+
+    @property
+    def request(self) -> GenerationRequest:
+        return self.prepared.request
+
+
+@dataclasses.dataclass
+class SchedulerStats:
+    """What ``/v1/memory`` and the metrics show; read from other threads, written by the scheduler."""
+
+    waiting: int = 0
+    running: int = 0
+    admitted_bytes: int = 0
+    waiting_bytes: int = 0
+    headroom_bytes: int = 0
+    peak_batch_size: int = 0
+    steps: int = 0
+    cancelled: int = 0
+    last_cancelled_tokens: int | None = None
+    request_ooms: int = 0
+    decode_splits: int = 0
+    shrunk_up_front: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class BatchScheduler:
+    def __init__(
+        self,
+        engine: HfBatchEngine,
+        costs: RequestCostModel,
+        limits: BatchLimits,
+        *,
+        shrink_floor: ShrinkFloor,
+        on_out_of_memory: Callable[[str], None] = lambda outcome: None,
+        name: str = "batch-scheduler",
+    ) -> None:
+        self._engine = engine
+        self._costs = costs
+        self._limits = limits
+        self._floor = shrink_floor
+        self._on_out_of_memory = on_out_of_memory
+        self._waiting: collections.deque[_Ticket] = collections.deque()
+        self._running: list[_Ticket] = []
+        self._batch: KvBatch | None = None
+        self._wake = threading.Condition()
+        self._closing = False
+        self.stats = SchedulerStats(headroom_bytes=limits.headroom_bytes)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    # -- callers' side -------------------------------------------------------------------------
+
+    def submit(self, request: GenerationRequest, sink: RequestSink, stop: threading.Event) -> None:
+        """Prepare ``request`` in the caller's thread and queue it; events then go to ``sink``.
+
+        Raises at once (in the caller's thread) what the request itself gets wrong: a prompt over
+        its limit, input the processor refuses, a request too big for this replica even at the
+        shrink floor, or a full queue (:class:`ReplicaBusyError`).
+        """
+        if len(self._waiting) >= self._limits.max_waiting:
+            raise ReplicaBusyError(
+                f"{len(self._waiting)} requests are waiting on this replica (limit {self._limits.max_waiting})"
+            )
+        prepared, cost, retries = self._fitting(self._engine.prepare(request))
+        ticket = _Ticket(prepared=prepared, cost=cost, sink=sink, stop=stop, retries=retries)
+        with self._wake:
+            if len(self._waiting) >= self._limits.max_waiting:
+                raise ReplicaBusyError(
+                    f"{len(self._waiting)} requests are waiting on this replica (limit {self._limits.max_waiting})"
+                )
+            self._waiting.append(ticket)
+            self._count_queue()
+            self._wake.notify()
+
+    def _fitting(self, prepared: PreparedPrompt) -> tuple[PreparedPrompt, RequestCost, list[OomRetry]]:
+        """Shrink a request that can never fit the headroom until it does; hand it off at the floor."""
+        retries: list[OomRetry] = []
+        while True:
+            cost = self._predict(prepared)
+            if cost.total_bytes <= self._limits.headroom_bytes:
+                return prepared, cost, retries
+            before = request_size(prepared.request)
+            smaller = shrink_request(prepared.request, self._floor)
+            if smaller is None:
+                raise RequestOutOfMemoryError(
+                    f"The request is predicted to need {cost.total_bytes} bytes ({before.video_frames} frames, "
+                    f"{before.images} images at up to {before.max_pixels_per_frame} pixels, {prepared.prompt_tokens} "
+                    f"prompt tokens); this replica's headroom is {self._limits.headroom_bytes} bytes, even at the "
+                    f"floor of {self._floor.min_frames} frames and {self._floor.min_pixels_per_frame} pixels"
+                )
+            logger.info(
+                "Request predicted at %d bytes exceeds the %d-byte headroom; shrinking it up front (%d -> %d frames)",
+                cost.total_bytes, self._limits.headroom_bytes, before.video_frames, smaller.num_video_frames,
+            )
+            self.stats.shrunk_up_front += 1
+            retries.append(OomRetry(before=before, after=request_size(smaller), freed_bytes=0))
+            prepared = self._engine.prepare(smaller)
+
+    def _predict(self, prepared: PreparedPrompt) -> RequestCost:
+        return self._costs.predict(
+            prompt_tokens=prepared.prompt_tokens,
+            max_new_tokens=prepared.request.max_new_tokens,
+            visual_patches=prepared.visual_patches,
+        )
+
+    def close(self) -> None:
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=30)
+
+    # -- the scheduler thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._closing and not self._waiting and not self._running:
+                    self._wake.wait()
+                if self._closing:
+                    break
+                admitted = self._admit()
+            try:
+                for ticket in admitted:
+                    self._start(ticket)
+                self._drop_stopped()
+                if self._running:
+                    self._step()
+            except Exception as error:  # noqa: BLE001 - a bug must not leave callers waiting forever
+                logger.error("Batch step failed; ending the %d running requests", len(self._running), exc_info=error)
+                self._fail_running(error)
+        for ticket in [*self._waiting, *self._running]:
+            ticket.sink.failed(RuntimeError("The replica is shutting down"))
+
+    def _fail_running(self, error: BaseException) -> None:
+        running, self._running, self._batch = self._running, [], None
+        for ticket in running:
+            self._end(ticket)
+            ticket.sink.failed(error)
+        self.stats.running = 0
+        release_memory()
+
+    def _admit(self) -> list[_Ticket]:
+        """Waiting requests that may start now, in arrival order (called with the lock held)."""
+        admitted: list[_Ticket] = []
+        while self._waiting:
+            ticket = self._waiting[0]
+            if ticket.stop.is_set():
+                self._waiting.popleft()
+                self._cancelled(ticket, tokens=0)
+                continue
+            running = len(self._running) + len(admitted)
+            if ticket.alone and running:
+                break
+            decision = admission_decision(
+                predicted_bytes=ticket.cost.total_bytes,
+                admitted_bytes=self.stats.admitted_bytes + sum(t.cost.total_bytes for t in admitted),
+                headroom_bytes=self._limits.headroom_bytes,
+                running=running,
+                max_batch_size=self._limits.max_batch_size,
+            )
+            if decision != "admit":
+                break
+            admitted.append(self._waiting.popleft())
+        for ticket in admitted:
+            ticket.admitted = True
+            self.stats.admitted_bytes += ticket.cost.total_bytes
+        self._count_queue()
+        return admitted
+
+    def _start(self, ticket: _Ticket) -> None:
+        """Prefill one admitted request and join it to the batch; out of memory is handled here."""
+        while True:
+            try:
+                row, logits = self._engine.prefill(ticket.prepared)
+                break
+            except Exception as error:  # noqa: BLE001 - anything else fails this request only
+                if not is_out_of_memory(error):
+                    self._end(ticket)
+                    ticket.sink.failed(error)
+                    return
+                cause = str(error).splitlines()[0][:200]
+            freed = release_memory()  # outside the except: the traceback's tensors can go
+            self.stats.request_ooms += 1
+            if self._running:
+                # Beside a running batch: make the batch smaller first, by letting it drain.
+                logger.warning("Prefill ran out of memory beside %d running rows; it waits to run alone (%s)",
+                               len(self._running), cause)
+                self._end(ticket)
+                ticket.alone = True
+                with self._wake:
+                    self._waiting.appendleft(ticket)
+                    self._count_queue()
+                return
+            if not self._shrink_after_oom(ticket, cause, freed.gpu_reserved_freed_bytes + freed.process_rss_freed_bytes):
+                return
+        ticket.sampler = TokenSampler(ticket.request, self._engine.device)
+        ticket.detokenizer = IncrementalDetokenizer(self._engine.tokenizer)
+        ticket.sink.opened(ticket.request, tuple(ticket.retries), ticket.cost)
+        token = ticket.sampler.next_token(logits)
+        row.last_tokens[0] = token
+        if self._batch is None:
+            self._batch = row
+        else:
+            self._batch.join(row)
+        self._running.append(ticket)
+        self.stats.running = len(self._running)
+        self.stats.peak_batch_size = max(self.stats.peak_batch_size, len(self._running))
+        if self._emit(ticket, token):
+            self._leave([len(self._running) - 1])
+
+    def _shrink_after_oom(self, ticket: _Ticket, cause: str, freed_bytes: int) -> bool:
+        """Make the request smaller after it ran out of memory alone; ``False`` when it was handed off."""
+        before = request_size(ticket.request)
+        smaller = shrink_request(ticket.request, self._floor)
+        if smaller is None:
+            self._on_out_of_memory("handed_off")
+            logger.warning(
+                "Request ran out of memory alone at %d frames, %d images, %d pixels per frame, the floor; "
+                "cleanup freed %d bytes; handing it to the other group (%s)",
+                before.video_frames, before.images, before.max_pixels_per_frame, freed_bytes, cause,
+            )
+            self._end(ticket)
+            ticket.sink.failed(RequestOutOfMemoryError(
+                f"ran out of memory with {before.video_frames} frames and {before.images} images at "
+                f"{before.max_pixels_per_frame} pixels each, at the floor of {self._floor.min_frames} frames and "
+                f"{self._floor.min_pixels_per_frame} pixels, after {len(ticket.retries)} smaller retries "
+                f"(cleanup freed {freed_bytes} bytes)"
+            ))
+            return False
+        self._on_out_of_memory("retry_smaller")
+        after = request_size(smaller)
+        logger.warning(
+            "Request ran out of memory at %d frames, %d pixels per frame (cleanup freed %d bytes); "
+            "retrying with %d frames, %d pixels per frame (%s)",
+            before.video_frames, before.max_pixels_per_frame, freed_bytes, after.video_frames,
+            after.max_pixels_per_frame, cause,
+        )
+        ticket.retries.append(OomRetry(before=before, after=after, freed_bytes=freed_bytes))
+        self._end(ticket)
+        try:
+            ticket.prepared = self._engine.prepare(smaller)
+        except Exception as error:  # noqa: BLE001 - the smaller request is refused: this request fails
+            ticket.sink.failed(error)
+            return False
+        ticket.cost = self._predict(ticket.prepared)
+        ticket.admitted = True
+        self.stats.admitted_bytes += ticket.cost.total_bytes
+        return True
+
+    def _step(self) -> None:
+        """One decode step for every running row; rows that end leave the batch."""
+        batch, tickets, logits = self._decode(self._batch, list(self._running))
+        self._batch, self._running = batch, tickets
+        self.stats.running = len(tickets)
+        self.stats.steps += 1
+        if logits is None:
+            return
+        next_tokens = [ticket.sampler.next_token(logits[index]) for index, ticket in enumerate(tickets)]
+        batch.advance(torch.tensor(next_tokens, dtype=torch.long))
+        ended = [index for index, (ticket, token) in enumerate(zip(tickets, next_tokens)) if self._emit(ticket, token)]
+        if ended:
+            self._leave(ended)
+
+    def _decode(
+        self, batch: KvBatch, tickets: list[_Ticket]
+    ) -> tuple[KvBatch | None, list[_Ticket], torch.Tensor | None]:
+        """Decode ``batch``; on out of memory, split it in halves (recursively) and fail single rows that still do not fit."""
+        layers = [(layer.keys, layer.values) for layer in batch.cache.layers]
+        try:
+            return batch, tickets, self._engine.decode(batch)
+        except Exception as error:
+            if not is_out_of_memory(error):
+                raise
+            cause = str(error).splitlines()[0][:200]
+        for layer, (keys, values) in zip(batch.cache.layers, layers):
+            layer.keys, layer.values = keys, values  # undo the layers that had grown before the error
+        release_memory()
+        self.stats.request_ooms += 1
+        if len(tickets) == 1:
+            ticket = tickets[0]
+            self._on_out_of_memory("handed_off")
+            logger.warning("A decode step ran out of memory on one row alone; ending that request (%s)", cause)
+            self._end(ticket)
+            error_type = StreamOutOfMemoryError if ticket.sent_chars else RequestOutOfMemoryError
+            ticket.sink.failed(error_type(f"ran out of memory mid-answer: {cause}"))
+            return None, [], None
+        self.stats.decode_splits += 1
+        half = len(tickets) // 2
+        logger.warning("A decode step of %d rows ran out of memory; running it in halves (%s)", len(tickets), cause)
+        first, second = batch.split(half)
+        parts = [self._decode(first, tickets[:half]), self._decode(second, tickets[half:])]
+        parts = [part for part in parts if part[0] is not None]
+        if not parts:
+            return None, [], None
+        joined = KvBatch.concatenate([part[0] for part in parts])
+        return joined, [t for part in parts for t in part[1]], torch.cat([part[2] for part in parts])
+
+    def _emit(self, ticket: _Ticket, token: int) -> bool:
+        """Send the text ``token`` completes; ``True`` when the request has ended."""
+        detokenizer = ticket.detokenizer
+        finished = token in self._engine.eos_ids
+        if not finished:
+            piece = detokenizer.push(token)
+        else:
+            detokenizer.ids.append(token)
+            piece = ""
+        generated = len(detokenizer.ids)
+        if not finished and generated >= ticket.request.max_new_tokens:
+            finished = True
+        if finished:
+            text = detokenizer.text()
+            piece += text[ticket.sent_chars + len(piece):]  # what the window held back at the very end
+        if piece:
+            ticket.sent_chars += len(piece)
+            ticket.sink.text(piece)
+        if finished:
+            reason = "stop" if token in self._engine.eos_ids else "length"
+            ticket.sink.finished(GenerationResult(
+                text=detokenizer.text(),
+                prompt_tokens=ticket.prepared.prompt_tokens,
+                completion_tokens=generated,
+                finish_reason=reason,
+            ))
+        return finished
+
+    def _drop_stopped(self) -> None:
+        stopped = [index for index, ticket in enumerate(self._running) if ticket.stop.is_set()]
+        for index in stopped:
+            ticket = self._running[index]
+            self._cancelled(ticket, tokens=len(ticket.detokenizer.ids))
+        if stopped:
+            self._leave(stopped)
+
+    def _cancelled(self, ticket: _Ticket, *, tokens: int) -> None:
+        self.stats.cancelled += 1
+        self.stats.last_cancelled_tokens = tokens
+        logger.info("Request stopped after %d of at most %d tokens: its caller went away",
+                    tokens, ticket.request.max_new_tokens)
+
+    def _leave(self, indices: list[int]) -> None:
+        gone = set(indices)
+        for index in gone:
+            self._end(self._running[index])
+        keep = [index for index in range(len(self._running)) if index not in gone]
+        self._running = [self._running[index] for index in keep]
+        if keep:
+            self._batch.keep(keep)
+        else:
+            self._batch = None
+        self.stats.running = len(self._running)
+
+    def _end(self, ticket: _Ticket) -> None:
+        """Give back an admitted request's predicted bytes (once)."""
+        if ticket.admitted:
+            ticket.admitted = False
+            self.stats.admitted_bytes -= ticket.cost.total_bytes
+
+    def _count_queue(self) -> None:
+        self.stats.waiting = len(self._waiting)
+        self.stats.waiting_bytes = sum(ticket.cost.total_bytes for ticket in self._waiting)

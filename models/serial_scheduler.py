@@ -1,0 +1,95 @@
+"""One request at a time, for adapters that run their own generate loop (MiniCPM-V 2.6's ``model.chat``).
+
+The same ``submit(request, sink, stop)`` as :class:`models.scheduler.BatchScheduler`, so the
+replica serves both the same way; requests queue (bounded) and run in arrival order through
+the adapter's ``stream``. An out-of-memory hands the request off (no smaller retry: the
+adapter's own loop gives no place to shrink it between steps).
+"""
+
+import collections
+import dataclasses
+import logging
+import threading
+
+from memory.admission import RequestCost
+from memory.cleanup import release_memory
+from memory.loader import is_out_of_memory
+from models.base import CheckpointAdapter, GenerationRequest, GenerationResult, TextDelta
+from models.errors import ReplicaBusyError, RequestOutOfMemoryError, StreamOutOfMemoryError
+from models.scheduler import RequestSink, SchedulerStats
+
+logger = logging.getLogger(__name__)
+
+_UNPRICED = RequestCost(kv_cache_bytes=0, vision_bytes=0, logits_bytes=0)
+
+
+@dataclasses.dataclass
+class _Job:
+    request: GenerationRequest
+    sink: RequestSink
+    stop: threading.Event
+
+
+class SerialScheduler:
+    def __init__(self, adapter: CheckpointAdapter, *, max_waiting: int) -> None:
+        self._adapter = adapter
+        self._max_waiting = max_waiting
+        self._jobs: collections.deque[_Job] = collections.deque()
+        self._wake = threading.Condition()
+        self._closing = False
+        self.stats = SchedulerStats()
+        self._thread = threading.Thread(target=self._run, name="serial-scheduler", daemon=True)
+        self._thread.start()
+
+    def submit(self, request: GenerationRequest, sink: RequestSink, stop: threading.Event) -> None:
+        with self._wake:
+            if len(self._jobs) >= self._max_waiting:
+                raise ReplicaBusyError(f"{len(self._jobs)} requests are waiting on this replica (limit {self._max_waiting})")
+            self._jobs.append(_Job(request, sink, stop))
+            self.stats.waiting = len(self._jobs)
+            self._wake.notify()
+
+    def close(self) -> None:
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._closing and not self._jobs:
+                    self._wake.wait()
+                if self._closing:
+                    return
+                job = self._jobs.popleft()
+                self.stats.waiting = len(self._jobs)
+            if job.stop.is_set():
+                self.stats.cancelled += 1
+                continue
+            self.stats.running = 1
+            self._serve(job)
+            self.stats.running = 0
+            self.stats.steps += 1
+
+    def _serve(self, job: _Job) -> None:
+        sent = False
+        try:
+            job.sink.opened(job.request, (), _UNPRICED)
+            for item in self._adapter.stream(job.request, job.stop.is_set):
+                if isinstance(item, TextDelta):
+                    sent = True
+                    job.sink.text(item.text)
+                elif isinstance(item, GenerationResult):
+                    job.sink.finished(item)
+            return
+        except Exception as error:  # noqa: BLE001 - reported to the request's caller
+            if not is_out_of_memory(error):
+                job.sink.failed(error)
+                return
+            cause = str(error).splitlines()[0][:200]
+        release_memory()
+        self.stats.request_ooms += 1
+        error_type = StreamOutOfMemoryError if sent else RequestOutOfMemoryError
+        job.sink.failed(error_type(f"ran out of memory: {cause}"))
