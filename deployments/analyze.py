@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from deployments.config import LimitsSettings
 from deployments.errors import ApiError, describe_validation_errors
+from deployments.openai_schema import SEED_MAX
 from deployments.replica_protocol import ReplicaAnswer
 from models.video import FrameSelection, SampledVideo
 
@@ -31,7 +32,7 @@ class AnalyzeFields(BaseModel):
     fps: float | None = Field(default=None, gt=0, description="Or: one frame every 1/fps seconds, capped.")
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0, le=SEED_MAX)
     model: str | None = None
 
     @field_validator("question")

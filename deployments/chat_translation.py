@@ -8,11 +8,13 @@ import re
 
 from deployments.config import AppConfig
 from deployments.errors import ApiError
-from deployments.openai_schema import ChatCompletionRequest, ChatMessageIn, ImageUrlContent, TextContent
+from deployments.media_budget import PlannedPart, check_media_budget, check_part_count
+from deployments.openai_schema import ChatCompletionRequest, ChatMessageIn, ImageUrlContent, TextContent, VideoUrlContent
 from models import media
 from models.remote_media import fetch_media
-from models.video import FrameSelection, sample_video
-from models.base import ChatMessage, ContentPart, GenerationRequest, ImagePart, TextPart, VideoPart
+from models.requests import ChatMessage, ContentPart, GenerationRequest, ImagePart, TextPart, VideoPart
+from models.video import FrameSelection, probe_video, sample_video
+from models.visual_tokens import VisualTokenGeometry
 
 _STATUS_BY_MEDIA_ERROR: tuple[tuple[type[media.MediaError], int], ...] = (
     (media.UnsupportedMediaTypeError, 415),
@@ -31,10 +33,13 @@ def media_error_to_api_error(error: media.MediaError, param: str) -> ApiError:
     return ApiError(400, f"{param}: {error}", param=param, code=code)
 
 
-def to_generation_request(request: ChatCompletionRequest, config: AppConfig) -> GenerationRequest:
-    """Check limits, decode every image and video, and build the model's request.
+def to_generation_request(
+    request: ChatCompletionRequest, config: AppConfig, geometry: VisualTokenGeometry = VisualTokenGeometry()
+) -> GenerationRequest:
+    """Check limits, price the media from their headers, decode every image and video, build the model's request.
 
-    Blocking (decodes media): call it off the event loop.
+    Blocking (decodes media): call it off the event loop. Nothing is decoded until the whole request's
+    media fit its budget (:mod:`deployments.media_budget`).
     """
     limits = config.limits
     if len(request.messages) > limits.max_messages:
@@ -50,12 +55,35 @@ def to_generation_request(request: ChatCompletionRequest, config: AppConfig) -> 
             f"max_tokens: {max_tokens} requested; the limit is {limits.max_tokens}",
             param="max_tokens",
         )
-    messages = tuple(
-        _translate_message(message, f"messages[{index}]", config) for index, message in enumerate(request.messages)
-    )
+    for index, message in enumerate(request.messages):
+        _check_message(message, f"messages[{index}]", config)
+    media_parts = [
+        (f"messages[{index}].content[{part_index}]", part)
+        for index, message in enumerate(request.messages)
+        if not isinstance(message.content, str)
+        for part_index, part in enumerate(message.content)
+        if not isinstance(part, TextContent)
+    ]
+    check_part_count(len(media_parts), limits)
+    resolved = {param: _resolve_part(part, param, config) for param, part in media_parts}
+    check_media_budget([plan for plan, _ in resolved.values()], limits, geometry)
+    messages = []
+    for index, message in enumerate(request.messages):
+        where = f"messages[{index}]"
+        if isinstance(message.content, str):
+            messages.append(ChatMessage(role=message.role, content=(TextPart(message.content),)))
+            continue
+        parts: list[ContentPart] = []
+        for part_index, part in enumerate(message.content):
+            param = f"{where}.content[{part_index}]"
+            if isinstance(part, TextContent):
+                parts.append(TextPart(part.text))
+            else:
+                parts.append(_decode_part(*resolved[param], config))
+        messages.append(ChatMessage(role=message.role, content=tuple(parts)))
     temperature = request.temperature if request.temperature is not None else config.generation.default_temperature
     return GenerationRequest(
-        messages=messages,
+        messages=tuple(messages),
         max_new_tokens=max_tokens,
         temperature=temperature,
         seed=request.seed,
@@ -63,9 +91,9 @@ def to_generation_request(request: ChatCompletionRequest, config: AppConfig) -> 
     )
 
 
-def _translate_message(message: ChatMessageIn, where: str, config: AppConfig) -> ChatMessage:
+def _check_message(message: ChatMessageIn, where: str, config: AppConfig) -> None:
     if isinstance(message.content, str):
-        return ChatMessage(role=message.role, content=(TextPart(message.content),))
+        return
     limits = config.limits
     if len(message.content) > limits.max_content_parts:
         raise ApiError(
@@ -77,16 +105,6 @@ def _translate_message(message: ChatMessageIn, where: str, config: AppConfig) ->
         raise ApiError(
             400, f"{where}: only user messages may carry images or videos", param=f"{where}.content"
         )
-    parts: list[ContentPart] = []
-    for index, part in enumerate(message.content):
-        param = f"{where}.content[{index}]"
-        if isinstance(part, TextContent):
-            parts.append(TextPart(part.text))
-        elif isinstance(part, ImageUrlContent):
-            parts.append(_decode_image_part(part.image_url.url, param, config))
-        else:
-            parts.append(_decode_video_part(part.video_url.url, param, config))
-    return ChatMessage(role=message.role, content=tuple(parts))
 
 
 def _resolve_url(url: str, allowed_mime_types: frozenset[str], config: AppConfig) -> media.DataUrl:
@@ -102,25 +120,38 @@ def _resolve_url(url: str, allowed_mime_types: frozenset[str], config: AppConfig
     )
 
 
-def _decode_image_part(url: str, param: str, config: AppConfig) -> ImagePart:
+def _resolve_part(part: ImageUrlContent | VideoUrlContent, param: str, config: AppConfig) -> tuple[PlannedPart, bytes]:
+    """The part's bytes and what decoding them would produce, read from the header only."""
+    limits = config.limits
+    if isinstance(part, ImageUrlContent):
+        where = f"{param}.image_url"
+        try:
+            payload = _resolve_url(part.image_url.url, media.IMAGE_MIME_TYPES, config).payload
+            width, height = media.open_image(payload).size
+        except media.MediaError as error:
+            raise media_error_to_api_error(error, where) from error
+        if width * height > limits.max_image_pixels:
+            raise media_error_to_api_error(media.MediaTooLargeError(
+                f"Image is {width}x{height} = {width * height} pixels; the limit is {limits.max_image_pixels} pixels"
+            ), where)
+        return PlannedPart(where, "image", 1, min(width * height, limits.max_pixels_per_frame)), payload
+    where = f"{param}.video_url"
     try:
-        data_url = _resolve_url(url, media.IMAGE_MIME_TYPES, config)
-        pixels = media.decode_image(
-            data_url.payload,
-            max_pixels=config.limits.max_image_pixels,
-            target_pixels=config.limits.max_pixels_per_frame,
-        )
+        payload = _resolve_url(part.video_url.url, media.VIDEO_MIME_TYPES, config).payload
+        info = probe_video(payload, limits.video_limits())
     except media.MediaError as error:
-        raise media_error_to_api_error(error, f"{param}.image_url") from error
-    return ImagePart(pixels=pixels)
+        raise media_error_to_api_error(error, where) from error
+    pixels = min(info.width * info.height, limits.max_pixels_per_frame)
+    return PlannedPart(where, "video", limits.video_frames, pixels), payload
 
 
-def _decode_video_part(url: str, param: str, config: AppConfig) -> VideoPart:
+def _decode_part(plan: PlannedPart, payload: bytes, config: AppConfig) -> ContentPart:
+    limits = config.limits
     try:
-        data_url = _resolve_url(url, media.VIDEO_MIME_TYPES, config)
-        sampled = sample_video(
-            data_url.payload, FrameSelection(num_frames=config.limits.video_frames), config.limits.video_limits()
-        )
+        if plan.kind == "image":
+            pixels = media.decode_image(payload, max_pixels=limits.max_image_pixels, target_pixels=limits.max_pixels_per_frame)
+            return ImagePart(pixels=pixels)
+        sampled = sample_video(payload, FrameSelection(num_frames=limits.video_frames), limits.video_limits())
     except media.MediaError as error:
-        raise media_error_to_api_error(error, f"{param}.video_url") from error
+        raise media_error_to_api_error(error, plan.param) from error
     return VideoPart(frames=sampled.frames, timestamps_s=sampled.timestamps_s)

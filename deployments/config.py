@@ -98,6 +98,18 @@ class LimitsSettings(_Strict):
     max_prompt_tokens: int = Field(
         default=16384, gt=0, description="Most prompt tokens (text plus image and video tokens) one request may use (413)."
     )
+    max_media_parts: int = Field(
+        default=32, gt=0, description="Most images and videos in one request, across all its messages (413 above)."
+    )
+    max_request_frames: int = Field(
+        default=64, gt=0, description="Most video frames one request may decode, across all its videos (413 above)."
+    )
+    max_request_pixels: int = Field(
+        default=64 * 448 * 448,
+        gt=0,
+        description="Most pixels of all a request's images and frames together, after scaling each to "
+        "max_pixels_per_frame (413 above; checked from headers before decoding).",
+    )
     default_max_tokens: int = Field(default=64, gt=0, description="New tokens when a request sets none.")
     max_tokens: int = Field(default=512, gt=0, description="Most new tokens a request may ask for.")
 
@@ -107,6 +119,11 @@ class LimitsSettings(_Strict):
             raise ValueError(
                 f"limits.default_max_tokens ({self.default_max_tokens}) must be less than or equal to "
                 f"limits.max_tokens ({self.max_tokens})"
+            )
+        if self.video_frames > self.max_request_frames:
+            raise ValueError(
+                f"limits.video_frames ({self.video_frames}) must be less than or equal to "
+                f"limits.max_request_frames ({self.max_request_frames}): one video must fit a request"
             )
         if self.video_frames > self.max_video_frames:
             raise ValueError(

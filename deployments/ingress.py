@@ -53,10 +53,13 @@ from models import media
 from models.errors import InvalidModelInputError, PromptTooLongError
 from models.requests import ChatMessage, GenerationRequest, GenerationResult, TextDelta, TextPart, VideoPart
 from models.video import sample_video
+from models.visual_tokens import VisualTokenGeometry
 
 logger = logging.getLogger(__name__)
 
 _RETRY_AFTER_S = "5"
+# Deeper JSON is refused (400): a chat request needs 6 levels; Python's parser would hit its recursion limit.
+MAX_JSON_DEPTH = 400
 
 app = FastAPI(
     title="video-detective",
@@ -125,9 +128,31 @@ async def _read_json_body(request: Request, max_bytes: int) -> Any:
     if not raw:
         raise ApiError(400, "Request body is empty; send a JSON object")
     try:
-        return json.loads(raw)
+        payload = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ApiError(400, f"Request body is not valid JSON: {error}") from error
+    except RecursionError as error:
+        raise ApiError(400, f"Request body nests JSON deeper than {MAX_JSON_DEPTH} levels; flatten it") from error
+    depth = json_depth(payload, limit=MAX_JSON_DEPTH)
+    if depth > MAX_JSON_DEPTH:
+        raise ApiError(400, f"Request body nests JSON deeper than {MAX_JSON_DEPTH} levels; flatten it")
+    return payload
+
+
+def json_depth(value: Any, *, limit: int) -> int:
+    """How deep arrays and objects nest in ``value`` (a scalar is 0), counted without recursion; stops past ``limit``."""
+    deepest = 0
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            return deepest
+        pending.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def _served_by_headers(answer: ReplicaAnswer) -> dict[str, str]:
@@ -167,6 +192,9 @@ class Ingress:
         self._groups = {name: handle for name, handle in ((GPU_GROUP, gpu_group), (CPU_GROUP, cpu_group)) if handle}
         self._config = config
         self._model_id = config.model.model_id
+        # The built-in tiny model is a Qwen2-VL with the processor's defaults; a checkpoint says its own sizes.
+        source = config.model.source
+        self._geometry = VisualTokenGeometry() if source == "tiny" else VisualTokenGeometry.from_model_folder(source)
         self._api_keys = load_api_keys(config.auth)
         self._started = int(time.time())
         self._fallbacks = 0
@@ -274,7 +302,7 @@ class Ingress:
         except pydantic.ValidationError as error:
             return _validation_response(request, error.errors())
         self._check_served_model(chat.model)
-        generation_request = await asyncio.to_thread(to_generation_request, chat, self._config)
+        generation_request = await asyncio.to_thread(to_generation_request, chat, self._config, self._geometry)
         completion_id = new_completion_id()
         if chat.stream:
             include_usage = bool(chat.stream_options and chat.stream_options.include_usage)

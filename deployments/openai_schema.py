@@ -12,7 +12,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.base import GenerationResult
+from models.requests import GenerationResult
+
+# torch.Generator.manual_seed takes 64-bit seeds; bounded so that a huge integer is a 422, not a 500.
+SEED_MAX = 2**63 - 1
 
 
 class _Lenient(BaseModel):
@@ -56,7 +59,7 @@ class ChatCompletionRequest(_Lenient):
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0, le=SEED_MAX, description="Sampling seed, 0 to 2**63 - 1.")
     n: int = Field(default=1, ge=1, le=1, description="Only one choice per request is supported.")
     stream: bool = False
     stream_options: StreamOptions | None = None

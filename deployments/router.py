@@ -33,11 +33,11 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from deployments.replica_protocol import CPU_GROUP, GPU_GROUP, Accepted, ReplicaAnswer, ReplicaUnavailableError, StreamOpened
-from models.errors import ReplicaBusyError, RequestOutOfMemoryError
+from models.errors import ReplicaBusyError, RequestOutOfMemoryError, SchedulerClosedError
 
 logger = logging.getLogger(__name__)
 
-BROKEN_ERRORS = (RayActorError, DeploymentUnavailableError, ReplicaUnavailableError)
+BROKEN_ERRORS = (RayActorError, DeploymentUnavailableError, ReplicaUnavailableError, SchedulerClosedError)
 BUSY_ERRORS = (BackPressureError, ReplicaBusyError, RequestOutOfMemoryError)
 
 

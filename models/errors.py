@@ -23,3 +23,7 @@ class StreamOutOfMemoryError(Exception):
 
 class ReplicaBusyError(RuntimeError):
     """The replica's waiting queue is full: back-pressure, not a fault; another replica or group may take it."""
+
+
+class SchedulerClosedError(RuntimeError):
+    """The replica stopped taking requests (unloaded, shutting down) before this one started; another may take it."""

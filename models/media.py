@@ -19,6 +19,9 @@ from PIL import Image
 logger = logging.getLogger(__name__)
 
 IMAGE_MIME_TYPES = frozenset({"image/png", "image/jpeg", "image/webp"})
+# The only decoders Pillow may run: without ``formats`` it sniffs every plugin it has (TGA, EPS through
+# Ghostscript, ...), whatever the declared type.
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
 VIDEO_MIME_TYPES = frozenset(
     {"video/mp4", "video/webm", "video/x-matroska", "video/quicktime", "video/x-msvideo", "video/avi"}
 )
@@ -112,14 +115,14 @@ def decode_image(data: bytes, *, max_pixels: int, target_pixels: int) -> np.ndar
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = open_image(data)
             width, height = image.size
             if width * height > max_pixels:
                 raise MediaTooLargeError(
                     f"Image is {width}x{height} = {width * height} pixels; the limit is {max_pixels} pixels"
                 )
             image.load()
-    except MediaTooLargeError:
+    except MediaError:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise MediaDecodeError(f"Image does not decode ({len(data)} bytes): {error}") from error
@@ -127,6 +130,16 @@ def decode_image(data: bytes, *, max_pixels: int, target_pixels: int) -> np.ndar
     if width * height > target_pixels:
         image = image.resize(scaled_size(width, height, target_pixels), Image.Resampling.BICUBIC)
     return np.asarray(image, dtype=np.uint8)
+
+
+def open_image(data: bytes) -> Image.Image:
+    """Open (header only, no pixels decoded) as PNG, JPEG or WebP; anything else is a :class:`MediaDecodeError`."""
+    try:
+        return Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+    except Image.UnidentifiedImageError as error:
+        raise MediaDecodeError(
+            f"Image does not decode ({len(data)} bytes): it is not PNG, JPEG or WebP, the formats served here"
+        ) from error
 
 
 def scaled_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:

@@ -24,6 +24,7 @@ handed off; it is never tried into an out-of-memory.
 """
 
 import collections
+import contextvars
 import dataclasses
 import logging
 import threading
@@ -36,7 +37,7 @@ from memory.cleanup import release_memory
 from memory.loader import is_out_of_memory
 from models.base import GenerationRequest, GenerationResult
 from models.detokenizer import IncrementalDetokenizer
-from models.errors import ReplicaBusyError, RequestOutOfMemoryError, StreamOutOfMemoryError
+from models.errors import ReplicaBusyError, RequestOutOfMemoryError, SchedulerClosedError, StreamOutOfMemoryError
 from models.hf_batch_engine import HfBatchEngine, PreparedPrompt
 from models.kv_batch import KvBatch
 from models.request_shrink import OomRetry, ShrinkFloor, request_size, shrink_request
@@ -73,6 +74,8 @@ class _Ticket:
     retries: list[OomRetry]
     alone: bool = False  # ran out of memory beside others: start only into an empty batch
     admitted: bool = False  # its predicted bytes count in ``admitted_bytes``
+    # The submitter's context (Serve's request id among it): log lines about this request carry its id.
+    context: contextvars.Context = dataclasses.field(default_factory=contextvars.copy_context)
     sampler: TokenSampler | None = None
     detokenizer: IncrementalDetokenizer | None = None
     sent_chars: int = 0
@@ -80,6 +83,9 @@ class _Ticket:
     @property
     def request(self) -> GenerationRequest:
         return self.prepared.request
+
+    def log(self, level: int, message: str, *args: object) -> None:
+        self.context.run(logger.log, level, message, *args)
 
 
 @dataclasses.dataclass
@@ -144,6 +150,8 @@ class BatchScheduler:
         prepared, cost, retries = self._fitting(self._engine.prepare(request))
         ticket = _Ticket(prepared=prepared, cost=cost, sink=sink, stop=stop, retries=retries)
         with self._wake:
+            if self._closing:
+                raise SchedulerClosedError("This replica stopped taking requests (its model is being unloaded)")
             if len(self._waiting) >= self._limits.max_waiting:
                 raise ReplicaBusyError(
                     f"{len(self._waiting)} requests are waiting on this replica (limit {self._limits.max_waiting})"
@@ -168,7 +176,7 @@ class BatchScheduler:
                     f"prompt tokens); this replica's headroom is {self._limits.headroom_bytes} bytes, even at the "
                     f"floor of {self._floor.min_frames} frames and {self._floor.min_pixels_per_frame} pixels"
                 )
-            logger.info(
+            logger.info(  # in the submitter's thread: Serve's request id is in context
                 "Request predicted at %d bytes exceeds the %d-byte headroom; shrinking it up front (%d -> %d frames)",
                 cost.total_bytes, self._limits.headroom_bytes, before.video_frames, smaller.num_video_frames,
             )
@@ -183,12 +191,18 @@ class BatchScheduler:
             visual_patches=prepared.visual_patches,
         )
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 60.0) -> None:
+        """Stop taking requests: waiting ones fail with :class:`SchedulerClosedError` (the router sends them
+        elsewhere), running ones finish, then the thread ends."""
         with self._wake:
             self._closing = True
+            waiting, self._waiting = list(self._waiting), collections.deque()
+            self._count_queue()
             self._wake.notify()
+        for ticket in waiting:
+            ticket.sink.failed(SchedulerClosedError("This replica stopped taking requests before this one started"))
         if self._thread is not threading.current_thread():
-            self._thread.join(timeout=30)
+            self._thread.join(timeout=timeout_s)
 
     # -- the scheduler thread ------------------------------------------------------------------
 
@@ -197,7 +211,7 @@ class BatchScheduler:
             with self._wake:
                 while not self._closing and not self._waiting and not self._running:
                     self._wake.wait()
-                if self._closing:
+                if self._closing and not self._running:
                     break
                 admitted = self._admit()
             try:
@@ -209,8 +223,6 @@ class BatchScheduler:
             except Exception as error:  # noqa: BLE001 - a bug must not leave callers waiting forever
                 logger.error("Batch step failed; ending the %d running requests", len(self._running), exc_info=error)
                 self._fail_running(error)
-        for ticket in [*self._waiting, *self._running]:
-            ticket.sink.failed(RuntimeError("The replica is shutting down"))
 
     def _fail_running(self, error: BaseException) -> None:
         running, self._running, self._batch = self._running, [], None
@@ -264,8 +276,8 @@ class BatchScheduler:
             self.stats.request_ooms += 1
             if self._running:
                 # Beside a running batch: make the batch smaller first, by letting it drain.
-                logger.warning("Prefill ran out of memory beside %d running rows; it waits to run alone (%s)",
-                               len(self._running), cause)
+                ticket.log(logging.WARNING, "Prefill ran out of memory beside %d running rows; it waits to run alone (%s)",
+                           len(self._running), cause)
                 self._end(ticket)
                 ticket.alone = True
                 with self._wake:
@@ -295,7 +307,8 @@ class BatchScheduler:
         smaller = shrink_request(ticket.request, self._floor)
         if smaller is None:
             self._on_out_of_memory("handed_off")
-            logger.warning(
+            ticket.log(
+                logging.WARNING,
                 "Request ran out of memory alone at %d frames, %d images, %d pixels per frame, the floor; "
                 "cleanup freed %d bytes; handing it to the other group (%s)",
                 before.video_frames, before.images, before.max_pixels_per_frame, freed_bytes, cause,
@@ -310,7 +323,8 @@ class BatchScheduler:
             return False
         self._on_out_of_memory("retry_smaller")
         after = request_size(smaller)
-        logger.warning(
+        ticket.log(
+            logging.WARNING,
             "Request ran out of memory at %d frames, %d pixels per frame (cleanup freed %d bytes); "
             "retrying with %d frames, %d pixels per frame (%s)",
             before.video_frames, before.max_pixels_per_frame, freed_bytes, after.video_frames,
@@ -360,7 +374,7 @@ class BatchScheduler:
         if len(tickets) == 1:
             ticket = tickets[0]
             self._on_out_of_memory("handed_off")
-            logger.warning("A decode step ran out of memory on one row alone; ending that request (%s)", cause)
+            ticket.log(logging.WARNING, "A decode step ran out of memory on one row alone; ending that request (%s)", cause)
             self._end(ticket)
             error_type = StreamOutOfMemoryError if ticket.sent_chars else RequestOutOfMemoryError
             ticket.sink.failed(error_type(f"ran out of memory mid-answer: {cause}"))
@@ -415,8 +429,8 @@ class BatchScheduler:
     def _cancelled(self, ticket: _Ticket, *, tokens: int) -> None:
         self.stats.cancelled += 1
         self.stats.last_cancelled_tokens = tokens
-        logger.info("Request stopped after %d of at most %d tokens: its caller went away",
-                    tokens, ticket.request.max_new_tokens)
+        ticket.log(logging.INFO, "Request stopped after %d of at most %d tokens: its caller went away",
+                   tokens, ticket.request.max_new_tokens)
 
     def _leave(self, indices: list[int]) -> None:
         gone = set(indices)

@@ -15,7 +15,7 @@ from memory.admission import RequestCost
 from memory.cleanup import release_memory
 from memory.loader import is_out_of_memory
 from models.base import CheckpointAdapter, GenerationRequest, GenerationResult, TextDelta
-from models.errors import ReplicaBusyError, RequestOutOfMemoryError, StreamOutOfMemoryError
+from models.errors import ReplicaBusyError, RequestOutOfMemoryError, SchedulerClosedError, StreamOutOfMemoryError
 from models.scheduler import RequestSink, SchedulerStats
 
 logger = logging.getLogger(__name__)
@@ -43,18 +43,24 @@ class SerialScheduler:
 
     def submit(self, request: GenerationRequest, sink: RequestSink, stop: threading.Event) -> None:
         with self._wake:
+            if self._closing:
+                raise SchedulerClosedError("This replica stopped taking requests (its model is being unloaded)")
             if len(self._jobs) >= self._max_waiting:
                 raise ReplicaBusyError(f"{len(self._jobs)} requests are waiting on this replica (limit {self._max_waiting})")
             self._jobs.append(_Job(request, sink, stop))
             self.stats.waiting = len(self._jobs)
             self._wake.notify()
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 60.0) -> None:
+        """Stop taking requests: queued ones fail with :class:`SchedulerClosedError`; the running one finishes."""
         with self._wake:
             self._closing = True
+            jobs, self._jobs = list(self._jobs), collections.deque()
             self._wake.notify()
+        for job in jobs:
+            job.sink.failed(SchedulerClosedError("This replica stopped taking requests before this one started"))
         if self._thread is not threading.current_thread():
-            self._thread.join(timeout=30)
+            self._thread.join(timeout=timeout_s)
 
     def _run(self) -> None:
         while True:

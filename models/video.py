@@ -139,12 +139,55 @@ def sample_video(source: VideoSource, selection: FrameSelection, limits: VideoLi
     )
 
 
+# The containers served, by their magic bytes, and FFmpeg's demuxer for each. Only these demuxers ever
+# run: without ``format`` FFmpeg probes every demuxer it was built with (image2, concat, hls, ...).
+_MP4_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip", b"pnot"}
+SERVED_CONTAINERS = "MP4/MOV, WebM/Matroska and AVI"
+
+
+def served_demuxer(head: bytes) -> str:
+    """FFmpeg's demuxer for a file starting with ``head`` (12 bytes or more); refuses other containers."""
+    if head[:4] == b"\x1a\x45\xdf\xa3":
+        return "matroska"
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "avi"
+    if head[4:8] in _MP4_BOXES:
+        return "mov"
+    if not head:
+        raise NotAVideoError("The file (0 bytes) is empty; it does not open as a video container")
+    raise NotAVideoError(
+        f"The file does not open as a video container served here ({SERVED_CONTAINERS}): "
+        f"its first bytes are {head[:12].hex()}"
+    )
+
+
+def _head(source: VideoSource) -> bytes:
+    if isinstance(source, (bytes, bytearray)):
+        return bytes(source[:12])
+    with open(source, "rb") as file:
+        return file.read(12)
+
+
+def probe_video(source: VideoSource, limits: VideoLimits) -> VideoInfo:
+    """The container's header checked against the limits, without decoding a frame (a request's media budget
+    is checked from these before anything is decoded)."""
+    container = _open(source, limits)
+    try:
+        _, info = _inspect(container, limits)
+    except av.error.FFmpegError as error:
+        raise CorruptVideoError(f"The video's header does not read: {error}") from error
+    finally:
+        container.close()
+    return info
+
+
 def _open(source: VideoSource, limits: VideoLimits) -> av.container.InputContainer:
     file = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else os.fspath(source)
     # ``max_pixels`` reaches the decoders too: stream probing cannot allocate an oversized frame.
     options = {"max_pixels": str(limits.max_source_pixels)}
+    demuxer = served_demuxer(_head(source))
     try:
-        return av.open(file, mode="r", options=options)
+        return av.open(file, mode="r", format=demuxer, options=options)
     except (av.error.FFmpegError, ValueError) as error:
         size = len(source) if isinstance(source, (bytes, bytearray)) else os.path.getsize(file)
         raise NotAVideoError(

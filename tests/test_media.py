@@ -88,6 +88,13 @@ class TestImages:
         with pytest.raises(media.MediaDecodeError, match="Image does not decode"):
             media.decode_image(corrupt, max_pixels=LARGE, target_pixels=LARGE)
 
+    @pytest.mark.parametrize("pillow_format", ["TGA", "BMP", "GIF", "TIFF"])
+    def test_only_png_jpeg_and_webp_decoders_run_whatever_the_bytes_are(self, pillow_format):
+        data = media_factory.image_bytes(pillow_format, width=32, height=32)  # Pillow writes it, and could read it
+
+        with pytest.raises(media.MediaDecodeError, match="not PNG, JPEG or WebP"):
+            media.decode_image(data, max_pixels=LARGE, target_pixels=LARGE)
+
     def test_a_truncated_png_gives_a_clear_error(self):
         data = media_factory.image_bytes("PNG", width=64, height=64)
 

@@ -198,6 +198,12 @@ class TestBadFiles:
         with pytest.raises(media.AudioOnlyError, match="audio but no video stream"):
             sample_video(media_factory.audio_only_bytes(), FrameSelection(num_frames=4), LIMITS)
 
+    def test_containers_outside_the_served_ones_never_reach_a_demuxer(self):
+        gif = media_factory.image_bytes("GIF", width=32, height=32)  # FFmpeg's gif demuxer would read it as video
+
+        with pytest.raises(media.NotAVideoError, match=r"served here \(MP4/MOV, WebM/Matroska and AVI\): its first bytes are 474946"):
+            sample_video(gif, FrameSelection(num_frames=4), LIMITS)
+
     @pytest.mark.parametrize("garbage", [b"garbage" * 100, b"\x1a\x45\xdf\xa3" + b"\0" * 50, b""])
     def test_a_file_that_is_not_a_video_says_so(self, garbage):
         with pytest.raises(media.NotAVideoError, match="does not open as a video container"):

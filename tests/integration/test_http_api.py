@@ -20,6 +20,9 @@ def _data_url(mime: str, data: bytes) -> str:
 PNG_URL = _data_url("image/png", media_factory.image_bytes("PNG", width=96, height=64))
 MP4_URL = _data_url("video/mp4", media_factory.video_bytes("mp4", num_frames=24, fps=12))
 WEBM_URL = _data_url("video/webm", media_factory.video_bytes("webm", num_frames=24, fps=12))
+TINY_VIDEO_URL = _data_url("video/mp4", media_factory.video_bytes("mp4", num_frames=4, fps=4, width=32, height=32))
+# 600x500 scales to the 448x448 pixel budget: 256 visual tokens, over the tests' 250-token prompt limit.
+BIG_PNG_URL = _data_url("image/png", media_factory.image_bytes("PNG", width=600, height=500, noise=False))
 
 
 def _chat(content, **extra) -> dict:
@@ -206,6 +209,43 @@ BAD_INPUTS = {
         {"json": {"messages": [{"role": "system", "content": [{"type": "image_url", "image_url": {"url": PNG_URL}}]}]}},
         400,
         "only user messages",
+    ),
+    "JSON nested 1000 deep": (
+        {"content": b'{"messages": ' + b"[" * 1000 + b"]" * 1000 + b"}", "headers": {"content-type": "application/json"}},
+        400,
+        "deeper than 400 levels",
+    ),
+    "JSON nested 401 deep": (
+        {"content": b'{"messages": ' + b"[" * 400 + b"]" * 400 + b"}", "headers": {"content-type": "application/json"}},
+        400,
+        "deeper than 400 levels",
+    ),
+    "a TGA file declared PNG": (
+        {"json": _chat([{"type": "image_url", "image_url": {"url": _data_url("image/png", media_factory.image_bytes("TGA"))}}])},
+        400,
+        "not PNG, JPEG or WebP",
+    ),
+    "a GIF declared MP4": (
+        {"json": _chat([{"type": "video_url", "video_url": {"url": _data_url("video/mp4", media_factory.image_bytes("GIF"))}}])},
+        400,
+        "MP4/MOV, WebM/Matroska and AVI",
+    ),
+    "a seed past 64 bits": ({"json": _chat("hi", seed=2**70)}, 422, "seed"),
+    "a negative seed": ({"json": _chat("hi", seed=-1)}, 422, "seed"),
+    "more media parts than a request may hold": (
+        {"json": {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": PNG_URL}}] * 12}] * 3}},
+        413,
+        "36 image and video parts; the limit is 32 per request",
+    ),
+    "more frames than a request may decode": (
+        {"json": {"messages": [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": TINY_VIDEO_URL}}] * 6}] * 3}},
+        413,
+        "18 videos would decode 72 frames; the limit is 64 frames per request",
+    ),
+    "media whose visual tokens alone pass the prompt limit": (
+        {"json": _chat([{"type": "image_url", "image_url": {"url": BIG_PNG_URL}}] * 3)},
+        413,
+        "alone would be",
     ),
     "image too thin for the model": (
         {"json": _chat([{"type": "image_url", "image_url": {"url": _data_url("image/png", media_factory.image_bytes("PNG", width=900, height=2))}}])},

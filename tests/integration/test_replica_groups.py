@@ -261,37 +261,55 @@ def test_a_cpu_group_at_zero_replicas_scales_up_for_the_first_request_and_answer
         serve.delete("from-zero")
 
 
-def test_a_gpu_group_slower_than_the_timeout_is_skipped_and_the_breaker_opens(http_port, test_root):
-    probe = test_root / "slow-gpu-probe.json"
+def test_a_busy_gpu_group_is_told_from_a_broken_one(http_port, test_root):
+    """A long answer runs to its end on the GPU group; a request it cannot admit in time goes to the CPU group,
+    and the breaker stays closed throughout."""
+    probe = test_root / "busy-gpu-probe.json"
     probe.write_text(json.dumps({"total_bytes": 8 * GIB, "free_bytes": 8 * GIB}))
     url = deploy(
         {
-            "gpu_group": {"device": "cpu", "num_cpus": 0.5, "env_vars": {"VIDEO_DETECTIVE_GPU_PROBE_FILE": str(probe)}},
+            "limits": {"max_tokens": 4000},
+            "gpu_group": {
+                "device": "cpu",
+                "num_cpus": 0.5,
+                "max_batch_size": 1,
+                "max_ongoing_requests": 2,
+                "env_vars": {"VIDEO_DETECTIVE_GPU_PROBE_FILE": str(probe)},
+            },
             "cpu_group": {"num_cpus": 0.5},
-            # 0.4 s: ten times a 2-token request, under 500 tokens. A warm-up request that times out
-            # opens the breaker for 5 s only, so the wait below still sees the GPU group answer.
-            "routing": {"gpu_timeout_s": 0.4, "breaker_cooldown_s": 5},
+            # Both far below the long answer's length: neither may cut it short.
+            "routing": {"gpu_timeout_s": 5, "admission_timeout_s": 0.3, "breaker_cooldown_s": 60},
         },
         http_port,
-        name="slow-gpu",
-        route_prefix="/slow-gpu",
+        name="busy-gpu",
+        route_prefix="/busy-gpu",
     )
     try:
-        # The ingress learns that a GPU replica runs from Serve's status, polled every 2 s; until then
-        # it sends requests to the CPU group without opening the breaker.
+        # The ingress learns that a GPU replica runs from Serve's status, polled every 2 s.
         wait_for_condition(
             lambda: _group_of(httpx.post(f"{url}/v1/chat/completions", json=REQUEST, timeout=60)) == "gpu",
             timeout_s=60,
             interval_s=0.5,
         )
+        long_request = {**REQUEST, "max_tokens": 3000}
+        with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+            long = pool.submit(httpx.post, f"{url}/v1/chat/completions", json=long_request, timeout=300)
+            wait_for_condition(
+                lambda: any(
+                    (replica.get("batching") or {}).get("running")
+                    for replica in httpx.get(f"{url}/v1/memory", timeout=30).json()["groups"]["gpu"]
+                ),
+                timeout_s=30,
+                interval_s=0.05,
+            )
+            short = httpx.post(f"{url}/v1/chat/completions", json=REQUEST, timeout=60)
+            long_response = long.result()
 
-        slow = {**REQUEST, "max_tokens": 500}  # about a second or more on this CPU
-        assert _group_of(httpx.post(f"{url}/v1/chat/completions", json=slow, timeout=120)) == "cpu"
-
+        assert _group_of(short) == "cpu"  # the GPU replica was busy with the long one
+        assert _group_of(long_response) == "gpu"  # and that one ran to its end where it started
+        assert long_response.json()["usage"]["completion_tokens"] > 100
         readyz = httpx.get(f"{url}/readyz", timeout=30).json()
-        assert readyz["gpu_breaker"] == "open"
-        assert readyz["fallbacks"] >= 1
-        # While the breaker is open (5 s) even a quick request goes straight to the CPU group.
-        assert _group_of(httpx.post(f"{url}/v1/chat/completions", json=REQUEST, timeout=60)) == "cpu"
+        assert readyz["gpu_breaker"] == "closed"
+        assert _group_of(httpx.post(f"{url}/v1/chat/completions", json=REQUEST, timeout=60)) == "gpu"
     finally:
-        serve.delete("slow-gpu")
+        serve.delete("busy-gpu")
