@@ -204,6 +204,11 @@ class _GroupSettings(_Strict):
     max_batch_size: int = Field(
         default=8, ge=1, description="Most requests decoding together in one replica (continuous batching)."
     )
+    max_prefill_tokens: int = Field(
+        default=8192,
+        ge=1,
+        description="Prompt tokens prefilled in one forward pass, over the requests admitted together.",
+    )
     max_queued_requests: int = Field(
         default=32,
         ge=1,

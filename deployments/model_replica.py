@@ -140,6 +140,7 @@ class ModelReplica:
             max_batch_size=self._settings.max_batch_size,
             max_waiting=self._settings.max_ongoing_requests,
             headroom_bytes=headroom,
+            max_prefill_tokens=self._settings.max_prefill_tokens,
         )
         self._scheduler = BatchScheduler(
             engine, costs, limits, shrink_floor=self._shrink_floor, on_out_of_memory=self._record_request_oom,

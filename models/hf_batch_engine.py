@@ -55,19 +55,52 @@ class HfBatchEngine:
                 patches += int(inputs[grid].prod(dim=-1).sum())
         return PreparedPrompt(request=request, inputs=inputs, prompt_tokens=prompt_tokens, visual_patches=patches)
 
+    def batchable(self, prepared: PreparedPrompt) -> bool:
+        """Whether this request's inputs can be prefilled together with others' (padded ids, concatenated media)."""
+        return set(prepared.inputs.keys()) <= _PADDED.keys() | _CONCATENATED
+
     def prefill(self, prepared: PreparedPrompt) -> tuple[KvBatch, torch.Tensor]:
-        """The request's prompt through the model: its one-row batch and its first token's logits ``(vocab,)``."""
-        raise_if_simulated_out_of_memory(prepared.request)
-        if self._mrope:
+        """One request's prompt through the model: its one-row batch and its first token's logits ``(vocab,)``."""
+        batch, logits = self.prefill_many([prepared])
+        return batch, logits[0]
+
+    def prefill_many(self, prompts: list[PreparedPrompt]) -> tuple[KvBatch, torch.Tensor]:
+        """Several prompts in one forward pass (left-padded, their media concatenated): a batch of their rows and
+        each first token's logits ``(rows, vocab)``. One large pass keeps the matrix units busier than many small."""
+        for prepared in prompts:
+            raise_if_simulated_out_of_memory(prepared.request)
+        inputs = prompts[0].inputs if len(prompts) == 1 else self._collate(prompts)
+        inputs = {key: value.to(self.device) for key, value in inputs.items()}
+        mask = inputs["attention_mask"]
+        extra: dict[str, Any] = {}
+        if not self._mrope:
+            # Positions count real tokens only, so a left-padded row starts at 0 like a row alone.
+            extra["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        else:
             self._inner.rope_deltas = None  # the model keeps the last prefill's deltas; never reuse another row's
         with torch.inference_mode():
-            outputs = self._model(**prepared.inputs.to(self.device), use_cache=True, logits_to_keep=1)
-        delta = 0
-        if self._mrope and self._inner.rope_deltas is not None:
-            delta = int(self._inner.rope_deltas.reshape(-1)[0])
-        logits = outputs.logits[0, -1]
-        row = KvBatch.single(outputs.cache, next_position=prepared.prompt_tokens + delta, last_token=0)
-        return row, logits
+            outputs = self._model(**inputs, **extra, use_cache=True, logits_to_keep=1)
+        length = mask.shape[1]
+        if self._mrope:
+            # Multimodal RoPE: the model placed text after media at ``length + delta`` (per row, padding counted).
+            deltas = self._inner.rope_deltas
+            next_positions = length + (deltas.reshape(-1).long() if deltas is not None else torch.zeros(len(prompts), dtype=torch.long))
+        else:
+            next_positions = mask.long().sum(-1)
+        batch = KvBatch.from_prefill(outputs.cache, attention_mask=mask.long(), next_positions=next_positions.to(mask.device))
+        return batch, outputs.logits[:, -1]
+
+    def _collate(self, prompts: list[PreparedPrompt]) -> dict[str, torch.Tensor]:
+        length = max(int(prepared.inputs["input_ids"].shape[1]) for prepared in prompts)
+        collated: dict[str, torch.Tensor] = {}
+        for key in prompts[0].inputs.keys() | {key for prepared in prompts for key in prepared.inputs.keys()}:
+            values = [prepared.inputs[key] for prepared in prompts if prepared.inputs.get(key) is not None]
+            if key in _PADDED:
+                pad = self.tokenizer.pad_token_id if key == "input_ids" else _PADDED[key]
+                collated[key] = torch.cat([_left_pad(value, length, pad or 0) for value in values], dim=0)
+            else:
+                collated[key] = torch.cat(values, dim=0)
+        return collated
 
     def decode(self, batch: KvBatch) -> torch.Tensor:
         """One token for every row: ``(rows, vocab)`` logits; the batch's cache grows by one column."""
@@ -81,6 +114,18 @@ class HfBatchEngine:
                 use_cache=True,
             )
         return outputs.logits[:, -1]
+
+
+# Per-token inputs, left-padded to the longest prompt (the value pads them), and media inputs that stack.
+_PADDED = {"input_ids": 0, "attention_mask": 0, "mm_token_type_ids": 0}
+_CONCATENATED = {"pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw"}
+
+
+def _left_pad(tensor: torch.Tensor, length: int, value: int) -> torch.Tensor:
+    missing = length - tensor.shape[1]
+    if missing == 0:
+        return tensor
+    return torch.cat([tensor.new_full((tensor.shape[0], missing), value), tensor], dim=1)
 
 
 def eos_token_ids(generation_config: transformers.GenerationConfig) -> set[int]:

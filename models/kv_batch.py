@@ -45,17 +45,16 @@ class KvBatch:
     last_tokens: torch.Tensor  # (B,) long
 
     @classmethod
-    def single(cls, cache: DynamicCache, *, next_position: int, last_token: int) -> "KvBatch":
+    def from_prefill(cls, cache: DynamicCache, *, attention_mask: torch.Tensor, next_positions: torch.Tensor) -> "KvBatch":
+        """The rows a prefill left in ``cache`` (left-padded as ``attention_mask`` says); last tokens are set after sampling."""
         if not joinable(cache):
             kinds = sorted({type(layer).__name__ for layer in cache.layers})
             raise KvBatchError(f"Cannot batch a cache with layers {kinds}; only full-attention DynamicLayer caches join")
-        length = cache.layers[0].keys.shape[-2]
-        device = cache.layers[0].keys.device
         return cls(
             cache=cache,
-            attention_mask=torch.ones((1, length), dtype=torch.long, device=device),
-            next_positions=torch.tensor([next_position], dtype=torch.long, device=device),
-            last_tokens=torch.tensor([last_token], dtype=torch.long, device=device),
+            attention_mask=attention_mask,
+            next_positions=next_positions,
+            last_tokens=torch.zeros(attention_mask.shape[0], dtype=torch.long, device=attention_mask.device),
         )
 
     @property

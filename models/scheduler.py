@@ -51,6 +51,7 @@ class BatchLimits:
     max_batch_size: int
     max_waiting: int
     headroom_bytes: int  # the replica's budget minus its weights: what admitted requests may use together
+    max_prefill_tokens: int = 8192  # prompt tokens prefilled in one pass, over all the requests in it
 
 
 class RequestSink(Protocol):
@@ -103,6 +104,7 @@ class SchedulerStats:
     last_cancelled_tokens: int | None = None
     request_ooms: int = 0
     decode_splits: int = 0
+    prefill_splits: int = 0
     shrunk_up_front: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -215,8 +217,7 @@ class BatchScheduler:
                     break
                 admitted = self._admit()
             try:
-                for ticket in admitted:
-                    self._start(ticket)
+                self._start_admitted(admitted)
                 self._drop_stopped()
                 if self._running:
                     self._step()
@@ -286,20 +287,69 @@ class BatchScheduler:
                 return
             if not self._shrink_after_oom(ticket, cause, freed.gpu_reserved_freed_bytes + freed.process_rss_freed_bytes):
                 return
-        ticket.sampler = TokenSampler(ticket.request, self._engine.device)
-        ticket.detokenizer = IncrementalDetokenizer(self._engine.tokenizer)
-        ticket.sink.opened(ticket.request, tuple(ticket.retries), ticket.cost)
-        token = ticket.sampler.next_token(logits)
-        row.last_tokens[0] = token
+        self._begin([ticket], row, logits[None])
+
+    def _start_admitted(self, admitted: list[_Ticket]) -> None:
+        """Prefill the admitted requests, several in one pass where their inputs allow it."""
+        for group in self._prefill_groups(admitted):
+            if len(group) == 1:
+                self._start(group[0])
+                continue
+            try:
+                rows, logits = self._engine.prefill_many([ticket.prepared for ticket in group])
+            except Exception as error:  # noqa: BLE001 - retried one by one, where each request's own fault shows
+                cause = f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
+            else:
+                self._begin(group, rows, logits)
+                continue
+            release_memory()  # outside the except: the traceback's tensors can go
+            self.stats.prefill_splits += 1
+            logger.warning("A prefill of %d requests failed (%s); prefilling them one by one", len(group), cause)
+            for ticket in group:
+                self._start(ticket)
+
+    def _prefill_groups(self, admitted: list[_Ticket]) -> list[list[_Ticket]]:
+        """Consecutive batchable requests up to ``max_prefill_tokens`` prompt tokens a group; others alone."""
+        groups: list[list[_Ticket]] = []
+        tokens = 0
+        for ticket in admitted:
+            joins = (
+                bool(groups)
+                and self._groupable(ticket)
+                and self._groupable(groups[-1][-1])
+                and tokens + ticket.prepared.prompt_tokens <= self._limits.max_prefill_tokens
+            )
+            if joins:
+                groups[-1].append(ticket)
+                tokens += ticket.prepared.prompt_tokens
+            else:
+                groups.append([ticket])
+                tokens = ticket.prepared.prompt_tokens
+        return groups
+
+    def _groupable(self, ticket: _Ticket) -> bool:
+        return not ticket.alone and self._engine.batchable(ticket.prepared)
+
+    def _begin(self, tickets: list[_Ticket], rows: KvBatch, logits: torch.Tensor) -> None:
+        """Prefilled requests join the running batch: each samples its first token and starts streaming."""
+        tokens = []
+        for index, ticket in enumerate(tickets):
+            ticket.sampler = TokenSampler(ticket.request, self._engine.device)
+            ticket.detokenizer = IncrementalDetokenizer(self._engine.tokenizer)
+            ticket.sink.opened(ticket.request, tuple(ticket.retries), ticket.cost)
+            tokens.append(ticket.sampler.next_token(logits[index]))
+        rows.last_tokens = torch.tensor(tokens, dtype=torch.long, device=rows.last_tokens.device)
         if self._batch is None:
-            self._batch = row
+            self._batch = rows
         else:
-            self._batch.join(row)
-        self._running.append(ticket)
+            self._batch.join(rows)
+        first = len(self._running)
+        self._running.extend(tickets)
         self.stats.running = len(self._running)
         self.stats.peak_batch_size = max(self.stats.peak_batch_size, len(self._running))
-        if self._emit(ticket, token):
-            self._leave([len(self._running) - 1])
+        ended = [first + index for index, (ticket, token) in enumerate(zip(tickets, tokens)) if self._emit(ticket, token)]
+        if ended:
+            self._leave(ended)
 
     def _shrink_after_oom(self, ticket: _Ticket, cause: str, freed_bytes: int) -> bool:
         """Make the request smaller after it ran out of memory alone; ``False`` when it was handed off."""
