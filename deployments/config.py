@@ -17,9 +17,9 @@ from memory.allocator import (
     refuse_folklore_env,
     validate_allocator_settings,
 )
-from memory.estimate import DEFAULT_CUDA_CONTEXT_BYTES
+from memory.budget import DEFAULT_CUDA_CONTEXT_BYTES
 from memory.strategy import DEFAULT_CPU_CHAIN, DEFAULT_GPU_CHAIN, LoadStrategy, StrategyError, parse_chain
-from models.adapters import AdapterChoiceError, AdapterName, choose_adapter
+from models.adapter_names import AdapterName
 from models.video import VideoLimits
 
 _MIB = 1024**2
@@ -55,6 +55,8 @@ class ModelSettings(_Strict):
                 "set it to 'tiny' or to a local folder holding config.json and the weights"
             )
         if self.source != "tiny":
+            from models.adapters import AdapterChoiceError, choose_adapter  # transformers: only for a checkpoint
+
             try:
                 choose_adapter(self.source, self.adapter, trust_remote_code=self.trust_remote_code)
             except AdapterChoiceError as error:

@@ -3,10 +3,14 @@
 Serve adds its own tags (deployment, replica, application). Names carry units.
 """
 
+from typing import TYPE_CHECKING
+
 from ray.serve import metrics
 
 from memory.probe import MemorySnapshot
-from models.scheduler import SchedulerStats
+
+if TYPE_CHECKING:
+    from models.scheduler import SchedulerStats
 
 _GROUP_TAGS = ("group", "precision")
 
@@ -62,7 +66,7 @@ class ReplicaMetrics:
             self.gpu_reserved_bytes.set(gpu.torch.reserved_bytes, tags=self._tags)
             self.gpu_fragmentation_ratio.set(gpu.torch.fragmentation_ratio, tags=self._tags)
 
-    def record_batch(self, stats: SchedulerStats) -> None:
+    def record_batch(self, stats: "SchedulerStats") -> None:
         self.batch_running.set(stats.running, tags=self._tags)
         self.batch_waiting.set(stats.waiting, tags=self._tags)
         self.admitted_bytes.set(stats.admitted_bytes, tags=self._tags)

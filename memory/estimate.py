@@ -34,18 +34,16 @@ import torch
 import transformers
 from torch import nn
 
+from memory.budget import DEFAULT_CUDA_CONTEXT_BYTES  # noqa: F401 - re-exported
+from memory.strategy import Quantization, precision_name  # noqa: F401 - re-exported
+
 logger = logging.getLogger(__name__)
 
-Quantization = Literal["none", "int8", "nf4"]
 
 NF4_BLOCK_SIZE = 64
 NF4_CODE_ENTRIES = 16
 FP32_BYTES = 4
 
-# What a CUDA context costs before any tensor: driver, runtime, cuBLAS/cuDNN
-# workspaces. Measured figures run 300-600 MiB on Hopper with torch 2.x; this is
-# the planning default, overridable where a replica measures its own.
-DEFAULT_CUDA_CONTEXT_BYTES = 512 * 1024**2
 
 
 class ModelConfigError(ValueError):
@@ -71,13 +69,6 @@ class WeightEstimate:
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "precision": self.precision}
-
-
-def precision_name(dtype: str, quantization: Quantization) -> str:
-    """``('bfloat16', 'none') -> 'bf16'``; ``('bfloat16', 'nf4') -> 'nf4'``."""
-    if quantization != "none":
-        return quantization
-    return {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[dtype]
 
 
 def load_model_config(model_path: str | pathlib.Path, *, trust_remote_code: bool = False) -> transformers.PretrainedConfig:

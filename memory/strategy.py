@@ -1,16 +1,24 @@
-"""Loading strategies as data: device, dtype, quantization, and the kwargs that follow from them."""
+"""Loading strategies as data: device, dtype, quantization, and the kwargs that follow from them.
+
+No torch at import: the config (and so the ingress) names strategies without loading any.
+"""
 
 import dataclasses
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
-
-from memory.estimate import Quantization, precision_name
+if TYPE_CHECKING:
+    import torch
 
 DType = Literal["float32", "bfloat16", "float16"]
 Device = Literal["cuda", "cpu"]
+Quantization = Literal["none", "int8", "nf4"]
 
-TORCH_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+def precision_name(dtype: str, quantization: Quantization) -> str:
+    """``('bfloat16', 'none') -> 'bf16'``; ``('bfloat16', 'nf4') -> 'nf4'``."""
+    if quantization != "none":
+        return quantization
+    return {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[dtype]
 
 
 class StrategyError(ValueError):
@@ -30,8 +38,10 @@ class LoadStrategy:
         return precision_name(self.dtype, self.quantization)
 
     @property
-    def torch_dtype(self) -> torch.dtype:
-        return TORCH_DTYPES[self.dtype]
+    def torch_dtype(self) -> "torch.dtype":
+        import torch
+
+        return getattr(torch, self.dtype)
 
     def from_pretrained_kwargs(self) -> dict[str, Any]:
         """What ``from_pretrained`` needs to load this way."""

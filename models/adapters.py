@@ -16,9 +16,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_
 from memory.strategy import LoadStrategy
 from models.base import CheckpointAdapter
 
-AdapterName = Literal["auto", "transformers", "minicpm-v-2.6"]
-TRANSFORMERS = "transformers"
-MINICPM_V_2_6 = "minicpm-v-2.6"
+from models.adapter_names import MINICPM_V_2_6, TRANSFORMERS, AdapterName  # noqa: F401 - re-exported
 _REMOTE_CODE_ADAPTERS = {"minicpmv": MINICPM_V_2_6}
 
 

@@ -5,6 +5,8 @@ tiny model, so a long, large video makes generation raise a real ``torch.OutOfMe
 replica cleans up, retries with fewer and smaller frames, and answers or hands the request off.
 """
 
+import asyncio
+
 import numpy as np
 import pytest
 import torch
@@ -39,14 +41,14 @@ def test_a_real_out_of_memory_is_retried_smaller_and_the_replica_serves_on():
         torch.cuda.set_per_process_memory_fraction(min(1.0, (torch.cuda.memory_allocated() + 2**30) / total))
 
         try:
-            answer = replica.generate(_video_request(64, 1024))
+            answer = asyncio.run(replica.generate(_video_request(64, 1024)))
         except RequestOutOfMemoryError as error:
             pytest.fail(f"the floor should fit in 1 GiB: {error}")
 
         assert answer.oom_retries, "expected at least one real out-of-memory"
         assert answer.used.video_frames < 64
         assert replica.describe()["state"] == "ready"
-        assert replica.generate(_video_request(2, 128)).oom_retries == ()
+        assert asyncio.run(replica.generate(_video_request(2, 128))).oom_retries == ()
         replica.check_health()
     finally:
         replica.close()
