@@ -9,7 +9,6 @@ annotations, or it reads a pydantic body as a query parameter.
 """
 
 import asyncio
-import json
 import logging
 import time
 from typing import Any, Awaitable
@@ -35,31 +34,29 @@ from deployments.auth import check_bearer, load_api_keys
 from deployments.chat_translation import media_error_to_api_error, to_generation_request
 from deployments.config import AppConfig
 from deployments.errors import ApiError, describe_validation_errors, error_body
+from deployments.json_body import read_json_body
 from deployments.logs import route_logs_through_serve
 from deployments.metrics import IngressMetrics
+from deployments.sse import chat_completion_events
 from deployments.replica_protocol import CPU_GROUP, DEPLOYMENT_NAMES, GPU_GROUP, ReplicaAnswer
 from deployments.router import CircuitBreaker, GroupRouter, GroupTimeouts, NoGroupAvailableError, remote_cause
 from deployments.openai_schema import (
     ChatCompletionRequest,
     chat_completion_body,
-    chat_completion_chunk,
     model_list_body,
     new_completion_id,
-    server_sent_event,
 )
 from deployments.uploads import receive_upload, remove_stale_uploads
 from memory.cleanup import return_freed_heap
 from models import media
 from models.errors import InvalidModelInputError, PromptTooLongError
-from models.requests import ChatMessage, GenerationRequest, GenerationResult, TextDelta, TextPart, VideoPart
+from models.requests import ChatMessage, GenerationRequest, TextPart, VideoPart
 from models.video import sample_video
 from models.visual_tokens import VisualTokenGeometry
 
 logger = logging.getLogger(__name__)
 
 _RETRY_AFTER_S = "5"
-# Deeper JSON is refused (400): a chat request needs 6 levels; Python's parser would hit its recursion limit.
-MAX_JSON_DEPTH = 400
 
 app = FastAPI(
     title="video-detective",
@@ -115,46 +112,6 @@ def _validation_response(request: Request, errors: Any) -> JSONResponse:
     return JSONResponse(body, status_code=422)
 
 
-async def _read_json_body(request: Request, max_bytes: int) -> Any:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise ApiError(413, f"Request body is {int(declared)} bytes; the limit is {max_bytes} bytes")
-    content_type = request.headers.get("content-type", "")
-    if content_type and not content_type.split(";")[0].strip().lower().endswith("json"):
-        raise ApiError(415, f"Content-Type {content_type!r} is not supported here; send application/json")
-    raw = await request.body()
-    if len(raw) > max_bytes:
-        raise ApiError(413, f"Request body is {len(raw)} bytes; the limit is {max_bytes} bytes")
-    if not raw:
-        raise ApiError(400, "Request body is empty; send a JSON object")
-    try:
-        payload = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ApiError(400, f"Request body is not valid JSON: {error}") from error
-    except RecursionError as error:
-        raise ApiError(400, f"Request body nests JSON deeper than {MAX_JSON_DEPTH} levels; flatten it") from error
-    depth = json_depth(payload, limit=MAX_JSON_DEPTH)
-    if depth > MAX_JSON_DEPTH:
-        raise ApiError(400, f"Request body nests JSON deeper than {MAX_JSON_DEPTH} levels; flatten it")
-    return payload
-
-
-def json_depth(value: Any, *, limit: int) -> int:
-    """How deep arrays and objects nest in ``value`` (a scalar is 0), counted without recursion; stops past ``limit``."""
-    deepest = 0
-    pending = [(value, 1)]
-    while pending:
-        item, depth = pending.pop()
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
-        if children is None:
-            continue
-        deepest = max(deepest, depth)
-        if deepest > limit:
-            return deepest
-        pending.extend((child, depth + 1) for child in children)
-    return deepest
-
-
 def _served_by_headers(answer: ReplicaAnswer) -> dict[str, str]:
     served_by = answer.served_by
     return {
@@ -162,14 +119,6 @@ def _served_by_headers(answer: ReplicaAnswer) -> dict[str, str]:
         "x-served-by-replica": served_by.replica,
         "x-served-by-precision": served_by.precision,
         "x-inference-seconds": f"{answer.inference_seconds:.4f}",
-    }
-
-
-def _usage(result: GenerationResult) -> dict[str, int]:
-    return {
-        "prompt_tokens": result.prompt_tokens,
-        "completion_tokens": result.completion_tokens,
-        "total_tokens": result.total_tokens,
     }
 
 
@@ -296,7 +245,7 @@ class Ingress:
     @app.post("/v1/chat/completions")
     async def chat_completions(self, request: Request) -> JSONResponse:
         self._authorize(request)
-        payload = await _read_json_body(request, self._config.limits.max_request_bytes)
+        payload = await read_json_body(request, self._config.limits.max_request_bytes)
         try:
             chat = ChatCompletionRequest.model_validate(payload)
         except pydantic.ValidationError as error:
@@ -316,42 +265,10 @@ class Ingress:
     ) -> StreamingResponse:
         """Server-sent ``chat.completion.chunk`` events; a client that goes away cancels the replica's generation."""
         opened, stream = await self._with_api_errors(self._router.open_stream("generate_stream", generation_request))
-        request_id = _request_id(request)
-        created = int(time.time())
-
-        def chunk(delta: dict[str, Any], finish_reason: str | None = None, usage: dict[str, int] | None = None) -> str:
-            return server_sent_event(
-                chat_completion_chunk(completion_id, self._model_id, created, delta, finish_reason, usage)
-            )
-
-        async def events():
-            finished = False
-            try:
-                yield chunk({"role": "assistant", "content": ""})
-                async for item in stream:
-                    if isinstance(item, TextDelta):
-                        yield chunk({"content": item.text})
-                    elif isinstance(item, ReplicaAnswer):
-                        yield chunk({}, finish_reason=item.result.finish_reason)
-                        if include_usage:
-                            yield server_sent_event(
-                                chat_completion_chunk(completion_id, self._model_id, created, None, None, _usage(item.result))
-                            )
-                        break
-                yield "data: [DONE]\n\n"
-                finished = True
-            except Exception as error:  # noqa: BLE001 - headers are sent: the error goes in the stream
-                cause = remote_cause(error)
-                logger.error("Request %s: stream failed after it started: %s", request_id, cause)
-                yield server_sent_event(
-                    error_body(f"The answer stopped: {type(cause).__name__}: {cause}", "server_error", request_id=request_id)
-                )
-            finally:
-                if not finished:
-                    # The client went away (or the stream failed): stop the replica's generation.
-                    stream.cancel()
-                    logger.info("Request %s: stream closed before the end; generation cancelled", request_id)
-
+        events = chat_completion_events(
+            stream, completion_id=completion_id, model_id=self._model_id, include_usage=include_usage,
+            request_id=_request_id(request),
+        )
         served_by = opened.served_by
         headers = {
             "x-served-by-group": served_by.group,
@@ -359,7 +276,7 @@ class Ingress:
             "x-served-by-precision": served_by.precision,
             "cache-control": "no-cache",
         }
-        return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+        return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
     @app.post("/v1/analyze")
     async def analyze(self, request: Request) -> JSONResponse:

@@ -7,11 +7,14 @@ A request's cost, predicted from the model config and the request's shape before
 * **vision encoder**: the tower runs one layer at a time over every patch of the request's
   images and frames; its widest layer holds about 8 activations of ``patches x width``
   (qkv, attention output, the MLP's up projection) at the compute dtype;
-* **logits**: the vocabulary in fp32 for the request's row, twice (scores and softmax).
+* **prefill activations**: the decoder runs one layer at a time over the prompt; its widest layer
+  holds about ``4 x intermediate + 4 x hidden`` values a token (gate, up, their product, the hidden
+  states), attention scores of ``heads x prompt x prompt`` in fp32 where the kernel materialises them
+  (CPU with a padding mask), and the last position's logits in fp32.
 
-Vision activations and logits are transient (prefill runs one request at a time), but a
-request is admitted only while the sum of every admitted request's whole cost fits the
-headroom, so a burst of prefills can never add up past it.
+Vision and prefill activations last one prefill; the KV cache lasts the request. A request is admitted
+only while the batch's predicted peak fits the headroom (:func:`batch_bytes`): every row's KV cache,
+left-padded to the longest row, plus the prefill of the requests joining now.
 
 Example, Qwen2-VL-2B's text widths (28 layers, 2 kv heads of 128) in bf16: 28 KiB a token;
 a 16-frame 448x448 video is 16 x 1024 patches = 16384 patches, 4096 visual tokens; with 64 text
@@ -33,6 +36,8 @@ class RequestCostModel:
     kv_bytes_per_token: int
     vision_bytes_per_patch: int
     logits_bytes_per_row: int
+    prefill_bytes_per_token: int = 0  # the decoder's widest layer over the prompt: 4 x intermediate + 4 x hidden
+    attention_bytes_per_token_pair: int = 0  # heads x fp32 scores (and the mask) over prompt x prompt
 
     @classmethod
     def from_config(cls, config: Any, *, dtype_bytes: int) -> "RequestCostModel":
@@ -42,17 +47,29 @@ class RequestCostModel:
         kv_heads = getattr(text, "num_key_value_heads", None) or num_heads
         vision = getattr(config, "vision_config", None)
         width = (getattr(vision, "embed_dim", None) or getattr(vision, "hidden_size", 0)) if vision is not None else 0
+        intermediate = getattr(text, "intermediate_size", 4 * text.hidden_size)
         return cls(
             kv_bytes_per_token=2 * text.num_hidden_layers * kv_heads * head_dim * dtype_bytes,
             vision_bytes_per_patch=width * dtype_bytes * VISION_WORKING_FACTOR,
             logits_bytes_per_row=text.vocab_size * FP32_BYTES * 2,
+            prefill_bytes_per_token=(4 * intermediate + 4 * text.hidden_size) * dtype_bytes,
+            attention_bytes_per_token_pair=(num_heads + 1) * FP32_BYTES,
+        )
+
+    def prefill_bytes(self, rows: int, longest_prompt: int) -> int:
+        """Activations of one prefill pass over ``rows`` prompts left-padded to ``longest_prompt`` tokens."""
+        return rows * (
+            longest_prompt * self.prefill_bytes_per_token
+            + longest_prompt * longest_prompt * self.attention_bytes_per_token_pair
+            + self.logits_bytes_per_row
         )
 
     def predict(self, *, prompt_tokens: int, max_new_tokens: int, visual_patches: int) -> "RequestCost":
+        """The request alone."""
         return RequestCost(
             kv_cache_bytes=self.kv_bytes_per_token * (prompt_tokens + max_new_tokens),
             vision_bytes=self.vision_bytes_per_patch * visual_patches,
-            logits_bytes=self.logits_bytes_per_row,
+            prefill_bytes=self.prefill_bytes(1, prompt_tokens),
         )
 
 
@@ -60,11 +77,11 @@ class RequestCostModel:
 class RequestCost:
     kv_cache_bytes: int
     vision_bytes: int
-    logits_bytes: int
+    prefill_bytes: int  # the decoder's activations over its prompt, and its logits
 
     @property
     def total_bytes(self) -> int:
-        return self.kv_cache_bytes + self.vision_bytes + self.logits_bytes
+        return self.kv_cache_bytes + self.vision_bytes + self.prefill_bytes
 
     def to_dict(self) -> dict[str, int]:
         return {**dataclasses.asdict(self), "total_bytes": self.total_bytes}
@@ -73,18 +90,34 @@ class RequestCost:
 Admission = Literal["admit", "wait", "never_fits"]
 
 
+def batch_bytes(
+    costs: RequestCostModel, *, row_tokens: list[int], prefill_prompts: list[int] = (), vision_bytes: int = 0
+) -> int:
+    """What a batch costs at its peak: the KV cache of every row, left-padded to the longest
+    (``rows x longest x per-token``), plus the prefill of the rows joining it now (one pass, padded to
+    the longest of their prompts) and their vision-encoder activations.
+
+    Example: a 4672-token video row beside seven 96-token text rows holds 8 x 4672 tokens of cache, not
+    4672 + 7 x 96: admitting the text rows costs 7 x 4672 tokens.
+    """
+    kv = len(row_tokens) * max(row_tokens) * costs.kv_bytes_per_token if row_tokens else 0
+    prefill = costs.prefill_bytes(len(prefill_prompts), max(prefill_prompts)) if prefill_prompts else 0
+    return kv + prefill + vision_bytes
+
+
 def admission_decision(
-    *, predicted_bytes: int, admitted_bytes: int, headroom_bytes: int, running: int, max_batch_size: int
+    *, alone_bytes: int, batch_bytes_with: int, headroom_bytes: int, running: int, max_batch_size: int
 ) -> Admission:
     """Whether a request may join the running batch now.
 
-    ``never_fits``: even alone it exceeds the headroom (make it smaller, or hand it off);
-    ``wait``: the batch is full, or the admitted requests leave too little room;
-    ``admit``: it fits beside them. Example: 6 GiB headroom, 4.5 GiB admitted, a 2 GiB request
-    waits; once a 1 GiB request finishes (3.5 GiB admitted) it is admitted.
+    ``alone_bytes``: the request's cost by itself; ``batch_bytes_with``: the batch's cost with it
+    (:func:`batch_bytes`). ``never_fits``: even alone it exceeds the headroom (make it smaller, or hand it
+    off); ``wait``: the batch is full, or would outgrow the headroom with it; ``admit``: it fits. Example:
+    6 GiB headroom, a batch predicted at 4.5 GiB that a 2 GiB request would take to 6.5 GiB: it waits;
+    once a request leaves and the batch with it is 5.5 GiB, it is admitted.
     """
-    if predicted_bytes > headroom_bytes:
+    if alone_bytes > headroom_bytes:
         return "never_fits"
-    if running >= max_batch_size or admitted_bytes + predicted_bytes > headroom_bytes:
+    if running >= max_batch_size or batch_bytes_with > headroom_bytes:
         return "wait"
     return "admit"

@@ -28,7 +28,7 @@ import json
 import logging
 import math
 import pathlib
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import transformers

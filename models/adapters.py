@@ -9,7 +9,7 @@
 
 import json
 import pathlib
-from typing import Callable, Literal
+from typing import Callable
 
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 

@@ -32,7 +32,7 @@ from typing import Any, Callable, Protocol
 
 import torch
 
-from memory.admission import RequestCost, RequestCostModel, admission_decision
+from memory.admission import RequestCost, RequestCostModel, admission_decision, batch_bytes
 from memory.cleanup import release_memory
 from memory.loader import is_out_of_memory
 from models.base import GenerationRequest, GenerationResult
@@ -74,7 +74,8 @@ class _Ticket:
     stop: threading.Event
     retries: list[OomRetry]
     alone: bool = False  # ran out of memory beside others: start only into an empty batch
-    admitted: bool = False  # its predicted bytes count in ``admitted_bytes``
+    admitted: bool = False  # it counts in ``admitted_bytes``
+    row_tokens: int = 0  # its row's longest length in the padded batch: max(prompt, batch length at admission) + max_tokens
     # The submitter's context (Serve's request id among it): log lines about this request carry its id.
     context: contextvars.Context = dataclasses.field(default_factory=contextvars.copy_context)
     sampler: TokenSampler | None = None
@@ -129,6 +130,7 @@ class BatchScheduler:
         self._on_out_of_memory = on_out_of_memory
         self._waiting: collections.deque[_Ticket] = collections.deque()
         self._running: list[_Ticket] = []
+        self._holding: list[_Ticket] = []  # admitted: being prefilled or running; what admitted_bytes prices
         self._batch: KvBatch | None = None
         self._wake = threading.Condition()
         self._closing = False
@@ -226,8 +228,9 @@ class BatchScheduler:
                 self._fail_running(error)
 
     def _fail_running(self, error: BaseException) -> None:
-        running, self._running, self._batch = self._running, [], None
-        for ticket in running:
+        """Every admitted request (running, or being prefilled) ends with ``error``; the batch is dropped."""
+        self._running, self._batch = [], None
+        for ticket in list(self._holding):
             self._end(ticket)
             ticket.sink.failed(error)
         self.stats.running = 0
@@ -236,18 +239,20 @@ class BatchScheduler:
     def _admit(self) -> list[_Ticket]:
         """Waiting requests that may start now, in arrival order (called with the lock held)."""
         admitted: list[_Ticket] = []
+        batch_length = self._batch.length if self._batch is not None else 0
         while self._waiting:
             ticket = self._waiting[0]
             if ticket.stop.is_set():
                 self._waiting.popleft()
                 self._cancelled(ticket, tokens=0)
                 continue
-            running = len(self._running) + len(admitted)
+            running = len(self._holding) + len(admitted)
             if ticket.alone and running:
                 break
+            ticket.row_tokens = max(ticket.prepared.prompt_tokens, batch_length) + ticket.request.max_new_tokens
             decision = admission_decision(
-                predicted_bytes=ticket.cost.total_bytes,
-                admitted_bytes=self.stats.admitted_bytes + sum(t.cost.total_bytes for t in admitted),
+                alone_bytes=ticket.cost.total_bytes,
+                batch_bytes_with=self._batch_bytes([*self._holding, *admitted, ticket], [*admitted, ticket]),
                 headroom_bytes=self._limits.headroom_bytes,
                 running=running,
                 max_batch_size=self._limits.max_batch_size,
@@ -257,9 +262,21 @@ class BatchScheduler:
             admitted.append(self._waiting.popleft())
         for ticket in admitted:
             ticket.admitted = True
-            self.stats.admitted_bytes += ticket.cost.total_bytes
+            self._holding.append(ticket)
+        self._recount(prefilling=admitted)
         self._count_queue()
         return admitted
+
+    def _batch_bytes(self, tickets: list[_Ticket], prefilling: list[_Ticket]) -> int:
+        return batch_bytes(
+            self._costs,
+            row_tokens=[ticket.row_tokens for ticket in tickets],
+            prefill_prompts=[ticket.prepared.prompt_tokens for ticket in prefilling],
+            vision_bytes=sum(ticket.cost.vision_bytes for ticket in prefilling),
+        )
+
+    def _recount(self, prefilling: list[_Ticket] = ()) -> None:
+        self.stats.admitted_bytes = self._batch_bytes(self._holding, list(prefilling))
 
     def _start(self, ticket: _Ticket) -> None:
         """Prefill one admitted request and join it to the batch; out of memory is handled here."""
@@ -345,6 +362,7 @@ class BatchScheduler:
             self._batch.join(rows)
         first = len(self._running)
         self._running.extend(tickets)
+        self._recount()  # prefilled: only their KV cache stays
         self.stats.running = len(self._running)
         self.stats.peak_batch_size = max(self.stats.peak_batch_size, len(self._running))
         ended = [first + index for index, (ticket, token) in enumerate(zip(tickets, tokens)) if self._emit(ticket, token)]
@@ -388,8 +406,10 @@ class BatchScheduler:
             ticket.sink.failed(error)
             return False
         ticket.cost = self._predict(ticket.prepared)
+        ticket.row_tokens = ticket.prepared.prompt_tokens + ticket.request.max_new_tokens  # it runs alone
         ticket.admitted = True
-        self.stats.admitted_bytes += ticket.cost.total_bytes
+        self._holding.append(ticket)
+        self._recount()
         return True
 
     def _step(self) -> None:
@@ -495,10 +515,11 @@ class BatchScheduler:
         self.stats.running = len(self._running)
 
     def _end(self, ticket: _Ticket) -> None:
-        """Give back an admitted request's predicted bytes (once)."""
+        """Give back an admitted request's share of the batch's predicted bytes (once)."""
         if ticket.admitted:
             ticket.admitted = False
-            self.stats.admitted_bytes -= ticket.cost.total_bytes
+            self._holding.remove(ticket)
+            self._recount()
 
     def _count_queue(self) -> None:
         self.stats.waiting = len(self._waiting)

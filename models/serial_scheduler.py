@@ -20,7 +20,7 @@ from models.scheduler import RequestSink, SchedulerStats
 
 logger = logging.getLogger(__name__)
 
-_UNPRICED = RequestCost(kv_cache_bytes=0, vision_bytes=0, logits_bytes=0)
+_UNPRICED = RequestCost(kv_cache_bytes=0, vision_bytes=0, prefill_bytes=0)
 
 
 @dataclasses.dataclass

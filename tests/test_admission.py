@@ -4,7 +4,7 @@ import pytest
 import torch
 import transformers
 
-from memory.admission import RequestCostModel, admission_decision
+from memory.admission import RequestCostModel, admission_decision, batch_bytes
 from memory.gpu import allocator_fraction
 from models.base import ChatMessage, GenerationRequest, TextPart
 
@@ -22,7 +22,9 @@ def test_the_cost_model_prices_kv_cache_vision_and_logits_from_the_config(tiny_m
     cost = costs.predict(prompt_tokens=100, max_new_tokens=28, visual_patches=64)
     assert cost.kv_cache_bytes == 128 * 512
     assert cost.vision_bytes == 64 * costs.vision_bytes_per_patch
-    assert cost.total_bytes == cost.kv_cache_bytes + cost.vision_bytes + cost.logits_bytes
+    # The widest decoder layer over 100 prompt tokens, the scores of 4 heads (and the mask), the logits.
+    assert cost.prefill_bytes == 100 * (4 * text.intermediate_size + 4 * text.hidden_size) * 4 + 100 * 100 * 5 * 4 + costs.logits_bytes_per_row
+    assert cost.total_bytes == cost.kv_cache_bytes + cost.vision_bytes + cost.prefill_bytes
 
 
 def test_the_kv_prediction_matches_the_cache_a_real_prefill_and_decode_leave(tiny_adapter):
@@ -41,21 +43,54 @@ def test_the_kv_prediction_matches_the_cache_a_real_prefill_and_decode_leave(tin
 
 
 @pytest.mark.parametrize(
-    ("predicted", "admitted", "running", "expected"),
+    ("alone", "batch_with", "running", "expected"),
     [
-        (2 * GIB, 0, 0, "admit"),
-        (2 * GIB, int(4.5 * GIB), 2, "wait"),  # 6.5 GiB would not fit 6 GiB
-        (2 * GIB, int(3.5 * GIB), 2, "admit"),
-        (1 * GIB, 0, 8, "wait"),  # the batch is full
-        (7 * GIB, 0, 0, "never_fits"),
+        (2 * GIB, 2 * GIB, 0, "admit"),
+        (2 * GIB, int(6.5 * GIB), 2, "wait"),  # the batch would outgrow 6 GiB with it
+        (2 * GIB, int(5.5 * GIB), 2, "admit"),
+        (1 * GIB, 3 * GIB, 8, "wait"),  # the batch is full
+        (7 * GIB, 7 * GIB, 0, "never_fits"),
     ],
 )
-def test_admission_against_headroom(predicted, admitted, running, expected):
+def test_admission_against_headroom(alone, batch_with, running, expected):
     decision = admission_decision(
-        predicted_bytes=predicted, admitted_bytes=admitted, headroom_bytes=6 * GIB, running=running, max_batch_size=8
+        alone_bytes=alone, batch_bytes_with=batch_with, headroom_bytes=6 * GIB, running=running, max_batch_size=8
     )
 
     assert decision == expected
+
+
+def test_a_batch_is_priced_padded_to_its_longest_row():
+    costs = RequestCostModel(kv_bytes_per_token=28 * 1024, vision_bytes_per_patch=0, logits_bytes_per_row=0)
+
+    # One 4672-token video row and seven 96-token text rows: 8 rows of 4672 tokens, not 4672 + 7 x 96.
+    assert batch_bytes(costs, row_tokens=[4672] + [96] * 7) == 8 * 4672 * 28 * 1024
+    assert batch_bytes(costs, row_tokens=[]) == 0
+
+
+def test_a_batch_joining_now_adds_its_prefill_padded_to_its_longest_prompt():
+    costs = RequestCostModel(kv_bytes_per_token=0, vision_bytes_per_patch=0, logits_bytes_per_row=10,
+                             prefill_bytes_per_token=100, attention_bytes_per_token_pair=1)
+
+    assert batch_bytes(costs, row_tokens=[], prefill_prompts=[30, 50], vision_bytes=7) == 2 * (50 * 100 + 50 * 50 + 10) + 7
+
+
+def test_the_kv_cache_a_real_batch_holds_is_what_the_batch_price_says(tiny_adapter):
+    engine = tiny_adapter.batch_engine()
+    costs = RequestCostModel.from_config(tiny_adapter.model.config, dtype_bytes=engine.kv_dtype_bytes)
+    short = GenerationRequest(messages=(ChatMessage("user", (TextPart("Hi"),)),), max_new_tokens=3)
+    long = GenerationRequest(messages=(ChatMessage("user", (TextPart("Describe the whole river scene " * 6),)),),
+                             max_new_tokens=3)
+    prompts = [engine.prepare(short), engine.prepare(long)]
+    batch, _ = engine.prefill_many(prompts)
+    for _ in range(3):
+        engine.decode(batch)
+        batch.advance(torch.zeros(2, dtype=torch.long))
+
+    longest = max(prompt.prompt_tokens for prompt in prompts) + 3
+    assert batch.kv_bytes() == batch_bytes(costs, row_tokens=[longest, longest])
+    assert batch.kv_bytes() > sum(costs.predict(prompt_tokens=p.prompt_tokens, max_new_tokens=3, visual_patches=0).kv_cache_bytes
+                                  for p in prompts)
 
 
 def test_the_allocator_cap_keeps_the_cuda_context_inside_the_share():

@@ -1,11 +1,11 @@
 """The batched forward passes on the real tiny model: rows prefilled together or alone, joined at any step,
 leaving when they end, give each request exactly the tokens ``generate`` gives it alone (greedy)."""
 
-import numpy as np
 import pytest
 import torch
 
-from models.base import ChatMessage, GenerationRequest, ImagePart, TextPart, VideoPart
+from mixed_requests import mixed_requests
+from models.base import GenerationRequest
 from models.detokenizer import IncrementalDetokenizer
 from models.kv_batch import KvBatch
 
@@ -13,17 +13,7 @@ NEW_TOKENS = 12
 
 
 def _requests() -> list[GenerationRequest]:
-    rng = np.random.default_rng(0)
-
-    def request(*parts):
-        return GenerationRequest(messages=(ChatMessage("user", tuple(parts)),), max_new_tokens=NEW_TOKENS)
-
-    return [
-        request(TextPart("What happens?")),
-        request(ImagePart(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)), TextPart("Describe the image.")),
-        request(VideoPart(rng.integers(0, 256, (4, 64, 96, 3), dtype=np.uint8)), TextPart("What is in this video?")),
-        request(VideoPart(rng.integers(0, 256, (8, 64, 64, 3), dtype=np.uint8)), TextPart("Count the people")),
-    ]
+    return mixed_requests(new_tokens=NEW_TOKENS)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import pytest
 
 from deployments.config import LimitsSettings
 from deployments.errors import ApiError
-from deployments.ingress import MAX_JSON_DEPTH, json_depth
+from deployments.json_body import MAX_JSON_DEPTH, json_depth
 from deployments.media_budget import PlannedPart, check_media_budget
 from models.visual_tokens import VisualTokenGeometry
 
