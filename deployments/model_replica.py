@@ -204,12 +204,16 @@ class ModelReplica:
                 queued_seconds=started - queued_at,
                 predicted_bytes=opened.cost.total_bytes,
             )
+        except (GeneratorExit, asyncio.CancelledError):
+            # The caller closed or cancelled the stream (client gone, router gave up): not an error of ours.
+            bridge.stop.set()
+            self._streams_cancelled += 1
+            self._metrics.record_stream_cancelled()
+            logger.info("Request on replica %s stopped before its end: the caller went away", self._replica_id)
+            raise
         finally:
             if not completed:
-                bridge.stop.set()
-                self._streams_cancelled += 1
-                self._metrics.record_stream_cancelled()
-                logger.info("Request on replica %s stopped before its end: the caller went away", self._replica_id)
+                bridge.stop.set()  # whatever ended it early, the scheduler drops the request
 
     async def generate(self, request: GenerationRequest) -> ReplicaAnswer:
         """The whole answer (for in-process callers and benchmarks; the router uses ``generate_stream``)."""
