@@ -135,7 +135,7 @@ class ModelReplica:
             self._scheduler = SerialScheduler(adapter, max_waiting=self._settings.max_ongoing_requests)
             return
         engine = adapter.batch_engine()
-        costs = RequestCostModel.from_config(self._model_config, dtype_bytes=engine.kv_dtype_bytes)
+        costs = RequestCostModel.from_config(self._model_config, dtype_bytes=engine.kv_dtype_bytes, device=strategy.device)
         limits = BatchLimits(
             max_batch_size=self._settings.max_batch_size,
             max_waiting=self._settings.max_ongoing_requests,

@@ -10,7 +10,8 @@ A request's cost, predicted from the model config and the request's shape before
 * **prefill activations**: the decoder runs one layer at a time over the prompt; its widest layer
   holds about ``4 x intermediate + 4 x hidden`` values a token (gate, up, their product, the hidden
   states), attention scores of ``heads x prompt x prompt`` in fp32 where the kernel materialises them
-  (CPU with a padding mask), and the last position's logits in fp32.
+  (CPU with a padding mask; not CUDA's memory-efficient kernel), the mask, and the last position's
+  logits in fp32.
 
 Vision and prefill activations last one prefill; the KV cache lasts the request. A request is admitted
 only while the batch's predicted peak fits the headroom (:func:`batch_bytes`): every row's KV cache,
@@ -40,7 +41,9 @@ class RequestCostModel:
     attention_bytes_per_token_pair: int = 0  # heads x fp32 scores (and the mask) over prompt x prompt
 
     @classmethod
-    def from_config(cls, config: Any, *, dtype_bytes: int) -> "RequestCostModel":
+    def from_config(cls, config: Any, *, dtype_bytes: int, device: str = "cpu") -> "RequestCostModel":
+        """``device``: on the CPU, attention with a padding mask materialises its fp32 scores (``heads`` per
+        token pair); on CUDA, SDPA's memory-efficient kernel does not, and only the mask is priced."""
         text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
         num_heads = text.num_attention_heads
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // num_heads
@@ -53,7 +56,7 @@ class RequestCostModel:
             vision_bytes_per_patch=width * dtype_bytes * VISION_WORKING_FACTOR,
             logits_bytes_per_row=text.vocab_size * FP32_BYTES * 2,
             prefill_bytes_per_token=(4 * intermediate + 4 * text.hidden_size) * dtype_bytes,
-            attention_bytes_per_token_pair=(num_heads + 1) * FP32_BYTES,
+            attention_bytes_per_token_pair=((num_heads if device == "cpu" else 0) + 1) * FP32_BYTES,
         )
 
     def prefill_bytes(self, rows: int, longest_prompt: int) -> int:

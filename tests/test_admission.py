@@ -68,6 +68,17 @@ def test_a_batch_is_priced_padded_to_its_longest_row():
     assert batch_bytes(costs, row_tokens=[]) == 0
 
 
+def test_on_cuda_attention_scores_are_not_priced_only_the_mask(tiny_model_path):
+    config = transformers.AutoConfig.from_pretrained(tiny_model_path)
+
+    cpu = RequestCostModel.from_config(config, dtype_bytes=2, device="cpu")
+    cuda = RequestCostModel.from_config(config, dtype_bytes=2, device="cuda")
+
+    assert cpu.attention_bytes_per_token_pair == (4 + 1) * 4  # 4 heads of fp32 scores, and the mask
+    assert cuda.attention_bytes_per_token_pair == 4
+    assert cuda.kv_bytes_per_token == cpu.kv_bytes_per_token
+
+
 def test_a_batch_joining_now_adds_its_prefill_padded_to_its_longest_prompt():
     costs = RequestCostModel(kv_bytes_per_token=0, vision_bytes_per_patch=0, logits_bytes_per_row=10,
                              prefill_bytes_per_token=100, attention_bytes_per_token_pair=1)

@@ -29,7 +29,7 @@ def test_the_predicted_bytes_cover_the_measured_peak_of_a_batch(tmp_path):
     adapter = HuggingFaceVisionLanguageAdapter(str(ensure_mid_model(tmp_path / "mid")), strategy=parse_strategy("bf16", "cuda"))
     adapter.load()
     engine = adapter.batch_engine()
-    costs = RequestCostModel.from_config(adapter.model.config, dtype_bytes=engine.kv_dtype_bytes)
+    costs = RequestCostModel.from_config(adapter.model.config, dtype_bytes=engine.kv_dtype_bytes, device="cuda")
     prompts = [engine.prepare(request) for request in _requests()]
     longest = max(p.prompt_tokens for p in prompts) + NEW_TOKENS  # prefilled together: padded to the longest
     predicted = batch_bytes(
