@@ -27,9 +27,9 @@ def alone(tiny_adapter):
     return tokens
 
 
-def _run(engine, groups_by_step: dict[int, list[int]]) -> list[list[int]]:
+def decode_in_batch(engine, requests: list, groups_by_step: dict[int, list[int]]) -> list[list[int]]:
     """Decode greedily; at step k, prefill the requests ``groups_by_step[k]`` together and join them."""
-    requests = _requests()
+    new_tokens = requests[0].max_new_tokens
     generated: list[list[int]] = [[] for _ in requests]
     batch: KvBatch | None = None
     rows: list[int] = []
@@ -50,7 +50,7 @@ def _run(engine, groups_by_step: dict[int, list[int]]) -> list[list[int]]:
             keep = []
             for position, index in enumerate(rows):
                 generated[index].append(int(next_tokens[position]))
-                if len(generated[index]) < NEW_TOKENS and int(next_tokens[position]) not in engine.eos_ids:
+                if len(generated[index]) < new_tokens and int(next_tokens[position]) not in engine.eos_ids:
                     keep.append(position)
             if len(keep) < len(rows):
                 if keep:
@@ -63,11 +63,11 @@ def _run(engine, groups_by_step: dict[int, list[int]]) -> list[list[int]]:
 
 
 def test_mixed_media_prefilled_in_one_pass_decode_as_if_alone(tiny_adapter, alone):
-    assert _run(tiny_adapter.batch_engine(), {0: [0, 1, 2, 3]}) == alone
+    assert decode_in_batch(tiny_adapter.batch_engine(), _requests(), {0: [0, 1, 2, 3]}) == alone
 
 
 def test_requests_joining_between_steps_and_leaving_at_their_end_decode_as_if_alone(tiny_adapter, alone):
-    assert _run(tiny_adapter.batch_engine(), {0: [0], 3: [2], 4: [1, 3]}) == alone
+    assert decode_in_batch(tiny_adapter.batch_engine(), _requests(), {0: [0], 3: [2], 4: [1, 3]}) == alone
 
 
 def test_every_inputs_kind_of_the_tiny_model_batches(tiny_adapter):

@@ -56,3 +56,23 @@ def test_qwen3_vl_prompts_carry_the_sampled_frames_real_times(tmp_path):
     prompt = adapter._processor.decode(inputs["input_ids"][0])
     # Two frames per temporal patch: (0.5 + 1.5) / 2 and (2.5 + 3.5) / 2.
     assert "<1.0 seconds>" in prompt and "<3.0 seconds>" in prompt
+
+
+def test_each_family_batches_mixed_media_as_if_each_request_ran_alone(family_model):
+    """The batch engine's positions (interleaved M-RoPE, DeepStack features) match plain ``generate``."""
+    from mixed_requests import mixed_requests
+
+    from test_batch_engine import decode_in_batch
+
+    _, path = family_model
+    loaded = load_adapter(str(path), parse_chain(["fp32"], "cpu"), measure_budget=_unlimited_budget,
+                          make_adapter=adapter_factory("transformers"))
+    adapter = loaded.model
+    requests = mixed_requests(new_tokens=8)
+    alone = []
+    for request in requests:
+        inputs, prompt_tokens = adapter._prepare(request)
+        output = adapter.model.generate(**inputs, **adapter._generation_kwargs(request))
+        alone.append(output[0, prompt_tokens:].tolist())
+
+    assert decode_in_batch(adapter.batch_engine(), requests, {0: [0, 1], 2: [2, 3]}) == alone
