@@ -205,11 +205,12 @@ class ModelReplica:
                 predicted_bytes=opened.cost.total_bytes,
             )
         except (GeneratorExit, asyncio.CancelledError):
-            # The caller closed or cancelled the stream (client gone, router gave up): not an error of ours.
-            bridge.stop.set()
-            self._streams_cancelled += 1
-            self._metrics.record_stream_cancelled()
-            logger.info("Request on replica %s stopped before its end: the caller went away", self._replica_id)
+            # The caller closed or cancelled the stream before its answer (client gone, router gave up).
+            if not completed:
+                bridge.stop.set()
+                self._streams_cancelled += 1
+                self._metrics.record_stream_cancelled()
+                logger.info("Request on replica %s stopped before its end: the caller went away", self._replica_id)
             raise
         finally:
             if not completed:

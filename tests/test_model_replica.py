@@ -65,6 +65,7 @@ def test_a_cpu_replica_loads_in_the_background_and_answers(ready_cpu_replica):
     assert batching["headroom_bytes"] > 0
     # Given back when the request left the batch (just after its answer was sent).
     wait_for_condition(lambda: replica.describe()["batching"]["admitted_bytes"] == 0, timeout_s=10)
+    assert replica.describe()["streams_cancelled"] == 0  # an answered request is not a cancelled one
 
 
 def test_a_gpu_replica_without_a_gpu_waits_for_memory_instead_of_failing(monkeypatch, replicas):
