@@ -14,10 +14,9 @@ A call to ``generate_stream`` yields, in order:
 """
 
 import dataclasses
-from typing import Any
 
 from models.request_shrink import OomRetry, RequestSize
-from models.requests import GenerationResult, TextDelta
+from models.requests import GenerationResult
 
 GPU_GROUP = "gpu"
 CPU_GROUP = "cpu"
@@ -44,11 +43,10 @@ class Accepted:
 
 @dataclasses.dataclass(frozen=True)
 class StreamOpened:
-    """Who serves the request and what it runs on; ``first`` is the first text piece, when streaming text."""
+    """The request was admitted and its first token exists: who serves it, and what the model sees."""
 
     served_by: ServedBy
     used: RequestSize  # smaller than asked when it was shrunk to fit, or after out-of-memory retries
-    first: TextDelta | None = None
     predicted_bytes: int = 0
 
 
@@ -62,6 +60,3 @@ class ReplicaAnswer:
     used_timestamps_s: tuple[float, ...] = ()
     queued_seconds: float = 0.0
     predicted_bytes: int = 0
-
-    def to_log(self) -> dict[str, Any]:
-        return {"served_by": dataclasses.asdict(self.served_by), "inference_seconds": self.inference_seconds}
