@@ -65,10 +65,10 @@ def classify(error: BaseException) -> Outcome | None:
     """Whether an error before admission moves the call to the other group, and why; ``None``: it does not."""
     if isinstance(error, _PhaseTimeout):
         return error.outcome
-    cause = remote_cause(error)
-    if isinstance(error, BROKEN_ERRORS) or isinstance(cause, BROKEN_ERRORS):
+    cause = remote_cause(error)  # the error itself when Ray did not wrap it
+    if isinstance(cause, BROKEN_ERRORS):
         return Outcome.BROKEN
-    if isinstance(error, BUSY_ERRORS) or isinstance(cause, BUSY_ERRORS):
+    if isinstance(cause, BUSY_ERRORS):
         return Outcome.BUSY
     return None
 

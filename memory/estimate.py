@@ -34,6 +34,7 @@ import torch
 import transformers
 from torch import nn
 
+from memory.admission import RequestCostModel
 from memory.budget import DEFAULT_CUDA_CONTEXT_BYTES  # noqa: F401 - re-exported
 from memory.strategy import Quantization, precision_name  # noqa: F401 - re-exported
 
@@ -240,32 +241,22 @@ def visual_tokens(shape: RequestShape, *, patch_size: int = 14, merge_size: int 
 def activation_reserve_bytes(config: transformers.PretrainedConfig, shape: RequestShape, dtype_bytes: int = 2) -> int:
     """Memory one request of this shape needs beyond the weights, with a 2x margin.
 
-    KV cache: 2 (K and V) x layers x kv_heads x head_dim x dtype_bytes per token,
-    for prompt (text + visual tokens) plus output. Vision tower: its hidden
-    states over every patch, times a working factor of 8 (qkv, mlp, norms) for
-    the widest layer, which runs one layer at a time. The logits of the last
-    position in fp32. Example: Qwen2-VL-7B (28 layers, 4 kv heads of 128),
+    Priced by admission's cost model (:mod:`memory.admission`): KV cache for prompt
+    (text + visual tokens) plus output, the vision tower's widest layer over every
+    patch, and the last position's logits in fp32. Example: Qwen2-VL-7B (28 layers, 4 kv heads of 128),
     16 frames of 448x448: 2048 visual + 1536 text tokens = 3584 tokens x 57 KiB
     = 200 MiB of KV cache; vision 16 x 1024 patches x 1280 x 2 B x 8 = 320 MiB.
     """
-    text = getattr(config, "text_config", config)
     vision = getattr(config, "vision_config", None)
     patch_size = getattr(vision, "patch_size", 14) if vision is not None else 14
     merge_size = getattr(vision, "spatial_merge_size", 2) if vision is not None else 2
     temporal = getattr(vision, "temporal_patch_size", 2) if vision is not None else 2
     tokens = visual_tokens(shape, patch_size=patch_size, merge_size=merge_size, temporal_patch_size=temporal)
+    costs = RequestCostModel.from_config(config, dtype_bytes=dtype_bytes)
     sequence = tokens + shape.max_prompt_text_tokens + shape.max_new_tokens
-    num_heads = text.num_attention_heads
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // num_heads
-    kv_heads = getattr(text, "num_key_value_heads", None) or num_heads
-    kv_cache = 2 * text.num_hidden_layers * kv_heads * head_dim * dtype_bytes * sequence
-    vision_bytes = 0
-    if vision is not None:
-        patches = tokens * merge_size**2
-        width = getattr(vision, "embed_dim", None) or getattr(vision, "hidden_size", 0)
-        vision_bytes = patches * width * dtype_bytes * 8
-    logits = text.vocab_size * FP32_BYTES * 2
-    return 2 * (kv_cache + vision_bytes + logits)
+    kv_cache = costs.kv_bytes_per_token * sequence
+    vision_bytes = costs.vision_bytes_per_patch * tokens * merge_size**2
+    return 2 * (kv_cache + vision_bytes + costs.logits_bytes_per_row)
 
 
 def _unique_tensors(tensors) -> list[torch.Tensor]:

@@ -1,8 +1,9 @@
-"""Prefill one request, decode many: the forward passes a batch scheduler runs on a transformers model.
+"""Prefill and decode: the forward passes a batch scheduler runs on a transformers model.
 
-:meth:`HfBatchEngine.prefill` runs one request alone, with its own media (pixel
-values, grids, multimodal RoPE), and returns its cache as a one-row
-:class:`~models.kv_batch.KvBatch` plus the logits of its first new token.
+:meth:`HfBatchEngine.prefill_many` runs the prompts admitted together in one pass (ids
+left-padded, media concatenated: pixel values, grids, multimodal RoPE) and returns their caches
+as a :class:`~models.kv_batch.KvBatch` plus the logits of each first new token; ``prefill``
+is the one-request case.
 :meth:`HfBatchEngine.decode` runs one step for every row of a joined batch, with each
 row's own rotary position, and leaves the new keys and values in the batch's cache.
 
@@ -19,7 +20,7 @@ import transformers
 
 from memory.fault_injection import raise_if_simulated_out_of_memory
 from models.base import GenerationRequest
-from models.kv_batch import KvBatch
+from models.kv_batch import KvBatch, left_pad
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +28,7 @@ class PreparedPrompt:
     """A request turned into model inputs by the processor, with what its cost depends on."""
 
     request: GenerationRequest
-    inputs: Any  # the processor's BatchFeature, on the model's device
+    inputs: Any  # the processor's BatchFeature, on the CPU until its prefill
     prompt_tokens: int
     visual_patches: int  # vision-encoder patches over all images and frames
 
@@ -35,8 +36,7 @@ class PreparedPrompt:
 class HfBatchEngine:
     def __init__(self, model: transformers.PreTrainedModel, processor: Any, prepare: Any) -> None:
         self._model = model
-        self._processor = processor
-        self._prepare = prepare  # request -> (inputs on device, prompt tokens); raises the adapter's input errors
+        self._prepare = prepare  # (request, on_device=) -> (inputs, prompt tokens); raises the adapter's input errors
         self.tokenizer = processor.tokenizer
         self.device = model.device
         self.eos_ids = eos_token_ids(model.generation_config)
@@ -93,11 +93,11 @@ class HfBatchEngine:
     def _collate(self, prompts: list[PreparedPrompt]) -> dict[str, torch.Tensor]:
         length = max(int(prepared.inputs["input_ids"].shape[1]) for prepared in prompts)
         collated: dict[str, torch.Tensor] = {}
-        for key in prompts[0].inputs.keys() | {key for prepared in prompts for key in prepared.inputs.keys()}:
+        for key in {key for prepared in prompts for key in prepared.inputs.keys()}:
             values = [prepared.inputs[key] for prepared in prompts if prepared.inputs.get(key) is not None]
             if key in _PADDED:
                 pad = self.tokenizer.pad_token_id if key == "input_ids" else _PADDED[key]
-                collated[key] = torch.cat([_left_pad(value, length, pad or 0) for value in values], dim=0)
+                collated[key] = torch.cat([left_pad(value, length, pad or 0) for value in values], dim=0)
             else:
                 collated[key] = torch.cat(values, dim=0)
         return collated
@@ -119,13 +119,6 @@ class HfBatchEngine:
 # Per-token inputs, left-padded to the longest prompt (the value pads them), and media inputs that stack.
 _PADDED = {"input_ids": 0, "attention_mask": 0, "mm_token_type_ids": 0}
 _CONCATENATED = {"pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw"}
-
-
-def _left_pad(tensor: torch.Tensor, length: int, value: int) -> torch.Tensor:
-    missing = length - tensor.shape[1]
-    if missing == 0:
-        return tensor
-    return torch.cat([tensor.new_full((tensor.shape[0], missing), value), tensor], dim=1)
 
 
 def eos_token_ids(generation_config: transformers.GenerationConfig) -> set[int]:

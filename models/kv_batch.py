@@ -1,9 +1,8 @@
 """The running batch's KV cache: rows of different lengths, left-padded into one cache.
 
-Each request is prefilled alone (its own media, its own prompt length) into a
-``DynamicCache`` of batch 1. :class:`KvBatch` joins such rows into one cache of
-batch B by left-padding every layer's keys and values to the longest row, with an
-attention mask that marks the padding, so one forward pass decodes a token for
+Requests are prefilled (alone, or several left-padded together) into a ``DynamicCache``.
+:class:`KvBatch` joins such caches into one of batch B by left-padding every layer's keys
+and values to the longest row, with an attention mask that marks the padding, so one forward pass decodes a token for
 every row. A row that finishes leaves at once; columns that only padding still
 uses are trimmed away.
 
@@ -75,10 +74,10 @@ class KvBatch:
         # by their own length, which is the mask's plus the same offset in both batches.
         kv_length = max(self.cache.layers[0].keys.shape[-2], other.cache.layers[0].keys.shape[-2])
         for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
-            mine.keys = torch.cat([_left_pad(mine.keys, kv_length), _left_pad(theirs.keys, kv_length)], dim=0)
-            mine.values = torch.cat([_left_pad(mine.values, kv_length), _left_pad(theirs.values, kv_length)], dim=0)
+            mine.keys = torch.cat([left_pad(mine.keys, kv_length), left_pad(theirs.keys, kv_length)], dim=0)
+            mine.values = torch.cat([left_pad(mine.values, kv_length), left_pad(theirs.values, kv_length)], dim=0)
         self.attention_mask = torch.cat(
-            [_left_pad(self.attention_mask, length), _left_pad(other.attention_mask, length)], dim=0
+            [left_pad(self.attention_mask, length), left_pad(other.attention_mask, length)], dim=0
         )
         self.next_positions = torch.cat([self.next_positions, other.next_positions])
         self.last_tokens = torch.cat([self.last_tokens, other.last_tokens])
@@ -138,12 +137,12 @@ def _cache_of(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
     return cache
 
 
-def _left_pad(tensor: torch.Tensor, length: int) -> torch.Tensor:
-    """Pad the sequence dimension (-2 for 4-D keys and values, -1 for a 2-D mask) on the left with zeros."""
+def left_pad(tensor: torch.Tensor, length: int, value: int = 0) -> torch.Tensor:
+    """Pad the sequence dimension (-2 for 4-D keys and values, -1 for 2-D ids and masks) on the left with ``value``."""
     seq_dim = -2 if tensor.dim() == 4 else -1
     missing = length - tensor.shape[seq_dim]
     if missing == 0:
         return tensor
     shape = list(tensor.shape)
     shape[seq_dim] = missing
-    return torch.cat([tensor.new_zeros(shape), tensor], dim=seq_dim)
+    return torch.cat([tensor.new_full(shape, value), tensor], dim=seq_dim)

@@ -147,22 +147,22 @@ class BatchScheduler:
         its limit, input the processor refuses, a request too big for this replica even at the
         shrink floor, or a full queue (:class:`ReplicaBusyError`).
         """
+        self._check_room()  # before the processor runs: a full queue refuses at once
+        prepared, cost, retries = self._fitting(self._engine.prepare(request))
+        ticket = _Ticket(prepared=prepared, cost=cost, sink=sink, stop=stop, retries=retries)
+        with self._wake:
+            self._check_room()  # again under the lock: others may have queued meanwhile
+            self._waiting.append(ticket)
+            self._count_queue()
+            self._wake.notify()
+
+    def _check_room(self) -> None:
+        if self._closing:
+            raise SchedulerClosedError("This replica stopped taking requests (its model is being unloaded)")
         if len(self._waiting) >= self._limits.max_waiting:
             raise ReplicaBusyError(
                 f"{len(self._waiting)} requests are waiting on this replica (limit {self._limits.max_waiting})"
             )
-        prepared, cost, retries = self._fitting(self._engine.prepare(request))
-        ticket = _Ticket(prepared=prepared, cost=cost, sink=sink, stop=stop, retries=retries)
-        with self._wake:
-            if self._closing:
-                raise SchedulerClosedError("This replica stopped taking requests (its model is being unloaded)")
-            if len(self._waiting) >= self._limits.max_waiting:
-                raise ReplicaBusyError(
-                    f"{len(self._waiting)} requests are waiting on this replica (limit {self._limits.max_waiting})"
-                )
-            self._waiting.append(ticket)
-            self._count_queue()
-            self._wake.notify()
 
     def _fitting(self, prepared: PreparedPrompt) -> tuple[PreparedPrompt, RequestCost, list[OomRetry]]:
         """Shrink a request that can never fit the headroom until it does; hand it off at the floor."""
