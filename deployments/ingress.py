@@ -122,6 +122,7 @@ def _served_by_headers(answer: ReplicaAnswer) -> dict[str, str]:
     }
 
 
+_REASON_CHARS = 300  # a dead replica's error carries its whole traceback
 _DESCRIBE_TIMEOUT_S = 10.0
 # After an upload this large, freed heap pages go back to the OS (a few ms).
 _TRIM_AFTER_UPLOAD_BYTES = 16 * 1024 * 1024
@@ -221,15 +222,16 @@ class Ingress:
                     timeout_s=_DESCRIBE_TIMEOUT_S, return_exceptions=True
                 )
             except TimeoutError:
-                return name, [{"state": "unreachable", "reason": f"no answer within {_DESCRIBE_TIMEOUT_S:g} s"}]
+                return name, [{"replica": None, "state": "unreachable", "reason": f"no answer within {_DESCRIBE_TIMEOUT_S:g} s"}]
             except (DeploymentUnavailableError, RayServeException) as error:
                 # No replica running: unschedulable (no GPU node), starting, or restarting.
                 reason = self._gpu_status_message if name == GPU_GROUP and self._gpu_status_message else str(error)
-                return name, [{"state": "not_running", "reason": reason}]
+                return name, [{"replica": None, "state": "not_running", "reason": reason}]
             described = []
             for result in results:
                 if isinstance(result, BaseException):
-                    described.append({"state": "unreachable", "reason": f"{type(result).__name__}"})
+                    reason = f"{type(result).__name__}: {result}"[:_REASON_CHARS]
+                    described.append({"replica": None, "state": "unreachable", "reason": reason})
                 else:
                     described.append(result)
             return name, described

@@ -137,15 +137,26 @@ class GroupRouter:
         self.gpu_running_replicas: int | None = None
 
     async def call(self, method: str, *args: Any) -> ReplicaAnswer:
-        """The whole answer of the streaming ``method`` (asked for without its text pieces)."""
-        _, stream = await self.open_stream(method, *args, stream_text=False)
+        """The whole answer of the streaming ``method`` (asked for without its text pieces).
+
+        Nothing has reached the client yet, so a GPU replica that dies (or is unloaded) after it
+        admitted the call is a broken group like any other: the breaker opens and the CPU group
+        answers the call from the start.
+        """
+        opened, stream = await self.open_stream(method, *args, stream_text=False)
         try:
-            async for item in stream:
-                if isinstance(item, ReplicaAnswer):
-                    return item
-        finally:
-            stream.cancel()  # no-op after the end; stops the replica's work if this caller was cancelled
-        raise RuntimeError(f"{method} ended without an answer")
+            return await _answer_of(stream, method)
+        except BaseException as error:
+            if opened.served_by.group != GPU_GROUP or self._cpu is None or classify(error) is not Outcome.BROKEN:
+                raise
+            reason = f"replica {opened.served_by.replica} ended mid-call: {_describe(error)}"
+        self.breaker.record_failure(reason)
+        logger.warning("GPU group broke during a call (%s); the CPU group answers it from the start", reason)
+        self._on_fallback(reason)
+        _, cpu_reason, reopened = await self._try_group(CPU_GROUP, self._cpu, method, args, False)
+        if reopened is None:
+            raise NoGroupAvailableError(f"GPU group: {reason}; CPU group: {cpu_reason}", busy=False)
+        return await _answer_of(reopened[1], method)
 
     async def open_stream(self, method: str, *args: Any, stream_text: bool = True) -> tuple[StreamOpened, DeploymentResponseGenerator]:
         """Start the streaming ``method`` on the group that admits it; its :class:`StreamOpened` and the rest."""
@@ -217,6 +228,16 @@ class GroupRouter:
 
 
 _BUSY_PREFIX = "busy: "
+
+
+async def _answer_of(stream: DeploymentResponseGenerator, method: str) -> ReplicaAnswer:
+    try:
+        async for item in stream:
+            if isinstance(item, ReplicaAnswer):
+                return item
+    finally:
+        stream.cancel()  # no-op after the end; stops the replica's work if this caller was cancelled
+    raise RuntimeError(f"{method} ended without an answer")
 
 
 async def _next(stream: DeploymentResponseGenerator, timeout_s: float, outcome: Outcome, what: str) -> Any:

@@ -7,11 +7,12 @@ error to raise; it records whether the router cancelled it.
 import asyncio
 
 import pytest
+from ray.exceptions import ActorDiedError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from deployments.replica_protocol import Accepted, ReplicaAnswer, ServedBy, StreamOpened
 from deployments.router import CircuitBreaker, GroupRouter, GroupTimeouts, NoGroupAvailableError
-from models.errors import PromptTooLongError, ReplicaBusyError, RequestOutOfMemoryError
+from models.errors import PromptTooLongError, ReplicaBusyError, RequestOutOfMemoryError, SchedulerClosedError
 from models.request_shrink import RequestSize
 from models.requests import GenerationResult, TextDelta
 from test_circuit_breaker import Clock
@@ -198,3 +199,31 @@ def test_the_stream_opens_on_the_first_token_and_the_rest_follows():
 
     assert opened.served_by.group == "gpu"
     assert isinstance(rest[0], TextDelta) and isinstance(rest[-1], ReplicaAnswer)
+
+
+@pytest.mark.parametrize("death", [ActorDiedError(), SchedulerClosedError("the model is being unloaded")])
+def test_a_gpu_replica_that_dies_after_admission_is_answered_again_by_the_cpu_group_and_opens_the_breaker(death):
+    script = _script("gpu")
+    script[2] = death  # admitted, first token out, then the replica is gone
+    gpu, cpu = Handle(script), Handle(_script("cpu"))
+    router = _router(gpu, cpu)
+
+    answer = _call(router)
+
+    assert answer.served_by.group == "cpu"
+    assert len(cpu.streams) == 1
+    assert router.breaker.state == "open"
+    assert "replica r1 ended mid-call" in router.breaker.last_reason
+
+
+def test_a_request_fault_after_admission_is_not_retried_on_the_cpu_group():
+    script = _script("gpu")
+    script[2] = PromptTooLongError("too long")
+    gpu, cpu = Handle(script), Handle(_script("cpu"))
+    router = _router(gpu, cpu)
+
+    with pytest.raises(PromptTooLongError):
+        _call(router)
+
+    assert cpu.streams == []
+    assert router.breaker.state == "closed"
