@@ -127,7 +127,8 @@ def main() -> int:
         failed=sum(status != 200 for status in statuses),
         request_out_of_memory=final["request_out_of_memory"],
         peak_batch_size=final["batching"]["peak_batch_size"],
-        peak_admitted_bytes=peaks["admitted"],
+        peak_admitted_bytes=final["batching"]["peak_admitted_bytes"],  # the scheduler's own peak, not a poll's
+        polled_admitted_bytes=peaks["admitted"],
         peak_rss_growth_bytes=peaks["rss"] - idle_rss,
     )
     if args.json:

@@ -21,6 +21,7 @@ import transformers
 from memory.fault_injection import raise_if_simulated_out_of_memory
 from models.base import GenerationRequest
 from models.kv_batch import KvBatch, left_pad
+from models.request_shrink import media_pixels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +32,12 @@ class PreparedPrompt:
     inputs: Any  # the processor's BatchFeature, on the CPU until its prefill
     prompt_tokens: int
     visual_patches: int  # vision-encoder patches over all images and frames
+    input_bytes: int = 0  # the processor's tensors (ids, masks, pixel values), exactly; dropped after the prefill
+    media_bytes: int = 0  # the request's own frames and images (RGB bytes), held until it ends
+
+    def without_inputs(self) -> "PreparedPrompt":
+        """After its prefill: only the KV cache is needed, so the processor's tensors can go."""
+        return dataclasses.replace(self, inputs=None, input_bytes=0)
 
 
 class HfBatchEngine:
@@ -53,7 +60,14 @@ class HfBatchEngine:
         for grid in ("image_grid_thw", "video_grid_thw"):
             if inputs.get(grid) is not None:
                 patches += int(inputs[grid].prod(dim=-1).sum())
-        return PreparedPrompt(request=request, inputs=inputs, prompt_tokens=prompt_tokens, visual_patches=patches)
+        return PreparedPrompt(
+            request=request,
+            inputs=inputs,
+            prompt_tokens=prompt_tokens,
+            visual_patches=patches,
+            input_bytes=sum(value.nbytes for value in inputs.values() if isinstance(value, torch.Tensor)),
+            media_bytes=3 * media_pixels(request),
+        )
 
     def batchable(self, prepared: PreparedPrompt) -> bool:
         """Whether this request's inputs can be prefilled together with others' (padded ids, concatenated media)."""

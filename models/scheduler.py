@@ -20,7 +20,9 @@ Each request keeps its own sampling settings and seed, its own stream of text, i
   still does not fit ends with an out-of-memory error, and the other rows go on untouched.
 
 A request whose prediction exceeds the headroom even alone is shrunk before it is queued, or
-handed off; it is never tried into an out-of-memory.
+handed off; it is never tried into an out-of-memory. On the CPU the batch's price includes what
+every request in the replica holds in the same RAM, waiting or running: its frames and, until its
+prefill (after which they are dropped), the processor's tensors.
 """
 
 import collections
@@ -96,9 +98,11 @@ class SchedulerStats:
 
     waiting: int = 0
     running: int = 0
-    admitted_bytes: int = 0
+    admitted_bytes: int = 0  # the batch's predicted peak, with the inputs held beside it (CPU)
     waiting_bytes: int = 0
     headroom_bytes: int = 0
+    waiting_input_bytes: int = 0  # waiting requests' frames and processor tensors, exactly
+    peak_admitted_bytes: int = 0
     peak_batch_size: int = 0
     steps: int = 0
     cancelled: int = 0
@@ -193,6 +197,8 @@ class BatchScheduler:
             prompt_tokens=prepared.prompt_tokens,
             max_new_tokens=prepared.request.max_new_tokens,
             visual_patches=prepared.visual_patches,
+            input_bytes=prepared.input_bytes,
+            media_bytes=prepared.media_bytes,
         )
 
     def close(self, timeout_s: float = 60.0) -> None:
@@ -263,20 +269,28 @@ class BatchScheduler:
         for ticket in admitted:
             ticket.admitted = True
             self._holding.append(ticket)
+        self._count_queue()  # first: the admitted ones leave the waiting requests' inputs
         self._recount(prefilling=admitted)
-        self._count_queue()
         return admitted
 
     def _batch_bytes(self, tickets: list[_Ticket], prefilling: list[_Ticket]) -> int:
+        if self._costs.inputs_in_compute_memory:
+            # Every request in the replica holds its inputs in the batch's RAM. The waiting count was
+            # taken under the lock, and still includes the requests being admitted from it now.
+            inputs = self.stats.waiting_input_bytes + sum(_held_input_bytes(ticket) for ticket in self._holding)
+        else:
+            inputs = sum(ticket.prepared.input_bytes for ticket in prefilling)  # copied to the device to prefill
         return batch_bytes(
             self._costs,
             row_tokens=[ticket.row_tokens for ticket in tickets],
             prefill_prompts=[ticket.prepared.prompt_tokens for ticket in prefilling],
             vision_bytes=sum(ticket.cost.vision_bytes for ticket in prefilling),
+            input_bytes=inputs,
         )
 
     def _recount(self, prefilling: list[_Ticket] = ()) -> None:
         self.stats.admitted_bytes = self._batch_bytes(self._holding, list(prefilling))
+        self.stats.peak_admitted_bytes = max(self.stats.peak_admitted_bytes, self.stats.admitted_bytes)
 
     def _start(self, ticket: _Ticket) -> None:
         """Prefill one admitted request and join it to the batch; out of memory is handled here."""
@@ -296,11 +310,11 @@ class BatchScheduler:
                 # Beside a running batch: make the batch smaller first, by letting it drain.
                 ticket.log(logging.WARNING, "Prefill ran out of memory beside %d running rows; it waits to run alone (%s)",
                            len(self._running), cause)
-                self._end(ticket)
                 ticket.alone = True
                 with self._wake:
                     self._waiting.appendleft(ticket)
                     self._count_queue()
+                self._end(ticket)  # after: its inputs are counted as waiting again
                 return
             if not self._shrink_after_oom(ticket, cause, freed.gpu_reserved_freed_bytes + freed.process_rss_freed_bytes):
                 return
@@ -362,7 +376,9 @@ class BatchScheduler:
             self._batch.join(rows)
         first = len(self._running)
         self._running.extend(tickets)
-        self._recount()  # prefilled: only their KV cache stays
+        for ticket in tickets:
+            ticket.prepared = ticket.prepared.without_inputs()
+        self._recount()  # prefilled: only their KV cache (and, on the CPU, their frames) stays
         self.stats.running = len(self._running)
         self.stats.peak_batch_size = max(self.stats.peak_batch_size, len(self._running))
         ended = [first + index for index, (ticket, token) in enumerate(zip(tickets, tokens)) if self._emit(ticket, token)]
@@ -522,5 +538,12 @@ class BatchScheduler:
             self._recount()
 
     def _count_queue(self) -> None:
+        """Called with the lock held: submitters append to the queue from their own threads."""
         self.stats.waiting = len(self._waiting)
         self.stats.waiting_bytes = sum(ticket.cost.total_bytes for ticket in self._waiting)
+        self.stats.waiting_input_bytes = sum(_held_input_bytes(ticket) for ticket in self._waiting)
+
+
+def _held_input_bytes(ticket: _Ticket) -> int:
+    """What a request's inputs hold in host memory now: its frames, and the processor's tensors until its prefill."""
+    return ticket.prepared.media_bytes + ticket.prepared.input_bytes

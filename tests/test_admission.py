@@ -7,6 +7,7 @@ import transformers
 from memory.admission import RequestCostModel, admission_decision, batch_bytes
 from memory.gpu import allocator_fraction
 from models.base import ChatMessage, GenerationRequest, TextPart
+from mixed_requests import mixed_requests
 
 GIB = 1024**3
 
@@ -50,6 +51,7 @@ def test_the_kv_prediction_matches_the_cache_a_real_prefill_and_decode_leave(tin
         (2 * GIB, int(5.5 * GIB), 2, "admit"),
         (1 * GIB, 3 * GIB, 8, "wait"),  # the batch is full
         (7 * GIB, 7 * GIB, 0, "never_fits"),
+        (2 * GIB, 7 * GIB, 0, "admit"),  # an empty batch: others' queued inputs are no reason to wait
     ],
 )
 def test_admission_against_headroom(alone, batch_with, running, expected):
@@ -112,3 +114,30 @@ def test_the_allocator_cap_keeps_the_cuda_context_inside_the_share():
     assert 2 * (fraction * 80 * GIB + GIB // 2) <= 80 * GIB
     with pytest.raises(ValueError, match="leaves nothing after the"):
         allocator_fraction(0.01, total_bytes=8 * GIB, context_bytes=GIB)
+
+
+def test_a_requests_inputs_are_priced_exactly_its_frames_only_where_they_share_the_compute_memory(tiny_adapter):
+    engine = tiny_adapter.batch_engine()
+    video_request = mixed_requests(new_tokens=2)[2]
+    frames = video_request.messages[0].content[0].frames
+    prepared = engine.prepare(video_request)
+    config = tiny_adapter.model.config
+    cpu = RequestCostModel.from_config(config, dtype_bytes=4, device="cpu")
+    cuda = RequestCostModel.from_config(config, dtype_bytes=4, device="cuda")
+
+    def cost(costs: RequestCostModel):
+        return costs.predict(prompt_tokens=prepared.prompt_tokens, max_new_tokens=2, visual_patches=prepared.visual_patches,
+                             input_bytes=prepared.input_bytes, media_bytes=prepared.media_bytes)
+
+    tensors = sum(value.nbytes for value in prepared.inputs.values() if isinstance(value, torch.Tensor))
+    assert prepared.media_bytes == frames.nbytes == 4 * 64 * 96 * 3
+    assert prepared.input_bytes == tensors > prepared.inputs["pixel_values_videos"].nbytes > 0
+    assert cost(cpu).input_bytes == tensors + frames.nbytes  # queued in the batch's RAM
+    assert cost(cuda).input_bytes == tensors  # host memory until its prefill copies the tensors
+    assert prepared.without_inputs().input_bytes == 0 and prepared.without_inputs().media_bytes == frames.nbytes
+
+
+def test_inputs_held_beside_a_batch_add_to_its_price():
+    costs = RequestCostModel(kv_bytes_per_token=10, vision_bytes_per_patch=0, logits_bytes_per_row=0)
+
+    assert batch_bytes(costs, row_tokens=[5, 5], input_bytes=1000) == 2 * 5 * 10 + 1000

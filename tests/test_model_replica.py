@@ -113,6 +113,23 @@ def test_concurrent_requests_share_decode_steps_and_each_gets_its_own_answer(rea
     assert replica.describe()["batching"]["peak_batch_size"] >= 2
 
 
+def test_on_the_cpu_a_videos_frames_and_tensors_are_in_the_batch_price_until_it_leaves(ready_cpu_replica):
+    replica = ready_cpu_replica()
+    frames = np.random.default_rng(0).integers(0, 256, (8, 64, 64, 3), dtype=np.uint8)
+    video = GenerationRequest(messages=(ChatMessage("user", (VideoPart(frames), TextPart("what happens?"))),),
+                              max_new_tokens=3)
+    text_only = generate(replica, REQUEST).predicted_bytes
+
+    answer = generate(replica, video)
+
+    # Its prediction holds the 8 frames (98304 bytes) and the processor's pixel values beside its KV cache.
+    assert answer.predicted_bytes > text_only + frames.nbytes
+    batching = replica.describe()["batching"]
+    assert batching["peak_admitted_bytes"] >= answer.predicted_bytes
+    wait_for_condition(lambda: replica.describe()["batching"]["admitted_bytes"] == 0, timeout_s=10)
+    assert replica.describe()["batching"]["waiting_input_bytes"] == 0
+
+
 def _prefill_out_of_memory(request):
     raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.00 GiB")
 
