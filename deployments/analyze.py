@@ -1,27 +1,41 @@
 """``POST /v1/analyze``: a video file and a question in, an answer with its frames, timings and tokens out.
 
-The form fields are checked here (:func:`parse_analyze_fields`) and the answer is built here
-(:func:`analyze_body`); the route in :mod:`deployments.ingress` streams the upload to a temporary
-file, samples the frames off the event loop and calls the replica groups.
+:func:`analyze_upload` does the whole request for the route in :mod:`deployments.ingress`: it streams
+the upload to a temporary file, checks the form fields (:func:`parse_analyze_fields`), samples the
+frames off the event loop, asks the replica groups, and builds the answer (:func:`analyze_body`).
 """
 
+import asyncio
+import logging
 import math
+import time
 import uuid
-from typing import Any
+from typing import Any, Awaitable, Callable
+
+from starlette.requests import Request
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from deployments.config import LimitsSettings
+from deployments.chat_translation import media_error_to_api_error
+from deployments.config import AppConfig, LimitsSettings
 from deployments.errors import ApiError, describe_validation_errors
 from deployments.openai_schema import SEED_MAX
 from deployments.replica_protocol import ReplicaAnswer
-from models.video import FrameSelection, SampledVideo
+from deployments.uploads import receive_upload
+from memory.cleanup import return_freed_heap
+from models import media
+from models.requests import ChatMessage, GenerationRequest, TextPart, VideoPart
+from models.video import FrameSelection, SampledVideo, sample_video
+
+logger = logging.getLogger(__name__)
 
 VIDEO_FIELD = "video"
 TEXT_FIELDS = frozenset({"question", "frames", "fps", "max_tokens", "temperature", "seed", "model"})
 # What a video part may declare itself as; anything else (text/plain, image/png, ...) is a 415.
 ACCEPTED_PART_TYPES = ("video/", "application/octet-stream", "application/x-matroska")
+# After an upload this large, freed heap pages go back to the OS (a few ms).
+_TRIM_AFTER_UPLOAD_BYTES = 16 * 1024 * 1024
 
 
 class AnalyzeFields(BaseModel):
@@ -142,3 +156,66 @@ def analyze_body(
         },
         "out_of_memory_retries": [retry.to_dict() for retry in answer.oom_retries],
     }
+
+
+async def analyze_upload(
+    request: Request,
+    *,
+    request_id: str,
+    model_id: str,
+    config: AppConfig,
+    check_served_model: Callable[[str | None], None],
+    generate: Callable[[GenerationRequest], Awaitable[ReplicaAnswer]],
+) -> tuple[dict[str, Any], ReplicaAnswer]:
+    """The whole ``/v1/analyze`` request: its answer's body, and the replica's answer (for its headers)."""
+    started = time.perf_counter()
+    limits = config.limits
+    async with receive_upload(
+        request,
+        file_field=VIDEO_FIELD,
+        text_fields=TEXT_FIELDS,
+        max_file_bytes=limits.max_upload_bytes,
+        max_field_bytes=limits.max_question_bytes,
+        directory=config.ingress.upload_dir,
+    ) as upload:
+        received = time.perf_counter()
+        fields = parse_analyze_fields(upload.fields, limits)
+        check_served_model(fields.model)
+        check_part_type(upload.content_type)
+        try:
+            sampled = await asyncio.to_thread(sample_video, upload.path, frame_selection(fields, limits), limits.video_limits())
+        except media.MediaError as error:
+            raise media_error_to_api_error(error, VIDEO_FIELD) from error
+    if upload.size_bytes >= _TRIM_AFTER_UPLOAD_BYTES:
+        # The body passed through this process in Serve's message buffers; glibc keeps their pages.
+        await asyncio.to_thread(return_freed_heap)
+    logger.info(
+        "Request %s: %s (%d bytes, %s/%s, %.1f s) sampled to %d frames of %dx%d in %.3f s (%d seeks, %d decoded)",
+        request_id, upload.filename or "(no name)", upload.size_bytes, sampled.info.container, sampled.info.codec,
+        sampled.info.duration_s, len(sampled.timestamps_s), sampled.frames.shape[2], sampled.frames.shape[1],
+        sampled.decode_seconds, sampled.seeks, sampled.decoded_frames,
+    )
+    video = VideoPart(frames=sampled.frames, timestamps_s=sampled.timestamps_s)
+    answer = await generate(GenerationRequest(
+        messages=(ChatMessage(role="user", content=(video, TextPart(fields.question))),),
+        max_new_tokens=fields.max_tokens or limits.default_max_tokens,
+        temperature=fields.temperature if fields.temperature is not None else config.generation.default_temperature,
+        seed=fields.seed,
+        max_prompt_tokens=limits.max_prompt_tokens,
+    ))
+    timings = {
+        "upload_s": received - started,
+        "decode_s": sampled.decode_seconds,
+        "inference_s": answer.inference_seconds,
+        "total_s": time.perf_counter() - started,
+    }
+    body = analyze_body(
+        request_id=request_id,
+        model_id=model_id,
+        filename=upload.filename,
+        size_bytes=upload.size_bytes,
+        sampled=sampled,
+        answer=answer,
+        timings=timings,
+    )
+    return body, answer

@@ -22,16 +22,9 @@ from ray.serve.exceptions import DeploymentUnavailableError, RayServeException
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from deployments.analyze import (
-    TEXT_FIELDS,
-    VIDEO_FIELD,
-    analyze_body,
-    check_part_type,
-    frame_selection,
-    parse_analyze_fields,
-)
+from deployments.analyze import analyze_upload
 from deployments.auth import check_bearer, load_api_keys
-from deployments.chat_translation import media_error_to_api_error, to_generation_request
+from deployments.chat_translation import to_generation_request
 from deployments.config import AppConfig
 from deployments.errors import ApiError, describe_validation_errors, error_body
 from deployments.json_body import read_json_body
@@ -46,12 +39,9 @@ from deployments.openai_schema import (
     model_list_body,
     new_completion_id,
 )
-from deployments.uploads import receive_upload, remove_stale_uploads
-from memory.cleanup import return_freed_heap
-from models import media
+from deployments.uploads import remove_stale_uploads
 from models.errors import InvalidModelInputError, PromptTooLongError
-from models.requests import ChatMessage, GenerationRequest, TextPart, VideoPart
-from models.video import sample_video
+from models.requests import GenerationRequest
 from models.visual_tokens import VisualTokenGeometry
 
 logger = logging.getLogger(__name__)
@@ -124,8 +114,6 @@ def _served_by_headers(answer: ReplicaAnswer) -> dict[str, str]:
 
 _REASON_CHARS = 300  # a dead replica's error carries its whole traceback
 _DESCRIBE_TIMEOUT_S = 10.0
-# After an upload this large, freed heap pages go back to the OS (a few ms).
-_TRIM_AFTER_UPLOAD_BYTES = 16 * 1024 * 1024
 # Upload files older than this at start-up were left by an ingress that died mid-request.
 _STALE_UPLOAD_S = 6 * 3600.0
 _GPU_WATCH_PERIOD_S = 2.0
@@ -284,63 +272,13 @@ class Ingress:
     async def analyze(self, request: Request) -> JSONResponse:
         """A video file (multipart field ``video``) and a ``question``; see :mod:`deployments.analyze`."""
         self._authorize(request)
-        started = time.perf_counter()
-        limits = self._config.limits
-        request_id = _request_id(request)
-        async with receive_upload(
+        body, answer = await analyze_upload(
             request,
-            file_field=VIDEO_FIELD,
-            text_fields=TEXT_FIELDS,
-            max_file_bytes=limits.max_upload_bytes,
-            max_field_bytes=limits.max_question_bytes,
-            directory=self._config.ingress.upload_dir,
-        ) as upload:
-            received = time.perf_counter()
-            fields = parse_analyze_fields(upload.fields, limits)
-            self._check_served_model(fields.model)
-            check_part_type(upload.content_type)
-            try:
-                sampled = await asyncio.to_thread(
-                    sample_video, upload.path, frame_selection(fields, limits), limits.video_limits()
-                )
-            except media.MediaError as error:
-                raise media_error_to_api_error(error, VIDEO_FIELD) from error
-        if upload.size_bytes >= _TRIM_AFTER_UPLOAD_BYTES:
-            # The body passed through this process in Serve's message buffers; glibc keeps their pages.
-            await asyncio.to_thread(return_freed_heap)
-        logger.info(
-            "Request %s: %s (%d bytes, %s/%s, %.1f s) sampled to %d frames of %dx%d in %.3f s (%d seeks, %d decoded)",
-            request_id, upload.filename or "(no name)", upload.size_bytes, sampled.info.container, sampled.info.codec,
-            sampled.info.duration_s, len(sampled.timestamps_s), sampled.frames.shape[2], sampled.frames.shape[1],
-            sampled.decode_seconds, sampled.seeks, sampled.decoded_frames,
-        )
-        generation_request = GenerationRequest(
-            messages=(
-                ChatMessage(
-                    role="user",
-                    content=(VideoPart(frames=sampled.frames, timestamps_s=sampled.timestamps_s), TextPart(fields.question)),
-                ),
-            ),
-            max_new_tokens=fields.max_tokens or limits.default_max_tokens,
-            temperature=fields.temperature if fields.temperature is not None else self._config.generation.default_temperature,
-            seed=fields.seed,
-            max_prompt_tokens=limits.max_prompt_tokens,
-        )
-        answer = await self._generate(generation_request)
-        timings = {
-            "upload_s": received - started,
-            "decode_s": sampled.decode_seconds,
-            "inference_s": answer.inference_seconds,
-            "total_s": time.perf_counter() - started,
-        }
-        body = analyze_body(
-            request_id=request_id,
+            request_id=_request_id(request),
             model_id=self._model_id,
-            filename=upload.filename,
-            size_bytes=upload.size_bytes,
-            sampled=sampled,
-            answer=answer,
-            timings=timings,
+            config=self._config,
+            check_served_model=self._check_served_model,
+            generate=self._generate,
         )
         return JSONResponse(body, headers=_served_by_headers(answer))
 
