@@ -6,6 +6,7 @@ and never reaches a model replica.
 
 import re
 
+from deployments.chat_parameters import decoding_options
 from deployments.config import AppConfig
 from deployments.errors import ApiError
 from deployments.media_budget import PlannedPart, check_media_budget, check_part_count
@@ -55,6 +56,9 @@ def to_generation_request(
             f"max_tokens: {max_tokens} requested; the limit is {limits.max_tokens}",
             param="max_tokens",
         )
+    if (request.n or 1) > limits.max_choices:
+        raise ApiError(400, f"n: {request.n} choices asked; the limit is {limits.max_choices} (limits.max_choices)", param="n")
+    options = decoding_options(request, max_tokens=max_tokens)  # before any media is decoded
     for index, message in enumerate(request.messages):
         _check_message(message, f"messages[{index}]", config)
     media_parts = [
@@ -88,6 +92,7 @@ def to_generation_request(
         temperature=temperature,
         seed=request.seed,
         max_prompt_tokens=limits.max_prompt_tokens,
+        options=options,
     )
 
 

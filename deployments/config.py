@@ -114,6 +114,9 @@ class LimitsSettings(_Strict):
     )
     default_max_tokens: int = Field(default=64, gt=0, description="New tokens when a request sets none.")
     max_tokens: int = Field(default=512, gt=0, description="Most new tokens a request may ask for.")
+    max_choices: int = Field(
+        default=8, gt=0, description="Most choices (n) in one chat request; each is a row in the replica's batch."
+    )
 
     @model_validator(mode="after")
     def _default_within_max(self) -> "LimitsSettings":

@@ -9,6 +9,7 @@ annotations, or it reads a pydantic body as a query parameter.
 """
 
 import asyncio
+import dataclasses
 import logging
 import time
 from typing import Any, Awaitable
@@ -17,6 +18,7 @@ import pydantic
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+import ray
 from ray import serve
 from ray.serve.exceptions import DeploymentUnavailableError, RayServeException
 from ray.serve.handle import DeploymentHandle
@@ -24,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments.analyze import analyze_upload
 from deployments.auth import check_bearer, load_api_keys
+from deployments.chat_parameters import refuse_unsupported
 from deployments.chat_translation import to_generation_request
 from deployments.config import AppConfig
 from deployments.errors import ApiError, describe_validation_errors, error_body
@@ -36,11 +39,13 @@ from deployments.router import CircuitBreaker, GroupRouter, GroupTimeouts, NoGro
 from deployments.openai_schema import (
     ChatCompletionRequest,
     chat_completion_body,
+    model_body,
     model_list_body,
+    SEED_MAX,
     new_completion_id,
 )
 from deployments.uploads import remove_stale_uploads
-from models.errors import InvalidModelInputError, PromptTooLongError
+from models.errors import InvalidModelInputError, InvalidParameterError, PromptTooLongError
 from models.requests import GenerationRequest
 from models.visual_tokens import VisualTokenGeometry
 
@@ -102,6 +107,14 @@ def _validation_response(request: Request, errors: Any) -> JSONResponse:
     return JSONResponse(body, status_code=422)
 
 
+def _choices(request: GenerationRequest, n: int) -> list[GenerationRequest]:
+    """``n`` requests for ``n`` choices, sent together so that the replicas batch them; a seeded request's
+    choice ``i`` is seeded ``seed + i`` (each different, all reproducible)."""
+    if request.seed is None:
+        return [request] * n
+    return [dataclasses.replace(request, seed=(request.seed + index) % (SEED_MAX + 1)) for index in range(n)]
+
+
 def _served_by_headers(answer: ReplicaAnswer) -> dict[str, str]:
     served_by = answer.served_by
     return {
@@ -135,6 +148,8 @@ class Ingress:
         self._geometry = VisualTokenGeometry() if source == "tiny" else VisualTokenGeometry.from_model_folder(source)
         self._api_keys = load_api_keys(config.auth)
         self._started = int(time.time())
+        # What one request may use here: its prompt (limits.max_prompt_tokens) plus its answer (limits.max_tokens).
+        self._max_model_len = config.limits.max_prompt_tokens + config.limits.max_tokens
         self._fallbacks = 0
         self._metrics = IngressMetrics()
         self._router = GroupRouter(
@@ -180,6 +195,19 @@ class Ingress:
     async def readyz(self, request: Request) -> JSONResponse:
         """200 while some group can serve (``degraded`` when not all can), 503 when none can."""
         self._authorize(request)
+        body, serving = await self._readiness()
+        headers = {} if serving else {"Retry-After": _RETRY_AFTER_S}
+        return JSONResponse(body, status_code=200 if serving else 503, headers=headers)
+
+    @app.get("/health")
+    async def health(self) -> JSONResponse:
+        """``/readyz`` on the path vLLM and TGI use (benchmark clients probe it first); no key needed, so the
+        body is the status alone, without the replicas' reasons."""
+        body, serving = await self._readiness()
+        headers = {} if serving else {"Retry-After": _RETRY_AFTER_S}
+        return JSONResponse({"status": body["status"]}, status_code=200 if serving else 503, headers=headers)
+
+    async def _readiness(self) -> tuple[dict[str, Any], bool]:
         groups = await self._describe_groups()
         summary = {}
         for name, replicas in groups.items():
@@ -194,8 +222,7 @@ class Ingress:
         all_up = all(group["status"] == "up" for group in summary.values())
         status = "ready" if all_up else ("degraded" if any_up else "unavailable")
         body = {"status": status, "groups": summary, "gpu_breaker": self._router.breaker.state, "fallbacks": self._fallbacks}
-        headers = {} if any_up else {"Retry-After": _RETRY_AFTER_S}
-        return JSONResponse(body, status_code=200 if any_up else 503, headers=headers)
+        return body, any_up
 
     @app.get("/v1/memory")
     async def memory(self, request: Request) -> dict[str, Any]:
@@ -230,36 +257,59 @@ class Ingress:
     @app.get("/v1/models")
     async def list_models(self, request: Request) -> dict[str, Any]:
         self._authorize(request)
-        return model_list_body(self._model_id, self._started)
+        return model_list_body(self._model_id, self._started, self._max_model_len)
+
+    @app.get("/v1/models/{model_id:path}")
+    async def get_model(self, model_id: str, request: Request) -> dict[str, Any]:
+        self._authorize(request)
+        self._check_served_model(model_id)
+        return model_body(self._model_id, self._started, self._max_model_len)
+
+    @app.get("/version")
+    async def version(self) -> dict[str, str]:
+        return {"version": app.version, "ray": ray.__version__}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(self, request: Request) -> JSONResponse:
         self._authorize(request)
         payload = await read_json_body(request, self._config.limits.max_request_bytes)
+        refuse_unsupported(payload)
         try:
             chat = ChatCompletionRequest.model_validate(payload)
         except pydantic.ValidationError as error:
             return _validation_response(request, error.errors())
         self._check_served_model(chat.model)
+        if chat.user:
+            logger.info("Request %s is from user %r", _request_id(request), chat.user)
         generation_request = await asyncio.to_thread(to_generation_request, chat, self._config, self._geometry)
+        choices = _choices(generation_request, chat.n or 1)
         completion_id = new_completion_id()
         if chat.stream:
             include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
-            return await self._stream_chat(request, generation_request, completion_id, include_usage)
-        answer = await self._generate(generation_request)
-        body = chat_completion_body(completion_id, self._model_id, answer.result)
-        return JSONResponse(body, headers=_served_by_headers(answer))
+            return await self._stream_chat(request, choices, completion_id, include_usage)
+        answers = await asyncio.gather(*(self._generate(choice) for choice in choices))
+        body = chat_completion_body(completion_id, self._model_id, [answer.result for answer in answers])
+        return JSONResponse(body, headers=_served_by_headers(answers[0]))
 
     async def _stream_chat(
-        self, request: Request, generation_request: GenerationRequest, completion_id: str, include_usage: bool
+        self, request: Request, choices: list[GenerationRequest], completion_id: str, include_usage: bool
     ) -> StreamingResponse:
         """Server-sent ``chat.completion.chunk`` events; a client that goes away cancels the replica's generation."""
-        opened, stream = await self._with_api_errors(self._router.open_stream("generate_stream", generation_request))
-        events = chat_completion_events(
-            stream, completion_id=completion_id, model_id=self._model_id, include_usage=include_usage,
-            request_id=_request_id(request),
+        opened = await asyncio.gather(
+            *(self._with_api_errors(self._router.open_stream("generate_stream", choice)) for choice in choices),
+            return_exceptions=True,
         )
-        served_by = opened.served_by
+        failed = [item for item in opened if isinstance(item, BaseException)]
+        if failed:
+            for item in opened:
+                if not isinstance(item, BaseException):
+                    item[1].cancel()
+            raise failed[0]
+        events = chat_completion_events(
+            [stream for _, stream in opened], completion_id=completion_id, model_id=self._model_id,
+            include_usage=include_usage, request_id=_request_id(request),
+        )
+        served_by = opened[0][0].served_by
         headers = {
             "x-served-by-group": served_by.group,
             "x-served-by-replica": served_by.replica,
@@ -306,6 +356,9 @@ class Ingress:
             ) from error
         except PromptTooLongError as error:
             raise ApiError(413, str(remote_cause(error)), code="prompt_too_long") from error
+        except InvalidParameterError as error:
+            cause = remote_cause(error)
+            raise ApiError(400, str(cause), param=getattr(cause, "param", None), code="invalid_parameter") from error
         except NoGroupAvailableError as error:
             what = "Every model replica is busy" if error.busy else "No model replica can take the request now"
             raise ApiError(

@@ -192,7 +192,7 @@ class ModelReplica:
                 if isinstance(item, GenerationResult):
                     break
                 if stream_text:
-                    yield TextDelta(item)
+                    yield item
             completed = True
             yield ReplicaAnswer(
                 result=item,

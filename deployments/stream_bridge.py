@@ -13,7 +13,7 @@ from typing import Any
 
 from memory.admission import RequestCost
 from models.request_shrink import OomRetry
-from models.requests import GenerationRequest, GenerationResult
+from models.requests import GenerationRequest, GenerationResult, TextDelta
 
 
 class Opened:
@@ -32,8 +32,8 @@ class StreamBridge:
     def opened(self, used: GenerationRequest, retries: tuple[OomRetry, ...], cost: RequestCost) -> None:
         self._put(Opened(used, retries, cost))
 
-    def text(self, piece: str) -> None:
-        self._put(piece)
+    def text(self, delta: TextDelta) -> None:
+        self._put(delta)
 
     def finished(self, result: GenerationResult) -> None:
         self._put(result)
@@ -47,7 +47,7 @@ class StreamBridge:
 
     # -- the event loop's side -----------------------------------------------------------------
 
-    async def next(self) -> Opened | str | GenerationResult:
+    async def next(self) -> Opened | TextDelta | GenerationResult:
         """The next event; an error the scheduler reported is raised here."""
         item = await self._items.get()
         if isinstance(item, BaseException):

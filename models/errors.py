@@ -27,3 +27,15 @@ class ReplicaBusyError(RuntimeError):
 
 class SchedulerClosedError(RuntimeError):
     """The replica stopped taking requests (unloaded, shutting down) before this one started; another may take it."""
+
+
+class InvalidParameterError(ValueError):
+    """A request parameter this replica cannot honour as given (a schema that does not compile, a token id
+    past the vocabulary, an option the model's adapter does not support); ``param`` names it."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+    def __reduce__(self):  # Ray pickles errors across processes; keep both arguments
+        return type(self), (self.param, str(self))

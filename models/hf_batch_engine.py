@@ -47,6 +47,8 @@ class HfBatchEngine:
         self.tokenizer = processor.tokenizer
         self.device = model.device
         self.eos_ids = eos_token_ids(model.generation_config)
+        output = model.get_output_embeddings()
+        self.vocab_size = output.out_features if output is not None else model.config.get_text_config().vocab_size
         self._inner = getattr(model, "model", None)
         self._mrope = hasattr(self._inner, "rope_deltas")
 

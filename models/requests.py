@@ -44,12 +44,48 @@ class ChatMessage:
 
 
 @dataclasses.dataclass(frozen=True)
+class ResponseFormat:
+    """Structured output: ``json_object`` (any JSON object) or ``json_schema`` (``schema_json`` validates it)."""
+
+    kind: Literal["json_object", "json_schema"]
+    schema_json: str | None = None  # serialised with sorted keys: one schema, one compiled grammar
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodingOptions:
+    """What shapes each next token and ends the answer, beyond temperature and seed (OpenAI's and vLLM's names).
+
+    The defaults change nothing: every token may come, none is penalised, only the end token or
+    ``max_tokens`` ends the answer.
+    """
+
+    top_p: float = 1.0
+    top_k: int = 0  # 0: no cut
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
+    min_tokens: int = 0  # no end token (and no stop string) before this many tokens
+    ignore_eos: bool = False
+    stop: tuple[str, ...] = ()
+    logprobs: bool = False
+    top_logprobs: int = 0
+    response_format: ResponseFormat | None = None
+
+    @property
+    def is_default(self) -> bool:
+        return self == DecodingOptions()
+
+
+@dataclasses.dataclass(frozen=True)
 class GenerationRequest:
     messages: tuple[ChatMessage, ...]
     max_new_tokens: int = 64
     temperature: float = 0.0
     seed: int | None = None
     max_prompt_tokens: int | None = None
+    options: DecodingOptions = DecodingOptions()
 
     @property
     def num_images(self) -> int:
@@ -63,11 +99,21 @@ class GenerationRequest:
 
 
 @dataclasses.dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's log-probability under the model, and the most likely alternatives at its place."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
 class GenerationResult:
     text: str
     prompt_tokens: int
     completion_tokens: int
     finish_reason: FinishReason
+    logprobs: tuple[TokenLogprob, ...] | None = None  # when the request asked for them
 
     @property
     def total_tokens(self) -> int:
@@ -76,6 +122,7 @@ class GenerationResult:
 
 @dataclasses.dataclass(frozen=True)
 class TextDelta:
-    """A piece of streamed answer text."""
+    """A piece of streamed answer text, with its tokens' log-probabilities when asked for."""
 
     text: str
+    logprobs: tuple[TokenLogprob, ...] = ()

@@ -37,12 +37,13 @@ import torch
 from memory.admission import RequestCost, RequestCostModel, admission_decision, batch_bytes
 from memory.cleanup import release_memory
 from memory.loader import is_out_of_memory
-from models.base import GenerationRequest, GenerationResult
-from models.detokenizer import IncrementalDetokenizer
-from models.errors import ReplicaBusyError, RequestOutOfMemoryError, SchedulerClosedError, StreamOutOfMemoryError
+from models.base import GenerationRequest, GenerationResult, TextDelta
+from models.answer_builder import AnswerBuilder
+from models.errors import InvalidParameterError, ReplicaBusyError, RequestOutOfMemoryError, SchedulerClosedError, StreamOutOfMemoryError
 from models.hf_batch_engine import HfBatchEngine, PreparedPrompt
 from models.kv_batch import KvBatch
 from models.request_shrink import OomRetry, ShrinkFloor, request_size, shrink_request
+from models.grammar import GrammarCompiler
 from models.token_sampler import TokenSampler
 
 logger = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class RequestSink(Protocol):
 
     def opened(self, used: GenerationRequest, retries: tuple[OomRetry, ...], cost: RequestCost) -> None: ...
 
-    def text(self, piece: str) -> None: ...
+    def text(self, delta: TextDelta) -> None: ...
 
     def finished(self, result: GenerationResult) -> None: ...
 
@@ -80,8 +81,9 @@ class _Ticket:
     row_tokens: int = 0  # its row's longest length in the padded batch: max(prompt, batch length at admission) + max_tokens
     # The submitter's context (Serve's request id among it): log lines about this request carry its id.
     context: contextvars.Context = dataclasses.field(default_factory=contextvars.copy_context)
+    grammar: Any = None  # the compiled response_format, when the request has one
     sampler: TokenSampler | None = None
-    detokenizer: IncrementalDetokenizer | None = None
+    answer: AnswerBuilder | None = None
     sent_chars: int = 0
 
     @property
@@ -139,6 +141,7 @@ class BatchScheduler:
         self._wake = threading.Condition()
         self._closing = False
         self.stats = SchedulerStats(headroom_bytes=limits.headroom_bytes)
+        self._grammars = GrammarCompiler(engine.tokenizer, engine.vocab_size, tuple(sorted(engine.eos_ids)))
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -152,8 +155,11 @@ class BatchScheduler:
         shrink floor, or a full queue (:class:`ReplicaBusyError`).
         """
         self._check_room()  # before the processor runs: a full queue refuses at once
+        check_options(request, self._engine.vocab_size)
+        response_format = request.options.response_format
+        grammar = self._grammars.compile(response_format) if response_format is not None else None
         prepared, cost, retries = self._fitting(self._engine.prepare(request))
-        ticket = _Ticket(prepared=prepared, cost=cost, sink=sink, stop=stop, retries=retries)
+        ticket = _Ticket(prepared=prepared, cost=cost, sink=sink, stop=stop, retries=retries, grammar=grammar)
         with self._wake:
             self._check_room()  # again under the lock: others may have queued meanwhile
             self._waiting.append(ticket)
@@ -365,11 +371,20 @@ class BatchScheduler:
         """Prefilled requests join the running batch: each samples its first token and starts streaming."""
         tokens = []
         for index, ticket in enumerate(tickets):
-            ticket.sampler = TokenSampler(ticket.request, self._engine.device)
-            ticket.detokenizer = IncrementalDetokenizer(self._engine.tokenizer)
+            end_ids = frozenset(self._engine.eos_ids)
+            ticket.sampler = TokenSampler(
+                ticket.request,
+                self._engine.device,
+                prompt_ids=ticket.prepared.inputs["input_ids"] if ticket.request.options.repetition_penalty != 1.0 else None,
+                end_ids=end_ids,
+                grammar=self._grammars.new_state(ticket.grammar) if ticket.grammar is not None else None,
+            )
+            ticket.answer = AnswerBuilder(
+                self._engine.tokenizer, ticket.request, end_ids=end_ids, prompt_tokens=ticket.prepared.prompt_tokens
+            )
             ticket.sink.opened(ticket.request, tuple(ticket.retries), ticket.cost)
             tokens.append(ticket.sampler.next_token(logits[index]))
-        rows.last_tokens = torch.tensor(tokens, dtype=torch.long, device=rows.last_tokens.device)
+        rows.last_tokens = torch.tensor([token for token, _ in tokens], dtype=torch.long, device=rows.last_tokens.device)
         if self._batch is None:
             self._batch = rows
         else:
@@ -437,7 +452,7 @@ class BatchScheduler:
         if logits is None:
             return
         next_tokens = [ticket.sampler.next_token(logits[index]) for index, ticket in enumerate(tickets)]
-        batch.advance(torch.tensor(next_tokens, dtype=torch.long))
+        batch.advance(torch.tensor([token for token, _ in next_tokens], dtype=torch.long))
         ended = [index for index, (ticket, token) in enumerate(zip(tickets, next_tokens)) if self._emit(ticket, token)]
         if ended:
             self._leave(ended)
@@ -476,39 +491,23 @@ class BatchScheduler:
         joined = KvBatch.concatenate([part[0] for part in parts])
         return joined, [t for part in parts for t in part[1]], torch.cat([part[2] for part in parts])
 
-    def _emit(self, ticket: _Ticket, token: int) -> bool:
-        """Send the text ``token`` completes; ``True`` when the request has ended."""
-        detokenizer = ticket.detokenizer
-        finished = token in self._engine.eos_ids
-        if not finished:
-            piece = detokenizer.push(token)
-        else:
-            detokenizer.ids.append(token)
-            piece = ""
-        generated = len(detokenizer.ids)
-        if not finished and generated >= ticket.request.max_new_tokens:
-            finished = True
-        if finished:
-            text = detokenizer.text()
-            piece += text[ticket.sent_chars + len(piece):]  # what the window held back at the very end
-        if piece:
-            ticket.sent_chars += len(piece)
-            ticket.sink.text(piece)
-        if finished:
-            reason = "stop" if token in self._engine.eos_ids else "length"
-            ticket.sink.finished(GenerationResult(
-                text=detokenizer.text(),
-                prompt_tokens=ticket.prepared.prompt_tokens,
-                completion_tokens=generated,
-                finish_reason=reason,
-            ))
-        return finished
+    def _emit(self, ticket: _Ticket, sampled: tuple[int, Any]) -> bool:
+        """Send the text the sampled token completes; ``True`` when the request has ended."""
+        token, logprobs = sampled
+        pushed = ticket.answer.push(token, logprobs, grammar_complete=ticket.sampler.grammar_complete)
+        if pushed.delta is not None:
+            ticket.sent_chars += len(pushed.delta.text)
+            ticket.sink.text(pushed.delta)
+        if pushed.result is not None:
+            ticket.sink.finished(pushed.result)
+            return True
+        return False
 
     def _drop_stopped(self) -> None:
         stopped = [index for index, ticket in enumerate(self._running) if ticket.stop.is_set()]
         for index in stopped:
             ticket = self._running[index]
-            self._cancelled(ticket, tokens=len(ticket.detokenizer.ids))
+            self._cancelled(ticket, tokens=ticket.answer.generated)
         if stopped:
             self._leave(stopped)
 
@@ -542,6 +541,15 @@ class BatchScheduler:
         self.stats.waiting = len(self._waiting)
         self.stats.waiting_bytes = sum(ticket.cost.total_bytes for ticket in self._waiting)
         self.stats.waiting_input_bytes = sum(_held_input_bytes(ticket) for ticket in self._waiting)
+
+
+def check_options(request: GenerationRequest, vocab_size: int) -> None:
+    """What only the replica can check about a request's decoding options: token ids against its vocabulary."""
+    for token, _ in request.options.logit_bias:
+        if not 0 <= token < vocab_size:
+            raise InvalidParameterError(
+                "logit_bias", f"logit_bias names token {token}; this model's token ids are 0 to {vocab_size - 1}"
+            )
 
 
 def _held_input_bytes(ticket: _Ticket) -> int:

@@ -15,7 +15,8 @@ from memory.admission import RequestCost
 from memory.cleanup import release_memory
 from memory.loader import is_out_of_memory
 from models.base import CheckpointAdapter, GenerationRequest, GenerationResult, TextDelta
-from models.errors import ReplicaBusyError, RequestOutOfMemoryError, SchedulerClosedError, StreamOutOfMemoryError
+from models.requests import DecodingOptions
+from models.errors import InvalidParameterError, ReplicaBusyError, RequestOutOfMemoryError, SchedulerClosedError, StreamOutOfMemoryError
 from models.scheduler import RequestSink, SchedulerStats
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,13 @@ class SerialScheduler:
         self._thread.start()
 
     def submit(self, request: GenerationRequest, sink: RequestSink, stop: threading.Event) -> None:
+        if not request.options.is_default:
+            raise InvalidParameterError(
+                _first_set_option(request),
+                "This model's adapter runs its own generate loop, which takes only max_tokens, temperature and seed; "
+                "stop, logprobs, response_format, top_p, top_k, min_p, penalties, logit_bias, min_tokens and "
+                "ignore_eos need a model served with continuous batching",
+            )
         with self._wake:
             if self._closing:
                 raise SchedulerClosedError("This replica stopped taking requests (its model is being unloaded)")
@@ -86,7 +94,7 @@ class SerialScheduler:
             for item in self._adapter.stream(job.request, job.stop.is_set):
                 if isinstance(item, TextDelta):
                     sent = True
-                    job.sink.text(item.text)
+                    job.sink.text(item)
                 elif isinstance(item, GenerationResult):
                     job.sink.finished(item)
             return
@@ -99,3 +107,11 @@ class SerialScheduler:
         self.stats.request_ooms += 1
         error_type = StreamOutOfMemoryError if sent else RequestOutOfMemoryError
         job.sink.failed(error_type(f"ran out of memory: {cause}"))
+
+
+def _first_set_option(request: GenerationRequest) -> str:
+    defaults = DecodingOptions()
+    for field in dataclasses.fields(DecodingOptions):
+        if getattr(request.options, field.name) != getattr(defaults, field.name):
+            return field.name
+    return "options"
