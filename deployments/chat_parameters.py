@@ -46,12 +46,14 @@ REFUSED: dict[str, tuple[str, tuple[Any, ...]]] = {
 KNOWN = frozenset(ChatCompletionRequest.model_fields)
 
 
-def refuse_unsupported(payload: Any) -> None:
-    """A 400 naming the first parameter that is refused or unknown (the body must be a JSON object)."""
+def refuse_unsupported(payload: Any) -> dict[str, Any]:
+    """The body without refused parameters sent "off"; a 400 naming the first one that is refused or unknown."""
     if not isinstance(payload, dict):
         raise ApiError(400, "The request body must be a JSON object", code="invalid_body")
+    honoured = {}
     for name, value in payload.items():
         if name in KNOWN:
+            honoured[name] = value
             continue
         if name in REFUSED:
             why, off_values = REFUSED[name]
@@ -64,6 +66,7 @@ def refuse_unsupported(payload: Any) -> None:
             param=name,
             code="unknown_parameter",
         )
+    return honoured
 
 
 def decoding_options(chat: ChatCompletionRequest, *, max_tokens: int) -> DecodingOptions:

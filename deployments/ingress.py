@@ -273,9 +273,8 @@ class Ingress:
     async def chat_completions(self, request: Request) -> JSONResponse:
         self._authorize(request)
         payload = await read_json_body(request, self._config.limits.max_request_bytes)
-        refuse_unsupported(payload)
         try:
-            chat = ChatCompletionRequest.model_validate(payload)
+            chat = ChatCompletionRequest.model_validate(refuse_unsupported(payload))
         except pydantic.ValidationError as error:
             return _validation_response(request, error.errors())
         self._check_served_model(chat.model)

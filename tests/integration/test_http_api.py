@@ -204,7 +204,9 @@ BAD_INPUTS = {
     "max_tokens over the limit": ({"json": _chat("hi", max_tokens=100_000)}, 400, "the limit is 4000"),
     "max_tokens of zero": ({"json": _chat("hi", max_tokens=0)}, 422, "max_tokens"),
     "temperature out of range": ({"json": _chat("hi", temperature=7)}, 422, "temperature"),
-    "more than one choice": ({"json": _chat("hi", n=2)}, 422, "n:"),
+    "more choices than the limit": ({"json": _chat("hi", n=9)}, 400, "n: 9 choices asked; the limit is 8"),
+    "tool calling": ({"json": _chat("hi", tools=[{"type": "function", "function": {"name": "f"}}])}, 400, "tools: tool calling"),
+    "an unknown parameter": ({"json": _chat("hi", temprature=0.5)}, 400, "temprature: unknown parameter"),
     "media in a system message": (
         {"json": {"messages": [{"role": "system", "content": [{"type": "image_url", "image_url": {"url": PNG_URL}}]}]}},
         400,
