@@ -22,6 +22,8 @@ from deployments.config import AppConfig, LimitsSettings
 from deployments.errors import ApiError, describe_validation_errors
 from deployments.openai_schema import SEED_MAX
 from deployments.replica_protocol import ReplicaAnswer
+from deployments.files_api import FilesService
+from deployments.metrics import IngressMetrics
 from deployments.uploads import receive_upload
 from memory.cleanup import return_freed_heap
 from models import media
@@ -31,7 +33,7 @@ from models.video import FrameSelection, SampledVideo, sample_video
 logger = logging.getLogger(__name__)
 
 VIDEO_FIELD = "video"
-TEXT_FIELDS = frozenset({"question", "frames", "fps", "max_tokens", "temperature", "seed", "model"})
+TEXT_FIELDS = frozenset({"question", "frames", "fps", "max_tokens", "temperature", "seed", "model", "file_id"})
 # What a video part may declare itself as; anything else (text/plain, image/png, ...) is a 415.
 ACCEPTED_PART_TYPES = ("video/", "application/octet-stream", "application/x-matroska")
 # After an upload this large, freed heap pages go back to the OS (a few ms).
@@ -48,6 +50,7 @@ class AnalyzeFields(BaseModel):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     seed: int | None = Field(default=None, ge=0, le=SEED_MAX)
     model: str | None = None
+    file_id: str | None = Field(default=None, description="An uploaded video (POST /v1/files), instead of a video part.")
 
     @field_validator("question")
     @classmethod
@@ -119,7 +122,7 @@ def analyze_body(
     size_bytes: int,
     sampled: SampledVideo,
     answer: ReplicaAnswer,
-    timings: dict[str, float],
+    timings: dict[str, Any],
 ) -> dict[str, Any]:
     result = answer.result
     used_timestamps = list(answer.used_timestamps_s or sampled.timestamps_s)
@@ -142,7 +145,7 @@ def analyze_body(
             "seeks": sampled.seeks,
             "decoded_frames": sampled.decoded_frames,
         },
-        "timings": {name: round(seconds, 4) for name, seconds in timings.items()},
+        "timings": {name: round(value, 4) if isinstance(value, float) else value for name, value in timings.items()},
         "usage": {
             "prompt_tokens": result.prompt_tokens,
             "completion_tokens": result.completion_tokens,
@@ -164,12 +167,19 @@ async def analyze_upload(
     request_id: str,
     model_id: str,
     config: AppConfig,
+    files: FilesService,
+    owner: str,
+    metrics: IngressMetrics,
     check_served_model: Callable[[str | None], None],
     generate: Callable[[GenerationRequest], Awaitable[ReplicaAnswer]],
 ) -> tuple[dict[str, Any], ReplicaAnswer]:
-    """The whole ``/v1/analyze`` request: its answer's body, and the replica's answer (for its headers)."""
+    """The whole ``/v1/analyze`` request: its answer's body, and the replica's answer (for its headers).
+
+    The video is the multipart part ``video``, or an uploaded file named by ``file_id``; a file's frames
+    come from the decoded-frame cache when the same file was sampled the same way before."""
     started = time.perf_counter()
     limits = config.limits
+    cache_hit: bool | None = None
     async with receive_upload(
         request,
         file_field=VIDEO_FIELD,
@@ -177,23 +187,41 @@ async def analyze_upload(
         max_file_bytes=limits.max_upload_bytes,
         max_field_bytes=limits.max_question_bytes,
         directory=config.ingress.upload_dir,
+        file_required=False,
     ) as upload:
         received = time.perf_counter()
         fields = parse_analyze_fields(upload.fields, limits)
         check_served_model(fields.model)
-        check_part_type(upload.content_type)
-        try:
-            sampled = await asyncio.to_thread(sample_video, upload.path, frame_selection(fields, limits), limits.video_limits())
-        except media.MediaError as error:
-            raise media_error_to_api_error(error, VIDEO_FIELD) from error
+        selection = frame_selection(fields, limits)
+        if upload.path is not None and fields.file_id is not None:
+            raise ApiError(400, "Send the video part or file_id, not both", param="file_id")
+        if upload.path is None and fields.file_id is None:
+            raise ApiError(
+                400,
+                f"No video was sent; send it as a file in the field {VIDEO_FIELD!r} (curl -F {VIDEO_FIELD}=@clip.mp4) "
+                "or name an uploaded one with file_id",
+                param=VIDEO_FIELD,
+            )
+        if upload.path is not None:
+            check_part_type(upload.content_type)
+            filename, size_bytes = upload.filename, upload.size_bytes
+            sampled = await _sampled(sample_video, upload.path, selection, limits.video_limits(), param=VIDEO_FIELD)
+        else:
+            record = await asyncio.to_thread(files.video_record, owner, fields.file_id, "file_id")
+            filename, size_bytes = record.filename, record.bytes
+            sampled = await asyncio.to_thread(files.cached_frames, record, selection, limits.video_limits())
+            cache_hit = sampled is not None
+            metrics.record_frame_cache(cache_hit)
+            if sampled is None:
+                sampled = await _sampled(files.sample, record, selection, limits.video_limits(), param="file_id")
     if upload.size_bytes >= _TRIM_AFTER_UPLOAD_BYTES:
         # The body passed through this process in Serve's message buffers; glibc keeps their pages.
         await asyncio.to_thread(return_freed_heap)
     logger.info(
-        "Request %s: %s (%d bytes, %s/%s, %.1f s) sampled to %d frames of %dx%d in %.3f s (%d seeks, %d decoded)",
-        request_id, upload.filename or "(no name)", upload.size_bytes, sampled.info.container, sampled.info.codec,
+        "Request %s: %s (%d bytes, %s/%s, %.1f s) sampled to %d frames of %dx%d in %.3f s (%d seeks, %d decoded%s)",
+        request_id, filename or "(no name)", size_bytes, sampled.info.container, sampled.info.codec,
         sampled.info.duration_s, len(sampled.timestamps_s), sampled.frames.shape[2], sampled.frames.shape[1],
-        sampled.decode_seconds, sampled.seeks, sampled.decoded_frames,
+        sampled.decode_seconds, sampled.seeks, sampled.decoded_frames, ", from the frame cache" if cache_hit else "",
     )
     video = VideoPart(frames=sampled.frames, timestamps_s=sampled.timestamps_s)
     answer = await generate(GenerationRequest(
@@ -203,19 +231,30 @@ async def analyze_upload(
         seed=fields.seed,
         max_prompt_tokens=limits.max_prompt_tokens,
     ))
-    timings = {
+    timings: dict[str, Any] = {
         "upload_s": received - started,
-        "decode_s": sampled.decode_seconds,
+        "decode_s": 0.0 if cache_hit else sampled.decode_seconds,
         "inference_s": answer.inference_seconds,
         "total_s": time.perf_counter() - started,
     }
+    if cache_hit is not None:
+        timings["frame_cache"] = "hit" if cache_hit else "miss"
     body = analyze_body(
         request_id=request_id,
         model_id=model_id,
-        filename=upload.filename,
-        size_bytes=upload.size_bytes,
+        filename=filename,
+        size_bytes=size_bytes,
         sampled=sampled,
         answer=answer,
         timings=timings,
     )
+    if fields.file_id is not None:
+        body["video"]["file_id"] = fields.file_id
     return body, answer
+
+
+async def _sampled(sample: Callable[..., SampledVideo], *args: Any, param: str) -> SampledVideo:
+    try:
+        return await asyncio.to_thread(sample, *args)
+    except media.MediaError as error:
+        raise media_error_to_api_error(error, param) from error

@@ -46,3 +46,9 @@ def _unauthorized(message: str) -> ApiError:
     return ApiError(
         401, message, error_type="authentication_error", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}
     )
+
+
+def bearer_key(authorization: str | None) -> str | None:
+    """The key an ``Authorization: Bearer <key>`` header presents (checked already by :func:`check_bearer`)."""
+    scheme, _, presented = (authorization or "").partition(" ")
+    return presented.strip() or None if scheme.lower() == "bearer" else None

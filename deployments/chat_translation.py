@@ -5,16 +5,26 @@ and never reaches a model replica.
 """
 
 import re
+from typing import Callable
 
 from deployments.chat_parameters import decoding_options
 from deployments.config import AppConfig
 from deployments.errors import ApiError
 from deployments.media_budget import PlannedPart, check_media_budget, check_part_count
-from deployments.openai_schema import ChatCompletionRequest, ChatMessageIn, ImageUrlContent, TextContent, VideoUrlContent
+from deployments.file_store import ANONYMOUS, FileRecord
+from deployments.files_api import FILE_ID_PREFIX, FilesService
+from deployments.openai_schema import (
+    ChatCompletionRequest,
+    ChatMessageIn,
+    FileContent,
+    ImageUrlContent,
+    TextContent,
+    VideoUrlContent,
+)
 from models import media
 from models.remote_media import fetch_media
 from models.requests import ChatMessage, ContentPart, GenerationRequest, ImagePart, TextPart, VideoPart
-from models.video import FrameSelection, probe_video, sample_video
+from models.video import FrameSelection, VideoInfo, probe_video, sample_video
 from models.visual_tokens import VisualTokenGeometry
 
 _STATUS_BY_MEDIA_ERROR: tuple[tuple[type[media.MediaError], int], ...] = (
@@ -35,12 +45,18 @@ def media_error_to_api_error(error: media.MediaError, param: str) -> ApiError:
 
 
 def to_generation_request(
-    request: ChatCompletionRequest, config: AppConfig, geometry: VisualTokenGeometry = VisualTokenGeometry()
+    request: ChatCompletionRequest,
+    config: AppConfig,
+    geometry: VisualTokenGeometry = VisualTokenGeometry(),
+    *,
+    files: FilesService | None = None,
+    owner: str = ANONYMOUS,
 ) -> GenerationRequest:
     """Check limits, price the media from their headers, decode every image and video, build the model's request.
 
-    Blocking (decodes media): call it off the event loop. Nothing is decoded until the whole request's
-    media fit its budget (:mod:`deployments.media_budget`).
+    Blocking (decodes media, reads the file store): call it off the event loop. Nothing is decoded until
+    the whole request's media fit its budget (:mod:`deployments.media_budget`). Uploaded files are
+    ``owner``'s only; a video file's frames come from the frame cache when they are there.
     """
     limits = config.limits
     if len(request.messages) > limits.max_messages:
@@ -69,7 +85,8 @@ def to_generation_request(
         if not isinstance(part, TextContent)
     ]
     check_part_count(len(media_parts), limits)
-    resolved = {param: _resolve_part(part, param, config) for param, part in media_parts}
+    sources = _MediaSources(config, files, owner)
+    resolved = {param: sources.resolve(part, param) for param, part in media_parts}
     check_media_budget([plan for plan, _ in resolved.values()], limits, geometry)
     messages = []
     for index, message in enumerate(request.messages):
@@ -83,7 +100,8 @@ def to_generation_request(
             if isinstance(part, TextContent):
                 parts.append(TextPart(part.text))
             else:
-                parts.append(_decode_part(*resolved[param], config))
+                _, decode = resolved[param]
+                parts.append(decode())
         messages.append(ChatMessage(role=message.role, content=tuple(parts)))
     temperature = request.temperature if request.temperature is not None else config.generation.default_temperature
     return GenerationRequest(
@@ -125,13 +143,60 @@ def _resolve_url(url: str, allowed_mime_types: frozenset[str], config: AppConfig
     )
 
 
-def _resolve_part(part: ImageUrlContent | VideoUrlContent, param: str, config: AppConfig) -> tuple[PlannedPart, bytes]:
-    """The part's bytes and what decoding them would produce, read from the header only."""
-    limits = config.limits
-    if isinstance(part, ImageUrlContent):
-        where = f"{param}.image_url"
+Decode = Callable[[], ContentPart]
+
+
+class _MediaSources:
+    """Each media part's plan (what decoding it would produce, from its header) and how to decode it."""
+
+    def __init__(self, config: AppConfig, files: FilesService | None, owner: str) -> None:
+        self._config = config
+        self._files = files
+        self._owner = owner
+
+    def resolve(self, part: ImageUrlContent | VideoUrlContent | FileContent, param: str) -> tuple[PlannedPart, Decode]:
+        if isinstance(part, FileContent):
+            where = f"{param}.file"
+            if part.file.file_data is not None or not part.file.file_id:
+                raise ApiError(
+                    400, f"{where}: send file_id (upload with POST /v1/files first); file_data is not taken here",
+                    param=f"{where}.file_id",
+                )
+            record = self._file_record(part.file.file_id, f"{where}.file_id")
+            if record.kind == "video":
+                return self._video_file(record, f"{where}.file_id")
+            return self._image(self._files.image_bytes(self._owner, record.id, f"{where}.file_id"), where)
+        if isinstance(part, ImageUrlContent):
+            where = f"{param}.image_url"
+            url = part.image_url.url
+            if url.startswith(FILE_ID_PREFIX):
+                return self._image(self._files_or_refuse(where).image_bytes(self._owner, url, where), where)
+            try:
+                payload = _resolve_url(url, media.IMAGE_MIME_TYPES, self._config).payload
+            except media.MediaError as error:
+                raise media_error_to_api_error(error, where) from error
+            return self._image(payload, where)
+        where = f"{param}.video_url"
+        url = part.video_url.url
+        if url.startswith(FILE_ID_PREFIX):
+            return self._video_file(self._files_or_refuse(where).video_record(self._owner, url, where), where)
         try:
-            payload = _resolve_url(part.image_url.url, media.IMAGE_MIME_TYPES, config).payload
+            payload = _resolve_url(url, media.VIDEO_MIME_TYPES, self._config).payload
+        except media.MediaError as error:
+            raise media_error_to_api_error(error, where) from error
+        return self._video_bytes(payload, where)
+
+    def _files_or_refuse(self, where: str) -> FilesService:
+        if self._files is None:
+            raise ApiError(400, f"{where}: file ids are not served by this endpoint", param=where)
+        return self._files
+
+    def _file_record(self, file_id: str, where: str) -> FileRecord:
+        return self._files_or_refuse(where).record(self._owner, file_id, where)
+
+    def _image(self, payload: bytes, where: str) -> tuple[PlannedPart, Decode]:
+        limits = self._config.limits
+        try:
             width, height = media.open_image(payload).size
         except media.MediaError as error:
             raise media_error_to_api_error(error, where) from error
@@ -139,24 +204,53 @@ def _resolve_part(part: ImageUrlContent | VideoUrlContent, param: str, config: A
             raise media_error_to_api_error(media.MediaTooLargeError(
                 f"Image is {width}x{height} = {width * height} pixels; the limit is {limits.max_image_pixels} pixels"
             ), where)
-        return PlannedPart(where, "image", 1, min(width * height, limits.max_pixels_per_frame)), payload
-    where = f"{param}.video_url"
-    try:
-        payload = _resolve_url(part.video_url.url, media.VIDEO_MIME_TYPES, config).payload
-        info = probe_video(payload, limits.video_limits())
-    except media.MediaError as error:
-        raise media_error_to_api_error(error, where) from error
-    pixels = min(info.width * info.height, limits.max_pixels_per_frame)
-    return PlannedPart(where, "video", limits.video_frames, pixels), payload
 
-
-def _decode_part(plan: PlannedPart, payload: bytes, config: AppConfig) -> ContentPart:
-    limits = config.limits
-    try:
-        if plan.kind == "image":
-            pixels = media.decode_image(payload, max_pixels=limits.max_image_pixels, target_pixels=limits.max_pixels_per_frame)
+        def decode() -> ContentPart:
+            try:
+                pixels = media.decode_image(payload, max_pixels=limits.max_image_pixels, target_pixels=limits.max_pixels_per_frame)
+            except media.MediaError as error:
+                raise media_error_to_api_error(error, where) from error
             return ImagePart(pixels=pixels)
-        sampled = sample_video(payload, FrameSelection(num_frames=limits.video_frames), limits.video_limits())
-    except media.MediaError as error:
-        raise media_error_to_api_error(error, plan.param) from error
-    return VideoPart(frames=sampled.frames, timestamps_s=sampled.timestamps_s)
+
+        return PlannedPart(where, "image", 1, min(width * height, limits.max_pixels_per_frame)), decode
+
+    def _video_bytes(self, payload: bytes, where: str) -> tuple[PlannedPart, Decode]:
+        limits = self._config.limits
+        try:
+            info = probe_video(payload, limits.video_limits())
+        except media.MediaError as error:
+            raise media_error_to_api_error(error, where) from error
+
+        def decode() -> ContentPart:
+            try:
+                sampled = sample_video(payload, FrameSelection(num_frames=limits.video_frames), limits.video_limits())
+            except media.MediaError as error:
+                raise media_error_to_api_error(error, where) from error
+            return VideoPart(frames=sampled.frames, timestamps_s=sampled.timestamps_s)
+
+        return self._video_plan(info, where), decode
+
+    def _video_file(self, record: FileRecord, where: str) -> tuple[PlannedPart, Decode]:
+        """An uploaded video: its frames from the cache when they are there, else probed now, decoded later."""
+        files, limits = self._files, self._config.limits
+        selection, video_limits = FrameSelection(num_frames=limits.video_frames), limits.video_limits()
+        cached = files.cached_frames(record, selection, video_limits)
+        if cached is not None:
+            return self._video_plan(cached.info, where), lambda: VideoPart(cached.frames, cached.timestamps_s)
+        try:
+            info = files.probe(record, video_limits)
+        except media.MediaError as error:
+            raise media_error_to_api_error(error, where) from error
+
+        def decode() -> ContentPart:
+            try:
+                sampled = files.sample(record, selection, video_limits)
+            except media.MediaError as error:
+                raise media_error_to_api_error(error, where) from error
+            return VideoPart(frames=sampled.frames, timestamps_s=sampled.timestamps_s)
+
+        return self._video_plan(info, where), decode
+
+    def _video_plan(self, info: VideoInfo, where: str) -> PlannedPart:
+        limits = self._config.limits
+        return PlannedPart(where, "video", limits.video_frames, min(info.width * info.height, limits.max_pixels_per_frame))

@@ -175,6 +175,44 @@ class MediaSettings(_Strict):
         return prefixes
 
 
+class FilesSettings(_Strict):
+    """The Files API's store, quotas and the decoded-frame cache."""
+
+    store_url: str = Field(
+        default="",
+        description="fsspec URL of the file store: a folder (file:///srv/vd-files), s3://bucket/prefix, gs://bucket/prefix. "
+        "Empty: a folder under the system temp dir, which only one node sees.",
+    )
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Passed to the fsspec filesystem (s3fs: endpoint_url, key, secret, client_kwargs; gcsfs: project, token).",
+    )
+    max_bytes_per_key: int = Field(default=4 * 1024**3, gt=0, description="Bytes of files one API key may hold (413 above).")
+    max_files_per_key: int = Field(default=100, gt=0, description="Files one API key may hold (429 above).")
+    ttl_s: float = Field(default=24 * 3600.0, ge=0, description="A file is deleted this long after upload; 0 keeps it.")
+    sweep_period_s: float = Field(default=60.0, gt=0, description="How often each ingress deletes expired files.")
+    frame_cache_bytes: int = Field(
+        default=512 * _MIB, ge=0, description="Decoded frames of uploaded files kept per ingress replica (LRU); 0: none."
+    )
+
+    @field_validator("store_url")
+    @classmethod
+    def _known_protocol(cls, url: str) -> str:
+        if not url:
+            return url
+        import fsspec
+
+        protocol = url.split("://", 1)[0] if "://" in url else "file"
+        try:
+            fsspec.get_filesystem_class(protocol)
+        except (ImportError, ValueError) as error:
+            raise ValueError(
+                f"files.store_url {url!r}: fsspec cannot open {protocol}:// here ({error}); use file://, s3:// "
+                "(s3fs is installed) or install the filesystem's package (gcsfs for gs://)"
+            ) from None
+        return url
+
+
 class GenerationSettings(_Strict):
     default_temperature: float = Field(
         default=0.0, ge=0.0, le=2.0, description="Temperature when a request sets none; 0 is greedy."
@@ -376,6 +414,7 @@ class AppConfig(_Strict):
     auth: AuthSettings = AuthSettings()
     request_oom: RequestOomSettings = RequestOomSettings()
     media: MediaSettings = MediaSettings()
+    files: FilesSettings = FilesSettings()
 
     @model_validator(mode="after")
     def _some_group_enabled(self) -> "AppConfig":

@@ -12,10 +12,10 @@ import asyncio
 import dataclasses
 import logging
 import time
-from typing import Any, Awaitable
+from typing import Any, Awaitable, Literal
 
 import pydantic
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 import ray
@@ -25,7 +25,9 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments.analyze import analyze_upload
-from deployments.auth import check_bearer, load_api_keys
+from deployments.auth import bearer_key, check_bearer, load_api_keys
+from deployments.file_store import owner_of
+from deployments.files_api import FilesService
 from deployments.chat_parameters import refuse_unsupported
 from deployments.chat_translation import to_generation_request
 from deployments.config import AppConfig
@@ -125,6 +127,7 @@ def _served_by_headers(answer: ReplicaAnswer) -> dict[str, str]:
     }
 
 
+_CONTENT_CHUNK_BYTES = 1024 * 1024
 _REASON_CHARS = 300  # a dead replica's error carries its whole traceback
 _DESCRIBE_TIMEOUT_S = 10.0
 # Upload files older than this at start-up were left by an ingress that died mid-request.
@@ -162,6 +165,8 @@ class Ingress:
         )
         self._gpu_status_message = ""
         self._status_task = asyncio.get_event_loop().create_task(self._watch_gpu_group()) if gpu_group else None
+        self._files = FilesService(config)
+        self._sweep_task = asyncio.get_event_loop().create_task(self._files.sweep_forever())
 
     def _count_fallback(self, reason: str) -> None:
         self._fallbacks += 1
@@ -188,8 +193,11 @@ class Ingress:
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
 
-    def _authorize(self, request: Request) -> None:
-        check_bearer(request.headers.get("authorization"), self._api_keys)
+    def _authorize(self, request: Request) -> str:
+        """Check the caller's key (when keys are on); the owner its files are stored under."""
+        authorization = request.headers.get("authorization")
+        check_bearer(authorization, self._api_keys)
+        return owner_of(bearer_key(authorization) if self._api_keys else None)
 
     @app.get("/readyz")
     async def readyz(self, request: Request) -> JSONResponse:
@@ -269,9 +277,52 @@ class Ingress:
     async def version(self) -> dict[str, str]:
         return {"version": app.version, "ray": ray.__version__}
 
+    @app.post("/v1/files")
+    async def create_file(self, request: Request) -> JSONResponse:
+        """Multipart ``file`` and ``purpose``; the file object (OpenAI's shape) to use by its id."""
+        body = await self._files.upload(request, self._authorize(request))
+        self._metrics.files_uploaded.inc()
+        return JSONResponse(body)
+
+    @app.get("/v1/files")
+    async def list_files(
+        self,
+        request: Request,
+        purpose: str | None = None,
+        limit: int = Query(default=10000, ge=1, le=10000),
+        order: Literal["asc", "desc"] = "desc",
+        after: str | None = None,
+    ) -> dict[str, Any]:
+        return await self._files.list(self._authorize(request), purpose=purpose, limit=limit, order=order, after=after)
+
+    @app.get("/v1/files/{file_id}")
+    async def get_file(self, file_id: str, request: Request) -> dict[str, Any]:
+        owner = self._authorize(request)
+        return (await asyncio.to_thread(self._files.record, owner, file_id, "file_id")).to_openai()
+
+    @app.get("/v1/files/{file_id}/content")
+    async def file_content(self, file_id: str, request: Request) -> StreamingResponse:
+        owner = self._authorize(request)
+        record = await asyncio.to_thread(self._files.record, owner, file_id, "file_id")
+        reader = await asyncio.to_thread(self._files.store.open, record)
+
+        async def chunks():
+            try:
+                while chunk := await asyncio.to_thread(reader.read, _CONTENT_CHUNK_BYTES):
+                    yield chunk
+            finally:
+                reader.close()
+
+        headers = {"content-length": str(record.bytes), "content-disposition": f'attachment; filename="{record.id}"'}
+        return StreamingResponse(chunks(), media_type=record.content_type or "application/octet-stream", headers=headers)
+
+    @app.delete("/v1/files/{file_id}")
+    async def delete_file(self, file_id: str, request: Request) -> dict[str, Any]:
+        return await self._files.delete(self._authorize(request), file_id)
+
     @app.post("/v1/chat/completions")
     async def chat_completions(self, request: Request) -> JSONResponse:
-        self._authorize(request)
+        owner = self._authorize(request)
         payload = await read_json_body(request, self._config.limits.max_request_bytes)
         try:
             chat = ChatCompletionRequest.model_validate(refuse_unsupported(payload))
@@ -280,7 +331,9 @@ class Ingress:
         self._check_served_model(chat.model)
         if chat.user:
             logger.info("Request %s is from user %r", _request_id(request), chat.user)
-        generation_request = await asyncio.to_thread(to_generation_request, chat, self._config, self._geometry)
+        generation_request = await asyncio.to_thread(
+            to_generation_request, chat, self._config, self._geometry, files=self._files, owner=owner
+        )
         choices = _choices(generation_request, chat.n or 1)
         completion_id = new_completion_id()
         if chat.stream:
@@ -320,9 +373,12 @@ class Ingress:
     @app.post("/v1/analyze")
     async def analyze(self, request: Request) -> JSONResponse:
         """A video file (multipart field ``video``) and a ``question``; see :mod:`deployments.analyze`."""
-        self._authorize(request)
+        owner = self._authorize(request)
         body, answer = await analyze_upload(
             request,
+            files=self._files,
+            owner=owner,
+            metrics=self._metrics,
             request_id=_request_id(request),
             model_id=self._model_id,
             config=self._config,

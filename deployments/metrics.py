@@ -89,6 +89,15 @@ class IngressMetrics:
             "vd_fallbacks_total", "requests sent to the CPU group because the GPU group could not take them", tag_keys=("reason",)
         )
 
+        self.frame_cache = metrics.Counter(
+            "vd_frame_cache_requests_total", "uploaded-file videos asked for, by whether their frames were cached",
+            tag_keys=("outcome",),
+        )
+        self.files_uploaded = metrics.Counter("vd_files_uploaded_total", "files stored through POST /v1/files")
+
+    def record_frame_cache(self, hit: bool) -> None:
+        self.frame_cache.inc(tags={"outcome": "hit" if hit else "miss"})
+
     def record_fallback(self, reason: str) -> None:
         # The reason's first words only: a label must have few values.
         self.fallbacks.inc(tags={"reason": reason.split(":")[0][:40]})

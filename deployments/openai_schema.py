@@ -42,7 +42,20 @@ class VideoUrlContent(_Lenient):
     video_url: MediaUrl
 
 
-ContentPartIn = Annotated[TextContent | ImageUrlContent | VideoUrlContent, Field(discriminator="type")]
+class FileRef(_Lenient):
+    file_id: str | None = None
+    file_data: str | None = None
+    filename: str | None = None
+
+
+class FileContent(_Lenient):
+    """OpenAI's file part: ``{"type": "file", "file": {"file_id": "file-..."}}`` (an uploaded video or image)."""
+
+    type: Literal["file"]
+    file: FileRef
+
+
+ContentPartIn = Annotated[TextContent | ImageUrlContent | VideoUrlContent | FileContent, Field(discriminator="type")]
 
 
 class ChatMessageIn(_Lenient):

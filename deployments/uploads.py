@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class Upload:
-    path: pathlib.Path
+    path: pathlib.Path | None  # None: the body had no file part (allowed with file_required=False)
     filename: str
     content_type: str
     size_bytes: int
@@ -217,8 +217,11 @@ async def receive_upload(
     max_file_bytes: int,
     max_field_bytes: int,
     directory: str | None = None,
+    file_required: bool = True,
 ) -> AsyncIterator[Upload]:
-    """Parse the streamed body; yield the :class:`Upload`; delete the temporary file on the way out."""
+    """Parse the streamed body; yield the :class:`Upload`; delete the temporary file on the way out.
+
+    With ``file_required=False`` a body of text fields only is an upload with ``path=None``."""
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data" or not options.get(b"boundary"):
         raise ApiError(
@@ -254,6 +257,9 @@ async def receive_upload(
             raise ApiError(400, "The client went away before the upload finished") from error
         if collector.file is not None and not collector.file.closed:
             raise ApiError(400, "The multipart body ended inside the file part; the upload is incomplete")
+        if not collector.files and not file_required:
+            yield Upload(path=None, filename="", content_type="", size_bytes=0, fields=collector.fields)
+            return
         if not collector.files:
             raise ApiError(
                 400,

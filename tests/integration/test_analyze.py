@@ -142,7 +142,7 @@ BAD_UPLOADS = [
     ("text part type", {"part_type": "text/plain"}, 415, "unsupported_media_type", "send a video"),
     ("path in the filename", {"filename": "../../etc/passwd"}, 400, None, "path separators"),
     ("windows path in the filename", {"filename": "C:\\\\x\\\\clip.mp4"}, 400, None, "path separators"),
-    ("no file", {"video": None}, 400, None, "No file was sent"),
+    ("no file", {"video": None}, 400, None, "No video was sent"),
     ("unknown field", {"colour": "red"}, 400, None, "Unknown form field 'colour'"),
     ("wrong model", {"model": "gpt-9"}, 404, "model_not_found", "not served here"),
 ]

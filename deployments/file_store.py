@@ -1,0 +1,181 @@
+"""Uploaded files (OpenAI's Files API) in any fsspec store: a local folder, ``s3://``, ``gs://``.
+
+Every ingress replica, on any node, opens the same store, so each sees every file. Layout under the
+store's root::
+
+    <owner>/<file id>        the bytes
+    <owner>/<file id>.json   the record (:class:`FileRecord`)
+
+``owner`` is the first 16 hex digits of the SHA-256 of the API key that uploaded the file
+(``anonymous`` with keys off). A file is looked up under its caller's owner only, so another key's
+file is not found (404), never forbidden (403), and ids cannot be probed. A file past its time to
+live is swept (both objects deleted) by whichever ingress sweeps first; one being read meanwhile is
+simply not found.
+"""
+
+import dataclasses
+import hashlib
+import json
+import logging
+import secrets
+import time
+from typing import Any, BinaryIO, Literal
+
+import fsspec
+
+logger = logging.getLogger(__name__)
+
+ANONYMOUS = "anonymous"
+FileKind = Literal["video", "image", "other"]
+
+
+def owner_of(api_key: str | None) -> str:
+    return hashlib.sha256(api_key.encode()).hexdigest()[:16] if api_key else ANONYMOUS
+
+
+def new_file_id() -> str:
+    return f"file-{secrets.token_hex(12)}"
+
+
+@dataclasses.dataclass(frozen=True)
+class FileRecord:
+    id: str
+    owner: str
+    filename: str
+    purpose: str
+    bytes: int
+    created_at: int
+    expires_at: int | None
+    sha256: str
+    kind: FileKind
+    content_type: str
+
+    def to_openai(self) -> dict[str, Any]:
+        """OpenAI's ``file`` object, with this server's ``kind`` and ``sha256`` beside it."""
+        return {
+            "id": self.id,
+            "object": "file",
+            "bytes": self.bytes,
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+            "filename": self.filename,
+            "purpose": self.purpose,
+            "status": "processed",
+            "status_details": None,
+            "kind": self.kind,
+            "sha256": self.sha256,
+        }
+
+
+class FileStore:
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
+        self._fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        self._root = root.rstrip("/")
+        self.url = url
+        self.is_local = "file" in (self._fs.protocol if isinstance(self._fs.protocol, tuple) else (self._fs.protocol,))
+        if self.is_local:
+            self._fs.makedirs(self._root, exist_ok=True)
+
+    def _path(self, owner: str, file_id: str, suffix: str = "") -> str:
+        return f"{self._root}/{owner}/{file_id}{suffix}"
+
+    def put(
+        self,
+        local_path: str,
+        *,
+        owner: str,
+        filename: str,
+        purpose: str,
+        kind: FileKind,
+        sha256: str,
+        size_bytes: int,
+        content_type: str,
+        ttl_s: float,
+    ) -> FileRecord:
+        """Copy a received upload into the store, then write its record (a file without a record is never listed)."""
+        now = int(time.time())
+        record = FileRecord(
+            id=new_file_id(),
+            owner=owner,
+            filename=filename,
+            purpose=purpose,
+            bytes=size_bytes,
+            created_at=now,
+            expires_at=now + int(ttl_s) if ttl_s else None,
+            sha256=sha256,
+            kind=kind,
+            content_type=content_type,
+        )
+        self._fs.put_file(local_path, self._path(owner, record.id))
+        self._fs.pipe_file(self._path(owner, record.id, ".json"), json.dumps(dataclasses.asdict(record)).encode())
+        return record
+
+    def get(self, owner: str, file_id: str) -> FileRecord | None:
+        if not _looks_like_id(file_id):
+            return None
+        try:
+            record = FileRecord(**json.loads(self._fs.cat_file(self._path(owner, file_id, ".json"))))
+        except FileNotFoundError:
+            return None
+        if record.expires_at is not None and record.expires_at <= time.time():
+            self._remove(record)
+            return None
+        return record
+
+    def list(self, owner: str) -> list[FileRecord]:
+        """The caller's live files, newest first."""
+        records = []
+        for path in self._fs.glob(f"{self._root}/{owner}/file-*.json"):
+            try:
+                records.append(FileRecord(**json.loads(self._fs.cat_file(path))))
+            except FileNotFoundError:
+                continue  # deleted meanwhile
+        now = time.time()
+        live = [record for record in records if record.expires_at is None or record.expires_at > now]
+        return sorted(live, key=lambda record: (record.created_at, record.id), reverse=True)
+
+    def delete(self, owner: str, file_id: str) -> bool:
+        record = self.get(owner, file_id)
+        if record is None:
+            return False
+        self._remove(record)
+        return True
+
+    def open(self, record: FileRecord) -> BinaryIO:
+        return self._fs.open(self._path(record.owner, record.id), "rb")
+
+    def local_path(self, record: FileRecord) -> str | None:
+        """Where the bytes are on this machine's disk, for a local store (decoders read it in place)."""
+        return self._path(record.owner, record.id) if self.is_local else None
+
+    def read(self, record: FileRecord) -> bytes:
+        return self._fs.cat_file(self._path(record.owner, record.id))
+
+    def sweep(self) -> int:
+        """Delete every file past its time to live, whoever owns it; how many went."""
+        now = time.time()
+        swept = 0
+        for path in self._fs.glob(f"{self._root}/*/file-*.json"):
+            try:
+                record = FileRecord(**json.loads(self._fs.cat_file(path)))
+            except FileNotFoundError:
+                continue
+            if record.expires_at is not None and record.expires_at <= now:
+                self._remove(record)
+                swept += 1
+        if swept:
+            logger.info("Swept %d expired files from %s", swept, self.url)
+        return swept
+
+    def _remove(self, record: FileRecord) -> None:
+        for suffix in (".json", ""):  # the record first: a file without one is never served
+            try:
+                self._fs.rm_file(self._path(record.owner, record.id, suffix))
+            except FileNotFoundError:
+                pass
+
+
+def _looks_like_id(file_id: str) -> bool:
+    """Ids are ``file-`` and 24 hex digits: anything else (``../x``, ``a/b``) never reaches the store's paths."""
+    suffix = file_id.removeprefix("file-")
+    return file_id.startswith("file-") and len(suffix) == 24 and all(c in "0123456789abcdef" for c in suffix)

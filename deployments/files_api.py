@@ -1,0 +1,213 @@
+"""OpenAI's Files API, and the files in requests: upload once, ask many.
+
+``POST /v1/files`` streams a multipart upload to a temporary file under the same counting limits as
+``/v1/analyze`` (``limits.max_upload_bytes``), checks the caller's quotas, sniffs what it is (a video
+container served here, a PNG/JPEG/WebP image, or other), hashes it and copies it to the store
+(:mod:`deployments.file_store`). A chat part ``{"type": "file", "file": {"file_id": ...}}``, a
+``video_url`` or ``image_url`` whose url is a file id, and ``/v1/analyze``'s ``file_id`` field all
+resolve through :class:`FilesService`, which answers a video's frames from the decoded-frame cache
+(:mod:`deployments.frame_cache`) when it can.
+"""
+
+import asyncio
+import hashlib
+import logging
+import pathlib
+import tempfile
+from typing import Any
+
+from starlette.requests import Request
+
+from deployments.config import AppConfig
+from deployments.errors import ApiError
+from deployments.file_store import FileKind, FileRecord, FileStore
+from deployments.frame_cache import FrameCache, FrameCacheKey
+from deployments.uploads import receive_upload
+from models import media
+from models.video import FrameSelection, SampledVideo, VideoInfo, VideoLimits, probe_video, sample_video, served_demuxer
+
+logger = logging.getLogger(__name__)
+
+FILE_FIELD = "file"
+FILE_ID_PREFIX = "file-"  # a video_url or image_url that starts so names an uploaded file
+PURPOSES = ("vision", "user_data", "assistants")
+_HASH_CHUNK_BYTES = 4 * 1024 * 1024
+_IMAGE_HEAD_BYTES = 1024 * 1024  # Pillow reads the header from the first bytes
+
+
+class FilesService:
+    """The store, the quotas and the frame cache of one ingress replica."""
+
+    def __init__(self, config: AppConfig) -> None:
+        settings = config.files
+        url = settings.store_url or (pathlib.Path(tempfile.gettempdir()) / "video-detective-files").as_uri()
+        self.store = FileStore(url, settings.storage_options)
+        self.frames = FrameCache(settings.frame_cache_bytes)
+        self._config = config
+        logger.info("Files stored at %s (time to live %g s); frame cache %d bytes", url, settings.ttl_s,
+                    settings.frame_cache_bytes)
+
+    # -- the routes ----------------------------------------------------------------------------
+
+    async def upload(self, request: Request, owner: str) -> dict[str, Any]:
+        limits, settings = self._config.limits, self._config.files
+        async with receive_upload(
+            request,
+            file_field=FILE_FIELD,
+            text_fields=frozenset({"purpose"}),
+            max_file_bytes=limits.max_upload_bytes,
+            max_field_bytes=256,
+            directory=self._config.ingress.upload_dir,
+        ) as upload:
+            purpose = upload.fields.get("purpose")
+            if purpose not in PURPOSES:
+                raise ApiError(
+                    400, f"purpose: {purpose!r}; send one of {', '.join(PURPOSES)} (curl -F purpose=vision)",
+                    param="purpose",
+                )
+            held = await asyncio.to_thread(self.store.list, owner)
+            held_bytes = sum(record.bytes for record in held)
+            if len(held) + 1 > settings.max_files_per_key:
+                raise ApiError(
+                    429, f"This key holds {len(held)} files; the limit is {settings.max_files_per_key} "
+                    "(files.max_files_per_key). Delete some (DELETE /v1/files/{id}) first",
+                    code="file_quota_exceeded",
+                )
+            if held_bytes + upload.size_bytes > settings.max_bytes_per_key:
+                raise ApiError(
+                    413, f"This key holds {held_bytes} bytes of files; with this one ({upload.size_bytes} bytes) "
+                    f"that is over the {settings.max_bytes_per_key}-byte limit (files.max_bytes_per_key)",
+                    code="file_quota_exceeded",
+                )
+            sha256, kind = await asyncio.to_thread(_hash_and_sniff, upload.path)
+            record = await asyncio.to_thread(
+                self.store.put,
+                str(upload.path),
+                owner=owner,
+                filename=upload.filename or "upload",
+                purpose=purpose,
+                kind=kind,
+                sha256=sha256,
+                size_bytes=upload.size_bytes,
+                content_type=upload.content_type,
+                ttl_s=settings.ttl_s,
+            )
+        logger.info("Stored %s (%s, %d bytes, %s) for owner %s", record.id, record.filename, record.bytes, kind, owner)
+        return record.to_openai()
+
+    async def list(self, owner: str, *, purpose: str | None, limit: int, order: str, after: str | None) -> dict[str, Any]:
+        records = await asyncio.to_thread(self.store.list, owner)
+        if purpose is not None:
+            records = [record for record in records if record.purpose == purpose]
+        if order == "asc":
+            records.reverse()
+        if after is not None:
+            ids = [record.id for record in records]
+            records = records[ids.index(after) + 1 :] if after in ids else []
+        page = records[:limit]
+        return {
+            "object": "list",
+            "data": [record.to_openai() for record in page],
+            "has_more": len(records) > limit,
+            "first_id": page[0].id if page else None,
+            "last_id": page[-1].id if page else None,
+        }
+
+    async def delete(self, owner: str, file_id: str) -> dict[str, Any]:
+        if not await asyncio.to_thread(self.store.delete, owner, file_id):
+            raise _not_found(file_id, "file_id")
+        return {"id": file_id, "object": "file", "deleted": True}
+
+    async def sweep_forever(self) -> None:
+        """Delete expired files every ``files.sweep_period_s`` (each ingress; the first to see one deletes it)."""
+        while True:
+            await asyncio.sleep(self._config.files.sweep_period_s)
+            try:
+                await asyncio.to_thread(self.store.sweep)
+            except Exception as error:  # noqa: BLE001 - a store hiccup must not end the sweeping
+                logger.warning("Sweeping expired files failed: %s", error)
+
+    # -- files in requests (called in worker threads) --------------------------------------------
+
+    def record(self, owner: str, file_id: str, param: str) -> FileRecord:
+        record = self.store.get(owner, file_id)
+        if record is None:
+            raise _not_found(file_id, param)
+        return record
+
+    def video_record(self, owner: str, file_id: str, param: str) -> FileRecord:
+        record = self.record(owner, file_id, param)
+        if record.kind != "video":
+            raise ApiError(
+                400, f"{param}: {file_id} ({record.filename}) is {_kind_words(record.kind)}, not a video",
+                param=param, code="not_a_video",
+            )
+        return record
+
+    def cached_frames(self, record: FileRecord, selection: FrameSelection, limits: VideoLimits) -> SampledVideo | None:
+        return self.frames.get(_cache_key(record, selection, limits))
+
+    def probe(self, record: FileRecord, limits: VideoLimits) -> VideoInfo:
+        return probe_video(self._source(record), limits)
+
+    def sample(self, record: FileRecord, selection: FrameSelection, limits: VideoLimits) -> SampledVideo:
+        """The frames, decoded from the store (a cache miss), then kept for the next question."""
+        sampled = sample_video(self._source(record), selection, limits)
+        self.frames.put(_cache_key(record, selection, limits), sampled)
+        return sampled
+
+    def image_bytes(self, owner: str, file_id: str, param: str) -> bytes:
+        record = self.record(owner, file_id, param)
+        if record.kind != "image":
+            raise ApiError(
+                400, f"{param}: {file_id} ({record.filename}) is {_kind_words(record.kind)}, not an image",
+                param=param, code="not_an_image",
+            )
+        return self.store.read(record)
+
+    def _source(self, record: FileRecord) -> str | bytes:
+        return self.store.local_path(record) or self.store.read(record)
+
+
+def _cache_key(record: FileRecord, selection: FrameSelection, limits: VideoLimits) -> FrameCacheKey:
+    return FrameCacheKey(
+        sha256=record.sha256,
+        num_frames=selection.num_frames,
+        fps=selection.fps,
+        max_frames=limits.max_frames,
+        target_pixels_per_frame=limits.target_pixels_per_frame,
+    )
+
+
+def _hash_and_sniff(path: pathlib.Path) -> tuple[str, FileKind]:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        head = file.read(_IMAGE_HEAD_BYTES)
+        digest.update(head)
+        while chunk := file.read(_HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest(), _kind(head)
+
+
+def _kind(head: bytes) -> FileKind:
+    try:
+        served_demuxer(head[:12])
+        return "video"
+    except media.MediaError:
+        pass
+    try:
+        media.open_image(head)
+        return "image"
+    except media.MediaError:
+        return "other"
+
+
+def _kind_words(kind: FileKind) -> str:
+    return {"video": "a video", "image": "an image", "other": "neither a video nor an image"}[kind]
+
+
+def _not_found(file_id: str, param: str) -> ApiError:
+    return ApiError(
+        404, f"{param}: no file {file_id!r} here for this key (unknown, deleted, expired, or another key's)",
+        error_type="not_found_error", param=param, code="file_not_found",
+    )
