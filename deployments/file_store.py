@@ -106,6 +106,7 @@ class FileStore:
             kind=kind,
             content_type=content_type,
         )
+        self._fs.makedirs(f"{self._root}/{owner}", exist_ok=True)  # a folder on disk; nothing on object stores
         self._fs.put_file(local_path, self._path(owner, record.id))
         self._fs.pipe_file(self._path(owner, record.id, ".json"), json.dumps(dataclasses.asdict(record)).encode())
         return record

@@ -48,3 +48,12 @@ def tiny_adapter(tiny_model_path):
     adapter.load()
     yield adapter
     adapter.unload()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(test_root) -> str:
+    """A real S3 endpoint (moto's server, a process of its own) for the whole session."""
+    from s3_server import moto_s3_server
+
+    with moto_s3_server(test_root / "moto-server.log") as url:
+        yield url

@@ -1,0 +1,113 @@
+"""The file store on a local folder and on a real S3 endpoint (moto's server): records, owners, expiry, sweeping.
+
+Expiry is checked on the storage itself: a swept file's objects are gone from the bucket or the folder.
+"""
+
+import time
+import uuid
+
+import fsspec
+import numpy as np
+import pytest
+
+import media_factory
+from deployments.file_store import FileStore, owner_of
+from deployments.frame_cache import FrameCache, FrameCacheKey
+from models.video import FrameSelection, SampledVideo, VideoLimits, sample_video
+from s3_server import storage_options
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path):
+    if request.param == "local":
+        return FileStore((tmp_path / "files").as_uri())
+    endpoint = request.getfixturevalue("s3_endpoint")
+    bucket = f"vd-{uuid.uuid4().hex[:12]}"
+    fsspec.filesystem("s3", **storage_options(endpoint)).mkdir(bucket)
+    return FileStore(f"s3://{bucket}/files", storage_options(endpoint))
+
+
+def _put(store: FileStore, tmp_path, *, owner="alice", data=b"\x00\x00\x00\x18ftypmp42 video bytes", ttl_s=0.0):
+    local = tmp_path / f"upload-{uuid.uuid4().hex}"
+    local.write_bytes(data)
+    return store.put(str(local), owner=owner, filename="clip.mp4", purpose="vision", kind="video", sha256="ab" * 32,
+                     size_bytes=len(data), content_type="video/mp4", ttl_s=ttl_s)
+
+
+def test_a_stored_file_is_listed_read_and_deleted_for_its_owner_only(store, tmp_path):
+    record = _put(store, tmp_path)
+    other = _put(store, tmp_path, owner="bob")
+
+    assert record.id.startswith("file-") and len(record.id) == 29
+    assert store.get("alice", record.id) == record
+    assert store.get("bob", record.id) is None  # another owner does not see it at all
+    assert [r.id for r in store.list("alice")] == [record.id]
+    assert store.read(record) == b"\x00\x00\x00\x18ftypmp42 video bytes"
+    with store.open(record) as file:
+        assert file.read(4) == b"\x00\x00\x00\x18"
+    assert not store.delete("bob", record.id)
+    assert store.delete("alice", record.id)
+    assert store.get("alice", record.id) is None and store.list("alice") == []
+    assert store.get("bob", other.id) == other
+
+
+def test_an_expired_file_is_gone_from_storage_after_a_sweep(store, tmp_path):
+    expiring = _put(store, tmp_path, ttl_s=1)
+    kept = _put(store, tmp_path, owner="bob")
+    paths = [store._path(expiring.owner, expiring.id, suffix) for suffix in ("", ".json")]
+    assert all(store._fs.exists(path) for path in paths)
+
+    time.sleep(1.1)  # the time to live is whole seconds
+    swept = store.sweep()
+
+    assert swept == 1
+    store._fs.invalidate_cache()
+    assert not any(store._fs.exists(path) for path in paths)
+    assert store.get("alice", expiring.id) is None
+    assert store.get("bob", kept.id) == kept
+
+
+def test_ids_that_are_not_ours_never_reach_the_storage_paths(store, tmp_path):
+    record = _put(store, tmp_path)
+
+    for probe in ("../alice/" + record.id, record.id + ".json", "file-" + "x" * 24, "alice/" + record.id):
+        assert store.get("alice", probe) is None
+
+
+def test_owners_are_key_hashes_and_no_key_is_anonymous():
+    assert owner_of(None) == "anonymous"
+    assert owner_of("key-1") != owner_of("key-2")
+    assert len(owner_of("key-1")) == 16 and "key-1" not in owner_of("key-1")
+
+
+def _sampled(frames: int) -> SampledVideo:
+    limits = VideoLimits(max_duration_s=60, max_source_pixels=640 * 480, max_frames=32, target_pixels_per_frame=64 * 64)
+    return sample_video(media_factory.video_bytes("mp4", num_frames=frames, fps=8, width=64, height=64),
+                        FrameSelection(num_frames=frames), limits)
+
+
+def test_the_frame_cache_is_bounded_in_bytes_and_evicts_the_least_recently_used():
+    one = _sampled(4)
+    size = one.frames.nbytes
+    cache = FrameCache(max_bytes=2 * size)
+    keys = [FrameCacheKey(sha256=str(i), num_frames=4, fps=None, max_frames=32, target_pixels_per_frame=4096) for i in range(3)]
+
+    cache.put(keys[0], one)
+    cache.put(keys[1], one)
+    assert cache.get(keys[0]) is one  # now the most recently used
+    cache.put(keys[2], one)
+
+    assert cache.get(keys[1]) is None  # evicted: least recently used
+    assert cache.get(keys[0]) is one and cache.get(keys[2]) is one
+    assert (cache.stats.hits, cache.stats.misses, cache.stats.entries, cache.stats.bytes) == (3, 1, 2, 2 * size)
+    assert np.array_equal(cache.get(keys[0]).frames, one.frames)
+
+
+def test_a_video_larger_than_the_whole_cache_is_not_kept():
+    big = _sampled(8)
+    cache = FrameCache(max_bytes=big.frames.nbytes - 1)
+    key = FrameCacheKey(sha256="big", num_frames=8, fps=None, max_frames=32, target_pixels_per_frame=4096)
+
+    cache.put(key, big)
+
+    assert cache.get(key) is None and cache.stats.bytes == 0
