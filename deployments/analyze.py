@@ -23,7 +23,6 @@ from deployments.errors import ApiError, describe_validation_errors
 from deployments.openai_schema import SEED_MAX
 from deployments.replica_protocol import ReplicaAnswer
 from deployments.files_api import FilesService
-from deployments.metrics import IngressMetrics
 from deployments.uploads import receive_upload
 from memory.cleanup import return_freed_heap
 from models import media
@@ -169,7 +168,6 @@ async def analyze_upload(
     config: AppConfig,
     files: FilesService,
     owner: str,
-    metrics: IngressMetrics,
     check_served_model: Callable[[str | None], None],
     generate: Callable[[GenerationRequest], Awaitable[ReplicaAnswer]],
 ) -> tuple[dict[str, Any], ReplicaAnswer]:
@@ -211,7 +209,6 @@ async def analyze_upload(
             filename, size_bytes = record.filename, record.bytes
             sampled = await asyncio.to_thread(files.cached_frames, record, selection, limits.video_limits())
             cache_hit = sampled is not None
-            metrics.record_frame_cache(cache_hit)
             if sampled is None:
                 sampled = await _sampled(files.sample, record, selection, limits.video_limits(), param="file_id")
     if upload.size_bytes >= _TRIM_AFTER_UPLOAD_BYTES:

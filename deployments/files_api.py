@@ -14,7 +14,7 @@ import hashlib
 import logging
 import pathlib
 import tempfile
-from typing import Any
+from typing import Any, Callable
 
 from starlette.requests import Request
 
@@ -38,8 +38,9 @@ _IMAGE_HEAD_BYTES = 1024 * 1024  # Pillow reads the header from the first bytes
 class FilesService:
     """The store, the quotas and the frame cache of one ingress replica."""
 
-    def __init__(self, config: AppConfig) -> None:
+    def __init__(self, config: AppConfig, on_cache_lookup: Callable[[bool], None] = lambda hit: None) -> None:
         settings = config.files
+        self._on_cache_lookup = on_cache_lookup  # the metrics' hit and miss counter
         url = settings.store_url or (pathlib.Path(tempfile.gettempdir()) / "video-detective-files").as_uri()
         self.store = FileStore(url, settings.storage_options)
         self.frames = FrameCache(settings.frame_cache_bytes)
@@ -145,7 +146,9 @@ class FilesService:
         return record
 
     def cached_frames(self, record: FileRecord, selection: FrameSelection, limits: VideoLimits) -> SampledVideo | None:
-        return self.frames.get(_cache_key(record, selection, limits))
+        sampled = self.frames.get(_cache_key(record, selection, limits))
+        self._on_cache_lookup(sampled is not None)
+        return sampled
 
     def probe(self, record: FileRecord, limits: VideoLimits) -> VideoInfo:
         return probe_video(self._source(record), limits)

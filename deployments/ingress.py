@@ -165,7 +165,7 @@ class Ingress:
         )
         self._gpu_status_message = ""
         self._status_task = asyncio.get_event_loop().create_task(self._watch_gpu_group()) if gpu_group else None
-        self._files = FilesService(config)
+        self._files = FilesService(config, on_cache_lookup=self._metrics.record_frame_cache)
         self._sweep_task = asyncio.get_event_loop().create_task(self._files.sweep_forever())
 
     def _count_fallback(self, reason: str) -> None:
@@ -236,7 +236,12 @@ class Ingress:
     async def memory(self, request: Request) -> dict[str, Any]:
         """Every replica of both groups: state, memory snapshot, budget, load report, allocator settings."""
         self._authorize(request)
-        return {"groups": await self._describe_groups(), "gpu_breaker": self._router.breaker.state, "fallbacks": self._fallbacks}
+        return {
+            "groups": await self._describe_groups(),
+            "gpu_breaker": self._router.breaker.state,
+            "fallbacks": self._fallbacks,
+            "frame_cache": dataclasses.asdict(self._files.frames.stats),  # this ingress replica's
+        }
 
     async def _describe_groups(self) -> dict[str, list[dict[str, Any]]]:
         async def describe(name: str, handle: DeploymentHandle) -> tuple[str, list[dict[str, Any]]]:
@@ -378,7 +383,6 @@ class Ingress:
             request,
             files=self._files,
             owner=owner,
-            metrics=self._metrics,
             request_id=_request_id(request),
             model_id=self._model_id,
             config=self._config,

@@ -102,6 +102,8 @@ def test_a_second_analyze_of_a_file_comes_from_the_frame_cache(files_url, alice)
     assert second.json()["answer"] == first.json()["answer"]
     assert second.json()["frames"]["timestamps_s"] == first.json()["frames"]["timestamps_s"]
     assert second.json()["video"]["file_id"] == fresh
+    cache = httpx.get(f"{files_url}/v1/memory", headers=headers, timeout=60).json()["frame_cache"]
+    assert cache["hits"] >= 1 and cache["entries"] >= 1 and 0 < cache["bytes"] <= cache["max_bytes"]
     alice.files.delete(fresh)
 
 
