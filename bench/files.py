@@ -49,6 +49,7 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     path = _video(args.minutes * 60)
     video = path.read_bytes()
     logger.info("Video: %s, %d bytes", path.name, len(video))
