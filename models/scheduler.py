@@ -383,7 +383,7 @@ class BatchScheduler:
                 self._engine.tokenizer, ticket.request, end_ids=end_ids, prompt_tokens=ticket.prepared.prompt_tokens
             )
             ticket.sink.opened(ticket.request, tuple(ticket.retries), ticket.cost)
-            tokens.append(ticket.sampler.next_token(logits[index]))
+        tokens, failures = self._sample(tickets, logits)
         rows.last_tokens = torch.tensor([token for token, _ in tokens], dtype=torch.long, device=rows.last_tokens.device)
         if self._batch is None:
             self._batch = rows
@@ -396,7 +396,10 @@ class BatchScheduler:
         self._recount()  # prefilled: only their KV cache (and, on the CPU, their frames) stays
         self.stats.running = len(self._running)
         self.stats.peak_batch_size = max(self.stats.peak_batch_size, len(self._running))
-        ended = [first + index for index, (ticket, token) in enumerate(zip(tickets, tokens)) if self._emit(ticket, token)]
+        ended = [
+            first + index for index, (ticket, token) in enumerate(zip(tickets, tokens))
+            if self._deliver(ticket, token, failures.get(index))
+        ]
         if ended:
             self._leave(ended)
 
@@ -451,9 +454,12 @@ class BatchScheduler:
         self.stats.steps += 1
         if logits is None:
             return
-        next_tokens = [ticket.sampler.next_token(logits[index]) for index, ticket in enumerate(tickets)]
+        next_tokens, failures = self._sample(tickets, logits)
         batch.advance(torch.tensor([token for token, _ in next_tokens], dtype=torch.long))
-        ended = [index for index, (ticket, token) in enumerate(zip(tickets, next_tokens)) if self._emit(ticket, token)]
+        ended = [
+            index for index, (ticket, token) in enumerate(zip(tickets, next_tokens))
+            if self._deliver(ticket, token, failures.get(index))
+        ]
         if ended:
             self._leave(ended)
 
@@ -490,6 +496,28 @@ class BatchScheduler:
             return None, [], None
         joined = KvBatch.concatenate([part[0] for part in parts])
         return joined, [t for part in parts for t in part[1]], torch.cat([part[2] for part in parts])
+
+    def _sample(self, tickets: list[_Ticket], logits: torch.Tensor) -> tuple[list[tuple[int, Any]], dict[int, Exception]]:
+        """Each row's next token; a row whose sampling fails (its grammar, its options) gets a placeholder and
+        its error, so that it alone ends and the others go on."""
+        tokens: list[tuple[int, Any]] = []
+        failures: dict[int, Exception] = {}
+        for index, ticket in enumerate(tickets):
+            try:
+                tokens.append(ticket.sampler.next_token(logits[index]))
+            except Exception as error:  # noqa: BLE001 - one request's fault ends that request only
+                ticket.log(logging.ERROR, "Sampling the next token failed; ending this request only: %s: %s",
+                           type(error).__name__, error)
+                failures[index] = error
+                tokens.append((0, None))  # the row leaves before the next step
+        return tokens, failures
+
+    def _deliver(self, ticket: _Ticket, sampled: tuple[int, Any], failure: Exception | None) -> bool:
+        """Send the sampled token's text, or the request's failure; ``True`` when the request has ended."""
+        if failure is not None:
+            ticket.sink.failed(failure)
+            return True
+        return self._emit(ticket, sampled)
 
     def _emit(self, ticket: _Ticket, sampled: tuple[int, Any]) -> bool:
         """Send the text the sampled token completes; ``True`` when the request has ended."""

@@ -43,6 +43,7 @@ class TokenSampler:
         grammar: GrammarState | None = None,
     ) -> None:
         self._temperature = request.temperature
+        self._seed = request.seed
         self._options = request.options
         self._end_ids = torch.tensor(sorted(end_ids), dtype=torch.long) if end_ids else None
         self._grammar = grammar

@@ -22,6 +22,7 @@ from deployments.model_replica import (
 from deployments.replica_protocol import Accepted
 from memory.fault_injection import SIMULATE_OOM_ABOVE_PIXELS_ENV
 from models.base import ChatMessage, GenerationRequest, TextDelta, TextPart, VideoPart
+from models.token_sampler import TokenSampler
 from polling import wait_for_condition
 
 REQUEST = GenerationRequest(messages=(ChatMessage("user", (TextPart("hi"),)),), max_new_tokens=2)
@@ -128,6 +129,33 @@ def test_on_the_cpu_a_videos_frames_and_tensors_are_in_the_batch_price_until_it_
     assert batching["peak_admitted_bytes"] >= answer.predicted_bytes
     wait_for_condition(lambda: replica.describe()["batching"]["admitted_bytes"] == 0, timeout_s=10)
     assert replica.describe()["batching"]["waiting_input_bytes"] == 0
+
+
+def test_a_request_whose_sampling_fails_ends_alone_and_its_batch_goes_on(monkeypatch, ready_cpu_replica):
+    replica = ready_cpu_replica(max_batch_size=4)
+    requests = [
+        GenerationRequest(messages=(ChatMessage("user", (TextPart(f"question {i}"),)),), max_new_tokens=12, seed=seed)
+        for i, seed in enumerate((1, 13, 2))
+    ]
+    alone = [generate(replica, request).result for request in (requests[0], requests[2])]
+    real_next_token = TokenSampler.next_token
+
+    def failing_for_seed_13(self, logits):
+        if self._seed == 13 and len(self._generated) == 3:  # mid-answer, in a shared decode step
+            raise RuntimeError("this request's sampling broke")
+        return real_next_token(self, logits)
+
+    monkeypatch.setattr(TokenSampler, "next_token", failing_for_seed_13)
+
+    async def together():
+        return await asyncio.gather(*(replica.generate(request) for request in requests), return_exceptions=True)
+
+    first, broken, third = asyncio.run(together())
+
+    assert isinstance(broken, RuntimeError) and "sampling broke" in str(broken)
+    assert [first.result, third.result] == alone
+    assert replica.describe()["batching"]["peak_batch_size"] >= 2
+    assert generate(replica, REQUEST).result.completion_tokens >= 1
 
 
 def _prefill_out_of_memory(request):
