@@ -44,6 +44,7 @@ from deployments.openai_schema import (
     model_body,
     model_list_body,
     SEED_MAX,
+    StreamOptions,
     new_completion_id,
 )
 from deployments.uploads import remove_stale_uploads
@@ -342,14 +343,13 @@ class Ingress:
         choices = _choices(generation_request, chat.n or 1)
         completion_id = new_completion_id()
         if chat.stream:
-            include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
-            return await self._stream_chat(request, choices, completion_id, include_usage)
+            return await self._stream_chat(request, choices, completion_id, chat.stream_options or StreamOptions())
         answers = await asyncio.gather(*(self._generate(choice) for choice in choices))
         body = chat_completion_body(completion_id, self._model_id, [answer.result for answer in answers])
         return JSONResponse(body, headers=_served_by_headers(answers[0]))
 
     async def _stream_chat(
-        self, request: Request, choices: list[GenerationRequest], completion_id: str, include_usage: bool
+        self, request: Request, choices: list[GenerationRequest], completion_id: str, options: StreamOptions
     ) -> StreamingResponse:
         """Server-sent ``chat.completion.chunk`` events; a client that goes away cancels the replica's generation."""
         opened = await asyncio.gather(
@@ -364,7 +364,8 @@ class Ingress:
             raise failed[0]
         events = chat_completion_events(
             [stream for _, stream in opened], completion_id=completion_id, model_id=self._model_id,
-            include_usage=include_usage, request_id=_request_id(request),
+            include_usage=options.include_usage, request_id=_request_id(request),
+            continuous_usage_prompt_tokens=opened[0][0].prompt_tokens if options.continuous_usage_stats else None,
         )
         served_by = opened[0][0].served_by
         headers = {

@@ -186,7 +186,12 @@ class ModelReplica:
             if not isinstance(opened, Opened):
                 raise RuntimeError(f"The scheduler sent {type(opened).__name__} before the request was admitted")
             started = time.perf_counter()
-            yield StreamOpened(served_by=served_by, used=request_size(opened.used), predicted_bytes=opened.cost.total_bytes)
+            yield StreamOpened(
+                served_by=served_by,
+                used=request_size(opened.used),
+                predicted_bytes=opened.cost.total_bytes,
+                prompt_tokens=opened.prompt_tokens,
+            )
             while True:
                 item = await bridge.next()
                 if isinstance(item, GenerationResult):

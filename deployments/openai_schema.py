@@ -63,8 +63,11 @@ class ChatMessageIn(_Lenient):
     content: str | list[ContentPartIn]
 
 
-class StreamOptions(_Lenient):
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     include_usage: bool = False
+    continuous_usage_stats: bool = False  # vLLM's: usage so far in every chunk (GuideLLM asks for it)
 
 
 class JsonSchemaIn(_Lenient):

@@ -48,6 +48,7 @@ class StreamOpened:
     served_by: ServedBy
     used: RequestSize  # smaller than asked when it was shrunk to fit, or after out-of-memory retries
     predicted_bytes: int = 0
+    prompt_tokens: int = 0  # 0 where the adapter counts them only at the end (its own generate loop)
 
 
 @dataclasses.dataclass(frozen=True)

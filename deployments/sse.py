@@ -26,9 +26,18 @@ _END = object()
 
 
 async def chat_completion_events(
-    streams: list[DeploymentResponseGenerator], *, completion_id: str, model_id: str, include_usage: bool, request_id: str
+    streams: list[DeploymentResponseGenerator],
+    *,
+    completion_id: str,
+    model_id: str,
+    include_usage: bool,
+    request_id: str,
+    continuous_usage_prompt_tokens: int | None = None,
 ) -> AsyncIterator[str]:
-    """One stream per choice (``n``), interleaved as their pieces come; each chunk names its choice's index."""
+    """One stream per choice (``n``), interleaved as their pieces come; each chunk names its choice's index.
+
+    ``continuous_usage_prompt_tokens`` (vLLM's ``stream_options.continuous_usage_stats``): every text chunk
+    carries the usage so far, over all choices, with this prompt count."""
     created = int(time.time())
 
     def chunk(
@@ -41,15 +50,25 @@ async def chat_completion_events(
 
     finished = False
     results: dict[int, GenerationResult] = {}
+    generated: dict[int, int] = {}
+
+    def usage_so_far() -> dict[str, int] | None:
+        if continuous_usage_prompt_tokens is None:
+            return None
+        completion = sum(generated.values())
+        prompt = continuous_usage_prompt_tokens
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
     try:
         for index in range(len(streams)):
             yield chunk(index, {"role": "assistant", "content": ""})
         async for index, item in _interleaved(streams):
             if isinstance(item, TextDelta):
-                yield chunk(index, {"content": item.text}, logprobs=item.logprobs)
+                generated[index] = item.completion_tokens
+                yield chunk(index, {"content": item.text}, usage=usage_so_far(), logprobs=item.logprobs)
             elif isinstance(item, ReplicaAnswer):
                 results[index] = item.result
-                yield chunk(index, {}, finish_reason=item.result.finish_reason)
+                generated[index] = item.result.completion_tokens
+                yield chunk(index, {}, finish_reason=item.result.finish_reason, usage=usage_so_far())
         if include_usage:
             yield chunk(0, None, None, usage_body([results[index] for index in sorted(results)]))
         yield "data: [DONE]\n\n"

@@ -17,8 +17,8 @@ from models.requests import GenerationRequest, GenerationResult, TextDelta
 
 
 class Opened:
-    def __init__(self, used: GenerationRequest, retries: tuple[OomRetry, ...], cost: RequestCost) -> None:
-        self.used, self.retries, self.cost = used, retries, cost
+    def __init__(self, used: GenerationRequest, retries: tuple[OomRetry, ...], cost: RequestCost, prompt_tokens: int) -> None:
+        self.used, self.retries, self.cost, self.prompt_tokens = used, retries, cost, prompt_tokens
 
 
 class StreamBridge:
@@ -29,8 +29,10 @@ class StreamBridge:
 
     # -- the scheduler thread's side (RequestSink) ----------------------------------------------
 
-    def opened(self, used: GenerationRequest, retries: tuple[OomRetry, ...], cost: RequestCost) -> None:
-        self._put(Opened(used, retries, cost))
+    def opened(
+        self, used: GenerationRequest, retries: tuple[OomRetry, ...], cost: RequestCost, prompt_tokens: int = 0
+    ) -> None:
+        self._put(Opened(used, retries, cost, prompt_tokens))
 
     def text(self, delta: TextDelta) -> None:
         self._put(delta)

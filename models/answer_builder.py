@@ -65,7 +65,7 @@ class AnswerBuilder:
                 piece += self._stop.flush()
         delta = None
         if piece or (reason is not None and self._pending):
-            delta = TextDelta(piece, tuple(self._pending))
+            delta = TextDelta(piece, tuple(self._pending), self.generated)
             self._all_logprobs.extend(self._pending)
             self._pending = []
             self._sent.append(piece)

@@ -126,3 +126,4 @@ class TextDelta:
 
     text: str
     logprobs: tuple[TokenLogprob, ...] = ()
+    completion_tokens: int = 0  # tokens generated so far, this piece's included (0: not counted)

@@ -60,7 +60,9 @@ class BatchLimits:
 class RequestSink(Protocol):
     """Where one request's events go (called from the scheduler thread)."""
 
-    def opened(self, used: GenerationRequest, retries: tuple[OomRetry, ...], cost: RequestCost) -> None: ...
+    def opened(
+        self, used: GenerationRequest, retries: tuple[OomRetry, ...], cost: RequestCost, prompt_tokens: int = 0
+    ) -> None: ...
 
     def text(self, delta: TextDelta) -> None: ...
 
@@ -382,7 +384,7 @@ class BatchScheduler:
             ticket.answer = AnswerBuilder(
                 self._engine.tokenizer, ticket.request, end_ids=end_ids, prompt_tokens=ticket.prepared.prompt_tokens
             )
-            ticket.sink.opened(ticket.request, tuple(ticket.retries), ticket.cost)
+            ticket.sink.opened(ticket.request, tuple(ticket.retries), ticket.cost, ticket.prepared.prompt_tokens)
         tokens, failures = self._sample(tickets, logits)
         rows.last_tokens = torch.tensor([token for token, _ in tokens], dtype=torch.long, device=rows.last_tokens.device)
         if self._batch is None:

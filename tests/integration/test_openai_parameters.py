@@ -222,3 +222,18 @@ def test_the_routes_clients_probe(base_url, client):
     assert version["version"] and version["ray"]
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("gpt-4o")
+
+
+def test_continuous_usage_stats_puts_the_usage_so_far_in_every_chunk(client):
+    chunks = _stream(client, max_tokens=6, extra_body={"ignore_eos": True},
+                     stream_options={"include_usage": True, "continuous_usage_stats": True})
+
+    final = chunks[-1].usage
+    counted = [chunk.usage.completion_tokens for chunk in chunks if chunk.choices and chunk.usage is not None]
+    assert counted == sorted(counted) and counted[-1] == final.completion_tokens == 6
+    assert {chunk.usage.prompt_tokens for chunk in chunks if chunk.usage is not None} == {final.prompt_tokens}
+
+
+def test_an_unknown_stream_option_is_named(client):
+    with pytest.raises(openai.UnprocessableEntityError, match="stream_options.every_token"):
+        _stream(client, max_tokens=2, stream_options={"every_token": True})
