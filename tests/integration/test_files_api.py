@@ -15,10 +15,11 @@ import media_factory
 from integration.conftest import TEST_APP_ARGS, deploy
 from s3_server import storage_options
 
-KEYS = ("vd-files-key-alice-0001", "vd-files-key-bob-0002")
+KEYS = ("vd-files-key-alice-0001", "vd-files-key-bob-0002", "vd-files-key-carol-0003")
 MODEL_ID = "tiny-qwen2-vl"
 CLIP = media_factory.video_bytes("mp4", num_frames=24, fps=12)
 MAX_FILES = 4
+MAX_BYTES = 64 * 1024
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def files_url(http_port, test_root, s3_endpoint):
         "cpu_group": {"num_cpus": 0.5},
         "auth": {"api_keys_file": str(keys_file)},
         "files": {"store_url": "s3://vd-files/store", "storage_options": storage_options(s3_endpoint),
-                  "max_files_per_key": MAX_FILES},
+                  "max_files_per_key": MAX_FILES, "max_bytes_per_key": MAX_BYTES},
     }
     url = deploy(args, http_port, name="files", route_prefix="/files")
     yield url
@@ -169,3 +170,16 @@ def test_the_file_quota_per_key_is_a_429_with_the_figures(bob):
 
     bob.files.delete(held[0])
     bob.files.create(file=("now-fits.mp4", CLIP, "video/mp4"), purpose="vision")  # room again
+
+
+def test_the_byte_quota_per_key_is_a_413_with_the_figures(files_url):
+    carol = openai.OpenAI(base_url=f"{files_url}/v1", api_key=KEYS[2], max_retries=0, timeout=60)
+    small = carol.files.create(file=("small.bin", b"\0" * 1000, "application/octet-stream"), purpose="user_data")
+
+    with pytest.raises(openai.APIStatusError) as refused:
+        carol.files.create(file=("big.bin", b"\0" * MAX_BYTES, "application/octet-stream"), purpose="user_data")
+
+    assert refused.value.status_code == 413
+    assert f"holds 1000 bytes of files; with this one ({MAX_BYTES} bytes)" in refused.value.message
+    assert f"over the {MAX_BYTES}-byte limit" in refused.value.message
+    assert [item.id for item in carol.files.list().data] == [small.id]  # nothing half-stored

@@ -56,6 +56,15 @@ def _finish_reasons(chunks) -> dict[int, str]:
     return {choice.index: choice.finish_reason for chunk in chunks for choice in chunk.choices if choice.finish_reason}
 
 
+def _answer(client, stream: bool, **kwargs) -> tuple[str, str, int]:
+    """(text, finish_reason, completion tokens) of one choice, streamed or not."""
+    if not stream:
+        completion = _create(client, **kwargs)
+        return completion.choices[0].message.content, completion.choices[0].finish_reason, completion.usage.completion_tokens
+    chunks = _stream(client, stream_options={"include_usage": True}, **kwargs)
+    return _streamed_text(chunks), _finish_reasons(chunks)[0], chunks[-1].usage.completion_tokens
+
+
 def test_stop_ends_the_answer_before_the_stop_string_streamed_or_not(client):
     plain = _create(client, **VARIED).choices[0].message.content
     stop = plain[4:6]
@@ -87,45 +96,54 @@ def test_no_logprobs_unless_asked(client):
     assert _create(client, max_tokens=2).choices[0].logprobs is None
 
 
+@pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("cut", [{"top_p": 1e-6}, {"extra_body": {"top_k": 1, "ignore_eos": True}},
                                  {"extra_body": {"min_p": 1.0, "ignore_eos": True}}])
-def test_a_cut_to_one_token_samples_the_greedy_answer(client, cut):
+def test_a_cut_to_one_token_samples_the_greedy_answer(client, cut, stream):
+    cut = dict(cut)
     greedy = _create(client, max_tokens=8, extra_body={"ignore_eos": True}).choices[0].message.content
     extra = cut.pop("extra_body", {"ignore_eos": True})
 
-    sampled = _create(client, max_tokens=8, temperature=1.0, seed=5, extra_body=extra, **cut).choices[0].message.content
+    sampled, _, _ = _answer(client, stream, max_tokens=8, temperature=1.0, seed=5, extra_body=extra, **cut)
     free = _create(client, max_tokens=8, temperature=1.0, seed=5, extra_body={"ignore_eos": True}).choices[0].message.content
 
     assert sampled == greedy
     assert free != greedy
 
 
-def test_penalties_change_a_repetitive_answer(client):
-    plain = _create(client, max_tokens=12, logprobs=True, extra_body={"ignore_eos": True}).choices[0]
-    penalised = _create(client, max_tokens=12, logprobs=True, frequency_penalty=2.0, presence_penalty=2.0,
-                        extra_body={"ignore_eos": True}).choices[0]
-    repetition = _create(client, max_tokens=12, logprobs=True, extra_body={"ignore_eos": True, "repetition_penalty": 5.0}).choices[0]
+@pytest.mark.parametrize("stream", [False, True])
+def test_penalties_change_a_repetitive_answer(client, stream):
+    def distinct_tokens(**kwargs) -> int:
+        kwargs = {"max_tokens": 12, "logprobs": True, **kwargs}
+        kwargs["extra_body"] = {"ignore_eos": True, **kwargs.get("extra_body", {})}
+        if stream:
+            entries = [entry for chunk in _stream(client, **kwargs) for choice in chunk.choices
+                       if choice.logprobs for entry in choice.logprobs.content]
+        else:
+            entries = _create(client, **kwargs).choices[0].logprobs.content
+        assert len(entries) == 12
+        return len({entry.token for entry in entries})
 
-    def distinct(choice) -> int:
-        return len({entry.token for entry in choice.logprobs.content})
-
-    assert distinct(plain) <= 2
-    assert distinct(penalised) > 6 and distinct(repetition) > 6
+    assert distinct_tokens() <= 2
+    assert distinct_tokens(frequency_penalty=2.0, presence_penalty=2.0) > 6
+    assert distinct_tokens(extra_body={"repetition_penalty": 5.0}) > 6
 
 
-def test_max_completion_tokens_min_tokens_and_seed(client, tiny_model_path):
+@pytest.mark.parametrize("stream", [False, True])
+def test_max_completion_tokens_min_tokens_logit_bias_and_seed(client, tiny_model_path, stream):
     end_token = _end_token_ids(tiny_model_path)[0]
-    capped = _create(client, max_completion_tokens=7, extra_body={"ignore_eos": True})
-    first = _create(client, **VARIED).choices[0].message.content
-    again = _create(client, **VARIED).choices[0].message.content
-    other = _create(client, **{**VARIED, "seed": 4}).choices[0].message.content
-    ends = _create(client, max_tokens=20, logit_bias={str(end_token): 100})
-    held = _create(client, max_tokens=20, logit_bias={str(end_token): 100}, extra_body={"min_tokens": 5})
+    _, capped_reason, capped_tokens = _answer(client, stream, max_completion_tokens=7, extra_body={"ignore_eos": True})
+    first, _, _ = _answer(client, stream, **VARIED)
+    again, _, _ = _answer(client, stream, **VARIED)
+    other, _, _ = _answer(client, stream, **{**VARIED, "seed": 4})
+    _, ends_reason, ends_tokens = _answer(client, stream, max_tokens=20, logit_bias={str(end_token): 100})
+    _, held_reason, held_tokens = _answer(client, stream, max_tokens=20, logit_bias={str(end_token): 100},
+                                          extra_body={"min_tokens": 5})
 
-    assert capped.usage.completion_tokens == 7 and capped.choices[0].finish_reason == "length"
+    assert (capped_tokens, capped_reason) == (7, "length")
     assert first == again != other
-    assert ends.usage.completion_tokens == 1 and ends.choices[0].finish_reason == "stop"
-    assert held.usage.completion_tokens == 6 and held.choices[0].finish_reason == "stop"  # 5 tokens, then the end
+    assert (ends_tokens, ends_reason) == (1, "stop")
+    assert (held_tokens, held_reason) == (6, "stop")  # 5 tokens, then the end
 
 
 def _end_token_ids(model_path) -> list[int]:
