@@ -137,11 +137,15 @@ class FilesService:
         return record
 
     def video_record(self, owner: str, file_id: str, param: str) -> FileRecord:
+        return self._record_of_kind(owner, file_id, param, "video")
+
+    def _record_of_kind(self, owner: str, file_id: str, param: str, kind: FileKind) -> FileRecord:
+        """The caller's file, which must be a video or an image: a 400 naming what it is otherwise."""
         record = self.record(owner, file_id, param)
-        if record.kind != "video":
+        if record.kind != kind:
             raise ApiError(
-                400, f"{param}: {file_id} ({record.filename}) is {_kind_words(record.kind)}, not a video",
-                param=param, code="not_a_video",
+                400, f"{param}: {file_id} ({record.filename}) is {_kind_words(record.kind)}, not {_kind_words(kind)}",
+                param=param, code=f"not_{_kind_words(kind).replace(' ', '_')}",
             )
         return record
 
@@ -160,13 +164,7 @@ class FilesService:
         return sampled
 
     def image_bytes(self, owner: str, file_id: str, param: str) -> bytes:
-        record = self.record(owner, file_id, param)
-        if record.kind != "image":
-            raise ApiError(
-                400, f"{param}: {file_id} ({record.filename}) is {_kind_words(record.kind)}, not an image",
-                param=param, code="not_an_image",
-            )
-        return self.store.read(record)
+        return self.store.read(self._record_of_kind(owner, file_id, param, "image"))
 
     def _source(self, record: FileRecord) -> str | bytes:
         return self.store.local_path(record) or self.store.read(record)

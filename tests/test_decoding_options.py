@@ -11,24 +11,10 @@ import pytest
 
 from deployments.config import load_app_config
 from deployments.model_replica import ModelReplica
+from events_schema import EVENTS_SCHEMA
 from models.errors import InvalidParameterError
 from models.requests import ChatMessage, DecodingOptions, GenerationRequest, ResponseFormat, TextDelta, TextPart
 from polling import wait_for_condition
-
-EVENTS_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "events": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "properties": {"t": {"type": "number"}, "what": {"type": "string"}},
-                "required": ["t", "what"],
-            },
-        }
-    },
-    "required": ["events"],
-}
 
 
 @pytest.fixture(scope="module")

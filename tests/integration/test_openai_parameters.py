@@ -11,26 +11,13 @@ import openai
 import pytest
 import transformers
 
+from events_schema import EVENTS_SCHEMA
 from integration.conftest import serve_log_lines
 
 MODEL_ID = "tiny-qwen2-vl"
 MESSAGES = [{"role": "user", "content": "Describe the scene."}]
 # Seeded sampling that never ends early: a varied answer, the same every time.
 VARIED = {"temperature": 1.0, "seed": 3, "max_tokens": 16, "extra_body": {"ignore_eos": True}}
-EVENTS_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "events": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "properties": {"t": {"type": "number"}, "what": {"type": "string"}},
-                "required": ["t", "what"],
-            },
-        }
-    },
-    "required": ["events"],
-}
 
 
 @pytest.fixture(scope="module")
