@@ -1,4 +1,4 @@
-"""Optional API keys: ``Authorization: Bearer <key>`` on every route but ``/healthz``.
+"""Optional API keys: ``Authorization: Bearer <key>`` on every route but ``/healthz``, ``/health`` and ``/version``.
 
 Keys come from an environment variable (comma-separated) and/or a file (one
 per line, ``#`` comments allowed). With no key configured, auth is off.

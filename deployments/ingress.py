@@ -15,10 +15,10 @@ import time
 from typing import Any, Awaitable, Literal
 
 import pydantic
+import ray
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-import ray
 from ray import serve
 from ray.serve.exceptions import DeploymentUnavailableError, RayServeException
 from ray.serve.handle import DeploymentHandle
@@ -26,12 +26,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments.analyze import analyze_upload
 from deployments.auth import bearer_key, check_bearer, load_api_keys
-from deployments.file_store import owner_of
-from deployments.files_api import FilesService
 from deployments.chat_parameters import refuse_unsupported
 from deployments.chat_translation import to_generation_request
 from deployments.config import AppConfig
 from deployments.errors import ApiError, describe_validation_errors, error_body
+from deployments.file_store import owner_of
+from deployments.files_api import FilesService
 from deployments.json_body import read_json_body
 from deployments.logs import route_logs_through_serve
 from deployments.metrics import IngressMetrics
@@ -39,12 +39,12 @@ from deployments.sse import chat_completion_events
 from deployments.replica_protocol import CPU_GROUP, DEPLOYMENT_NAMES, GPU_GROUP, ReplicaAnswer
 from deployments.router import CircuitBreaker, GroupRouter, GroupTimeouts, NoGroupAvailableError, remote_cause
 from deployments.openai_schema import (
+    SEED_MAX,
     ChatCompletionRequest,
+    StreamOptions,
     chat_completion_body,
     model_body,
     model_list_body,
-    SEED_MAX,
-    StreamOptions,
     new_completion_id,
 )
 from deployments.uploads import remove_stale_uploads
