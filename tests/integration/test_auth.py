@@ -44,8 +44,18 @@ def test_every_route_but_healthz_wants_a_valid_key(secured_url, method, path, au
     assert KEY not in response.text
 
 
-def test_healthz_needs_no_key(secured_url):
-    assert httpx.get(f"{secured_url}/healthz", timeout=30).status_code == 200
+@pytest.mark.parametrize("path", ["/healthz", "/health", "/version"])
+def test_the_probe_routes_need_no_key(secured_url, path):
+    response = httpx.get(f"{secured_url}{path}", timeout=30)
+
+    assert response.status_code == 200
+    assert "groups" not in response.json()  # /health's status alone, without the replicas' reasons
+
+
+def test_the_files_routes_want_a_key(secured_url):
+    assert httpx.get(f"{secured_url}/v1/files", timeout=30).status_code == 401
+    assert httpx.post(f"{secured_url}/v1/files", files={"file": ("a", b"x")}, data={"purpose": "vision"},
+                      timeout=30).status_code == 401
 
 
 def test_the_openai_client_with_the_key_is_served(secured_url):
