@@ -5,11 +5,13 @@
                          [--memory-bytes N] [--gpu-total-bytes N --gpu-free-bytes N]
                          [--frames 8] [--pixels-per-frame 200704] [--max-new-tokens 512] [--json]
 
-``plan`` prices each strategy from the model's ``config.json`` (meta device,
-no weights read) against the budget this replica would get, and says which
-fit. ``--gpu-total-bytes`` / ``--gpu-free-bytes`` plan for a GPU this machine
-does not have. Exit status: 0 when some strategy fits, 1 when none does,
-2 for bad input.
+``plan`` prints the model's weight bytes at every precision (the same on any
+machine), then prices each strategy of the chain from the model's ``config.json``
+(meta device, no weights read) against the budget this replica would get, and
+says which fit. Without ``--device`` it plans for the GPU when one is visible
+(or given), else for the CPU, and says so; ``--gpu-total-bytes`` (with
+``--gpu-share`` and ``--gpu-free-bytes``) plans for a GPU this machine does not
+have. Exit status: 0 when some strategy fits, 1 when none does, 2 for bad input.
 """
 
 import argparse
@@ -66,6 +68,10 @@ def _summary(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace) -> int:
     config = load_model_config(args.model, trust_remote_code=args.trust_remote_code)
+    device, note = _device(args)
+    args.device = device
+    sizes = {strategy.name: estimate.total_bytes
+             for strategy, estimate in estimate_chain(config, parse_chain(PRECISIONS, "cpu")).items()}
     chain = parse_chain(args.chain.split(",") if args.chain else list(_default_chain(args.device)), args.device)
     shape = RequestShape(
         max_frames=args.frames, max_pixels_per_frame=args.pixels_per_frame, max_images=1, max_new_tokens=args.max_new_tokens
@@ -85,16 +91,46 @@ def _plan(args: argparse.Namespace) -> int:
         )
     first_fit = next((row["strategy"] for row in rows if row["fits"]), None)
     if args.json:
-        payload = {"model": str(args.model), "model_type": config.model_type, "budget": budget.to_dict(), "strategies": rows, "would_load": first_fit}
+        payload = {
+            "model": str(args.model),
+            "model_type": config.model_type,
+            "sizes_bytes": sizes,
+            "device": device,
+            "note": note,
+            "budget": budget.to_dict(),
+            "strategies": rows,
+            "would_load": first_fit,
+        }
         sys.stdout.write(json.dumps(payload, indent=2) + "\n")
     else:
-        lines = [f"{args.model} ({config.model_type})", budget.explain()]
+        lines = [
+            f"{args.model} ({config.model_type})",
+            "weights: " + ", ".join(f"{name} {format_gib(size)}" for name, size in sizes.items()),
+        ]
+        if note:
+            lines.append(note)
+        lines.append(budget.explain())
         for row in rows:
             verdict = "fits" if row["fits"] else f"does not fit (short by {format_gib(row['estimate_bytes'] - row['budget_bytes'])})"
             lines.append(f"  {row['strategy']:<5} {format_gib(row['estimate_bytes']):>12}  {verdict}")
         lines.append(f"would load as: {first_fit or 'nothing fits'}")
         sys.stdout.write("\n".join(lines) + "\n")
     return 0 if first_fit else 1
+
+
+PRECISIONS = ("fp32", "bf16", "int8", "nf4")
+
+
+def _device(args: argparse.Namespace) -> tuple[str, str | None]:
+    """The device to plan for, and a note when it was chosen for the caller."""
+    if args.device is not None:
+        return args.device, None
+    if args.gpu_total_bytes is not None or MemorySnapshot.measure().gpus:
+        return "cuda", None
+    return "cpu", (
+        "No GPU visible: planned for this machine's CPU. To plan for a GPU that is not here, give "
+        "--gpu-total-bytes (and --gpu-share, --gpu-free-bytes)."
+    )
 
 
 def _default_chain(device: str) -> tuple[str, ...]:
@@ -123,7 +159,8 @@ def _parser() -> argparse.ArgumentParser:
     summary.add_argument("--json", action="store_true")
     plan = commands.add_parser("plan", help="each loading strategy's estimate against the budget, without loading")
     plan.add_argument("model", help="a local checkpoint folder (config.json is enough)")
-    plan.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    plan.add_argument("--device", choices=("cuda", "cpu"), default=None,
+                      help="plan for this device (default: the GPU when one is visible or given, else the CPU)")
     plan.add_argument("--gpu-share", type=float, default=0.5, help="the replica's num_gpus (default 0.5)")
     plan.add_argument("--chain", help="comma-separated strategies, e.g. bf16,int8,nf4")
     plan.add_argument("--memory-bytes", type=int, default=8 * 1024**3, help="CPU budget in bytes")

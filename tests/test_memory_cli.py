@@ -83,7 +83,7 @@ def test_plan_exits_1_when_nothing_fits(qwen2_vl_7b_config, run):
     ("args", "fragment"),
     [
         (["plan", "/no/such/model"], "does not exist"),
-        (["plan", "{config}"], "No GPU visible to plan against"),
+        (["plan", "{config}", "--device", "cuda"], "No GPU visible to plan against"),
         (["plan", "{config}", "--device", "cpu", "--memory-bytes", "0"], "must be above zero"),
         (["plan", "{config}", "--chain", "bf16,int3", "--gpu-total-bytes", "1000"], "Unknown strategy 'int3'"),
         (["plan", "{config}", "--gpu-share", "0", "--gpu-total-bytes", "1000"], "GPU share must be in (0, 1]"),
@@ -107,3 +107,19 @@ def test_a_checkpoint_with_its_own_code_is_planned_only_with_trust_remote_code(t
 
     assert completed.returncode == 2
     assert "--trust-remote-code" in completed.stderr
+
+
+def test_plan_without_a_gpu_prints_every_precision_and_plans_for_the_cpu(qwen2_vl_7b_config, run, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # what a machine without a GPU looks like, on any host
+    completed = run("plan", str(qwen2_vl_7b_config), "--json")
+    people = run("plan", str(qwen2_vl_7b_config))
+
+    plan = json.loads(completed.stdout)
+    sizes = plan["sizes_bytes"]
+    assert list(sizes) == ["fp32", "bf16", "int8", "nf4"]
+    assert sizes["fp32"] == pytest.approx(8_291_375_616 * 4, rel=0.001)
+    assert sizes["fp32"] > sizes["bf16"] > sizes["int8"] > sizes["nf4"]
+    assert plan["device"] == "cpu" and "--gpu-total-bytes" in plan["note"]
+    assert [row["strategy"] for row in plan["strategies"]] == ["fp32", "bf16", "int8", "nf4"]
+    assert people.stdout.splitlines()[1].startswith("weights: fp32 ")
+    assert "No GPU visible: planned for this machine's CPU" in people.stdout
