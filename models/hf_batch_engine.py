@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import transformers
 
-from memory.fault_injection import raise_if_simulated_out_of_memory
+from models.fault_injection import raise_if_simulated_out_of_memory
 from models.base import GenerationRequest
 from models.kv_batch import KvBatch, left_pad
 from models.request_shrink import media_pixels

@@ -20,7 +20,7 @@ from deployments.model_replica import (
     StreamOutOfMemoryError,
 )
 from deployments.replica_protocol import Accepted
-from memory.fault_injection import SIMULATE_OOM_ABOVE_PIXELS_ENV
+from models.fault_injection import SIMULATE_OOM_ABOVE_PIXELS_ENV
 from models.base import ChatMessage, GenerationRequest, TextDelta, TextPart, VideoPart
 from models.token_sampler import TokenSampler
 from polling import wait_for_condition

@@ -16,7 +16,7 @@ from ray import serve
 
 import media_factory
 from integration.conftest import deploy, serve_log_lines
-from memory.fault_injection import SIMULATE_OOM_ABOVE_PIXELS_ENV
+from models.fault_injection import SIMULATE_OOM_ABOVE_PIXELS_ENV
 from polling import wait_for_condition
 
 GIB = 1024**3
