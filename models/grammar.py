@@ -48,6 +48,13 @@ class GrammarCompiler:
         self._lock = threading.Lock()  # submitters compile from their own threads
 
     def compile(self, response_format: ResponseFormat) -> Any:
+        """The format's grammar (compiled once); also, on the first call, the closing masks, so that neither
+        costs the scheduler thread anything (decoding a 151k-token vocabulary takes seconds)."""
+        compiled = self._compile(response_format)
+        self._closing_tiers()
+        return compiled
+
+    def _compile(self, response_format: ResponseFormat) -> Any:
         with self._lock:
             if response_format in self._compiled:
                 self._compiled.move_to_end(response_format)

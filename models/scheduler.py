@@ -37,13 +37,19 @@ import torch
 from memory.admission import RequestCost, RequestCostModel, admission_decision, batch_bytes
 from memory.cleanup import release_memory
 from memory.loader import is_out_of_memory
-from models.base import GenerationRequest, GenerationResult, TextDelta
 from models.answer_builder import AnswerBuilder
-from models.errors import InvalidParameterError, ReplicaBusyError, RequestOutOfMemoryError, SchedulerClosedError, StreamOutOfMemoryError
+from models.base import GenerationRequest, GenerationResult, TextDelta
+from models.errors import (
+    InvalidParameterError,
+    ReplicaBusyError,
+    RequestOutOfMemoryError,
+    SchedulerClosedError,
+    StreamOutOfMemoryError,
+)
+from models.grammar import GrammarCompiler
 from models.hf_batch_engine import HfBatchEngine, PreparedPrompt
 from models.kv_batch import KvBatch
 from models.request_shrink import OomRetry, ShrinkFloor, request_size, shrink_request
-from models.grammar import GrammarCompiler
 from models.token_sampler import TokenSampler
 
 logger = logging.getLogger(__name__)
@@ -371,9 +377,8 @@ class BatchScheduler:
 
     def _begin(self, tickets: list[_Ticket], rows: KvBatch, logits: torch.Tensor) -> None:
         """Prefilled requests join the running batch: each samples its first token and starts streaming."""
-        tokens = []
-        for index, ticket in enumerate(tickets):
-            end_ids = frozenset(self._engine.eos_ids)
+        end_ids = frozenset(self._engine.eos_ids)
+        for ticket in tickets:
             ticket.sampler = TokenSampler(
                 ticket.request,
                 self._engine.device,
