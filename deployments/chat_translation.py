@@ -24,7 +24,7 @@ from deployments.openai_schema import (
 from models import media
 from models.remote_media import fetch_media
 from models.requests import ChatMessage, ContentPart, GenerationRequest, ImagePart, TextPart, VideoPart
-from models.video import FrameSelection, VideoInfo, probe_video, sample_video
+from models.video import FrameSelection, SampledVideo, VideoInfo, probe_video, sample_video
 from models.visual_tokens import VisualTokenGeometry
 
 _STATUS_BY_MEDIA_ERROR: tuple[tuple[type[media.MediaError], int], ...] = (
@@ -216,19 +216,10 @@ class _MediaSources:
 
     def _video_bytes(self, payload: bytes, where: str) -> tuple[PlannedPart, Decode]:
         limits = self._config.limits
-        try:
-            info = probe_video(payload, limits.video_limits())
-        except media.MediaError as error:
-            raise media_error_to_api_error(error, where) from error
-
-        def decode() -> ContentPart:
-            try:
-                sampled = sample_video(payload, FrameSelection(num_frames=limits.video_frames), limits.video_limits())
-            except media.MediaError as error:
-                raise media_error_to_api_error(error, where) from error
-            return VideoPart(frames=sampled.frames, timestamps_s=sampled.timestamps_s)
-
-        return self._video_plan(info, where), decode
+        selection, video_limits = FrameSelection(num_frames=limits.video_frames), limits.video_limits()
+        return self._video(
+            lambda: probe_video(payload, video_limits), lambda: sample_video(payload, selection, video_limits), where
+        )
 
     def _video_file(self, record: FileRecord, where: str) -> tuple[PlannedPart, Decode]:
         """An uploaded video: its frames from the cache when they are there, else probed now, decoded later."""
@@ -237,14 +228,22 @@ class _MediaSources:
         cached = files.cached_frames(record, selection, video_limits)
         if cached is not None:
             return self._video_plan(cached.info, where), lambda: VideoPart(cached.frames, cached.timestamps_s)
+        return self._video(
+            lambda: files.probe(record, video_limits), lambda: files.sample(record, selection, video_limits), where
+        )
+
+    def _video(
+        self, probe: Callable[[], VideoInfo], sample: Callable[[], SampledVideo], where: str
+    ) -> tuple[PlannedPart, Decode]:
+        """Probe now (the plan, from the header), sample later; a media error from either is the part's 4xx."""
         try:
-            info = files.probe(record, video_limits)
+            info = probe()
         except media.MediaError as error:
             raise media_error_to_api_error(error, where) from error
 
         def decode() -> ContentPart:
             try:
-                sampled = files.sample(record, selection, video_limits)
+                sampled = sample()
             except media.MediaError as error:
                 raise media_error_to_api_error(error, where) from error
             return VideoPart(frames=sampled.frames, timestamps_s=sampled.timestamps_s)

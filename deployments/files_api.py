@@ -14,7 +14,7 @@ import hashlib
 import logging
 import pathlib
 import tempfile
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable
 
 from starlette.requests import Request
 
@@ -32,6 +32,7 @@ FILE_FIELD = "file"
 FILE_ID_PREFIX = "file-"  # a video_url or image_url that starts so names an uploaded file
 PURPOSES = ("vision", "user_data", "assistants")
 _HASH_CHUNK_BYTES = 4 * 1024 * 1024
+_CONTENT_CHUNK_BYTES = 1024 * 1024
 _IMAGE_HEAD_BYTES = 1024 * 1024  # Pillow reads the header from the first bytes
 
 
@@ -113,6 +114,20 @@ class FilesService:
             "first_id": page[0].id if page else None,
             "last_id": page[-1].id if page else None,
         }
+
+    async def content(self, owner: str, file_id: str) -> tuple[FileRecord, AsyncIterator[bytes]]:
+        """The file's record, and its bytes read from the store a chunk at a time (off the event loop)."""
+        record = await asyncio.to_thread(self.record, owner, file_id, "file_id")
+        reader = await asyncio.to_thread(self.store.open, record)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                while chunk := await asyncio.to_thread(reader.read, _CONTENT_CHUNK_BYTES):
+                    yield chunk
+            finally:
+                reader.close()
+
+        return record, chunks()
 
     async def delete(self, owner: str, file_id: str) -> dict[str, Any]:
         if not await asyncio.to_thread(self.store.delete, owner, file_id):

@@ -128,7 +128,6 @@ def _served_by_headers(answer: ReplicaAnswer) -> dict[str, str]:
     }
 
 
-_CONTENT_CHUNK_BYTES = 1024 * 1024
 _REASON_CHARS = 300  # a dead replica's error carries its whole traceback
 _DESCRIBE_TIMEOUT_S = 10.0
 # Upload files older than this at start-up were left by an ingress that died mid-request.
@@ -308,19 +307,9 @@ class Ingress:
 
     @app.get("/v1/files/{file_id}/content")
     async def file_content(self, file_id: str, request: Request) -> StreamingResponse:
-        owner = self._authorize(request)
-        record = await asyncio.to_thread(self._files.record, owner, file_id, "file_id")
-        reader = await asyncio.to_thread(self._files.store.open, record)
-
-        async def chunks():
-            try:
-                while chunk := await asyncio.to_thread(reader.read, _CONTENT_CHUNK_BYTES):
-                    yield chunk
-            finally:
-                reader.close()
-
+        record, chunks = await self._files.content(self._authorize(request), file_id)
         headers = {"content-length": str(record.bytes), "content-disposition": f'attachment; filename="{record.id}"'}
-        return StreamingResponse(chunks(), media_type=record.content_type or "application/octet-stream", headers=headers)
+        return StreamingResponse(chunks, media_type=record.content_type or "application/octet-stream", headers=headers)
 
     @app.delete("/v1/files/{file_id}")
     async def delete_file(self, file_id: str, request: Request) -> dict[str, Any]:

@@ -55,7 +55,7 @@ class AnswerBuilder:
         elif self.generated >= self._request.max_new_tokens:
             reason = "length"
         if reason is not None:
-            piece += self._detokenizer.text()[sum(map(len, self._sent)) + len(piece) + self._held_chars() :]
+            piece += self._detokenizer.text()[self.sent_chars + len(piece) + self._held_chars() :]
         if self._stop is not None:
             released = self._stop.feed(piece)
             piece = released.text
@@ -79,6 +79,11 @@ class AnswerBuilder:
             logprobs=tuple(self._all_logprobs) if options.logprobs else None,
         )
         return Pushed(delta, result)
+
+    @property
+    def sent_chars(self) -> int:
+        """Characters of answer already sent to the client."""
+        return sum(map(len, self._sent))
 
     def _held_chars(self) -> int:
         """Characters the stop-string matcher holds back: decoded already, not sent yet."""

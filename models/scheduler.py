@@ -92,7 +92,6 @@ class _Ticket:
     grammar: Any = None  # the compiled response_format, when the request has one
     sampler: TokenSampler | None = None
     answer: AnswerBuilder | None = None
-    sent_chars: int = 0
 
     @property
     def request(self) -> GenerationRequest:
@@ -490,7 +489,7 @@ class BatchScheduler:
             self._on_out_of_memory("handed_off")
             ticket.log(logging.WARNING, "A decode step ran out of memory on one row alone; ending that request (%s)", cause)
             self._end(ticket)
-            error_type = StreamOutOfMemoryError if ticket.sent_chars else RequestOutOfMemoryError
+            error_type = StreamOutOfMemoryError if ticket.answer.sent_chars else RequestOutOfMemoryError
             ticket.sink.failed(error_type(f"ran out of memory mid-answer: {cause}"))
             return None, [], None
         self.stats.decode_splits += 1
@@ -531,7 +530,6 @@ class BatchScheduler:
         token, logprobs = sampled
         pushed = ticket.answer.push(token, logprobs, grammar_complete=ticket.sampler.grammar_complete)
         if pushed.delta is not None:
-            ticket.sent_chars += len(pushed.delta.text)
             ticket.sink.text(pushed.delta)
         if pushed.result is not None:
             ticket.sink.finished(pushed.result)

@@ -43,9 +43,10 @@ class TokenSampler:
         grammar: GrammarState | None = None,
     ) -> None:
         self._temperature = request.temperature
-        self._seed = request.seed
         self._options = request.options
         self._end_ids = torch.tensor(sorted(end_ids), dtype=torch.long) if end_ids else None
+        self._bias_ids = torch.tensor([token for token, _ in self._options.logit_bias], dtype=torch.long)
+        self._bias_values = torch.tensor([bias for _, bias in self._options.logit_bias], dtype=torch.float32)
         self._grammar = grammar
         self._max_new_tokens = request.max_new_tokens
         self._closing_reserve = min(64, max(8, request.max_new_tokens // 4))  # see models.grammar
@@ -97,14 +98,14 @@ class TokenSampler:
             return logits
         scores = logits.float().clone()
         if options.logit_bias:
-            ids = torch.tensor([token for token, _ in options.logit_bias], dtype=torch.long, device=scores.device)
-            scores[ids] += torch.tensor([bias for _, bias in options.logit_bias], device=scores.device)
-        generated = torch.tensor(self._generated, dtype=torch.long)
+            scores[self._bias_ids.to(scores.device)] += self._bias_values.to(scores.device)
         if options.repetition_penalty != 1.0:
+            generated = torch.tensor(self._generated, dtype=torch.long)
             seen = torch.cat([self._prompt_ids, generated]).unique().to(scores.device)
             values = scores[seen]
             scores[seen] = torch.where(values > 0, values / options.repetition_penalty, values * options.repetition_penalty)
         if (options.frequency_penalty or options.presence_penalty) and self._generated:
+            generated = torch.tensor(self._generated, dtype=torch.long)
             counts = torch.bincount(generated, minlength=scores.numel())[: scores.numel()].to(scores.device, scores.dtype)
             scores -= counts * options.frequency_penalty + (counts > 0).to(scores.dtype) * options.presence_penalty
         if self._end_ids is not None and len(self._generated) < options.min_tokens:

@@ -5,42 +5,29 @@ that process's memory only.
 """
 
 import contextlib
-import socket
 import subprocess
 import sys
 from typing import Iterator
 
 import httpx
 
+from net import free_port
 from polling import wait_for_condition
 
 CREDENTIALS = {"key": "test-key", "secret": "test-secret"}
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code < 500
-    except httpx.TransportError:
-        return False
-
-
 @contextlib.contextmanager
 def moto_s3_server(log_path) -> Iterator[str]:
     """The endpoint URL of a moto server started here; stopped (by pid) on the way out."""
-    port = _free_port()
+    port = free_port()
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for_condition(lambda: _answers(url), timeout_s=60, interval_s=0.2)
+        wait_for_condition(lambda: httpx.get(url, timeout=2).status_code < 500, timeout_s=60, interval_s=0.2)
         yield url
     finally:
         process.terminate()

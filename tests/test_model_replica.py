@@ -134,18 +134,18 @@ def test_on_the_cpu_a_videos_frames_and_tensors_are_in_the_batch_price_until_it_
 def test_a_request_whose_sampling_fails_ends_alone_and_its_batch_goes_on(monkeypatch, ready_cpu_replica):
     replica = ready_cpu_replica(max_batch_size=4)
     requests = [
-        GenerationRequest(messages=(ChatMessage("user", (TextPart(f"question {i}"),)),), max_new_tokens=12, seed=seed)
-        for i, seed in enumerate((1, 13, 2))
+        GenerationRequest(messages=(ChatMessage("user", (TextPart(f"question {i}"),)),), max_new_tokens=tokens)
+        for i, tokens in enumerate((12, 13, 12))
     ]
     alone = [generate(replica, request).result for request in (requests[0], requests[2])]
     real_next_token = TokenSampler.next_token
 
-    def failing_for_seed_13(self, logits):
-        if self._seed == 13 and len(self._generated) == 3:  # mid-answer, in a shared decode step
+    def failing_for_the_13_token_request(self, logits):
+        if self._max_new_tokens == 13 and len(self._generated) == 3:  # mid-answer, in a shared decode step
             raise RuntimeError("this request's sampling broke")
         return real_next_token(self, logits)
 
-    monkeypatch.setattr(TokenSampler, "next_token", failing_for_seed_13)
+    monkeypatch.setattr(TokenSampler, "next_token", failing_for_the_13_token_request)
 
     async def together():
         return await asyncio.gather(*(replica.generate(request) for request in requests), return_exceptions=True)

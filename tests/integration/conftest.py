@@ -5,23 +5,16 @@ process, so shutting it down stops only what the tests started. Ray's temp
 dir lives inside the test-owned folder.
 """
 
-import socket
-
 import httpx
 import pytest
 import ray
 from ray import serve
 
 from conftest import TEST_ROOT
+from net import free_port
 from polling import wait_for_condition
 
 APP_NAME = "video-detective"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +35,7 @@ def ray_instance(test_root, tiny_model_path):
 
 @pytest.fixture(scope="session")
 def http_port(ray_instance) -> int:
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     return port
 

@@ -9,7 +9,6 @@ the pid this test started, and anything left of it is found by that temp dir.
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 
 import httpx
@@ -17,15 +16,10 @@ import psutil
 import pytest
 import yaml
 
+from net import free_port
 from polling import wait_for_condition
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _processes_under(temp_dir: pathlib.Path) -> list[psutil.Process]:
@@ -36,16 +30,9 @@ def _processes_under(temp_dir: pathlib.Path) -> list[psutil.Process]:
     return found
 
 
-def _healthy(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
 @pytest.mark.integration
 def test_sigterm_stops_bin_serve_cleanly(test_root):
-    port = _free_port()
+    port = free_port()
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     config["http_options"]["port"] = port
     config_path = test_root / "bin-serve-config.yaml"
@@ -57,7 +44,8 @@ def test_sigterm_stops_bin_serve_cleanly(test_root):
     with open(log_path, "wb") as log:
         server = subprocess.Popen([str(ROOT / "bin" / "serve")], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_for_condition(lambda: _healthy(f"http://127.0.0.1:{port}/healthz"), timeout_s=180, interval_s=1)
+        healthz = f"http://127.0.0.1:{port}/healthz"
+        wait_for_condition(lambda: httpx.get(healthz, timeout=2).status_code == 200, timeout_s=180, interval_s=1)
 
         server.send_signal(signal.SIGTERM)
         returncode = server.wait(timeout=120)
