@@ -1,16 +1,19 @@
 """``POST /v1/analyze``: a video file and a question in, an answer with its frames, timings and tokens out.
 
-:func:`analyze_upload` does the whole request for the route in :mod:`deployments.ingress`: it streams
-the upload to a temporary file, checks the form fields (:func:`parse_analyze_fields`), samples the
-frames off the event loop, asks the replica groups, and builds the answer (:func:`analyze_body`).
+:func:`prepare_analysis` does the request's first half for the route in :mod:`deployments.ingress`: it
+streams the upload to a temporary file, checks the form fields (:func:`parse_analyze_fields`) and samples
+the frames off the event loop. The route then asks the replica groups, for the whole answer
+(:func:`analyze_body`) or, with ``stream=true``, for events as the answer is generated
+(:mod:`deployments.analyze_stream`).
 """
 
 import asyncio
+import dataclasses
 import logging
 import math
 import time
 import uuid
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 from starlette.requests import Request
 
@@ -21,7 +24,8 @@ from deployments.chat_translation import media_error_to_api_error
 from deployments.config import AppConfig, LimitsSettings
 from deployments.errors import ApiError, describe_validation_errors
 from deployments.openai_schema import SEED_MAX
-from deployments.replica_protocol import ReplicaAnswer
+from deployments.replica_protocol import ReplicaAnswer, ServedBy
+from deployments.thumbnails import frame_thumbnails
 from deployments.files_api import FilesService
 from deployments.uploads import receive_upload
 from memory.cleanup import return_freed_heap
@@ -32,7 +36,9 @@ from models.video import FrameSelection, SampledVideo, sample_video
 logger = logging.getLogger(__name__)
 
 VIDEO_FIELD = "video"
-TEXT_FIELDS = frozenset({"question", "frames", "fps", "max_tokens", "temperature", "seed", "model", "file_id"})
+TEXT_FIELDS = frozenset(
+    {"question", "frames", "fps", "max_tokens", "temperature", "seed", "model", "file_id", "stream", "thumbnails"}
+)
 # What a video part may declare itself as; anything else (text/plain, image/png, ...) is a 415.
 ACCEPTED_PART_TYPES = ("video/", "application/octet-stream", "application/x-matroska")
 # After an upload this large, freed heap pages go back to the OS (a few ms).
@@ -50,6 +56,8 @@ class AnalyzeFields(BaseModel):
     seed: int | None = Field(default=None, ge=0, le=SEED_MAX)
     model: str | None = None
     file_id: str | None = Field(default=None, description="An uploaded video (POST /v1/files), instead of a video part.")
+    stream: bool = Field(default=False, description="Answer with server-sent events as the answer is generated.")
+    thumbnails: bool = Field(default=False, description="Add each sampled frame as a small JPEG data URL.")
 
     @field_validator("question")
     @classmethod
@@ -113,18 +121,57 @@ def check_part_type(content_type: str) -> None:
         )
 
 
-def analyze_body(
-    *,
-    request_id: str,
-    model_id: str,
-    filename: str,
-    size_bytes: int,
-    sampled: SampledVideo,
-    answer: ReplicaAnswer,
-    timings: dict[str, Any],
-) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class PreparedAnalysis:
+    """A checked ``/v1/analyze`` request with its frames sampled, ready to send to a replica group."""
+
+    fields: AnalyzeFields
+    filename: str
+    size_bytes: int
+    sampled: SampledVideo
+    cache_hit: bool | None  # None: an upload, not a file
+    started: float  # perf_counter at the request's start
+    upload_s: float
+    generation_request: GenerationRequest
+
+    def video_body(self) -> dict[str, Any]:
+        video = {"filename": self.filename, "size_bytes": self.size_bytes, **self.sampled.info.to_dict()}
+        if self.fields.file_id is not None:
+            video["file_id"] = self.fields.file_id
+        return video
+
+    def timings(self, inference_s: float | None = None) -> dict[str, Any]:
+        timings: dict[str, Any] = {
+            "upload_s": round(self.upload_s, 4),
+            "decode_s": 0.0 if self.cache_hit else round(self.sampled.decode_seconds, 4),
+        }
+        if inference_s is not None:
+            timings["inference_s"] = round(inference_s, 4)
+            timings["total_s"] = round(time.perf_counter() - self.started, 4)
+        if self.cache_hit is not None:
+            timings["frame_cache"] = "hit" if self.cache_hit else "miss"
+        return timings
+
+    def sampled_frames_body(self) -> dict[str, Any]:
+        sampled = self.sampled
+        body: dict[str, Any] = {
+            "sampled_count": len(sampled.timestamps_s),
+            "sampled_timestamps_s": list(sampled.timestamps_s),
+            "width": int(sampled.frames.shape[2]),
+            "height": int(sampled.frames.shape[1]),
+            "effective_fps": sampled.effective_fps,
+            "seeks": sampled.seeks,
+            "decoded_frames": sampled.decoded_frames,
+        }
+        if self.fields.thumbnails:
+            body["thumbnails"] = frame_thumbnails(sampled.frames)
+        return body
+
+
+def analyze_body(prepared: PreparedAnalysis, answer: ReplicaAnswer, *, request_id: str, model_id: str) -> dict[str, Any]:
+    """The whole answer: the text, the frames the model saw, the video, timings, tokens and who served it."""
     result = answer.result
-    used_timestamps = list(answer.used_timestamps_s or sampled.timestamps_s)
+    used_timestamps = list(answer.used_timestamps_s or prepared.sampled.timestamps_s)
     return {
         "id": f"analyze-{uuid.uuid4().hex}",
         "object": "video.analysis",
@@ -132,46 +179,38 @@ def analyze_body(
         "model": model_id,
         "answer": result.text,
         "finish_reason": result.finish_reason,
-        "video": {"filename": filename, "size_bytes": size_bytes, **sampled.info.to_dict()},
+        "video": prepared.video_body(),
         "frames": {
             "count": len(used_timestamps),
             "timestamps_s": used_timestamps,
-            "sampled_count": len(sampled.timestamps_s),
-            "width": int(sampled.frames.shape[2]),
-            "height": int(sampled.frames.shape[1]),
             "pixels_per_frame_used": answer.used.max_pixels_per_frame,
-            "effective_fps": sampled.effective_fps,
-            "seeks": sampled.seeks,
-            "decoded_frames": sampled.decoded_frames,
+            **prepared.sampled_frames_body(),
         },
-        "timings": {name: round(value, 4) if isinstance(value, float) else value for name, value in timings.items()},
+        "timings": prepared.timings(answer.inference_seconds),
         "usage": {
             "prompt_tokens": result.prompt_tokens,
             "completion_tokens": result.completion_tokens,
             "total_tokens": result.total_tokens,
         },
-        "served_by": {
-            "group": answer.served_by.group,
-            "replica": answer.served_by.replica,
-            "precision": answer.served_by.precision,
-            "device": answer.served_by.device,
-        },
+        "served_by": served_by_body(answer.served_by),
         "out_of_memory_retries": [retry.to_dict() for retry in answer.oom_retries],
     }
 
 
-async def analyze_upload(
+def served_by_body(served_by: ServedBy) -> dict[str, str]:
+    return {"group": served_by.group, "replica": served_by.replica, "precision": served_by.precision, "device": served_by.device}
+
+
+async def prepare_analysis(
     request: Request,
     *,
     request_id: str,
-    model_id: str,
     config: AppConfig,
     files: FilesService,
     owner: str,
     check_served_model: Callable[[str | None], None],
-    generate: Callable[[GenerationRequest], Awaitable[ReplicaAnswer]],
-) -> tuple[dict[str, Any], ReplicaAnswer]:
-    """The whole ``/v1/analyze`` request: its answer's body, and the replica's answer (for its headers).
+) -> PreparedAnalysis:
+    """Receive, check and sample a ``/v1/analyze`` request; every bad input fails here with its 4xx.
 
     The video is the multipart part ``video``, or an uploaded file named by ``file_id``; a file's frames
     come from the decoded-frame cache when the same file was sampled the same way before."""
@@ -221,33 +260,23 @@ async def analyze_upload(
         sampled.decode_seconds, sampled.seeks, sampled.decoded_frames, ", from the frame cache" if cache_hit else "",
     )
     video = VideoPart(frames=sampled.frames, timestamps_s=sampled.timestamps_s)
-    answer = await generate(GenerationRequest(
+    generation_request = GenerationRequest(
         messages=(ChatMessage(role="user", content=(video, TextPart(fields.question))),),
         max_new_tokens=fields.max_tokens or limits.default_max_tokens,
         temperature=fields.temperature if fields.temperature is not None else config.generation.default_temperature,
         seed=fields.seed,
         max_prompt_tokens=limits.max_prompt_tokens,
-    ))
-    timings: dict[str, Any] = {
-        "upload_s": received - started,
-        "decode_s": 0.0 if cache_hit else sampled.decode_seconds,
-        "inference_s": answer.inference_seconds,
-        "total_s": time.perf_counter() - started,
-    }
-    if cache_hit is not None:
-        timings["frame_cache"] = "hit" if cache_hit else "miss"
-    body = analyze_body(
-        request_id=request_id,
-        model_id=model_id,
+    )
+    return PreparedAnalysis(
+        fields=fields,
         filename=filename,
         size_bytes=size_bytes,
         sampled=sampled,
-        answer=answer,
-        timings=timings,
+        cache_hit=cache_hit,
+        started=started,
+        upload_s=received - started,
+        generation_request=generation_request,
     )
-    if fields.file_id is not None:
-        body["video"]["file_id"] = fields.file_id
-    return body, answer
 
 
 async def _sampled(sample: Callable[..., SampledVideo], *args: Any, param: str) -> SampledVideo:

@@ -9,6 +9,7 @@ annotations, or it reads a pydantic body as a query parameter.
 """
 
 import asyncio
+import collections
 import dataclasses
 import logging
 import time
@@ -18,13 +19,14 @@ import pydantic
 import ray
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from ray.serve.exceptions import DeploymentUnavailableError, RayServeException
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from deployments.analyze import analyze_upload
+from deployments.analyze import analyze_body, prepare_analysis
+from deployments.analyze_stream import analysis_events
 from deployments.auth import bearer_key, check_bearer, load_api_keys
 from deployments.chat_parameters import refuse_unsupported
 from deployments.chat_translation import to_generation_request
@@ -34,9 +36,9 @@ from deployments.file_store import owner_of
 from deployments.files_api import FilesService
 from deployments.json_body import read_json_body
 from deployments.logs import route_logs_through_serve
-from deployments.metrics import IngressMetrics
+from deployments.metrics import IngressMetrics, fallback_reason_label
 from deployments.sse import chat_completion_events
-from deployments.replica_protocol import CPU_GROUP, DEPLOYMENT_NAMES, GPU_GROUP, ReplicaAnswer
+from deployments.replica_protocol import CPU_GROUP, DEPLOYMENT_NAMES, GPU_GROUP, ReplicaAnswer, ServedBy
 from deployments.router import CircuitBreaker, GroupRouter, GroupTimeouts, NoGroupAvailableError, remote_cause
 from deployments.openai_schema import (
     SEED_MAX,
@@ -48,6 +50,7 @@ from deployments.openai_schema import (
     new_completion_id,
 )
 from deployments.uploads import remove_stale_uploads
+from deployments.web_pages import page_response, static_response
 from models.errors import InvalidModelInputError, InvalidParameterError, PromptTooLongError
 from models.requests import GenerationRequest
 from models.visual_tokens import VisualTokenGeometry
@@ -118,14 +121,15 @@ def _choices(request: GenerationRequest, n: int) -> list[GenerationRequest]:
     return [dataclasses.replace(request, seed=(request.seed + index) % (SEED_MAX + 1)) for index in range(n)]
 
 
-def _served_by_headers(answer: ReplicaAnswer) -> dict[str, str]:
-    served_by = answer.served_by
-    return {
+def _served_by_headers(served_by: ServedBy, inference_seconds: float | None = None) -> dict[str, str]:
+    headers = {
         "x-served-by-group": served_by.group,
         "x-served-by-replica": served_by.replica,
         "x-served-by-precision": served_by.precision,
-        "x-inference-seconds": f"{answer.inference_seconds:.4f}",
     }
+    if inference_seconds is not None:
+        headers["x-inference-seconds"] = f"{inference_seconds:.4f}"
+    return headers
 
 
 _REASON_CHARS = 300  # a dead replica's error carries its whole traceback
@@ -154,6 +158,7 @@ class Ingress:
         # What one request may use here: its prompt (limits.max_prompt_tokens) plus its answer (limits.max_tokens).
         self._max_model_len = config.limits.max_prompt_tokens + config.limits.max_tokens
         self._fallbacks = 0
+        self._fallbacks_by_reason: collections.Counter[str] = collections.Counter()
         self._metrics = IngressMetrics()
         self._router = GroupRouter(
             gpu_group,
@@ -170,6 +175,7 @@ class Ingress:
 
     def _count_fallback(self, reason: str) -> None:
         self._fallbacks += 1
+        self._fallbacks_by_reason[fallback_reason_label(reason)] += 1
         self._metrics.record_fallback(reason)
 
     async def _watch_gpu_group(self) -> None:
@@ -192,6 +198,23 @@ class Ingress:
     @app.get("/healthz")
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/", include_in_schema=False)
+    async def ask_page(self, request: Request) -> Response:
+        """The page to ask about a video; it calls the API routes below, with the key a person types in."""
+        return page_response("ask", request.scope.get("root_path", ""))
+
+    @app.get("/ui/memory", include_in_schema=False)
+    async def memory_page(self, request: Request) -> Response:
+        """The live view of ``/v1/memory``."""
+        return page_response("memory", request.scope.get("root_path", ""))
+
+    @app.get("/ui/static/{name}", include_in_schema=False)
+    async def page_file(self, name: str, request: Request) -> Response:
+        response = static_response(name)
+        if response is None:
+            raise ApiError(404, f"GET {request.url.path}: no such file", error_type="not_found_error")
+        return response
 
     def _authorize(self, request: Request) -> str:
         """Check the caller's key (when keys are on); the owner its files are stored under."""
@@ -240,6 +263,7 @@ class Ingress:
             "groups": await self._describe_groups(),
             "gpu_breaker": self._router.breaker.state,
             "fallbacks": self._fallbacks,
+            "fallbacks_by_reason": dict(self._fallbacks_by_reason),
             "frame_cache": dataclasses.asdict(self._files.frames.stats),  # this ingress replica's
         }
 
@@ -335,7 +359,7 @@ class Ingress:
             return await self._stream_chat(request, choices, completion_id, chat.stream_options or StreamOptions())
         answers = await asyncio.gather(*(self._generate(choice) for choice in choices))
         body = chat_completion_body(completion_id, self._model_id, [answer.result for answer in answers])
-        return JSONResponse(body, headers=_served_by_headers(answers[0]))
+        return JSONResponse(body, headers=_served_by_headers(answers[0].served_by, answers[0].inference_seconds))
 
     async def _stream_chat(
         self, request: Request, choices: list[GenerationRequest], completion_id: str, options: StreamOptions
@@ -356,30 +380,29 @@ class Ingress:
             include_usage=options.include_usage, request_id=_request_id(request),
             continuous_usage_prompt_tokens=opened[0][0].prompt_tokens if options.continuous_usage_stats else None,
         )
-        served_by = opened[0][0].served_by
-        headers = {
-            "x-served-by-group": served_by.group,
-            "x-served-by-replica": served_by.replica,
-            "x-served-by-precision": served_by.precision,
-            "cache-control": "no-cache",
-        }
+        headers = {**_served_by_headers(opened[0][0].served_by), "cache-control": "no-cache"}
         return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
     @app.post("/v1/analyze")
     async def analyze(self, request: Request) -> JSONResponse:
-        """A video file (multipart field ``video``) and a ``question``; see :mod:`deployments.analyze`."""
+        """A video file (multipart field ``video``) and a ``question``; see :mod:`deployments.analyze`.
+        With ``stream=true`` the answer comes as server-sent events (:mod:`deployments.analyze_stream`)."""
         owner = self._authorize(request)
-        body, answer = await analyze_upload(
-            request,
-            files=self._files,
-            owner=owner,
-            request_id=_request_id(request),
-            model_id=self._model_id,
-            config=self._config,
+        request_id = _request_id(request)
+        prepared = await prepare_analysis(
+            request, request_id=request_id, config=self._config, files=self._files, owner=owner,
             check_served_model=self._check_served_model,
-            generate=self._generate,
         )
-        return JSONResponse(body, headers=_served_by_headers(answer))
+        if prepared.fields.stream:
+            opened, stream = await self._with_api_errors(
+                self._router.open_stream("generate_stream", prepared.generation_request)
+            )
+            events = analysis_events(prepared, opened, stream, request_id=request_id, model_id=self._model_id)
+            headers = {**_served_by_headers(opened.served_by), "cache-control": "no-cache"}
+            return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+        answer = await self._generate(prepared.generation_request)
+        body = analyze_body(prepared, answer, request_id=request_id, model_id=self._model_id)
+        return JSONResponse(body, headers=_served_by_headers(answer.served_by, answer.inference_seconds))
 
     def _check_served_model(self, requested: str | None) -> None:
         """A request may name the model; any name but the served one is a 404 (both routes)."""

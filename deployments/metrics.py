@@ -99,5 +99,9 @@ class IngressMetrics:
         self.frame_cache.inc(tags={"outcome": "hit" if hit else "miss"})
 
     def record_fallback(self, reason: str) -> None:
-        # The reason's first words only: a label must have few values.
-        self.fallbacks.inc(tags={"reason": reason.split(":")[0][:40]})
+        self.fallbacks.inc(tags={"reason": fallback_reason_label(reason)})
+
+
+def fallback_reason_label(reason: str) -> str:
+    """A fallback reason's first words only: a label must have few values."""
+    return reason.split(":")[0][:40]
