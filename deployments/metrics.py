@@ -1,6 +1,7 @@
-"""Prometheus metrics through ``ray.serve.metrics``, labelled by group and precision.
+"""Prometheus metrics through ``ray.serve.metrics``, labelled by group (and precision where an event ran at one).
 
-Serve adds its own tags (deployment, replica, application). Names carry units.
+Serve adds its own tags (deployment, replica, application); Ray's exporter prefixes every name with ``ray_``.
+Names carry units. ``deploy/grafana/video-detective.json`` charts them.
 """
 
 from typing import TYPE_CHECKING
@@ -12,48 +13,61 @@ from memory.probe import MemorySnapshot
 if TYPE_CHECKING:
     from models.scheduler import SchedulerStats
 
-_GROUP_TAGS = ("group", "precision")
+# Gauges of what a replica holds now carry its group (Serve adds the replica): a precision tag on them would
+# leave a stale series behind at every precision change. Counters of events carry the precision they ran at.
+_GAUGE_TAGS = ("group",)
+_EVENT_TAGS = ("group", "precision")
+
+
+def _state_gauge(name: str, description: str) -> metrics.Gauge:
+    return metrics.Gauge(name, description, tag_keys=_GAUGE_TAGS)
 
 
 class ReplicaMetrics:
     """Memory gauges and counters of one model replica."""
 
     def __init__(self, group: str) -> None:
-        self._tags = {"group": group, "precision": "none"}
-        self.gpu_allocated_bytes = metrics.Gauge("vd_gpu_allocated_bytes", "torch allocated bytes on the replica's GPU", tag_keys=_GROUP_TAGS)
-        self.gpu_reserved_bytes = metrics.Gauge("vd_gpu_reserved_bytes", "torch reserved bytes on the replica's GPU", tag_keys=_GROUP_TAGS)
-        self.gpu_free_bytes = metrics.Gauge("vd_gpu_free_bytes", "device-wide free bytes on the replica's GPU", tag_keys=_GROUP_TAGS)
-        self.gpu_fragmentation_ratio = metrics.Gauge(
-            "vd_gpu_fragmentation_ratio", "(reserved - allocated) / reserved", tag_keys=_GROUP_TAGS
+        self._group = group
+        self._precision = "none"
+        self._tags = {"group": group}  # gauges of the replica's state: Serve's replica tag names the replica
+        self.precision = metrics.Gauge(
+            "vd_replica_precision",
+            "1 for the precision this replica's model is loaded at (none before it loads), 0 for the ones it left",
+            tag_keys=_EVENT_TAGS,
         )
-        self.process_rss_bytes = metrics.Gauge("vd_process_rss_bytes", "replica process resident bytes", tag_keys=_GROUP_TAGS)
+        self.gpu_allocated_bytes = _state_gauge("vd_gpu_allocated_bytes", "torch allocated bytes on the replica's GPU")
+        self.gpu_reserved_bytes = _state_gauge("vd_gpu_reserved_bytes", "torch reserved bytes on the replica's GPU")
+        self.gpu_free_bytes = _state_gauge("vd_gpu_free_bytes", "device-wide free bytes on the replica's GPU")
+        self.gpu_fragmentation_ratio = _state_gauge("vd_gpu_fragmentation_ratio", "(reserved - allocated) / reserved")
+        self.process_rss_bytes = _state_gauge("vd_process_rss_bytes", "replica process resident bytes")
+        self.batch_running = _state_gauge("vd_batch_running_requests", "requests in the running batch")
+        self.batch_waiting = _state_gauge("vd_batch_waiting_requests", "requests queued in the replica, waiting for admission")
+        self.admitted_bytes = _state_gauge("vd_admitted_bytes", "predicted bytes of the requests admitted to the batch")
+        self.waiting_bytes = _state_gauge("vd_waiting_predicted_bytes", "predicted bytes of the requests waiting for admission")
+        self.headroom_bytes = _state_gauge("vd_request_headroom_bytes", "bytes admitted requests may use together (budget less weights)")
         self.request_out_of_memory = metrics.Counter(
             "vd_request_out_of_memory_total",
             "generation attempts that ran out of memory, by what followed: retry_smaller or handed_off",
-            tag_keys=(*_GROUP_TAGS, "outcome"),
+            tag_keys=(*_EVENT_TAGS, "outcome"),
         )
         self.streams_cancelled = metrics.Counter(
-            "vd_streams_cancelled_total", "streamed generations stopped because the client went away", tag_keys=_GROUP_TAGS
-        )
-        self.batch_running = metrics.Gauge("vd_batch_running_requests", "requests in the running batch", tag_keys=_GROUP_TAGS)
-        self.batch_waiting = metrics.Gauge(
-            "vd_batch_waiting_requests", "requests queued in the replica, waiting for admission", tag_keys=_GROUP_TAGS
-        )
-        self.admitted_bytes = metrics.Gauge(
-            "vd_admitted_bytes", "predicted bytes of the requests admitted to the batch", tag_keys=_GROUP_TAGS
-        )
-        self.waiting_bytes = metrics.Gauge(
-            "vd_waiting_predicted_bytes", "predicted bytes of the requests waiting for admission", tag_keys=_GROUP_TAGS
-        )
-        self.headroom_bytes = metrics.Gauge(
-            "vd_request_headroom_bytes", "bytes admitted requests may use together (budget less weights)", tag_keys=_GROUP_TAGS
+            "vd_streams_cancelled_total", "streamed generations stopped because the client went away", tag_keys=_EVENT_TAGS
         )
         self.load_attempts = metrics.Counter(
-            "vd_load_attempts_total", "loading-chain attempts by outcome", tag_keys=(*_GROUP_TAGS, "outcome")
+            "vd_load_attempts_total", "loading-chain attempts by outcome", tag_keys=(*_EVENT_TAGS, "outcome")
         )
+        self.precision.set(1, tags=self._event_tags())
+
+    def _event_tags(self) -> dict[str, str]:
+        return {"group": self._group, "precision": self._precision}
 
     def set_precision(self, precision: str) -> None:
-        self._tags = {**self._tags, "precision": precision}
+        """The precision the model is now loaded at; the one before reads 0, so a count of 1s is the mix."""
+        if precision == self._precision:
+            return
+        self.precision.set(0, tags=self._event_tags())
+        self._precision = precision
+        self.precision.set(1, tags=self._event_tags())
 
     def record_snapshot(self, snapshot: MemorySnapshot) -> None:
         self.process_rss_bytes.set(snapshot.process_rss_bytes, tags=self._tags)
@@ -74,13 +88,13 @@ class ReplicaMetrics:
         self.headroom_bytes.set(stats.headroom_bytes, tags=self._tags)
 
     def record_load_attempt(self, strategy: str, outcome: str) -> None:
-        self.load_attempts.inc(tags={"group": self._tags["group"], "precision": strategy, "outcome": outcome})
+        self.load_attempts.inc(tags={"group": self._group, "precision": strategy, "outcome": outcome})
 
     def record_request_out_of_memory(self, outcome: str) -> None:
-        self.request_out_of_memory.inc(tags={**self._tags, "outcome": outcome})
+        self.request_out_of_memory.inc(tags={**self._event_tags(), "outcome": outcome})
 
     def record_stream_cancelled(self) -> None:
-        self.streams_cancelled.inc(tags=self._tags)
+        self.streams_cancelled.inc(tags=self._event_tags())
 
 
 class IngressMetrics:

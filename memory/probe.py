@@ -152,7 +152,8 @@ class FixedGpu:
 class FileGpu:
     """A device whose total and free bytes are read from a JSON file at every measurement.
 
-    ``{"total_bytes": ..., "free_bytes": ...}``; a missing file means no GPU.
+    ``{"total_bytes": ..., "free_bytes": ...}``, optionally with ``"name"`` and ``"torch"`` (the
+    allocator's figures, :class:`TorchAllocatorStats`' fields); a missing file means no GPU.
     For tests and drills across processes (a Ray replica probes it while the
     test rewrites the file): memory short, then freed, with no real GPU.
     """
@@ -168,7 +169,16 @@ class FileGpu:
                 raw = json.load(handle)
         except FileNotFoundError:
             return ()
-        return (GpuDeviceMemory(0, raw.get("name", "simulated GPU"), int(raw["total_bytes"]), int(raw["free_bytes"])),)
+        allocator = raw.get("torch")
+        return (
+            GpuDeviceMemory(
+                0,
+                raw.get("name", "simulated GPU"),
+                int(raw["total_bytes"]),
+                int(raw["free_bytes"]),
+                torch=TorchAllocatorStats(**{key: int(value) for key, value in allocator.items()}) if allocator else None,
+            ),
+        )
 
 
 class TorchCudaGpu:

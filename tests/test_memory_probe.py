@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -81,6 +83,24 @@ def test_a_fixed_probe_reports_its_total_and_free():
     assert (gpu.total_bytes, gpu.free_bytes, gpu.used_bytes) == (80 * GIB, 30 * GIB, 50 * GIB)
     assert snapshot.gpu_backend == "fixed"
     assert snapshot.to_dict()["gpus"][0]["used_bytes"] == 50 * GIB
+
+
+def test_a_probe_file_reports_the_allocator_figures_it_holds(tmp_path):
+    from memory.probe import FileGpu
+
+    path = tmp_path / "probe.json"
+    path.write_text(json.dumps({"total_bytes": 16 * GIB, "free_bytes": 12 * GIB}))
+    (bare,) = FileGpu(str(path)).devices()
+    assert (bare.total_bytes, bare.free_bytes, bare.torch) == (16 * GIB, 12 * GIB, None)
+
+    allocator = {"allocated_bytes": 3 * GIB, "reserved_bytes": 4 * GIB, "peak_allocated_bytes": 3 * GIB,
+                 "inactive_split_bytes": 0, "num_alloc_retries": 1, "num_ooms": 0}
+    path.write_text(json.dumps({"total_bytes": 16 * GIB, "free_bytes": 12 * GIB, "torch": allocator}))
+    (gpu,) = FileGpu(str(path)).devices()
+    assert gpu.torch.reserved_bytes == 4 * GIB
+    assert gpu.torch.fragmentation_ratio == pytest.approx(0.25)
+    path.unlink()
+    assert FileGpu(str(path)).devices() == ()
 
 
 def test_a_fixed_probe_refuses_impossible_numbers():
