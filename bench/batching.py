@@ -30,6 +30,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 from bench.mid_model import ensure_mid_model, parameter_count  # noqa: E402
+from bench.plots import DOCS_DIR, throughput_chart  # noqa: E402
 from deployments.app import build_app  # noqa: E402
 
 logger = logging.getLogger("bench.batching")
@@ -114,6 +115,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="requests per client at each level")
     parser.add_argument("--model-dir", type=pathlib.Path, default=pathlib.Path("bench/results/mid-qwen2-vl"))
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--plot-dir", type=pathlib.Path, default=DOCS_DIR, help="where the PNG chart goes")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     model_path = ensure_mid_model(args.model_dir)
@@ -149,6 +151,8 @@ def main() -> int:
         "ratio_of_speedups_at_8": server_speedup / in_speedup,
         "head_of_line": blocking,
     }
+    throughput_chart(LEVELS, baseline, server, f"{report['model_parameters'] / 1e6:.0f}M-parameter Qwen2-VL",
+                     args.plot_dir / "throughput-vs-concurrency.png")
     if args.json:
         json.dump(report, sys.stdout, indent=2)
         print()

@@ -20,6 +20,7 @@ import tempfile
 
 import transformers
 
+from bench.plots import DOCS_DIR, estimate_chart
 from memory.cleanup import release_memory
 from memory.estimate import build_meta_model, estimate_weights, load_model_config, measure_model_bytes
 from memory.strategy import parse_strategy
@@ -45,6 +46,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="tiny,smolvlm-256m-reduced,smolvlm-500m")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--plot-dir", type=pathlib.Path, default=DOCS_DIR, help="where the PNG chart goes")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     transformers.utils.logging.disable_progress_bar()
@@ -88,6 +90,7 @@ def main() -> int:
         )
     worst = max(abs(row["error_pct"]) for row in rows)
     logger.info("largest estimate error: %.3f%% (target: within 5%%)", worst)
+    estimate_chart(rows, args.plot_dir / "estimate-per-precision.png")
     if args.json:
         sys.stdout.write(json.dumps({"rows": rows, "largest_error_pct": worst}, indent=2) + "\n")
     return 0

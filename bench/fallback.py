@@ -18,6 +18,7 @@ Usage: .venv/bin/python -m bench.fallback [--steady 50] [--json]
 import argparse
 import json
 import logging
+import pathlib
 import statistics
 import sys
 import time
@@ -27,6 +28,7 @@ from bench.local_serve import local_serve  # noqa: I001 - sets Ray's environment
 import httpx  # noqa: E402
 from ray import serve  # noqa: E402
 
+from bench.plots import DOCS_DIR, fallback_timeline_chart  # noqa: E402
 from deployments.app import build_app  # noqa: E402
 
 logger = logging.getLogger("bench.fallback")
@@ -42,7 +44,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steady", type=int, default=50, help="requests in steady state")
     parser.add_argument("--failure-s", type=float, default=10.0, help="seconds of traffic while memory is short")
+    parser.add_argument("--after-s", type=float, default=5.0, help="seconds of traffic after the recovery, for the chart")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--plot-dir", type=pathlib.Path, default=DOCS_DIR, help="where the PNG chart goes")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -59,22 +63,26 @@ def main() -> int:
             "routing": {"gpu_timeout_s": 10, "breaker_cooldown_s": 1},
         }
         serve.run(build_app(app_args), name="fallback", route_prefix="/")
-        records: list[tuple[str, int, str, float]] = []  # phase, status, group, seconds
+        records: list[tuple[str, int, str, float, float]] = []  # phase, status, group, seconds, answered at (s)
+        events: dict[str, float] = {}
+        start = time.monotonic()  # reset once warm
         with httpx.Client(base_url=base_url, timeout=60) as client:
 
             def send(phase: str) -> str:
                 started = time.perf_counter()
                 response = client.post("/v1/chat/completions", json=REQUEST)
                 group = response.headers.get("x-served-by-group", "none")
-                records.append((phase, response.status_code, group, time.perf_counter() - started))
+                records.append((phase, response.status_code, group, time.perf_counter() - started, time.monotonic() - start))
                 return group
 
             while send("warmup") != "gpu":
                 time.sleep(0.2)
+            start = time.monotonic()
             for _ in range(args.steady):
                 send("steady")
 
             _write_probe(probe, 0)
+            events["memory taken"] = time.monotonic() - start
             serve.get_deployment_handle("gpu_group", "fallback").unload.remote().result(timeout_s=30)
             failure_end = time.monotonic() + args.failure_s
             while time.monotonic() < failure_end:
@@ -82,14 +90,19 @@ def main() -> int:
 
             _write_probe(probe, 8 * GIB)
             freed_at = time.monotonic()
+            events["memory freed"] = freed_at - start
             recovery_deadline = freed_at + 120
             while send("recovery") != "gpu" and time.monotonic() < recovery_deadline:
                 pass
             recovery_s = time.monotonic() - freed_at
+            events["back on the GPU"] = time.monotonic() - start
+            after_end = time.monotonic() + args.after_s
+            while time.monotonic() < after_end:
+                send("after")
 
-    steady = [seconds for phase, status, group, seconds in records if phase == "steady" and group == "gpu"]
+    steady = [seconds for phase, status, group, seconds, _ in records if phase == "steady" and group == "gpu"]
     failure = [record for record in records if record[0] == "failure"]
-    first_fallback = next((seconds for phase, status, group, seconds in records if phase in ("failure",) and group == "cpu"), None)
+    first_fallback = next((seconds for phase, status, group, seconds, _ in records if phase in ("failure",) and group == "cpu"), None)
     failed = sum(1 for record in records if record[0] != "warmup" and record[1] != 200)
     steady_p50_ms = statistics.median(steady) * 1000
     figures = {
@@ -98,13 +111,16 @@ def main() -> int:
         "steady_p50_ms": steady_p50_ms,
         "first_fallback_ms": first_fallback * 1000 if first_fallback is not None else None,
         "first_fallback_added_ms": first_fallback * 1000 - steady_p50_ms if first_fallback is not None else None,
-        "failure_p50_ms": statistics.median(seconds for *_, seconds in failure) * 1000 if failure else None,
-        "failure_groups": sorted({group for _, _, group, _ in failure}),
+        "failure_p50_ms": statistics.median(record[3] for record in failure) * 1000 if failure else None,
+        "failure_max_ms": max(record[3] for record in failure) * 1000 if failure else None,
+        "failure_groups": sorted({record[2] for record in failure}),
         "recovery_s": recovery_s,
     }
     for name, value in figures.items():
         logger.info("%-26s %s", name, f"{value:.2f}" if isinstance(value, float) else value)
     logger.info("target: 0 failed requests: %s", "met" if failed == 0 else "NOT met")
+    timeline = [(answered_at, group, status) for phase, status, group, _, answered_at in records if phase != "warmup"]
+    fallback_timeline_chart(timeline, events, args.plot_dir / "fallback-timeline.png")
     if args.json:
         sys.stdout.write(json.dumps(figures, indent=2) + "\n")
     return 0

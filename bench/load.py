@@ -26,6 +26,8 @@ import subprocess
 import sys
 import tempfile
 
+from bench.plots import DOCS_DIR, load_chart
+
 logger = logging.getLogger("bench.load")
 
 _CHILD = r'''
@@ -98,6 +100,7 @@ def main() -> int:
     parser.add_argument("--model", default="smolvlm-500m")
     parser.add_argument("--precisions", default="fp32,bf16,int8,nf4")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--plot-dir", type=pathlib.Path, default=DOCS_DIR, help="where the PNG chart goes")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from models.reference_configs import build_random_model
@@ -127,6 +130,7 @@ def main() -> int:
             row["precision"], row["mode"], row["load_seconds"], row["copy_seconds"], row["time_ratio"],
             row["model_bytes"] / 2**20, row["peak_above_baseline_bytes"] / 2**20, row["peak_ratio"],
         )
+    load_chart(rows, args.model, args.plot_dir / "load-per-precision.png")
     if args.json:
         sys.stdout.write(json.dumps({"model": args.model, "rows": rows}, indent=2) + "\n")
     return 0

@@ -58,9 +58,16 @@ def _group(config: AppConfig, group: str) -> Application | None:
         max_queued_requests=settings.max_queued_requests,
         autoscaling_config=_autoscaling(settings),
         health_check_period_s=settings.health_check_period_s,
-        ray_actor_options={"num_cpus": settings.num_cpus, "num_gpus": num_gpus, "runtime_env": {"env_vars": env_vars}},
+        ray_actor_options=_actor_options(settings.num_cpus, num_gpus, env_vars, settings.node_labels),
         logging_config={"enable_access_log": config.ingress.access_log},
     ).bind(config, group)
+
+
+def _actor_options(num_cpus: float, num_gpus: float, env_vars: dict[str, str], node_labels: dict[str, str]) -> dict:
+    options = {"num_cpus": num_cpus, "num_gpus": num_gpus, "runtime_env": {"env_vars": env_vars}}
+    if node_labels:
+        options["label_selector"] = dict(node_labels)
+    return options
 
 
 def build_app_from_config(config: AppConfig) -> Application:

@@ -273,6 +273,11 @@ class _GroupSettings(_Strict):
         default_factory=dict,
         description="Extra environment variables for this group's replicas (e.g. HF_HOME, NCCL settings).",
     )
+    node_labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Node labels a replica's node must carry (Ray's label_selector; nodes get them from "
+        "`ray start --labels`), e.g. {\"vd-node\": \"cpu\"} to keep the CPU group off GPU nodes. Empty: any node.",
+    )
     autoscaling: AutoscalingSettings = AutoscalingSettings()
 
     @model_validator(mode="after")
@@ -368,7 +373,13 @@ class MemorySettings(_Strict):
 
 class IngressSettings(_Strict):
     num_replicas: int = Field(default=1, ge=1)
-    num_cpus: float = Field(default=0.5, ge=0)
+    num_cpus: float = Field(
+        default=0.0,
+        ge=0,
+        description="Ray CPUs the ingress reserves. 0 (the default): Ray counts CPUs only to schedule (it neither pins "
+        "nor caps them), so a reserved share could only keep the ingress from being scheduled once the replica "
+        "groups hold a node's CPUs; with none it always starts.",
+    )
     max_ongoing_requests: int = Field(default=64, ge=1)
     upload_dir: str | None = Field(
         default=None, description="Where /v1/analyze uploads are spooled (deleted after each request); default: the system temp dir."

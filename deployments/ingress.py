@@ -384,7 +384,7 @@ class Ingress:
         return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
     @app.post("/v1/analyze")
-    async def analyze(self, request: Request) -> JSONResponse:
+    async def analyze(self, request: Request) -> Response:
         """A video file (multipart field ``video``) and a ``question``; see :mod:`deployments.analyze`.
         With ``stream=true`` the answer comes as server-sent events (:mod:`deployments.analyze_stream`)."""
         owner = self._authorize(request)

@@ -18,6 +18,7 @@ import logging
 import time
 from typing import Any, AsyncIterator
 
+import ray
 import torch
 from ray import serve
 from ray.serve.exceptions import RayServeException
@@ -245,6 +246,7 @@ class ModelReplica:
         return {
             "group": self._group,
             "replica": self._replica_id,
+            "node_ip": ray.util.get_node_ip_address(),
             "state": loader.state.value,
             "reason": loader.reason,
             "precision": loader.strategy.name if loader.strategy else None,

@@ -12,9 +12,11 @@ def test_the_rayservice_embeds_the_same_applications_as_serve_config_yaml():
     serve_config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
 
     embedded = yaml.safe_load(rayservice["spec"]["serveConfigV2"])
+    placement = embedded["applications"][0]["args"]["cpu_group"].pop("node_labels")
 
     assert rayservice["kind"] == "RayService"
     assert embedded["applications"] == serve_config["applications"]
+    assert placement == {"vd-node": "cpu"}
     assert rayservice["spec"]["rayClusterConfig"]["rayVersion"] == "2.60.0"
     (application,) = embedded["applications"]
     load_app_config(application["args"])  # and it validates
@@ -26,3 +28,19 @@ def test_the_cluster_has_gpu_workers_for_the_gpu_group():
 
     limits = groups["gpu-workers"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert limits["nvidia.com/gpu"] == "1"
+
+
+def test_each_group_lands_on_its_worker_group_and_the_ingress_fits_the_head():
+    rayservice = yaml.safe_load((REPO / "deploy" / "rayservice.yaml").read_text())
+    cluster = rayservice["spec"]["rayClusterConfig"]
+    groups = {group["groupName"]: group for group in cluster["workerGroupSpecs"]}
+    args = yaml.safe_load(rayservice["spec"]["serveConfigV2"])["applications"][0]["args"]
+
+    labels = dict(item.split("=") for item in groups["cpu-workers"]["rayStartParams"]["labels"].split(","))
+    assert args["cpu_group"]["node_labels"].items() <= labels.items()  # the CPU group's selector matches cpu-workers only
+    gpu_labels = dict(item.split("=") for item in groups["gpu-workers"]["rayStartParams"]["labels"].split(","))
+    assert not args["cpu_group"]["node_labels"].items() <= gpu_labels.items()
+    assert "nvidia.com/gpu" not in groups["cpu-workers"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    assert args["ingress"]["num_cpus"] == 0  # so it can run on the head, which takes no replica group
+    assert yaml.safe_load(rayservice["spec"]["serveConfigV2"])["proxy_location"] == "EveryNode"

@@ -65,9 +65,10 @@ function uploadFile(file) {
   });
 }
 
+// The result panel stays hidden until an answer starts, so a refused request shows its error alone.
 function resetResult() {
   showError("");
-  byId("result").hidden = false;
+  byId("result").hidden = true;
   byId("answer").textContent = "";
   byId("answer").dataset.pieces = "0";
   byId("finish").textContent = "";
@@ -153,6 +154,16 @@ function showRetries(retries) {
   }
 }
 
+// temperature and seed, where a person set them (else the server's defaults).
+function answerOptions() {
+  const options = {};
+  for (const name of ["temperature", "seed"]) {
+    const value = byId(name).value.trim();
+    if (value !== "") options[name] = Number(value);
+  }
+  return options;
+}
+
 async function askAboutVideo(file, question) {
   const started = performance.now();
   const key = fingerprint(file);
@@ -169,6 +180,7 @@ async function askAboutVideo(file, question) {
   const sampling = document.querySelector("input[name=sampling]:checked").value;
   form.append(sampling, byId(sampling).value);
   form.append("max_tokens", byId("max-tokens").value);
+  for (const [name, value] of Object.entries(answerOptions())) form.append(name, String(value));
   form.append("stream", "true");
   form.append("thumbnails", "true");
   const response = await fetch(apiUrl("/v1/analyze"), { method: "POST", headers: authHeaders(), body: form });
@@ -177,6 +189,7 @@ async function askAboutVideo(file, question) {
   let firstText = null;
   await readEvents(response, (name, payload) => {
     if (name === "start") {
+      byId("result").hidden = false;
       showVideo(payload.video, payload.frames);
       showThumbnails(payload.frames.thumbnails || [], payload.frames.sampled_timestamps_s);
       showServedBy(payload.served_by);
@@ -221,11 +234,13 @@ async function askAboutImages(files, question) {
     body: JSON.stringify({
       messages: [{ role: "user", content }],
       max_tokens: Number(byId("max-tokens").value),
+      ...answerOptions(),
       stream: true,
       stream_options: { include_usage: true },
     }),
   });
   if (!response.ok) throw response;
+  byId("result").hidden = false;
   showServedBy({
     group: response.headers.get("x-served-by-group"),
     replica: response.headers.get("x-served-by-replica"),

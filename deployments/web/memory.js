@@ -86,6 +86,7 @@ function card(group, replica) {
     ["state", state],
     ["precision", replica.precision || "none"],
   ];
+  if (replica.node_ip) rows.push(["node", replica.node_ip]);
   if (replica.reason) rows.push(["why", replica.reason]);
   if (replica.budget) rows.push(["budget", formatBytes(replica.budget.weights_bytes) + " for weights of " + formatBytes(replica.budget.limit_bytes)]);
   if (replica.request_out_of_memory !== undefined) {

@@ -1,6 +1,7 @@
 """``POST /v1/analyze`` end to end: real uploads over HTTP, real files in every format, the tiny model."""
 
 import concurrent.futures
+import json
 import uuid
 
 import httpx
@@ -214,3 +215,46 @@ def test_twenty_concurrent_requests_half_bad_leave_every_good_one_answered(http)
     assert [response.status_code for response in good_responses] == [200] * 10
     assert [len(response.json()["frames"]["timestamps_s"]) for response in good_responses] == [1 + i % 4 for i in range(10)]
     assert [response.status_code for _, response in bad_responses] == [status for status, _ in bad_responses]
+
+
+def _events(text: str) -> list[tuple[str, dict]]:
+    """Named server-sent events as (name, JSON payload) pairs."""
+    events = []
+    for block in text.strip().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines())
+        events.append((lines["event"], json.loads(lines["data"])))
+    return events
+
+
+def test_a_streamed_analysis_sends_the_frames_first_then_text_then_the_whole_answer(http):
+    fields = {"max_tokens": "6", "temperature": "1", "seed": "3"}
+    plain = _analyze(http, **fields).json()
+
+    response = _analyze(http, stream="true", thumbnails="true", **fields)
+
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.headers["x-served-by-group"] == "cpu"
+    events = _events(response.text)
+    names = [name for name, _ in events]
+    assert names[0] == "start" and names[-1] == "done"
+    assert set(names[1:-1]) == {"delta"} and 1 <= len(names) - 2 <= 6
+    start, done = events[0][1], events[-1][1]
+    assert start["frames"]["sampled_timestamps_s"] == plain["frames"]["timestamps_s"]
+    assert len(start["frames"]["thumbnails"]) == 4
+    assert all(url.startswith("data:image/jpeg;base64,") for url in start["frames"]["thumbnails"])
+    assert start["served_by"]["group"] == "cpu"
+    assert set(start["timings"]) == {"upload_s", "decode_s"}
+    assert "".join(payload["text"] for name, payload in events if name == "delta") == done["answer"] == plain["answer"]
+    assert done["usage"] == plain["usage"]
+    assert done["frames"]["timestamps_s"] == plain["frames"]["timestamps_s"]
+    assert "thumbnails" not in plain["frames"]  # only when asked
+
+
+def test_bad_input_to_a_streamed_analysis_is_an_error_status_not_a_stream(http):
+    response = _analyze(http, stream="true", frames="0")
+
+    assert response.status_code == 400
+    assert response.headers["content-type"].startswith("application/json")
+    assert "frames" in response.json()["error"]["message"]
+    assert _analyze(http, stream="maybe").status_code == 400

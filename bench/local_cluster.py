@@ -1,0 +1,279 @@
+"""A multi-node Ray cluster on one machine: every node a ``ray start`` process in a network namespace of its own.
+
+Each node gets its own network namespace on a bridge (its own IP, its own ports), so every node runs a Serve
+proxy on port 8000, as the nodes of a real cluster do, and a node can be lost by stopping one process. The
+tests (``tests/integration/test_cluster.py``) and ``bench/cluster.py`` share it.
+
+- Nodes are ``ray start --block`` processes started here, stopped by their pid (SIGTERM; Ray's reaper then
+  stops the node's raylet and workers). Nothing started elsewhere is touched: no ``ray stop``.
+- Ray's temp dirs, logs and the model cache live in the cluster's folder.
+- Needs root (``ip netns``); :func:`namespaces_unavailable` says why not, for a skip.
+
+Example::
+
+    with LocalCluster(folder) as cluster:
+        cluster.start_head(num_cpus=1)
+        cluster.add_node("gpu-worker", num_cpus=1, num_gpus=1)
+        cluster.serve_deploy(config_path)
+        httpx.get(f"http://{cluster.node('gpu-worker').ip}:8000/healthz")
+"""
+
+import dataclasses
+import logging
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from typing import Any
+
+import httpx
+import yaml
+
+logger = logging.getLogger(__name__)
+
+RAY_PORT = 6379
+DASHBOARD_PORT = 8265
+SERVE_HTTP_PORT = 8000
+METRICS_PORT = 8080
+_BIN = pathlib.Path(sys.executable).parent
+
+
+def namespaces_unavailable() -> str | None:
+    """Why this machine cannot host a namespaced cluster (``None`` when it can)."""
+    if os.geteuid() != 0:
+        return "network namespaces need root (ip netns); run the tests as root, as CI does"
+    if shutil.which("ip") is None:
+        return "no 'ip' command (Debian's iproute2)"
+    probe = f"vdprobe{os.getpid()}"
+    created = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if created.returncode != 0:
+        return f"ip netns add failed: {created.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
+
+
+def _run(*command: str) -> None:
+    completed = subprocess.run(command, capture_output=True, text=True)
+    if completed.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({completed.returncode}): {completed.stderr.strip()}")
+
+
+@dataclasses.dataclass
+class ClusterNode:
+    name: str
+    ip: str
+    netns: str
+    args: list[str]
+    process: subprocess.Popen | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.ip}:{SERVE_HTTP_PORT}"
+
+
+class LocalCluster:
+    """Nodes on a private bridge ``10.213.<n>.0/24``: this machine is ``.1``, the head ``.2``, the next node ``.3``..."""
+
+    def __init__(self, folder: pathlib.Path, *, env: dict[str, str] | None = None) -> None:
+        self.folder = folder
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._tag = uuid.uuid4().hex[:6]  # interface and namespace names: at most 15 characters
+        self._bridge = f"vdb{self._tag}"
+        self._subnet = f"10.213.{int(self._tag, 16) % 250 + 1}"
+        self._env = {
+            **os.environ,
+            "RAY_AUTH_MODE": "disabled",
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "PATH": f"{_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            **(env or {}),
+        }
+        self._nodes: dict[str, ClusterNode] = {}
+        self._interfaces: list[str] = []
+        _run("ip", "link", "add", self._bridge, "type", "bridge")
+        _run("ip", "addr", "add", f"{self._subnet}.1/24", "dev", self._bridge)
+        _run("ip", "link", "set", self._bridge, "up")
+
+    # -- nodes ---------------------------------------------------------------------------------
+
+    @property
+    def head(self) -> ClusterNode:
+        return next(iter(self._nodes.values()))
+
+    @property
+    def address(self) -> str:
+        return f"{self.head.ip}:{RAY_PORT}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://{self.head.ip}:{DASHBOARD_PORT}"
+
+    def node(self, name: str) -> ClusterNode:
+        return self._nodes[name]
+
+    @property
+    def nodes(self) -> list[ClusterNode]:
+        return list(self._nodes.values())
+
+    def start_head(self, *, num_cpus: float, num_gpus: int = 0, labels: dict[str, str] | None = None) -> ClusterNode:
+        args = [
+            "--head", f"--port={RAY_PORT}", "--include-dashboard=true", "--dashboard-host=0.0.0.0",
+            f"--dashboard-port={DASHBOARD_PORT}",
+        ]
+        return self._start("head", [*args, *self._resource_args(num_cpus, num_gpus, labels)])
+
+    def add_node(self, name: str, *, num_cpus: float, num_gpus: int = 0, labels: dict[str, str] | None = None) -> ClusterNode:
+        return self._start(name, [f"--address={self.address}", *self._resource_args(num_cpus, num_gpus, labels)])
+
+    @staticmethod
+    def _resource_args(num_cpus: float, num_gpus: int, labels: dict[str, str] | None) -> list[str]:
+        args = [f"--num-cpus={num_cpus:g}", f"--num-gpus={num_gpus}"]
+        if labels:
+            args.append("--labels=" + ",".join(f"{key}={value}" for key, value in labels.items()))
+        return args
+
+    def _start(self, name: str, args: list[str]) -> ClusterNode:
+        index = len(self._nodes) + 2
+        netns = f"vdn{self._tag}{index}"
+        ip = f"{self._subnet}.{index}"
+        host_side, node_side = f"vdh{self._tag}{index}", f"vdc{self._tag}{index}"
+        _run("ip", "netns", "add", netns)
+        _run("ip", "link", "add", host_side, "type", "veth", "peer", "name", node_side)
+        self._interfaces.append(host_side)
+        _run("ip", "link", "set", host_side, "master", self._bridge)
+        _run("ip", "link", "set", host_side, "up")
+        _run("ip", "link", "set", node_side, "netns", netns)
+        _run("ip", "netns", "exec", netns, "ip", "addr", "add", f"{ip}/24", "dev", node_side)
+        _run("ip", "netns", "exec", netns, "ip", "link", "set", node_side, "up")
+        _run("ip", "netns", "exec", netns, "ip", "link", "set", "lo", "up")
+        node = ClusterNode(
+            name=name,
+            ip=ip,
+            netns=netns,
+            args=[
+                *args, f"--node-ip-address={ip}", f"--metrics-export-port={METRICS_PORT}",
+                f"--temp-dir={self.folder / name}", "--disable-usage-stats", "--block",
+            ],
+        )
+        self._nodes[name] = node
+        self.start_node(name)
+        return node
+
+    def start_node(self, name: str) -> None:
+        """Start (or start again, after :meth:`stop_node`) a node's ``ray start`` in its namespace."""
+        node = self._nodes[name]
+        log = open(self.folder / f"{name}.log", "ab")  # noqa: SIM115 - the process holds it
+        node.process = subprocess.Popen(
+            ["ip", "netns", "exec", node.netns, str(_BIN / "ray"), "start", *node.args],
+            stdout=log, stderr=subprocess.STDOUT, env=self._env, start_new_session=True,
+        )
+        log.close()
+        self.wait_for_nodes()
+
+    def stop_node(self, name: str, *, timeout_s: float = 60) -> None:
+        """Lose a node: SIGTERM to its ``ray start`` (by pid); Ray's reaper stops its raylet and workers."""
+        node = self._nodes[name]
+        if node.process is None or node.process.poll() is not None:
+            return
+        node.process.send_signal(signal.SIGTERM)
+        try:
+            node.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(node.process.pid, signal.SIGKILL)
+            node.process.wait()
+        node.process = None
+
+    def alive_node_ips(self) -> set[str]:
+        """The IPs of the nodes the cluster counts alive now (from the head's state API)."""
+        response = httpx.get(f"{self.dashboard_url}/nodes?view=summary", timeout=10)
+        response.raise_for_status()
+        summary = response.json()["data"]["summary"]
+        return {entry["raylet"]["nodeManagerAddress"] for entry in summary if entry["raylet"]["state"] == "ALIVE"}
+
+    def wait_for_nodes(self, timeout_s: float = 120) -> None:
+        """Until every started node is alive in the cluster."""
+        wanted = {node.ip for node in self._nodes.values() if node.process is not None}
+        deadline = time.monotonic() + timeout_s
+        last: Any = None
+        while time.monotonic() < deadline:
+            for node in self._nodes.values():
+                if node.process is not None and node.process.poll() is not None:
+                    raise RuntimeError(f"ray start for {node.name} exited {node.process.returncode}: see {self.folder / node.name}.log")
+            try:
+                last = self.alive_node_ips()
+                if wanted <= last:
+                    return
+            except (httpx.HTTPError, KeyError) as error:
+                last = error
+            time.sleep(0.5)
+        raise TimeoutError(f"nodes {sorted(wanted)} not all alive within {timeout_s} s (last: {last})")
+
+    # -- Serve ---------------------------------------------------------------------------------
+
+    def serve(self, *args: str, timeout_s: float = 120) -> str:
+        """Ray Serve's CLI against this cluster (``serve deploy``, ``serve status``): its output."""
+        completed = subprocess.run(
+            [str(_BIN / "serve"), *args, "--address", self.dashboard_url],
+            capture_output=True, text=True, env=self._env, timeout=timeout_s,
+        )
+        if completed.returncode != 0:
+            raise RuntimeError(f"serve {' '.join(args)} failed: {completed.stderr.strip() or completed.stdout.strip()}")
+        return completed.stdout
+
+    def serve_deploy(self, config_path: pathlib.Path) -> None:
+        self.serve("deploy", str(config_path))
+
+    def serve_status(self) -> dict[str, Any]:
+        return yaml.safe_load(self.serve("status"))
+
+    # -- the end -------------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Stop every node started here (by pid), then remove the namespaces and the bridge."""
+        for name in reversed(list(self._nodes)):
+            try:
+                self.stop_node(name)
+            except Exception as error:  # noqa: BLE001 - go on stopping the others
+                logger.warning("Stopping %s failed: %s", name, error)
+        for node in self._nodes.values():
+            subprocess.run(["ip", "netns", "del", node.netns], capture_output=True)
+        for interface in self._interfaces:
+            subprocess.run(["ip", "link", "del", interface], capture_output=True)
+        subprocess.run(["ip", "link", "del", self._bridge], capture_output=True)
+
+    def __enter__(self) -> "LocalCluster":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.shutdown()
+
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+GPU_PROBE_FILE_ENV = "VIDEO_DETECTIVE_GPU_PROBE_FILE"
+
+
+def cluster_serve_config(folder: pathlib.Path, probe_path: pathlib.Path, **args_overrides: dict[str, Any]) -> dict[str, Any]:
+    """``serve_config.yaml`` as a cluster runs it on logical GPUs: proxies on every node's address (0.0.0.0), the
+    GPU group's chain on the CPU against GPU memory from a probe file, the CPU group on nodes labelled
+    ``vd-node=cpu``; ``args_overrides`` updates the app's config sections (``limits={...}``)."""
+    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+    config["http_options"]["host"] = "0.0.0.0"
+    args = config["applications"][0]["args"]
+    args["gpu_group"].update(
+        device="cpu", load_retry_period_s=1, health_check_period_s=2, env_vars={GPU_PROBE_FILE_ENV: str(probe_path)},
+    )
+    args["cpu_group"]["node_labels"] = {"vd-node": "cpu"}
+    args["routing"].update(gpu_timeout_s=10, breaker_cooldown_s=2)
+    args["files"] = {"store_url": f"file://{folder / 'files'}"}
+    args["ingress"]["upload_dir"] = str(folder / "uploads")
+    for section, values in args_overrides.items():
+        args.setdefault(section, {}).update(values)
+    return config
+
+
+def write_config(config: dict[str, Any], path: pathlib.Path) -> pathlib.Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path

@@ -1,0 +1,136 @@
+"""PNG charts of the bench figures, drawn with matplotlib next to the printed tables.
+
+Each bench calls one function here with the rows it measured; the charts go to ``docs/`` by default
+(the README shows them from there), or to the folder a bench's ``--plot-dir`` names.
+"""
+
+import logging
+import pathlib
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # no screen: draw to files only
+import matplotlib.pyplot as plt  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+DOCS_DIR = pathlib.Path(__file__).resolve().parent.parent / "docs"
+MIB = 2**20
+GROUP_COLORS = {"gpu": "#1f5f8b", "cpu": "#e39b2d", "none": "#9b3d3d"}
+
+
+def _save(figure: Any, path: pathlib.Path) -> pathlib.Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    logger.info("chart written to %s", path)
+    return path
+
+
+def estimate_chart(rows: Sequence[dict[str, Any]], path: pathlib.Path) -> pathlib.Path:
+    """Per model, per precision: the estimate, the measured bytes, and the naive fp32/2/4/8 rule."""
+    models = list(dict.fromkeys(row["model"] for row in rows))
+    figure, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.8), squeeze=False)
+    for axis, model in zip(axes[0], models):
+        model_rows = [row for row in rows if row["model"] == model]
+        positions = range(len(model_rows))
+        width = 0.27
+        for offset, key, label, color in (
+            (-width, "measured_bytes", "measured", "#1f5f8b"),
+            (0.0, "estimate_bytes", "our estimate", "#2e7d32"),
+            (width, "naive_bytes", "fp32 / 2, 4, 8", "#bbbbbb"),
+        ):
+            axis.bar([p + offset for p in positions], [row[key] / MIB for row in model_rows], width, label=label, color=color)
+        axis.set_xticks(list(positions), [row["precision"] for row in model_rows])
+        axis.set_title(model)
+        axis.set_ylabel("weights (MiB)")
+    axes[0][0].legend(fontsize=8)
+    figure.suptitle("Weight bytes per precision: estimate from the config against a real load")
+    return _save(figure, path)
+
+
+def load_chart(rows: Sequence[dict[str, Any]], model: str, path: pathlib.Path) -> pathlib.Path:
+    """Load time and peak memory per precision, as ratios to copying the bytes and to the model's bytes."""
+    precisions = list(dict.fromkeys(row["precision"] for row in rows))
+    modes = list(dict.fromkeys(row["mode"] for row in rows))
+    figure, (time_axis, peak_axis) = plt.subplots(1, 2, figsize=(9.5, 3.8))
+    width = 0.8 / len(modes)
+    for index, mode in enumerate(modes):
+        by_precision = {row["precision"]: row for row in rows if row["mode"] == mode}
+        positions = [p + (index - (len(modes) - 1) / 2) * width for p in range(len(precisions))]
+        time_axis.bar(positions, [by_precision[p]["time_ratio"] for p in precisions], width, label=mode)
+        peak_axis.bar(positions, [by_precision[p]["peak_ratio"] for p in precisions], width, label=mode)
+    time_axis.set_xticks(range(len(precisions)), precisions)
+    peak_axis.set_xticks(range(len(precisions)), precisions)
+    time_axis.set_ylabel("load time / time to copy the bytes")
+    peak_axis.set_ylabel("peak memory / model bytes")
+    time_axis.legend(fontsize=8)
+    figure.suptitle(f"Loading {model}: time and peak per precision")
+    return _save(figure, path)
+
+
+def fallback_timeline_chart(
+    records: Sequence[tuple[float, str, int]], events: dict[str, float], path: pathlib.Path, *, bin_s: float = 1.0
+) -> pathlib.Path:
+    """Requests answered per second by group (``records``: time answered s, group, status), with the events marked."""
+    end = max(at for at, _, _ in records) if records else 0.0
+    bins = int(end // bin_s) + 1
+    figure, axis = plt.subplots(figsize=(9.5, 3.6))
+    for group in ("gpu", "cpu", "none"):
+        counts = [0] * bins
+        for at, served_by, status in records:
+            if (served_by if status == 200 else "none") == group:
+                counts[int(at // bin_s)] += 1
+        if any(counts):
+            label = "failed" if group == "none" else f"{group} group"
+            axis.step([i * bin_s for i in range(bins)], [c / bin_s for c in counts], where="post", label=label,
+                      color=GROUP_COLORS[group])
+    for name, at in events.items():
+        axis.axvline(at, color="#555555", linestyle="--", linewidth=1)
+        axis.annotate(name, (at, axis.get_ylim()[1] * 0.92), rotation=90, fontsize=8, ha="right", va="top")
+    axis.set_xlabel("seconds")
+    axis.set_ylabel("requests answered per second")
+    axis.legend(fontsize=8, loc="upper left")
+    axis.set_title("GPU group failure and recovery: who answers")
+    return _save(figure, path)
+
+
+def sampling_chart(rows: Sequence[dict[str, Any]], lengths_s: dict[str, int], path: pathlib.Path) -> pathlib.Path:
+    """Seconds to sample the frames against the video's length, for the sampler and the baselines."""
+    figure, axis = plt.subplots(figsize=(7, 4))
+    lengths = [lengths_s[row["video"]] for row in rows]
+    for key, label, color in (
+        ("sampler_s", "our sampler", "#1f5f8b"),
+        ("seek-each_s", "seek to each frame", "#e39b2d"),
+        ("decode-all_s", "decode everything", "#9b3d3d"),
+        ("transformers_s", "transformers load_video", "#999999"),
+    ):
+        axis.plot(lengths, [row[key] for row in rows], marker="o", label=label, color=color)
+    axis.set_xscale("log")
+    axis.set_yscale("log")
+    axis.set_xlabel("video length (s), 720p H.264")
+    axis.set_ylabel(f"seconds to sample {rows[0]['frames']} frames")
+    axis.legend(fontsize=8)
+    axis.set_title("Frame sampling cost against video length")
+    return _save(figure, path)
+
+
+def throughput_chart(
+    levels: Sequence[int], in_process: dict[int, float], server: dict[int, dict[str, float]], model: str, path: pathlib.Path
+) -> pathlib.Path:
+    """Tokens per second against concurrency: our server, and plain batched ``generate`` in one process."""
+    figure, axis = plt.subplots(figsize=(7, 4))
+    axis.plot(levels, [in_process[level] for level in levels], marker="o", label="in-process generate (batch = level)",
+              color="#999999")
+    axis.plot(levels, [server[level]["tokens_per_s"] for level in levels], marker="o", label="server (clients = level)",
+              color="#1f5f8b")
+    axis.set_xscale("log", base=2)
+    axis.set_xticks(list(levels), [str(level) for level in levels])
+    axis.set_xlabel("concurrency")
+    axis.set_ylabel("tokens per second")
+    axis.set_ylim(bottom=0)
+    axis.legend(fontsize=8)
+    axis.set_title(f"Throughput against concurrency ({model})")
+    return _save(figure, path)
