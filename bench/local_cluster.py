@@ -4,8 +4,9 @@ Each node gets its own network namespace on a bridge (its own IP, its own ports)
 proxy on port 8000, as the nodes of a real cluster do, and a node can be lost by stopping one process. The
 tests (``tests/integration/test_cluster.py``) and ``bench/cluster.py`` share it.
 
-- Nodes are ``ray start --block`` processes started here, stopped by their pid (SIGTERM; Ray's reaper then
-  stops the node's raylet and workers). Nothing started elsewhere is touched: no ``ray stop``.
+- Nodes are ``ray start --block`` processes started here (each leads a session of its own), stopped by their
+  pid: SIGTERM (Ray drains the node, then stops its processes), or SIGKILL to the node's session (a crash).
+  Nothing started elsewhere is touched: no ``ray stop``.
 - Ray's temp dirs, logs and the model cache live in the cluster's folder.
 - Needs root (``ip netns``); :func:`namespaces_unavailable` says why not, for a skip.
 
@@ -31,6 +32,7 @@ import uuid
 from typing import Any
 
 import httpx
+import psutil
 import yaml
 
 logger = logging.getLogger(__name__)
@@ -54,6 +56,16 @@ def namespaces_unavailable() -> str | None:
         return f"ip netns add failed: {created.stderr.strip()}"
     subprocess.run(["ip", "netns", "del", probe], capture_output=True)
     return None
+
+
+def _kill_session(session_id: int) -> None:
+    """SIGKILL every process in the session ``session_id`` leads (a node's ``ray start`` and all it started)."""
+    for pid in psutil.pids():
+        try:
+            if os.getsid(pid) == session_id:
+                os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            continue
 
 
 def _run(*command: str) -> None:
@@ -173,16 +185,24 @@ class LocalCluster:
         log.close()
         self.wait_for_nodes()
 
-    def stop_node(self, name: str, *, timeout_s: float = 60) -> None:
-        """Lose a node: SIGTERM to its ``ray start`` (by pid); Ray's reaper stops its raylet and workers."""
+    def stop_node(self, name: str, *, crash: bool = False, timeout_s: float = 90) -> None:
+        """Lose a node, found by the pid of the ``ray start`` started here.
+
+        ``crash=False``: SIGTERM, as a machine's shutdown sends; Ray drains the node (up to 30 s) and stops its
+        processes. ``crash=True``: SIGKILL to every process of the node's session (the ``ray start``, its raylet
+        and its workers, which all share the session that ``ray start`` leads), as when a machine dies."""
         node = self._nodes[name]
         if node.process is None or node.process.poll() is not None:
+            node.process = None
             return
-        node.process.send_signal(signal.SIGTERM)
+        if crash:
+            _kill_session(node.process.pid)
+        else:
+            node.process.send_signal(signal.SIGTERM)
         try:
             node.process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            os.killpg(node.process.pid, signal.SIGKILL)
+            _kill_session(node.process.pid)
             node.process.wait()
         node.process = None
 
@@ -268,6 +288,7 @@ def cluster_serve_config(folder: pathlib.Path, probe_path: pathlib.Path, **args_
     args["cpu_group"]["node_labels"] = {"vd-node": "cpu"}
     args["routing"].update(gpu_timeout_s=10, breaker_cooldown_s=2)
     args["files"] = {"store_url": f"file://{folder / 'files'}"}
+    (folder / "uploads").mkdir(parents=True, exist_ok=True)
     args["ingress"]["upload_dir"] = str(folder / "uploads")
     for section, values in args_overrides.items():
         args.setdefault(section, {}).update(values)

@@ -120,10 +120,11 @@ class _Traffic:
 
 
 def test_losing_the_gpu_node_under_traffic_fails_no_request_and_the_gpu_group_returns(cluster, deployed):
+    """The GPU worker crashes (every process of the node killed at once) while requests flow through the head."""
     with _Traffic(cluster.head.http_url) as traffic:
         wait_for_condition(lambda: len(traffic.results) >= 5, timeout_s=60)
         lost_at = time.monotonic()
-        cluster.stop_node("gpu-worker")
+        cluster.stop_node("gpu-worker", crash=True)
         wait_for_condition(lambda: cluster.node("gpu-worker").ip not in cluster.alive_node_ips(), timeout_s=120)
         wait_for_condition(lambda: any(at > lost_at and group == "cpu" for at, _, group in traffic.results), timeout_s=60)
 
