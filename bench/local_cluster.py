@@ -27,6 +27,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from typing import Any
@@ -298,3 +299,40 @@ def cluster_serve_config(folder: pathlib.Path, probe_path: pathlib.Path, **args_
 def write_config(config: dict[str, Any], path: pathlib.Path) -> pathlib.Path:
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+class SteadyTraffic:
+    """Chat requests one after another through one proxy, in a thread, until the ``with`` block ends.
+
+    ``results`` holds (answered at, monotonic s; status, 0 for a connection error; group that answered; seconds)."""
+
+    def __init__(self, base_url: str, body: dict[str, Any]) -> None:
+        self.results: list[tuple[float, int, str, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(base_url, body), daemon=True)
+
+    def _run(self, base_url: str, body: dict[str, Any]) -> None:
+        with httpx.Client(base_url=base_url, timeout=120) as client:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                try:
+                    response = client.post("/v1/chat/completions", json=body)
+                    status, group = response.status_code, response.headers.get("x-served-by-group", "")
+                except httpx.HTTPError as error:
+                    status, group = 0, type(error).__name__
+                self.results.append((time.monotonic(), status, group, time.monotonic() - started))
+
+    def __enter__(self) -> "SteadyTraffic":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._stop.set()
+        self._thread.join(timeout=180)
+
+    def failed(self) -> list[tuple[float, int, str, float]]:
+        return [result for result in self.results if result[1] != 200]
+
+    def first_after(self, moment: float, group: str) -> float | None:
+        """Seconds from ``moment`` to the first answer from ``group`` after it."""
+        return next((at - moment for at, status, served, _ in self.results if at > moment and served == group), None)

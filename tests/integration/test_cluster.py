@@ -7,15 +7,13 @@ goes through the nodes' proxies over real HTTP; the GPU worker is lost by stoppi
 pid) and comes back; a changed config is rolled out with ``serve deploy`` under traffic.
 """
 
-import concurrent.futures
 import json
-import threading
 import time
 
 import httpx
 import pytest
 
-from bench.local_cluster import LocalCluster, cluster_serve_config, namespaces_unavailable, write_config
+from bench.local_cluster import LocalCluster, SteadyTraffic, cluster_serve_config, namespaces_unavailable, write_config
 from polling import wait_for_condition
 
 GIB = 1024**3
@@ -90,50 +88,18 @@ def test_every_nodes_proxy_answers(cluster, deployed):
         assert httpx.get(f"{node.http_url}/readyz", timeout=60).json()["status"] == "ready"
 
 
-class _Traffic:
-    """Requests one after another through one proxy, in a thread, until stopped: every status and group kept."""
-
-    def __init__(self, base_url: str, body: dict = REQUEST) -> None:
-        self.results: list[tuple[float, int, str]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(base_url, body), daemon=True)
-
-    def _run(self, base_url: str, body: dict) -> None:
-        with httpx.Client(base_url=base_url, timeout=120) as client:
-            while not self._stop.is_set():
-                try:
-                    response = client.post("/v1/chat/completions", json=body)
-                    self.results.append((time.monotonic(), response.status_code, response.headers.get("x-served-by-group", "")))
-                except httpx.HTTPError as error:
-                    self.results.append((time.monotonic(), 0, type(error).__name__))
-
-    def __enter__(self) -> "_Traffic":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._stop.set()
-        self._thread.join(timeout=180)
-
-    def failed(self) -> list[tuple[float, int, str]]:
-        return [result for result in self.results if result[1] != 200]
-
-
 def test_losing_the_gpu_node_under_traffic_fails_no_request_and_the_gpu_group_returns(cluster, deployed):
     """The GPU worker crashes (every process of the node killed at once) while requests flow through the head."""
-    with _Traffic(cluster.head.http_url) as traffic:
+    with SteadyTraffic(cluster.head.http_url, REQUEST) as traffic:
         wait_for_condition(lambda: len(traffic.results) >= 5, timeout_s=60)
         lost_at = time.monotonic()
         cluster.stop_node("gpu-worker", crash=True)
         wait_for_condition(lambda: cluster.node("gpu-worker").ip not in cluster.alive_node_ips(), timeout_s=120)
-        wait_for_condition(lambda: any(at > lost_at and group == "cpu" for at, _, group in traffic.results), timeout_s=60)
+        wait_for_condition(lambda: traffic.first_after(lost_at, "cpu") is not None, timeout_s=60)
 
         cluster.start_node("gpu-worker")
         back_at = time.monotonic()
-        wait_for_condition(
-            lambda: any(at > back_at and group == "gpu" for at, _, group in traffic.results), timeout_s=240, interval_s=1
-        )
-        recovered_s = next(at for at, _, group in traffic.results if at > back_at and group == "gpu") - back_at
+        recovered_s = wait_for_condition(lambda: traffic.first_after(back_at, "gpu"), timeout_s=240, interval_s=1)
 
     assert traffic.failed() == []
     assert len(traffic.results) >= 20
@@ -148,7 +114,7 @@ def test_a_rolling_update_under_traffic_fails_no_request_and_takes_effect(cluste
     path = write_config(config, cluster.folder / "serve_config-updated.yaml")
     before = httpx.get(f"{cluster.head.http_url}/v1/models", timeout=60).json()["data"][0]["max_model_len"]
 
-    with _Traffic(cluster.head.http_url) as traffic, _Traffic(cluster.node("cpu-worker").http_url) as other:
+    with SteadyTraffic(cluster.head.http_url, REQUEST) as traffic, SteadyTraffic(cluster.node("cpu-worker").http_url, REQUEST) as other:
         wait_for_condition(lambda: len(traffic.results) >= 3, timeout_s=60)
         cluster.serve_deploy(path)
 

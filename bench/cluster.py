@@ -1,0 +1,153 @@
+"""video-detective on a three-node Ray cluster: start-up, every node's proxy, a lost node, a rolling update.
+
+The cluster is ``bench/local_cluster.py``'s: a head (1 CPU), a GPU worker (1 CPU, one logical GPU; the GPU
+group's chain runs on the CPU against a probe file) and a CPU worker (2 CPUs, labelled ``vd-node=cpu``), each
+a ``ray start`` in a network namespace of its own on this machine; the app goes on with ``serve deploy``.
+Requests run one after another through the head's proxy during each event:
+
+1. deploy: seconds from ``serve deploy`` to the app RUNNING and answering from the GPU group;
+2. proxies: median latency of 20 requests through each node's proxy;
+3. node drained (SIGTERM to the GPU worker's ``ray start``, as a machine's shutdown sends) and started again;
+4. node crashed (every process of the GPU worker killed at once) and started again;
+5. rolling update: ``serve deploy`` of a changed config (``limits.max_tokens``, the CPU group's ``max_replicas``).
+
+For each event: requests answered, failed (target 0), the slowest request, seconds until the CPU group answers
+after the loss, and until the GPU group answers again after the node is back (no redeploy).
+
+Needs root (network namespaces). Usage: sudo .venv/bin/python -m bench.cluster [--json]
+"""
+
+import argparse
+import json
+import logging
+import pathlib
+import statistics
+import sys
+import tempfile
+import time
+
+import httpx
+
+from bench.local_cluster import LocalCluster, SteadyTraffic, cluster_serve_config, namespaces_unavailable, write_config
+
+logger = logging.getLogger("bench.cluster")
+GIB = 1024**3
+APP = "video-detective"
+REQUEST = {"messages": [{"role": "user", "content": "Who answers?"}], "max_tokens": 4}
+
+
+def _wait(condition, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            value = condition()
+            if value:
+                return value
+        except (httpx.HTTPError, RuntimeError, KeyError):
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{what}: not within {timeout_s} s")
+
+
+def _served_by(url: str) -> str:
+    return httpx.post(f"{url}/v1/chat/completions", json=REQUEST, timeout=60).headers.get("x-served-by-group", "")
+
+
+def _figures(traffic: SteadyTraffic, lost_at: float | None = None, back_at: float | None = None) -> dict:
+    figures = {
+        "requests": len(traffic.results),
+        "failed": len(traffic.failed()),
+        "slowest_s": round(max((seconds for *_, seconds in traffic.results), default=0.0), 3),
+        "groups": sorted({group for _, status, group, _ in traffic.results if status == 200}),
+    }
+    if lost_at is not None:
+        cpu = traffic.first_after(lost_at, "cpu")
+        figures["cpu_answers_after_loss_s"] = round(cpu, 2) if cpu is not None else None
+    if back_at is not None:
+        gpu = traffic.first_after(back_at, "gpu")
+        figures["gpu_answers_after_return_s"] = round(gpu, 2) if gpu is not None else None
+    return figures
+
+
+def _lose_gpu_node(cluster: LocalCluster, *, crash: bool) -> dict:
+    with SteadyTraffic(cluster.head.http_url, REQUEST) as traffic:
+        _wait(lambda: len(traffic.results) >= 5, 60, "traffic")
+        lost_at = time.monotonic()
+        cluster.stop_node("gpu-worker", crash=crash)
+        stopped_s = time.monotonic() - lost_at
+        _wait(lambda: cluster.node("gpu-worker").ip not in cluster.alive_node_ips(), 120, "node counted dead")
+        dead_s = time.monotonic() - lost_at
+        _wait(lambda: traffic.first_after(lost_at, "cpu") is not None, 60, "the CPU group answering")
+        cluster.start_node("gpu-worker")
+        back_at = time.monotonic()
+        _wait(lambda: traffic.first_after(back_at, "gpu") is not None, 300, "the GPU group answering again")
+    return {**_figures(traffic, lost_at, back_at), "node_stopped_s": round(stopped_s, 2), "node_counted_dead_s": round(dead_s, 2)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    reason = namespaces_unavailable()
+    if reason:
+        logger.error("Cannot build the cluster here: %s", reason)
+        return 2
+    folder = pathlib.Path(tempfile.mkdtemp(prefix="vd-cl-"))
+    probe = folder / "gpu-probe.json"
+    probe.write_text(json.dumps({"total_bytes": 16 * GIB, "free_bytes": 16 * GIB}))
+    report: dict = {}
+    started = time.monotonic()
+    with LocalCluster(folder) as cluster:
+        cluster.start_head(num_cpus=1)
+        cluster.add_node("gpu-worker", num_cpus=1, num_gpus=1, labels={"vd-node": "gpu"})
+        cluster.add_node("cpu-worker", num_cpus=2, labels={"vd-node": "cpu"})
+        report["cluster_start_s"] = round(time.monotonic() - started, 2)
+        deploy_at = time.monotonic()
+        cluster.serve_deploy(write_config(cluster_serve_config(folder, probe), folder / "serve_config.yaml"))
+        _wait(lambda: cluster.serve_status()["applications"][APP]["status"] == "RUNNING", 300, "app RUNNING")
+        _wait(lambda: _served_by(cluster.head.http_url) == "gpu", 120, "the GPU group answering")
+        report["deploy_to_answer_s"] = round(time.monotonic() - deploy_at, 2)
+
+        proxies = {}
+        for node in cluster.nodes:
+            with httpx.Client(base_url=node.http_url, timeout=60) as client:
+                latencies = []
+                for _ in range(20):
+                    begun = time.perf_counter()
+                    client.post("/v1/chat/completions", json=REQUEST).raise_for_status()
+                    latencies.append(time.perf_counter() - begun)
+            proxies[node.name] = round(statistics.median(latencies) * 1000, 1)
+        report["proxy_p50_ms"] = proxies
+
+        report["gpu_node_drained"] = _lose_gpu_node(cluster, crash=False)
+        report["gpu_node_crashed"] = _lose_gpu_node(cluster, crash=True)
+
+        updated = cluster_serve_config(
+            folder, probe, limits={"max_tokens": 256},
+            cpu_group={"autoscaling": {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 8}},
+        )
+        with SteadyTraffic(cluster.head.http_url, REQUEST) as traffic:
+            _wait(lambda: len(traffic.results) >= 5, 60, "traffic")
+            update_at = time.monotonic()
+            cluster.serve_deploy(write_config(updated, folder / "serve_config-updated.yaml"))
+            _wait(
+                lambda: httpx.get(f"{cluster.head.http_url}/v1/models", timeout=30).json()["data"][0]["max_model_len"]
+                == updated["applications"][0]["args"]["limits"]["max_prompt_tokens"] + 256,
+                300, "the new config in effect",
+            )
+            _wait(lambda: cluster.serve_status()["applications"][APP]["status"] == "RUNNING", 300, "app RUNNING")
+            in_effect_s = time.monotonic() - update_at
+        report["rolling_update"] = {**_figures(traffic), "new_config_in_effect_s": round(in_effect_s, 2)}
+
+    for name, value in report.items():
+        logger.info("%-20s %s", name, value)
+    failed = sum(report[event]["failed"] for event in ("gpu_node_drained", "gpu_node_crashed", "rolling_update"))
+    logger.info("failed requests over the three events: %d (target 0)", failed)
+    if args.json:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
