@@ -13,6 +13,7 @@ from ray import serve
 from ray.serve import Application
 
 from deployments.config import AppConfig, CpuGroupSettings, GpuGroupSettings, load_app_config
+from deployments.gpu_packing import resolve_gpu_share
 from deployments.ingress import Ingress
 from deployments.model_replica import CPU_GROUP, DEPLOYMENT_NAMES, GPU_GROUP, ModelReplica
 from memory.allocator import allocator_env
@@ -21,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 
 def build_app(args: dict[str, Any]) -> Application:
-    """Validate ``args`` and bind ingress -> GPU group and CPU group."""
+    """Validate ``args``, plan ``gpu_group.num_gpus: auto``, and bind ingress -> GPU group and CPU group."""
     return build_app_from_config(load_app_config(args))
 
 
@@ -71,6 +72,7 @@ def _actor_options(num_cpus: float, num_gpus: float, env_vars: dict[str, str], n
 
 
 def build_app_from_config(config: AppConfig) -> Application:
+    config, _ = resolve_gpu_share(config)  # gpu_group.num_gpus: auto becomes a number here
     ingress = config.ingress
     return Ingress.options(
         num_replicas=ingress.num_replicas,

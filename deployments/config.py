@@ -6,7 +6,7 @@ built, with the key's path and what to change, not later at request time.
 
 import pathlib
 import urllib.parse
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -18,6 +18,7 @@ from memory.allocator import (
     validate_allocator_settings,
 )
 from memory.budget import DEFAULT_CUDA_CONTEXT_BYTES
+from memory.packing import at_or_above
 from memory.strategy import DEFAULT_CPU_CHAIN, DEFAULT_GPU_CHAIN, LoadStrategy, StrategyError, parse_chain
 from models.adapter_names import AdapterName
 from models.video import VideoLimits
@@ -278,7 +279,21 @@ class _GroupSettings(_Strict):
         description="Node labels a replica's node must carry (Ray's label_selector; nodes get them from "
         "`ray start --labels`), e.g. {\"vd-node\": \"cpu\"} to keep the CPU group off GPU nodes. Empty: any node.",
     )
+    min_precision: Literal["fp32", "bf16", "int8", "nf4"] | None = Field(
+        default=None,
+        description="A quality floor: the chain's precisions below it (fp32 > bf16 > int8 > nf4) are never loaded; "
+        "a replica that fits none of the rest waits for memory instead.",
+    )
     autoscaling: AutoscalingSettings = AutoscalingSettings()
+
+    @model_validator(mode="after")
+    def _floor_leaves_a_chain(self) -> "_GroupSettings":
+        if self.min_precision is not None and not at_or_above(tuple(self.chain), self.min_precision):
+            raise ValueError(
+                f"min_precision {self.min_precision!r} leaves nothing of the chain {list(self.chain)}: "
+                f"add {self.min_precision} or a precision above it to the chain, or lower the floor"
+            )
+        return self
 
     @model_validator(mode="after")
     def _batch_within_ongoing(self) -> "_GroupSettings":
@@ -309,7 +324,8 @@ class _GroupSettings(_Strict):
         return chain
 
     def strategies(self) -> tuple[LoadStrategy, ...]:
-        return parse_chain(self.chain, getattr(self, "device", "cpu"))
+        """The chain to load through: ``chain`` without what ``min_precision`` rules out."""
+        return parse_chain(at_or_above(tuple(self.chain), self.min_precision), getattr(self, "device", "cpu"))
 
 
 class CpuGroupSettings(_GroupSettings):
@@ -322,7 +338,16 @@ class CpuGroupSettings(_GroupSettings):
 
 
 class GpuGroupSettings(_GroupSettings):
-    num_gpus: float = Field(default=0.5, gt=0, le=1, description="The replica's share of one GPU.")
+    num_gpus: Annotated[float, Field(gt=0, le=1)] | Literal["auto"] = Field(
+        default=0.5,
+        description="The replica's share of one GPU, or 'auto': the smallest share on num_gpus_grid that holds the "
+        "chain's first precision that fits a GPU (weights, activation reserve, CUDA context), planned when the "
+        "app is built from gpu_total_bytes or the GPU visible there.",
+    )
+    gpu_total_bytes: int | None = Field(
+        default=None, gt=0, description="The GPU's memory for num_gpus: auto (e.g. 85899345920 for 80 GiB)."
+    )
+    num_gpus_grid: float = Field(default=0.05, gt=0, le=1, description="Shares num_gpus: auto may pick are multiples of this.")
     device: Literal["cuda", "cpu"] = Field(
         default="cuda",
         description="'cpu' runs the GPU group's chain on the CPU against the probed GPU budget: for tests and drills.",

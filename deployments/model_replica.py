@@ -25,6 +25,7 @@ from ray.serve.exceptions import RayServeException
 
 from deployments.autoscaling import FREE_BYTES_METRIC, NEED_BYTES_METRIC, READY_METRIC
 from deployments.config import AppConfig, CpuGroupSettings, GpuGroupSettings
+from deployments.gpu_packing import model_path, request_shape
 from deployments.logs import route_logs_through_serve
 from deployments.metrics import ReplicaMetrics
 from deployments.replica_loader import ReplicaLoader, ReplicaState
@@ -43,7 +44,7 @@ from memory import MemorySnapshot
 from memory.admission import RequestCostModel
 from memory.allocator import read_allocator_settings
 from memory.cleanup import release_memory
-from memory.estimate import RequestShape, activation_reserve_bytes, load_model_config
+from memory.estimate import activation_reserve_bytes, load_model_config
 from memory.plan import estimate_chain
 from memory.strategy import LoadStrategy
 from models.adapters import adapter_factory, choose_adapter
@@ -52,7 +53,6 @@ from models.errors import RequestOutOfMemoryError, StreamOutOfMemoryError
 from models.request_shrink import ShrinkFloor, request_size
 from models.scheduler import BatchLimits, BatchScheduler
 from models.serial_scheduler import SerialScheduler
-from models.tiny import ensure_tiny_model
 
 logger = logging.getLogger(__name__)
 
@@ -76,17 +76,6 @@ __all__ = [
 ]
 
 
-def request_shape(config: AppConfig) -> RequestShape:
-    """The largest request the limits allow, which sizes the activation reserve."""
-    limits = config.limits
-    return RequestShape(
-        max_frames=limits.max_video_frames,
-        max_pixels_per_frame=limits.max_pixels_per_frame,
-        max_images=1,
-        max_new_tokens=limits.max_tokens,
-    )
-
-
 class ModelReplica:
     """Loads the configured model in the background; answers once loaded, many requests at a time."""
 
@@ -97,7 +86,7 @@ class ModelReplica:
         self._settings: GpuGroupSettings | CpuGroupSettings = config.gpu_group if group == GPU_GROUP else config.cpu_group
         torch.set_num_threads(max(1, int(self._settings.num_cpus)))
         self._replica_id = _replica_id()
-        self._model_path = str(ensure_tiny_model()) if config.model.source == "tiny" else config.model.source
+        self._model_path = model_path(config)
         trust_remote_code = config.model.trust_remote_code
         adapter_name = choose_adapter(self._model_path, config.model.adapter, trust_remote_code=trust_remote_code)
         self._shrink_floor = ShrinkFloor(
@@ -247,6 +236,7 @@ class ModelReplica:
             "group": self._group,
             "replica": self._replica_id,
             "node_ip": ray.util.get_node_ip_address(),
+            "gpu_share": self._settings.num_gpus if self._group == GPU_GROUP else None,
             "state": loader.state.value,
             "reason": loader.reason,
             "precision": loader.strategy.name if loader.strategy else None,

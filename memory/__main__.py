@@ -22,6 +22,7 @@ from typing import Any
 
 from memory.allocator import read_allocator_settings
 from memory.budget import BudgetError, MemoryBudget, cpu_budget, gpu_budget
+from memory.packing import DEFAULT_SHARE_GRID, PackingError, SharePlan, plan_share
 from memory.estimate import (
     DEFAULT_CUDA_CONTEXT_BYTES,
     ModelConfigError,
@@ -90,6 +91,7 @@ def _plan(args: argparse.Namespace) -> int:
             }
         )
     first_fit = next((row["strategy"] for row in rows if row["fits"]), None)
+    packing, packing_note = _packing(args, rows, reserve) if device == "cuda" else (None, None)
     if args.json:
         payload = {
             "model": str(args.model),
@@ -100,6 +102,7 @@ def _plan(args: argparse.Namespace) -> int:
             "budget": budget.to_dict(),
             "strategies": rows,
             "would_load": first_fit,
+            "packing": packing.to_dict() if packing else None,
         }
         sys.stdout.write(json.dumps(payload, indent=2) + "\n")
     else:
@@ -114,11 +117,33 @@ def _plan(args: argparse.Namespace) -> int:
             verdict = "fits" if row["fits"] else f"does not fit (short by {format_gib(row['estimate_bytes'] - row['budget_bytes'])})"
             lines.append(f"  {row['strategy']:<5} {format_gib(row['estimate_bytes']):>12}  {verdict}")
         lines.append(f"would load as: {first_fit or 'nothing fits'}")
+        if packing is not None:
+            lines.append(packing.explain())
+        elif packing_note:
+            lines.append(packing_note)
         sys.stdout.write("\n".join(lines) + "\n")
     return 0 if first_fit else 1
 
 
 PRECISIONS = ("fp32", "bf16", "int8", "nf4")
+
+
+def _packing(args: argparse.Namespace, rows: list[dict[str, Any]], reserve_bytes: int) -> tuple[SharePlan | None, str | None]:
+    """What ``gpu_group.num_gpus: auto`` would pick on this GPU: each precision's share and replicas a GPU."""
+    total = args.gpu_total_bytes
+    if total is None:
+        gpus = MemorySnapshot.measure().gpus
+        total = gpus[0].total_bytes if gpus else None
+    if total is None:
+        return None, None
+    try:
+        plan = plan_share(
+            {row["strategy"]: row["estimate_bytes"] for row in rows}, total_bytes=total, reserve_bytes=reserve_bytes,
+            context_bytes=DEFAULT_CUDA_CONTEXT_BYTES, grid=args.share_grid,
+        )
+    except PackingError as error:
+        return None, f"num_gpus auto: {error}"
+    return plan, None
 
 
 def _device(args: argparse.Namespace) -> tuple[str, str | None]:
@@ -174,6 +199,8 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="read a config whose class ships with the checkpoint (MiniCPM-V 2.6); runs that code",
     )
+    plan.add_argument("--share-grid", type=float, default=DEFAULT_SHARE_GRID,
+                      help="num_gpus auto's grid: shares are multiples of this (default 0.05)")
     plan.add_argument("--json", action="store_true")
     return parser
 

@@ -73,6 +73,27 @@ _QWEN2_VL_7B = {
     "vision_start_token_id": 151652,
     "vision_end_token_id": 151653,
 }
+_QWEN2_5_VL_7B = {
+    "model_type": "qwen2_5_vl",
+    "text_config": {**_QWEN2_VL_7B["text_config"], "max_position_embeddings": 128000},
+    "vision_config": {
+        "depth": 32,
+        "hidden_size": 1280,
+        "intermediate_size": 3420,
+        "num_heads": 16,
+        "hidden_act": "silu",
+        "out_hidden_size": 3584,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "window_size": 112,
+        "fullatt_block_indexes": [7, 15, 23, 31],
+    },
+    "image_token_id": 151655,
+    "video_token_id": 151656,
+    "vision_start_token_id": 151652,
+    "vision_end_token_id": 151653,
+}
 
 # name -> (config dict, about how many parameters)
 REFERENCE_CONFIGS: dict[str, dict[str, Any]] = {
@@ -101,6 +122,8 @@ REFERENCE_CONFIGS: dict[str, dict[str, Any]] = {
     },
     # Qwen/Qwen2-VL-7B-Instruct: about 8.3B; for plans and GPU runs.
     "qwen2-vl-7b": _QWEN2_VL_7B,
+    # Qwen/Qwen2.5-VL-7B-Instruct's config.json (widths, depths, vocabulary): about 8.3B; for plans.
+    "qwen2.5-vl-7b": _QWEN2_5_VL_7B,
 }
 
 

@@ -1,0 +1,72 @@
+"""num_gpus auto: the share arithmetic (pure), the config keys, and the plan from a real model's config."""
+
+import pytest
+
+from deployments.config import ConfigError, load_app_config
+from deployments.gpu_packing import resolve_gpu_share
+from memory.packing import PackingError, at_or_above, plan_share, smallest_share
+
+GIB = 1024**3
+
+
+def test_the_smallest_share_on_the_grid_holds_the_need():
+    assert smallest_share(20 * GIB, 80 * GIB, 0.05) == 0.25  # exactly a quarter
+    assert smallest_share(20 * GIB + 1, 80 * GIB, 0.05) == 0.3
+    assert smallest_share(1, 80 * GIB, 0.05) == 0.05  # never below one step
+    assert smallest_share(81 * GIB, 80 * GIB, 0.05) > 1.0  # does not fit one card
+    assert smallest_share(30 * GIB, 80 * GIB, 0.125) == 0.375
+
+
+def test_the_plan_takes_the_chains_first_precision_that_fits_a_card():
+    weights = {"bf16": 90 * GIB, "int8": 18 * GIB, "nf4": 9 * GIB}
+
+    plan = plan_share(weights, total_bytes=80 * GIB, reserve_bytes=GIB, context_bytes=GIB)
+
+    assert [option.fits for option in plan.options] == [False, True, True]
+    assert plan.chosen.precision == "int8"
+    assert plan.chosen.need_bytes == 20 * GIB and plan.chosen.share == 0.25 and plan.chosen.replicas_per_gpu == 4
+    assert plan.options[2].share == 0.15 and plan.options[2].replicas_per_gpu == 6
+    assert "int8  weights 18.00 GiB, needs 20.00 GiB (25.0%): share 0.25, 4 a GPU" in plan.explain()
+    assert plan.to_dict()["num_gpus"] == 0.25
+
+
+def test_when_nothing_fits_the_error_lists_each_need_and_what_to_change():
+    with pytest.raises(PackingError, match=r"bf16 needs 92.00 GiB; int8 needs 48.00 GiB\. Add a smaller precision"):
+        plan_share({"bf16": 90 * GIB, "int8": 46 * GIB}, total_bytes=40 * GIB, reserve_bytes=GIB, context_bytes=GIB)
+
+
+def test_a_quality_floor_drops_the_precisions_below_it():
+    assert at_or_above(("bf16", "int8", "nf4"), "int8") == ("bf16", "int8")
+    assert at_or_above(("fp32", "bf16", "int8", "nf4"), None) == ("fp32", "bf16", "int8", "nf4")
+    assert at_or_above(("nf4",), "int8") == ()
+
+
+def test_the_config_takes_auto_and_a_floor_and_names_what_is_wrong():
+    config = load_app_config({"gpu_group": {"num_gpus": "auto", "gpu_total_bytes": 80 * GIB, "min_precision": "int8"}})
+    assert config.gpu_group.num_gpus == "auto"
+    assert [strategy.name for strategy in config.gpu_group.strategies()] == ["bf16", "int8"]
+    with pytest.raises(ConfigError, match="num_gpus"):
+        load_app_config({"gpu_group": {"num_gpus": "half"}})
+    with pytest.raises(ConfigError, match=r"min_precision 'int8' leaves nothing of the chain \['nf4'\]"):
+        load_app_config({"gpu_group": {"chain": ["nf4"], "min_precision": "int8"}})
+
+
+def test_auto_plans_a_real_models_share_and_replicas_get_a_number(tiny_model_path):
+    args = {"gpu_group": {"num_gpus": "auto", "gpu_total_bytes": GIB << 10, "chain": ["int8", "nf4"]}}
+    _, roomy = resolve_gpu_share(load_app_config(args))
+    need = roomy.chosen.need_bytes  # the tiny model's int8 weights, its activation reserve and the CUDA context
+    assert roomy.chosen.precision == "int8" and need > roomy.options[1].need_bytes
+
+    # A card on which the int8 replica needs 23%: a quarter of it, 4 replicas a card.
+    args["gpu_group"]["gpu_total_bytes"] = int(need / 0.23)
+    config, plan = resolve_gpu_share(load_app_config(args))
+
+    assert config.gpu_group.num_gpus == 0.25
+    assert plan.chosen.precision == "int8" and plan.chosen.replicas_per_gpu == 4
+    unchanged, none = resolve_gpu_share(load_app_config({"gpu_group": {"num_gpus": 0.5}}))
+    assert unchanged.gpu_group.num_gpus == 0.5 and none is None
+
+
+def test_auto_without_a_gpu_or_its_size_says_what_to_set(tiny_model_path):
+    with pytest.raises(ConfigError, match="set gpu_group.gpu_total_bytes"):
+        resolve_gpu_share(load_app_config({"gpu_group": {"num_gpus": "auto"}}))
