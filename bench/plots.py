@@ -60,8 +60,9 @@ def load_chart(rows: Sequence[dict[str, Any]], model: str, path: pathlib.Path) -
     for index, mode in enumerate(modes):
         by_precision = {row["precision"]: row for row in rows if row["mode"] == mode}
         positions = [p + (index - (len(modes) - 1) / 2) * width for p in range(len(precisions))]
-        time_axis.bar(positions, [by_precision[p]["time_ratio"] for p in precisions], width, label=mode)
-        peak_axis.bar(positions, [by_precision[p]["peak_ratio"] for p in precisions], width, label=mode)
+        # A mode that did not run at a precision (the weight cache is for quantized loads only) leaves a gap.
+        time_axis.bar(positions, [by_precision[p]["time_ratio"] if p in by_precision else 0 for p in precisions], width, label=mode)
+        peak_axis.bar(positions, [by_precision[p]["peak_ratio"] if p in by_precision else 0 for p in precisions], width, label=mode)
     time_axis.set_xticks(range(len(precisions)), precisions)
     peak_axis.set_xticks(range(len(precisions)), precisions)
     time_axis.set_ylabel("load time / time to copy the bytes")

@@ -48,6 +48,14 @@ class ModelSettings(_Strict):
         default=False, description="Run Python code shipped in the checkpoint (MiniCPM-V 2.6 needs it); read it first."
     )
     max_slice_nums: int = Field(default=2, ge=1, le=9, description="MiniCPM-V 2.6: most slices per image or frame.")
+    weight_cache_dir: str | None = Field(
+        default=None,
+        description="Where quantized (int8, nf4) loads are kept for the next load of the same checkpoint and strategy; "
+        "default: weights/ under $VIDEO_DETECTIVE_CACHE (~/.cache/video-detective). A local disk on each node.",
+    )
+    weight_cache_bytes: int = Field(
+        default=64 * 1024**3, ge=0, description="The weight cache's bound (least recently used entries go first); 0 turns it off."
+    )
     @model_validator(mode="after")
     def _source_exists(self) -> "ModelSettings":
         if self.source != "tiny" and not pathlib.Path(self.source).is_dir():

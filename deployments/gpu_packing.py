@@ -10,29 +10,14 @@ the app is built. Replicas then get a plain number: their budget is that share o
 import logging
 
 from deployments.config import AppConfig, ConfigError
+from deployments.replica_inputs import model_path, request_shape
 from memory import MemorySnapshot
-from memory.estimate import RequestShape, activation_reserve_bytes, load_model_config
+from memory.estimate import activation_reserve_bytes, load_model_config
 from memory.packing import PackingError, SharePlan, plan_share
 from memory.plan import estimate_chain
 from memory.probe import GpuBackend
-from models.tiny import ensure_tiny_model
 
 logger = logging.getLogger(__name__)
-
-
-def request_shape(config: AppConfig) -> RequestShape:
-    """The largest request the limits allow, which sizes the activation reserve."""
-    limits = config.limits
-    return RequestShape(
-        max_frames=limits.max_video_frames,
-        max_pixels_per_frame=limits.max_pixels_per_frame,
-        max_images=1,
-        max_new_tokens=limits.max_tokens,
-    )
-
-
-def model_path(config: AppConfig) -> str:
-    return str(ensure_tiny_model()) if config.model.source == "tiny" else config.model.source
 
 
 def resolve_gpu_share(config: AppConfig, *, gpu_backend: GpuBackend | None = None) -> tuple[AppConfig, SharePlan | None]:

@@ -25,7 +25,7 @@ from ray.serve.exceptions import RayServeException
 
 from deployments.autoscaling import FREE_BYTES_METRIC, NEED_BYTES_METRIC, READY_METRIC
 from deployments.config import AppConfig, CpuGroupSettings, GpuGroupSettings
-from deployments.gpu_packing import model_path, request_shape
+from deployments.replica_inputs import model_path, request_shape, weight_cache
 from deployments.logs import route_logs_through_serve
 from deployments.metrics import ReplicaMetrics
 from deployments.replica_loader import ReplicaLoader, ReplicaState
@@ -110,7 +110,9 @@ class ModelReplica:
             chain=chain,
             estimates=estimate_chain(model_config, chain),
             reserve_bytes=self._reserve_bytes,
-            make_adapter=adapter_factory(adapter_name, max_slice_nums=config.model.max_slice_nums),
+            make_adapter=adapter_factory(
+                adapter_name, max_slice_nums=config.model.max_slice_nums, weight_cache=weight_cache(config)
+            ),
             metrics=self._metrics,
             on_ready=self._start_scheduler,
         )

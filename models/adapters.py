@@ -9,12 +9,15 @@
 
 import json
 import pathlib
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
 from memory.strategy import LoadStrategy
 from models.base import CheckpointAdapter
+
+if TYPE_CHECKING:
+    from models.weight_cache import WeightCache
 
 from models.adapter_names import MINICPM_V_2_6, TRANSFORMERS, AdapterName  # noqa: F401 - re-exported
 _REMOTE_CODE_ADAPTERS = {"minicpmv": MINICPM_V_2_6}
@@ -53,16 +56,19 @@ def choose_adapter(model_path: str | pathlib.Path, requested: AdapterName, *, tr
 
 
 def adapter_factory(
-    name: str, *, max_slice_nums: int = 1
+    name: str, *, max_slice_nums: int = 1, weight_cache: "WeightCache | None" = None
 ) -> Callable[[str, LoadStrategy], CheckpointAdapter]:
-    """``make(model_path, strategy)`` for the chosen adapter (imported lazily: remote code only when asked)."""
+    """``make(model_path, strategy)`` for the chosen adapter (imported lazily: remote code only when asked).
+
+    ``weight_cache`` keeps quantized loads of the native transformers path (MiniCPM-V 2.6's remote code is
+    loaded as it ships)."""
     if name == MINICPM_V_2_6:
         from models.minicpm_v_2_6 import MiniCpmV26Adapter
 
         return lambda path, strategy: MiniCpmV26Adapter(path, strategy=strategy, max_slice_nums=max_slice_nums)
     from models.hf_adapter import HuggingFaceVisionLanguageAdapter
 
-    return lambda path, strategy: HuggingFaceVisionLanguageAdapter(path, strategy=strategy)
+    return lambda path, strategy: HuggingFaceVisionLanguageAdapter(path, strategy=strategy, weight_cache=weight_cache)
 
 
 def _model_type(path: pathlib.Path) -> str:

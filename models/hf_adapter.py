@@ -18,6 +18,7 @@ from transformers.video_utils import VideoMetadata
 from memory.strategy import LoadStrategy
 from models.errors import InvalidModelInputError, PromptTooLongError
 from models.hf_batch_engine import HfBatchEngine, eos_token_ids
+from models.weight_cache import WeightCache, load_through_cache
 from models.base import (
     ChatMessage,
     CheckpointAdapter,
@@ -52,26 +53,42 @@ class ModelNotLoadedError(RuntimeError):
 class HuggingFaceVisionLanguageAdapter(CheckpointAdapter):
     """Loads a local checkpoint folder with one :class:`LoadStrategy` and answers chat requests with it."""
 
-    def __init__(self, model_path: str, *, strategy: LoadStrategy = LoadStrategy(device="cpu", dtype="float32")) -> None:
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        strategy: LoadStrategy = LoadStrategy(device="cpu", dtype="float32"),
+        weight_cache: WeightCache | None = None,
+    ) -> None:
         super().__init__(model_path, strategy)
         self._processor: transformers.ProcessorMixin | None = None
+        # Only a quantized load is worth keeping: it costs 5-10x reading the bytes (README, loading figures).
+        self._weight_cache = weight_cache if strategy.quantization != "none" else None
+        self._weights_from = "checkpoint"
 
     def load(self) -> None:
         started = time.perf_counter()
         self._processor = transformers.AutoProcessor.from_pretrained(self._model_path)
-        model = transformers.AutoModelForImageTextToText.from_pretrained(
-            self._model_path, **self._strategy.from_pretrained_kwargs()
-        )
-        self._model = model.eval()
+        self._model = self._load_model().eval()
         self._load_seconds = time.perf_counter() - started
         logger.info(
-            "Loaded %s (%s) on %s as %s in %.2f s",
+            "Loaded %s (%s) on %s as %s in %.2f s from the %s",
             self._model_path,
             self._model.config.model_type,
             self._strategy.device,
             self._strategy.name,
             self._load_seconds,
+            self._weights_from,
         )
+
+    def _load_model(self) -> transformers.PreTrainedModel:
+        """From the weight cache when it holds this checkpoint quantized this way; else quantize, and keep it."""
+        if self._weight_cache is None:
+            return transformers.AutoModelForImageTextToText.from_pretrained(
+                self._model_path, **self._strategy.from_pretrained_kwargs()
+            )
+        model, self._weights_from = load_through_cache(self._model_path, self._strategy, self._weight_cache)
+        return model
 
     def unload(self) -> None:
         self._model = None
@@ -86,6 +103,7 @@ class HuggingFaceVisionLanguageAdapter(CheckpointAdapter):
         }
         if self._model is not None:
             description.update(
+                weights_from=self._weights_from,
                 model_type=self._model.config.model_type,
                 dtype=str(self._model.dtype).removeprefix("torch."),
                 parameters=sum(p.numel() for p in self._model.parameters()),

@@ -1,0 +1,243 @@
+"""Pre-quantized weights on local disk: a quantized load is done once per checkpoint, strategy and versions.
+
+After a strategy quantizes a checkpoint (bitsandbytes int8 or nf4), the replica saves the quantized model
+with transformers' own ``save_pretrained`` (bitsandbytes' serialization: the quantized weights, their
+scales and the ``quantization_config`` in ``config.json``). The next load of the same checkpoint with the
+same strategy reads that folder with ``from_pretrained`` instead of quantizing again.
+
+- **Key**: the checkpoint's content (SHA-256 of its weight and config files, remembered per file path,
+  size and modification time so a checkpoint is hashed once), the strategy (name, device, dtype), and the
+  transformers, bitsandbytes and torch versions.
+- **Atomic**: an entry is written into a temporary folder beside the entries and renamed into place with its
+  manifest; two replicas writing the same entry both succeed, and the second rename loses harmlessly.
+- **Bounded**: ``max_bytes`` over all entries; the least recently used go first; an entry larger than the
+  bound is not kept.
+- **Checked**: an entry is used only when its manifest matches the key and every file has the size and
+  SHA-256 the manifest records; anything else is removed and rebuilt, never loaded.
+"""
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import pathlib
+import shutil
+import time
+import uuid
+from typing import Any
+
+import bitsandbytes
+import torch
+import transformers
+
+from memory.loader import is_out_of_memory
+from memory.strategy import LoadStrategy
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "vd-manifest.json"
+_DIGESTS = "checkpoint-digests.json"
+_CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".txt")
+_HASH_CHUNK_BYTES = 16 * 1024 * 1024
+
+
+def file_sha256(path: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def versions() -> dict[str, str]:
+    return {"transformers": transformers.__version__, "bitsandbytes": bitsandbytes.__version__, "torch": torch.__version__}
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheHit:
+    folder: pathlib.Path
+    bytes: int
+    verify_seconds: float
+
+
+class WeightCache:
+    """Quantized checkpoints under ``root``; see the module docstring."""
+
+    def __init__(self, root: pathlib.Path, *, max_bytes: int) -> None:
+        self.root = root
+        self.max_bytes = max_bytes
+        self._entries = root / "entries"
+        self._entries.mkdir(parents=True, exist_ok=True)
+
+    # -- keys ----------------------------------------------------------------------------------
+
+    def checkpoint_digest(self, model_path: str) -> str:
+        """SHA-256 over the checkpoint's files (names and contents); each file hashed once per size and mtime."""
+        folder = pathlib.Path(model_path).resolve()
+        memo_path = self.root / _DIGESTS
+        try:
+            memo = json.loads(memo_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            memo = {}
+        combined = hashlib.sha256()
+        changed = False
+        for path in sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(_CHECKPOINT_SUFFIXES)):
+            stat = path.stat()
+            memo_key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+            if memo_key not in memo:
+                memo[memo_key] = file_sha256(path)
+                changed = True
+            combined.update(f"{path.name}\0{memo[memo_key]}\0".encode())
+        if changed:
+            _write_atomically(memo_path, json.dumps(memo, indent=1))
+        return combined.hexdigest()
+
+    def key(self, model_path: str, strategy: LoadStrategy) -> dict[str, Any]:
+        return {
+            "checkpoint_sha256": self.checkpoint_digest(model_path),
+            "strategy": strategy.to_dict(),
+            "versions": versions(),
+        }
+
+    @staticmethod
+    def entry_name(key: dict[str, Any]) -> str:
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+
+    # -- read ----------------------------------------------------------------------------------
+
+    def lookup(self, key: dict[str, Any]) -> CacheHit | None:
+        """The entry's folder when it is whole and matches ``key``; a bad entry is removed (and ``None``)."""
+        folder = self._entries / self.entry_name(key)
+        if not folder.is_dir():
+            return None
+        started = time.perf_counter()
+        problem = _check_entry(folder, key)
+        if problem is not None:
+            logger.warning("Weight cache entry %s is not used (%s); removing it, the model is quantized again", folder, problem)
+            self.remove(folder)
+            return None
+        os.utime(folder / MANIFEST)  # last used: eviction goes by this
+        manifest = json.loads((folder / MANIFEST).read_text())
+        return CacheHit(folder, manifest["bytes"], time.perf_counter() - started)
+
+    # -- write ---------------------------------------------------------------------------------
+
+    def store(self, key: dict[str, Any], model: transformers.PreTrainedModel) -> pathlib.Path | None:
+        """Save a quantized model as the entry for ``key``; its folder, or ``None`` when it is not kept."""
+        final = self._entries / self.entry_name(key)
+        if final.is_dir():
+            return final
+        temporary = self._entries / f".writing-{uuid.uuid4().hex}"
+        try:
+            model.save_pretrained(temporary)
+            files = {path.name: {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+                     for path in sorted(temporary.iterdir()) if path.is_file()}
+            total = sum(entry["bytes"] for entry in files.values())
+            if total > self.max_bytes:
+                logger.warning(
+                    "Not caching the quantized model: %d bytes is over the weight cache's bound of %d bytes "
+                    "(model.weight_cache_bytes)", total, self.max_bytes,
+                )
+                return None
+            manifest = {"key": key, "files": files, "bytes": total, "created": time.time()}
+            (temporary / MANIFEST).write_text(json.dumps(manifest, indent=1))
+            try:
+                os.rename(temporary, final)
+            except OSError:
+                if final.is_dir():  # another replica stored the same entry first: theirs is as good
+                    return final
+                raise
+            logger.info("Stored the quantized model in the weight cache at %s (%d bytes)", final, total)
+        finally:
+            if temporary.exists():
+                shutil.rmtree(temporary, ignore_errors=True)
+        self.evict(keep=final)
+        return final
+
+    def entries(self) -> list[tuple[pathlib.Path, int, float]]:
+        """(folder, bytes, last used) of every whole entry."""
+        found = []
+        for folder in self._entries.iterdir():
+            manifest = folder / MANIFEST
+            if folder.name.startswith(".") or not manifest.is_file():
+                continue
+            try:
+                found.append((folder, json.loads(manifest.read_text())["bytes"], manifest.stat().st_mtime))
+            except (OSError, json.JSONDecodeError, KeyError):
+                continue
+        return found
+
+    def evict(self, *, keep: pathlib.Path | None = None) -> None:
+        """Remove the least recently used entries until all fit in ``max_bytes``."""
+        entries = sorted(self.entries(), key=lambda entry: entry[2])
+        total = sum(size for _, size, _ in entries)
+        for folder, size, _ in entries:
+            if total <= self.max_bytes:
+                break
+            if folder == keep:
+                continue
+            logger.info("Weight cache over its bound (%d > %d bytes): removing %s", total, self.max_bytes, folder)
+            self.remove(folder)
+            total -= size
+
+    def remove(self, folder: pathlib.Path) -> None:
+        """Move the entry out of the way first (a reader never finds half of it), then delete it."""
+        doomed = self._entries / f".removing-{uuid.uuid4().hex}"
+        try:
+            os.rename(folder, doomed)
+        except OSError:
+            return
+        shutil.rmtree(doomed, ignore_errors=True)
+
+
+def load_through_cache(
+    model_path: str, strategy: LoadStrategy, cache: WeightCache
+) -> tuple[transformers.PreTrainedModel, str]:
+    """The model, from the cache when it holds ``model_path`` loaded with ``strategy``; else loaded from the
+    checkpoint and stored. Also where it came from, for the replica's description and logs."""
+    kwargs = strategy.from_pretrained_kwargs()
+    key = cache.key(model_path, strategy)
+    hit = cache.lookup(key)
+    if hit is not None:
+        try:
+            # Pre-quantized: the quantization config comes from the entry's config.json.
+            cached_kwargs = {name: value for name, value in kwargs.items() if name != "quantization_config"}
+            model = transformers.AutoModelForImageTextToText.from_pretrained(hit.folder, **cached_kwargs)
+            return model, f"weight cache ({hit.folder.name}, checked in {hit.verify_seconds:.2f} s)"
+        except Exception as error:  # noqa: BLE001 - any broken entry: the checkpoint is still there
+            if is_out_of_memory(error):
+                raise
+            logger.warning("Loading the cached weights at %s failed (%s); loading the checkpoint", hit.folder, error)
+            cache.remove(hit.folder)
+    model = transformers.AutoModelForImageTextToText.from_pretrained(model_path, **kwargs)
+    try:
+        cache.store(key, model)
+    except OSError as error:  # a full or read-only disk must not fail a load that worked
+        logger.warning("Could not store the quantized model in the weight cache at %s: %s", cache.root, error)
+    return model, "checkpoint"
+
+
+def _check_entry(folder: pathlib.Path, key: dict[str, Any]) -> str | None:
+    """Why the entry at ``folder`` must not be loaded, or ``None`` when it is whole and is ``key``'s."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        return f"no readable manifest: {error}"
+    if manifest.get("key") != key:
+        return "its manifest is for another checkpoint, strategy or library versions"
+    for name, expected in manifest.get("files", {}).items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != expected["bytes"]:
+            return f"{name} has {path.stat().st_size} bytes, the manifest says {expected['bytes']}"
+        if file_sha256(path) != expected["sha256"]:
+            return f"{name} does not match its SHA-256"
+    return None
+
+
+def _write_atomically(path: pathlib.Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    temporary.write_text(text)
+    os.replace(temporary, path)
