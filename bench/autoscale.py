@@ -47,9 +47,9 @@ def _throughput(base_url: str, requests: int, concurrency: int) -> tuple[float, 
     return requests / elapsed, sum(1 for status in statuses if status != 200)
 
 
-def _scale_out_seconds(base_url: str, *, clients: int = 4, timeout_s: float = 300) -> tuple[float, float]:
+def _scale_out_seconds(base_url: str, *, clients: int = 4, timeout_s: float = 300) -> tuple[float, float, str]:
     """From a step in load (0 to ``clients`` sending without pause) to the first answer from a second replica;
-    also how long that replica took to load (from its /v1/memory entry)."""
+    also how long that replica took to load and where its weights came from (its /v1/memory entry)."""
     with httpx.Client(base_url=base_url, timeout=120) as client:
         first = client.post("/v1/chat/completions", json=REQUEST).headers["x-served-by-replica"]
     stop = threading.Event()
@@ -74,8 +74,8 @@ def _scale_out_seconds(base_url: str, *, clients: int = 4, timeout_s: float = 30
     if not new_replica_at:
         raise TimeoutError(f"no second replica answered within {timeout_s} s")
     replicas = httpx.get(f"{base_url}/v1/memory", timeout=60).json()["groups"]["cpu"]
-    load_s = next(r["model"].get("load_seconds", 0.0) for r in replicas if r.get("replica") not in (None, first))
-    return new_replica_at[0] - step, load_s
+    new = next(r for r in replicas if r.get("replica") not in (None, first))
+    return new_replica_at[0] - step, new["model"].get("load_seconds", 0.0), new["model"].get("weights_from", "")
 
 
 def scale_out(base_url: str, model_dir: pathlib.Path, cache_dir: pathlib.Path) -> dict[str, dict[str, float]]:
@@ -89,14 +89,14 @@ def scale_out(base_url: str, model_dir: pathlib.Path, cache_dir: pathlib.Path) -
                 "num_cpus": 1,
                 "chain": ["nf4"],
                 "autoscaling": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1,
-                                "upscale_delay_s": 0, "look_back_period_s": 2},
+                                "upscale_delay_s": 0, "look_back_period_s": 11},
             },
         }
         serve.run(build_app(app_args), name="scale-out", route_prefix="/")
-        seconds, load_s = _scale_out_seconds(base_url)
-        results[name] = {"step_to_new_replica_answer_s": seconds, "new_replica_load_s": load_s}
-        logger.info("scale-out, %s: first answer from the new replica %.2f s after the step (its load %.2f s)",
-                    name.replace("_", " "), seconds, load_s)
+        seconds, load_s, weights_from = _scale_out_seconds(base_url)
+        results[name] = {"step_to_new_replica_answer_s": seconds, "new_replica_load_s": load_s, "weights_from": weights_from}
+        logger.info("scale-out, %s: first answer from the new replica %.2f s after the step (its load %.2f s, from the %s)",
+                    name.replace("_", " "), seconds, load_s, weights_from)
         serve.delete("scale-out")
     return results
 
