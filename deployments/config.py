@@ -6,7 +6,7 @@ built, with the key's path and what to change, not later at request time.
 
 import pathlib
 import urllib.parse
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -346,7 +346,7 @@ class CpuGroupSettings(_GroupSettings):
 
 
 class GpuGroupSettings(_GroupSettings):
-    num_gpus: Annotated[float, Field(gt=0, le=1)] | Literal["auto"] = Field(
+    num_gpus: float | Literal["auto"] = Field(
         default=0.5,
         description="The replica's share of one GPU, or 'auto': the smallest share on num_gpus_grid that holds the "
         "chain's first precision that fits a GPU (weights, activation reserve, CUDA context), planned when the "
@@ -356,6 +356,16 @@ class GpuGroupSettings(_GroupSettings):
         default=None, gt=0, description="The GPU's memory for num_gpus: auto (e.g. 85899345920 for 80 GiB)."
     )
     num_gpus_grid: float = Field(default=0.05, gt=0, le=1, description="Shares num_gpus: auto may pick are multiples of this.")
+
+    @field_validator("num_gpus", mode="before")
+    @classmethod
+    def _share_or_auto(cls, value: Any) -> Any:
+        """One message for both forms (pydantic would report each branch of the union apart)."""
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+            raise ValueError("Input should be a share of one GPU, greater than 0 and less than or equal to 1, or 'auto'")
+        return float(value)
     device: Literal["cuda", "cpu"] = Field(
         default="cuda",
         description="'cpu' runs the GPU group's chain on the CPU against the probed GPU budget: for tests and drills.",

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from net import free_port
+from processes import stop_process
 from polling import wait_for_condition
 
 SCRAPE_INTERVAL_S = 1
@@ -62,12 +63,7 @@ def prometheus_server(folder: pathlib.Path, scrape_targets: list[str]) -> Iterat
         wait_for_condition(lambda: httpx.get(f"{url}/-/ready", timeout=2).status_code == 200, timeout_s=60, interval_s=0.2)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 def query(url: str, expression: str) -> list[dict]:

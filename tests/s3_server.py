@@ -13,6 +13,7 @@ import httpx
 
 from net import free_port
 from polling import wait_for_condition
+from processes import stop_process
 
 CREDENTIALS = {"key": "test-key", "secret": "test-secret"}
 
@@ -30,12 +31,7 @@ def moto_s3_server(log_path) -> Iterator[str]:
         wait_for_condition(lambda: httpx.get(url, timeout=2).status_code < 500, timeout_s=60, interval_s=0.2)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 def storage_options(endpoint_url: str) -> dict:

@@ -87,8 +87,10 @@ def test_the_app_builder_serve_calls_refuses_a_wrong_key_with_its_name():
 def test_the_app_builder_refuses_a_wrong_value_with_its_name():
     from deployments.app import build_app
 
-    with pytest.raises(ConfigError, match=r"gpu_group\.num_gpus: Input should be less than or equal to 1 \(got 2\)"):
+    with pytest.raises(ConfigError, match=r"gpu_group\.num_gpus: Input should be a share of one GPU, .*less than or equal to 1, or 'auto' \(got 2\)"):
         build_app({"gpu_group": {"num_gpus": 2}})
+    with pytest.raises(ConfigError, match=r"gpu_group\.num_gpus: .* \(got 'half'\)"):
+        build_app({"gpu_group": {"num_gpus": "half"}})
 
 
 def test_folklore_environment_in_a_group_is_refused():

@@ -74,6 +74,24 @@ TEST_APP_ARGS = {
 }
 
 
+def oom_drill_args(probe_path, *, cpu_group_cpus: float = 1) -> dict:
+    """An app whose GPU group runs its chain on the CPU against a probe file and runs out of memory above 5000
+    media pixels (``VIDEO_DETECTIVE_SIMULATE_OOM_ABOVE_PIXELS``), as a full GPU would at the generate boundary."""
+    from models.fault_injection import SIMULATE_OOM_ABOVE_PIXELS_ENV
+
+    return {
+        "limits": {"video_frames": 8, "max_pixels_per_frame": 64 * 48},
+        "request_oom": {"min_frames": 2, "min_pixels_per_frame": 1000},
+        "gpu_group": {
+            "device": "cpu",
+            "num_cpus": 0.5,
+            "env_vars": {"VIDEO_DETECTIVE_GPU_PROBE_FILE": str(probe_path), SIMULATE_OOM_ABOVE_PIXELS_ENV: "5000"},
+        },
+        "cpu_group": {"num_cpus": cpu_group_cpus},
+        "routing": {"gpu_timeout_s": 30, "breaker_cooldown_s": 30},
+    }
+
+
 @pytest.fixture(scope="session")
 def base_url(http_port) -> str:
     url = deploy(TEST_APP_ARGS, http_port)

@@ -17,8 +17,7 @@ import ray
 from ray import serve
 
 import media_factory
-from integration.conftest import deploy
-from models.fault_injection import SIMULATE_OOM_ABOVE_PIXELS_ENV
+from integration.conftest import deploy, oom_drill_args
 from polling import wait_for_condition
 from prometheus_server import prometheus_server, query
 
@@ -64,17 +63,7 @@ def dashboard_url(http_port, test_root):
         "inactive_split_bytes": 0, "num_alloc_retries": 0, "num_ooms": 0,
     }
     probe.write_text(json.dumps({"total_bytes": 16 * GIB, "free_bytes": 12 * GIB, "torch": allocator}))
-    args = {
-        "limits": {"video_frames": 8, "max_pixels_per_frame": 64 * 48},
-        "request_oom": {"min_frames": 2, "min_pixels_per_frame": 1000},
-        "gpu_group": {
-            "device": "cpu",
-            "num_cpus": 0.5,
-            "env_vars": {"VIDEO_DETECTIVE_GPU_PROBE_FILE": str(probe), SIMULATE_OOM_ABOVE_PIXELS_ENV: "5000"},
-        },
-        "cpu_group": {"num_cpus": 0.5},
-        "routing": {"gpu_timeout_s": 30, "breaker_cooldown_s": 30},
-    }
+    args = oom_drill_args(probe, cpu_group_cpus=0.5)
     url = deploy(args, http_port, name=APP, route_prefix=f"/{APP}")
     yield url
     serve.delete(APP)

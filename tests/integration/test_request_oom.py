@@ -15,8 +15,7 @@ import ray
 from ray import serve
 
 import media_factory
-from integration.conftest import deploy, serve_log_lines
-from models.fault_injection import SIMULATE_OOM_ABOVE_PIXELS_ENV
+from integration.conftest import deploy, oom_drill_args, serve_log_lines
 from polling import wait_for_condition
 
 GIB = 1024**3
@@ -26,17 +25,7 @@ GIB = 1024**3
 def oom_url(http_port, test_root):
     probe = test_root / "gpu-probe-oom.json"
     probe.write_text(json.dumps({"total_bytes": 8 * GIB, "free_bytes": 8 * GIB}))
-    args = {
-        "limits": {"video_frames": 8, "max_pixels_per_frame": 64 * 48},
-        "request_oom": {"min_frames": 2, "min_pixels_per_frame": 1000},
-        "gpu_group": {
-            "device": "cpu",
-            "num_cpus": 0.5,
-            "env_vars": {"VIDEO_DETECTIVE_GPU_PROBE_FILE": str(probe), SIMULATE_OOM_ABOVE_PIXELS_ENV: "5000"},
-        },
-        "cpu_group": {"num_cpus": 1},
-        "routing": {"gpu_timeout_s": 30, "breaker_cooldown_s": 30},
-    }
+    args = oom_drill_args(probe)
     url = deploy(args, http_port, name="oom", route_prefix="/oom")
     with httpx.Client(base_url=url, timeout=60) as client:
         text_only = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
