@@ -17,7 +17,10 @@ function memoryParts(replica) {
   const gpu = (memory.gpus || [])[0];
   if (gpu && (replica.model || {}).device !== "cpu") {
     const held = gpu.torch ? gpu.torch.reserved_bytes : weights;
-    const others = (gpu.other_processes || []).reduce((sum, process) => sum + (process.used_bytes || 0), 0);
+    // What the device has in use beyond this replica's allocator: other processes (NVML lists them; a probe
+    // without a list still says how much is used).
+    const listed = (gpu.other_processes || []).reduce((sum, process) => sum + (process.used_bytes || 0), 0);
+    const others = Math.max(listed, gpu.total_bytes - gpu.free_bytes - held, 0);
     return {
       total: gpu.total_bytes,
       parts: {
