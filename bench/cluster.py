@@ -99,7 +99,7 @@ def main() -> int:
     report: dict = {}
     started = time.monotonic()
     with LocalCluster(folder) as cluster:
-        cluster.start_head(num_cpus=1)
+        cluster.start_head(num_cpus=1, labels={"vd-node": "head"})
         cluster.add_node("gpu-worker", num_cpus=1, num_gpus=1, labels={"vd-node": "gpu"})
         cluster.add_node("cpu-worker", num_cpus=2, labels={"vd-node": "cpu"})
         report["cluster_start_s"] = round(time.monotonic() - started, 2)

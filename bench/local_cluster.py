@@ -280,7 +280,8 @@ GPU_PROBE_FILE_ENV = "VIDEO_DETECTIVE_GPU_PROBE_FILE"
 def cluster_serve_config(folder: pathlib.Path, probe_path: pathlib.Path, **args_overrides: dict[str, Any]) -> dict[str, Any]:
     """``serve_config.yaml`` as a cluster runs it on logical GPUs: proxies on every node's address (0.0.0.0), the
     GPU group's chain on the CPU against GPU memory from a probe file, the CPU group on nodes labelled
-    ``vd-node=cpu``; ``args_overrides`` updates the app's config sections (``limits={...}``)."""
+    ``vd-node=cpu`` and the ingress on the node labelled ``vd-node=head``; ``args_overrides`` updates the
+    app's config sections (``limits={...}``)."""
     config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
     config["http_options"]["host"] = "0.0.0.0"
     args = config["applications"][0]["args"]
@@ -288,6 +289,7 @@ def cluster_serve_config(folder: pathlib.Path, probe_path: pathlib.Path, **args_
         device="cpu", load_retry_period_s=1, health_check_period_s=2, env_vars={GPU_PROBE_FILE_ENV: str(probe_path)},
     )
     args["cpu_group"]["node_labels"] = {"vd-node": "cpu"}
+    args["ingress"]["node_labels"] = {"vd-node": "head"}  # a lost worker must not take the ingress with it
     args["routing"].update(gpu_timeout_s=10, breaker_cooldown_s=2)
     args["files"] = {"store_url": f"file://{folder / 'files'}"}
     (folder / "uploads").mkdir(parents=True, exist_ok=True)

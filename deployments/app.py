@@ -65,7 +65,9 @@ def _group(config: AppConfig, group: str) -> Application | None:
 
 
 def _actor_options(num_cpus: float, num_gpus: float, env_vars: dict[str, str], node_labels: dict[str, str]) -> dict:
-    options = {"num_cpus": num_cpus, "num_gpus": num_gpus, "runtime_env": {"env_vars": env_vars}}
+    options: dict = {"num_cpus": num_cpus, "num_gpus": num_gpus}
+    if env_vars:
+        options["runtime_env"] = {"env_vars": env_vars}
     if node_labels:
         options["label_selector"] = dict(node_labels)
     return options
@@ -77,6 +79,6 @@ def build_app_from_config(config: AppConfig) -> Application:
     return Ingress.options(
         num_replicas=ingress.num_replicas,
         max_ongoing_requests=ingress.max_ongoing_requests,
-        ray_actor_options={"num_cpus": ingress.num_cpus},
+        ray_actor_options=_actor_options(ingress.num_cpus, 0, {}, ingress.node_labels),
         logging_config={"enable_access_log": ingress.access_log},
     ).bind(_group(config, GPU_GROUP), _group(config, CPU_GROUP), config)

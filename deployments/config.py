@@ -424,6 +424,12 @@ class IngressSettings(_Strict):
         "groups hold a node's CPUs; with none it always starts.",
     )
     max_ongoing_requests: int = Field(default=64, ge=1)
+    node_labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Node labels the ingress's node must carry (Ray's label_selector), e.g. {\"vd-node\": \"head\"}: "
+        "a node that is lost takes the requests its ingress holds with it, so keep the ingress off the nodes you "
+        "expect to lose. Empty: any node.",
+    )
     upload_dir: str | None = Field(
         default=None, description="Where /v1/analyze uploads are spooled (deleted after each request); default: the system temp dir."
     )

@@ -12,11 +12,12 @@ def test_the_rayservice_embeds_the_same_applications_as_serve_config_yaml():
     serve_config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
 
     embedded = yaml.safe_load(rayservice["spec"]["serveConfigV2"])
-    placement = embedded["applications"][0]["args"]["cpu_group"].pop("node_labels")
+    args = embedded["applications"][0]["args"]
+    placement = {section: args[section].pop("node_labels") for section in ("cpu_group", "ingress")}
 
     assert rayservice["kind"] == "RayService"
     assert embedded["applications"] == serve_config["applications"]
-    assert placement == {"vd-node": "cpu"}
+    assert placement == {"cpu_group": {"vd-node": "cpu"}, "ingress": {"vd-node": "head"}}
     assert rayservice["spec"]["rayClusterConfig"]["rayVersion"] == "2.60.0"
     (application,) = embedded["applications"]
     load_app_config(application["args"])  # and it validates
@@ -42,5 +43,6 @@ def test_each_group_lands_on_its_worker_group_and_the_ingress_fits_the_head():
     assert not args["cpu_group"]["node_labels"].items() <= gpu_labels.items()
     assert "nvidia.com/gpu" not in groups["cpu-workers"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    assert cluster["headGroupSpec"]["rayStartParams"]["labels"] == "vd-node=head" and args["ingress"]["node_labels"] == {"vd-node": "head"}
     assert args["ingress"]["num_cpus"] == 0  # so it can run on the head, which takes no replica group
     assert yaml.safe_load(rayservice["spec"]["serveConfigV2"])["proxy_location"] == "EveryNode"

@@ -28,7 +28,7 @@ def cluster(test_root, tiny_model_path):
         pytest.skip(f"No multi-node cluster on this machine: {reason}")
     folder = test_root / "cl"
     with LocalCluster(folder) as cluster:  # its nodes inherit VIDEO_DETECTIVE_CACHE: the model built once
-        cluster.start_head(num_cpus=1)
+        cluster.start_head(num_cpus=1, labels={"vd-node": "head"})
         cluster.add_node("gpu-worker", num_cpus=1, num_gpus=1, labels={"vd-node": "gpu"})
         cluster.add_node("cpu-worker", num_cpus=2, labels={"vd-node": "cpu"})
         yield cluster
@@ -78,6 +78,9 @@ def test_each_group_runs_where_it_belongs(cluster, deployed):
     assert {replica["node_ip"] for replica in memory["groups"]["gpu"]} == {cluster.node("gpu-worker").ip}
     assert {replica["node_ip"] for replica in memory["groups"]["cpu"]} == {cluster.node("cpu-worker").ip}
     assert {replica["state"] for group in memory["groups"].values() for replica in group} == {"ready"}
+    details = httpx.get(f"{cluster.dashboard_url}/api/serve/applications/", timeout=30).json()
+    ingress = details["applications"][APP]["deployments"]["Ingress"]["replicas"]
+    assert {replica["node_ip"] for replica in ingress} == {cluster.head.ip}  # ingress.node_labels: on the head
 
 
 def test_every_nodes_proxy_answers(cluster, deployed):
