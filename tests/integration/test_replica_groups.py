@@ -179,6 +179,9 @@ def test_a_gpu_replica_killed_in_the_middle_of_traffic_fails_no_request(healing_
 
 
 def test_a_failing_health_check_replaces_the_replica_and_traffic_continues(healing_url):
+    # The traffic of the test before may have scaled the group out: with two replicas and a target of one,
+    # Serve would not replace the one that fails. Start from one.
+    wait_for_condition(lambda: _gpu_replica_count() == 1, timeout_s=90, interval_s=0.5)
     before = {replica["replica"] for replica in httpx.get(f"{healing_url}/v1/memory", timeout=30).json()["groups"]["gpu"]}
     handle = serve.get_deployment_handle("gpu_group", "healing")
 
