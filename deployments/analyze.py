@@ -9,6 +9,7 @@ the frames off the event loop. The route then asks the replica groups, for the w
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import math
 import time
@@ -164,8 +165,13 @@ class PreparedAnalysis:
             "decoded_frames": sampled.decoded_frames,
         }
         if self.fields.thumbnails:
-            body["thumbnails"] = frame_thumbnails(sampled.frames)
+            body["thumbnails"] = self.thumbnails
         return body
+
+    @functools.cached_property
+    def thumbnails(self) -> list[str]:
+        """Encoded once: a streamed answer sends them in its ``start`` event and again in its ``done`` body."""
+        return frame_thumbnails(self.sampled.frames)
 
 
 def analyze_body(prepared: PreparedAnalysis, answer: ReplicaAnswer, *, request_id: str, model_id: str) -> dict[str, Any]:

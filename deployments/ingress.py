@@ -157,7 +157,6 @@ class Ingress:
         self._started = int(time.time())
         # What one request may use here: its prompt (limits.max_prompt_tokens) plus its answer (limits.max_tokens).
         self._max_model_len = config.limits.max_prompt_tokens + config.limits.max_tokens
-        self._fallbacks = 0
         self._fallbacks_by_reason: collections.Counter[str] = collections.Counter()
         self._metrics = IngressMetrics()
         self._router = GroupRouter(
@@ -173,8 +172,10 @@ class Ingress:
         self._files = FilesService(config, on_cache_lookup=self._metrics.record_frame_cache)
         self._sweep_task = asyncio.get_event_loop().create_task(self._files.sweep_forever())
 
+    def _fallbacks(self) -> int:
+        return sum(self._fallbacks_by_reason.values())
+
     def _count_fallback(self, reason: str) -> None:
-        self._fallbacks += 1
         self._fallbacks_by_reason[fallback_reason_label(reason)] += 1
         self._metrics.record_fallback(reason)
 
@@ -252,7 +253,7 @@ class Ingress:
         any_up = any(group["ready_replicas"] for group in summary.values())
         all_up = all(group["status"] == "up" for group in summary.values())
         status = "ready" if all_up else ("degraded" if any_up else "unavailable")
-        body = {"status": status, "groups": summary, "gpu_breaker": self._router.breaker.state, "fallbacks": self._fallbacks}
+        body = {"status": status, "groups": summary, "gpu_breaker": self._router.breaker.state, "fallbacks": self._fallbacks()}
         return body, any_up
 
     @app.get("/v1/memory")
@@ -262,7 +263,7 @@ class Ingress:
         return {
             "groups": await self._describe_groups(),
             "gpu_breaker": self._router.breaker.state,
-            "fallbacks": self._fallbacks,
+            "fallbacks": self._fallbacks(),
             "fallbacks_by_reason": dict(self._fallbacks_by_reason),
             "frame_cache": dataclasses.asdict(self._files.frames.stats),  # this ingress replica's
         }

@@ -6,6 +6,7 @@ lets the pages run their own scripts and styles only, and talk to this server on
 ``textContent`` in the scripts, never as HTML.
 """
 
+import functools
 import html
 import pathlib
 
@@ -34,7 +35,9 @@ SECURITY_HEADERS = {
 }
 
 
+@functools.lru_cache(maxsize=None)
 def _read(name: str) -> bytes:
+    """A page file's bytes, read once per ingress process (names come from the fixed lists above)."""
     return (WEB_DIR / name).read_bytes()
 
 
