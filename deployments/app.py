@@ -2,8 +2,9 @@
 
 ``import_path: deployments.app:build_app`` with ``args`` from the YAML file;
 the args are validated before any deployment is created. One replica class is
-deployed twice: the GPU group with a fractional GPU share and the CPU group
-with none, each with its own chain, budget and autoscaling.
+deployed two or three times: the GPU group with a fractional GPU share, the GPU
+floor replicas (``gpu_group.floor``) on a smaller share at ``min_precision``,
+and the CPU group with none, each with its own chain, budget and autoscaling.
 """
 
 import logging
@@ -11,18 +12,21 @@ from typing import Any
 
 from ray import serve
 from ray.serve import Application
+from ray.serve.config import RequestRouterConfig
 
 from deployments.config import AppConfig, CpuGroupSettings, GpuGroupSettings, load_app_config
 from deployments.gpu_packing import resolve_gpu_share
+from deployments.groups import CPU_GROUP, DEPLOYMENT_NAMES, GPU_FLOOR_GROUP, GPU_GROUP, GPU_GROUPS
 from deployments.ingress import Ingress
-from deployments.model_replica import CPU_GROUP, DEPLOYMENT_NAMES, GPU_GROUP, ModelReplica
+from deployments.model_replica import ModelReplica
+from deployments.ready_replica_router import ROUTER_CLASS_PATH, ROUTING_STATS_PERIOD_S
 from memory.allocator import allocator_env
 
 logger = logging.getLogger(__name__)
 
 
 def build_app(args: dict[str, Any]) -> Application:
-    """Validate ``args``, plan ``gpu_group.num_gpus: auto``, and bind ingress -> GPU group and CPU group."""
+    """Validate ``args``, plan ``num_gpus: auto``, and bind ingress -> GPU group, GPU floor replicas, CPU group."""
     return build_app_from_config(load_app_config(args))
 
 
@@ -41,12 +45,14 @@ def _autoscaling(settings: GpuGroupSettings | CpuGroupSettings) -> dict[str, Any
 
 
 def _group(config: AppConfig, group: str) -> Application | None:
-    settings = config.gpu_group if group == GPU_GROUP else config.cpu_group
+    if group == GPU_FLOOR_GROUP and not config.floor_enabled:
+        return None
+    settings = config.group_settings(group)
     if not settings.enabled:
         return None
     # Allocator settings must precede torch's CUDA start; the replica reads them back.
     env_vars = {**settings.env_vars, **allocator_env(config.memory.allocator)}
-    if group == GPU_GROUP:
+    if group in GPU_GROUPS:
         num_gpus = settings.num_gpus
     else:
         num_gpus = 0
@@ -59,6 +65,9 @@ def _group(config: AppConfig, group: str) -> Application | None:
         max_queued_requests=settings.max_queued_requests,
         autoscaling_config=_autoscaling(settings),
         health_check_period_s=settings.health_check_period_s,
+        request_router_config=RequestRouterConfig(
+            request_router_class=ROUTER_CLASS_PATH, request_routing_stats_period_s=ROUTING_STATS_PERIOD_S
+        ),
         ray_actor_options=_actor_options(settings.num_cpus, num_gpus, env_vars, settings.node_labels),
         logging_config={"enable_access_log": config.ingress.access_log},
     ).bind(config, group)
@@ -81,4 +90,4 @@ def build_app_from_config(config: AppConfig) -> Application:
         max_ongoing_requests=ingress.max_ongoing_requests,
         ray_actor_options=_actor_options(ingress.num_cpus, 0, {}, ingress.node_labels),
         logging_config={"enable_access_log": ingress.access_log},
-    ).bind(_group(config, GPU_GROUP), _group(config, CPU_GROUP), config)
+    ).bind(_group(config, GPU_GROUP), _group(config, CPU_GROUP), config, gpu_floor_group=_group(config, GPU_FLOOR_GROUP))

@@ -11,6 +11,7 @@ from typing import Any, Literal
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from deployments.groups import CPU_GROUP, GPU_FLOOR_GROUP, GPU_GROUP
 from memory.allocator import (
     DEFAULT_ALLOCATOR_SETTINGS,
     AllocatorConfigError,
@@ -345,6 +346,36 @@ class CpuGroupSettings(_GroupSettings):
     )
 
 
+class FloorSettings(_Strict):
+    """GPU replicas at ``min_precision`` that take the GPU group's overflow: more replicas a card, lower precision."""
+
+    max_replicas: int = Field(
+        default=0,
+        ge=0,
+        description="Most floor replicas (0: none). They start from zero when the GPU group is busy and scale back "
+        "to zero when it is not.",
+    )
+    num_gpus: float | Literal["auto"] = Field(
+        default="auto",
+        description="A floor replica's share of one GPU, or 'auto': the smallest share on num_gpus_grid that holds "
+        "min_precision's weights, the activation reserve and the CUDA context.",
+    )
+
+    @field_validator("num_gpus", mode="before")
+    @classmethod
+    def _share_or_auto(cls, value: Any) -> Any:
+        return _gpu_share_or_auto(value)
+
+
+def _gpu_share_or_auto(value: Any) -> Any:
+    """One message for both forms (pydantic would report each branch of the union apart)."""
+    if value == "auto":
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ValueError("Input should be a share of one GPU, greater than 0 and less than or equal to 1, or 'auto'")
+    return float(value)
+
+
 class GpuGroupSettings(_GroupSettings):
     num_gpus: float | Literal["auto"] = Field(
         default=0.5,
@@ -360,18 +391,43 @@ class GpuGroupSettings(_GroupSettings):
     @field_validator("num_gpus", mode="before")
     @classmethod
     def _share_or_auto(cls, value: Any) -> Any:
-        """One message for both forms (pydantic would report each branch of the union apart)."""
-        if value == "auto":
-            return value
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-            raise ValueError("Input should be a share of one GPU, greater than 0 and less than or equal to 1, or 'auto'")
-        return float(value)
+        return _gpu_share_or_auto(value)
+
     device: Literal["cuda", "cpu"] = Field(
         default="cuda",
         description="'cpu' runs the GPU group's chain on the CPU against the probed GPU budget: for tests and drills.",
     )
     chain: tuple[str, ...] = Field(default=DEFAULT_GPU_CHAIN, description="Strategies tried in order.")
     cuda_context_bytes: int = Field(default=DEFAULT_CUDA_CONTEXT_BYTES, ge=0)
+    floor: FloorSettings = FloorSettings()
+
+    @model_validator(mode="after")
+    def _floor_has_a_precision(self) -> "GpuGroupSettings":
+        if self.floor.max_replicas == 0:
+            return self
+        if self.min_precision is None:
+            raise ValueError(
+                "floor.max_replicas is set but min_precision is not: set gpu_group.min_precision to the precision the "
+                "floor replicas load at (e.g. int8)"
+            )
+        if self.min_precision not in self.chain:
+            raise ValueError(
+                f"floor replicas load at min_precision {self.min_precision!r}, which is not in the chain "
+                f"{list(self.chain)}: add it to gpu_group.chain"
+            )
+        return self
+
+    def floor_group(self) -> "GpuGroupSettings":
+        """The settings the floor replicas run with: this group's, at ``min_precision`` alone, on the floor's share,
+        scaling between zero and ``floor.max_replicas`` by the same targets and delays."""
+        return self.model_copy(
+            update={
+                "chain": (self.min_precision,),
+                "num_gpus": self.floor.num_gpus,
+                "autoscaling": self.autoscaling.model_copy(update={"min_replicas": 0, "max_replicas": self.floor.max_replicas}),
+                "floor": FloorSettings(),
+            }
+        )
 
 
 class RoutingSettings(_Strict):
@@ -475,6 +531,20 @@ class AppConfig(_Strict):
     request_oom: RequestOomSettings = RequestOomSettings()
     media: MediaSettings = MediaSettings()
     files: FilesSettings = FilesSettings()
+
+    def group_settings(self, group: str) -> "GpuGroupSettings | CpuGroupSettings":
+        """The settings a replica of ``group`` (``gpu``, ``gpu_floor`` or ``cpu``) runs with."""
+        if group == GPU_GROUP:
+            return self.gpu_group
+        if group == GPU_FLOOR_GROUP:
+            return self.gpu_group.floor_group()
+        if group == CPU_GROUP:
+            return self.cpu_group
+        raise ValueError(f"Unknown replica group {group!r}")
+
+    @property
+    def floor_enabled(self) -> bool:
+        return self.gpu_group.enabled and self.gpu_group.floor.max_replicas > 0
 
     @model_validator(mode="after")
     def _some_group_enabled(self) -> "AppConfig":

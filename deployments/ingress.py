@@ -34,11 +34,12 @@ from deployments.config import AppConfig
 from deployments.errors import ApiError, describe_validation_errors, error_body
 from deployments.file_store import owner_of
 from deployments.files_api import FilesService
+from deployments.groups import CPU_GROUP, DEPLOYMENT_NAMES, GPU_FLOOR_GROUP, GPU_GROUP, GPU_GROUPS, ROUTING_ORDER
 from deployments.json_body import read_json_body
 from deployments.logs import route_logs_through_serve
 from deployments.metrics import IngressMetrics, fallback_reason_label
 from deployments.sse import chat_completion_events
-from deployments.replica_protocol import CPU_GROUP, DEPLOYMENT_NAMES, GPU_GROUP, ReplicaAnswer, ServedBy
+from deployments.replica_protocol import ReplicaAnswer, ServedBy
 from deployments.router import CircuitBreaker, GroupRouter, GroupTimeouts, NoGroupAvailableError, remote_cause
 from deployments.openai_schema import (
     SEED_MAX,
@@ -142,12 +143,19 @@ _GPU_WATCH_PERIOD_S = 2.0
 @serve.deployment
 @serve.ingress(app)
 class Ingress:
-    """CPU-only front door; routes to the GPU group, else the CPU group."""
+    """CPU-only front door; routes to the GPU group, else the GPU floor replicas, else the CPU group."""
 
-    def __init__(self, gpu_group: DeploymentHandle | None, cpu_group: DeploymentHandle | None, config: AppConfig) -> None:
+    def __init__(
+        self,
+        gpu_group: DeploymentHandle | None,
+        cpu_group: DeploymentHandle | None,
+        config: AppConfig,
+        gpu_floor_group: DeploymentHandle | None = None,
+    ) -> None:
         route_logs_through_serve()
         remove_stale_uploads(config.ingress.upload_dir, older_than_s=_STALE_UPLOAD_S)
-        self._groups = {name: handle for name, handle in ((GPU_GROUP, gpu_group), (CPU_GROUP, cpu_group)) if handle}
+        handles = {GPU_GROUP: gpu_group, GPU_FLOOR_GROUP: gpu_floor_group, CPU_GROUP: cpu_group}
+        self._groups = {name: handles[name] for name in ROUTING_ORDER if handles[name]}
         self._config = config
         self._model_id = config.model.model_id
         # The built-in tiny model is a Qwen2-VL with the processor's defaults; a checkpoint says its own sizes.
@@ -166,9 +174,13 @@ class Ingress:
             cpu_timeouts=GroupTimeouts(reach_s=config.routing.cpu_timeout_s, admission_s=config.routing.cpu_timeout_s),
             breaker=CircuitBreaker(cooldown_s=config.routing.breaker_cooldown_s),
             on_fallback=self._count_fallback,
+            gpu_floor_group=gpu_floor_group,
+            on_spill=self._count_spill,
         )
-        self._gpu_status_message = ""
-        self._status_task = asyncio.get_event_loop().create_task(self._watch_gpu_group()) if gpu_group else None
+        self._spills_by_reason: collections.Counter[str] = collections.Counter()
+        self._status_messages: dict[str, str] = {}
+        watched = [name for name in self._groups if name in GPU_GROUPS]
+        self._status_task = asyncio.get_event_loop().create_task(self._watch_gpu_groups(watched)) if watched else None
         self._files = FilesService(config, on_cache_lookup=self._metrics.record_frame_cache)
         self._sweep_task = asyncio.get_event_loop().create_task(self._files.sweep_forever())
 
@@ -179,21 +191,28 @@ class Ingress:
         self._fallbacks_by_reason[fallback_reason_label(reason)] += 1
         self._metrics.record_fallback(reason)
 
-    async def _watch_gpu_group(self) -> None:
-        """Keep the router told how many GPU-group replicas are running."""
+    def _count_spill(self, reason: str) -> None:
+        self._spills_by_reason[fallback_reason_label(reason)] += 1
+        self._metrics.record_spill(reason)
+
+    async def _watch_gpu_groups(self, groups: list[str]) -> None:
+        """Keep the router told how many replicas of each GPU group are running."""
         app_name = serve.get_replica_context().app_name
         while True:
             try:
                 status = await asyncio.to_thread(serve.status)
-                deployment = status.applications[app_name].deployments.get(DEPLOYMENT_NAMES[GPU_GROUP])
-                running = deployment.replica_states.get("RUNNING", 0) if deployment else 0
-                self._router.gpu_running_replicas = running
-                if deployment:
-                    states = ", ".join(f"{getattr(state, 'value', state)} {n}" for state, n in deployment.replica_states.items())
-                    self._gpu_status_message = f"replicas: {states or 'none'}. {deployment.message}".strip()
+                deployments = status.applications[app_name].deployments
+                for group in groups:
+                    deployment = deployments.get(DEPLOYMENT_NAMES[group])
+                    running = deployment.replica_states.get("RUNNING", 0) if deployment else 0
+                    self._router.set_running_replicas(group, running)
+                    if deployment:
+                        states = ", ".join(f"{getattr(state, 'value', state)} {n}" for state, n in deployment.replica_states.items())
+                        self._status_messages[group] = f"replicas: {states or 'none'}. {deployment.message}".strip()
             except Exception as error:  # noqa: BLE001 - the watch must outlive a controller hiccup
                 logger.warning("Reading Serve status failed: %s", error)
-                self._router.gpu_running_replicas = None
+                for group in groups:
+                    self._router.set_running_replicas(group, None)
             await asyncio.sleep(_GPU_WATCH_PERIOD_S)
 
     @app.get("/healthz")
@@ -244,16 +263,23 @@ class Ingress:
         summary = {}
         for name, replicas in groups.items():
             ready = sum(1 for replica in replicas if replica.get("state") == "ready")
+            if name == GPU_FLOOR_GROUP and not replicas:
+                status = "idle"  # scaled to zero: it starts when the GPU group is busy
+            else:
+                status = "up" if replicas and ready == len(replicas) else ("degraded" if ready else "down")
             summary[name] = {
                 "ready_replicas": ready,
                 "replicas": len(replicas),
-                "status": "up" if replicas and ready == len(replicas) else ("degraded" if ready else "down"),
+                "status": status,
                 "reasons": sorted({replica.get("reason", "") for replica in replicas if replica.get("state") != "ready"}),
             }
         any_up = any(group["ready_replicas"] for group in summary.values())
-        all_up = all(group["status"] == "up" for group in summary.values())
+        all_up = all(group["status"] in ("up", "idle") for group in summary.values())
         status = "ready" if all_up else ("degraded" if any_up else "unavailable")
-        body = {"status": status, "groups": summary, "gpu_breaker": self._router.breaker.state, "fallbacks": self._fallbacks()}
+        body = {
+            "status": status, "groups": summary, "gpu_breaker": self._router.breaker.state,
+            "breakers": self._router.breaker_states(), "fallbacks": self._fallbacks(),
+        }
         return body, any_up
 
     @app.get("/v1/memory")
@@ -263,8 +289,10 @@ class Ingress:
         return {
             "groups": await self._describe_groups(),
             "gpu_breaker": self._router.breaker.state,
+            "breakers": self._router.breaker_states(),
             "fallbacks": self._fallbacks(),
             "fallbacks_by_reason": dict(self._fallbacks_by_reason),
+            "floor_spills_by_reason": dict(self._spills_by_reason),
             "frame_cache": dataclasses.asdict(self._files.frames.stats),  # this ingress replica's
         }
 
@@ -277,8 +305,10 @@ class Ingress:
             except TimeoutError:
                 return name, [{"replica": None, "state": "unreachable", "reason": f"no answer within {_DESCRIBE_TIMEOUT_S:g} s"}]
             except (DeploymentUnavailableError, RayServeException) as error:
+                if name == GPU_FLOOR_GROUP and self._router.running_replicas(name) == 0:
+                    return name, []  # scaled to zero, as it is whenever the GPU group is not busy
                 # No replica running: unschedulable (no GPU node), starting, or restarting.
-                reason = self._gpu_status_message if name == GPU_GROUP and self._gpu_status_message else str(error)
+                reason = self._status_messages.get(name) or str(error)
                 return name, [{"replica": None, "state": "not_running", "reason": reason}]
             described = []
             for result in results:

@@ -108,12 +108,20 @@ class IngressMetrics:
             tag_keys=("outcome",),
         )
         self.files_uploaded = metrics.Counter("vd_files_uploaded_total", "files stored through POST /v1/files")
+        self.spills = metrics.Counter(
+            "vd_floor_spills_total",
+            "requests the GPU floor replicas (min_precision) answered because the GPU group could not take them",
+            tag_keys=("reason",),
+        )
 
     def record_frame_cache(self, hit: bool) -> None:
         self.frame_cache.inc(tags={"outcome": "hit" if hit else "miss"})
 
     def record_fallback(self, reason: str) -> None:
         self.fallbacks.inc(tags={"reason": fallback_reason_label(reason)})
+
+    def record_spill(self, reason: str) -> None:
+        self.spills.inc(tags={"reason": fallback_reason_label(reason)})
 
 
 def fallback_reason_label(reason: str) -> str:

@@ -1,4 +1,4 @@
-"""The model replica: one class, deployed as the GPU group and as the CPU group.
+"""The model replica: one class, deployed as the GPU group, the GPU floor replicas and the CPU group.
 
 The constructor never fails because memory is short: :class:`~deployments.replica_loader.ReplicaLoader`
 loads in a thread and waits for memory when nothing fits, so Ray Serve never counts constructor
@@ -29,10 +29,12 @@ from deployments.replica_inputs import model_path, request_shape, weight_cache
 from deployments.logs import route_logs_through_serve
 from deployments.metrics import ReplicaMetrics
 from deployments.replica_loader import ReplicaLoader, ReplicaState
+from deployments.ready_replica_router import READY_STAT
 from deployments.replica_protocol import (
     CPU_GROUP,
     DEPLOYMENT_NAMES,
     GPU_GROUP,
+    GPU_GROUPS,
     Accepted,
     ReplicaAnswer,
     ReplicaUnavailableError,
@@ -83,7 +85,7 @@ class ModelReplica:
         if _in_serve_replica():
             route_logs_through_serve()
         self._group = group
-        self._settings: GpuGroupSettings | CpuGroupSettings = config.gpu_group if group == GPU_GROUP else config.cpu_group
+        self._settings: GpuGroupSettings | CpuGroupSettings = config.group_settings(group)
         torch.set_num_threads(max(1, int(self._settings.num_cpus)))
         self._replica_id = _replica_id()
         self._model_path = model_path(config)
@@ -238,7 +240,7 @@ class ModelReplica:
             "group": self._group,
             "replica": self._replica_id,
             "node_ip": ray.util.get_node_ip_address(),
-            "gpu_share": self._settings.num_gpus if self._group == GPU_GROUP else None,
+            "gpu_share": self._settings.num_gpus if self._group in GPU_GROUPS else None,
             "state": loader.state.value,
             "reason": loader.reason,
             "precision": loader.strategy.name if loader.strategy else None,
@@ -275,6 +277,19 @@ class ModelReplica:
             FREE_BYTES_METRIC: float(self._headroom_bytes(snapshot)),
             NEED_BYTES_METRIC: float(self._loader.weights_bytes() + self._reserve_bytes),
         }
+
+    def record_routing_stats(self) -> dict[str, bool]:
+        """For :class:`~deployments.ready_replica_router.ReadyReplicaRouter`: calls go to loaded replicas first."""
+        return {READY_STAT: self._loader.state is ReplicaState.READY}
+
+    async def ping(self, wait_ready_s: float = 0.0) -> dict[str, str]:
+        """Who answered, once this replica can serve (waiting up to ``wait_ready_s`` for its first load);
+        :class:`ReplicaUnavailableError` when it cannot. The group router's breaker probe, and how it wakes the
+        floor replicas from zero, without a client's request."""
+        if wait_ready_s > 0 and self._loader.state is ReplicaState.LOADING:
+            await asyncio.to_thread(self._loader.first_load_settled.wait, wait_ready_s)
+        _, served_by = self._ready()
+        return {"group": served_by.group, "replica": served_by.replica, "precision": served_by.precision}
 
     def unload(self) -> dict[str, Any]:
         """Let the model go (an operator freeing memory). Health then fails and Serve replaces the replica."""
@@ -313,7 +328,7 @@ class ModelReplica:
                 )
 
     def _headroom_bytes(self, snapshot: MemorySnapshot) -> int:
-        if self._group == GPU_GROUP:
+        if self._group in GPU_GROUPS:
             return snapshot.gpus[0].free_bytes if snapshot.gpus else 0
         return snapshot.available_bytes
 

@@ -17,7 +17,7 @@ import torch
 
 from deployments.config import CpuGroupSettings, GpuGroupSettings
 from deployments.metrics import ReplicaMetrics
-from deployments.replica_protocol import GPU_GROUP
+from deployments.replica_protocol import GPU_GROUPS
 from memory import MemorySnapshot
 from memory.budget import MemoryBudget, cpu_budget
 from memory.estimate import WeightEstimate
@@ -80,7 +80,7 @@ class ReplicaLoader:
         self._thread.start()
 
     def _measure_budget(self, strategy: LoadStrategy) -> MemoryBudget:
-        if self._group == GPU_GROUP:
+        if self._group in GPU_GROUPS:
             context = self._settings.cuda_context_bytes if self.on_cuda else 0
             self.budget = measure_gpu_budget(
                 share=self._settings.num_gpus, context_bytes=context, reserve_bytes=self._reserve_bytes

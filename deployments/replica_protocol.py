@@ -15,12 +15,11 @@ A call to ``generate_stream`` yields, in order:
 
 import dataclasses
 
+from deployments.groups import CPU_GROUP, DEPLOYMENT_NAMES, GPU_FLOOR_GROUP, GPU_GROUP, GPU_GROUPS  # noqa: F401 - re-exported
+
 from models.request_shrink import OomRetry, RequestSize
 from models.requests import GenerationResult
 
-GPU_GROUP = "gpu"
-CPU_GROUP = "cpu"
-DEPLOYMENT_NAMES = {GPU_GROUP: "gpu_group", CPU_GROUP: "cpu_group"}
 
 
 class ReplicaUnavailableError(RuntimeError):

@@ -6,12 +6,16 @@ never on its whole length:
 1. **reach**: the replica yields :class:`Accepted` within ``reach_timeout_s``. A group that does not
    (a replica that can never be scheduled queues calls forever), is unavailable
    (``DeploymentUnavailableError``, a replica still loading or waiting for memory) or dies mid-call is
-   **broken**: the call goes to the other group and the GPU group's circuit breaker opens.
+   **broken**: the call goes to the next group and the group's circuit breaker opens.
 2. **admission**: the replica admits the request and yields :class:`StreamOpened` (its first token
    exists) within ``admission_timeout_s``. A group whose queues are full (``BackPressureError`` from
    Serve's ``max_queued_requests``, :class:`ReplicaBusyError` from the replica), that does not admit in
    time, or that cannot fit the request (:class:`RequestOutOfMemoryError`) is **busy**: the call is
-   cancelled there and goes to the other group, and the breaker stays closed.
+   cancelled there and goes to the next group, and the breaker stays closed.
+
+The order is the GPU group, the GPU floor replicas (when configured; woken only when the GPU group is
+busy, so that under load more replicas at a lower precision take the overflow instead of a queue), then
+the CPU group. An open breaker is probed in the background, never with a client's call.
 
 After admission a call runs to its end where it started, however long: a long answer from a healthy
 replica is never abandoned. A call that is abandoned (a timeout, the client gone) is cancelled on the
@@ -32,7 +36,8 @@ from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
-from deployments.replica_protocol import CPU_GROUP, GPU_GROUP, Accepted, ReplicaAnswer, ReplicaUnavailableError, StreamOpened
+from deployments.groups import CPU_GROUP, GPU_FLOOR_GROUP, GPU_GROUP, ROUTING_ORDER
+from deployments.replica_protocol import Accepted, ReplicaAnswer, ReplicaUnavailableError, StreamOpened
 from models.errors import ReplicaBusyError, RequestOutOfMemoryError, SchedulerClosedError
 
 logger = logging.getLogger(__name__)
@@ -42,7 +47,7 @@ BUSY_ERRORS = (BackPressureError, ReplicaBusyError, RequestOutOfMemoryError)
 
 
 class NoGroupAvailableError(RuntimeError):
-    """Neither group could take the request; the message says why for each."""
+    """No group could take the request; the message says why for each."""
 
     def __init__(self, message: str, *, busy: bool) -> None:
         super().__init__(message)
@@ -75,7 +80,8 @@ def classify(error: BaseException) -> Outcome | None:
 
 @dataclasses.dataclass
 class CircuitBreaker:
-    """Closed: calls go through. Open: skipped until ``cooldown_s`` has passed, then one probe."""
+    """Closed: calls go through. Open: skipped until ``cooldown_s`` has passed, then one probe (the router's
+    :meth:`ModelReplica.ping`, in the background) at a time, until one answers."""
 
     cooldown_s: float
     clock: Callable[[], float] = time.monotonic
@@ -93,12 +99,12 @@ class CircuitBreaker:
 
     def record_success(self) -> None:
         if self.opened_at is not None:
-            logger.info("GPU group answered again; closing the circuit breaker")
+            logger.info("The group answered again; closing its circuit breaker")
         self.opened_at, self.last_reason, self.probing = None, None, False
 
     def record_failure(self, reason: str) -> None:
         if self.opened_at is None:
-            logger.warning("GPU group unavailable (%s); CPU group takes traffic for %.0f s", reason, self.cooldown_s)
+            logger.warning("Group unavailable (%s); the next group takes its traffic for %.0f s", reason, self.cooldown_s)
         self.opened_at, self.last_reason, self.probing = self.clock(), reason, False
 
     @property
@@ -114,8 +120,32 @@ class GroupTimeouts:
     admission_s: float
 
 
+@dataclasses.dataclass
+class _Tier:
+    """One group in the routing order, and what the router knows of it."""
+
+    group: str
+    handle: DeploymentHandle
+    timeouts: GroupTimeouts
+    breaker: CircuitBreaker | None  # the GPU groups'; the CPU group is the last resort and has none
+    running_replicas: int | None = None  # from Serve's status (the ingress's watch); None: not known
+    scales_from_zero: bool = False  # the floor replicas: woken by a ping, not by a client's call
+    awake: bool = False  # a replica answered a wake ping since the group last had none running
+    waking: asyncio.Task | None = None
+    probing: asyncio.Task | None = None
+
+
+_LABELS = {GPU_GROUP: "GPU group", GPU_FLOOR_GROUP: "GPU floor replicas", CPU_GROUP: "CPU group"}
+
+
 class GroupRouter:
-    """Sends each call to the GPU group or the CPU group; counts what it did."""
+    """Sends each call to the first group, in :data:`~deployments.groups.ROUTING_ORDER`, that admits it.
+
+    The GPU group first; when it is busy or broken, the GPU floor replicas (``gpu_floor``: more replicas a
+    card at ``min_precision``, started from zero by the first call that would use them); then the CPU group.
+    A GPU group whose breaker is open is skipped, and probed in the background by :meth:`ModelReplica.ping`
+    once the cooldown has passed: no client's call waits on a group that may still be broken.
+    """
 
     def __init__(
         self,
@@ -126,73 +156,187 @@ class GroupRouter:
         cpu_timeouts: GroupTimeouts,
         breaker: CircuitBreaker,
         on_fallback: Callable[[str], None] = lambda reason: None,
+        gpu_floor_group: DeploymentHandle | None = None,
+        floor_breaker: CircuitBreaker | None = None,
+        on_spill: Callable[[str], None] = lambda reason: None,
+        wake_timeout_s: float = 600.0,
     ) -> None:
-        self._gpu = gpu_group
-        self._cpu = cpu_group
-        self._timeouts = {GPU_GROUP: gpu_timeouts, CPU_GROUP: cpu_timeouts}
         self.breaker = breaker
+        self.floor_breaker = floor_breaker or CircuitBreaker(cooldown_s=breaker.cooldown_s, clock=breaker.clock)
+        self._tiers: dict[str, _Tier] = {}
+        if gpu_group is not None:
+            self._tiers[GPU_GROUP] = _Tier(GPU_GROUP, gpu_group, gpu_timeouts, breaker)
+        if gpu_floor_group is not None:
+            self._tiers[GPU_FLOOR_GROUP] = _Tier(
+                GPU_FLOOR_GROUP, gpu_floor_group, gpu_timeouts, self.floor_breaker, scales_from_zero=True
+            )
+        if cpu_group is not None:
+            self._tiers[CPU_GROUP] = _Tier(CPU_GROUP, cpu_group, cpu_timeouts, None)
         self._on_fallback = on_fallback
-        # Updated from Serve's status by the ingress: with no running GPU replica (none scheduled,
-        # all restarting) a call would only queue until the timeout, so skip the GPU group at once.
-        self.gpu_running_replicas: int | None = None
+        self._on_spill = on_spill
+        self._wake_timeout_s = wake_timeout_s
+
+    # -- what the ingress tells the router ------------------------------------------------------
+
+    def set_running_replicas(self, group: str, running: int | None) -> None:
+        """Serve's count of a group's running replicas (``None``: unknown). With none running (none scheduled,
+        all restarting, or scaled to zero) a call would only queue until the timeout, so the group is skipped."""
+        tier = self._tiers.get(group)
+        if tier is None:
+            return
+        tier.running_replicas = running
+        if running == 0:
+            tier.awake = False
+
+    def is_awake(self, group: str) -> bool:
+        """Whether a group that starts from zero (the floor replicas) has answered a wake ping since it last had
+        none running; groups that do not scale from zero are always awake."""
+        tier = self._tiers.get(group)
+        return tier is not None and (tier.awake or not tier.scales_from_zero)
+
+    def running_replicas(self, group: str) -> int | None:
+        tier = self._tiers.get(group)
+        return tier.running_replicas if tier else None
+
+    @property
+    def gpu_running_replicas(self) -> int | None:
+        tier = self._tiers.get(GPU_GROUP)
+        return tier.running_replicas if tier else None
+
+    @gpu_running_replicas.setter
+    def gpu_running_replicas(self, running: int | None) -> None:
+        self.set_running_replicas(GPU_GROUP, running)
+
+    def breaker_states(self) -> dict[str, str]:
+        return {group: tier.breaker.state for group, tier in self._tiers.items() if tier.breaker is not None}
+
+    # -- calls ------------------------------------------------------------------------------------
 
     async def call(self, method: str, *args: Any) -> ReplicaAnswer:
         """The whole answer of the streaming ``method`` (asked for without its text pieces).
 
         Nothing has reached the client yet, so a GPU replica that dies (or is unloaded) after it
-        admitted the call is a broken group like any other: the breaker opens and the CPU group
+        admitted the call is a broken group like any other: its breaker opens and the CPU group
         answers the call from the start.
         """
         opened, stream = await self.open_stream(method, *args, stream_text=False)
         try:
             return await _answer_of(stream, method)
         except BaseException as error:
-            if opened.served_by.group != GPU_GROUP or self._cpu is None or classify(error) is not Outcome.BROKEN:
+            tier = self._tiers.get(opened.served_by.group)
+            cpu = self._tiers.get(CPU_GROUP)
+            if tier is None or tier.breaker is None or cpu is None or classify(error) is not Outcome.BROKEN:
                 raise
             reason = f"replica {opened.served_by.replica} ended mid-call: {_describe(error)}"
-        self.breaker.record_failure(reason)
-        logger.warning("GPU group broke during a call (%s); the CPU group answers it from the start", reason)
+        tier.breaker.record_failure(reason)
+        logger.warning("%s broke during a call (%s); the CPU group answers it from the start", _LABELS[tier.group], reason)
         self._on_fallback(reason)
-        _, cpu_reason, reopened = await self._try_group(CPU_GROUP, self._cpu, method, args, False)
+        _, cpu_reason, reopened = await self._try_group(cpu, method, args, False)
         if reopened is None:
-            raise NoGroupAvailableError(f"GPU group: {reason}; CPU group: {cpu_reason}", busy=False)
+            raise NoGroupAvailableError(f"{_LABELS[tier.group]}: {reason}; CPU group: {cpu_reason}", busy=False)
         return await _answer_of(reopened[1], method)
 
     async def open_stream(self, method: str, *args: Any, stream_text: bool = True) -> tuple[StreamOpened, DeploymentResponseGenerator]:
-        """Start the streaming ``method`` on the group that admits it; its :class:`StreamOpened` and the rest."""
-        gpu_reason, gpu_outcome = "the GPU group is disabled", Outcome.BUSY
-        if self._gpu is not None:
-            gpu_outcome = Outcome.BROKEN
-            if self.gpu_running_replicas == 0:
-                gpu_reason = "no GPU-group replica is running (unschedulable, starting or restarting)"
-            elif self.breaker.allows():
-                gpu_outcome, gpu_reason, opened = await self._try_group(GPU_GROUP, self._gpu, method, args, stream_text)
+        """Start the streaming ``method`` on the first group that admits it; its :class:`StreamOpened` and the rest."""
+        reasons: list[str] = []
+        first_gpu_reason: str | None = None
+        gpu_outcome = Outcome.BUSY  # a disabled GPU group counts as busy
+        all_busy = True  # every group tried or skipped was busy, none broken
+        if GPU_GROUP not in self._tiers:
+            reasons.append("GPU group: the GPU group is disabled")
+            first_gpu_reason = "the GPU group is disabled"
+        for group in ROUTING_ORDER:
+            tier = self._tiers.get(group)
+            if tier is None:
+                continue
+            if group == CPU_GROUP and first_gpu_reason is not None:
+                self._on_fallback(first_gpu_reason)
+            outcome, reason = self._skip_reason(tier, gpu_outcome)
+            if reason is None:
+                outcome, reason, opened = await self._try_group(tier, method, args, stream_text)
                 if opened is not None:
+                    if group == GPU_FLOOR_GROUP and first_gpu_reason is not None:
+                        self._on_spill(first_gpu_reason)
                     return opened
-                if gpu_outcome is Outcome.BUSY:
-                    logger.info("GPU group busy (%s); the CPU group takes the call", gpu_reason)
-            else:
-                gpu_reason = f"circuit breaker open after: {self.breaker.last_reason}"
-        if self._cpu is None:
-            raise NoGroupAvailableError(
-                f"GPU group: {gpu_reason}; the CPU group is disabled", busy=gpu_outcome is Outcome.BUSY
-            )
-        self._on_fallback(gpu_reason)
-        cpu_outcome, cpu_reason, opened = await self._try_group(CPU_GROUP, self._cpu, method, args, stream_text)
-        if opened is not None:
-            return opened
-        raise NoGroupAvailableError(
-            f"GPU group: {gpu_reason}; CPU group: {cpu_reason}",
-            busy=cpu_outcome is Outcome.BUSY and gpu_outcome is not Outcome.BROKEN,
-        )
+                if outcome is Outcome.BUSY and group != CPU_GROUP:
+                    logger.info("%s busy (%s); the next group takes the call", _LABELS[group], reason)
+            reasons.append(f"{_LABELS[group]}: {reason}")
+            if outcome is not None:
+                all_busy = all_busy and outcome is Outcome.BUSY
+            if group == GPU_GROUP:
+                first_gpu_reason, gpu_outcome = reason, outcome
+        if CPU_GROUP not in self._tiers:
+            reasons.append("the CPU group is disabled")
+        raise NoGroupAvailableError("; ".join(reasons), busy=all_busy)
+
+    def _skip_reason(self, tier: _Tier, gpu_outcome: Outcome | None) -> tuple[Outcome | None, str | None]:
+        """Why this call does not try ``tier``, and whether that is busy, broken or neither (``None``);
+        a ``None`` reason: try it."""
+        if tier.scales_from_zero and not tier.awake:
+            if gpu_outcome is not Outcome.BUSY:
+                return None, "asleep; they start when the GPU group is busy, not when it is broken"
+            self._wake(tier)
+            return Outcome.BUSY, "starting (from zero or a restart); calls come here once a floor replica is loaded"
+        if tier.running_replicas == 0:
+            return Outcome.BROKEN, f"no {_LABELS[tier.group]} replica is running (unschedulable, starting or restarting)"
+        breaker = tier.breaker
+        if breaker is not None and breaker.opened_at is not None:
+            if breaker.allows():  # past the cooldown: probe in the background, not with this call
+                self._probe(tier)
+            return Outcome.BROKEN, f"circuit breaker open after: {breaker.last_reason}"
+        return Outcome.SERVED, None
+
+    # -- background calls: breaker probes, waking the floor replicas ------------------------------
+
+    def _probe(self, tier: _Tier) -> None:
+        if tier.probing is not None and not tier.probing.done():
+            return
+        tier.probing = asyncio.get_running_loop().create_task(self._run_probe(tier), name=f"probe-{tier.group}")
+
+    async def _run_probe(self, tier: _Tier) -> None:
+        """One :meth:`ModelReplica.ping` within the reach timeout: an answer closes the breaker, anything else
+        opens it for another cooldown."""
+        assert tier.breaker is not None
+        try:
+            await _ping(tier.handle, timeout_s=tier.timeouts.reach_s)
+        except asyncio.CancelledError:
+            tier.breaker.probing = False
+            raise
+        except BaseException as error:  # noqa: BLE001 - every failure of the probe is the group's
+            tier.breaker.record_failure(f"probe: {_describe(error)}")
+            return
+        tier.breaker.record_success()
+
+    def _wake(self, tier: _Tier) -> None:
+        if tier.waking is not None and not tier.waking.done():
+            return
+        tier.waking = asyncio.get_running_loop().create_task(self._run_wake(tier), name=f"wake-{tier.group}")
+
+    async def _run_wake(self, tier: _Tier) -> None:
+        """A ping that Serve queues until a replica runs (its autoscaler starts one for it), answered once the
+        replica has loaded. Until then calls go past the group."""
+        logger.info("Waking the %s: the GPU group is busy", _LABELS[tier.group])
+        started = time.monotonic()
+        try:
+            answer = await _ping(tier.handle, timeout_s=self._wake_timeout_s, wait_ready_s=self._wake_timeout_s)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as error:  # noqa: BLE001 - the next call that would use the group wakes it again
+            logger.warning("Waking the %s failed after %.1f s: %s", _LABELS[tier.group], time.monotonic() - started,
+                           _describe(error))
+            return
+        tier.awake = True
+        if tier.breaker is not None:
+            tier.breaker.record_success()
+        logger.info("The %s are awake after %.1f s (%s)", _LABELS[tier.group], time.monotonic() - started, answer)
 
     async def _try_group(
-        self, group: str, handle: DeploymentHandle, method: str, args: tuple, stream_text: bool
+        self, tier: _Tier, method: str, args: tuple, stream_text: bool
     ) -> tuple[Outcome, str, tuple[StreamOpened, DeploymentResponseGenerator] | None]:
-        """Open the stream on one group; settles the breaker (GPU group) whatever happens."""
+        """Open the stream on one group; settles its breaker (a GPU group) whatever happens."""
         outcome, reason = Outcome.SERVED, ""
         try:
-            opened = await self._open(group, handle, method, args, stream_text)
+            opened = await self._open(tier, method, args, stream_text)
             return Outcome.SERVED, "", opened
         except BaseException as error:
             classified = classify(error)
@@ -203,17 +347,19 @@ class GroupRouter:
                 reason = f"{_BUSY_PREFIX}{reason}"
             return outcome, reason, None
         finally:
-            if group == GPU_GROUP:
+            if tier.breaker is not None:
                 if outcome is Outcome.BROKEN:
-                    self.breaker.record_failure(reason)
+                    tier.breaker.record_failure(reason)
+                    if tier.scales_from_zero:
+                        tier.awake = False
                 else:
-                    self.breaker.record_success()
+                    tier.breaker.record_success()
 
     async def _open(
-        self, group: str, handle: DeploymentHandle, method: str, args: tuple, stream_text: bool
+        self, tier: _Tier, method: str, args: tuple, stream_text: bool
     ) -> tuple[StreamOpened, DeploymentResponseGenerator]:
-        timeouts = self._timeouts[group]
-        stream = handle.options(method_name=method, stream=True).remote(*args, stream_text=stream_text)
+        timeouts, group = tier.timeouts, tier.group
+        stream = tier.handle.options(method_name=method, stream=True).remote(*args, stream_text=stream_text)
         try:
             accepted = await _next(stream, timeouts.reach_s, Outcome.BROKEN, f"the {group} group took no call within")
             if not isinstance(accepted, Accepted):
@@ -225,6 +371,19 @@ class GroupRouter:
             stream.cancel()
             raise
         return opened, stream
+
+
+async def _ping(handle: DeploymentHandle, *, timeout_s: float, wait_ready_s: float = 0.0) -> Any:
+    response = handle.options(method_name="ping", stream=False).remote(wait_ready_s=wait_ready_s)
+    try:
+        return await asyncio.wait_for(_await(response), timeout=timeout_s)
+    except BaseException:
+        response.cancel()
+        raise
+
+
+async def _await(response: Any) -> Any:
+    return await response
 
 
 _BUSY_PREFIX = "busy: "

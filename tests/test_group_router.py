@@ -54,20 +54,61 @@ class Stream:
         self.cancelled = True
 
 
-class Handle:
-    """``handle.options(...).remote(...)`` returning scripted streams, one per call, in order."""
+class Ping:
+    """A ``ping`` call's response: awaitable once, cancellable."""
 
-    def __init__(self, *scripts: list) -> None:
+    def __init__(self, steps: list) -> None:
+        self._steps = steps
+
+    def __await__(self):
+        return self._run().__await__()
+
+    async def _run(self):
+        for step in self._steps:
+            if isinstance(step, float):
+                await asyncio.sleep(step)
+            elif isinstance(step, BaseException):
+                raise step
+            else:
+                return step
+
+    def cancel(self) -> None:
+        pass
+
+
+class Handle:
+    """``handle.options(...).remote(...)`` returning scripted streams, one per call, in order; ``ping`` calls
+    play ``pings``: each item a pause (float) before the next, an error to raise, or the answer."""
+
+    def __init__(self, *scripts: list, pings: list | None = None) -> None:
         self._scripts = list(scripts)
         self.streams: list[Stream] = []
+        self._pings = _split_pings(pings or [])
+        self.pings: list[float] = []  # each ping's wait_ready_s
+        self._method = None
 
     def options(self, **kwargs):
+        self._method = kwargs.get("method_name")
         return self
 
-    def remote(self, *args, **kwargs) -> Stream:
+    def remote(self, *args, **kwargs):
+        if self._method == "ping":
+            self.pings.append(kwargs.get("wait_ready_s", 0.0))
+            return Ping(self._pings.pop(0))
         stream = Stream(self._scripts.pop(0) if len(self._scripts) > 1 else self._scripts[0])
         self.streams.append(stream)
         return stream
+
+
+def _split_pings(items: list) -> list[list]:
+    """One list of steps per ping: pauses up to and including the answer or error that ends it."""
+    pings, current = [], []
+    for item in items:
+        current.append(item)
+        if not isinstance(item, float):
+            pings.append(current)
+            current = []
+    return pings
 
 
 def _router(gpu: Handle | None, cpu: Handle | None, clock: Clock | None = None, **timeouts) -> GroupRouter:
@@ -159,33 +200,133 @@ def test_a_broken_gpu_group_and_a_busy_cpu_group_is_not_reported_as_busy():
     assert not raised.value.busy
 
 
-@pytest.mark.parametrize("fault", [PromptTooLongError("too long"), asyncio.CancelledError()])
-def test_a_probe_that_ends_in_the_requests_own_fault_closes_the_breaker(fault):
+def test_an_open_breaker_is_probed_in_the_background_and_no_call_waits_on_the_group():
     clock = Clock()
-    gpu = Handle([Accepted(group="gpu", replica="r1"), fault], _script("gpu"))
+    gpu = Handle(_script("gpu"), pings=[0.3, {"group": "gpu", "replica": "r1", "precision": "fp32"}])
     router = _router(gpu, Handle(_script("cpu")), clock)
     router.breaker.record_failure("earlier outage")
-    clock.advance(11)  # past the cooldown: the next call probes
+    clock.advance(11)  # past the cooldown
 
-    with pytest.raises(type(fault)):
-        _call(router)
+    async def scenario():
+        started = asyncio.get_running_loop().time()
+        first = await router.call("generate_stream", "request")
+        first_seconds = asyncio.get_running_loop().time() - started
+        await _until(lambda: router.breaker.state == "closed")
+        return first, first_seconds, await router.call("generate_stream", "request")
 
-    assert router.breaker.state == "closed"
-    assert not router.breaker.probing
-    assert _call(router).served_by.group == "gpu"  # the GPU group takes traffic back
+    first, first_seconds, second = asyncio.run(scenario())
+
+    assert first.served_by.group == "cpu" and first_seconds < 0.25  # not held by the 0.3 s probe
+    assert gpu.streams == [gpu.streams[0]] and second.served_by.group == "gpu"  # no client call was the probe
+    assert gpu.pings == [0.0]  # a plain ping: no waiting for a load
 
 
-def test_a_probe_that_fails_again_reopens_the_breaker_and_later_probes_still_happen():
+def test_a_probe_that_fails_reopens_the_breaker_and_later_probes_still_happen():
     clock = Clock()
-    gpu = Handle([DeploymentUnavailableError("gpu_group")], _script("gpu"))
+    gpu = Handle(_script("gpu"), pings=[DeploymentUnavailableError("gpu_group"), {"replica": "r1"}])
     router = _router(gpu, Handle(_script("cpu")), clock)
     router.breaker.record_failure("earlier outage")
-    clock.advance(11)
 
-    assert _call(router).served_by.group == "cpu"
-    assert router.breaker.state == "open" and not router.breaker.probing
-    clock.advance(11)
-    assert _call(router).served_by.group == "gpu"
+    async def scenario():
+        clock.advance(11)
+        assert (await router.call("generate_stream", "request")).served_by.group == "cpu"
+        await _until(lambda: len(gpu.pings) == 1 and not router.breaker.probing)
+        assert router.breaker.state == "open" and "probe: DeploymentUnavailableError" in router.breaker.last_reason
+        assert (await router.call("generate_stream", "request")).served_by.group == "cpu"  # still cooling down
+        assert len(gpu.pings) == 1
+        clock.advance(11)
+        await router.call("generate_stream", "request")
+        await _until(lambda: router.breaker.state == "closed")
+        return await router.call("generate_stream", "request")
+
+    assert asyncio.run(scenario()).served_by.group == "gpu"
+
+
+def _floor_router(gpu: Handle, floor: Handle, cpu: Handle, spills: list, fallbacks: list) -> GroupRouter:
+    return GroupRouter(
+        gpu,
+        cpu,
+        gpu_timeouts=GroupTimeouts(reach_s=0.5, admission_s=0.5),
+        cpu_timeouts=GroupTimeouts(reach_s=2.0, admission_s=2.0),
+        breaker=CircuitBreaker(cooldown_s=10, clock=Clock()),
+        gpu_floor_group=floor,
+        on_spill=spills.append,
+        on_fallback=fallbacks.append,
+    )
+
+
+BUSY = BackPressureError(num_queued_requests=32, max_queued_requests=32)
+
+
+def test_a_busy_gpu_group_wakes_the_floor_replicas_and_later_calls_spill_to_them():
+    spills, fallbacks = [], []
+    floor = Handle(_script("gpu_floor"), pings=[0.2, {"group": "gpu_floor", "replica": "f1", "precision": "int8"}])
+    router = _floor_router(Handle([BUSY]), floor, Handle(_script("cpu")), spills, fallbacks)
+    router.set_running_replicas("gpu_floor", 0)  # scaled to zero
+
+    async def scenario():
+        first = await router.call("generate_stream", "request")  # while the floor replica starts
+        router.set_running_replicas("gpu_floor", 1)
+        await _until(lambda: router.is_awake("gpu_floor"))
+        return first, await router.call("generate_stream", "request")
+
+    first, second = asyncio.run(scenario())
+
+    assert first.served_by.group == "cpu" and second.served_by.group == "gpu_floor"
+    assert floor.pings[0] > 0  # the wake waits for the replica's load
+    assert len(floor.streams) == 1  # only the second call went there
+    assert len(spills) == 1 and spills[0].startswith("busy: BackPressureError")
+    assert len(fallbacks) == 1 and fallbacks[0].startswith("busy: BackPressureError")
+
+
+def test_a_broken_gpu_group_does_not_wake_the_floor_replicas():
+    floor = Handle(_script("gpu_floor"), pings=[{"replica": "f1"}])
+    router = _floor_router(Handle([DeploymentUnavailableError("gpu_group")]), floor, Handle(_script("cpu")), [], [])
+
+    answer = _call(router)
+
+    assert answer.served_by.group == "cpu"
+    assert floor.pings == [] and floor.streams == []
+
+
+def test_a_broken_floor_replica_opens_the_floor_breaker_only_and_sleeps_until_woken_again():
+    floor = Handle([DeploymentUnavailableError("gpu_floor_group")], pings=[{"replica": "f1"}])
+    router = _floor_router(Handle([BUSY]), floor, Handle(_script("cpu")), [], [])
+
+    async def scenario():
+        await router.call("generate_stream", "request")  # wakes it
+        await _until(lambda: router.is_awake("gpu_floor"))
+        return await router.call("generate_stream", "request")
+
+    answer = asyncio.run(scenario())
+
+    assert answer.served_by.group == "cpu"
+    assert len(floor.streams) == 1
+    assert router.breaker_states() == {"gpu": "closed", "gpu_floor": "open"}
+
+
+def test_a_floor_group_with_nothing_running_is_asleep_again():
+    floor = Handle(_script("gpu_floor"), pings=[{"replica": "f1"}, {"replica": "f2"}])
+    router = _floor_router(Handle([BUSY]), floor, Handle(_script("cpu")), [], [])
+
+    async def scenario():
+        await router.call("generate_stream", "request")
+        await _until(lambda: router.is_awake("gpu_floor"))
+        router.set_running_replicas("gpu_floor", 0)  # scaled in
+        answer = await router.call("generate_stream", "request")
+        await _until(lambda: len(floor.pings) == 2)
+        return answer
+
+    assert asyncio.run(scenario()).served_by.group == "cpu"
+    assert floor.streams == []
+
+
+async def _until(condition, timeout_s: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
 
 
 def test_the_stream_opens_on_the_first_token_and_the_rest_follows():

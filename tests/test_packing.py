@@ -70,3 +70,49 @@ def test_auto_plans_a_real_models_share_and_replicas_get_a_number(tiny_model_pat
 def test_auto_without_a_gpu_or_its_size_says_what_to_set(tiny_model_path):
     with pytest.raises(ConfigError, match="set gpu_group.gpu_total_bytes"):
         resolve_gpu_share(load_app_config({"gpu_group": {"num_gpus": "auto"}}))
+
+
+def test_the_floor_replicas_need_a_precision_in_the_chain_and_say_so():
+    with pytest.raises(ConfigError, match="set gpu_group.min_precision to the precision the floor replicas load at"):
+        load_app_config({"gpu_group": {"floor": {"max_replicas": 2}}})
+    with pytest.raises(ConfigError, match=r"floor replicas load at min_precision 'int8', which is not in the chain"):
+        load_app_config({"gpu_group": {"chain": ["bf16", "nf4"], "min_precision": "int8", "floor": {"max_replicas": 2}}})
+    with pytest.raises(ConfigError, match="gpu_group.floor.num_gpus"):
+        load_app_config({"gpu_group": {"floor": {"num_gpus": 1.5}}})
+    assert not load_app_config({}).floor_enabled
+
+
+def test_the_floor_replicas_run_the_floor_alone_on_their_own_share_from_zero(tiny_model_path):
+    # Small request limits and no CUDA context, so that the tiny model's weights are most of what a replica needs.
+    small_requests = {"video_frames": 1, "max_video_frames": 1, "max_tokens": 8, "default_max_tokens": 8,
+                      "max_prompt_tokens": 64, "max_pixels_per_frame": 3136, "max_image_pixels": 3136}
+    args = {
+        "limits": small_requests,
+        "gpu_group": {
+            "num_gpus": "auto", "chain": ["bf16", "int8", "nf4"], "min_precision": "int8", "cuda_context_bytes": 0,
+            "autoscaling": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 3},
+            "floor": {"max_replicas": 5},
+        }
+    }
+    _, roomy = resolve_gpu_share(load_app_config({**args, "gpu_group": {**args["gpu_group"], "gpu_total_bytes": GIB << 10}}))
+    bf16_need, int8_need = (option.need_bytes for option in roomy.options)
+    # A card on which a bf16 replica needs just under a quarter: the GPU group gets 0.25, the floor its own share.
+    total = int(bf16_need / 0.24)
+    config, plan = resolve_gpu_share(load_app_config({**args, "gpu_group": {**args["gpu_group"], "gpu_total_bytes": total}}))
+
+    floor = config.group_settings("gpu_floor")
+    assert plan.chosen.precision == "bf16" and config.gpu_group.num_gpus == 0.25
+    assert floor.num_gpus == smallest_share(int8_need, total, 0.05) < 0.25
+    assert [strategy.name for strategy in floor.strategies()] == ["int8"]
+    assert (floor.autoscaling.min_replicas, floor.autoscaling.max_replicas, floor.autoscaling.target_ongoing_requests) == (0, 5, 3)
+    assert config.group_settings("gpu") is config.gpu_group and config.floor_enabled
+
+
+def test_a_fixed_floor_share_is_kept_and_needs_no_gpu_size(tiny_model_path):
+    args = {"gpu_group": {"num_gpus": 0.5, "min_precision": "int8", "floor": {"max_replicas": 2, "num_gpus": 0.2}}}
+
+    config, plan = resolve_gpu_share(load_app_config(args))
+
+    assert plan is None and config.group_settings("gpu_floor").num_gpus == 0.2
+    with pytest.raises(ConfigError, match=r"gpu_group.num_gpus \(or gpu_group.floor.num_gpus\) is 'auto'"):
+        resolve_gpu_share(load_app_config({"gpu_group": {**args["gpu_group"], "floor": {"max_replicas": 2}}}))

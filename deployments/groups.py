@@ -1,0 +1,15 @@
+"""The replica groups' names, in the order the router tries them, and their Serve deployment names.
+
+- ``gpu``: the GPU group, at the best precision of its chain that fits its share of a card;
+- ``gpu_floor``: GPU replicas at ``gpu_group.min_precision`` on a smaller share, for the GPU group's overflow
+  (only with ``gpu_group.floor.max_replicas`` above 0);
+- ``cpu``: the CPU group, the last resort.
+"""
+
+GPU_GROUP = "gpu"
+GPU_FLOOR_GROUP = "gpu_floor"
+CPU_GROUP = "cpu"
+
+ROUTING_ORDER = (GPU_GROUP, GPU_FLOOR_GROUP, CPU_GROUP)
+GPU_GROUPS = frozenset({GPU_GROUP, GPU_FLOOR_GROUP})
+DEPLOYMENT_NAMES = {GPU_GROUP: "gpu_group", GPU_FLOOR_GROUP: "gpu_floor_group", CPU_GROUP: "cpu_group"}
