@@ -1,4 +1,4 @@
-// The live memory view at "/ui/memory": one card per replica of both groups, from GET /v1/memory
+// The live memory view at "/ui/memory": one card per replica of every group, from GET /v1/memory
 // every few seconds. Every figure shown is one the server measured; nothing is computed here but
 // the split of a bar.
 "use strict";
@@ -78,12 +78,18 @@ function timeline(report) {
   return list;
 }
 
+const GROUP_TITLES = { gpu: "GPU group", gpu_floor: "GPU floor replicas", cpu: "CPU group" };
+
+function groupTitle(group) {
+  return GROUP_TITLES[group] || group;
+}
+
 function card(group, replica) {
   const state = replica.state || "unknown";
   const node = element("article", null, "card state-" + state);
   node.dataset.group = group;
   node.dataset.state = state;
-  node.append(element("h3", group.toUpperCase() + " group: " + (replica.replica || "no replica")));
+  node.append(element("h3", groupTitle(group) + ": " + (replica.replica || "no replica")));
   const facts = document.createElement("table");
   const rows = [
     ["state", state],
@@ -106,7 +112,11 @@ function card(group, replica) {
 }
 
 function render(body) {
-  byId("breaker").textContent = body.gpu_breaker;
+  const breakers = Object.entries(body.breakers || { gpu: body.gpu_breaker });
+  byId("breaker").textContent = breakers.map(([group, state]) => (breakers.length > 1 ? groupTitle(group) + " " : "") + state).join(", ");
+  const spills = Object.entries(body.floor_spills_by_reason || {});
+  byId("spills").textContent = spills.length ? spills.map(([reason, count]) => reason + ": " + count).join("; ") : "none";
+  byId("spills-line").hidden = !("gpu_floor" in body.groups);
   byId("fallbacks").textContent = String(body.fallbacks);
   const reasons = Object.entries(body.fallbacks_by_reason || {}).map(([reason, count]) => reason + ": " + count);
   byId("fallback-reasons").textContent = reasons.length ? "(" + reasons.join("; ") + ")" : "";
@@ -115,7 +125,8 @@ function render(body) {
   for (const [group, replicas] of Object.entries(body.groups)) {
     const section = element("section", null, "group");
     section.dataset.group = group;
-    section.append(element("h2", group.toUpperCase() + " group (" + replicas.length + " replica" + (replicas.length === 1 ? "" : "s") + ")"));
+    const idle = group === "gpu_floor" && !replicas.length ? ", idle until the GPU group is busy" : "";
+    section.append(element("h2", groupTitle(group) + " (" + replicas.length + " replica" + (replicas.length === 1 ? "" : "s") + idle + ")"));
     const cards = element("div", null, "cards");
     for (const replica of replicas) cards.append(card(group, replica));
     section.append(cards);
