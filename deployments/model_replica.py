@@ -225,8 +225,12 @@ class ModelReplica:
     def _ready(self) -> tuple[BatchScheduler | SerialScheduler, ServedBy]:
         loader, scheduler = self._loader, self._scheduler
         strategy = loader.strategy
-        if loader.state is not ReplicaState.READY or scheduler is None or strategy is None:
+        if loader.state is not ReplicaState.READY:
             raise ReplicaUnavailableError(f"{self._group} replica {self._replica_id} is {loader.state.value}: {loader.reason}")
+        if scheduler is None or strategy is None:
+            raise ReplicaUnavailableError(
+                f"{self._group} replica {self._replica_id} has no model to answer with (unloaded; Serve replaces it)"
+            )
         served_by = ServedBy(group=self._group, replica=self._replica_id, precision=strategy.name, device=strategy.device)
         return scheduler, served_by
 
@@ -280,7 +284,7 @@ class ModelReplica:
 
     def record_routing_stats(self) -> dict[str, bool]:
         """For :class:`~deployments.ready_replica_router.ReadyReplicaRouter`: calls go to loaded replicas first."""
-        return {READY_STAT: self._loader.state is ReplicaState.READY}
+        return {READY_STAT: self._loader.state is ReplicaState.READY and self._scheduler is not None}
 
     async def ping(self, wait_ready_s: float = 0.0) -> dict[str, str]:
         """Who answered, once this replica can serve (waiting up to ``wait_ready_s`` for its first load);
