@@ -52,6 +52,11 @@ def _scale_out_seconds(base_url: str, *, clients: int = 4, timeout_s: float = 30
     also how long that replica took to load and where its weights came from (its /v1/memory entry)."""
     with httpx.Client(base_url=base_url, timeout=120) as client:
         first = client.post("/v1/chat/completions", json=REQUEST).headers["x-served-by-replica"]
+        before = client.get("/v1/memory").json()["groups"]["cpu"]
+    if len(before) != 1:
+        # A second replica started before the step (it would not be the scale-out this measures, and with the
+        # weight cache on it could have started before the first replica stored its entry).
+        raise RuntimeError(f"{len(before)} replicas before the step; the autoscaler added one during the first load")
     stop = threading.Event()
     new_replica_at: list[float] = []
 

@@ -8,8 +8,9 @@ available on a CPU) and how many bytes one more replica like it needs
 1. wants ``ceil(requests / target_ongoing_requests)`` replicas, counting queued
    requests too, so it scales out before queues build;
 2. does not add replicas while one is still loading or waiting for memory
-   (another would wait too), nor when the reported headroom shows one more
-   will not fit (it would only wait for memory and hold a GPU share);
+   (another would wait too; a running replica that has not reported yet has
+   just started and counts as loading), nor when the reported headroom shows
+   one more will not fit (it would only wait for memory and hold a GPU share);
 3. scales in freely. Serve applies min / max and the up / down delays.
 
 Example: 2 ready replicas each reporting 30 GiB free, one needs 16 GiB, 9
@@ -36,6 +37,9 @@ class ReplicaReport:
     need_bytes: int
 
 
+STARTING = ReplicaReport(ready=False, free_bytes=0, need_bytes=0)
+
+
 def desired_replicas(
     *, current: int, total_requests: float, target_per_replica: float, reports: list[ReplicaReport]
 ) -> tuple[int, str]:
@@ -54,18 +58,32 @@ def desired_replicas(
     return wanted, f"{total_requests:g} requests / target {target_per_replica:g} -> {wanted}"
 
 
+def latest_values(raw_metrics: dict[str, dict[Any, list[Any]]] | None) -> dict[str, dict[Any, float]]:
+    """Each metric's most recent value per replica, from Serve's raw time series."""
+    latest: dict[str, dict[Any, float]] = {}
+    for name, by_replica in (raw_metrics or {}).items():
+        latest[name] = {
+            replica: max(series, key=lambda point: point.timestamp).value for replica, series in by_replica.items() if series
+        }
+    return latest
+
+
 def memory_aware_policy(ctx: Any) -> tuple[int, dict[str, Any]]:
     """``autoscaling_config.policy.policy_function`` (runs in the Serve controller)."""
-    metrics = ctx.aggregated_metrics or {}
-    replicas = set(metrics.get(READY_METRIC, {}))
+    # The latest value each replica reported, not the window's average: averaged over look_back_period_s, a
+    # replica that has just loaded would count as loading for half a window and hold back a scale-out.
+    metrics = latest_values(ctx.raw_metrics) or ctx.aggregated_metrics or {}
+    reported = metrics.get(READY_METRIC, {})
     reports = [
         ReplicaReport(
-            ready=metrics[READY_METRIC].get(replica, 0.0) >= 0.5,
+            ready=reported.get(replica, 0.0) >= 0.5,
             free_bytes=int(metrics.get(FREE_BYTES_METRIC, {}).get(replica, 0)),
             need_bytes=int(metrics.get(NEED_BYTES_METRIC, {}).get(replica, 0)),
         )
-        for replica in replicas
+        for replica in set(reported)
     ]
+    # A running replica that has not reported yet has just started: its model is still loading.
+    reports += [STARTING for replica in (ctx.running_replicas or []) if replica not in reported]
     total = ctx.total_num_requests + (ctx.total_queued_requests or 0)
     desired, reason = desired_replicas(
         current=ctx.current_num_replicas,

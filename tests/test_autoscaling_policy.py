@@ -1,3 +1,5 @@
+import types
+
 import pytest
 
 from deployments.autoscaling import ReplicaReport, desired_replicas
@@ -38,3 +40,53 @@ def test_scales_in_freely(requests, expected):
     desired, _ = desired_replicas(current=3, total_requests=requests, target_per_replica=2, reports=[short] * 3)
 
     assert desired == expected
+
+
+class _Config:
+    def get_target_ongoing_requests(self) -> float:
+        return 1.0
+
+
+def _context(*, running: list[str], ready: dict[str, float | list[float]], requests: float) -> object:
+    """A small stand-in for Serve's AutoscalingContext: the fields the policy reads. ``ready`` is each replica's
+    reports, oldest first (one number: a single report)."""
+    series = {replica: values if isinstance(values, list) else [values] for replica, values in ready.items()}
+
+    def timeline(value_of) -> dict[str, list]:
+        return {
+            replica: [types.SimpleNamespace(timestamp=float(t), value=value_of(v)) for t, v in enumerate(values)]
+            for replica, values in series.items()
+        }
+
+    raw = {"ready": timeline(float), "free_bytes": timeline(lambda _: float(30 * GIB)), "need_bytes": timeline(lambda _: float(16 * GIB))}
+    averaged = {name: {replica: sum(p.value for p in points) / len(points) for replica, points in by_replica.items()}
+                for name, by_replica in raw.items()}
+    return types.SimpleNamespace(
+        raw_metrics=raw,
+        aggregated_metrics=averaged,
+        running_replicas=running,
+        total_num_requests=requests,
+        total_queued_requests=0,
+        current_num_replicas=len(running),
+        config=_Config(),
+    )
+
+
+def test_a_replica_that_has_not_reported_yet_counts_as_loading():
+    from deployments.autoscaling import memory_aware_policy
+
+    just_started, _ = memory_aware_policy(_context(running=["a"], ready={}, requests=3))
+    one_loaded_one_new, reason = memory_aware_policy(_context(running=["a", "b"], ready={"a": 1.0}, requests=3))
+    both_ready, _ = memory_aware_policy(_context(running=["a", "b"], ready={"a": 1.0, "b": 1.0}, requests=3))
+
+    assert just_started == 1 and one_loaded_one_new == 2 and both_ready == 3
+    assert "still loading" in reason["reason"]
+
+
+def test_a_replica_that_has_just_loaded_counts_as_ready_at_once_not_after_half_a_window():
+    from deployments.autoscaling import memory_aware_policy
+
+    # Loading for four reports, ready in the last one: the window's average is 0.2, the replica is ready.
+    desired, reason = memory_aware_policy(_context(running=["a"], ready={"a": [0, 0, 0, 0, 1]}, requests=3))
+
+    assert desired == 3, reason
