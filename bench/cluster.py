@@ -29,6 +29,7 @@ import time
 import httpx
 
 from bench.local_cluster import LocalCluster, SteadyTraffic, cluster_serve_config, namespaces_unavailable, write_config
+from memory.probe import FileGpu
 
 logger = logging.getLogger("bench.cluster")
 GIB = 1024**3
@@ -95,7 +96,7 @@ def main() -> int:
         return 2
     folder = pathlib.Path(tempfile.mkdtemp(prefix="vd-cl-"))
     probe = folder / "gpu-probe.json"
-    probe.write_text(json.dumps({"total_bytes": 16 * GIB, "free_bytes": 16 * GIB}))
+    FileGpu.write(probe, total_bytes=16 * GIB, free_bytes=16 * GIB)
     report: dict = {}
     started = time.monotonic()
     with LocalCluster(folder) as cluster:

@@ -30,6 +30,7 @@ from ray import serve  # noqa: E402
 
 from bench.plots import DOCS_DIR, fallback_timeline_chart  # noqa: E402
 from deployments.app import build_app  # noqa: E402
+from memory.probe import FileGpu  # noqa: E402
 
 logger = logging.getLogger("bench.fallback")
 GIB = 1024**3
@@ -37,7 +38,7 @@ REQUEST = {"messages": [{"role": "user", "content": "Who answers?"}], "max_token
 
 
 def _write_probe(path, free_bytes: int) -> None:
-    path.write_text(json.dumps({"total_bytes": 8 * GIB, "free_bytes": free_bytes}))
+    FileGpu.write(path, total_bytes=8 * GIB, free_bytes=free_bytes)
 
 
 def main() -> int:

@@ -34,6 +34,7 @@ import httpx  # noqa: E402
 from ray import serve  # noqa: E402
 
 from deployments.app import build_app  # noqa: E402
+from memory.probe import FileGpu  # noqa: E402
 
 logger = logging.getLogger("bench.quality_floor")
 GIB = 1024**3
@@ -134,7 +135,7 @@ def main() -> int:
     results = []
     with local_serve(num_cpus=4, num_gpus=1) as (base_url, workdir):
         probe = workdir / "gpu-probe.json"
-        probe.write_text(json.dumps({"total_bytes": 8 * GIB, "free_bytes": 8 * GIB}))
+        FileGpu.write(probe, total_bytes=8 * GIB, free_bytes=8 * GIB)
         for name, floor_replicas in (("floor-off", 0), ("floor-on", args.floor_replicas)):
             app_args = _app_args(str(probe), floor_replicas=floor_replicas, gpu_capacity=args.gpu_capacity)
             results.append(_run(base_url, name, app_args, clients=args.clients, seconds=args.seconds))

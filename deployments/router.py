@@ -157,18 +157,17 @@ class GroupRouter:
         breaker: CircuitBreaker,
         on_fallback: Callable[[str], None] = lambda reason: None,
         gpu_floor_group: DeploymentHandle | None = None,
-        floor_breaker: CircuitBreaker | None = None,
         on_spill: Callable[[str], None] = lambda reason: None,
         wake_timeout_s: float = 600.0,
     ) -> None:
         self.breaker = breaker
-        self.floor_breaker = floor_breaker or CircuitBreaker(cooldown_s=breaker.cooldown_s, clock=breaker.clock)
         self._tiers: dict[str, _Tier] = {}
         if gpu_group is not None:
             self._tiers[GPU_GROUP] = _Tier(GPU_GROUP, gpu_group, gpu_timeouts, breaker)
         if gpu_floor_group is not None:
             self._tiers[GPU_FLOOR_GROUP] = _Tier(
-                GPU_FLOOR_GROUP, gpu_floor_group, gpu_timeouts, self.floor_breaker, scales_from_zero=True
+                GPU_FLOOR_GROUP, gpu_floor_group, gpu_timeouts, CircuitBreaker(cooldown_s=breaker.cooldown_s, clock=breaker.clock),
+                scales_from_zero=True,
             )
         if cpu_group is not None:
             self._tiers[CPU_GROUP] = _Tier(CPU_GROUP, cpu_group, cpu_timeouts, None)
@@ -197,15 +196,6 @@ class GroupRouter:
     def running_replicas(self, group: str) -> int | None:
         tier = self._tiers.get(group)
         return tier.running_replicas if tier else None
-
-    @property
-    def gpu_running_replicas(self) -> int | None:
-        tier = self._tiers.get(GPU_GROUP)
-        return tier.running_replicas if tier else None
-
-    @gpu_running_replicas.setter
-    def gpu_running_replicas(self, running: int | None) -> None:
-        self.set_running_replicas(GPU_GROUP, running)
 
     def breaker_states(self) -> dict[str, str]:
         return {group: tier.breaker.state for group, tier in self._tiers.items() if tier.breaker is not None}
@@ -289,8 +279,8 @@ class GroupRouter:
     # -- background calls: breaker probes, waking the floor replicas ------------------------------
 
     def _probe(self, tier: _Tier) -> None:
-        if tier.probing is not None and not tier.probing.done():
-            return
+        # One at a time: the breaker allows no other probe until this one settles it. The task is kept so
+        # that it is not collected while it runs.
         tier.probing = asyncio.get_running_loop().create_task(self._run_probe(tier), name=f"probe-{tier.group}")
 
     async def _run_probe(self, tier: _Tier) -> None:
@@ -376,14 +366,10 @@ class GroupRouter:
 async def _ping(handle: DeploymentHandle, *, timeout_s: float, wait_ready_s: float = 0.0) -> Any:
     response = handle.options(method_name="ping", stream=False).remote(wait_ready_s=wait_ready_s)
     try:
-        return await asyncio.wait_for(_await(response), timeout=timeout_s)
+        return await asyncio.wait_for(response, timeout=timeout_s)
     except BaseException:
         response.cancel()
         raise
-
-
-async def _await(response: Any) -> Any:
-    return await response
 
 
 _BUSY_PREFIX = "busy: "

@@ -163,6 +163,18 @@ class FileGpu:
     def __init__(self, path: str) -> None:
         self.path = path
 
+    @staticmethod
+    def write(path: str | os.PathLike, *, total_bytes: int, free_bytes: int, torch: dict[str, int] | None = None) -> None:
+        """Write the file this probe reads, whole (a temporary file renamed over it): a replica probing it
+        while a test or drill rewrites it never reads half of it."""
+        raw: dict[str, Any] = {"total_bytes": total_bytes, "free_bytes": free_bytes}
+        if torch is not None:
+            raw["torch"] = torch
+        temporary = f"{os.fspath(path)}.{os.getpid()}.tmp"
+        with open(temporary, "w", encoding="utf-8") as handle:
+            json.dump(raw, handle)
+        os.replace(temporary, path)
+
     def devices(self) -> tuple[GpuDeviceMemory, ...]:
         try:
             with open(self.path, encoding="utf-8") as handle:

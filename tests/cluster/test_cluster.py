@@ -7,13 +7,13 @@ goes through the nodes' proxies over real HTTP; the GPU worker is lost by stoppi
 pid) and comes back; a changed config is rolled out with ``serve deploy`` under traffic.
 """
 
-import json
 import time
 
 import httpx
 import pytest
 
 from bench.local_cluster import LocalCluster, SteadyTraffic, cluster_serve_config, namespaces_unavailable, write_config
+from memory.probe import FileGpu
 from polling import wait_for_condition
 
 GIB = 1024**3
@@ -37,7 +37,7 @@ def cluster(test_root, tiny_model_path):
 @pytest.fixture(scope="module")
 def probe(test_root):
     path = test_root / "cluster-gpu-probe.json"
-    path.write_text(json.dumps({"total_bytes": 16 * GIB, "free_bytes": 16 * GIB}))
+    FileGpu.write(path, total_bytes=16 * GIB, free_bytes=16 * GIB)
     return path
 
 

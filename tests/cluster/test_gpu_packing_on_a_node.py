@@ -6,7 +6,6 @@ the tiny model needs 23% of it; ``serve deploy`` then gives each replica a quart
 for: four are placed on the one GPU, the fifth cannot be.
 """
 
-import json
 
 import httpx
 import pytest
@@ -15,6 +14,7 @@ import yaml
 from bench.local_cluster import GPU_PROBE_FILE_ENV, REPO, LocalCluster, namespaces_unavailable, write_config
 from deployments.config import load_app_config
 from deployments.gpu_packing import resolve_gpu_share
+from memory.probe import FileGpu
 from polling import wait_for_condition
 
 APP = "video-detective"
@@ -36,7 +36,7 @@ def test_int8_replicas_at_a_quarter_share_four_to_a_gpu(test_root, tiny_model_pa
     total = int(roomy.chosen.need_bytes / 0.23)
     gpu["gpu_total_bytes"] = total
     probe = test_root / "packing-probe.json"
-    probe.write_text(json.dumps({"total_bytes": total, "free_bytes": total}))
+    FileGpu.write(probe, total_bytes=total, free_bytes=total)
     gpu["env_vars"] = {GPU_PROBE_FILE_ENV: str(probe)}
 
     with LocalCluster(test_root / "packing") as cluster:

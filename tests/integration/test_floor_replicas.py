@@ -7,7 +7,6 @@ concurrent clients make it busy.
 """
 
 import concurrent.futures
-import json
 import threading
 import time
 
@@ -16,6 +15,7 @@ import pytest
 from ray import serve
 
 from integration.conftest import deploy
+from memory.probe import FileGpu
 from polling import wait_for_condition
 
 GIB = 1024**3
@@ -25,7 +25,7 @@ APP = "floor"
 @pytest.fixture(scope="module")
 def floor_url(http_port, test_root):
     probe = test_root / "gpu-probe-floor.json"
-    probe.write_text(json.dumps({"total_bytes": 8 * GIB, "free_bytes": 8 * GIB}))
+    FileGpu.write(probe, total_bytes=8 * GIB, free_bytes=8 * GIB)
     one_at_a_time = {"max_ongoing_requests": 1, "max_batch_size": 1, "max_queued_requests": 1}
     args = {
         "gpu_group": {

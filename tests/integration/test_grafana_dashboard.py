@@ -18,6 +18,7 @@ from ray import serve
 
 import media_factory
 from integration.conftest import deploy, oom_drill_args
+from memory.probe import FileGpu
 from polling import wait_for_condition
 from prometheus_server import prometheus_server, query
 
@@ -62,7 +63,7 @@ def dashboard_url(http_port, test_root):
         "allocated_bytes": 3 * GIB, "reserved_bytes": 4 * GIB, "peak_allocated_bytes": 3 * GIB,
         "inactive_split_bytes": 0, "num_alloc_retries": 0, "num_ooms": 0,
     }
-    probe.write_text(json.dumps({"total_bytes": 16 * GIB, "free_bytes": 12 * GIB, "torch": allocator}))
+    FileGpu.write(probe, total_bytes=16 * GIB, free_bytes=12 * GIB, torch=allocator)
     args = oom_drill_args(probe, cpu_group_cpus=0.5)
     url = deploy(args, http_port, name=APP, route_prefix=f"/{APP}")
     yield url

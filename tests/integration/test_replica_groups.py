@@ -7,7 +7,6 @@ GPU group's chain runs on the CPU (``gpu_group.device: cpu``).
 """
 
 import concurrent.futures
-import json
 import time
 
 import httpx
@@ -17,6 +16,7 @@ import ray
 from ray import serve
 
 from integration.conftest import deploy
+from memory.probe import FileGpu
 from polling import wait_for_condition
 
 GIB = 1024**3
@@ -75,7 +75,7 @@ def test_memory_lists_every_replica_of_both_groups(base_url):
 @pytest.fixture(scope="module")
 def probe_file(test_root):
     path = test_root / "gpu-probe.json"
-    path.write_text(json.dumps({"total_bytes": 8 * GIB, "free_bytes": 0}))
+    FileGpu.write(path, total_bytes=8 * GIB, free_bytes=0)
     return path
 
 
@@ -114,7 +114,7 @@ def test_memory_short_then_freed_traffic_returns_to_the_gpu_group_without_a_rede
         assert "No loading strategy fits" in gpu["reason"]
 
         # Another process exits: the device reports its memory free.
-        probe_file.write_text(json.dumps({"total_bytes": 8 * GIB, "free_bytes": 8 * GIB}))
+        FileGpu.write(probe_file, total_bytes=8 * GIB, free_bytes=8 * GIB)
         freed_at = time.monotonic()
         served_by = []
 
@@ -268,7 +268,7 @@ def test_a_busy_gpu_group_is_told_from_a_broken_one(http_port, test_root):
     """A long answer runs to its end on the GPU group; a request it cannot admit in time goes to the CPU group,
     and the breaker stays closed throughout."""
     probe = test_root / "busy-gpu-probe.json"
-    probe.write_text(json.dumps({"total_bytes": 8 * GIB, "free_bytes": 8 * GIB}))
+    FileGpu.write(probe, total_bytes=8 * GIB, free_bytes=8 * GIB)
     url = deploy(
         {
             "limits": {"max_tokens": 4000},

@@ -7,7 +7,6 @@ out-of-memory error above a media size, at the generate boundary, as a full GPU 
 """
 
 import base64
-import json
 
 import httpx
 import pytest
@@ -16,6 +15,7 @@ from ray import serve
 
 import media_factory
 from integration.conftest import deploy, oom_drill_args, serve_log_lines
+from memory.probe import FileGpu
 from polling import wait_for_condition
 
 GIB = 1024**3
@@ -24,7 +24,7 @@ GIB = 1024**3
 @pytest.fixture(scope="module")
 def oom_url(http_port, test_root):
     probe = test_root / "gpu-probe-oom.json"
-    probe.write_text(json.dumps({"total_bytes": 8 * GIB, "free_bytes": 8 * GIB}))
+    FileGpu.write(probe, total_bytes=8 * GIB, free_bytes=8 * GIB)
     args = oom_drill_args(probe)
     url = deploy(args, http_port, name="oom", route_prefix="/oom")
     with httpx.Client(base_url=url, timeout=60) as client:

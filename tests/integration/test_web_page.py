@@ -6,7 +6,6 @@ then freed, then short again (the drill the replica-group tests use). Screenshot
 """
 
 import concurrent.futures
-import json
 import os
 import pathlib
 
@@ -18,6 +17,7 @@ from ray import serve
 import media_factory
 from browser import launch_chromium
 from integration.conftest import deploy
+from memory.probe import FileGpu
 
 GIB = 1024**3
 KEY = "vd-page-key-0123456789"
@@ -176,7 +176,7 @@ def test_asking_about_images_streams_a_chat_answer(base_url, page, test_root):
 @pytest.fixture(scope="module")
 def drill_probe(test_root):
     path = test_root / "page-gpu-probe.json"
-    path.write_text(json.dumps({"total_bytes": 8 * GIB, "free_bytes": 0}))
+    FileGpu.write(path, total_bytes=8 * GIB, free_bytes=0)
     return path
 
 
@@ -226,14 +226,14 @@ def test_the_memory_view_asks_for_the_key_and_follows_the_gpu_group_down_and_up(
     page.screenshot(path=str(shots / "memory-gpu-short.png"), full_page=True)
 
     # Another process exits: the probe reports the memory free, and the GPU group loads by itself.
-    drill_probe.write_text(json.dumps({"total_bytes": 8 * GIB, "free_bytes": 8 * GIB}))
+    FileGpu.write(drill_probe, total_bytes=8 * GIB, free_bytes=8 * GIB)
     expect(gpu_card).to_have_attribute("data-state", "ready", timeout=60_000)
     expect(gpu_card.locator(".timeline li").last).to_contain_text("loaded")
     assert gpu_card.locator(".bar .segment").count() == 4
     page.screenshot(path=str(shots / "memory-gpu-ready.png"), full_page=True)
 
     # Memory is taken again and the replica lets its model go: Serve replaces it, and the new one waits.
-    drill_probe.write_text(json.dumps({"total_bytes": 8 * GIB, "free_bytes": 0}))
+    FileGpu.write(drill_probe, total_bytes=8 * GIB, free_bytes=0)
     _unload_gpu_replicas("page-drill")
     expect(gpu_card).not_to_have_attribute("data-state", "ready", timeout=60_000)
     expect(gpu_card).to_have_attribute("data-state", "waiting_for_memory", timeout=90_000)
