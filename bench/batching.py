@@ -23,12 +23,11 @@ import statistics
 import sys
 import time
 
-from bench.local_serve import local_serve  # noqa: I001 - sets Ray's environment first
-
 import httpx  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
+from bench.local_serve import local_serve  # noqa: I001 - sets Ray's environment first
 from bench.mid_model import ensure_mid_model, parameter_count  # noqa: E402
 from bench.plots import DOCS_DIR, throughput_chart  # noqa: E402
 from deployments.app import build_app  # noqa: E402

@@ -23,11 +23,10 @@ import statistics
 import sys
 import time
 
-from bench.local_serve import local_serve  # noqa: I001 - sets Ray's environment first
-
 import httpx  # noqa: E402
 from ray import serve  # noqa: E402
 
+from bench.local_serve import local_serve  # noqa: I001 - sets Ray's environment first
 from bench.plots import DOCS_DIR, fallback_timeline_chart  # noqa: E402
 from deployments.app import build_app  # noqa: E402
 from memory.probe import FileGpu  # noqa: E402

@@ -21,11 +21,10 @@ import statistics
 import sys
 import time
 
-from bench.local_serve import local_serve  # noqa: I001 - sets Ray's environment first
-
 import httpx  # noqa: E402
 from ray import serve  # noqa: E402
 
+from bench.local_serve import local_serve  # noqa: I001 - sets Ray's environment first
 from bench.sampling import _video  # noqa: E402
 from deployments.app import build_app  # noqa: E402
 

@@ -20,10 +20,9 @@ import subprocess
 import sys
 import sysconfig
 
-from bench.local_serve import local_serve  # noqa: I001 - sets Ray's environment first
-
 from ray import serve  # noqa: E402
 
+from bench.local_serve import local_serve  # noqa: I001 - sets Ray's environment first
 from deployments.app import build_app  # noqa: E402
 from models.tiny import ensure_tiny_model  # noqa: E402
 

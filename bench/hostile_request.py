@@ -17,14 +17,13 @@ import logging
 import sys
 import time
 
-from bench.local_serve import local_serve  # noqa: I001 - sets Ray's environment first
-
 import av  # noqa: E402
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 from ray import serve  # noqa: E402
 
+from bench.local_serve import local_serve  # noqa: I001 - sets Ray's environment first
 from deployments.app import build_app  # noqa: E402
 
 logger = logging.getLogger("bench.hostile_request")

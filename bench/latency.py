@@ -24,18 +24,17 @@ import statistics
 import sys
 import time
 
-from bench.local_serve import local_serve  # noqa: I001 - sets Ray's environment first
-
 import httpx  # noqa: E402
 from fastapi import FastAPI, Request  # noqa: E402
 from ray import serve  # noqa: E402
 
+from bench.local_serve import local_serve  # noqa: I001 - sets Ray's environment first
 from deployments.app import build_app  # noqa: E402
-from deployments.openai_schema import ChatCompletionRequest  # noqa: E402
-from deployments.chat_translation import to_generation_request  # noqa: E402
 from deployments.config import load_app_config  # noqa: E402
-from models.base import ChatMessage, GenerationRequest, TextPart  # noqa: E402
+from deployments.edge.chat_translation import to_generation_request  # noqa: E402
+from deployments.edge.openai_schema import ChatCompletionRequest  # noqa: E402
 from models.hf_adapter import HuggingFaceVisionLanguageAdapter  # noqa: E402
+from models.requests import ChatMessage, GenerationRequest, TextPart
 from models.tiny import ensure_tiny_model  # noqa: E402
 
 logger = logging.getLogger("bench.latency")

@@ -22,8 +22,6 @@ import sys
 import threading
 import time
 
-from bench.local_serve import local_serve  # noqa: I001 - sets Ray's environment first
-
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
@@ -31,6 +29,7 @@ from PIL import Image  # noqa: E402
 from ray import serve  # noqa: E402
 
 from bench.hostile_request import _clip  # noqa: E402
+from bench.local_serve import local_serve  # noqa: I001 - sets Ray's environment first
 from bench.mid_model import ensure_mid_model  # noqa: E402
 from deployments.app import build_app  # noqa: E402
 

@@ -28,11 +28,10 @@ import sys
 import threading
 import time
 
-from bench.local_serve import local_serve  # noqa: I001 - sets Ray's environment first
-
 import httpx  # noqa: E402
 from ray import serve  # noqa: E402
 
+from bench.local_serve import local_serve  # noqa: I001 - sets Ray's environment first
 from deployments.app import build_app  # noqa: E402
 from memory.probe import FileGpu  # noqa: E402
 

@@ -27,8 +27,9 @@ import time
 
 from bench.mid_model import ensure_mid_model
 from deployments.config import load_app_config
-from deployments.model_replica import ModelReplica
-from deployments.replica_protocol import ReplicaAnswer, StreamOpened
+from deployments.plan import resolve_app
+from deployments.replica.model_replica import ModelReplica
+from deployments.replica.protocol import ReplicaAnswer, StreamOpened
 from models.requests import ChatMessage, DecodingOptions, GenerationRequest, ResponseFormat, TextPart
 
 logger = logging.getLogger("bench.structured_output")
@@ -118,7 +119,7 @@ def main() -> int:
         "cpu_group": {"num_cpus": 1, "chain": ["fp32"], "max_batch_size": 8},
         "limits": {"max_tokens": max(512, args.max_tokens)},
     })
-    replica = ModelReplica(config, "cpu")
+    replica = ModelReplica(resolve_app(config), "cpu")
     try:
         deadline = time.monotonic() + 300
         while replica.describe()["state"] != "ready":

@@ -19,12 +19,11 @@ import tempfile
 import threading
 import time
 
-from bench.local_serve import local_serve  # noqa: I001 - sets Ray's environment first
-
 import httpx  # noqa: E402
 import psutil  # noqa: E402
 from ray import serve  # noqa: E402
 
+from bench.local_serve import local_serve  # noqa: I001 - sets Ray's environment first
 from bench.sampling import CLIP_S, _encode_clip, _repeat_clip  # noqa: E402
 from deployments.app import build_app  # noqa: E402
 

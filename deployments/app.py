@@ -1,7 +1,8 @@
 """The application builder that ``serve_config.yaml`` imports.
 
 ``import_path: deployments.app:build_app`` with ``args`` from the YAML file;
-the args are validated before any deployment is created. One replica class is
+the args are validated (:mod:`deployments.config`) and resolved (:mod:`deployments.plan`) before any
+deployment is created. One replica class is
 deployed two or three times: the GPU group with a fractional GPU share, the GPU
 floor replicas (``gpu_group.floor``) on a smaller share at ``min_precision``,
 and the CPU group with none, each with its own chain, budget and autoscaling.
@@ -15,11 +16,11 @@ from ray.serve import Application
 from ray.serve.config import RequestRouterConfig
 
 from deployments.config import AppConfig, CpuGroupSettings, GpuGroupSettings, load_app_config
-from deployments.gpu_packing import resolve_gpu_share
-from deployments.groups import CPU_GROUP, DEPLOYMENT_NAMES, GPU_FLOOR_GROUP, GPU_GROUP, GPU_GROUPS
-from deployments.ingress import Ingress
-from deployments.model_replica import ModelReplica
-from deployments.ready_replica_router import ROUTER_CLASS_PATH, ROUTING_STATS_PERIOD_S
+from deployments.edge.ingress import Ingress
+from deployments.plan import AppPlan, resolve_app
+from deployments.replica.model_replica import ModelReplica
+from deployments.routing.groups import CPU_GROUP, DEPLOYMENT_NAMES, GPU_FLOOR_GROUP, GPU_GROUP, GPU_GROUPS
+from deployments.routing.ready_replica_router import ROUTER_CLASS_PATH, ROUTING_STATS_PERIOD_S
 from memory.allocator import allocator_env
 
 logger = logging.getLogger(__name__)
@@ -40,22 +41,18 @@ def _autoscaling(settings: GpuGroupSettings | CpuGroupSettings) -> dict[str, Any
         "upscale_delay_s": autoscaling.upscale_delay_s,
         "downscale_delay_s": autoscaling.downscale_delay_s,
         "look_back_period_s": autoscaling.look_back_period_s,
-        "policy": {"policy_function": "deployments.autoscaling:memory_aware_policy"},
+        "policy": {"policy_function": "deployments.routing.autoscaling:memory_aware_policy"},
     }
 
 
-def _group(config: AppConfig, group: str) -> Application | None:
-    if group == GPU_FLOOR_GROUP and not config.floor_enabled:
+def _group(plan: AppPlan, group: str) -> Application | None:
+    if group not in plan.groups:
         return None
-    settings = config.group_settings(group)
-    if not settings.enabled:
-        return None
+    settings = plan.group(group).settings
     # Allocator settings must precede torch's CUDA start; the replica reads them back.
-    env_vars = {**settings.env_vars, **allocator_env(config.memory.allocator)}
-    if group in GPU_GROUPS:
-        num_gpus = settings.num_gpus
-    else:
-        num_gpus = 0
+    env_vars = {**settings.env_vars, **allocator_env(plan.config.memory.allocator)}
+    num_gpus = plan.group(group).num_gpus
+    if group not in GPU_GROUPS:
         # Ray no longer hides the GPU from num_gpus=0 replicas; this group must never touch it.
         env_vars["CUDA_VISIBLE_DEVICES"] = ""
     return serve.deployment(
@@ -69,8 +66,8 @@ def _group(config: AppConfig, group: str) -> Application | None:
             request_router_class=ROUTER_CLASS_PATH, request_routing_stats_period_s=ROUTING_STATS_PERIOD_S
         ),
         ray_actor_options=_actor_options(settings.num_cpus, num_gpus, env_vars, settings.node_labels),
-        logging_config={"enable_access_log": config.ingress.access_log},
-    ).bind(config, group)
+        logging_config={"enable_access_log": plan.config.ingress.access_log},
+    ).bind(plan, group)
 
 
 def _actor_options(num_cpus: float, num_gpus: float, env_vars: dict[str, str], node_labels: dict[str, str]) -> dict:
@@ -83,11 +80,11 @@ def _actor_options(num_cpus: float, num_gpus: float, env_vars: dict[str, str], n
 
 
 def build_app_from_config(config: AppConfig) -> Application:
-    config, _ = resolve_gpu_share(config)  # gpu_group.num_gpus: auto becomes a number here
+    plan = resolve_app(config)  # gpu_group.num_gpus: auto becomes a number here
     ingress = config.ingress
     return Ingress.options(
         num_replicas=ingress.num_replicas,
         max_ongoing_requests=ingress.max_ongoing_requests,
         ray_actor_options=_actor_options(ingress.num_cpus, 0, {}, ingress.node_labels),
         logging_config={"enable_access_log": ingress.access_log},
-    ).bind(_group(config, GPU_GROUP), _group(config, CPU_GROUP), config, gpu_floor_group=_group(config, GPU_FLOOR_GROUP))
+    ).bind(_group(plan, GPU_GROUP), _group(plan, CPU_GROUP), config, gpu_floor_group=_group(plan, GPU_FLOOR_GROUP))

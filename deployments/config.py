@@ -1,4 +1,8 @@
-"""Application config: the ``args`` of ``serve_config.yaml``, validated at start-up.
+"""Application config: the ``args`` of ``serve_config.yaml`` as written, validated at start-up.
+
+What the config comes to on a cluster (``num_gpus: auto`` planned, chains parsed, the floor replicas'
+settings built, the adapter chosen) is the resolved plan, :mod:`deployments.plan`. No validator here
+imports torch or transformers: the ingress validates this config too.
 
 Every model rejects unknown keys, so a typo fails when the application is
 built, with the key's path and what to change, not later at request time.
@@ -11,7 +15,6 @@ from typing import Any, Literal
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from deployments.groups import CPU_GROUP, GPU_FLOOR_GROUP, GPU_GROUP
 from memory.allocator import (
     DEFAULT_ALLOCATOR_SETTINGS,
     AllocatorConfigError,
@@ -64,14 +67,9 @@ class ModelSettings(_Strict):
                 f"model.source {self.source!r} is neither 'tiny' nor an existing checkpoint folder; "
                 "set it to 'tiny' or to a local folder holding config.json and the weights"
             )
-        if self.source != "tiny":
-            from models.adapters import AdapterChoiceError, choose_adapter  # transformers: only for a checkpoint
-
-            try:
-                choose_adapter(self.source, self.adapter, trust_remote_code=self.trust_remote_code)
-            except AdapterChoiceError as error:
-                raise ValueError(str(error)) from error
-        elif self.adapter == "minicpm-v-2.6":
+        # Which adapter serves the checkpoint is read from its config.json when the app is resolved
+        # (deployments.plan.resolve_app): no validator here imports transformers.
+        if self.source == "tiny" and self.adapter == "minicpm-v-2.6":
             raise ValueError("model.adapter 'minicpm-v-2.6' needs a MiniCPM-V 2.6 checkpoint in model.source, not 'tiny'")
         return self
 
@@ -417,17 +415,6 @@ class GpuGroupSettings(_GroupSettings):
             )
         return self
 
-    def floor_group(self) -> "GpuGroupSettings":
-        """The settings the floor replicas run with: this group's, at ``min_precision`` alone, on the floor's share,
-        scaling between zero and ``floor.max_replicas`` by the same targets and delays."""
-        return self.model_copy(
-            update={
-                "chain": (self.min_precision,),
-                "num_gpus": self.floor.num_gpus,
-                "autoscaling": self.autoscaling.model_copy(update={"min_replicas": 0, "max_replicas": self.floor.max_replicas}),
-                "floor": FloorSettings(),
-            }
-        )
 
 
 class RoutingSettings(_Strict):
@@ -531,16 +518,6 @@ class AppConfig(_Strict):
     request_oom: RequestOomSettings = RequestOomSettings()
     media: MediaSettings = MediaSettings()
     files: FilesSettings = FilesSettings()
-
-    def group_settings(self, group: str) -> "GpuGroupSettings | CpuGroupSettings":
-        """The settings a replica of ``group`` (``gpu``, ``gpu_floor`` or ``cpu``) runs with."""
-        if group == GPU_GROUP:
-            return self.gpu_group
-        if group == GPU_FLOOR_GROUP:
-            return self.gpu_group.floor_group()
-        if group == CPU_GROUP:
-            return self.cpu_group
-        raise ValueError(f"Unknown replica group {group!r}")
 
     @property
     def floor_enabled(self) -> bool:

@@ -1,5 +1,17 @@
-"""How a model gets into memory and stays healthy there. Knows nothing of Ray or HTTP."""
+"""How a model gets into memory and stays healthy there. Knows nothing of Ray or HTTP.
 
-from memory.probe import GpuDeviceMemory, MemorySnapshot, format_gib
+The modules in :data:`TORCH_FREE_MODULES` import torch only inside the functions that measure a GPU, so
+the ingress and the app builder can use them without it (checked by ``tests/test_layering.py``).
+"""
 
-__all__ = ["GpuDeviceMemory", "MemorySnapshot", "format_gib"]
+TORCH_FREE_MODULES = frozenset(
+    {
+        "memory.admission",
+        "memory.allocator",
+        "memory.budget",
+        "memory.cleanup",
+        "memory.packing",
+        "memory.probe",
+        "memory.strategy",
+    }
+)

@@ -21,15 +21,9 @@ import sys
 from typing import Any
 
 from memory.allocator import read_allocator_settings
-from memory.budget import BudgetError, MemoryBudget, cpu_budget, gpu_budget
+from memory.budget import DEFAULT_CUDA_CONTEXT_BYTES, BudgetError, MemoryBudget, cpu_budget, gpu_budget
+from memory.estimate import ModelConfigError, RequestShape, activation_reserve_bytes, load_model_config
 from memory.packing import DEFAULT_SHARE_GRID, PackingError, SharePlan, plan_share
-from memory.estimate import (
-    DEFAULT_CUDA_CONTEXT_BYTES,
-    ModelConfigError,
-    RequestShape,
-    activation_reserve_bytes,
-    load_model_config,
-)
 from memory.plan import estimate_chain
 from memory.probe import FixedGpu, MemorySnapshot, format_gib
 from memory.strategy import DEFAULT_CPU_CHAIN, DEFAULT_GPU_CHAIN, StrategyError, parse_chain

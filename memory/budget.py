@@ -17,7 +17,6 @@ from typing import Any, Literal
 
 from memory.probe import GpuDeviceMemory, MemorySnapshot, format_gib
 
-
 # What a CUDA context costs before any tensor: driver, runtime, cuBLAS/cuDNN
 # workspaces. Measured figures run 300-600 MiB on Hopper with torch 2.x; this is
 # the planning default, overridable where a replica measures its own.

@@ -35,8 +35,7 @@ import transformers
 from torch import nn
 
 from memory.admission import RequestCostModel
-from memory.budget import DEFAULT_CUDA_CONTEXT_BYTES  # noqa: F401 - re-exported
-from memory.strategy import Quantization, precision_name  # noqa: F401 - re-exported
+from memory.strategy import Quantization, precision_name
 
 logger = logging.getLogger(__name__)
 

@@ -18,12 +18,11 @@ import logging
 import time
 from typing import Any, Callable, Generic, Literal, TypeVar
 
-import torch
-
 from memory.budget import MemoryBudget
 from memory.cleanup import release_memory
 from memory.estimate import WeightEstimate
 from memory.host_heap import returning_freed_memory
+from memory.out_of_memory import is_out_of_memory
 from memory.probe import format_gib
 from memory.strategy import LoadStrategy
 
@@ -31,28 +30,6 @@ logger = logging.getLogger(__name__)
 
 Model = TypeVar("Model")
 Outcome = Literal["loaded", "skipped", "out_of_memory", "failed"]
-
-_OOM_MESSAGES = (
-    "out of memory",
-    "cuda error: out of memory",
-    "cublas_status_alloc_failed",
-    "cudnn_status_alloc_failed",
-    "cuda_error_out_of_memory",
-    "failed to allocate",
-    "can't allocate memory",
-    "cannot allocate memory",
-)
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    """Types first (torch, MemoryError), then the messages CUDA, cuBLAS and bitsandbytes raise."""
-    if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
-        return True
-    if isinstance(error, RuntimeError):
-        message = str(error).lower()
-        return any(fragment in message for fragment in _OOM_MESSAGES)
-    return False
-
 
 @dataclasses.dataclass(frozen=True)
 class LoadAttempt:

@@ -19,7 +19,8 @@ from models.base import CheckpointAdapter
 if TYPE_CHECKING:
     from models.weight_cache import WeightCache
 
-from models.adapter_names import MINICPM_V_2_6, TRANSFORMERS, AdapterName  # noqa: F401 - re-exported
+from models.adapter_names import MINICPM_V_2_6, TRANSFORMERS, AdapterName
+
 _REMOTE_CODE_ADAPTERS = {"minicpmv": MINICPM_V_2_6}
 
 

@@ -1,27 +1,24 @@
 """The model adapter interface: the one class a new model family implements.
 
-The request and answer types live in :mod:`models.requests` (no torch) and are re-exported here.
+An adapter loads a checkpoint and answers with it. How requests reach it is an engine's job
+(:mod:`models.engine`): an adapter whose model exposes prefill and decode steps returns them from
+:meth:`ModelAdapter.batch_engine` and is served with continuous batching; one that runs its own
+generate loop (MiniCPM-V 2.6's ``model.chat``) leaves the default ``None`` and is served one request
+at a time through :meth:`ModelAdapter.stream`.
+
+It speaks the request and answer types of :mod:`models.requests` (no torch); import them from there.
 """
 
 import abc
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 
 from memory.strategy import LoadStrategy
-from models.errors import PromptTooLongError  # noqa: F401 - re-exported
-from models.requests import (  # noqa: F401 - re-exported: the adapter interface speaks these types
-    ChatMessage,
-    ContentPart,
-    FinishReason,
-    GenerationRequest,
-    GenerationResult,
-    ImagePart,
-    Role,
-    TextDelta,
-    TextPart,
-    VideoPart,
-)
+from models.requests import GenerationRequest, GenerationResult, TextDelta
+
+if TYPE_CHECKING:
+    from models.hf_batch_engine import HfBatchEngine
 
 StopCheck = Callable[[], bool]
 
@@ -49,6 +46,11 @@ class ModelAdapter(abc.ABC):
         result = self.generate(request)
         yield TextDelta(result.text)
         yield result
+
+    def batch_engine(self) -> "HfBatchEngine | None":
+        """Prefill and decode steps on the loaded model, for continuous batching; ``None`` (the default): this
+        adapter runs its own generate loop, one request at a time."""
+        return None
 
     def unload(self) -> None:
         """Release the model. The default does nothing."""

@@ -10,8 +10,8 @@ import os
 
 import torch
 
-from models.base import GenerationRequest
 from models.request_shrink import media_pixels
+from models.requests import GenerationRequest
 
 SIMULATE_OOM_ABOVE_PIXELS_ENV = "VIDEO_DETECTIVE_SIMULATE_OOM_ABOVE_PIXELS"
 

@@ -16,20 +16,11 @@ import transformers
 from transformers.video_utils import VideoMetadata
 
 from memory.strategy import LoadStrategy
+from models.base import CheckpointAdapter, StopCheck
 from models.errors import InvalidModelInputError, PromptTooLongError
 from models.hf_batch_engine import HfBatchEngine, eos_token_ids
+from models.requests import ChatMessage, GenerationRequest, GenerationResult, ImagePart, TextDelta, TextPart, VideoPart
 from models.weight_cache import WeightCache, load_through_cache
-from models.base import (
-    ChatMessage,
-    CheckpointAdapter,
-    GenerationRequest,
-    GenerationResult,
-    ImagePart,
-    StopCheck,
-    TextDelta,
-    TextPart,
-    VideoPart,
-)
 
 logger = logging.getLogger(__name__)
 # Progress bars in a server's logs are noise: one line per load says what happened.

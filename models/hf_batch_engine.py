@@ -19,9 +19,9 @@ import torch
 import transformers
 
 from models.fault_injection import raise_if_simulated_out_of_memory
-from models.base import GenerationRequest
 from models.kv_batch import KvBatch, left_pad
 from models.request_shrink import media_pixels
+from models.requests import GenerationRequest
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,16 +18,8 @@ import transformers
 from PIL import Image
 
 from memory.strategy import LoadStrategy
-from models.base import (
-    CheckpointAdapter,
-    GenerationRequest,
-    GenerationResult,
-    ImagePart,
-    StopCheck,
-    TextDelta,
-    TextPart,
-    VideoPart,
-)
+from models.base import CheckpointAdapter, StopCheck
+from models.requests import GenerationRequest, GenerationResult, ImagePart, TextDelta, TextPart, VideoPart
 
 logger = logging.getLogger(__name__)
 

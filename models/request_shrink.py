@@ -11,8 +11,8 @@ import math
 import numpy as np
 from PIL import Image
 
-from models.requests import ChatMessage, ContentPart, GenerationRequest, ImagePart, VideoPart
 from models.media import scaled_size
+from models.requests import ChatMessage, ContentPart, GenerationRequest, ImagePart, VideoPart
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,15 +30,15 @@ import contextvars
 import dataclasses
 import logging
 import threading
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import torch
 
 from memory.admission import RequestCost, RequestCostModel, admission_decision, batch_bytes
 from memory.cleanup import release_memory
-from memory.loader import is_out_of_memory
+from memory.out_of_memory import is_out_of_memory
 from models.answer_builder import AnswerBuilder
-from models.base import GenerationRequest, GenerationResult, TextDelta
+from models.engine import ALL_DECODING_OPTIONS, EngineCapabilities, EngineStats, RequestSink, describe_engine
 from models.errors import (
     InvalidParameterError,
     ReplicaBusyError,
@@ -50,6 +50,7 @@ from models.grammar import GrammarCompiler
 from models.hf_batch_engine import HfBatchEngine, PreparedPrompt
 from models.kv_batch import KvBatch
 from models.request_shrink import OomRetry, ShrinkFloor, request_size, shrink_request
+from models.requests import GenerationRequest
 from models.token_sampler import TokenSampler
 
 logger = logging.getLogger(__name__)
@@ -61,20 +62,6 @@ class BatchLimits:
     max_waiting: int
     headroom_bytes: int  # the replica's budget minus its weights: what admitted requests may use together
     max_prefill_tokens: int = 8192  # prompt tokens prefilled in one pass, over all the requests in it
-
-
-class RequestSink(Protocol):
-    """Where one request's events go (called from the scheduler thread)."""
-
-    def opened(
-        self, used: GenerationRequest, retries: tuple[OomRetry, ...], cost: RequestCost, prompt_tokens: int = 0
-    ) -> None: ...
-
-    def text(self, delta: TextDelta) -> None: ...
-
-    def finished(self, result: GenerationResult) -> None: ...
-
-    def failed(self, error: BaseException) -> None: ...
 
 
 @dataclasses.dataclass
@@ -101,31 +88,9 @@ class _Ticket:
         self.context.run(logger.log, level, message, *args)
 
 
-@dataclasses.dataclass
-class SchedulerStats:
-    """What ``/v1/memory`` and the metrics show; read from other threads, written by the scheduler."""
-
-    waiting: int = 0
-    running: int = 0
-    admitted_bytes: int = 0  # the batch's predicted peak, with the inputs held beside it (CPU)
-    waiting_bytes: int = 0
-    headroom_bytes: int = 0
-    waiting_input_bytes: int = 0  # waiting requests' frames and processor tensors, exactly
-    peak_admitted_bytes: int = 0
-    peak_batch_size: int = 0
-    steps: int = 0
-    cancelled: int = 0
-    last_cancelled_tokens: int | None = None
-    request_ooms: int = 0
-    decode_splits: int = 0
-    prefill_splits: int = 0
-    shrunk_up_front: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
 class BatchScheduler:
+    """The continuous-batching :class:`~models.engine.Engine`: every decoding option, many requests a step."""
+
     def __init__(
         self,
         engine: HfBatchEngine,
@@ -136,7 +101,7 @@ class BatchScheduler:
         on_out_of_memory: Callable[[str], None] = lambda outcome: None,
         name: str = "batch-scheduler",
     ) -> None:
-        self._engine = engine
+        self._steps = engine
         self._costs = costs
         self._limits = limits
         self._floor = shrink_floor
@@ -147,7 +112,10 @@ class BatchScheduler:
         self._batch: KvBatch | None = None
         self._wake = threading.Condition()
         self._closing = False
-        self.stats = SchedulerStats(headroom_bytes=limits.headroom_bytes)
+        self.stats = EngineStats(headroom_bytes=limits.headroom_bytes)
+        self.capabilities = EngineCapabilities(
+            mode="continuous", max_batch_size=limits.max_batch_size, decoding_options=ALL_DECODING_OPTIONS
+        )
         self._grammars = GrammarCompiler(engine.tokenizer, engine.vocab_size, tuple(sorted(engine.eos_ids)))
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -162,10 +130,10 @@ class BatchScheduler:
         shrink floor, or a full queue (:class:`ReplicaBusyError`).
         """
         self._check_room()  # before the processor runs: a full queue refuses at once
-        check_options(request, self._engine.vocab_size)
+        check_options(request, self._steps.vocab_size)
         response_format = request.options.response_format
         grammar = self._grammars.compile(response_format) if response_format is not None else None
-        prepared, cost, retries = self._fitting(self._engine.prepare(request))
+        prepared, cost, retries = self._fitting(self._steps.prepare(request))
         ticket = _Ticket(prepared=prepared, cost=cost, sink=sink, stop=stop, retries=retries, grammar=grammar)
         with self._wake:
             self._check_room()  # again under the lock: others may have queued meanwhile
@@ -203,7 +171,7 @@ class BatchScheduler:
             )
             self.stats.shrunk_up_front += 1
             retries.append(OomRetry(before=before, after=request_size(smaller), freed_bytes=0))
-            prepared = self._engine.prepare(smaller)
+            prepared = self._steps.prepare(smaller)
 
     def _predict(self, prepared: PreparedPrompt) -> RequestCost:
         return self._costs.predict(
@@ -213,6 +181,9 @@ class BatchScheduler:
             input_bytes=prepared.input_bytes,
             media_bytes=prepared.media_bytes,
         )
+
+    def describe(self) -> dict[str, Any]:
+        return describe_engine(self.capabilities, self.stats)
 
     def close(self, timeout_s: float = 60.0) -> None:
         """Stop taking requests: waiting ones fail with :class:`SchedulerClosedError` (the router sends them
@@ -309,7 +280,7 @@ class BatchScheduler:
         """Prefill one admitted request and join it to the batch; out of memory is handled here."""
         while True:
             try:
-                row, logits = self._engine.prefill(ticket.prepared)
+                row, logits = self._steps.prefill(ticket.prepared)
                 break
             except Exception as error:  # noqa: BLE001 - anything else fails this request only
                 if not is_out_of_memory(error):
@@ -340,7 +311,7 @@ class BatchScheduler:
                 self._start(group[0])
                 continue
             try:
-                rows, logits = self._engine.prefill_many([ticket.prepared for ticket in group])
+                rows, logits = self._steps.prefill_many([ticket.prepared for ticket in group])
             except Exception as error:  # noqa: BLE001 - retried one by one, where each request's own fault shows
                 cause = f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
             else:
@@ -372,21 +343,21 @@ class BatchScheduler:
         return groups
 
     def _groupable(self, ticket: _Ticket) -> bool:
-        return not ticket.alone and self._engine.batchable(ticket.prepared)
+        return not ticket.alone and self._steps.batchable(ticket.prepared)
 
     def _begin(self, tickets: list[_Ticket], rows: KvBatch, logits: torch.Tensor) -> None:
         """Prefilled requests join the running batch: each samples its first token and starts streaming."""
-        end_ids = frozenset(self._engine.eos_ids)
+        end_ids = frozenset(self._steps.eos_ids)
         for ticket in tickets:
             ticket.sampler = TokenSampler(
                 ticket.request,
-                self._engine.device,
+                self._steps.device,
                 prompt_ids=ticket.prepared.inputs["input_ids"] if ticket.request.options.repetition_penalty != 1.0 else None,
                 end_ids=end_ids,
                 grammar=self._grammars.new_state(ticket.grammar) if ticket.grammar is not None else None,
             )
             ticket.answer = AnswerBuilder(
-                self._engine.tokenizer, ticket.request, end_ids=end_ids, prompt_tokens=ticket.prepared.prompt_tokens
+                self._steps.tokenizer, ticket.request, end_ids=end_ids, prompt_tokens=ticket.prepared.prompt_tokens
             )
             ticket.sink.opened(ticket.request, tuple(ticket.retries), ticket.cost, ticket.prepared.prompt_tokens)
         tokens, failures = self._sample(tickets, logits)
@@ -441,7 +412,7 @@ class BatchScheduler:
         ticket.retries.append(OomRetry(before=before, after=after, freed_bytes=freed_bytes))
         self._end(ticket)
         try:
-            ticket.prepared = self._engine.prepare(smaller)
+            ticket.prepared = self._steps.prepare(smaller)
         except Exception as error:  # noqa: BLE001 - the smaller request is refused: this request fails
             ticket.sink.failed(error)
             return False
@@ -475,7 +446,7 @@ class BatchScheduler:
         """Decode ``batch``; on out of memory, split it in halves (recursively) and fail single rows that still do not fit."""
         layers = [(layer.keys, layer.values) for layer in batch.cache.layers]
         try:
-            return batch, tickets, self._engine.decode(batch)
+            return batch, tickets, self._steps.decode(batch)
         except Exception as error:
             if not is_out_of_memory(error):
                 raise

@@ -1,7 +1,8 @@
 """One request at a time, for adapters that run their own generate loop (MiniCPM-V 2.6's ``model.chat``).
 
-The same ``submit(request, sink, stop)`` as :class:`models.scheduler.BatchScheduler`, so the
-replica serves both the same way; requests queue (bounded) and run in arrival order through
+An :class:`~models.engine.Engine` like :class:`models.scheduler.BatchScheduler`, so the replica
+serves both the same way. It declares no decoding option (``capabilities``): a request that sets one
+is refused by name. Requests queue (bounded) and run in arrival order through
 the adapter's ``stream``. An out-of-memory hands the request off (no smaller retry: the
 adapter's own loop gives no place to shrink it between steps).
 """
@@ -10,14 +11,21 @@ import collections
 import dataclasses
 import logging
 import threading
+from typing import Any
 
 from memory.admission import RequestCost
 from memory.cleanup import release_memory
-from memory.loader import is_out_of_memory
-from models.base import CheckpointAdapter, GenerationRequest, GenerationResult, TextDelta
-from models.requests import DecodingOptions
-from models.errors import InvalidParameterError, ReplicaBusyError, RequestOutOfMemoryError, SchedulerClosedError, StreamOutOfMemoryError
-from models.scheduler import RequestSink, SchedulerStats
+from memory.out_of_memory import is_out_of_memory
+from models.base import CheckpointAdapter
+from models.engine import EngineCapabilities, EngineStats, RequestSink, describe_engine, first_unhonoured_option
+from models.errors import (
+    InvalidParameterError,
+    ReplicaBusyError,
+    RequestOutOfMemoryError,
+    SchedulerClosedError,
+    StreamOutOfMemoryError,
+)
+from models.requests import GenerationRequest, GenerationResult, TextDelta
 
 logger = logging.getLogger(__name__)
 
@@ -32,20 +40,23 @@ class _Job:
 
 
 class SerialScheduler:
+    capabilities = EngineCapabilities(mode="serial", max_batch_size=1, decoding_options=frozenset())
+
     def __init__(self, adapter: CheckpointAdapter, *, max_waiting: int) -> None:
         self._adapter = adapter
         self._max_waiting = max_waiting
         self._jobs: collections.deque[_Job] = collections.deque()
         self._wake = threading.Condition()
         self._closing = False
-        self.stats = SchedulerStats()
+        self.stats = EngineStats()
         self._thread = threading.Thread(target=self._run, name="serial-scheduler", daemon=True)
         self._thread.start()
 
     def submit(self, request: GenerationRequest, sink: RequestSink, stop: threading.Event) -> None:
-        if not request.options.is_default:
+        unhonoured = first_unhonoured_option(request, self.capabilities.decoding_options)
+        if unhonoured is not None:
             raise InvalidParameterError(
-                _first_set_option(request),
+                unhonoured,
                 "This model's adapter runs its own generate loop, which takes only max_tokens, temperature and seed; "
                 "stop, logprobs, response_format, top_p, top_k, min_p, penalties, logit_bias, min_tokens and "
                 "ignore_eos need a model served with continuous batching",
@@ -58,6 +69,9 @@ class SerialScheduler:
             self._jobs.append(_Job(request, sink, stop))
             self.stats.waiting = len(self._jobs)
             self._wake.notify()
+
+    def describe(self) -> dict[str, Any]:
+        return describe_engine(self.capabilities, self.stats)
 
     def close(self, timeout_s: float = 60.0) -> None:
         """Stop taking requests: queued ones fail with :class:`SchedulerClosedError`; the running one finishes."""
@@ -108,10 +122,3 @@ class SerialScheduler:
         error_type = StreamOutOfMemoryError if sent else RequestOutOfMemoryError
         job.sink.failed(error_type(f"ran out of memory: {cause}"))
 
-
-def _first_set_option(request: GenerationRequest) -> str:
-    defaults = DecodingOptions()
-    for field in dataclasses.fields(DecodingOptions):
-        if getattr(request.options, field.name) != getattr(defaults, field.name):
-            return field.name
-    return "options"

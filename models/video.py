@@ -40,8 +40,8 @@ from models.media import (
     AudioOnlyError,
     CorruptVideoError,
     MediaTooLargeError,
-    NoVideoFramesError,
     NotAVideoError,
+    NoVideoFramesError,
     TruncatedVideoError,
     scaled_size,
 )

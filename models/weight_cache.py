@@ -35,7 +35,7 @@ import bitsandbytes
 import torch
 import transformers
 
-from memory.loader import is_out_of_memory
+from memory.out_of_memory import is_out_of_memory
 from memory.strategy import LoadStrategy
 
 logger = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from models.base import ChatMessage, GenerationRequest, ImagePart, TextPart, VideoPart
+from models.requests import ChatMessage, GenerationRequest, ImagePart, TextPart, VideoPart
 
 
 def mixed_requests(*, new_tokens: int, scale: int = 1) -> list[GenerationRequest]:

@@ -13,10 +13,9 @@ from typing import Iterator
 
 import httpx
 import pytest
-
 from net import free_port
-from processes import stop_process
 from polling import wait_for_condition
+from processes import stop_process
 
 SCRAPE_INTERVAL_S = 1
 

@@ -10,7 +10,6 @@ import sys
 from typing import Iterator
 
 import httpx
-
 from net import free_port
 from polling import wait_for_condition
 from processes import stop_process

@@ -3,11 +3,11 @@
 import pytest
 import torch
 import transformers
+from mixed_requests import mixed_requests
 
 from memory.admission import RequestCostModel, admission_decision, batch_bytes
 from memory.gpu import allocator_fraction
-from models.base import ChatMessage, GenerationRequest, TextPart
-from mixed_requests import mixed_requests
+from models.requests import ChatMessage, GenerationRequest, TextPart
 
 GIB = 1024**3
 

@@ -1,7 +1,7 @@
 import pytest
 
-from deployments.auth import check_bearer, load_api_keys
 from deployments.config import AuthSettings, ConfigError, load_app_config
+from deployments.edge.auth import check_bearer, load_api_keys
 from deployments.errors import ApiError
 
 

@@ -2,7 +2,7 @@ import types
 
 import pytest
 
-from deployments.autoscaling import ReplicaReport, desired_replicas
+from deployments.routing.autoscaling import ReplicaReport, desired_replicas
 
 GIB = 1024**3
 READY_WITH_ROOM = ReplicaReport(ready=True, free_bytes=30 * GIB, need_bytes=16 * GIB)
@@ -73,7 +73,7 @@ def _context(*, running: list[str], ready: dict[str, float | list[float]], reque
 
 
 def test_a_replica_that_has_not_reported_yet_counts_as_loading():
-    from deployments.autoscaling import memory_aware_policy
+    from deployments.routing.autoscaling import memory_aware_policy
 
     just_started, _ = memory_aware_policy(_context(running=["a"], ready={}, requests=3))
     one_loaded_one_new, reason = memory_aware_policy(_context(running=["a", "b"], ready={"a": 1.0}, requests=3))
@@ -84,7 +84,7 @@ def test_a_replica_that_has_not_reported_yet_counts_as_loading():
 
 
 def test_a_replica_that_has_just_loaded_counts_as_ready_at_once_not_after_half_a_window():
-    from deployments.autoscaling import memory_aware_policy
+    from deployments.routing.autoscaling import memory_aware_policy
 
     # Loading for four reports, ready in the last one: the window's average is 0.2, the replica is ready.
     desired, reason = memory_aware_policy(_context(running=["a"], ready={"a": [0, 0, 0, 0, 1]}, requests=3))

@@ -3,11 +3,11 @@ leaving when they end, give each request exactly the tokens ``generate`` gives i
 
 import pytest
 import torch
-
 from mixed_requests import mixed_requests
-from models.base import GenerationRequest
+
 from models.detokenizer import IncrementalDetokenizer
 from models.kv_batch import KvBatch
+from models.requests import GenerationRequest
 
 NEW_TOKENS = 12
 

@@ -1,4 +1,4 @@
-from deployments.router import CircuitBreaker
+from deployments.routing.router import CircuitBreaker
 
 
 class Clock:

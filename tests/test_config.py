@@ -5,6 +5,7 @@ import pytest
 import yaml
 
 from deployments.config import AppConfig, ConfigError, load_app_config
+from deployments.plan import resolve_app
 from models.adapters import choose_adapter
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -114,7 +115,7 @@ def test_minicpm_v_2_6_needs_trust_remote_code_and_says_so(tmp_path):
     folder = _checkpoint(tmp_path, "MiniCPM-V-2_6", {"model_type": "minicpmv", "auto_map": {"AutoModel": "modeling_minicpmv.MiniCPMV"}})
 
     with pytest.raises(ConfigError, match="set model.trust_remote_code: true"):
-        load_app_config({"model": {"source": str(folder)}})
+        resolve_app(load_app_config({"model": {"source": str(folder)}}))
     config = load_app_config({"model": {"source": str(folder), "trust_remote_code": True}})
     assert choose_adapter(folder, config.model.adapter, trust_remote_code=True) == "minicpm-v-2.6"
 
@@ -123,7 +124,7 @@ def test_an_unknown_model_type_lists_what_is_served(tmp_path):
     folder = _checkpoint(tmp_path, "whisper", {"model_type": "whisper"})
 
     with pytest.raises(ConfigError, match="model_type 'whisper' .* has no adapter here: transformers serves"):
-        load_app_config({"model": {"source": str(folder)}})
+        resolve_app(load_app_config({"model": {"source": str(folder)}}))
 
 
 def test_the_minicpm_adapter_cannot_serve_the_tiny_model():
@@ -142,3 +143,24 @@ def test_remote_urls_stay_off_unless_a_prefix_is_allowed():
 def test_default_frames_above_the_frame_limit_is_refused():
     with pytest.raises(ConfigError, match="limits.video_frames \\(40\\) must be less than or equal to limits.max_video_frames \\(32\\)"):
         load_app_config({"limits": {"video_frames": 40}})
+
+
+def test_the_config_as_written_and_its_resolved_plan_are_two_types():
+    config = load_app_config({"gpu_group": {"num_gpus": 0.5, "min_precision": "int8", "floor": {"max_replicas": 3, "num_gpus": 0.2}}})
+
+    plan = resolve_app(config)
+
+    assert config.gpu_group.floor.num_gpus == 0.2 and config.gpu_group.chain == ("bf16", "int8", "nf4")
+    assert sorted(plan.groups) == ["cpu", "gpu", "gpu_floor"]
+    floor = plan.group("gpu_floor")
+    assert (floor.num_gpus, floor.settings.chain, [strategy.name for strategy in floor.strategies]) == (0.2, ("int8",), ["int8"])
+    assert (floor.settings.autoscaling.min_replicas, floor.settings.autoscaling.max_replicas) == (0, 3)
+    assert plan.group("cpu").num_gpus == 0.0 and plan.adapter == "transformers"
+
+
+def test_a_disabled_group_is_not_in_the_plan_and_asking_for_it_says_so():
+    plan = resolve_app(load_app_config({"gpu_group": {"enabled": False}}))
+
+    assert sorted(plan.groups) == ["cpu"]
+    with pytest.raises(ValueError, match=r"Replica group 'gpu' is not in this plan \(enabled: \['cpu'\]\)"):
+        plan.group("gpu")

@@ -8,18 +8,19 @@ import asyncio
 import json
 
 import pytest
+from events_schema import EVENTS_SCHEMA
+from polling import wait_for_condition
 
 from deployments.config import load_app_config
-from deployments.model_replica import ModelReplica
-from events_schema import EVENTS_SCHEMA
+from deployments.plan import resolve_app
+from deployments.replica.model_replica import ModelReplica
 from models.errors import InvalidParameterError
 from models.requests import ChatMessage, DecodingOptions, GenerationRequest, ResponseFormat, TextDelta, TextPart
-from polling import wait_for_condition
 
 
 @pytest.fixture(scope="module")
 def replica():
-    replica = ModelReplica(load_app_config({"limits": {"max_tokens": 512}}), "cpu")
+    replica = ModelReplica(resolve_app(load_app_config({"limits": {"max_tokens": 512}})), "cpu")
     wait_for_condition(lambda: replica.describe()["state"] == "ready", timeout_s=60)
     yield replica
     replica.close()
@@ -89,13 +90,13 @@ def test_streamed_logprobs_cover_every_token_once(replica):
 def test_a_logit_bias_of_100_makes_every_token_that_token(replica):
     token = 42
     result = _answer(replica, max_new_tokens=6, logit_bias=((token, 100.0),), logprobs=True).result
-    named = replica._scheduler._engine.tokenizer.decode([token])
+    named = replica._engine._steps.tokenizer.decode([token])
 
     assert [entry.token for entry in result.logprobs] == [named] * 6
 
 
 def test_ignore_eos_runs_to_max_tokens_and_min_tokens_holds_the_end_back(replica):
-    eos = min(replica._scheduler._engine.eos_ids)
+    eos = min(replica._engine._steps.eos_ids)
     ends_at_once = _answer(replica, logit_bias=((eos, 100.0),)).result
     held = _answer(replica, logit_bias=((eos, 100.0),), min_tokens=5).result
     ignored = _answer(replica, max_new_tokens=9, logit_bias=((eos, 100.0),), ignore_eos=True).result

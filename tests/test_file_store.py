@@ -7,14 +7,14 @@ import time
 import uuid
 
 import fsspec
+import media_factory
 import numpy as np
 import pytest
-
-import media_factory
-from deployments.file_store import FileStore, owner_of
-from deployments.frame_cache import FrameCache, FrameCacheKey
-from models.video import FrameSelection, SampledVideo, VideoLimits, sample_video
 from s3_server import storage_options
+
+from deployments.files.frame_cache import FrameCache, FrameCacheKey
+from deployments.files.store import FileStore, owner_of
+from models.video import FrameSelection, SampledVideo, VideoLimits, sample_video
 
 
 @pytest.fixture(params=["local", "s3"])

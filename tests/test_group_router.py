@@ -9,13 +9,13 @@ import asyncio
 import pytest
 from ray.exceptions import ActorDiedError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from test_circuit_breaker import Clock
 
-from deployments.replica_protocol import Accepted, ReplicaAnswer, ServedBy, StreamOpened
-from deployments.router import CircuitBreaker, GroupRouter, GroupTimeouts, NoGroupAvailableError
+from deployments.replica.protocol import Accepted, ReplicaAnswer, ServedBy, StreamOpened
+from deployments.routing.router import CircuitBreaker, GroupRouter, GroupTimeouts, NoGroupAvailableError
 from models.errors import PromptTooLongError, ReplicaBusyError, RequestOutOfMemoryError, SchedulerClosedError
 from models.request_shrink import RequestSize
 from models.requests import GenerationResult, TextDelta
-from test_circuit_breaker import Clock
 
 SIZE = RequestSize(video_frames=0, images=0, max_pixels_per_frame=0)
 

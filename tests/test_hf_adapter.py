@@ -3,8 +3,8 @@ import pytest
 import transformers
 
 from memory.strategy import parse_strategy
-from models.base import ChatMessage, GenerationRequest, ImagePart, TextPart, VideoPart
 from models.hf_adapter import HuggingFaceVisionLanguageAdapter, InvalidModelInputError, ModelNotLoadedError
+from models.requests import ChatMessage, GenerationRequest, ImagePart, TextPart, VideoPart
 
 QUESTION = "What is happening here?"
 

@@ -1,8 +1,8 @@
 import pydantic
 import pytest
 
+from deployments.edge.openai_schema import ChatCompletionRequest
 from deployments.errors import ApiError, describe_validation_errors
-from deployments.openai_schema import ChatCompletionRequest
 
 
 def _errors(payload) -> list[tuple[str, str]]:

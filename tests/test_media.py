@@ -1,9 +1,9 @@
 import base64
 
+import media_factory
 import numpy as np
 import pytest
 
-import media_factory
 from models import media
 
 LARGE = 10**8

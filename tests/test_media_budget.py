@@ -3,9 +3,9 @@
 import pytest
 
 from deployments.config import LimitsSettings
+from deployments.edge.json_body import MAX_JSON_DEPTH, json_depth
+from deployments.edge.media_budget import PlannedPart, check_media_budget
 from deployments.errors import ApiError
-from deployments.json_body import MAX_JSON_DEPTH, json_depth
-from deployments.media_budget import PlannedPart, check_media_budget
 from models.visual_tokens import VisualTokenGeometry
 
 LIMITS = LimitsSettings(max_media_parts=8, max_request_frames=32, max_request_pixels=10_000_000, max_prompt_tokens=4096)

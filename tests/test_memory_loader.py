@@ -6,18 +6,19 @@ The one test double is at the hardware boundary: a load that raises
 
 import pytest
 import torch
+from weights_only import weights_only_adapter
 
 from memory.budget import BudgetError, MemoryBudget, cpu_budget
 from memory.estimate import load_model_config
-from memory.loader import ModelLoadError, NothingFitsError, is_out_of_memory
+from memory.loader import ModelLoadError, NothingFitsError
+from memory.out_of_memory import is_out_of_memory
 from memory.plan import estimate_chain
 from memory.probe import MemorySnapshot
 from memory.strategy import StrategyError, parse_chain, parse_strategy
-from models.base import ChatMessage, GenerationRequest, TextPart
 from models.hf_adapter import HuggingFaceVisionLanguageAdapter
 from models.loading import load_adapter
 from models.reference_configs import build_random_model
-from weights_only import weights_only_adapter
+from models.requests import ChatMessage, GenerationRequest, TextPart
 
 CPU_CHAIN = parse_chain(["fp32", "bf16", "int8", "nf4"], "cpu")
 

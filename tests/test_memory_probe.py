@@ -3,8 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from memory import MemorySnapshot, format_gib
-from memory.probe import GpuDeviceMemory
+from memory.probe import GpuDeviceMemory, MemorySnapshot, format_gib
 
 
 def test_a_snapshot_measures_this_process_and_the_system():

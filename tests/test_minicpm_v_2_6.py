@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from memory.strategy import parse_strategy
-from models.base import ChatMessage, GenerationRequest, ImagePart, TextPart, VideoPart
 from models.minicpm_v_2_6 import MiniCpmV26Adapter, build_chat_call
+from models.requests import ChatMessage, GenerationRequest, ImagePart, TextPart, VideoPart
 
 
 def _frames(count: int) -> np.ndarray:

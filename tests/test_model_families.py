@@ -7,8 +7,8 @@ import pytest
 from memory.budget import MemoryBudget
 from memory.strategy import parse_chain
 from models.adapters import adapter_factory, choose_adapter
-from models.base import ChatMessage, GenerationRequest, TextPart, VideoPart
 from models.loading import load_adapter
+from models.requests import ChatMessage, GenerationRequest, TextPart, VideoPart
 from models.tiny_families import FAMILIES, build_tiny_family
 
 
@@ -61,7 +61,6 @@ def test_qwen3_vl_prompts_carry_the_sampled_frames_real_times(tmp_path):
 def test_each_family_batches_mixed_media_as_if_each_request_ran_alone(family_model):
     """The batch engine's positions (interleaved M-RoPE, DeepStack features) match plain ``generate``."""
     from mixed_requests import mixed_requests
-
     from test_batch_engine import decode_in_batch
 
     _, path = family_model

@@ -5,25 +5,25 @@ out-of-memory error, which a CPU cannot produce on demand.
 """
 
 import asyncio
+import dataclasses
+import gc
+import sys
 
 import numpy as np
 import pytest
 import torch
+from polling import wait_for_condition
 
 from deployments.config import load_app_config
-from deployments.model_replica import (
-    ModelReplica,
-    ReplicaAnswer,
-    ReplicaUnavailableError,
-    RequestOutOfMemoryError,
-    StreamOpened,
-    StreamOutOfMemoryError,
-)
-from deployments.replica_protocol import Accepted
+from deployments.plan import resolve_app
+from deployments.replica.model_replica import ModelReplica
+from deployments.replica.protocol import Accepted, ReplicaAnswer, ReplicaUnavailableError, StreamOpened
+from deployments.routing.autoscaling import READY_METRIC
+from deployments.routing.ready_replica_router import READY_STAT
+from models.errors import RequestOutOfMemoryError, StreamOutOfMemoryError
 from models.fault_injection import SIMULATE_OOM_ABOVE_PIXELS_ENV
-from models.base import ChatMessage, GenerationRequest, TextDelta, TextPart, VideoPart
+from models.requests import ChatMessage, GenerationRequest, TextDelta, TextPart, VideoPart
 from models.token_sampler import TokenSampler
-from polling import wait_for_condition
 
 REQUEST = GenerationRequest(messages=(ChatMessage("user", (TextPart("hi"),)),), max_new_tokens=2)
 
@@ -44,7 +44,7 @@ def replicas():
 @pytest.fixture
 def ready_cpu_replica(replicas):
     def make(*, request_oom: dict | None = None, **cpu_group) -> ModelReplica:
-        replica = ModelReplica(load_app_config({"cpu_group": cpu_group, "request_oom": request_oom or {}}), "cpu")
+        replica = ModelReplica(resolve_app(load_app_config({"cpu_group": cpu_group, "request_oom": request_oom or {}})), "cpu")
         replicas.append(replica)
         wait_for_condition(lambda: replica.describe()["state"] == "ready", timeout_s=60)
         return replica
@@ -71,7 +71,7 @@ def test_a_cpu_replica_loads_in_the_background_and_answers(ready_cpu_replica):
 
 def test_a_gpu_replica_without_a_gpu_waits_for_memory_instead_of_failing(monkeypatch, replicas):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # what no driver looks like here
-    replica = ModelReplica(load_app_config({"gpu_group": {"load_retry_period_s": 0.2}}), "gpu")
+    replica = ModelReplica(resolve_app(load_app_config({"gpu_group": {"load_retry_period_s": 0.2}})), "gpu")
     replicas.append(replica)
     wait_for_condition(lambda: replica.describe()["load_attempts"] >= 2, timeout_s=60)
 
@@ -87,8 +87,8 @@ def test_a_loader_that_fails_unexpectedly_makes_the_replica_failed_and_health_fa
     def broken_load(*args, **kwargs):
         raise KeyError("a bug in the loading code")
 
-    monkeypatch.setattr("deployments.replica_loader.load_adapter", broken_load)
-    replica = ModelReplica(load_app_config({}), "cpu")
+    monkeypatch.setattr("deployments.replica.loader.load_adapter", broken_load)
+    replica = ModelReplica(resolve_app(load_app_config({})), "cpu")
     replicas.append(replica)
     wait_for_condition(lambda: replica.describe()["state"] == "failed", timeout_s=30)
 
@@ -192,7 +192,7 @@ def test_recurring_out_of_memory_under_the_headroom_floor_fails_health(monkeypat
 
 def test_out_of_memory_in_a_batched_decode_step_splits_the_batch_and_shrinks_no_one(ready_cpu_replica):
     replica = ready_cpu_replica(max_batch_size=4)
-    engine = replica._scheduler._engine
+    engine = replica._engine._steps
     decode = engine.decode
 
     def decode_one_row_at_a_time(batch):
@@ -262,9 +262,9 @@ def test_out_of_memory_at_the_floor_hands_the_request_off_with_the_numbers(monke
 
 def test_a_request_predicted_over_the_headroom_is_shrunk_up_front_never_tried(ready_cpu_replica):
     replica = ready_cpu_replica(request_oom={"min_frames": 2, "min_pixels_per_frame": 1000})
-    scheduler = replica._scheduler
+    scheduler = replica._engine
     big, small = _video_request(8, 96, 128), _video_request(2, 48, 64)
-    cost_of = lambda request: scheduler._predict(scheduler._engine.prepare(request)).total_bytes  # noqa: E731
+    cost_of = lambda request: scheduler._predict(scheduler._steps.prepare(request)).total_bytes  # noqa: E731
     scheduler._limits = type(scheduler._limits)(
         max_batch_size=4, max_waiting=16, headroom_bytes=(cost_of(big) + cost_of(small)) // 2
     )
@@ -312,7 +312,7 @@ def test_a_stream_that_runs_out_of_memory_before_its_first_token_is_retried_smal
 
 def test_a_stream_that_runs_out_of_memory_mid_answer_ends_with_an_error_and_is_not_restarted(ready_cpu_replica):
     replica = ready_cpu_replica()
-    engine = replica._scheduler._engine
+    engine = replica._engine._steps
     decode, steps = engine.decode, []
 
     def out_of_memory_on_the_third_step(batch):
@@ -329,3 +329,38 @@ def test_a_stream_that_runs_out_of_memory_mid_answer_ends_with_an_error_and_is_n
     assert len(steps) == 3  # the answer was not started again
     engine.decode = decode
     assert generate(replica, REQUEST).result.completion_tokens >= 1
+
+
+def test_an_unloaded_replica_says_so_to_every_reader_at_once(ready_cpu_replica):
+    replica = ready_cpu_replica()
+    assert replica.record_routing_stats() == {READY_STAT: True}
+    assert replica.record_autoscaling_stats()[READY_METRIC] == 1.0
+
+    replica.unload()
+
+    description = replica.describe()
+    assert (description["state"], description["serving"], description["batching"]) == ("unloaded", False, None)
+    assert replica.record_routing_stats() == {READY_STAT: False}
+    assert replica.record_autoscaling_stats()[READY_METRIC] == 0.0
+    with pytest.raises(ReplicaUnavailableError, match="is unloaded"):
+        asyncio.run(replica.ping())
+    with pytest.raises(RuntimeError, match="is unloaded"):
+        replica.check_health()
+
+
+def test_a_replica_whose_constructor_fails_half_way_cleans_up_without_a_second_error(tmp_path):
+    unraisable = []
+    previous_hook, sys.unraisablehook = sys.unraisablehook, unraisable.append
+    try:
+        (tmp_path / "config.json").write_text("{not json")
+        plan = dataclasses.replace(resolve_app(load_app_config({})), model_path=str(tmp_path))
+        replica = ModelReplica.__new__(ModelReplica)
+        with pytest.raises(Exception, match="config.json|Expecting|JSON|json"):
+            replica.__init__(plan, "cpu")
+        replica.close()
+        del replica
+        gc.collect()
+    finally:
+        sys.unraisablehook = previous_hook
+
+    assert unraisable == []

@@ -3,7 +3,7 @@
 import pytest
 
 from deployments.config import ConfigError, load_app_config
-from deployments.gpu_packing import resolve_gpu_share
+from deployments.plan import resolve_app
 from memory.packing import PackingError, at_or_above, plan_share, smallest_share
 
 GIB = 1024**3
@@ -53,23 +53,24 @@ def test_the_config_takes_auto_and_a_floor_and_names_what_is_wrong():
 
 def test_auto_plans_a_real_models_share_and_replicas_get_a_number(tiny_model_path):
     args = {"gpu_group": {"num_gpus": "auto", "gpu_total_bytes": GIB << 10, "chain": ["int8", "nf4"]}}
-    _, roomy = resolve_gpu_share(load_app_config(args))
+    roomy = resolve_app(load_app_config(args)).share_plan
     need = roomy.chosen.need_bytes  # the tiny model's int8 weights, its activation reserve and the CUDA context
     assert roomy.chosen.precision == "int8" and need > roomy.options[1].need_bytes
 
     # A card on which the int8 replica needs 23%: a quarter of it, 4 replicas a card.
     args["gpu_group"]["gpu_total_bytes"] = int(need / 0.23)
-    config, plan = resolve_gpu_share(load_app_config(args))
+    app = resolve_app(load_app_config(args))
+    plan = app.share_plan
 
-    assert config.gpu_group.num_gpus == 0.25
+    assert app.group("gpu").num_gpus == 0.25 and app.config.gpu_group.num_gpus == "auto"  # the config stays as written
     assert plan.chosen.precision == "int8" and plan.chosen.replicas_per_gpu == 4
-    unchanged, none = resolve_gpu_share(load_app_config({"gpu_group": {"num_gpus": 0.5}}))
-    assert unchanged.gpu_group.num_gpus == 0.5 and none is None
+    unchanged = resolve_app(load_app_config({"gpu_group": {"num_gpus": 0.5}}))
+    assert unchanged.group("gpu").num_gpus == 0.5 and unchanged.share_plan is None
 
 
 def test_auto_without_a_gpu_or_its_size_says_what_to_set(tiny_model_path):
     with pytest.raises(ConfigError, match="set gpu_group.gpu_total_bytes"):
-        resolve_gpu_share(load_app_config({"gpu_group": {"num_gpus": "auto"}}))
+        resolve_app(load_app_config({"gpu_group": {"num_gpus": "auto"}}))
 
 
 def test_the_floor_replicas_need_a_precision_in_the_chain_and_say_so():
@@ -94,25 +95,25 @@ def test_the_floor_replicas_run_the_floor_alone_on_their_own_share_from_zero(tin
             "floor": {"max_replicas": 5},
         }
     }
-    _, roomy = resolve_gpu_share(load_app_config({**args, "gpu_group": {**args["gpu_group"], "gpu_total_bytes": GIB << 10}}))
+    roomy = resolve_app(load_app_config({**args, "gpu_group": {**args["gpu_group"], "gpu_total_bytes": GIB << 10}})).share_plan
     bf16_need, int8_need = (option.need_bytes for option in roomy.options)
     # A card on which a bf16 replica needs just under a quarter: the GPU group gets 0.25, the floor its own share.
     total = int(bf16_need / 0.24)
-    config, plan = resolve_gpu_share(load_app_config({**args, "gpu_group": {**args["gpu_group"], "gpu_total_bytes": total}}))
+    app = resolve_app(load_app_config({**args, "gpu_group": {**args["gpu_group"], "gpu_total_bytes": total}}))
+    plan, floor = app.share_plan, app.group("gpu_floor").settings
 
-    floor = config.group_settings("gpu_floor")
-    assert plan.chosen.precision == "bf16" and config.gpu_group.num_gpus == 0.25
+    assert plan.chosen.precision == "bf16" and app.group("gpu").num_gpus == 0.25
     assert floor.num_gpus == smallest_share(int8_need, total, 0.05) < 0.25
-    assert [strategy.name for strategy in floor.strategies()] == ["int8"]
+    assert [strategy.name for strategy in app.group("gpu_floor").strategies] == ["int8"]
     assert (floor.autoscaling.min_replicas, floor.autoscaling.max_replicas, floor.autoscaling.target_ongoing_requests) == (0, 5, 3)
-    assert config.group_settings("gpu") is config.gpu_group and config.floor_enabled
+    assert app.group("gpu").settings.chain == app.config.gpu_group.chain and app.config.floor_enabled
 
 
 def test_a_fixed_floor_share_is_kept_and_needs_no_gpu_size(tiny_model_path):
     args = {"gpu_group": {"num_gpus": 0.5, "min_precision": "int8", "floor": {"max_replicas": 2, "num_gpus": 0.2}}}
 
-    config, plan = resolve_gpu_share(load_app_config(args))
+    app = resolve_app(load_app_config(args))
 
-    assert plan is None and config.group_settings("gpu_floor").num_gpus == 0.2
+    assert app.share_plan is None and app.group("gpu_floor").num_gpus == 0.2
     with pytest.raises(ConfigError, match=r"gpu_group.num_gpus \(or gpu_group.floor.num_gpus\) is 'auto'"):
-        resolve_gpu_share(load_app_config({"gpu_group": {**args["gpu_group"], "floor": {"max_replicas": 2}}}))
+        resolve_app(load_app_config({"gpu_group": {**args["gpu_group"], "floor": {"max_replicas": 2}}}))

@@ -3,7 +3,7 @@
 import asyncio
 import dataclasses
 
-from deployments.ready_replica_router import ReadyReplicaRouter, ready_first
+from deployments.routing.ready_replica_router import ReadyReplicaRouter, ready_first
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

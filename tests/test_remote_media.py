@@ -3,9 +3,9 @@
 import http.server
 import threading
 
+import media_factory
 import pytest
 
-import media_factory
 from models import media
 from models.remote_media import RemoteUrlRefusedError, fetch_media, is_allowed
 

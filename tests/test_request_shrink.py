@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from models.base import ChatMessage, GenerationRequest, ImagePart, TextPart, VideoPart
 from models.request_shrink import ShrinkFloor, request_size, shrink_request
+from models.requests import ChatMessage, GenerationRequest, ImagePart, TextPart, VideoPart
 
 
 def _video_request(frames: int, height: int, width: int, images: int = 0) -> GenerationRequest:

@@ -16,7 +16,7 @@ def test_the_ingress_module_imports_without_torch_or_transformers():
                     raise ImportError(f"the ingress imported {name}")
 
         sys.meta_path.insert(0, Refuse())
-        import deployments.ingress
+        import deployments.edge.ingress
         from deployments.config import load_app_config
         load_app_config({})  # the default config validates without torch too
         print("ok")

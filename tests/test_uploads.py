@@ -3,7 +3,7 @@
 import os
 import time
 
-from deployments.uploads import remove_stale_uploads
+from deployments.files.uploads import remove_stale_uploads
 
 
 def test_only_old_upload_files_are_removed(tmp_path):

@@ -3,10 +3,10 @@
 import subprocess
 import sys
 
+import media_factory
 import numpy as np
 import pytest
 
-import media_factory
 from models import media
 from models.video import FrameSelection, VideoLimits, sample_video
 

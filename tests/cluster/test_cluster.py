@@ -11,10 +11,10 @@ import time
 
 import httpx
 import pytest
+from polling import wait_for_condition
 
 from bench.local_cluster import LocalCluster, SteadyTraffic, cluster_serve_config, namespaces_unavailable, write_config
 from memory.probe import FileGpu
-from polling import wait_for_condition
 
 GIB = 1024**3
 APP = "video-detective"

@@ -9,9 +9,9 @@ CPU group answers either way.
 import httpx
 import pytest
 import yaml
+from polling import wait_for_condition
 
 from bench.local_cluster import REPO, LocalCluster, namespaces_unavailable, write_config
-from polling import wait_for_condition
 
 APP = "video-detective"
 

@@ -10,12 +10,12 @@ for: four are placed on the one GPU, the fifth cannot be.
 import httpx
 import pytest
 import yaml
+from polling import wait_for_condition
 
 from bench.local_cluster import GPU_PROBE_FILE_ENV, REPO, LocalCluster, namespaces_unavailable, write_config
 from deployments.config import load_app_config
-from deployments.gpu_packing import resolve_gpu_share
+from deployments.plan import resolve_app
 from memory.probe import FileGpu
-from polling import wait_for_condition
 
 APP = "video-detective"
 
@@ -32,7 +32,7 @@ def test_int8_replicas_at_a_quarter_share_four_to_a_gpu(test_root, tiny_model_pa
     gpu["autoscaling"] = {"min_replicas": 5, "max_replicas": 5, "target_ongoing_requests": 8}
     # Size the card from the plan's own need at int8: 23% of it, so a quarter share holds one replica.
     gpu["gpu_total_bytes"] = 1 << 40
-    _, roomy = resolve_gpu_share(load_app_config(args))
+    roomy = resolve_app(load_app_config(args)).share_plan
     total = int(roomy.chosen.need_bytes / 0.23)
     gpu["gpu_total_bytes"] = total
     probe = test_root / "packing-probe.json"

@@ -9,13 +9,13 @@ together and decoded to its ``max_tokens``; the peak above the weights
 
 import pytest
 import torch
+from mixed_requests import mixed_requests
 
 from bench.mid_model import ensure_mid_model
 from memory.admission import RequestCostModel, batch_bytes
 from memory.strategy import parse_strategy
-from mixed_requests import mixed_requests
-from models.base import GenerationRequest
 from models.hf_adapter import HuggingFaceVisionLanguageAdapter
+from models.requests import GenerationRequest
 
 pytestmark = pytest.mark.gpu
 NEW_TOKENS = 64

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+from weights_only import weights_only_adapter
 
 from memory.cleanup import release_memory
 from memory.estimate import load_model_config
@@ -19,7 +20,6 @@ from memory.probe import MemorySnapshot
 from memory.strategy import parse_chain
 from models.loading import load_adapter
 from models.reference_configs import build_random_model
-from weights_only import weights_only_adapter
 
 pytestmark = pytest.mark.gpu
 

@@ -10,11 +10,13 @@ import asyncio
 import numpy as np
 import pytest
 import torch
+from polling import wait_for_condition
 
 from deployments.config import load_app_config
-from deployments.model_replica import ModelReplica, RequestOutOfMemoryError
-from models.base import ChatMessage, GenerationRequest, TextPart, VideoPart
-from polling import wait_for_condition
+from deployments.plan import resolve_app
+from deployments.replica.model_replica import ModelReplica
+from models.errors import RequestOutOfMemoryError
+from models.requests import ChatMessage, GenerationRequest, TextPart, VideoPart
 
 pytestmark = pytest.mark.gpu
 
@@ -33,7 +35,7 @@ def test_a_real_out_of_memory_is_retried_smaller_and_the_replica_serves_on():
             "gpu_group": {"num_gpus": 1.0, "chain": ["bf16"]},
         }
     )
-    replica = ModelReplica(config, "gpu")
+    replica = ModelReplica(resolve_app(config), "gpu")
     try:
         wait_for_condition(lambda: replica.describe()["state"] == "ready", timeout_s=120)
         # Leave about 1 GiB above what the model holds: 64 frames of 1024x1024 need far more.

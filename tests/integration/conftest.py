@@ -8,11 +8,10 @@ dir lives inside the test-owned folder.
 import httpx
 import pytest
 import ray
-from ray import serve
-
 from conftest import TEST_ROOT
 from net import free_port
 from polling import wait_for_condition
+from ray import serve
 
 APP_NAME = "video-detective"
 

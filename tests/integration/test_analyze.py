@@ -5,12 +5,12 @@ import json
 import uuid
 
 import httpx
+import media_factory
 import numpy as np
 import pytest
-
-import media_factory
-from integration.conftest import UPLOAD_DIR, serve_log_lines
 from polling import wait_for_condition
+
+from integration.conftest import UPLOAD_DIR, serve_log_lines
 
 FOUR_SECONDS = media_factory.video_bytes("mp4", num_frames=48, fps=12)
 

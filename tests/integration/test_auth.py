@@ -1,11 +1,11 @@
 """API keys on a real deployment: 401 without a valid key on every route but /healthz."""
 
 import httpx
+import media_factory
 import openai
 import pytest
 from ray import serve
 
-import media_factory
 from integration.conftest import deploy
 
 KEY = "vd-test-key-0123456789"

@@ -15,7 +15,6 @@ import httpx
 import psutil
 import pytest
 import yaml
-
 from net import free_port
 from polling import wait_for_condition
 

@@ -7,13 +7,13 @@ import base64
 import io
 
 import httpx
+import media_factory
 import openai
 import pytest
 from ray import serve
-
-import media_factory
-from integration.conftest import TEST_APP_ARGS, deploy
 from s3_server import storage_options
+
+from integration.conftest import TEST_APP_ARGS, deploy
 
 KEYS = ("vd-files-key-alice-0001", "vd-files-key-bob-0002", "vd-files-key-carol-0003")
 MODEL_ID = "tiny-qwen2-vl"

@@ -8,15 +8,14 @@ concurrent clients make it busy.
 
 import concurrent.futures
 import threading
-import time
 
 import httpx
 import pytest
+from polling import wait_for_condition
 from ray import serve
 
 from integration.conftest import deploy
 from memory.probe import FileGpu
-from polling import wait_for_condition
 
 GIB = 1024**3
 APP = "floor"

@@ -12,15 +12,15 @@ import json
 import pathlib
 
 import httpx
+import media_factory
 import pytest
 import ray
-from ray import serve
-
-import media_factory
-from integration.conftest import deploy, oom_drill_args
-from memory.probe import FileGpu
 from polling import wait_for_condition
 from prometheus_server import prometheus_server, query
+from ray import serve
+
+from integration.conftest import deploy, oom_drill_args
+from memory.probe import FileGpu
 
 DASHBOARD = pathlib.Path(__file__).parents[2] / "deploy" / "grafana" / "video-detective.json"
 GIB = 1024**3

@@ -5,10 +5,9 @@ import concurrent.futures
 import json
 
 import httpx
+import media_factory
 import openai
 import pytest
-
-import media_factory
 
 MODEL_ID = "tiny-qwen2-vl"
 

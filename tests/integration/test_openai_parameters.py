@@ -10,8 +10,8 @@ import httpx
 import openai
 import pytest
 import transformers
-
 from events_schema import EVENTS_SCHEMA
+
 from integration.conftest import serve_log_lines
 
 MODEL_ID = "tiny-qwen2-vl"

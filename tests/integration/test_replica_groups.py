@@ -13,11 +13,11 @@ import httpx
 import openai
 import pytest
 import ray
+from polling import wait_for_condition
 from ray import serve
 
 from integration.conftest import deploy
 from memory.probe import FileGpu
-from polling import wait_for_condition
 
 GIB = 1024**3
 REQUEST = {"model": "tiny-qwen2-vl", "messages": [{"role": "user", "content": "Who answers?"}], "max_tokens": 2}

@@ -9,14 +9,14 @@ out-of-memory error above a media size, at the generate boundary, as a full GPU 
 import base64
 
 import httpx
+import media_factory
 import pytest
 import ray
+from polling import wait_for_condition
 from ray import serve
 
-import media_factory
 from integration.conftest import deploy, oom_drill_args, serve_log_lines
 from memory.probe import FileGpu
-from polling import wait_for_condition
 
 GIB = 1024**3
 

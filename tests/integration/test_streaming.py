@@ -4,13 +4,13 @@ client that disconnects stops the generation on the replica."""
 import base64
 
 import httpx
+import media_factory
 import openai
 import pytest
+from polling import wait_for_condition
 from ray import serve
 
-import media_factory
 from integration.conftest import APP_NAME
-from polling import wait_for_condition
 
 MODEL_ID = "tiny-qwen2-vl"
 VIDEO_URL = "data:video/webm;base64," + base64.b64encode(media_factory.video_bytes("webm", num_frames=24, fps=12)).decode()

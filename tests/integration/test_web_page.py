@@ -10,12 +10,12 @@ import os
 import pathlib
 
 import httpx
+import media_factory
 import pytest
+from browser import launch_chromium
 from playwright.sync_api import expect, sync_playwright
 from ray import serve
 
-import media_factory
-from browser import launch_chromium
 from integration.conftest import deploy
 from memory.probe import FileGpu
 

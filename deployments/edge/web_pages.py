@@ -1,6 +1,6 @@
 """The static files of the page at ``/`` and the memory view at ``/ui/memory``, with their security headers.
 
-No build step and no external resource: the files in ``deployments/web/`` are served as they are, from a
+No build step and no external resource: the files in ``deployments/edge/web/`` are served as they are, from a
 fixed list (a name not on it is a 404; no path ever reaches the file system). The Content-Security-Policy
 lets the pages run their own scripts and styles only, and talk to this server only; answer text is set with
 ``textContent`` in the scripts, never as HTML.

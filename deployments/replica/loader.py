@@ -1,14 +1,14 @@
-"""The replica's loader: a thread and a state machine, so the constructor never fails for lack of memory.
+"""The replica's loader: a thread that moves the replica's :class:`~deployments.replica.lifecycle.ReplicaLifecycle`,
+so the constructor never fails for lack of memory.
 
-States: ``loading`` -> ``ready`` (a strategy of the chain fitted and loaded), or
-``waiting_for_memory`` (nothing fits now, or no GPU is visible: measure again every
-``load_retry_period_s`` and load as soon as the memory is there), or ``failed`` (a
-non-memory error, which a retry cannot fix: bad weights, bad config, a bug). An
-unexpected exception also ends in ``failed``, logged with its traceback, so the replica
-never stays ``loading`` forever and health fails with the cause.
+From ``loading``: to ``waiting_for_memory`` (nothing fits now, or no GPU is visible: measure again
+every ``load_retry_period_s`` and load as soon as the memory is there), to ``failed`` (a non-memory
+error, which a retry cannot fix: bad weights, bad config, a bug), or, once a strategy loaded, to
+``ready`` through ``on_loaded`` (the replica starts its engine there). An unexpected exception also
+ends in ``failed``, logged with its traceback, so the replica never stays ``loading`` forever and
+health fails with the cause.
 """
 
-import enum
 import logging
 import threading
 from typing import Callable
@@ -16,13 +16,14 @@ from typing import Callable
 import torch
 
 from deployments.config import CpuGroupSettings, GpuGroupSettings
-from deployments.metrics import ReplicaMetrics
-from deployments.replica_protocol import GPU_GROUPS
-from memory import MemorySnapshot
+from deployments.observability.metrics import ReplicaMetrics
+from deployments.replica.lifecycle import ReplicaLifecycle, ReplicaState
+from deployments.routing.groups import GPU_GROUPS
 from memory.budget import MemoryBudget, cpu_budget
 from memory.estimate import WeightEstimate
 from memory.gpu import NoGpuVisibleError, limit_to_share, measure_gpu_budget
 from memory.loader import LoadReport, ModelLoadError, NothingFitsError
+from memory.probe import MemorySnapshot
 from memory.strategy import LoadStrategy
 from models.base import CheckpointAdapter
 from models.loading import load_adapter
@@ -30,15 +31,8 @@ from models.loading import load_adapter
 logger = logging.getLogger(__name__)
 
 
-class ReplicaState(str, enum.Enum):
-    LOADING = "loading"
-    WAITING_FOR_MEMORY = "waiting_for_memory"
-    READY = "ready"
-    FAILED = "failed"
-
-
 class ReplicaLoader:
-    """Loads through the group's chain in a thread; ``on_ready`` runs in that thread once loaded."""
+    """Loads through the group's chain in a thread; ``on_loaded`` runs in that thread once a strategy loaded."""
 
     def __init__(
         self,
@@ -52,7 +46,8 @@ class ReplicaLoader:
         reserve_bytes: int,
         make_adapter: Callable[[str, LoadStrategy], CheckpointAdapter],
         metrics: ReplicaMetrics,
-        on_ready: Callable[[CheckpointAdapter, LoadStrategy], None],
+        lifecycle: ReplicaLifecycle,
+        on_loaded: Callable[[CheckpointAdapter, LoadStrategy], None],
     ) -> None:
         self._group = group
         self._replica_id = replica_id
@@ -63,17 +58,15 @@ class ReplicaLoader:
         self._reserve_bytes = reserve_bytes
         self._make_adapter = make_adapter
         self._metrics = metrics
-        self._on_ready = on_ready
+        self._on_loaded = on_loaded
+        self.lifecycle = lifecycle
         self.on_cuda = all(strategy.device == "cuda" for strategy in chain)
-        self.state = ReplicaState.LOADING
-        self.reason = "loading"
         self.adapter: CheckpointAdapter | None = None
         self.strategy: LoadStrategy | None = None
         self.load_report: LoadReport | None = None
         self.budget: MemoryBudget | None = None
         self.load_attempts = 0
         self.stopping = threading.Event()
-        self.first_load_settled = threading.Event()  # set once the first load ends, whatever its outcome
         self._thread = threading.Thread(target=self._run, name=f"{group}-loader", daemon=True)
 
     def start(self) -> None:
@@ -97,7 +90,7 @@ class ReplicaLoader:
         except Exception as error:  # noqa: BLE001 - a loader that dies silently leaves the replica 'loading' forever
             logger.error("Replica %s of group %s: the loader failed unexpectedly", self._replica_id, self._group,
                          exc_info=error)
-            self.set_state(ReplicaState.FAILED, f"the loader failed unexpectedly: {type(error).__name__}: {error}")
+            self.lifecycle.try_move(ReplicaState.FAILED, f"the loader failed unexpectedly: {type(error).__name__}: {error}")
 
     def _load_until_ready(self) -> None:
         if self.on_cuda and torch.cuda.is_available():
@@ -119,7 +112,7 @@ class ReplicaLoader:
                 self._wait_for_memory(str(error).splitlines()[0] + " " + error.budget.explain())
             except ModelLoadError as error:
                 self.load_report = error.report
-                self.set_state(ReplicaState.FAILED, str(error))
+                self.lifecycle.try_move(ReplicaState.FAILED, str(error))
                 return
             except NoGpuVisibleError as error:
                 self._wait_for_memory(str(error))
@@ -127,8 +120,7 @@ class ReplicaLoader:
                 self.adapter, self.strategy, self.load_report = loaded.model, loaded.strategy, loaded.report
                 self._metrics.set_precision(loaded.strategy.name)
                 self._record_attempts(loaded.report)
-                self._on_ready(loaded.model, loaded.strategy)
-                self.set_state(ReplicaState.READY, f"loaded as {loaded.strategy.name} on {loaded.strategy.device}")
+                self._on_loaded(loaded.model, loaded.strategy)
                 return
             self._record_attempts(self.load_report)
             self.stopping.wait(self._settings.load_retry_period_s)
@@ -138,17 +130,9 @@ class ReplicaLoader:
             self._metrics.record_load_attempt(attempt.strategy, attempt.outcome)
 
     def _wait_for_memory(self, reason: str) -> None:
-        self.set_state(
+        self.lifecycle.try_move(
             ReplicaState.WAITING_FOR_MEMORY, f"{reason}; measuring again every {self._settings.load_retry_period_s:g} s"
         )
-
-    def set_state(self, state: ReplicaState, reason: str) -> None:
-        if (state, reason) != (self.state, self.reason):
-            log = logger.warning if state in (ReplicaState.WAITING_FOR_MEMORY, ReplicaState.FAILED) else logger.info
-            log("Replica %s of group %s: %s (%s)", self._replica_id, self._group, state.value, reason)
-        self.state, self.reason = state, reason
-        if state is not ReplicaState.LOADING:
-            self.first_load_settled.set()
 
     def weights_bytes(self) -> int:
         """Measured bytes of the loaded weights; before a load, the smallest estimate tried."""

@@ -19,7 +19,7 @@ from ray.serve.request_router import FIFOMixin, PendingRequest, RequestRouter, R
 
 READY_STAT = "ready"
 ROUTING_STATS_PERIOD_S = 1.0
-ROUTER_CLASS_PATH = "deployments.ready_replica_router:ReadyReplicaRouter"
+ROUTER_CLASS_PATH = "deployments.routing.ready_replica_router:ReadyReplicaRouter"
 
 
 def ready_first(candidates: List[RunningReplica]) -> List[RunningReplica]:

@@ -3,10 +3,10 @@
 ``POST /v1/files`` streams a multipart upload to a temporary file under the same counting limits as
 ``/v1/analyze`` (``limits.max_upload_bytes``), checks the caller's quotas, sniffs what it is (a video
 container served here, a PNG/JPEG/WebP image, or other), hashes it and copies it to the store
-(:mod:`deployments.file_store`). A chat part ``{"type": "file", "file": {"file_id": ...}}``, a
+(:mod:`deployments.files.store`). A chat part ``{"type": "file", "file": {"file_id": ...}}``, a
 ``video_url`` or ``image_url`` whose url is a file id, and ``/v1/analyze``'s ``file_id`` field all
 resolve through :class:`FilesService`, which answers a video's frames from the decoded-frame cache
-(:mod:`deployments.frame_cache`) when it can.
+(:mod:`deployments.files.frame_cache`) when it can.
 """
 
 import asyncio
@@ -20,9 +20,9 @@ from starlette.requests import Request
 
 from deployments.config import AppConfig
 from deployments.errors import ApiError
-from deployments.file_store import FileKind, FileRecord, FileStore
-from deployments.frame_cache import FrameCache, FrameCacheKey
-from deployments.uploads import receive_upload
+from deployments.files.frame_cache import FrameCache, FrameCacheKey
+from deployments.files.store import FileKind, FileRecord, FileStore
+from deployments.files.uploads import receive_upload
 from models import media
 from models.video import FrameSelection, SampledVideo, VideoInfo, VideoLimits, probe_video, sample_video, served_demuxer
 

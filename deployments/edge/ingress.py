@@ -25,23 +25,14 @@ from ray.serve.exceptions import DeploymentUnavailableError, RayServeException
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from deployments.analyze import analyze_body, prepare_analysis
-from deployments.analyze_stream import analysis_events
-from deployments.auth import bearer_key, check_bearer, load_api_keys
-from deployments.chat_parameters import refuse_unsupported
-from deployments.chat_translation import to_generation_request
 from deployments.config import AppConfig
-from deployments.errors import ApiError, describe_validation_errors, error_body
-from deployments.file_store import owner_of
-from deployments.files_api import FilesService
-from deployments.groups import CPU_GROUP, DEPLOYMENT_NAMES, GPU_FLOOR_GROUP, GPU_GROUP, GPU_GROUPS, ROUTING_ORDER
-from deployments.json_body import read_json_body
-from deployments.logs import route_logs_through_serve
-from deployments.metrics import IngressMetrics, fallback_reason_label
-from deployments.sse import chat_completion_events
-from deployments.replica_protocol import ReplicaAnswer, ServedBy
-from deployments.router import CircuitBreaker, GroupRouter, GroupTimeouts, NoGroupAvailableError, remote_cause
-from deployments.openai_schema import (
+from deployments.edge.analyze import analyze_body, prepare_analysis
+from deployments.edge.analyze_stream import analysis_events
+from deployments.edge.auth import bearer_key, check_bearer, load_api_keys
+from deployments.edge.chat_parameters import refuse_unsupported
+from deployments.edge.chat_translation import to_generation_request
+from deployments.edge.json_body import read_json_body
+from deployments.edge.openai_schema import (
     SEED_MAX,
     ChatCompletionRequest,
     StreamOptions,
@@ -50,8 +41,17 @@ from deployments.openai_schema import (
     model_list_body,
     new_completion_id,
 )
-from deployments.uploads import remove_stale_uploads
-from deployments.web_pages import page_response, static_response
+from deployments.edge.sse import chat_completion_events
+from deployments.edge.web_pages import page_response, static_response
+from deployments.errors import ApiError, describe_validation_errors, error_body
+from deployments.files.service import FilesService
+from deployments.files.store import owner_of
+from deployments.files.uploads import remove_stale_uploads
+from deployments.observability.logs import route_logs_through_serve
+from deployments.observability.metrics import IngressMetrics, fallback_reason_label
+from deployments.replica.protocol import ReplicaAnswer, ServedBy
+from deployments.routing.groups import CPU_GROUP, DEPLOYMENT_NAMES, GPU_FLOOR_GROUP, GPU_GROUP, GPU_GROUPS, ROUTING_ORDER
+from deployments.routing.router import CircuitBreaker, GroupRouter, GroupTimeouts, NoGroupAvailableError, remote_cause
 from models.errors import InvalidModelInputError, InvalidParameterError, PromptTooLongError
 from models.requests import GenerationRequest
 from models.visual_tokens import VisualTokenGeometry
@@ -262,7 +262,7 @@ class Ingress:
         groups = await self._describe_groups()
         summary = {}
         for name, replicas in groups.items():
-            ready = sum(1 for replica in replicas if replica.get("state") == "ready")
+            ready = sum(1 for replica in replicas if replica.get("serving"))
             if name == GPU_FLOOR_GROUP and not replicas:
                 status = "idle"  # scaled to zero: it starts when the GPU group is busy
             else:
@@ -271,7 +271,7 @@ class Ingress:
                 "ready_replicas": ready,
                 "replicas": len(replicas),
                 "status": status,
-                "reasons": sorted({replica.get("reason", "") for replica in replicas if replica.get("state") != "ready"}),
+                "reasons": sorted({replica.get("reason", "") for replica in replicas if not replica.get("serving")}),
             }
         any_up = any(group["ready_replicas"] for group in summary.values())
         all_up = all(group["status"] in ("up", "idle") for group in summary.values())
@@ -416,8 +416,8 @@ class Ingress:
 
     @app.post("/v1/analyze")
     async def analyze(self, request: Request) -> Response:
-        """A video file (multipart field ``video``) and a ``question``; see :mod:`deployments.analyze`.
-        With ``stream=true`` the answer comes as server-sent events (:mod:`deployments.analyze_stream`)."""
+        """A video file (multipart field ``video``) and a ``question``; see :mod:`deployments.edge.analyze`.
+        With ``stream=true`` the answer comes as server-sent events (:mod:`deployments.edge.analyze_stream`)."""
         owner = self._authorize(request)
         request_id = _request_id(request)
         prepared = await prepare_analysis(

@@ -16,8 +16,8 @@ import tempfile
 import time
 from typing import AsyncIterator
 
-from python_multipart.multipart import MultipartParser, parse_options_header
 from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from deployments.errors import ApiError

@@ -14,8 +14,8 @@ schema, ``logit_bias`` keys that are token ids.
 import json
 from typing import Any
 
+from deployments.edge.openai_schema import ChatCompletionRequest
 from deployments.errors import ApiError
-from deployments.openai_schema import ChatCompletionRequest
 from models.requests import DecodingOptions, ResponseFormat
 
 MAX_STOP_STRINGS = 4  # OpenAI's limit

@@ -13,10 +13,10 @@ from typing import Any, AsyncIterator
 
 from ray.serve.handle import DeploymentResponseGenerator
 
+from deployments.edge.openai_schema import chat_completion_chunk, server_sent_event, usage_body
 from deployments.errors import error_body
-from deployments.openai_schema import chat_completion_chunk, server_sent_event, usage_body
-from deployments.replica_protocol import ReplicaAnswer
-from deployments.router import remote_cause
+from deployments.replica.protocol import ReplicaAnswer
+from deployments.routing.router import remote_cause
 from models.requests import GenerationResult, TextDelta, TokenLogprob
 
 logger = logging.getLogger(__name__)

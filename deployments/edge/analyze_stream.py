@@ -18,10 +18,10 @@ from typing import Any, AsyncIterator
 
 from ray.serve.handle import DeploymentResponseGenerator
 
-from deployments.analyze import PreparedAnalysis, analyze_body, served_by_body
+from deployments.edge.analyze import PreparedAnalysis, analyze_body, served_by_body
 from deployments.errors import error_body
-from deployments.replica_protocol import ReplicaAnswer, StreamOpened
-from deployments.router import remote_cause
+from deployments.replica.protocol import ReplicaAnswer, StreamOpened
+from deployments.routing.router import remote_cause
 from models.requests import TextDelta
 
 logger = logging.getLogger(__name__)

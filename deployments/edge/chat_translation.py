@@ -7,13 +7,10 @@ and never reaches a model replica.
 import re
 from typing import Callable
 
-from deployments.chat_parameters import decoding_options
 from deployments.config import AppConfig
-from deployments.errors import ApiError
-from deployments.media_budget import PlannedPart, check_media_budget, check_part_count
-from deployments.file_store import ANONYMOUS, FileRecord
-from deployments.files_api import FILE_ID_PREFIX, FilesService
-from deployments.openai_schema import (
+from deployments.edge.chat_parameters import decoding_options
+from deployments.edge.media_budget import PlannedPart, check_media_budget, check_part_count
+from deployments.edge.openai_schema import (
     ChatCompletionRequest,
     ChatMessageIn,
     FileContent,
@@ -21,6 +18,9 @@ from deployments.openai_schema import (
     TextContent,
     VideoUrlContent,
 )
+from deployments.errors import ApiError
+from deployments.files.service import FILE_ID_PREFIX, FilesService
+from deployments.files.store import ANONYMOUS, FileRecord
 from models import media
 from models.remote_media import fetch_media
 from models.requests import ChatMessage, ContentPart, GenerationRequest, ImagePart, TextPart, VideoPart
@@ -55,7 +55,7 @@ def to_generation_request(
     """Check limits, price the media from their headers, decode every image and video, build the model's request.
 
     Blocking (decodes media, reads the file store): call it off the event loop. Nothing is decoded until
-    the whole request's media fit its budget (:mod:`deployments.media_budget`). Uploaded files are
+    the whole request's media fit its budget (:mod:`deployments.edge.media_budget`). Uploaded files are
     ``owner``'s only; a video file's frames come from the frame cache when they are there.
     """
     limits = config.limits

@@ -1,6 +1,6 @@
 """Which replica group answers, telling a busy group from a broken one.
 
-Every call is a stream from the replica (:mod:`deployments.replica_protocol`), timed in two phases,
+Every call is a stream from the replica (:mod:`deployments.replica.protocol`), timed in two phases,
 never on its whole length:
 
 1. **reach**: the replica yields :class:`Accepted` within ``reach_timeout_s``. A group that does not
@@ -36,8 +36,8 @@ from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
-from deployments.groups import CPU_GROUP, GPU_FLOOR_GROUP, GPU_GROUP, ROUTING_ORDER
-from deployments.replica_protocol import Accepted, ReplicaAnswer, ReplicaUnavailableError, StreamOpened
+from deployments.replica.protocol import Accepted, ReplicaAnswer, ReplicaUnavailableError, StreamOpened
+from deployments.routing.groups import CPU_GROUP, GPU_FLOOR_GROUP, GPU_GROUP, ROUTING_ORDER
 from models.errors import ReplicaBusyError, RequestOutOfMemoryError, SchedulerClosedError
 
 logger = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ _LABELS = {GPU_GROUP: "GPU group", GPU_FLOOR_GROUP: "GPU floor replicas", CPU_GR
 
 
 class GroupRouter:
-    """Sends each call to the first group, in :data:`~deployments.groups.ROUTING_ORDER`, that admits it.
+    """Sends each call to the first group, in :data:`~deployments.routing.groups.ROUTING_ORDER`, that admits it.
 
     The GPU group first; when it is busy or broken, the GPU floor replicas (``gpu_floor``: more replicas a
     card at ``min_precision``, started from zero by the first call that would use them); then the CPU group.

@@ -15,11 +15,8 @@ A call to ``generate_stream`` yields, in order:
 
 import dataclasses
 
-from deployments.groups import CPU_GROUP, DEPLOYMENT_NAMES, GPU_FLOOR_GROUP, GPU_GROUP, GPU_GROUPS  # noqa: F401 - re-exported
-
 from models.request_shrink import OomRetry, RequestSize
 from models.requests import GenerationResult
-
 
 
 class ReplicaUnavailableError(RuntimeError):

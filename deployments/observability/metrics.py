@@ -11,7 +11,7 @@ from ray.serve import metrics
 from memory.probe import MemorySnapshot
 
 if TYPE_CHECKING:
-    from models.scheduler import SchedulerStats
+    from models.engine import EngineStats
 
 # Gauges of what a replica holds now carry its group (Serve adds the replica): a precision tag on them would
 # leave a stale series behind at every precision change. Counters of events carry the precision they ran at.
@@ -80,7 +80,7 @@ class ReplicaMetrics:
             self.gpu_reserved_bytes.set(gpu.torch.reserved_bytes, tags=self._tags)
             self.gpu_fragmentation_ratio.set(gpu.torch.fragmentation_ratio, tags=self._tags)
 
-    def record_batch(self, stats: "SchedulerStats") -> None:
+    def record_batch(self, stats: "EngineStats") -> None:
         self.batch_running.set(stats.running, tags=self._tags)
         self.batch_waiting.set(stats.waiting, tags=self._tags)
         self.admitted_bytes.set(stats.admitted_bytes, tags=self._tags)

@@ -1,11 +1,13 @@
 """The model replica: one class, deployed as the GPU group, the GPU floor replicas and the CPU group.
 
-The constructor never fails because memory is short: :class:`~deployments.replica_loader.ReplicaLoader`
+The constructor never fails because memory is short: :class:`~deployments.replica.loader.ReplicaLoader`
 loads in a thread and waits for memory when nothing fits, so Ray Serve never counts constructor
-failures towards ``DEPLOY_FAILED``. Once loaded, a :class:`~models.scheduler.BatchScheduler` owns
-the model: concurrent requests share its decode steps and are admitted by predicted memory.
+failures towards ``DEPLOY_FAILED``. Once loaded, an engine (:mod:`models.engine`, the only thing the
+replica knows of how a model runs) owns the model: with continuous batching, concurrent requests share
+its decode steps and are admitted by predicted memory. The replica's state is a
+:class:`~deployments.replica.lifecycle.ReplicaLifecycle`; every reader asks its ``is_serving``.
 
-``generate_stream`` is the one serving method (see :mod:`deployments.replica_protocol` for what
+``generate_stream`` is the one serving method (see :mod:`deployments.replica.protocol` for what
 it yields); ``generate`` collects it for in-process callers. Until the replica is ready both raise
 :class:`ReplicaUnavailableError` at once, which the router answers from the other group. The
 replica says all of this in ``describe``: state, reason, load report, budget, memory, batch.
@@ -15,6 +17,7 @@ import asyncio
 import collections
 import dataclasses
 import logging
+import threading
 import time
 from typing import Any, AsyncIterator
 
@@ -23,38 +26,29 @@ import torch
 from ray import serve
 from ray.serve.exceptions import RayServeException
 
-from deployments.autoscaling import FREE_BYTES_METRIC, NEED_BYTES_METRIC, READY_METRIC
-from deployments.config import AppConfig, CpuGroupSettings, GpuGroupSettings
-from deployments.replica_inputs import model_path, request_shape, weight_cache
-from deployments.logs import route_logs_through_serve
-from deployments.metrics import ReplicaMetrics
-from deployments.replica_loader import ReplicaLoader, ReplicaState
-from deployments.ready_replica_router import READY_STAT
-from deployments.replica_protocol import (
-    CPU_GROUP,
-    DEPLOYMENT_NAMES,
-    GPU_GROUP,
-    GPU_GROUPS,
-    Accepted,
-    ReplicaAnswer,
-    ReplicaUnavailableError,
-    ServedBy,
-    StreamOpened,
-)
-from deployments.stream_bridge import Opened, StreamBridge
-from memory import MemorySnapshot
-from memory.admission import RequestCostModel
+from deployments.config import CpuGroupSettings, GpuGroupSettings
+from deployments.observability.logs import route_logs_through_serve
+from deployments.observability.metrics import ReplicaMetrics
+from deployments.plan import AppPlan
+from deployments.replica.lifecycle import FINAL_STATES, ReplicaLifecycle, ReplicaState
+from deployments.replica.loader import ReplicaLoader
+from deployments.replica.protocol import Accepted, ReplicaAnswer, ReplicaUnavailableError, ServedBy, StreamOpened
+from deployments.replica.stream_bridge import Opened, StreamBridge
+from deployments.routing.autoscaling import FREE_BYTES_METRIC, NEED_BYTES_METRIC, READY_METRIC
+from deployments.routing.groups import CPU_GROUP, GPU_GROUPS
+from deployments.routing.ready_replica_router import READY_STAT
 from memory.allocator import read_allocator_settings
 from memory.cleanup import release_memory
 from memory.estimate import activation_reserve_bytes, load_model_config
 from memory.plan import estimate_chain
+from memory.probe import MemorySnapshot
 from memory.strategy import LoadStrategy
-from models.adapters import adapter_factory, choose_adapter
-from models.base import CheckpointAdapter, GenerationRequest, GenerationResult, TextDelta, VideoPart
-from models.errors import RequestOutOfMemoryError, StreamOutOfMemoryError
+from models.adapters import adapter_factory
+from models.base import CheckpointAdapter
+from models.engine import Engine
+from models.engines import EngineSettings, start_engine
 from models.request_shrink import ShrinkFloor, request_size
-from models.scheduler import BatchLimits, BatchScheduler
-from models.serial_scheduler import SerialScheduler
+from models.requests import GenerationRequest, GenerationResult, TextDelta, VideoPart
 
 logger = logging.getLogger(__name__)
 
@@ -65,32 +59,26 @@ _CPU_LOAD_WAIT_S = 300.0
 _OOMS_BEFORE_UNHEALTHY = 3
 _OOM_WINDOW_S = 60.0
 
-__all__ = [
-    "CPU_GROUP",
-    "DEPLOYMENT_NAMES",
-    "GPU_GROUP",
-    "ModelReplica",
-    "ReplicaAnswer",
-    "ReplicaUnavailableError",
-    "RequestOutOfMemoryError",
-    "StreamOpened",
-    "StreamOutOfMemoryError",
-]
 
 
 class ModelReplica:
     """Loads the configured model in the background; answers once loaded, many requests at a time."""
 
-    def __init__(self, config: AppConfig, group: str) -> None:
+    def __init__(self, plan: AppPlan, group: str) -> None:
+        self._loader: ReplicaLoader | None = None  # first: close() runs even when this constructor fails half-way
+        self._engine: Engine | None = None
+        self._engine_lock = threading.Lock()  # orders the engine's start (loader thread) against unload()
         if _in_serve_replica():
             route_logs_through_serve()
         self._group = group
-        self._settings: GpuGroupSettings | CpuGroupSettings = config.group_settings(group)
+        group_plan = plan.group(group)
+        config = plan.config
+        self._settings: GpuGroupSettings | CpuGroupSettings = group_plan.settings
         torch.set_num_threads(max(1, int(self._settings.num_cpus)))
         self._replica_id = _replica_id()
-        self._model_path = model_path(config)
+        self._lifecycle = ReplicaLifecycle(f"Replica {self._replica_id} of group {group}")
+        self._model_path = plan.model_path
         trust_remote_code = config.model.trust_remote_code
-        adapter_name = choose_adapter(self._model_path, config.model.adapter, trust_remote_code=trust_remote_code)
         self._shrink_floor = ShrinkFloor(
             min_frames=config.request_oom.min_frames, min_pixels_per_frame=config.request_oom.min_pixels_per_frame
         )
@@ -99,11 +87,10 @@ class ModelReplica:
         self._recent_ooms: collections.deque[float] = collections.deque(maxlen=_OOMS_BEFORE_UNHEALTHY)
         self._allocator = read_allocator_settings()
         self._metrics = ReplicaMetrics(group)
-        self._scheduler: BatchScheduler | SerialScheduler | None = None
         model_config = load_model_config(self._model_path, trust_remote_code=trust_remote_code)
         self._model_config = model_config
-        self._reserve_bytes = activation_reserve_bytes(model_config, request_shape(config))
-        chain = self._settings.strategies()
+        self._reserve_bytes = activation_reserve_bytes(model_config, plan.request_shape)
+        chain = group_plan.strategies
         self._loader = ReplicaLoader(
             group=group,
             replica_id=self._replica_id,
@@ -113,36 +100,38 @@ class ModelReplica:
             estimates=estimate_chain(model_config, chain),
             reserve_bytes=self._reserve_bytes,
             make_adapter=adapter_factory(
-                adapter_name, max_slice_nums=config.model.max_slice_nums, weight_cache=weight_cache(config)
+                plan.adapter, max_slice_nums=config.model.max_slice_nums, weight_cache=plan.weight_cache()
             ),
             metrics=self._metrics,
-            on_ready=self._start_scheduler,
+            lifecycle=self._lifecycle,
+            on_loaded=self._start_engine,
         )
         self._loader.start()
 
-    # -- once loaded: the scheduler ------------------------------------------------------------
+    # -- once loaded: the engine ---------------------------------------------------------------
 
-    def _start_scheduler(self, adapter: CheckpointAdapter, strategy: LoadStrategy) -> None:
-        headroom = self._request_headroom_bytes()
-        if not hasattr(adapter, "batch_engine"):
-            # Adapters with their own generate loop (MiniCPM-V 2.6's model.chat) run one request at a time.
-            self._scheduler = SerialScheduler(adapter, max_waiting=self._settings.max_ongoing_requests)
-            return
-        engine = adapter.batch_engine()
-        costs = RequestCostModel.from_config(self._model_config, dtype_bytes=engine.kv_dtype_bytes, device=strategy.device)
-        limits = BatchLimits(
-            max_batch_size=self._settings.max_batch_size,
-            max_waiting=self._settings.max_ongoing_requests,
-            headroom_bytes=headroom,
-            max_prefill_tokens=self._settings.max_prefill_tokens,
-        )
-        self._scheduler = BatchScheduler(
-            engine, costs, limits, shrink_floor=self._shrink_floor, on_out_of_memory=self._record_request_oom,
-            name=f"{self._group}-scheduler",
-        )
+    def _start_engine(self, adapter: CheckpointAdapter, strategy: LoadStrategy) -> None:
+        """In the loader thread, once a strategy loaded: start the engine and serve, unless unloaded meanwhile."""
+        with self._engine_lock:
+            if self._lifecycle.state in FINAL_STATES:
+                adapter.unload()
+                return
+            settings = EngineSettings(
+                max_batch_size=self._settings.max_batch_size,
+                max_waiting=self._settings.max_ongoing_requests,
+                headroom_bytes=self._request_headroom_bytes(),
+                max_prefill_tokens=self._settings.max_prefill_tokens,
+                shrink_floor=self._shrink_floor,
+                name=f"{self._group}-engine",
+            )
+            self._engine = start_engine(
+                adapter, strategy, self._model_config, settings, on_out_of_memory=self._record_request_oom
+            )
+            self._lifecycle.move(ReplicaState.READY, f"loaded as {strategy.name} on {strategy.device}")
         logger.info(
-            "Replica %s of group %s: batches of up to %d rows, %d bytes of headroom for requests (%s)",
-            self._replica_id, self._group, limits.max_batch_size, headroom, strategy.name,
+            "Replica %s of group %s: %s engine, up to %d requests a step, %d bytes of headroom for requests (%s)",
+            self._replica_id, self._group, self._engine.capabilities.mode, self._engine.capabilities.max_batch_size,
+            settings.headroom_bytes, strategy.name,
         )
 
     def _request_headroom_bytes(self) -> int:
@@ -168,14 +157,14 @@ class ModelReplica:
         client went away, or the router gave up on it).
         """
         yield Accepted(group=self._group, replica=self._replica_id)
-        if self._group == CPU_GROUP and self._loader.state is ReplicaState.LOADING:
-            await asyncio.to_thread(self._loader.first_load_settled.wait, _CPU_LOAD_WAIT_S)
-        scheduler, served_by = self._ready()
+        if self._group == CPU_GROUP and self._lifecycle.state is ReplicaState.LOADING:
+            await asyncio.to_thread(self._lifecycle.first_load_settled.wait, _CPU_LOAD_WAIT_S)
+        engine, served_by = self._ready()
         bridge = StreamBridge(asyncio.get_running_loop())
         queued_at = time.perf_counter()
         completed = False
         try:
-            await asyncio.to_thread(scheduler.submit, request, bridge, bridge.stop)
+            await asyncio.to_thread(engine.submit, request, bridge, bridge.stop)
             opened = await bridge.next()
             if not isinstance(opened, Opened):
                 raise RuntimeError(f"The scheduler sent {type(opened).__name__} before the request was admitted")
@@ -222,37 +211,36 @@ class ModelReplica:
                 return item
         raise RuntimeError("The replica's stream ended without an answer")
 
-    def _ready(self) -> tuple[BatchScheduler | SerialScheduler, ServedBy]:
-        loader, scheduler = self._loader, self._scheduler
-        strategy = loader.strategy
-        if loader.state is not ReplicaState.READY:
-            raise ReplicaUnavailableError(f"{self._group} replica {self._replica_id} is {loader.state.value}: {loader.reason}")
-        if scheduler is None or strategy is None:
+    def _ready(self) -> tuple[Engine, ServedBy]:
+        lifecycle, engine, strategy = self._lifecycle, self._engine, self._loader.strategy
+        if not lifecycle.is_serving or engine is None or strategy is None:
             raise ReplicaUnavailableError(
-                f"{self._group} replica {self._replica_id} has no model to answer with (unloaded; Serve replaces it)"
+                f"{self._group} replica {self._replica_id} is {lifecycle.state.value}: {lifecycle.reason}"
             )
         served_by = ServedBy(group=self._group, replica=self._replica_id, precision=strategy.name, device=strategy.device)
-        return scheduler, served_by
+        return engine, served_by
 
     # -- what the replica says about itself ----------------------------------------------------
 
     def describe(self) -> dict[str, Any]:
         snapshot = MemorySnapshot.measure()
-        loader, scheduler = self._loader, self._scheduler
-        adapter = loader.adapter
+        loader, engine, lifecycle = self._loader, self._engine, self._lifecycle
+        serving = lifecycle.is_serving
+        adapter = loader.adapter if serving else None
         return {
             "group": self._group,
             "replica": self._replica_id,
             "node_ip": ray.util.get_node_ip_address(),
             "gpu_share": self._settings.num_gpus if self._group in GPU_GROUPS else None,
-            "state": loader.state.value,
-            "reason": loader.reason,
-            "precision": loader.strategy.name if loader.strategy else None,
+            "state": lifecycle.state.value,
+            "reason": lifecycle.reason,
+            "serving": serving,
+            "precision": loader.strategy.name if serving and loader.strategy else None,
             "load_attempts": loader.load_attempts,
             "request_out_of_memory": self._request_ooms,
             "streams_cancelled": self._streams_cancelled,
-            "last_cancelled_stream_tokens": scheduler.stats.last_cancelled_tokens if scheduler else None,
-            "batching": self._batching_description(),
+            "last_cancelled_stream_tokens": engine.stats.last_cancelled_tokens if engine else None,
+            "batching": engine.describe() if serving and engine else None,
             "model": adapter.describe() if adapter else {"model_path": self._model_path, "loaded": False},
             "memory": snapshot.to_dict(),
             "budget": loader.budget.to_dict() if loader.budget else None,
@@ -260,46 +248,40 @@ class ModelReplica:
             "allocator": self._allocator.to_dict(),
         }
 
-    def _batching_description(self) -> dict[str, Any] | None:
-        scheduler = self._scheduler
-        if scheduler is None:
-            return None
-        return {
-            "mode": "continuous" if isinstance(scheduler, BatchScheduler) else "serial",
-            "max_batch_size": self._settings.max_batch_size if isinstance(scheduler, BatchScheduler) else 1,
-            **scheduler.stats.to_dict(),
-        }
-
     def record_autoscaling_stats(self) -> dict[str, float]:
-        """Readiness and headroom for ``deployments.autoscaling.memory_aware_policy``; refreshes the gauges."""
+        """Readiness and headroom for ``deployments.routing.autoscaling.memory_aware_policy``; refreshes the gauges."""
         snapshot = MemorySnapshot.measure()
         self._metrics.record_snapshot(snapshot)
-        if self._scheduler is not None:
-            self._metrics.record_batch(self._scheduler.stats)
+        if self._engine is not None:
+            self._metrics.record_batch(self._engine.stats)
         return {
-            READY_METRIC: 1.0 if self._loader.state is ReplicaState.READY else 0.0,
+            READY_METRIC: 1.0 if self._lifecycle.is_serving else 0.0,
             FREE_BYTES_METRIC: float(self._headroom_bytes(snapshot)),
             NEED_BYTES_METRIC: float(self._loader.weights_bytes() + self._reserve_bytes),
         }
 
     def record_routing_stats(self) -> dict[str, bool]:
-        """For :class:`~deployments.ready_replica_router.ReadyReplicaRouter`: calls go to loaded replicas first."""
-        return {READY_STAT: self._loader.state is ReplicaState.READY and self._scheduler is not None}
+        """For :class:`~deployments.routing.ready_replica_router.ReadyReplicaRouter`: calls go to loaded replicas first."""
+        return {READY_STAT: self._lifecycle.is_serving}
 
     async def ping(self, wait_ready_s: float = 0.0) -> dict[str, str]:
         """Who answered, once this replica can serve (waiting up to ``wait_ready_s`` for its first load);
         :class:`ReplicaUnavailableError` when it cannot. The group router's breaker probe, and how it wakes the
         floor replicas from zero, without a client's request."""
-        if wait_ready_s > 0 and self._loader.state is ReplicaState.LOADING:
-            await asyncio.to_thread(self._loader.first_load_settled.wait, wait_ready_s)
+        if wait_ready_s > 0 and self._lifecycle.state is ReplicaState.LOADING:
+            await asyncio.to_thread(self._lifecycle.first_load_settled.wait, wait_ready_s)
         _, served_by = self._ready()
         return {"group": served_by.group, "replica": served_by.replica, "precision": served_by.precision}
 
     def unload(self) -> dict[str, Any]:
-        """Let the model go (an operator freeing memory). Health then fails and Serve replaces the replica."""
-        scheduler, self._scheduler = self._scheduler, None
-        if scheduler is not None:
-            scheduler.close()
+        """Let the model go (an operator freeing memory): ``unloaded`` everywhere at once, health fails, Serve
+        replaces the replica."""
+        with self._engine_lock:
+            self._lifecycle.try_move(ReplicaState.UNLOADED, "the model was unloaded on request; Serve replaces this replica")
+            engine, self._engine = self._engine, None
+        self._loader.close()
+        if engine is not None:
+            engine.close()
         if self._loader.adapter is not None:
             self._loader.adapter.unload()
         freed = release_memory()
@@ -308,12 +290,14 @@ class ModelReplica:
 
     def check_health(self) -> None:
         """Fail only for what a restart mends; waiting for memory is not one of them."""
-        loader = self._loader
-        if loader.state is ReplicaState.FAILED:
-            raise RuntimeError(f"Replica {self._replica_id}: {loader.reason}")
-        if loader.state is ReplicaState.READY and (loader.adapter is None or loader.adapter.model is None):
+        lifecycle, loader = self._lifecycle, self._loader
+        if lifecycle.state is ReplicaState.FAILED:
+            raise RuntimeError(f"Replica {self._replica_id}: {lifecycle.reason}")
+        if lifecycle.state is ReplicaState.UNLOADED:
+            raise RuntimeError(f"Replica {self._replica_id} is unloaded: the model is gone ({lifecycle.reason})")
+        if lifecycle.is_serving and (loader.adapter is None or loader.adapter.model is None):
             raise RuntimeError(f"Replica {self._replica_id}: state is ready but the model is gone")
-        if loader.on_cuda and loader.state is ReplicaState.READY:
+        if loader.on_cuda and lifecycle.is_serving:
             try:
                 torch.cuda.synchronize()
             except RuntimeError as error:
@@ -337,10 +321,13 @@ class ModelReplica:
         return snapshot.available_bytes
 
     def close(self) -> None:
-        """Stop the loader thread and the scheduler (Serve calls ``__del__`` when it stops a replica)."""
-        self._loader.close()
-        if self._scheduler is not None:
-            self._scheduler.close()
+        """Stop the loader thread and the engine (Serve calls ``__del__`` when it stops a replica). Safe on a replica
+        whose constructor failed half-way: what was never made is not stopped."""
+        loader, engine = getattr(self, "_loader", None), getattr(self, "_engine", None)
+        if loader is not None:
+            loader.close()
+        if engine is not None:
+            engine.close()
 
     def __del__(self) -> None:
         self.close()

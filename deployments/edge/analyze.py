@@ -1,10 +1,10 @@
 """``POST /v1/analyze``: a video file and a question in, an answer with its frames, timings and tokens out.
 
-:func:`prepare_analysis` does the request's first half for the route in :mod:`deployments.ingress`: it
+:func:`prepare_analysis` does the request's first half for the route in :mod:`deployments.edge.ingress`: it
 streams the upload to a temporary file, checks the form fields (:func:`parse_analyze_fields`) and samples
 the frames off the event loop. The route then asks the replica groups, for the whole answer
 (:func:`analyze_body`) or, with ``stream=true``, for events as the answer is generated
-(:mod:`deployments.analyze_stream`).
+(:mod:`deployments.edge.analyze_stream`).
 """
 
 import asyncio
@@ -16,19 +16,18 @@ import time
 import uuid
 from typing import Any, Callable
 
-from starlette.requests import Request
-
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.requests import Request
 
-from deployments.chat_translation import media_error_to_api_error
 from deployments.config import AppConfig, LimitsSettings
+from deployments.edge.chat_translation import media_error_to_api_error
+from deployments.edge.openai_schema import SEED_MAX
+from deployments.edge.thumbnails import frame_thumbnails
 from deployments.errors import ApiError, describe_validation_errors
-from deployments.openai_schema import SEED_MAX
-from deployments.replica_protocol import ReplicaAnswer, ServedBy
-from deployments.thumbnails import frame_thumbnails
-from deployments.files_api import FilesService
-from deployments.uploads import receive_upload
+from deployments.files.service import FilesService
+from deployments.files.uploads import receive_upload
+from deployments.replica.protocol import ReplicaAnswer, ServedBy
 from memory.cleanup import return_freed_heap
 from models import media
 from models.requests import ChatMessage, GenerationRequest, TextPart, VideoPart

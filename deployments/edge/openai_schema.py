@@ -1,7 +1,7 @@
 """The OpenAI-compatible wire format: request models and response builders.
 
 Every top-level chat parameter is honoured or refused by name before this model sees the body
-(:mod:`deployments.chat_parameters`); fields inside messages and content parts that carry nothing
+(:mod:`deployments.edge.chat_parameters`); fields inside messages and content parts that carry nothing
 for this server (``name``, ``detail``) are ignored. Content parts are strict: an unknown ``type`` is a
 422 that names it.
 """

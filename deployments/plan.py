@@ -1,0 +1,183 @@
+"""The resolved plan: what the config as written (:mod:`deployments.config`) comes to on this cluster.
+
+:func:`resolve_app` turns an :class:`~deployments.config.AppConfig` into an :class:`AppPlan`, once, when the
+app is built: the model's folder (the built-in tiny model is built here), the adapter chosen from the
+checkpoint (the one step that imports transformers), the request the activation reserve is sized for, and per
+enabled group a :class:`GroupPlan`: its settings with every derived value filled in and validated again
+(``num_gpus`` a number, the floor replicas' settings built from the GPU group's), and its loading chain
+parsed. Replicas are built from the plan, never from the raw config.
+
+``num_gpus: auto``: from the model's config (no weights read), the chain (above ``min_precision``), the
+activation reserve for the request limits and the CUDA context, :func:`memory.packing.plan_share` picks the
+chain's first precision that fits a GPU and the smallest share on ``num_gpus_grid`` that holds it. With
+``gpu_group.floor.max_replicas`` above 0 and ``floor.num_gpus: auto``, the floor replicas get the smallest
+share that holds ``min_precision``. The GPU is ``gpu_total_bytes``, else the one visible where the app is built.
+"""
+
+import dataclasses
+import logging
+import pathlib
+from typing import Any
+
+import pydantic
+
+from deployments.config import AppConfig, ConfigError, CpuGroupSettings, GpuGroupSettings
+from deployments.routing.groups import CPU_GROUP, GPU_FLOOR_GROUP, GPU_GROUP
+from memory.estimate import RequestShape, activation_reserve_bytes, load_model_config
+from memory.packing import PackingError, SharePlan, plan_share
+from memory.plan import estimate_chain
+from memory.probe import GpuBackend, MemorySnapshot
+from memory.strategy import LoadStrategy, parse_chain
+from models.adapters import AdapterChoiceError, choose_adapter
+from models.tiny import default_cache_dir, ensure_tiny_model
+from models.weight_cache import WeightCache
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupPlan:
+    """One replica group as it runs: validated settings with nothing left to decide, and its parsed chain."""
+
+    group: str
+    settings: GpuGroupSettings | CpuGroupSettings  # num_gpus is a number here, never 'auto'
+    strategies: tuple[LoadStrategy, ...]
+
+    @property
+    def num_gpus(self) -> float:
+        return float(self.settings.num_gpus) if isinstance(self.settings, GpuGroupSettings) else 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class AppPlan:
+    config: AppConfig  # as written and validated
+    model_path: str
+    adapter: str
+    request_shape: RequestShape  # what the activation reserve is sized for (reserve_request_shape)
+    groups: dict[str, GroupPlan]  # the enabled groups, by name
+    share_plan: SharePlan | None = None  # how gpu_group.num_gpus: auto chose the GPU group's share
+
+    def group(self, name: str) -> GroupPlan:
+        try:
+            return self.groups[name]
+        except KeyError:
+            raise ValueError(f"Replica group {name!r} is not in this plan (enabled: {sorted(self.groups)})") from None
+
+    def weight_cache(self) -> WeightCache | None:
+        """The replica's cache of quantized loads (``None`` when ``model.weight_cache_bytes`` is 0)."""
+        model = self.config.model
+        if model.weight_cache_bytes == 0:
+            return None
+        root = pathlib.Path(model.weight_cache_dir) if model.weight_cache_dir else default_cache_dir() / "weights"
+        return WeightCache(root, max_bytes=model.weight_cache_bytes)
+
+
+def resolve_app(config: AppConfig, *, gpu_backend: GpuBackend | None = None) -> AppPlan:
+    """The plan for ``config``; :class:`~deployments.config.ConfigError` names what cannot be resolved and the fix."""
+    model_path = str(ensure_tiny_model()) if config.model.source == "tiny" else config.model.source
+    try:
+        adapter = choose_adapter(model_path, config.model.adapter, trust_remote_code=config.model.trust_remote_code)
+    except AdapterChoiceError as error:
+        raise ConfigError(f"Invalid application args in serve_config.yaml:\n  model.source: {error}") from error
+    shape = reserve_request_shape(config)
+    gpu_share, floor_share, share_plan = _gpu_shares(config, model_path, shape, gpu_backend)
+    groups: dict[str, GroupPlan] = {}
+    if config.gpu_group.enabled:
+        groups[GPU_GROUP] = _group_plan(GPU_GROUP, config.gpu_group, {"num_gpus": gpu_share})
+        if config.floor_enabled:
+            gpu = config.gpu_group
+            floor = {
+                "chain": [gpu.min_precision],
+                "num_gpus": floor_share,
+                "autoscaling": {
+                    **gpu.autoscaling.model_dump(), "min_replicas": 0, "max_replicas": gpu.floor.max_replicas,
+                },
+                "floor": {},
+            }
+            groups[GPU_FLOOR_GROUP] = _group_plan(GPU_FLOOR_GROUP, gpu, floor)
+    if config.cpu_group.enabled:
+        groups[CPU_GROUP] = _group_plan(CPU_GROUP, config.cpu_group, {})
+    return AppPlan(
+        config=config, model_path=model_path, adapter=adapter, request_shape=shape, groups=groups, share_plan=share_plan
+    )
+
+
+def reserve_request_shape(config: AppConfig) -> RequestShape:
+    """The request the activation reserve is sized for: one video of ``max_video_frames`` frames and one image,
+    each at ``max_pixels_per_frame``, and ``max_tokens`` new tokens.
+
+    This is not the largest request the per-request caps allow (``max_request_frames`` across videos, up to
+    ``max_media_parts`` images): admission prices each request as it comes and shrinks or hands off what does
+    not fit the headroom, so the reserve only keeps room for a typical large one (see docs/architecture.md,
+    "Memory").
+    """
+    limits = config.limits
+    return RequestShape(
+        max_frames=limits.max_video_frames,
+        max_pixels_per_frame=limits.max_pixels_per_frame,
+        max_images=1,
+        max_new_tokens=limits.max_tokens,
+    )
+
+
+def _group_plan(group: str, settings: GpuGroupSettings | CpuGroupSettings, update: dict[str, Any]) -> GroupPlan:
+    """``settings`` with ``update`` applied and validated again, as the group's replicas run them."""
+    try:
+        resolved = type(settings).model_validate({**settings.model_dump(), **update})
+    except pydantic.ValidationError as error:  # a derived value the raw config let through
+        raise ConfigError(f"The {group} group's resolved settings do not validate: {error}") from error
+    return GroupPlan(group=group, settings=resolved, strategies=resolved.strategies())
+
+
+def _gpu_shares(
+    config: AppConfig, model_path: str, shape: RequestShape, gpu_backend: GpuBackend | None
+) -> tuple[float, float, SharePlan | None]:
+    """The GPU group's and the floor replicas' shares of a GPU, planned where they are ``auto``."""
+    settings = config.gpu_group
+    gpu_share, floor_share = settings.num_gpus, settings.floor.num_gpus
+    plan_group = settings.enabled and gpu_share == "auto"
+    plan_floor = config.floor_enabled and floor_share == "auto"
+    if not (plan_group or plan_floor):
+        return _number_or_unused(gpu_share), _number_or_unused(floor_share), None
+    total_bytes = _gpu_total_bytes(settings, gpu_backend)
+    model_config = load_model_config(model_path, trust_remote_code=config.model.trust_remote_code)
+    reserve_bytes = activation_reserve_bytes(model_config, shape)
+
+    def plan(chain_names: tuple[str, ...], key: str) -> SharePlan:
+        chain = parse_chain(chain_names, settings.device)
+        weights = {strategy.name: estimate.total_bytes for strategy, estimate in estimate_chain(model_config, chain).items()}
+        try:
+            return plan_share(
+                weights, total_bytes=total_bytes, reserve_bytes=reserve_bytes, context_bytes=settings.cuda_context_bytes,
+                grid=settings.num_gpus_grid,
+            )
+        except PackingError as error:
+            raise ConfigError(f"{key} 'auto': {error}") from error
+
+    group_plan = None
+    if plan_group:
+        group_plan = plan(tuple(strategy.name for strategy in settings.strategies()), "gpu_group.num_gpus")
+        logger.info("%s", group_plan.explain())
+        gpu_share = group_plan.chosen.share
+    if plan_floor:
+        floor_plan = plan((settings.min_precision,), "gpu_group.floor.num_gpus")
+        logger.info("Floor replicas (%s): %s", settings.min_precision, floor_plan.explain())
+        floor_share = floor_plan.chosen.share
+    return _number_or_unused(gpu_share), _number_or_unused(floor_share), group_plan
+
+
+def _number_or_unused(share: float | str) -> float:
+    """A share that stays 'auto' belongs to a group that does not run; any valid number stands in for it."""
+    return 1.0 if share == "auto" else float(share)
+
+
+def _gpu_total_bytes(settings: GpuGroupSettings, gpu_backend: GpuBackend | None) -> int:
+    if settings.gpu_total_bytes is not None:
+        return settings.gpu_total_bytes
+    gpus = MemorySnapshot.measure(gpu_backend).gpus
+    if not gpus:
+        raise ConfigError(
+            "gpu_group.num_gpus (or gpu_group.floor.num_gpus) is 'auto' but no GPU is visible where the app is built: "
+            "set gpu_group.gpu_total_bytes to the GPU's memory (e.g. 85899345920 for an 80 GiB card)"
+        )
+    return gpus[0].total_bytes

@@ -1,0 +1,117 @@
+"""The engine contract: how a replica runs a model. A replica knows this file, never an engine's class.
+
+An engine owns a loaded model and answers many requests with it. The contract, all of it:
+
+- **submit** a request: :meth:`Engine.submit` checks it in the caller's thread and queues it, or raises at
+  once what the request itself gets wrong (an option the engine does not honour, a prompt over its limit,
+  a request too big even at the shrink floor) or :class:`~models.errors.ReplicaBusyError` when full;
+- **stream** its tokens: the engine calls the request's :class:`RequestSink` from its own thread:
+  ``opened`` once admitted, ``text`` per piece, then ``finished`` or ``failed``;
+- **cancel** it: set the ``stop`` event given to ``submit``; the engine drops the request at its next
+  step (waiting or running) and counts it in ``stats.cancelled``;
+- **describe** its memory and load: :meth:`Engine.describe`, a JSON-ready dict with the
+  :class:`EngineStats` and what the engine is;
+- **declare** what it honours: :attr:`Engine.capabilities` (batches or not, which decoding options);
+- **close**: stop taking requests; waiting ones fail with :class:`~models.errors.SchedulerClosedError`.
+
+Two engines implement it today: :class:`models.scheduler.BatchScheduler` (continuous batching on a
+transformers model) and :class:`models.serial_scheduler.SerialScheduler` (one request at a time, for
+adapters with their own generate loop). :func:`models.engines.start_engine` picks one for an adapter.
+No torch here: the metrics in the ingress's process read :class:`EngineStats`.
+"""
+
+import dataclasses
+import threading
+from typing import Any, Literal, Protocol
+
+from memory.admission import RequestCost
+from models.request_shrink import OomRetry
+from models.requests import DecodingOptions, GenerationRequest, GenerationResult, TextDelta
+
+EngineMode = Literal["continuous", "serial"]
+
+# Every decoding option a request can carry (the fields of DecodingOptions).
+ALL_DECODING_OPTIONS = frozenset(field.name for field in dataclasses.fields(DecodingOptions))
+
+
+class RequestSink(Protocol):
+    """Where one request's events go (called from the engine's thread)."""
+
+    def opened(
+        self, used: GenerationRequest, retries: tuple[OomRetry, ...], cost: RequestCost, prompt_tokens: int = 0
+    ) -> None: ...
+
+    def text(self, delta: TextDelta) -> None: ...
+
+    def finished(self, result: GenerationResult) -> None: ...
+
+    def failed(self, error: BaseException) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineCapabilities:
+    """What an engine declares: whether requests share its steps, and which decoding options it honours.
+
+    A request that sets an option outside ``decoding_options`` is refused by name at submit time."""
+
+    mode: EngineMode
+    max_batch_size: int
+    decoding_options: frozenset[str]
+
+    @property
+    def batches(self) -> bool:
+        return self.mode == "continuous"
+
+
+@dataclasses.dataclass
+class EngineStats:
+    """What ``/v1/memory`` and the metrics show; read from other threads, written by the engine."""
+
+    waiting: int = 0
+    running: int = 0
+    admitted_bytes: int = 0  # the batch's predicted peak, with the inputs held beside it (CPU)
+    waiting_bytes: int = 0
+    headroom_bytes: int = 0
+    waiting_input_bytes: int = 0  # waiting requests' frames and processor tensors, exactly
+    peak_admitted_bytes: int = 0
+    peak_batch_size: int = 0
+    steps: int = 0
+    cancelled: int = 0
+    last_cancelled_tokens: int | None = None
+    request_ooms: int = 0
+    decode_splits: int = 0
+    prefill_splits: int = 0
+    shrunk_up_front: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class Engine(Protocol):
+    """The one way a replica runs a model (see the module's docstring for the contract)."""
+
+    @property
+    def capabilities(self) -> EngineCapabilities: ...
+
+    @property
+    def stats(self) -> EngineStats: ...
+
+    def submit(self, request: GenerationRequest, sink: RequestSink, stop: threading.Event) -> None: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def close(self, timeout_s: float = 60.0) -> None: ...
+
+
+def describe_engine(capabilities: EngineCapabilities, stats: EngineStats) -> dict[str, Any]:
+    """The ``batching`` block of ``/v1/memory``: the engine's mode and batch size, then its stats."""
+    return {"mode": capabilities.mode, "max_batch_size": capabilities.max_batch_size, **stats.to_dict()}
+
+
+def first_unhonoured_option(request: GenerationRequest, honoured: frozenset[str]) -> str | None:
+    """The first decoding option ``request`` sets (away from its default) that is not in ``honoured``."""
+    defaults = DecodingOptions()
+    for field in dataclasses.fields(DecodingOptions):
+        if field.name not in honoured and getattr(request.options, field.name) != getattr(defaults, field.name):
+            return field.name
+    return None
