@@ -1,7 +1,7 @@
 """PNG charts of the bench figures, drawn with matplotlib next to the printed tables.
 
 Each bench calls one function here with the rows it measured; the charts go to ``docs/`` by default
-(the README shows them from there), or to the folder a bench's ``--plot-dir`` names.
+(docs/benchmarks.md shows them from there), or to the folder a bench's ``--plot-dir`` names.
 """
 
 import logging

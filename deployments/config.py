@@ -228,11 +228,13 @@ class GenerationSettings(_Strict):
 
 
 class AutoscalingSettings(_Strict):
-    min_replicas: int = Field(default=1, ge=0)
-    max_replicas: int = Field(default=1, ge=1)
+    min_replicas: int = Field(default=1, ge=0, description="Fewest replicas; 0 lets the group scale to zero when idle.")
+    max_replicas: int = Field(default=1, ge=1, description="Most replicas the autoscaler may start.")
     target_ongoing_requests: float = Field(default=2.0, gt=0, description="Requests per replica the autoscaler aims for.")
-    upscale_delay_s: float = Field(default=5.0, ge=0)
-    downscale_delay_s: float = Field(default=30.0, ge=0)
+    upscale_delay_s: float = Field(default=5.0, ge=0, description="How long load must stay above target before a scale-out.")
+    downscale_delay_s: float = Field(
+        default=30.0, ge=0, description="How long load must stay below target before a replica is stopped."
+    )
     look_back_period_s: float = Field(
         default=30.0, gt=10.0, description="Window the autoscaler averages over; above the 10 s metrics push period."
     )
@@ -247,7 +249,7 @@ class AutoscalingSettings(_Strict):
 
 
 class _GroupSettings(_Strict):
-    enabled: bool = True
+    enabled: bool = Field(default=True, description="Deploy this group; at least one group must be enabled.")
     num_cpus: float = Field(default=1.0, gt=0, description="Ray CPUs per replica; also torch's thread count.")
     max_ongoing_requests: int = Field(
         default=16, ge=1, description="Requests one replica holds: its running batch plus its admission queue."
@@ -396,7 +398,9 @@ class GpuGroupSettings(_GroupSettings):
         description="'cpu' runs the GPU group's chain on the CPU against the probed GPU budget: for tests and drills.",
     )
     chain: tuple[str, ...] = Field(default=DEFAULT_GPU_CHAIN, description="Strategies tried in order.")
-    cuda_context_bytes: int = Field(default=DEFAULT_CUDA_CONTEXT_BYTES, ge=0)
+    cuda_context_bytes: int = Field(
+        default=DEFAULT_CUDA_CONTEXT_BYTES, ge=0, description="What CUDA's context takes on the card, kept out of the budget."
+    )
     floor: FloorSettings = FloorSettings()
 
     @model_validator(mode="after")
@@ -458,7 +462,7 @@ class MemorySettings(_Strict):
 
 
 class IngressSettings(_Strict):
-    num_replicas: int = Field(default=1, ge=1)
+    num_replicas: int = Field(default=1, ge=1, description="Ingress replicas (each runs the HTTP edge and a router).")
     num_cpus: float = Field(
         default=0.0,
         ge=0,
@@ -466,7 +470,7 @@ class IngressSettings(_Strict):
         "nor caps them), so a reserved share could only keep the ingress from being scheduled once the replica "
         "groups hold a node's CPUs; with none it always starts.",
     )
-    max_ongoing_requests: int = Field(default=64, ge=1)
+    max_ongoing_requests: int = Field(default=64, ge=1, description="Requests one ingress replica holds at once.")
     node_labels: dict[str, str] = Field(
         default_factory=dict,
         description="Node labels the ingress's node must carry (Ray's label_selector), e.g. {\"vd-node\": \"head\"}: "
@@ -478,7 +482,7 @@ class IngressSettings(_Strict):
     )
     access_log: bool = Field(
         default=False,
-        description="Ray Serve's per-request access log lines (cost 1-5 ms a request on 2 cores; see README).",
+        description="Ray Serve's per-request access log lines (cost 1-5 ms a request on 2 cores; see docs/benchmarks.md).",
     )
 
     @field_validator("upload_dir")
@@ -543,7 +547,7 @@ def load_app_config(args: dict[str, Any] | None) -> AppConfig:
         for item in error.errors():
             location = ".".join(str(part) for part in item["loc"]) or "(top level)"
             if item["type"] == "extra_forbidden":
-                problems.append(f"{location}: unknown key; check the spelling against the README's config table")
+                problems.append(f"{location}: unknown key; check the spelling against docs/configuration.md")
             else:
                 message = item["msg"].removeprefix("Value error, ")
                 problems.append(f"{location}: {message} (got {item.get('input')!r})")

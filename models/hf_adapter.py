@@ -53,7 +53,7 @@ class HuggingFaceVisionLanguageAdapter(CheckpointAdapter):
     ) -> None:
         super().__init__(model_path, strategy)
         self._processor: transformers.ProcessorMixin | None = None
-        # Only a quantized load is worth keeping: it costs 5-10x reading the bytes (README, loading figures).
+        # Only a quantized load is worth keeping: it costs 5-10x reading the bytes (docs/benchmarks.md, loading figures).
         self._weight_cache = weight_cache if strategy.quantization != "none" else None
         self._weights_from = "checkpoint"
 

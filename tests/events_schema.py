@@ -1,4 +1,4 @@
-"""The README's structured-output example: a video detective's list of events, ``{"events": [{"t", "what"}]}``."""
+"""docs/api.md's structured-output example: a video detective's list of events, ``{"events": [{"t", "what"}]}``."""
 
 EVENTS_SCHEMA = {
     "type": "object",

@@ -1,7 +1,7 @@
 """The MiniCPM-V 2.6 adapter's ``model.chat`` call, built from our requests without the model.
 
 Loading the model itself needs its checkpoint (weights and its own Python files) at hand, which
-this machine cannot download; the README says how to point the server at one.
+this machine cannot download; docs/operations.md says how to point the server at one.
 """
 
 import numpy as np

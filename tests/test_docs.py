@@ -1,0 +1,88 @@
+"""The README and docs/ stay true: short, generated where they can be, every link and command pointing at something real."""
+
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+FENCE = re.compile(r"```(?:bash|sh|shell)\n(.*?)```", re.S)
+INLINE = re.compile(r"`([^`\n]+)`")
+
+
+def _commands(text: str) -> list[str]:
+    """Shell lines from bash fences, and inline code that starts like a command of ours."""
+    lines = [line.split("#", 1)[0].strip() for block in FENCE.findall(text) for line in block.splitlines()]
+    inline = [code for code in INLINE.findall(text) if code.startswith(("bin/", "python -m ", ".venv/bin/python "))]
+    return [line for line in lines + inline if line]
+
+
+def _referenced_paths(command: str) -> list[str]:
+    """What a command of ours runs: ``bin/x``, ``python -m pkg.mod``, ``some/script.py``."""
+    paths = re.findall(r"(?<![\w./-])((?:bin|bench|docs|deploy|tests|\.ci)/[\w./-]+)", command)
+    for module in re.findall(r"python3? -m ([\w.]+)", command):
+        top = module.split(".")[0]
+        if (ROOT / top).is_dir():
+            base = ROOT / module.replace(".", "/")
+            paths.append(str((base / "__main__.py" if base.is_dir() else base.with_suffix(".py")).relative_to(ROOT)))
+    return paths
+
+
+def test_the_readme_is_short():
+    lines = (ROOT / "README.md").read_text().splitlines()
+
+    assert len(lines) <= 300, f"README.md has {len(lines)} lines; move detail to docs/"
+
+
+def test_the_configuration_page_is_generated_from_the_config():
+    result = subprocess.run(
+        [sys.executable, "docs/generate_configuration.py", "--check"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+
+    assert result.returncode == 0, result.stderr
+
+
+def test_every_key_of_the_config_is_on_the_configuration_page():
+    from deployments.config import AppConfig
+
+    page = (ROOT / "docs" / "configuration.md").read_text()
+    missing = [
+        f"{section}.{key}"
+        for section, field in AppConfig.model_fields.items()
+        for key in field.annotation.model_fields
+        if f"`{section}.{key}`" not in page and f"## `{section}.{key}`" not in page
+    ]
+
+    assert missing == []
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: str(page.relative_to(ROOT)))
+def test_every_relative_link_points_at_a_file(page):
+    broken = []
+    for target in LINK.findall(page.read_text()):
+        if target.startswith(("http://", "https://", "mailto:", "#")):
+            continue
+        path = (page.parent / target.split("#", 1)[0]).resolve()
+        if not path.exists():
+            broken.append(target)
+
+    assert broken == []
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: str(page.relative_to(ROOT)))
+def test_every_command_runs_something_that_exists(page):
+    missing = sorted({
+        path for command in _commands(page.read_text()) for path in _referenced_paths(command)
+        if not (ROOT / path.rstrip(".,:;")).exists()
+    })
+
+    assert missing == []
+
+
+def test_the_command_check_would_catch_a_missing_script():
+    assert _referenced_paths(".venv/bin/python -m bench.no_such_bench --json") == ["bench/no_such_bench.py"]
+    assert _referenced_paths("bin/serve && bench/gone.py") == ["bin/serve", "bench/gone.py"]
