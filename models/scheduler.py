@@ -19,6 +19,10 @@ Each request keeps its own sampling settings and seed, its own stream of text, i
 * out of memory in a decode step: the step is split in halves, recursively; a single row that
   still does not fit ends with an out-of-memory error, and the other rows go on untouched.
 
+The decisions (what to admit, how to answer an out-of-memory, which state a request may move to) are
+:mod:`models.batch_policy`'s, pure and tested without a model; this class executes them. Every
+out-of-memory goes through one method, :meth:`BatchScheduler._out_of_memory`.
+
 A request whose prediction exceeds the headroom even alone is shrunk before it is queued, or
 handed off; it is never tried into an out-of-memory. On the CPU the batch's price includes what
 every request in the replica holds in the same RAM, waiting or running: its frames and, until its
@@ -34,10 +38,20 @@ from typing import Any, Callable
 
 import torch
 
-from memory.admission import RequestCost, RequestCostModel, admission_decision, batch_bytes
+from memory.admission import RequestCost, RequestCostModel, batch_bytes
 from memory.cleanup import release_memory
 from memory.out_of_memory import is_out_of_memory
 from models.answer_builder import AnswerBuilder
+from models.batch_policy import (
+    ADMITTED_STATES,
+    ALONE_STATES,
+    OomPhase,
+    RequestState,
+    admitted_state,
+    answer_out_of_memory,
+    next_state,
+    plan_admission,
+)
 from models.engine import ALL_DECODING_OPTIONS, EngineCapabilities, EngineStats, RequestSink, describe_engine
 from models.errors import (
     InvalidParameterError,
@@ -71,8 +85,7 @@ class _Ticket:
     sink: RequestSink
     stop: threading.Event
     retries: list[OomRetry]
-    alone: bool = False  # ran out of memory beside others: start only into an empty batch
-    admitted: bool = False  # it counts in ``admitted_bytes``
+    state: RequestState = RequestState.WAITING  # moved only through ``move``, by models.batch_policy's table
     row_tokens: int = 0  # its row's longest length in the padded batch: max(prompt, batch length at admission) + max_tokens
     # The submitter's context (Serve's request id among it): log lines about this request carry its id.
     context: contextvars.Context = dataclasses.field(default_factory=contextvars.copy_context)
@@ -83,6 +96,19 @@ class _Ticket:
     @property
     def request(self) -> GenerationRequest:
         return self.prepared.request
+
+    @property
+    def admitted(self) -> bool:
+        """It counts in ``admitted_bytes``: being prefilled, or a row of the batch."""
+        return self.state in ADMITTED_STATES
+
+    @property
+    def alone(self) -> bool:
+        """It ran out of memory beside others: it starts only into an empty batch, prefilled on its own."""
+        return self.state in ALONE_STATES
+
+    def move(self, state: RequestState) -> None:
+        self.state = next_state(self.state, state)
 
     def log(self, level: int, message: str, *args: object) -> None:
         self.context.run(logger.log, level, message, *args)
@@ -169,7 +195,8 @@ class BatchScheduler:
                 "Request predicted at %d bytes exceeds the %d-byte headroom; shrinking it up front (%d -> %d frames)",
                 cost.total_bytes, self._limits.headroom_bytes, before.video_frames, smaller.num_video_frames,
             )
-            self.stats.shrunk_up_front += 1
+            with self._wake:  # the submitter's thread: other submitters count too
+                self.stats.shrunk_up_front += 1
             retries.append(OomRetry(before=before, after=request_size(smaller), freed_bytes=0))
             prepared = self._steps.prepare(smaller)
 
@@ -223,35 +250,31 @@ class BatchScheduler:
         for ticket in list(self._holding):
             self._end(ticket)
             ticket.sink.failed(error)
-        self.stats.running = 0
+        self._publish_running()
         release_memory()
 
     def _admit(self) -> list[_Ticket]:
-        """Waiting requests that may start now, in arrival order (called with the lock held)."""
-        admitted: list[_Ticket] = []
+        """Waiting requests that may start now, in arrival order (called with the lock held); the decision is
+        :func:`models.batch_policy.plan_admission`'s."""
+        for ticket in [ticket for ticket in self._waiting if ticket.stop.is_set()]:
+            self._waiting.remove(ticket)
+            ticket.move(RequestState.ENDED)
+            self._cancelled(ticket, tokens=0)
         batch_length = self._batch.length if self._batch is not None else 0
-        while self._waiting:
-            ticket = self._waiting[0]
-            if ticket.stop.is_set():
-                self._waiting.popleft()
-                self._cancelled(ticket, tokens=0)
-                continue
-            running = len(self._holding) + len(admitted)
-            if ticket.alone and running:
-                break
+        for ticket in self._waiting:
             ticket.row_tokens = max(ticket.prepared.prompt_tokens, batch_length) + ticket.request.max_new_tokens
-            decision = admission_decision(
-                alone_bytes=ticket.cost.total_bytes,
-                batch_bytes_with=self._batch_bytes([*self._holding, *admitted, ticket], [*admitted, ticket]),
-                headroom_bytes=self._limits.headroom_bytes,
-                running=running,
-                max_batch_size=self._limits.max_batch_size,
-            )
-            if decision != "admit":
-                break
-            admitted.append(self._waiting.popleft())
+        admitted = plan_admission(
+            self._waiting,
+            state_of=lambda ticket: ticket.state,
+            alone_bytes_of=lambda ticket: ticket.cost.total_bytes,
+            batch_bytes_with=lambda joining: self._batch_bytes([*self._holding, *joining], joining),
+            holding=len(self._holding),
+            headroom_bytes=self._limits.headroom_bytes,
+            max_batch_size=self._limits.max_batch_size,
+        )
         for ticket in admitted:
-            ticket.admitted = True
+            self._waiting.popleft()
+            ticket.move(admitted_state(ticket.state))
             self._holding.append(ticket)
         self._count_queue()  # first: the admitted ones leave the waiting requests' inputs
         self._recount(prefilling=admitted)
@@ -277,7 +300,7 @@ class BatchScheduler:
         self.stats.peak_admitted_bytes = max(self.stats.peak_admitted_bytes, self.stats.admitted_bytes)
 
     def _start(self, ticket: _Ticket) -> None:
-        """Prefill one admitted request and join it to the batch; out of memory is handled here."""
+        """Prefill one admitted request and join it to the batch."""
         while True:
             try:
                 row, logits = self._steps.prefill(ticket.prepared)
@@ -287,20 +310,8 @@ class BatchScheduler:
                     self._end(ticket)
                     ticket.sink.failed(error)
                     return
-                cause = str(error).splitlines()[0][:200]
-            freed = release_memory()  # outside the except: the traceback's tensors can go
-            self.stats.request_ooms += 1
-            if self._running:
-                # Beside a running batch: make the batch smaller first, by letting it drain.
-                ticket.log(logging.WARNING, "Prefill ran out of memory beside %d running rows; it waits to run alone (%s)",
-                           len(self._running), cause)
-                ticket.alone = True
-                with self._wake:
-                    self._waiting.appendleft(ticket)
-                    self._count_queue()
-                self._end(ticket)  # after: its inputs are counted as waiting again
-                return
-            if not self._shrink_after_oom(ticket, cause, freed.gpu_reserved_freed_bytes + freed.process_rss_freed_bytes):
+                cause = _first_line(error)
+            if not self._out_of_memory("prefill", [ticket], cause):  # outside the except: its tensors can go
                 return
         self._begin([ticket], row, logits[None])
 
@@ -370,8 +381,10 @@ class BatchScheduler:
         self._running.extend(tickets)
         for ticket in tickets:
             ticket.prepared = ticket.prepared.without_inputs()
+        for ticket in tickets:
+            ticket.move(RequestState.RUNNING)
         self._recount()  # prefilled: only their KV cache (and, on the CPU, their frames) stays
-        self.stats.running = len(self._running)
+        self._publish_running()
         self.stats.peak_batch_size = max(self.stats.peak_batch_size, len(self._running))
         ended = [
             first + index for index, (ticket, token) in enumerate(zip(tickets, tokens))
@@ -380,19 +393,46 @@ class BatchScheduler:
         if ended:
             self._leave(ended)
 
-    def _shrink_after_oom(self, ticket: _Ticket, cause: str, freed_bytes: int) -> bool:
-        """Make the request smaller after it ran out of memory alone; ``False`` when it was handed off."""
+    def _out_of_memory(self, phase: OomPhase, tickets: list[_Ticket], cause: str) -> bool:
+        """Every out-of-memory goes through here: release memory, count it, ask the policy
+        (:func:`models.batch_policy.answer_out_of_memory`), do what it says. ``True`` when the caller should
+        retry: the prefill of the (now smaller) request, or the decode step in halves."""
+        freed = release_memory()
+        freed_bytes = freed.gpu_reserved_freed_bytes + freed.process_rss_freed_bytes
+        self.stats.request_ooms += 1
+        ticket = tickets[0]
+        smaller = shrink_request(ticket.request, self._floor) if phase == "prefill" else None
+        others = len(self._running) if phase == "prefill" else 0
+        answer = answer_out_of_memory(phase=phase, rows=len(tickets), others_running=others, can_shrink=smaller is not None)
+        if answer == "split_step":
+            self.stats.decode_splits += 1
+            logger.warning("A decode step of %d rows ran out of memory; running it in halves (%s)", len(tickets), cause)
+            return True
+        if answer == "wait_alone":
+            # Beside a running batch: make the batch smaller first, by letting it drain.
+            ticket.log(logging.WARNING, "Prefill ran out of memory beside %d running rows; it waits to run alone (%s)",
+                       others, cause)
+            self._end(ticket, RequestState.WAITING_ALONE)
+            with self._wake:
+                self._waiting.appendleft(ticket)
+                self._count_queue()
+            self._recount()  # after: its inputs are counted as waiting again
+            return False
         before = request_size(ticket.request)
-        smaller = shrink_request(ticket.request, self._floor)
-        if smaller is None:
+        if answer == "end":
             self._on_out_of_memory("handed_off")
+            self._end(ticket)
+            if phase == "decode":
+                ticket.log(logging.WARNING, "A decode step ran out of memory on one row alone; ending that request (%s)", cause)
+                error_type = StreamOutOfMemoryError if ticket.answer.sent_chars else RequestOutOfMemoryError
+                ticket.sink.failed(error_type(f"ran out of memory mid-answer: {cause}"))
+                return False
             ticket.log(
                 logging.WARNING,
                 "Request ran out of memory alone at %d frames, %d images, %d pixels per frame, the floor; "
                 "cleanup freed %d bytes; handing it to the other group (%s)",
                 before.video_frames, before.images, before.max_pixels_per_frame, freed_bytes, cause,
             )
-            self._end(ticket)
             ticket.sink.failed(RequestOutOfMemoryError(
                 f"ran out of memory with {before.video_frames} frames and {before.images} images at "
                 f"{before.max_pixels_per_frame} pixels each, at the floor of {self._floor.min_frames} frames and "
@@ -400,6 +440,7 @@ class BatchScheduler:
                 f"(cleanup freed {freed_bytes} bytes)"
             ))
             return False
+        # "shrink": the same request, smaller, prefilled again on its own.
         self._on_out_of_memory("retry_smaller")
         after = request_size(smaller)
         ticket.log(
@@ -410,15 +451,17 @@ class BatchScheduler:
             after.max_pixels_per_frame, cause,
         )
         ticket.retries.append(OomRetry(before=before, after=after, freed_bytes=freed_bytes))
-        self._end(ticket)
+        self._holding.remove(ticket)
+        self._recount()
         try:
             ticket.prepared = self._steps.prepare(smaller)
         except Exception as error:  # noqa: BLE001 - the smaller request is refused: this request fails
+            ticket.move(RequestState.ENDED)
             ticket.sink.failed(error)
             return False
         ticket.cost = self._predict(ticket.prepared)
         ticket.row_tokens = ticket.prepared.prompt_tokens + ticket.request.max_new_tokens  # it runs alone
-        ticket.admitted = True
+        ticket.move(RequestState.PREFILLING_ALONE)
         self._holding.append(ticket)
         self._recount()
         return True
@@ -427,7 +470,7 @@ class BatchScheduler:
         """One decode step for every running row; rows that end leave the batch."""
         batch, tickets, logits = self._decode(self._batch, list(self._running))
         self._batch, self._running = batch, tickets
-        self.stats.running = len(tickets)
+        self._publish_running()
         self.stats.steps += 1
         if logits is None:
             return
@@ -443,29 +486,20 @@ class BatchScheduler:
     def _decode(
         self, batch: KvBatch, tickets: list[_Ticket]
     ) -> tuple[KvBatch | None, list[_Ticket], torch.Tensor | None]:
-        """Decode ``batch``; on out of memory, split it in halves (recursively) and fail single rows that still do not fit."""
+        """Decode ``batch``; after an out-of-memory, what :meth:`_out_of_memory` decides (halves, recursively;
+        a single row that still does not fit ends)."""
         layers = [(layer.keys, layer.values) for layer in batch.cache.layers]
         try:
             return batch, tickets, self._steps.decode(batch)
         except Exception as error:
             if not is_out_of_memory(error):
                 raise
-            cause = str(error).splitlines()[0][:200]
+            cause = _first_line(error)
         for layer, (keys, values) in zip(batch.cache.layers, layers):
             layer.keys, layer.values = keys, values  # undo the layers that had grown before the error
-        release_memory()
-        self.stats.request_ooms += 1
-        if len(tickets) == 1:
-            ticket = tickets[0]
-            self._on_out_of_memory("handed_off")
-            ticket.log(logging.WARNING, "A decode step ran out of memory on one row alone; ending that request (%s)", cause)
-            self._end(ticket)
-            error_type = StreamOutOfMemoryError if ticket.answer.sent_chars else RequestOutOfMemoryError
-            ticket.sink.failed(error_type(f"ran out of memory mid-answer: {cause}"))
+        if not self._out_of_memory("decode", tickets, cause):
             return None, [], None
-        self.stats.decode_splits += 1
         half = len(tickets) // 2
-        logger.warning("A decode step of %d rows ran out of memory; running it in halves (%s)", len(tickets), cause)
         first, second = batch.split(half)
         parts = [self._decode(first, tickets[:half]), self._decode(second, tickets[half:])]
         parts = [part for part in parts if part[0] is not None]
@@ -531,14 +565,22 @@ class BatchScheduler:
             self._batch.keep(keep)
         else:
             self._batch = None
-        self.stats.running = len(self._running)
+        self._publish_running()
 
-    def _end(self, ticket: _Ticket) -> None:
-        """Give back an admitted request's share of the batch's predicted bytes (once)."""
-        if ticket.admitted:
-            ticket.admitted = False
+    def _end(self, ticket: _Ticket, state: RequestState = RequestState.ENDED) -> None:
+        """Move ``ticket`` out of the batch (ended, or back to wait alone) and give back its share of the batch's
+        predicted bytes, once."""
+        if ticket.state is RequestState.ENDED:
+            return
+        was_admitted = ticket.admitted
+        ticket.move(state)
+        if was_admitted:
             self._holding.remove(ticket)
             self._recount()
+
+    def _publish_running(self) -> None:
+        """The one writer of ``stats.running``: the rows of the batch now."""
+        self.stats.running = len(self._running)
 
     def _count_queue(self) -> None:
         """Called with the lock held: submitters append to the queue from their own threads."""
@@ -559,3 +601,7 @@ def check_options(request: GenerationRequest, vocab_size: int) -> None:
 def _held_input_bytes(ticket: _Ticket) -> int:
     """What a request's inputs hold in host memory now: its frames, and the processor's tensors until its prefill."""
     return ticket.prepared.media_bytes + ticket.prepared.input_bytes
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).splitlines()[0][:200] if str(error) else type(error).__name__
