@@ -8,11 +8,9 @@
 
 import ast
 import pathlib
-import subprocess
-import sys
-import textwrap
 
 import pytest
+from without_torch import run_without_torch
 
 import memory
 import models
@@ -131,23 +129,16 @@ def test_the_torch_free_rooms_import_only_torch_free_modules(room):
 
 
 def test_the_modules_declared_torch_free_import_without_torch():
-    script = textwrap.dedent(
+    names = sorted(models.TORCH_FREE_MODULES | memory.TORCH_FREE_MODULES)
+    result = run_without_torch(
         """
-        import importlib, sys
-
-        class Refuse:
-            def find_spec(self, name, path, target=None):
-                if name.split(".")[0] in ("torch", "transformers", "bitsandbytes", "accelerate"):
-                    raise ImportError(f"imported {name}")
-
-        sys.meta_path.insert(0, Refuse())
+        import importlib
         for name in sys.argv[1:]:
             importlib.import_module(name)
         print("ok")
-        """
+        """,
+        *names,
     )
-    names = sorted(models.TORCH_FREE_MODULES | memory.TORCH_FREE_MODULES)
-    result = subprocess.run([sys.executable, "-c", script, *names], capture_output=True, text=True, timeout=120, cwd=ROOT)
 
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "ok"
