@@ -412,11 +412,10 @@ class BatchScheduler:
             # Beside a running batch: make the batch smaller first, by letting it drain.
             ticket.log(logging.WARNING, "Prefill ran out of memory beside %d running rows; it waits to run alone (%s)",
                        others, cause)
-            self._end(ticket, RequestState.WAITING_ALONE)
             with self._wake:
                 self._waiting.appendleft(ticket)
                 self._count_queue()
-            self._recount()  # after: its inputs are counted as waiting again
+            self._end(ticket, RequestState.WAITING_ALONE)  # after: its inputs are counted as waiting again
             return False
         before = request_size(ticket.request)
         if answer == "end":

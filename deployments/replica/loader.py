@@ -59,7 +59,7 @@ class ReplicaLoader:
         self._make_adapter = make_adapter
         self._metrics = metrics
         self._on_loaded = on_loaded
-        self.lifecycle = lifecycle
+        self._lifecycle = lifecycle
         self.on_cuda = all(strategy.device == "cuda" for strategy in chain)
         self.adapter: CheckpointAdapter | None = None
         self.strategy: LoadStrategy | None = None
@@ -90,7 +90,7 @@ class ReplicaLoader:
         except Exception as error:  # noqa: BLE001 - a loader that dies silently leaves the replica 'loading' forever
             logger.error("Replica %s of group %s: the loader failed unexpectedly", self._replica_id, self._group,
                          exc_info=error)
-            self.lifecycle.try_move(ReplicaState.FAILED, f"the loader failed unexpectedly: {type(error).__name__}: {error}")
+            self._lifecycle.try_move(ReplicaState.FAILED, f"the loader failed unexpectedly: {type(error).__name__}: {error}")
 
     def _load_until_ready(self) -> None:
         if self.on_cuda and torch.cuda.is_available():
@@ -112,7 +112,7 @@ class ReplicaLoader:
                 self._wait_for_memory(str(error).splitlines()[0] + " " + error.budget.explain())
             except ModelLoadError as error:
                 self.load_report = error.report
-                self.lifecycle.try_move(ReplicaState.FAILED, str(error))
+                self._lifecycle.try_move(ReplicaState.FAILED, str(error))
                 return
             except NoGpuVisibleError as error:
                 self._wait_for_memory(str(error))
@@ -130,7 +130,7 @@ class ReplicaLoader:
             self._metrics.record_load_attempt(attempt.strategy, attempt.outcome)
 
     def _wait_for_memory(self, reason: str) -> None:
-        self.lifecycle.try_move(
+        self._lifecycle.try_move(
             ReplicaState.WAITING_FOR_MEMORY, f"{reason}; measuring again every {self._settings.load_retry_period_s:g} s"
         )
 
@@ -143,7 +143,11 @@ class ReplicaLoader:
             return min(attempt.estimate_bytes for attempt in self.load_report.attempts)
         return 0
 
-    def close(self) -> None:
+    def stop(self) -> None:
+        """No more load attempts; a load under way finishes (``on_loaded`` then finds the replica unloaded)."""
         self.stopping.set()
+
+    def close(self) -> None:
+        self.stop()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout=30)

@@ -60,7 +60,6 @@ _OOMS_BEFORE_UNHEALTHY = 3
 _OOM_WINDOW_S = 60.0
 
 
-
 class ModelReplica:
     """Loads the configured model in the background; answers once loaded, many requests at a time."""
 
@@ -279,7 +278,7 @@ class ModelReplica:
         with self._engine_lock:
             self._lifecycle.try_move(ReplicaState.UNLOADED, "the model was unloaded on request; Serve replaces this replica")
             engine, self._engine = self._engine, None
-        self._loader.close()
+        self._loader.stop()  # not joined: a load under way would hold this call; _start_engine discards its result
         if engine is not None:
             engine.close()
         if self._loader.adapter is not None:
