@@ -62,6 +62,7 @@ def _group(plan: AppPlan, group: str) -> Application | None:
         max_queued_requests=settings.max_queued_requests,
         autoscaling_config=_autoscaling(settings),
         health_check_period_s=settings.health_check_period_s,
+        graceful_shutdown_timeout_s=plan.config.routing.drain_timeout_s,
         request_router_config=RequestRouterConfig(
             request_router_class=ROUTER_CLASS_PATH, request_routing_stats_period_s=ROUTING_STATS_PERIOD_S
         ),
@@ -85,6 +86,7 @@ def build_app_from_config(config: AppConfig) -> Application:
     return Ingress.options(
         num_replicas=ingress.num_replicas,
         max_ongoing_requests=ingress.max_ongoing_requests,
+        graceful_shutdown_timeout_s=config.routing.drain_timeout_s,
         ray_actor_options=_actor_options(ingress.num_cpus, 0, {}, ingress.node_labels),
         logging_config={"enable_access_log": ingress.access_log},
     ).bind(_group(plan, GPU_GROUP), _group(plan, CPU_GROUP), config, gpu_floor_group=_group(plan, GPU_FLOOR_GROUP))

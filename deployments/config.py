@@ -443,6 +443,13 @@ class RoutingSettings(_Strict):
     breaker_cooldown_s: float = Field(
         default=15.0, gt=0, description="After a GPU-group failure, send traffic to the CPU group this long before probing."
     )
+    drain_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="How long a replica that Serve stops (a rolling update, a scale-down) keeps answering the requests "
+        "it holds before it is killed (Serve's graceful_shutdown_timeout_s, for every deployment; Serve's own 20 s "
+        "would fail a longer request). The default matches the proxy's request_timeout_s.",
+    )
 
 
 class MemorySettings(_Strict):

@@ -133,3 +133,7 @@ def test_a_rolling_update_under_traffic_fails_no_request_and_takes_effect(cluste
     assert too_long.status_code == 400 and "256" in too_long.text
     deployments = httpx.get(f"{cluster.dashboard_url}/api/serve/applications/", timeout=30).json()["applications"][APP]["deployments"]
     assert deployments["cpu_group"]["deployment_config"]["autoscaling_config"]["max_replicas"] == 3
+    # routing.drain_timeout_s: a replica being replaced finishes what it holds (Serve's own 20 s failed a request here)
+    assert {name: deployment["deployment_config"]["graceful_shutdown_timeout_s"] for name, deployment in deployments.items()} == {
+        "Ingress": 600.0, "gpu_group": 600.0, "cpu_group": 600.0,
+    }
