@@ -9,7 +9,7 @@ process title Ray gives it; read only) and ``/v1/memory`` is polled for the batc
 Reported: requests and failures (target 0, out-of-memory or otherwise), the peak batch, the largest
 admitted (predicted) bytes, and the replica's peak RSS growth over its idle RSS after a warm-up.
 
-Usage: .venv/bin/python -m bench.mixed_load [--headroom-mib 700] [--json]
+Usage: .venv/bin/python -m bench.mixed_load [--headroom-mib 1800] [--json]
 """
 
 import argparse
@@ -52,7 +52,7 @@ def _replica_process() -> psutil.Process:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--headroom-mib", type=int, default=700)
+    parser.add_argument("--headroom-mib", type=int, default=1800)
     parser.add_argument("--model-dir", type=pathlib.Path, default=pathlib.Path("bench/results/mid-qwen2-vl"))
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -68,7 +68,10 @@ def main() -> int:
     )
     app_args = {
         "model": {"source": str(model_path.resolve())},
-        "limits": {"video_frames": 32, "max_video_frames": 32},
+        # The limits of this workload (its largest request is the 32-frame video): the replica's activation reserve
+        # is the largest request the limits allow, priced as admission prices it (1681 MiB here), and must fit the headroom.
+        "limits": {"video_frames": 32, "max_video_frames": 32, "max_media_parts": 1, "max_request_frames": 32,
+                   "max_request_pixels": 32 * 448 * 448, "max_prompt_tokens": 4160, "max_tokens": 24, "default_max_tokens": 24},
         "gpu_group": {"enabled": False},
         "cpu_group": {
             "num_cpus": 1,

@@ -106,7 +106,11 @@ class LimitsSettings(_Strict):
     )
     max_question_bytes: int = Field(default=16 * 1024, gt=0, description="Largest /v1/analyze question (413 above).")
     max_prompt_tokens: int = Field(
-        default=16384, gt=0, description="Most prompt tokens (text plus image and video tokens) one request may use (413)."
+        default=8192,
+        gt=0,
+        description="Most prompt tokens (text plus image and video tokens) one request may use (413). Every replica "
+        "keeps memory free for the largest request the limits allow, this long prompt included, as admission prices "
+        "it (on the CPU, attention over the prompt grows with its square).",
     )
     max_media_parts: int = Field(
         default=32, gt=0, description="Most images and videos in one request, across all its messages (413 above)."

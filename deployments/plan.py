@@ -2,10 +2,11 @@
 
 :func:`resolve_app` turns an :class:`~deployments.config.AppConfig` into an :class:`AppPlan`, once, when the
 app is built: the model's folder (the built-in tiny model is built here), the adapter chosen from the
-checkpoint (the one step that imports transformers), the request the activation reserve is sized for, and per
-enabled group a :class:`GroupPlan`: its settings with every derived value filled in and validated again
-(``num_gpus`` a number, the floor replicas' settings built from the GPU group's), and its loading chain
-parsed. Replicas are built from the plan, never from the raw config.
+checkpoint (the one step that imports transformers), the largest request the limits allow
+(:func:`largest_request_for`), and per enabled group a :class:`GroupPlan`: its settings with every derived
+value filled in and validated again (``num_gpus`` a number, the floor replicas' settings built from the GPU
+group's), its loading chain parsed, and its activation reserve: that largest request priced by admission's
+cost model on the chain's first strategy (:func:`memory.estimate.activation_reserve_bytes`). Replicas are built from the plan, never from the raw config.
 
 ``num_gpus: auto``: from the model's config (no weights read), the chain (above ``min_precision``), the
 activation reserve for the request limits and the CUDA context, :func:`memory.packing.plan_share` picks the
@@ -23,13 +24,16 @@ import pydantic
 
 from deployments.config import AppConfig, ConfigError, CpuGroupSettings, GpuGroupSettings
 from deployments.routing.groups import CPU_GROUP, GPU_FLOOR_GROUP, GPU_GROUP
-from memory.estimate import RequestShape, activation_reserve_bytes, load_model_config
+from memory.admission import RequestSize
+from memory.estimate import activation_reserve_bytes, load_model_config
+from memory.largest_request import largest_request
 from memory.packing import PackingError, SharePlan, plan_share
 from memory.plan import estimate_chain
 from memory.probe import GpuBackend, MemorySnapshot
 from memory.strategy import LoadStrategy, parse_chain
 from models.adapters import AdapterChoiceError, choose_adapter
 from models.tiny import default_cache_dir, ensure_tiny_model
+from models.visual_tokens import VisualTokenGeometry
 from models.weight_cache import WeightCache
 
 logger = logging.getLogger(__name__)
@@ -42,6 +46,7 @@ class GroupPlan:
     group: str
     settings: GpuGroupSettings | CpuGroupSettings  # num_gpus is a number here, never 'auto'
     strategies: tuple[LoadStrategy, ...]
+    reserve_bytes: int  # the largest request, priced at strategies[0]: what the loader keeps free beside the weights
 
     @property
     def num_gpus(self) -> float:
@@ -53,7 +58,7 @@ class AppPlan:
     config: AppConfig  # as written and validated
     model_path: str
     adapter: str
-    request_shape: RequestShape  # what the activation reserve is sized for (reserve_request_shape)
+    largest_request: RequestSize  # the largest request the limits allow (largest_request_for)
     groups: dict[str, GroupPlan]  # the enabled groups, by name
     share_plan: SharePlan | None = None  # how gpu_group.num_gpus: auto chose the GPU group's share
 
@@ -79,11 +84,12 @@ def resolve_app(config: AppConfig, *, gpu_backend: GpuBackend | None = None) -> 
         adapter = choose_adapter(model_path, config.model.adapter, trust_remote_code=config.model.trust_remote_code)
     except AdapterChoiceError as error:
         raise ConfigError(f"Invalid application args in serve_config.yaml:\n  model.source: {error}") from error
-    shape = reserve_request_shape(config)
-    gpu_share, floor_share, share_plan = _gpu_shares(config, model_path, shape, gpu_backend)
+    model_config = load_model_config(model_path, trust_remote_code=config.model.trust_remote_code)
+    request = largest_request_for(config, model_path)
+    gpu_share, floor_share, share_plan = _gpu_shares(config, model_config, request, gpu_backend)
     groups: dict[str, GroupPlan] = {}
     if config.gpu_group.enabled:
-        groups[GPU_GROUP] = _group_plan(GPU_GROUP, config.gpu_group, {"num_gpus": gpu_share})
+        groups[GPU_GROUP] = _group_plan(GPU_GROUP, config.gpu_group, {"num_gpus": gpu_share}, model_config, request)
         if config.floor_enabled:
             gpu = config.gpu_group
             floor = {
@@ -94,43 +100,53 @@ def resolve_app(config: AppConfig, *, gpu_backend: GpuBackend | None = None) -> 
                 },
                 "floor": {},
             }
-            groups[GPU_FLOOR_GROUP] = _group_plan(GPU_FLOOR_GROUP, gpu, floor)
+            groups[GPU_FLOOR_GROUP] = _group_plan(GPU_FLOOR_GROUP, gpu, floor, model_config, request)
     if config.cpu_group.enabled:
-        groups[CPU_GROUP] = _group_plan(CPU_GROUP, config.cpu_group, {})
+        groups[CPU_GROUP] = _group_plan(CPU_GROUP, config.cpu_group, {}, model_config, request)
     return AppPlan(
-        config=config, model_path=model_path, adapter=adapter, request_shape=shape, groups=groups, share_plan=share_plan
+        config=config, model_path=model_path, adapter=adapter, largest_request=request, groups=groups,
+        share_plan=share_plan,
     )
 
 
-def reserve_request_shape(config: AppConfig) -> RequestShape:
-    """The request the activation reserve is sized for: one video of ``max_video_frames`` frames and one image,
-    each at ``max_pixels_per_frame``, and ``max_tokens`` new tokens.
-
-    This is not the largest request the per-request caps allow (``max_request_frames`` across videos, up to
-    ``max_media_parts`` images): admission prices each request as it comes and shrinks or hands off what does
-    not fit the headroom, so the reserve only keeps room for a typical large one (see docs/architecture.md,
-    "Memory").
-    """
-    limits = config.limits
-    return RequestShape(
-        max_frames=limits.max_video_frames,
-        max_pixels_per_frame=limits.max_pixels_per_frame,
-        max_images=1,
+def largest_request_for(config: AppConfig, model_path: str) -> RequestSize:
+    """The largest request ``config.limits`` allow, with the checkpoint processor's patch sizes
+    (:func:`memory.largest_request.largest_request`): what every group's activation reserve is priced for."""
+    limits, geometry = config.limits, VisualTokenGeometry.from_model_folder(model_path)
+    return largest_request(
+        max_prompt_tokens=limits.max_prompt_tokens,
         max_new_tokens=limits.max_tokens,
+        max_media_parts=limits.max_media_parts,
+        max_request_frames=limits.max_request_frames,
+        max_request_pixels=limits.max_request_pixels,
+        pixels_per_frame=limits.max_pixels_per_frame,
+        patch_size=geometry.patch_size,
+        merge_size=geometry.merge_size,
+        temporal_patch_size=geometry.temporal_patch_size,
     )
 
 
-def _group_plan(group: str, settings: GpuGroupSettings | CpuGroupSettings, update: dict[str, Any]) -> GroupPlan:
+def _group_plan(
+    group: str,
+    settings: GpuGroupSettings | CpuGroupSettings,
+    update: dict[str, Any],
+    model_config: Any,
+    request: RequestSize,
+) -> GroupPlan:
     """``settings`` with ``update`` applied and validated again, as the group's replicas run them."""
     try:
         resolved = type(settings).model_validate({**settings.model_dump(), **update})
     except pydantic.ValidationError as error:  # a derived value the raw config let through
         raise ConfigError(f"The {group} group's resolved settings do not validate: {error}") from error
-    return GroupPlan(group=group, settings=resolved, strategies=resolved.strategies())
+    strategies = resolved.strategies()
+    return GroupPlan(
+        group=group, settings=resolved, strategies=strategies,
+        reserve_bytes=activation_reserve_bytes(model_config, request, strategies[0]),
+    )
 
 
 def _gpu_shares(
-    config: AppConfig, model_path: str, shape: RequestShape, gpu_backend: GpuBackend | None
+    config: AppConfig, model_config: Any, request: RequestSize, gpu_backend: GpuBackend | None
 ) -> tuple[float, float, SharePlan | None]:
     """The GPU group's and the floor replicas' shares of a GPU, planned where they are ``auto``."""
     settings = config.gpu_group
@@ -140,15 +156,13 @@ def _gpu_shares(
     if not (plan_group or plan_floor):
         return _number_or_unused(gpu_share), _number_or_unused(floor_share), None
     total_bytes = _gpu_total_bytes(settings, gpu_backend)
-    model_config = load_model_config(model_path, trust_remote_code=config.model.trust_remote_code)
-    reserve_bytes = activation_reserve_bytes(model_config, shape)
 
     def plan(chain_names: tuple[str, ...], key: str) -> SharePlan:
         chain = parse_chain(chain_names, settings.device)
         weights = {strategy.name: estimate.total_bytes for strategy, estimate in estimate_chain(model_config, chain).items()}
         try:
             return plan_share(
-                weights, total_bytes=total_bytes, reserve_bytes=reserve_bytes, context_bytes=settings.cuda_context_bytes,
+                weights, total_bytes=total_bytes, reserve_bytes=activation_reserve_bytes(model_config, request, chain[0]), context_bytes=settings.cuda_context_bytes,
                 grid=settings.num_gpus_grid,
             )
         except PackingError as error:

@@ -3,12 +3,14 @@
     python -m memory summary [--json]
     python -m memory plan MODEL_DIR [--device cuda|cpu] [--gpu-share 0.5] [--chain bf16,int8,nf4]
                          [--memory-bytes N] [--gpu-total-bytes N --gpu-free-bytes N]
-                         [--frames 8] [--pixels-per-frame 200704] [--max-new-tokens 512] [--json]
+                         [--frames 8] [--images 1] [--pixels-per-frame 200704] [--prompt-tokens 8192]
+                         [--max-new-tokens 512] [--json]
 
 ``plan`` prints the model's weight bytes at every precision (the same on any
 machine), then prices each strategy of the chain from the model's ``config.json``
 (meta device, no weights read) against the budget this replica would get, and
-says which fit. Without ``--device`` it plans for the GPU when one is visible
+says which fit. The activation reserve is the request of ``--frames`` video frames, ``--images``
+images and ``--prompt-tokens`` prompt tokens, priced as admission prices it. Without ``--device`` it plans for the GPU when one is visible
 (or given), else for the CPU, and says so; ``--gpu-total-bytes`` (with
 ``--gpu-share`` and ``--gpu-free-bytes``) plans for a GPU this machine does not
 have. Exit status: 0 when some strategy fits, 1 when none does, 2 for bad input.
@@ -22,7 +24,8 @@ from typing import Any
 
 from memory.allocator import read_allocator_settings
 from memory.budget import DEFAULT_CUDA_CONTEXT_BYTES, BudgetError, MemoryBudget, cpu_budget, gpu_budget
-from memory.estimate import ModelConfigError, RequestShape, activation_reserve_bytes, load_model_config
+from memory.estimate import ModelConfigError, activation_reserve_bytes, load_model_config
+from memory.largest_request import largest_request
 from memory.packing import DEFAULT_SHARE_GRID, PackingError, SharePlan, plan_share
 from memory.plan import estimate_chain
 from memory.probe import FixedGpu, MemorySnapshot, format_gib
@@ -68,10 +71,19 @@ def _plan(args: argparse.Namespace) -> int:
     sizes = {strategy.name: estimate.total_bytes
              for strategy, estimate in estimate_chain(config, parse_chain(PRECISIONS, "cpu")).items()}
     chain = parse_chain(args.chain.split(",") if args.chain else list(_default_chain(args.device)), args.device)
-    shape = RequestShape(
-        max_frames=args.frames, max_pixels_per_frame=args.pixels_per_frame, max_images=1, max_new_tokens=args.max_new_tokens
+    vision = getattr(config, "vision_config", None)
+    request = largest_request(
+        max_prompt_tokens=args.prompt_tokens,
+        max_new_tokens=args.max_new_tokens,
+        max_media_parts=args.images + (1 if args.frames else 0),
+        max_request_frames=args.frames,
+        max_request_pixels=(args.frames + args.images) * args.pixels_per_frame,
+        pixels_per_frame=args.pixels_per_frame,
+        patch_size=getattr(vision, "patch_size", 14),
+        merge_size=getattr(vision, "spatial_merge_size", 2),
+        temporal_patch_size=getattr(vision, "temporal_patch_size", 2),
     )
-    reserve = activation_reserve_bytes(config, shape)
+    reserve = activation_reserve_bytes(config, request, chain[0])
     budget = _budget(args, reserve)
     rows: list[dict[str, Any]] = []
     for strategy, estimate in estimate_chain(config, chain).items():
@@ -185,7 +197,9 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--memory-bytes", type=int, default=8 * 1024**3, help="CPU budget in bytes")
     plan.add_argument("--gpu-total-bytes", type=int, help="plan for a GPU of this size instead of the one present")
     plan.add_argument("--gpu-free-bytes", type=int, help="free bytes on that GPU (default: all of it)")
-    plan.add_argument("--frames", type=int, default=8)
+    plan.add_argument("--frames", type=int, default=8, help="video frames of the request the reserve is priced for")
+    plan.add_argument("--images", type=int, default=1, help="images of that request")
+    plan.add_argument("--prompt-tokens", type=int, default=8192, help="its prompt tokens, text and visual")
     plan.add_argument("--pixels-per-frame", type=int, default=448 * 448)
     plan.add_argument("--max-new-tokens", type=int, default=512)
     plan.add_argument(

@@ -37,6 +37,17 @@ VISION_WORKING_FACTOR = 8
 
 
 @dataclasses.dataclass(frozen=True)
+class RequestSize:
+    """A request as the cost model sees it: its prompt, its answer, its patches and its inputs' bytes."""
+
+    prompt_tokens: int
+    max_new_tokens: int
+    visual_patches: int = 0
+    input_bytes: int = 0  # the processor's tensors (ids, masks, pixel values)
+    media_bytes: int = 0  # its frames and images (RGB bytes)
+
+
+@dataclasses.dataclass(frozen=True)
 class RequestCostModel:
     """Per-token, per-patch and per-row prices for one model at one compute dtype."""
 
@@ -85,6 +96,10 @@ class RequestCostModel:
             prefill_bytes=self.prefill_bytes(1, prompt_tokens),
             input_bytes=input_bytes + (media_bytes if self.inputs_in_compute_memory else 0),
         )
+
+    def price(self, size: RequestSize) -> "RequestCost":
+        """:meth:`predict` for a :class:`RequestSize`."""
+        return self.predict(**dataclasses.asdict(size))
 
 
 @dataclasses.dataclass(frozen=True)

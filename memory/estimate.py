@@ -18,9 +18,8 @@ actually store it:
 :func:`measure_model_bytes` counts the same things on a loaded model, so the
 two can be compared (``bench/estimate_accuracy.py``).
 
-The activation reserve is priced from the request limits: the visual tokens
-the largest allowed request produces, their vision-tower activations, and the
-KV cache for prompt plus output tokens.
+The activation reserve is the largest request the limits allow
+(:mod:`memory.largest_request`) priced by admission's cost model (:mod:`memory.admission`).
 """
 
 import dataclasses
@@ -34,8 +33,8 @@ import torch
 import transformers
 from torch import nn
 
-from memory.admission import RequestCostModel
-from memory.strategy import Quantization, precision_name
+from memory.admission import RequestCostModel, RequestSize
+from memory.strategy import LoadStrategy, Quantization, precision_name
 
 logger = logging.getLogger(__name__)
 
@@ -219,43 +218,18 @@ def measure_model_bytes(model: nn.Module) -> int:
     return total
 
 
-@dataclasses.dataclass(frozen=True)
-class RequestShape:
-    """The largest request the limits allow, for the activation reserve."""
-
-    max_frames: int
-    max_pixels_per_frame: int
-    max_images: int = 0
-    max_prompt_text_tokens: int = 1024
-    max_new_tokens: int = 512
+def activation_reserve_bytes(config: transformers.PretrainedConfig, request: RequestSize, strategy: LoadStrategy) -> int:
+    """What ``request`` costs beside the weights of a model loaded as ``strategy``: admission's own price
+    (:meth:`memory.admission.RequestCostModel.price`, KV cache, vision tower, prefill and inputs) on the
+    strategy's device, with its compute dtype's KV cache. One pricing: the loader reserves what admission
+    will charge."""
+    costs = RequestCostModel.from_config(config, dtype_bytes=compute_dtype_bytes(strategy), device=strategy.device)
+    return costs.price(request).total_bytes
 
 
-def visual_tokens(shape: RequestShape, *, patch_size: int = 14, merge_size: int = 2, temporal_patch_size: int = 2) -> int:
-    """Visual tokens a request of this shape becomes (Qwen2-VL arithmetic: one per merged patch)."""
-    tokens_per_frame = shape.max_pixels_per_frame // (patch_size * merge_size) ** 2
-    video_tokens = math.ceil(shape.max_frames / temporal_patch_size) * tokens_per_frame
-    return video_tokens + shape.max_images * tokens_per_frame
-
-
-def activation_reserve_bytes(config: transformers.PretrainedConfig, shape: RequestShape, dtype_bytes: int = 2) -> int:
-    """Memory one request of this shape needs beyond the weights, with a 2x margin.
-
-    Priced by admission's cost model (:mod:`memory.admission`): KV cache for prompt
-    (text + visual tokens) plus output, the vision tower's widest layer over every
-    patch, and the last position's logits in fp32. Example: Qwen2-VL-7B (28 layers, 4 kv heads of 128),
-    16 frames of 448x448: 2048 visual + 1536 text tokens = 3584 tokens x 57 KiB
-    = 200 MiB of KV cache; vision 16 x 1024 patches x 1280 x 2 B x 8 = 320 MiB.
-    """
-    vision = getattr(config, "vision_config", None)
-    patch_size = getattr(vision, "patch_size", 14) if vision is not None else 14
-    merge_size = getattr(vision, "spatial_merge_size", 2) if vision is not None else 2
-    temporal = getattr(vision, "temporal_patch_size", 2) if vision is not None else 2
-    tokens = visual_tokens(shape, patch_size=patch_size, merge_size=merge_size, temporal_patch_size=temporal)
-    costs = RequestCostModel.from_config(config, dtype_bytes=dtype_bytes)
-    sequence = tokens + shape.max_prompt_text_tokens + shape.max_new_tokens
-    kv_cache = costs.kv_bytes_per_token * sequence
-    vision_bytes = costs.vision_bytes_per_patch * tokens * merge_size**2
-    return 2 * (kv_cache + vision_bytes + costs.logits_bytes_per_row)
+def compute_dtype_bytes(strategy: LoadStrategy) -> int:
+    """Bytes of one value at the strategy's compute dtype (the KV cache's, and the activations')."""
+    return 4 if strategy.dtype == "float32" else 2
 
 
 def _unique_tensors(tensors) -> list[torch.Tensor]:

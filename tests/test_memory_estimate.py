@@ -11,13 +11,10 @@ import transformers
 
 from memory.estimate import (
     ModelConfigError,
-    RequestShape,
-    activation_reserve_bytes,
     build_meta_model,
     estimate_weights,
     load_model_config,
     measure_model_bytes,
-    visual_tokens,
 )
 from memory.strategy import parse_strategy
 from models.reference_configs import build_random_model
@@ -110,16 +107,3 @@ class TestConfigErrors:
             load_model_config(tmp_path)
 
 
-class TestActivationReserve:
-    def test_visual_tokens_follow_qwen2_vl_arithmetic(self):
-        # 16 frames of 448 x 448: 8 temporal pairs x (448 / 28)^2 = 8 x 256 = 2048 tokens.
-        assert visual_tokens(RequestShape(max_frames=16, max_pixels_per_frame=448 * 448)) == 2048
-
-    def test_reserve_grows_with_frames_and_pixels(self, tiny_model_path):
-        config = load_model_config(tiny_model_path)
-        small = activation_reserve_bytes(config, RequestShape(max_frames=4, max_pixels_per_frame=224 * 224))
-        more_frames = activation_reserve_bytes(config, RequestShape(max_frames=32, max_pixels_per_frame=224 * 224))
-        more_pixels = activation_reserve_bytes(config, RequestShape(max_frames=4, max_pixels_per_frame=896 * 896))
-
-        assert small < more_frames
-        assert small < more_pixels

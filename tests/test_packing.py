@@ -86,7 +86,8 @@ def test_the_floor_replicas_need_a_precision_in_the_chain_and_say_so():
 def test_the_floor_replicas_run_the_floor_alone_on_their_own_share_from_zero(tiny_model_path):
     # Small request limits and no CUDA context, so that the tiny model's weights are most of what a replica needs.
     small_requests = {"video_frames": 1, "max_video_frames": 1, "max_tokens": 8, "default_max_tokens": 8,
-                      "max_prompt_tokens": 64, "max_pixels_per_frame": 3136, "max_image_pixels": 3136}
+                      "max_prompt_tokens": 64, "max_pixels_per_frame": 3136, "max_image_pixels": 3136,
+                      "max_media_parts": 1, "max_request_frames": 1, "max_request_pixels": 3136}
     args = {
         "limits": small_requests,
         "gpu_group": {

@@ -39,7 +39,7 @@ from deployments.routing.groups import CPU_GROUP, GPU_GROUPS
 from deployments.routing.ready_replica_router import READY_STAT
 from memory.allocator import read_allocator_settings
 from memory.cleanup import release_memory
-from memory.estimate import activation_reserve_bytes, load_model_config
+from memory.estimate import load_model_config
 from memory.plan import estimate_chain
 from memory.probe import MemorySnapshot
 from memory.strategy import LoadStrategy
@@ -88,7 +88,7 @@ class ModelReplica:
         self._metrics = ReplicaMetrics(group)
         model_config = load_model_config(self._model_path, trust_remote_code=trust_remote_code)
         self._model_config = model_config
-        self._reserve_bytes = activation_reserve_bytes(model_config, plan.request_shape)
+        self._reserve_bytes = group_plan.reserve_bytes  # the largest request the limits allow, priced by admission's model
         chain = group_plan.strategies
         self._loader = ReplicaLoader(
             group=group,
