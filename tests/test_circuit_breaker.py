@@ -1,4 +1,4 @@
-from deployments.routing.router import CircuitBreaker
+from deployments.routing.breaker import CircuitBreaker
 
 
 class Clock:

@@ -12,7 +12,8 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from test_circuit_breaker import Clock
 
 from deployments.replica.protocol import Accepted, ReplicaAnswer, ServedBy, StreamOpened
-from deployments.routing.router import CircuitBreaker, GroupRouter, GroupTimeouts, NoGroupAvailableError
+from deployments.routing.breaker import CircuitBreaker
+from deployments.routing.router import GroupRouter, GroupTimeouts, NoGroupAvailableError
 from models.errors import PromptTooLongError, ReplicaBusyError, RequestOutOfMemoryError, SchedulerClosedError
 from models.request_shrink import RequestSize
 from models.requests import GenerationResult, TextDelta

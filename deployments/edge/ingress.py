@@ -50,8 +50,9 @@ from deployments.files.uploads import remove_stale_uploads
 from deployments.observability.logs import route_logs_through_serve
 from deployments.observability.metrics import IngressMetrics, fallback_reason_label
 from deployments.replica.protocol import ReplicaAnswer, ServedBy
+from deployments.routing.breaker import CircuitBreaker
 from deployments.routing.groups import CPU_GROUP, DEPLOYMENT_NAMES, GPU_FLOOR_GROUP, GPU_GROUP, GPU_GROUPS, ROUTING_ORDER
-from deployments.routing.router import CircuitBreaker, GroupRouter, GroupTimeouts, NoGroupAvailableError, remote_cause
+from deployments.routing.router import GroupRouter, GroupTimeouts, NoGroupAvailableError, remote_cause
 from models.errors import InvalidModelInputError, InvalidParameterError, PromptTooLongError
 from models.requests import GenerationRequest
 from models.visual_tokens import VisualTokenGeometry

@@ -37,6 +37,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from deployments.replica.protocol import Accepted, ReplicaAnswer, ReplicaUnavailableError, StreamOpened
+from deployments.routing.breaker import CircuitBreaker
 from deployments.routing.groups import CPU_GROUP, GPU_FLOOR_GROUP, GPU_GROUP, ROUTING_ORDER
 from models.errors import ReplicaBusyError, RequestOutOfMemoryError, SchedulerClosedError
 
@@ -76,42 +77,6 @@ def classify(error: BaseException) -> Outcome | None:
     if isinstance(cause, BUSY_ERRORS):
         return Outcome.BUSY
     return None
-
-
-@dataclasses.dataclass
-class CircuitBreaker:
-    """Closed: calls go through. Open: skipped until ``cooldown_s`` has passed, then one probe (the router's
-    :meth:`ModelReplica.ping`, in the background) at a time, until one answers."""
-
-    cooldown_s: float
-    clock: Callable[[], float] = time.monotonic
-    opened_at: float | None = None
-    last_reason: str | None = None
-    probing: bool = False
-
-    def allows(self) -> bool:
-        if self.opened_at is None:
-            return True
-        if self.probing or self.clock() - self.opened_at < self.cooldown_s:
-            return False
-        self.probing = True  # one probe at a time
-        return True
-
-    def record_success(self) -> None:
-        if self.opened_at is not None:
-            logger.info("The group answered again; closing its circuit breaker")
-        self.opened_at, self.last_reason, self.probing = None, None, False
-
-    def record_failure(self, reason: str) -> None:
-        if self.opened_at is None:
-            logger.warning("Group unavailable (%s); the next group takes its traffic for %.0f s", reason, self.cooldown_s)
-        self.opened_at, self.last_reason, self.probing = self.clock(), reason, False
-
-    @property
-    def state(self) -> str:
-        if self.opened_at is None:
-            return "closed"
-        return "half-open" if self.clock() - self.opened_at >= self.cooldown_s else "open"
 
 
 @dataclasses.dataclass(frozen=True)
