@@ -2,11 +2,14 @@
 
 With an empty allow-list (the default) only data URLs work. An allowed URL must match a prefix's
 scheme, host and port exactly and start with its path at a segment boundary; user info in the URL
-is refused; redirects are not followed (they could leave the allowed hosts); the body is read up to
-a byte limit and its ``Content-Type`` must be an accepted media type.
+is refused, and so are control characters, ``\\`` and ``;`` anywhere in it, percent-encoded too (some
+servers read ``..;/`` or ``..\\`` as ``../``), and whitespace as sent; the URL fetched is the normalised one that was
+checked, never the one as sent; redirects are not followed (they could leave the allowed hosts); the
+body is read up to a byte limit and its ``Content-Type`` must be an accepted media type.
 """
 
 import posixpath
+import re
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -14,6 +17,10 @@ import urllib.request
 from models.media import DataUrl, InvalidDataUrlError, MediaDecodeError, MediaTooLargeError, UnsupportedMediaTypeError
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+# Control characters, a backslash or a semicolon, as sent or percent-encoded (servers disagree on what they
+# mean in a path), and whitespace as sent (a URL encodes it).
+_REFUSED_ENCODED = re.compile(r"[\x00-\x1f\x7f\\;]")
+_REFUSED_AS_SENT = re.compile(r"[\x00-\x20\x7f\\;]")
 _READ_CHUNK_BYTES = 1 << 16
 
 
@@ -21,28 +28,35 @@ class RemoteUrlRefusedError(InvalidDataUrlError):
     """The URL is not under any allowed prefix."""
 
 
-def is_allowed(url: str, allow_list: tuple[str, ...]) -> bool:
+def allowed_url(url: str, allow_list: tuple[str, ...]) -> str | None:
+    """The normalised URL to fetch when ``url`` is under an allowed prefix; ``None`` when it is not."""
     target = _normalised(url)
     if target is None:
-        return False
+        return None
     for prefix in allow_list:
         allowed = _normalised(prefix)
         if allowed is None or allowed[:3] != target[:3]:
             continue
         allowed_path, target_path = allowed[3], target[3]
         if target_path == allowed_path or target_path.startswith(allowed_path.rstrip("/") + "/"):
-            return True
-    return False
+            return _unsplit(target, urllib.parse.urlsplit(url).query)
+    return None
+
+
+def is_allowed(url: str, allow_list: tuple[str, ...]) -> bool:
+    return allowed_url(url, allow_list) is not None
 
 
 def fetch_media(
     url: str, *, allow_list: tuple[str, ...], allowed_mime_types: frozenset[str], max_bytes: int, timeout_s: float
 ) -> DataUrl:
-    if not is_allowed(url, allow_list):
+    checked = allowed_url(url, allow_list)
+    if checked is None:
         raise RemoteUrlRefusedError(
             f"The URL {url[:100]!r} is not under an allowed prefix; this server fetches only from "
             "media.remote_url_allow_list (embed the file as a data URL instead)"
         )
+    url = checked  # what was checked is what is fetched
     opener = urllib.request.build_opener(_NoRedirect)
     try:
         with opener.open(urllib.request.Request(url, method="GET"), timeout=timeout_s) as response:
@@ -69,6 +83,8 @@ def fetch_media(
 
 
 def _normalised(url: str) -> tuple[str, str, int, str] | None:
+    if _REFUSED_AS_SENT.search(url) or _REFUSED_ENCODED.search(urllib.parse.unquote(url)):
+        return None
     try:
         parts = urllib.parse.urlsplit(url)
         port = parts.port
@@ -82,6 +98,12 @@ def _normalised(url: str) -> tuple[str, str, int, str] | None:
     if path.endswith("/") and not normalised_path.endswith("/"):
         normalised_path += "/"
     return parts.scheme, parts.hostname.lower(), port or _DEFAULT_PORTS[parts.scheme], normalised_path
+
+
+def _unsplit(normalised: tuple[str, str, int, str], query: str) -> str:
+    scheme, host, port, path = normalised
+    netloc = host if port == _DEFAULT_PORTS[scheme] else f"{host}:{port}"
+    return urllib.parse.urlunsplit((scheme, netloc, urllib.parse.quote(path, safe="/-._~!$&'()*+,=:@"), query, ""))
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

@@ -125,7 +125,7 @@ def sample_video(source: VideoSource, selection: FrameSelection, limits: VideoLi
         sampler = _Sampler(container, stream, info)
         arrays, times, rotation = sampler.take(targets, limits.target_pixels_per_frame)
     except av.error.FFmpegError as error:
-        raise CorruptVideoError(f"The video does not decode: {error}") from error
+        raise CorruptVideoError(f"The video does not decode: {_reason(error)}") from error
     finally:
         container.close()
     return SampledVideo(
@@ -175,7 +175,7 @@ def probe_video(source: VideoSource, limits: VideoLimits) -> VideoInfo:
     try:
         _, info = _inspect(container, limits)
     except av.error.FFmpegError as error:
-        raise CorruptVideoError(f"The video's header does not read: {error}") from error
+        raise CorruptVideoError(f"The video's header does not read: {_reason(error)}") from error
     finally:
         container.close()
     return info
@@ -191,9 +191,16 @@ def _open(source: VideoSource, limits: VideoLimits) -> av.container.InputContain
     except (av.error.FFmpegError, ValueError) as error:
         size = len(source) if isinstance(source, (bytes, bytearray)) else os.path.getsize(file)
         raise NotAVideoError(
-            f"The file ({size} bytes) does not open as a video container ({error}); it is not a video, or it is "
+            f"The file ({size} bytes) does not open as a video container ({_reason(error)}); it is not a video, or it is "
             "truncated before its index (an MP4 cut short loses the index at its end)"
         ) from error
+
+
+def _reason(error: Exception) -> str:
+    """FFmpeg's reason without the file name it names (a path on this server is no business of a client's)."""
+    if isinstance(error, av.error.FFmpegError):
+        return error.strerror or type(error).__name__
+    return str(error)
 
 
 def _inspect(container: av.container.InputContainer, limits: VideoLimits) -> tuple[av.video.stream.VideoStream, VideoInfo]:
@@ -254,7 +261,7 @@ def _duration_from_packets(container, stream) -> float:
             first = start if first is None else min(first, start)
             last = end if last is None else max(last, end)
     except av.error.FFmpegError as error:
-        raise CorruptVideoError(f"The video's packets do not read: {error}") from error
+        raise CorruptVideoError(f"The video's packets do not read: {_reason(error)}") from error
     if first is None:
         raise NoVideoFramesError("The video stream has no frames (no timed packets)")
     container.seek(0)
@@ -364,7 +371,7 @@ class _Sampler:
             except av.error.InvalidDataError as error:
                 self.failed_packets += 1
                 if self.failed_packets > 3 and self.failed_packets > _CORRUPT_PACKET_SHARE * self.read_packets:
-                    raise CorruptVideoError(f"The video is corrupt: {self._damage()} ({error})") from error
+                    raise CorruptVideoError(f"The video is corrupt: {self._damage()} ({_reason(error)})") from error
                 continue
             for frame in frames:
                 self.decoded += 1

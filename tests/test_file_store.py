@@ -3,6 +3,9 @@
 Expiry is checked on the storage itself: a swept file's objects are gone from the bucket or the folder.
 """
 
+import json
+import os
+import stat
 import time
 import uuid
 
@@ -90,7 +93,7 @@ def test_the_frame_cache_is_bounded_in_bytes_and_evicts_the_least_recently_used(
     one = _sampled(4)
     size = one.frames.nbytes
     cache = FrameCache(max_bytes=2 * size)
-    keys = [FrameCacheKey(sha256=str(i), num_frames=4, fps=None, max_frames=32, target_pixels_per_frame=4096) for i in range(3)]
+    keys = [FrameCacheKey(owner="o", sha256=str(i), num_frames=4, fps=None, max_frames=32, target_pixels_per_frame=4096) for i in range(3)]
 
     cache.put(keys[0], one)
     cache.put(keys[1], one)
@@ -106,8 +109,32 @@ def test_the_frame_cache_is_bounded_in_bytes_and_evicts_the_least_recently_used(
 def test_a_video_larger_than_the_whole_cache_is_not_kept():
     big = _sampled(8)
     cache = FrameCache(max_bytes=big.frames.nbytes - 1)
-    key = FrameCacheKey(sha256="big", num_frames=8, fps=None, max_frames=32, target_pixels_per_frame=4096)
+    key = FrameCacheKey(owner="o", sha256="big", num_frames=8, fps=None, max_frames=32, target_pixels_per_frame=4096)
 
     cache.put(key, big)
 
     assert cache.get(key) is None and cache.stats.bytes == 0
+
+
+def test_a_record_that_does_not_parse_or_names_another_place_is_no_file_and_the_sweep_goes_on(store, tmp_path):
+    truncated, planted, expiring = (_put(store, tmp_path, ttl_s=ttl) for ttl in (0, 0, 1))
+    store._fs.pipe_file(store._path("alice", truncated.id, ".json"), b'{"id": "file-')  # cut short
+    # An edited record that points its bytes at another owner's folder (or outside the root).
+    forged = json.loads(store._fs.cat_file(store._path("alice", planted.id, ".json")))
+    store._fs.pipe_file(store._path("alice", planted.id, ".json"), json.dumps({**forged, "owner": "../../etc"}).encode())
+
+    time.sleep(1.1)
+    assert store.sweep() == 1  # the expiring one, past the two bad records
+    assert store.get("alice", truncated.id) is None and store.get("alice", planted.id) is None
+    assert store.list("alice") == []
+
+
+def test_a_local_store_is_private_to_this_user(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    store = FileStore(shared.as_uri())
+    _put(store, tmp_path)
+
+    assert stat.S_IMODE(os.stat(shared).st_mode) == 0o700  # narrowed at start
+    assert stat.S_IMODE(os.stat(shared / "alice").st_mode) == 0o700

@@ -28,6 +28,12 @@ ALLOW = ("https://media.example.com/videos/",)
         ("https://user:pw@media.example.com/videos/a.mp4", False),
         ("file:///videos/a.mp4", False),
         ("http://169.254.169.254/latest/meta-data/", False),
+        ("https://media.example.com/videos/..;/secrets/a.mp4", False),  # Tomcat and others read ..;/ as ../
+        ("https://media.example.com/videos/..%5csecrets/a.mp4", False),  # and a backslash as a slash
+        ("https://media.example.com/videos/..\\secrets/a.mp4", False),
+        ("https://media.exa\tmple.com/videos/a.mp4", False),  # a tab in the host (was a 500 when fetched)
+        ("https://media.example.com/videos/a%0d%0aX-Injected:%201.mp4", False),
+        ("https://media.example.com/videos/my%20clip.mp4", True),  # an encoded space is a name
     ],
 )
 def test_only_urls_under_an_allowed_prefix_pass(url, allowed):
@@ -36,8 +42,10 @@ def test_only_urls_under_an_allowed_prefix_pass(url, allowed):
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     routes: dict[str, tuple[int, dict[str, str], bytes]] = {}
+    requested: list[str] = []
 
     def do_GET(self):  # noqa: N802 - the stdlib's name
+        self.requested.append(self.path)
         status, headers, body = self.routes.get(self.path, (404, {}, b""))
         self.send_response(status)
         for name, value in headers.items():
@@ -99,3 +107,13 @@ def test_an_allowed_url_still_has_to_be_a_small_enough_video_without_redirects(s
 
     with pytest.raises(error, match=words):
         _fetch(f"{base}{path}", f"{base}/media/", max_bytes=1000)
+
+
+def test_the_url_fetched_is_the_normalised_one_that_was_checked(server):
+    base, video = server
+    _Handler.requested.clear()
+
+    fetched = _fetch(f"{base}/media/sub/../clip.mp4", f"{base}/media/")
+
+    assert fetched.payload == video
+    assert _Handler.requested == ["/media/clip.mp4"]  # not /media/sub/../clip.mp4, which a server may read otherwise

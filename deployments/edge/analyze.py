@@ -259,7 +259,7 @@ async def prepare_analysis(
         # The body passed through this process in Serve's message buffers; glibc keeps their pages.
         await asyncio.to_thread(return_freed_heap)
     logger.info(
-        "Request %s: %s (%d bytes, %s/%s, %.1f s) sampled to %d frames of %dx%d in %.3f s (%d seeks, %d decoded%s)",
+        "Request %s: %r (%d bytes, %s/%s, %.1f s) sampled to %d frames of %dx%d in %.3f s (%d seeks, %d decoded%s)",
         request_id, filename or "(no name)", size_bytes, sampled.info.container, sampled.info.codec,
         sampled.info.duration_s, len(sampled.timestamps_s), sampled.frames.shape[2], sampled.frames.shape[1],
         sampled.decode_seconds, sampled.seeks, sampled.decoded_frames, ", from the frame cache" if cache_hit else "",

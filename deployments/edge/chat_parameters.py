@@ -8,10 +8,11 @@ clients send those by default.
 :func:`decoding_options` turns the honoured ones into the replica's
 :class:`~models.requests.DecodingOptions`, with the checks the request model cannot make alone: at most
 4 non-empty ``stop`` strings, ``top_logprobs`` only with ``logprobs``, a ``json_schema`` that has a
-schema, ``logit_bias`` keys that are token ids.
+schema, ``logit_bias`` keys that are token ids (ASCII digits, at most 300 of them).
 """
 
 import json
+import re
 from typing import Any
 
 from deployments.edge.openai_schema import ChatCompletionRequest
@@ -20,6 +21,8 @@ from models.requests import DecodingOptions, ResponseFormat
 
 MAX_STOP_STRINGS = 4  # OpenAI's limit
 MAX_STOP_CHARS = 256
+MAX_LOGIT_BIAS_ENTRIES = 300  # OpenAI's limit
+_TOKEN_ID = re.compile(r"0|[1-9][0-9]{0,9}")
 
 # Parameter -> (why it is refused, the values that mean "not used" and so pass).
 REFUSED: dict[str, tuple[str, tuple[Any, ...]]] = {
@@ -114,10 +117,15 @@ def _stop_strings(stop: str | list[str] | None) -> tuple[str, ...]:
 
 
 def _logit_bias(bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
+    if bias and len(bias) > MAX_LOGIT_BIAS_ENTRIES:
+        raise ApiError(400, f"logit_bias: {len(bias)} entries; at most {MAX_LOGIT_BIAS_ENTRIES}", param="logit_bias")
     pairs = []
     for key, value in (bias or {}).items():
-        if not key.isdigit():
-            raise ApiError(400, f"logit_bias: {key!r} is not a token id (a non-negative integer)", param="logit_bias")
+        if not _TOKEN_ID.fullmatch(key):  # ASCII digits, written once: not "²", not "01" beside "1"
+            raise ApiError(
+                400, f"logit_bias: {key[:20]!r} is not a token id (a non-negative integer in ASCII digits, "
+                "without leading zeros)", param="logit_bias",
+            )
         if not -100.0 <= value <= 100.0:
             raise ApiError(400, f"logit_bias: {value:g} for token {key}; biases go from -100 to 100", param="logit_bias")
         pairs.append((int(key), float(value)))

@@ -44,7 +44,7 @@ from deployments.edge.openai_schema import (
 from deployments.edge.sse import chat_completion_events
 from deployments.edge.web_pages import page_response, static_response
 from deployments.errors import ApiError, describe_validation_errors, error_body
-from deployments.files.service import FilesService
+from deployments.files.service import FilesService, download_content_type
 from deployments.files.store import owner_of
 from deployments.files.uploads import remove_stale_uploads
 from deployments.observability.logs import route_logs_through_serve
@@ -364,8 +364,12 @@ class Ingress:
     @app.get("/v1/files/{file_id}/content")
     async def file_content(self, file_id: str, request: Request) -> StreamingResponse:
         record, chunks = await self._files.content(self._authorize(request), file_id)
-        headers = {"content-length": str(record.bytes), "content-disposition": f'attachment; filename="{record.id}"'}
-        return StreamingResponse(chunks, media_type=record.content_type or "application/octet-stream", headers=headers)
+        headers = {
+            "content-length": str(record.bytes),
+            "content-disposition": f'attachment; filename="{record.id}"',
+            "x-content-type-options": "nosniff",
+        }
+        return StreamingResponse(chunks, media_type=download_content_type(record), headers=headers)
 
     @app.delete("/v1/files/{file_id}")
     async def delete_file(self, file_id: str, request: Request) -> dict[str, Any]:

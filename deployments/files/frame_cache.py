@@ -1,7 +1,8 @@
 """Decoded frames of uploaded files, kept in the ingress: a second question about a file skips its download,
 demux and decode.
 
-Keyed by the file's content hash and everything that decides which frames come out (how many or at
+Keyed by the owner (an API key's hash: a hit must not tell one key that another asked about the same
+bytes), the file's content hash and everything that decides which frames come out (how many or at
 what fps, the frame cap, the pixel budget per frame), so a question that samples differently decodes
 again. Bounded in bytes, least recently used first out; a video larger than the whole bound is not kept.
 Each ingress replica has its own; the cache is a speed-up, never the only copy.
@@ -16,6 +17,7 @@ from models.video import SampledVideo
 
 @dataclasses.dataclass(frozen=True)
 class FrameCacheKey:
+    owner: str
     sha256: str
     num_frames: int | None
     fps: float | None

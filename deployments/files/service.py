@@ -10,11 +10,12 @@ resolve through :class:`FilesService`, which answers a video's frames from the d
 """
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import pathlib
 import tempfile
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, Iterator
 
 from starlette.requests import Request
 
@@ -81,7 +82,7 @@ class FilesService:
                     f"that is over the {settings.max_bytes_per_key}-byte limit (files.max_bytes_per_key)",
                     code="file_quota_exceeded",
                 )
-            sha256, kind = await asyncio.to_thread(_hash_and_sniff, upload.path)
+            sha256, kind, content_type = await asyncio.to_thread(_hash_and_sniff, upload.path)
             record = await asyncio.to_thread(
                 self.store.put,
                 str(upload.path),
@@ -91,10 +92,10 @@ class FilesService:
                 kind=kind,
                 sha256=sha256,
                 size_bytes=upload.size_bytes,
-                content_type=upload.content_type,
+                content_type=content_type,  # what the bytes are, not what the client said they are
                 ttl_s=settings.ttl_s,
             )
-        logger.info("Stored %s (%s, %d bytes, %s) for owner %s", record.id, record.filename, record.bytes, kind, owner)
+        logger.info("Stored %s (%r, %d bytes, %s) for owner %s", record.id, record.filename, record.bytes, kind, owner)
         return record.to_openai()
 
     async def list(self, owner: str, *, purpose: str | None, limit: int, order: str, after: str | None) -> dict[str, Any]:
@@ -118,7 +119,10 @@ class FilesService:
     async def content(self, owner: str, file_id: str) -> tuple[FileRecord, AsyncIterator[bytes]]:
         """The file's record, and its bytes read from the store a chunk at a time (off the event loop)."""
         record = await asyncio.to_thread(self.record, owner, file_id, "file_id")
-        reader = await asyncio.to_thread(self.store.open, record)
+        try:
+            reader = await asyncio.to_thread(self.store.open, record)
+        except FileNotFoundError:  # expired and swept since its record was read
+            raise _not_found(file_id, "file_id") from None
 
         async def chunks() -> AsyncIterator[bytes]:
             try:
@@ -170,23 +174,37 @@ class FilesService:
         return sampled
 
     def probe(self, record: FileRecord, limits: VideoLimits) -> VideoInfo:
-        return probe_video(self._source(record), limits)
+        with _gone_is_not_found(record):
+            return probe_video(self._source(record), limits)
 
     def sample(self, record: FileRecord, selection: FrameSelection, limits: VideoLimits) -> SampledVideo:
         """The frames, decoded from the store (a cache miss), then kept for the next question."""
-        sampled = sample_video(self._source(record), selection, limits)
+        with _gone_is_not_found(record):
+            sampled = sample_video(self._source(record), selection, limits)
         self.frames.put(_cache_key(record, selection, limits), sampled)
         return sampled
 
     def image_bytes(self, owner: str, file_id: str, param: str) -> bytes:
-        return self.store.read(self._record_of_kind(owner, file_id, param, "image"))
+        record = self._record_of_kind(owner, file_id, param, "image")
+        with _gone_is_not_found(record, param):
+            return self.store.read(record)
 
     def _source(self, record: FileRecord) -> str | bytes:
         return self.store.local_path(record) or self.store.read(record)
 
 
+@contextlib.contextmanager
+def _gone_is_not_found(record: FileRecord, param: str = "file_id") -> Iterator[None]:
+    """A file swept (expired or deleted) between its record's read and its bytes' is a 404, as if never found."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise _not_found(record.id, param) from None
+
+
 def _cache_key(record: FileRecord, selection: FrameSelection, limits: VideoLimits) -> FrameCacheKey:
     return FrameCacheKey(
+        owner=record.owner,  # a hit must not tell one key that another asked about the same bytes
         sha256=record.sha256,
         num_frames=selection.num_frames,
         fps=selection.fps,
@@ -195,27 +213,40 @@ def _cache_key(record: FileRecord, selection: FrameSelection, limits: VideoLimit
     )
 
 
-def _hash_and_sniff(path: pathlib.Path) -> tuple[str, FileKind]:
+def _hash_and_sniff(path: pathlib.Path) -> tuple[str, FileKind, str]:
+    """The SHA-256, the kind and the content type the bytes show (never the client's word for them)."""
     digest = hashlib.sha256()
     with open(path, "rb") as file:
         head = file.read(_IMAGE_HEAD_BYTES)
         digest.update(head)
         while chunk := file.read(_HASH_CHUNK_BYTES):
             digest.update(chunk)
-    return digest.hexdigest(), _kind(head)
+    return digest.hexdigest(), *_sniff(head)
 
 
-def _kind(head: bytes) -> FileKind:
+_VIDEO_CONTENT_TYPES = {"mov": "video/mp4", "matroska": "video/x-matroska", "avi": "video/x-msvideo"}
+_IMAGE_CONTENT_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
+OTHER_CONTENT_TYPE = "application/octet-stream"
+
+
+def _sniff(head: bytes) -> tuple[FileKind, str]:
     try:
-        served_demuxer(head[:12])
-        return "video"
+        return "video", _VIDEO_CONTENT_TYPES[served_demuxer(head[:12])]
     except media.MediaError:
         pass
     try:
-        media.open_image(head)
-        return "image"
+        return "image", _IMAGE_CONTENT_TYPES.get(media.open_image(head).format or "", OTHER_CONTENT_TYPE)
     except media.MediaError:
-        return "other"
+        return "other", OTHER_CONTENT_TYPE
+
+
+def download_content_type(record: FileRecord) -> str:
+    """The type a download is served as: the sniffed one for a video or an image; bytes for anything else
+    (a file uploaded as ``text/html`` is never served as a page)."""
+    expected = {"video": "video/", "image": "image/"}.get(record.kind)
+    if expected and record.content_type.startswith(expected):
+        return record.content_type
+    return OTHER_CONTENT_TYPE
 
 
 def _kind_words(kind: FileKind) -> str:

@@ -11,12 +11,18 @@ store's root::
 file is not found (404), never forbidden (403), and ids cannot be probed. A file past its time to
 live is swept (both objects deleted) by whichever ingress sweeps first; one being read meanwhile is
 simply not found.
+
+Paths are built from the caller's owner and a checked file id, never from a record's own fields: a
+record whose id or owner differs from where it lies (edited, or planted) counts as no file, as does one
+that does not parse, and the sweep goes on past it. A local store's folders are created 0700, and a
+root folder another user owns is refused at start (a local user who made it first would read every upload).
 """
 
 import dataclasses
 import hashlib
 import json
 import logging
+import os
 import secrets
 import time
 from typing import Any, BinaryIO, Literal
@@ -74,7 +80,7 @@ class FileStore:
         self.url = url
         self.is_local = "file" in (self._fs.protocol if isinstance(self._fs.protocol, tuple) else (self._fs.protocol,))
         if self.is_local:
-            self._fs.makedirs(self._root, exist_ok=True)
+            _private_folder(self._root)
 
     def _path(self, owner: str, file_id: str, suffix: str = "") -> str:
         return f"{self._root}/{owner}/{file_id}{suffix}"
@@ -106,7 +112,8 @@ class FileStore:
             kind=kind,
             content_type=content_type,
         )
-        self._fs.makedirs(f"{self._root}/{owner}", exist_ok=True)  # a folder on disk; nothing on object stores
+        if self.is_local:
+            _private_folder(f"{self._root}/{owner}")  # a folder on disk; nothing on object stores
         self._fs.put_file(local_path, self._path(owner, record.id))
         self._fs.pipe_file(self._path(owner, record.id, ".json"), json.dumps(dataclasses.asdict(record)).encode())
         return record
@@ -114,9 +121,8 @@ class FileStore:
     def get(self, owner: str, file_id: str) -> FileRecord | None:
         if not _looks_like_id(file_id):
             return None
-        try:
-            record = FileRecord(**json.loads(self._fs.cat_file(self._path(owner, file_id, ".json"))))
-        except FileNotFoundError:
+        record = self._load(self._path(owner, file_id, ".json"), owner, file_id)
+        if record is None:
             return None
         if record.expires_at is not None and record.expires_at <= time.time():
             self._remove(record)
@@ -127,10 +133,9 @@ class FileStore:
         """The caller's live files, newest first."""
         records = []
         for path in self._fs.glob(f"{self._root}/{owner}/file-*.json"):
-            try:
-                records.append(FileRecord(**json.loads(self._fs.cat_file(path))))
-            except FileNotFoundError:
-                continue  # deleted meanwhile
+            record = self._load(path, owner, _id_of(path))
+            if record is not None:
+                records.append(record)
         now = time.time()
         live = [record for record in records if record.expires_at is None or record.expires_at > now]
         return sorted(live, key=lambda record: (record.created_at, record.id), reverse=True)
@@ -157,9 +162,8 @@ class FileStore:
         now = time.time()
         swept = 0
         for path in self._fs.glob(f"{self._root}/*/file-*.json"):
-            try:
-                record = FileRecord(**json.loads(self._fs.cat_file(path)))
-            except FileNotFoundError:
+            record = self._load(path, path.rsplit("/", 2)[-2], _id_of(path))
+            if record is None:
                 continue
             if record.expires_at is not None and record.expires_at <= now:
                 self._remove(record)
@@ -168,12 +172,44 @@ class FileStore:
             logger.info("Swept %d expired files from %s", swept, self.url)
         return swept
 
+    def _load(self, path: str, owner: str, file_id: str) -> FileRecord | None:
+        """The record at ``path`` when it is one and names the place it lies in (``owner``, ``file_id``); else
+        ``None``, with a warning for a damaged or foreign one (deleted meanwhile is no news)."""
+        try:
+            record = FileRecord(**json.loads(self._fs.cat_file(path)))
+        except FileNotFoundError:
+            return None
+        except (ValueError, TypeError) as error:  # not JSON, or not a record's fields
+            logger.warning("Skipping the file record %r: it does not parse (%s)", path, error)
+            return None
+        if record.id != file_id or record.owner != owner or not _looks_like_id(record.id):
+            logger.warning("Skipping the file record %r: it names id %r of owner %r", path, record.id, record.owner)
+            return None
+        return record
+
     def _remove(self, record: FileRecord) -> None:
         for suffix in (".json", ""):  # the record first: a file without one is never served
             try:
                 self._fs.rm_file(self._path(record.owner, record.id, suffix))
             except FileNotFoundError:
                 pass
+
+
+def _id_of(record_path: str) -> str:
+    return record_path.rsplit("/", 1)[-1].removesuffix(".json")
+
+
+def _private_folder(path: str) -> None:
+    """Create ``path`` readable by this user alone; refuse one another user owns, and narrow one of ours."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    status = os.stat(path)
+    if status.st_uid != os.getuid():
+        raise PermissionError(
+            f"The file store folder {path} belongs to uid {status.st_uid}, not to this server's uid {os.getuid()}: "
+            "another user could read every upload. Set files.store_url to a folder this user owns"
+        )
+    if status.st_mode & 0o077:
+        os.chmod(path, 0o700)
 
 
 def _looks_like_id(file_id: str) -> bool:

@@ -169,6 +169,7 @@ class _UploadCollector:
             self.path.unlink(missing_ok=True)
 
 
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _RAW_FILENAME = re.compile(rb'filename="((?:[^"\\]|\\.)*)"|filename=([^;\s]*)', re.IGNORECASE)
 
 
@@ -199,11 +200,17 @@ def remove_stale_uploads(directory: str | None, *, older_than_s: float) -> int:
 def _check_filename(filename: str) -> None:
     if not filename:
         return
-    if "/" in filename or "\\" in filename or filename in {".", ".."} or "\x00" in filename:
+    if "/" in filename or "\\" in filename or filename in {".", ".."}:
         raise ApiError(
             400,
             f"The filename {filename[:100]!r} has path separators; send a bare file name "
             "(the server never uses it as a path)",
+            param="filename",
+        )
+    if _CONTROL_CHARACTERS.search(filename):
+        raise ApiError(
+            400,
+            f"The filename {filename[:100]!r} has control characters (a newline, an escape, ...); send a plain name",
             param="filename",
         )
 

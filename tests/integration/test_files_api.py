@@ -183,3 +183,41 @@ def test_the_byte_quota_per_key_is_a_413_with_the_figures(files_url):
     assert f"holds 1000 bytes of files; with this one ({MAX_BYTES} bytes)" in refused.value.message
     assert f"over the {MAX_BYTES}-byte limit" in refused.value.message
     assert [item.id for item in carol.files.list().data] == [small.id]  # nothing half-stored
+
+
+def test_a_download_is_served_as_what_its_bytes_are_never_as_a_page(files_url):
+    headers = {"Authorization": f"Bearer {KEYS[2]}"}
+    page = b"<html><script>alert(document.cookie)</script></html>"
+    uploaded = httpx.post(f"{files_url}/v1/files", files={"file": ("page.html", page, "text/html")}, data={"purpose": "user_data"},
+                          headers=headers, timeout=60)
+    assert uploaded.status_code == 200, uploaded.text
+    file_id = uploaded.json()["id"]
+
+    download = httpx.get(f"{files_url}/v1/files/{file_id}/content", headers=headers, timeout=60)
+
+    assert download.content == page
+    assert download.headers["content-type"] == "application/octet-stream"
+    assert download.headers["x-content-type-options"] == "nosniff"
+    assert httpx.delete(f"{files_url}/v1/files/{file_id}", headers=headers, timeout=60).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "disposition",
+    [b'filename="clip\x1b[31mred.mp4"', b'filename="clip\x7f.mp4"', b'filename="clip\xc2\x85INFO forged.mp4"'],
+    ids=["an escape", "a delete", "a next-line"],
+)
+def test_a_filename_with_control_characters_is_a_400_and_nothing_is_stored(files_url, disposition):
+    headers = {"Authorization": f"Bearer {KEYS[2]}"}
+    held = httpx.get(f"{files_url}/v1/files", headers=headers, timeout=60).json()["data"]
+    boundary = b"vd-boundary"
+    body = (
+        b"--" + boundary + b'\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nvision\r\n'
+        + b"--" + boundary + b'\r\nContent-Disposition: form-data; name="file"; ' + disposition
+        + b"\r\nContent-Type: video/mp4\r\n\r\n" + CLIP + b"\r\n--" + boundary + b"--\r\n"
+    )
+
+    refused = httpx.post(f"{files_url}/v1/files", content=body, timeout=60,
+                         headers={**headers, "Content-Type": f"multipart/form-data; boundary={boundary.decode()}"})
+
+    assert refused.status_code == 400 and "control characters" in refused.json()["error"]["message"]
+    assert httpx.get(f"{files_url}/v1/files", headers=headers, timeout=60).json()["data"] == held

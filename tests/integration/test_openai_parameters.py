@@ -191,6 +191,9 @@ REFUSED = {
                                      "response_format", "needs"),
     "a token past the vocabulary": ({"logit_bias": {"9999999": 5}}, "logit_bias", "token ids are 0 to"),
     "a token id that is not a number": ({"logit_bias": {"hello": 5}}, "logit_bias", "not a token id"),
+    "a token id in superscript digits (was a 500)": ({"logit_bias": {"\u00b2": 1}}, "logit_bias", "not a token id"),
+    "a token id with a leading zero": ({"logit_bias": {"01": 1}}, "logit_bias", "not a token id"),
+    "301 logit_bias entries": ({"logit_bias": {str(token): 1 for token in range(301)}}, "logit_bias", "at most 300"),
     "too many choices": ({"n": 9}, "n", "the limit is 8"),
     "min_tokens over max_tokens": ({"max_tokens": 4, "extra_body": {"min_tokens": 9}}, "min_tokens", "more than max_tokens"),
 }

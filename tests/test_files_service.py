@@ -1,0 +1,68 @@
+"""The Files service's use of a stored file in a request, on a local store with real videos made with PyAV:
+whose frames a cache hit may return, a file swept mid-request, and what an error body may say."""
+
+import media_factory
+import pytest
+
+from deployments.config import load_app_config
+from deployments.errors import ApiError
+from deployments.files.service import FilesService, download_content_type
+from deployments.files.store import owner_of
+from models import media
+from models.video import FrameSelection, VideoLimits
+
+LIMITS = VideoLimits(max_duration_s=60, max_source_pixels=640 * 480, max_frames=32, target_pixels_per_frame=64 * 64)
+CLIP = media_factory.video_bytes("mp4", num_frames=8, fps=8, width=64, height=64)
+
+
+@pytest.fixture
+def service(tmp_path):
+    return FilesService(load_app_config({"files": {"store_url": (tmp_path / "store").as_uri()}}))
+
+
+def _stored(service: FilesService, tmp_path, data: bytes, owner: str, kind="video", content_type="video/mp4"):
+    upload = tmp_path / f"upload-{owner}"
+    upload.write_bytes(data)
+    return service.store.put(str(upload), owner=owner, filename="clip.mp4", purpose="vision", kind=kind,
+                             sha256="cd" * 32, size_bytes=len(data), content_type=content_type, ttl_s=0)
+
+
+def test_a_frame_cache_hit_is_the_same_keys_only(service, tmp_path):
+    alice, bob = (_stored(service, tmp_path, CLIP, owner_of(key)) for key in ("key-alice", "key-bob"))
+    selection = FrameSelection(num_frames=4)
+
+    service.sample(alice, selection, LIMITS)
+
+    assert service.cached_frames(alice, selection, LIMITS) is not None
+    assert service.cached_frames(bob, selection, LIMITS) is None  # the same bytes, another key: decoded again
+
+
+def test_a_file_swept_between_its_record_and_its_bytes_is_a_404(service, tmp_path):
+    record = _stored(service, tmp_path, CLIP, "alice")
+    service.store.delete("alice", record.id)  # the sweep, after the request read the record
+
+    for use in (lambda: service.probe(record, LIMITS), lambda: service.sample(record, FrameSelection(num_frames=4), LIMITS)):
+        with pytest.raises(ApiError) as gone:
+            use()
+        assert gone.value.status_code == 404 and record.id in str(gone.value)
+
+
+def test_an_error_about_a_stored_file_names_no_server_path(service, tmp_path):
+    junk = _stored(service, tmp_path, b"\x00\x00\x00\x18ftypmp42" + b"\x17" * 4096, "alice")
+
+    with pytest.raises(media.MediaError) as refused:
+        service.probe(junk, LIMITS)
+
+    assert str(tmp_path) not in str(refused.value) and "/" not in str(refused.value)
+    assert "does not open as a video container" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("kind", "stored_type", "served"),
+    [("video", "video/mp4", "video/mp4"), ("image", "image/png", "image/png"), ("other", "text/html", "application/octet-stream"),
+     ("image", "text/html", "application/octet-stream")],
+)
+def test_a_download_is_served_as_what_the_bytes_are(service, tmp_path, kind, stored_type, served):
+    record = _stored(service, tmp_path, CLIP, "alice", kind=kind, content_type=stored_type)
+
+    assert download_content_type(record) == served
