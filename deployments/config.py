@@ -495,6 +495,23 @@ class IngressSettings(_Strict):
         default=False,
         description="Ray Serve's per-request access log lines (cost 1-5 ms a request on 2 cores; see docs/benchmarks.md).",
     )
+    api_docs: bool = Field(
+        default=False,
+        description="Serve /docs (Swagger UI, whose scripts come from a CDN) and /openapi.json. Off by default: a public "
+        "deployment need not describe itself; with API keys on, /openapi.json needs a key.",
+    )
+    allowed_hosts: tuple[str, ...] = Field(
+        default=(),
+        description="Host header values accepted (e.g. [\"vd.example.com\", \"localhost\"]; a leading '*.' allows "
+        "subdomains); a request naming another host is a 400. Empty: any host. Set it for a server on loopback that a "
+        "browser reaches: a DNS-rebinding page names its own host.",
+    )
+    readiness_cache_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="How long /health and /readyz answer from the last readiness read (each read asks every replica to "
+        "describe itself; /health needs no key). 0: every call reads.",
+    )
 
     @field_validator("upload_dir")
     @classmethod

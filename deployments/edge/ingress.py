@@ -13,13 +13,14 @@ import collections
 import dataclasses
 import logging
 import time
-from typing import Any, Awaitable, Literal
+from typing import Any, Awaitable, Callable, Literal
 
 import pydantic
 import ray
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from ray import serve
 from ray.serve.exceptions import DeploymentUnavailableError, RayServeException
 from ray.serve.handle import DeploymentHandle
@@ -31,6 +32,7 @@ from deployments.edge.analyze_stream import analysis_events
 from deployments.edge.auth import bearer_key, check_bearer, load_api_keys
 from deployments.edge.chat_parameters import refuse_unsupported
 from deployments.edge.chat_translation import to_generation_request
+from deployments.edge.hosts import host_allowed
 from deployments.edge.json_body import read_json_body
 from deployments.edge.openai_schema import (
     SEED_MAX,
@@ -65,7 +67,27 @@ app = FastAPI(
     title="video-detective",
     description="Ask a vision-language model about videos and images; OpenAI-compatible.",
     version="0.1.0",
+    docs_url=None,  # /docs and /openapi.json are the Ingress's own routes, on only with ingress.api_docs
+    redoc_url=None,
+    openapi_url=None,
 )
+# The Swagger page's own scripts and styles, from the CDN FastAPI names, and nothing else.
+_DOCS_CSP = (
+    "default-src 'none'; script-src https://cdn.jsdelivr.net 'unsafe-inline'; style-src https://cdn.jsdelivr.net "
+    "'unsafe-inline'; img-src https://fastapi.tiangolo.com data:; connect-src 'self'"
+)
+
+
+@app.middleware("http")
+async def _check_host(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    """``ingress.allowed_hosts`` (set on ``app.state`` by the Ingress): any other ``Host`` is a 400."""
+    allowed = getattr(request.app.state, "allowed_hosts", ())
+    host = request.headers.get("host", "")
+    if allowed and not host_allowed(host, allowed):
+        error = ApiError(400, f"Host {host[:100]!r} is not one this server answers to (ingress.allowed_hosts)",
+                         param="host", code="host_not_allowed")
+        return await _api_error_handler(request, error)
+    return await call_next(request)
 
 
 def _request_id(request: Request) -> str:
@@ -113,6 +135,11 @@ def _validation_response(request: Request, errors: Any) -> JSONResponse:
     first_param = described[0][0] if described else None
     body = error_body(message, "invalid_request_error", param=first_param, request_id=_request_id(request))
     return JSONResponse(body, status_code=422)
+
+
+def _readiness_headers(read_at: float, serving: bool) -> dict[str, str]:
+    headers = {"x-readiness-read-at": f"{read_at:.6f}"}
+    return headers if serving else {**headers, "Retry-After": _RETRY_AFTER_S}
 
 
 def _choices(request: GenerationRequest, n: int) -> list[GenerationRequest]:
@@ -163,6 +190,9 @@ class Ingress:
         source = config.model.source
         self._geometry = VisualTokenGeometry() if source == "tiny" else VisualTokenGeometry.from_model_folder(source)
         self._api_keys = load_api_keys(config.auth)
+        app.state.allowed_hosts = config.ingress.allowed_hosts  # one Ingress a process: the middleware reads it here
+        self._readiness_read: tuple[float, dict[str, Any], bool] | None = None  # (read at, body, serving)
+        self._readiness_lock = asyncio.Lock()
         self._started = int(time.time())
         # What one request may use here: its prompt (limits.max_prompt_tokens) plus its answer (limits.max_tokens).
         self._max_model_len = config.limits.max_prompt_tokens + config.limits.max_tokens
@@ -247,17 +277,46 @@ class Ingress:
     async def readyz(self, request: Request) -> JSONResponse:
         """200 while some group can serve (``degraded`` when not all can), 503 when none can."""
         self._authorize(request)
-        body, serving = await self._readiness()
-        headers = {} if serving else {"Retry-After": _RETRY_AFTER_S}
-        return JSONResponse(body, status_code=200 if serving else 503, headers=headers)
+        read_at, body, serving = await self._cached_readiness()
+        return JSONResponse(body, status_code=200 if serving else 503, headers=_readiness_headers(read_at, serving))
 
     @app.get("/health")
     async def health(self) -> JSONResponse:
         """``/readyz`` on the path vLLM and TGI use (benchmark clients probe it first); no key needed, so the
-        body is the status alone, without the replicas' reasons."""
-        body, serving = await self._readiness()
-        headers = {} if serving else {"Retry-After": _RETRY_AFTER_S}
-        return JSONResponse({"status": body["status"]}, status_code=200 if serving else 503, headers=headers)
+        body is the status alone, without the replicas' reasons, and it is read at most once per
+        ``ingress.readiness_cache_s`` however often it is called."""
+        read_at, body, serving = await self._cached_readiness()
+        return JSONResponse({"status": body["status"]}, status_code=200 if serving else 503,
+                            headers=_readiness_headers(read_at, serving))
+
+    async def _cached_readiness(self) -> tuple[float, dict[str, Any], bool]:
+        """The last readiness read while it is younger than ``ingress.readiness_cache_s``; callers meanwhile
+        share one read."""
+        max_age_s = self._config.ingress.readiness_cache_s
+        async with self._readiness_lock:
+            cached = self._readiness_read
+            if cached is None or time.time() - cached[0] >= max_age_s:
+                body, serving = await self._readiness()
+                self._readiness_read = cached = (time.time(), body, serving)
+        return cached
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi_schema(self, request: Request) -> JSONResponse:
+        self._require_api_docs()
+        self._authorize(request)
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    async def api_docs_page(self, request: Request) -> HTMLResponse:
+        self._require_api_docs()
+        page = get_swagger_ui_html(openapi_url=f"{request.scope.get('root_path', '')}/openapi.json", title="video-detective API")
+        page.headers["content-security-policy"] = _DOCS_CSP
+        return page
+
+    def _require_api_docs(self) -> None:
+        if not self._config.ingress.api_docs:
+            raise ApiError(404, "The API description is off here (ingress.api_docs: false); docs/api.md has the routes",
+                           error_type="not_found_error", code="api_docs_off")
 
     async def _readiness(self) -> tuple[dict[str, Any], bool]:
         groups = await self._describe_groups()

@@ -16,7 +16,8 @@ def secured_url(http_port, test_root):
     keys_file = test_root / "api-keys"
     keys_file.write_text(f"# keys for the auth tests\n{KEY}\n")
     url = deploy(
-        {"gpu_group": {"enabled": False}, "cpu_group": {"num_cpus": 0.5}, "auth": {"api_keys_file": str(keys_file)}},
+        {"gpu_group": {"enabled": False}, "cpu_group": {"num_cpus": 0.5}, "auth": {"api_keys_file": str(keys_file)},
+         "ingress": {"api_docs": True, "allowed_hosts": ["127.0.0.1", "*.example.com"], "readiness_cache_s": 30}},
         http_port,
         name="secured",
         route_prefix="/secured",
@@ -30,7 +31,8 @@ CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("POST", "/v1/chat/completions"), ("POST", "/v1/analyze"), ("GET", "/v1/models"), ("GET", "/readyz"), ("GET", "/v1/memory")],
+    [("POST", "/v1/chat/completions"), ("POST", "/v1/analyze"), ("GET", "/v1/models"), ("GET", "/readyz"), ("GET", "/v1/memory"),
+     ("GET", "/openapi.json")],
 )
 @pytest.mark.parametrize("authorization", [None, "Bearer wrong-key", "Basic dXNlcjpwYXNz"])
 def test_every_route_but_healthz_wants_a_valid_key(secured_url, method, path, authorization):
@@ -83,3 +85,29 @@ def test_an_upload_with_the_key_is_served_and_without_it_is_refused_before_it_is
     assert served.status_code == 200, served.text
     assert served.json()["frames"]["count"] == 8
     assert refused.status_code == 401
+
+
+def test_the_api_description_when_on_needs_a_key_and_its_page_runs_only_its_cdn_scripts(secured_url):
+    schema = httpx.get(f"{secured_url}/openapi.json", headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
+    page = httpx.get(f"{secured_url}/docs", timeout=30)
+
+    assert schema.status_code == 200 and "/v1/chat/completions" in schema.json()["paths"]
+    assert page.status_code == 200 and "/secured/openapi.json" in page.text
+    assert "script-src https://cdn.jsdelivr.net" in page.headers["content-security-policy"]
+
+
+@pytest.mark.parametrize(("host", "status"), [("evil.example", 400), ("127.0.0.1.evil.example", 400), ("example.com", 400),
+                                              ("media.example.com", 200), ("127.0.0.1:8000", 200)])
+def test_only_the_allowed_hosts_are_answered(secured_url, host, status):
+    response = httpx.get(f"{secured_url}/healthz", headers={"Host": host}, timeout=30)
+
+    assert response.status_code == status
+    if status == 400:
+        assert response.json()["error"]["code"] == "host_not_allowed" and "allowed_hosts" in response.text
+
+
+def test_health_answers_from_one_readiness_read_within_the_cache_window(secured_url):
+    first, second = (httpx.get(f"{secured_url}/health", timeout=30) for _ in range(2))
+
+    assert first.headers["x-readiness-read-at"] == second.headers["x-readiness-read-at"]  # readiness_cache_s: 30
+    assert first.json() == second.json()

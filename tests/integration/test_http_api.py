@@ -323,3 +323,10 @@ def test_the_replica_loaded_through_the_chain_and_reports_memory(base_url):
     # Set through the replica's runtime_env before torch started, and read back inside it.
     assert description["allocator"]["requested"] == {"expandable_segments": "True"}
     assert description["allocator"]["matches"] is True
+
+
+@pytest.mark.parametrize("path", ["/docs", "/openapi.json", "/redoc"])
+def test_the_api_description_is_off_by_default(base_url, path):
+    response = httpx.get(f"{base_url}{path}", timeout=30)
+
+    assert response.status_code == 404
