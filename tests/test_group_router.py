@@ -369,3 +369,52 @@ def test_a_request_fault_after_admission_is_not_retried_on_the_cpu_group():
 
     assert cpu.streams == []
     assert router.breaker.state == "closed"
+
+
+def _scale_to_zero_router(gpu: Handle, floor: Handle | None, cpu: Handle, fallbacks: list) -> GroupRouter:
+    return GroupRouter(
+        gpu, cpu, gpu_timeouts=GroupTimeouts(reach_s=0.5, admission_s=0.5), cpu_timeouts=GroupTimeouts(reach_s=2.0, admission_s=2.0),
+        breaker=CircuitBreaker(cooldown_s=10, clock=Clock()), gpu_floor_group=floor, on_fallback=fallbacks.append,
+        gpu_scales_to_zero=True,
+    )
+
+
+def test_a_gpu_group_scaled_to_zero_is_woken_by_a_call_and_takes_calls_once_loaded():
+    fallbacks = []
+    gpu = Handle(_script("gpu"), pings=[0.2, {"group": "gpu", "replica": "g1", "precision": "bf16"}])
+    floor = Handle(_script("gpu_floor"), pings=[{"replica": "f1"}])
+    router = _scale_to_zero_router(gpu, floor, Handle(_script("cpu")), fallbacks)
+    router.set_running_replicas("gpu", 0)
+    router.set_running_replicas("gpu_floor", 0)
+
+    async def scenario():
+        first = await router.call("generate_stream", "request")  # while the GPU replica starts and loads
+        router.set_running_replicas("gpu", 1)
+        await _until(lambda: router.is_awake("gpu"))
+        return first, await router.call("generate_stream", "request")
+
+    first, second = asyncio.run(scenario())
+
+    assert first.served_by.group == "cpu" and second.served_by.group == "gpu"
+    assert len(gpu.pings) == 1 and gpu.pings[0] > 0  # one wake, waiting for the load
+    assert len(gpu.streams) == 1  # no client's call went to the sleeping group
+    assert floor.pings == [] and floor.streams == []  # asleep is not busy: the floor stays at zero
+    assert router.breaker_states() == {"gpu": "closed", "gpu_floor": "closed"}  # asleep is not broken
+    assert len(fallbacks) == 1 and fallbacks[0].startswith("asleep (min_replicas: 0)")
+
+
+def test_a_gpu_group_that_scales_to_zero_sleeps_again_when_its_last_replica_goes():
+    gpu = Handle(_script("gpu"), pings=[{"replica": "g1"}, 5.0, {"replica": "g2"}])
+    router = _scale_to_zero_router(gpu, None, Handle(_script("cpu")), [])
+
+    async def scenario():
+        await router.call("generate_stream", "request")
+        await _until(lambda: router.is_awake("gpu"))
+        served = await router.call("generate_stream", "request")
+        router.set_running_replicas("gpu", 0)  # the downscale delay passed with no traffic
+        return served, await router.call("generate_stream", "request")
+
+    served, after = asyncio.run(scenario())
+
+    assert served.served_by.group == "gpu" and after.served_by.group == "cpu"
+    assert len(gpu.pings) == 2  # the call after the scale-in woke it again

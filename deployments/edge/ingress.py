@@ -190,6 +190,8 @@ class Ingress:
         source = config.model.source
         self._geometry = VisualTokenGeometry() if source == "tiny" else VisualTokenGeometry.from_model_folder(source)
         self._api_keys = load_api_keys(config.auth)
+        # Groups that scale to zero: with no replica running they are idle, not down.
+        self._idle_at_zero = {GPU_FLOOR_GROUP} | ({GPU_GROUP} if config.gpu_group.autoscaling.min_replicas == 0 else set())
         app.state.allowed_hosts = config.ingress.allowed_hosts  # one Ingress a process: the middleware reads it here
         self._readiness_read: tuple[float, dict[str, Any], bool] | None = None  # (read at, body, serving)
         self._readiness_lock = asyncio.Lock()
@@ -206,6 +208,7 @@ class Ingress:
             breaker=CircuitBreaker(cooldown_s=config.routing.breaker_cooldown_s),
             on_fallback=self._count_fallback,
             gpu_floor_group=gpu_floor_group,
+            gpu_scales_to_zero=config.gpu_group.autoscaling.min_replicas == 0,
             on_spill=self._count_spill,
         )
         self._spills_by_reason: collections.Counter[str] = collections.Counter()
@@ -323,8 +326,8 @@ class Ingress:
         summary = {}
         for name, replicas in groups.items():
             ready = sum(1 for replica in replicas if replica.get("serving"))
-            if name == GPU_FLOOR_GROUP and not replicas:
-                status = "idle"  # scaled to zero: it starts when the GPU group is busy
+            if name in self._idle_at_zero and not replicas:
+                status = "idle"  # scaled to zero: the floor starts when the GPU group is busy, a GPU group on a call
             else:
                 status = "up" if replicas and ready == len(replicas) else ("degraded" if ready else "down")
             summary[name] = {
@@ -365,8 +368,8 @@ class Ingress:
             except TimeoutError:
                 return name, [{"replica": None, "state": "unreachable", "reason": f"no answer within {_DESCRIBE_TIMEOUT_S:g} s"}]
             except (DeploymentUnavailableError, RayServeException) as error:
-                if name == GPU_FLOOR_GROUP and self._router.running_replicas(name) == 0:
-                    return name, []  # scaled to zero, as it is whenever the GPU group is not busy
+                if name in self._idle_at_zero and self._router.running_replicas(name) == 0:
+                    return name, []  # scaled to zero (the floor whenever the GPU group is not busy)
                 # No replica running: unschedulable (no GPU node), starting, or restarting.
                 reason = self._status_messages.get(name) or str(error)
                 return name, [{"replica": None, "state": "not_running", "reason": reason}]

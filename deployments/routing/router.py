@@ -94,7 +94,8 @@ class _Tier:
     timeouts: GroupTimeouts
     breaker: CircuitBreaker | None  # the GPU groups'; the CPU group is the last resort and has none
     running_replicas: int | None = None  # from Serve's status (the ingress's watch); None: not known
-    scales_from_zero: bool = False  # the floor replicas: woken by a ping, not by a client's call
+    scales_from_zero: bool = False  # min_replicas 0: woken by a ping, not by a client's call
+    wakes_on_overflow: bool = False  # the floor replicas: woken only when the GPU group is busy; others by any call
     awake: bool = False  # a replica answered a wake ping since the group last had none running
     waking: asyncio.Task | None = None
     probing: asyncio.Task | None = None
@@ -108,6 +109,8 @@ class GroupRouter:
 
     The GPU group first; when it is busy or broken, the GPU floor replicas (``gpu_floor``: more replicas a
     card at ``min_precision``, started from zero by the first call that would use them); then the CPU group.
+    A GPU group with ``min_replicas: 0`` and no replica running is asleep, not broken: a call wakes it with a
+    ping (Serve's autoscaler starts a replica for it) and goes on to the next group until the replica has loaded.
     A GPU group whose breaker is open is skipped, and probed in the background by :meth:`ModelReplica.ping`
     once the cooldown has passed: no client's call waits on a group that may still be broken.
     """
@@ -124,15 +127,16 @@ class GroupRouter:
         gpu_floor_group: DeploymentHandle | None = None,
         on_spill: Callable[[str], None] = lambda reason: None,
         wake_timeout_s: float = 600.0,
+        gpu_scales_to_zero: bool = False,
     ) -> None:
         self.breaker = breaker
         self._tiers: dict[str, _Tier] = {}
         if gpu_group is not None:
-            self._tiers[GPU_GROUP] = _Tier(GPU_GROUP, gpu_group, gpu_timeouts, breaker)
+            self._tiers[GPU_GROUP] = _Tier(GPU_GROUP, gpu_group, gpu_timeouts, breaker, scales_from_zero=gpu_scales_to_zero)
         if gpu_floor_group is not None:
             self._tiers[GPU_FLOOR_GROUP] = _Tier(
                 GPU_FLOOR_GROUP, gpu_floor_group, gpu_timeouts, CircuitBreaker(cooldown_s=breaker.cooldown_s, clock=breaker.clock),
-                scales_from_zero=True,
+                scales_from_zero=True, wakes_on_overflow=True,
             )
         if cpu_group is not None:
             self._tiers[CPU_GROUP] = _Tier(CPU_GROUP, cpu_group, cpu_timeouts, None)
@@ -153,8 +157,8 @@ class GroupRouter:
             tier.awake = False
 
     def is_awake(self, group: str) -> bool:
-        """Whether a group that starts from zero (the floor replicas) has answered a wake ping since it last had
-        none running; groups that do not scale from zero are always awake."""
+        """Whether a group that starts from zero (the floor replicas, a GPU group with ``min_replicas: 0``) has
+        answered a wake ping since it last had none running; groups that do not scale from zero are always awake."""
         tier = self._tiers.get(group)
         return tier is not None and (tier.awake or not tier.scales_from_zero)
 
@@ -228,6 +232,9 @@ class GroupRouter:
         """Why this call does not try ``tier``, and whether that is busy, broken or neither (``None``);
         a ``None`` reason: try it."""
         if tier.scales_from_zero and not tier.awake:
+            if not tier.wakes_on_overflow:  # asleep, not broken: woken by this call, answered by the next group
+                self._wake(tier)
+                return None, "asleep (min_replicas: 0); this call wakes it, and calls come here once a replica has loaded"
             if gpu_outcome is not Outcome.BUSY:
                 return None, "asleep; they start when the GPU group is busy, not when it is broken"
             self._wake(tier)
@@ -270,7 +277,8 @@ class GroupRouter:
     async def _run_wake(self, tier: _Tier) -> None:
         """A ping that Serve queues until a replica runs (its autoscaler starts one for it), answered once the
         replica has loaded. Until then calls go past the group."""
-        logger.info("Waking the %s: the GPU group is busy", _LABELS[tier.group])
+        logger.info("Waking the %s: %s", _LABELS[tier.group],
+                    "the GPU group is busy" if tier.wakes_on_overflow else "a call came while it had no replica")
         started = time.monotonic()
         try:
             answer = await _ping(tier.handle, timeout_s=self._wake_timeout_s, wait_ready_s=self._wake_timeout_s)
