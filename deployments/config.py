@@ -124,6 +124,15 @@ class LimitsSettings(_Strict):
         description="Most pixels of all a request's images and frames together, after scaling each to "
         "max_pixels_per_frame (413 above; checked from headers before decoding).",
     )
+    max_schema_bytes: int = Field(
+        default=16 * 1024, gt=0, description="Largest response_format json_schema, as compact JSON (400 above)."
+    )
+    max_schema_depth: int = Field(
+        default=24, gt=0, description="Most JSON levels a response_format json_schema nests (400 above; a schema level is about two)."
+    )
+    max_schema_enum_values: int = Field(
+        default=512, gt=0, description="Most enum and const values in one response_format json_schema, all enums together (400 above)."
+    )
     default_max_tokens: int = Field(default=64, gt=0, description="New tokens when a request sets none.")
     max_tokens: int = Field(default=512, gt=0, description="Most new tokens a request may ask for.")
     max_choices: int = Field(

@@ -23,6 +23,7 @@ replica that never sees one need not pay.
 """
 
 import collections
+import concurrent.futures
 import dataclasses
 import threading
 from typing import Any
@@ -44,8 +45,9 @@ class GrammarCompiler:
         self._stop_token_ids = list(stop_token_ids)
         self._compiler: Any = None
         self._compiled: collections.OrderedDict[ResponseFormat, Any] = collections.OrderedDict()
+        self._compiling: dict[ResponseFormat, concurrent.futures.Future] = {}  # one compile per format at a time
         self._tiers: tuple[torch.Tensor, ...] | None = None
-        self._lock = threading.Lock()  # submitters compile from their own threads
+        self._lock = threading.Lock()  # guards the cache; submitters compile from their own threads
 
     def compile(self, response_format: ResponseFormat) -> Any:
         """The format's grammar (compiled once); also, on the first call, the closing masks, so that neither
@@ -55,23 +57,38 @@ class GrammarCompiler:
         return compiled
 
     def _compile(self, response_format: ResponseFormat) -> Any:
+        """Compiled once per format, outside the cache's lock: a slow schema delays only the requests that
+        carry it (they wait on its one compile), never another format's."""
         with self._lock:
             if response_format in self._compiled:
                 self._compiled.move_to_end(response_format)
                 return self._compiled[response_format]
+            pending = self._compiling.get(response_format)
+            first = pending is None
+            if first:
+                pending = self._compiling[response_format] = concurrent.futures.Future()
             compiler = self._ensure_compiler()
-            try:
-                schema = _ANY_OBJECT if response_format.kind == "json_object" else response_format.schema_json
-                compiled = compiler.compile_json_schema(schema, any_whitespace=False)
-            except Exception as error:  # noqa: BLE001 - xgrammar reports a bad schema as RuntimeError or ValueError
-                reason = str(error).splitlines()[-1].split("] ", 1)[-1][:300]
-                raise InvalidParameterError(
-                    "response_format", f"response_format.json_schema.schema does not compile to a grammar: {reason}"
-                ) from None
+        if not first:
+            return pending.result()  # the same grammar, or the same InvalidParameterError
+        try:
+            schema = _ANY_OBJECT if response_format.kind == "json_object" else response_format.schema_json
+            compiled = compiler.compile_json_schema(schema, any_whitespace=False)
+        except Exception as error:  # noqa: BLE001 - xgrammar reports a bad schema as RuntimeError or ValueError
+            reason = str(error).splitlines()[-1].split("] ", 1)[-1][:300]
+            refused = InvalidParameterError(
+                "response_format", f"response_format.json_schema.schema does not compile to a grammar: {reason}"
+            )
+            with self._lock:
+                del self._compiling[response_format]
+            pending.set_exception(refused)
+            raise refused from None
+        with self._lock:
+            del self._compiling[response_format]
             self._compiled[response_format] = compiled
             if len(self._compiled) > _CACHED_GRAMMARS:
                 self._compiled.popitem(last=False)
-            return compiled
+        pending.set_result(compiled)
+        return compiled
 
     def _ensure_compiler(self) -> Any:
         if self._compiler is None:

@@ -15,6 +15,8 @@ import json
 import re
 from typing import Any
 
+from deployments.config import LimitsSettings
+from deployments.edge.json_body import json_depth
 from deployments.edge.openai_schema import ChatCompletionRequest
 from deployments.errors import ApiError
 from models.requests import DecodingOptions, ResponseFormat
@@ -72,7 +74,7 @@ def refuse_unsupported(payload: Any) -> dict[str, Any]:
     return honoured
 
 
-def decoding_options(chat: ChatCompletionRequest, *, max_tokens: int) -> DecodingOptions:
+def decoding_options(chat: ChatCompletionRequest, *, max_tokens: int, limits: LimitsSettings) -> DecodingOptions:
     stop = _stop_strings(chat.stop)
     if chat.top_logprobs and not chat.logprobs:
         raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
@@ -80,7 +82,7 @@ def decoding_options(chat: ChatCompletionRequest, *, max_tokens: int) -> Decodin
         raise ApiError(
             400, f"min_tokens: {chat.min_tokens} is more than max_tokens ({max_tokens})", param="min_tokens"
         )
-    response_format = _response_format(chat)
+    response_format = _response_format(chat, limits)
     if response_format is not None and chat.min_tokens:
         raise ApiError(
             400,
@@ -132,7 +134,7 @@ def _logit_bias(bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
     return tuple(sorted(pairs))
 
 
-def _response_format(chat: ChatCompletionRequest) -> ResponseFormat | None:
+def _response_format(chat: ChatCompletionRequest, limits: LimitsSettings) -> ResponseFormat | None:
     response_format = chat.response_format
     if response_format is None or response_format.type == "text":
         return None
@@ -145,4 +147,38 @@ def _response_format(chat: ChatCompletionRequest) -> ResponseFormat | None:
             'response_format: type json_schema needs {"json_schema": {"name": ..., "schema": {...}}}',
             param="response_format",
         )
-    return ResponseFormat(kind="json_schema", schema_json=json.dumps(schema, sort_keys=True))
+    schema_json = json.dumps(schema, sort_keys=True, separators=(",", ":"))
+    _check_schema_size(schema, schema_json, limits)
+    return ResponseFormat(kind="json_schema", schema_json=schema_json)
+
+
+def _check_schema_size(schema: Any, schema_json: str, limits: LimitsSettings) -> None:
+    """A schema compiles to a grammar in the replica, in time that grows with its size, nesting and enums
+    (an enum of 50,000 strings took two minutes): bounded here, each a 400 naming its limit."""
+    def refuse(what: str, limit_name: str, limit: int) -> ApiError:
+        return ApiError(400, f"response_format.json_schema.schema: {what}; the limit is {limit} (limits.{limit_name})",
+                        param="response_format", code="schema_too_large")
+
+    if len(schema_json) > limits.max_schema_bytes:
+        raise refuse(f"{len(schema_json)} bytes as compact JSON", "max_schema_bytes", limits.max_schema_bytes)
+    depth = json_depth(schema, limit=limits.max_schema_depth)
+    if depth > limits.max_schema_depth:
+        raise refuse(f"nests more than {limits.max_schema_depth} JSON levels", "max_schema_depth", limits.max_schema_depth)
+    values = _enum_values(schema)
+    if values > limits.max_schema_enum_values:
+        raise refuse(f"{values} enum and const values", "max_schema_enum_values", limits.max_schema_enum_values)
+
+
+def _enum_values(schema: Any) -> int:
+    """Values listed under every ``enum`` (and each ``const``), counted without recursion."""
+    count, pending = 0, [schema]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            enum = item.get("enum")
+            count += len(enum) if isinstance(enum, list) else 0
+            count += "const" in item
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return count

@@ -74,7 +74,7 @@ def to_generation_request(
         )
     if (request.n or 1) > limits.max_choices:
         raise ApiError(400, f"n: {request.n} choices asked; the limit is {limits.max_choices} (limits.max_choices)", param="n")
-    options = decoding_options(request, max_tokens=max_tokens)  # before any media is decoded
+    options = decoding_options(request, max_tokens=max_tokens, limits=limits)  # before any media is decoded
     for index, message in enumerate(request.messages):
         _check_message(message, f"messages[{index}]", config)
     media_parts = [

@@ -440,7 +440,10 @@ class Ingress:
     @app.post("/v1/chat/completions")
     async def chat_completions(self, request: Request) -> JSONResponse:
         owner = self._authorize(request)
-        payload = await read_json_body(request, self._config.limits.max_request_bytes)
+        limits = self._config.limits
+        # The objects a request within the limits can hold: a few per content part, and the schema's.
+        max_objects = 4 * limits.max_messages * limits.max_content_parts + limits.max_schema_bytes // 2 + 64
+        payload = await read_json_body(request, limits.max_request_bytes, max_objects=max_objects)
         try:
             chat = ChatCompletionRequest.model_validate(refuse_unsupported(payload))
         except pydantic.ValidationError as error:

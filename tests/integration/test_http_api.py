@@ -182,6 +182,18 @@ BAD_INPUTS = {
         "the limit is 1000000 pixels",
     ),
     "body over the byte limit": ({"json": _chat("x" * (3 * 1024 * 1024))}, 413, "the limit is 2097152 bytes"),
+    "a chunked body over the byte limit (read whole before)": (
+        {"content": (b'{"messages": "' + b"x" * 65536 if i == 0 else b"x" * 65536 for i in range(48)),
+         "headers": {"content-type": "application/json"}},
+        413,
+        "reading stopped at",
+    ),
+    "60,000 one-letter messages (built whole before)": (
+        {"content": b'{"max_tokens": 2, "messages": [' + b",".join([b'{"role":"user","content":"a"}'] * 60_000) + b"]}",
+         "headers": {"content-type": "application/json"}},
+        400,
+        "more than 12352 JSON objects",
+    ),
     "too many content parts": ({"json": _chat([{"type": "text", "text": "a"}] * 17)}, 413, "17 parts; the limit is 16"),
     "too many messages": (
         {"json": {"messages": [{"role": "user", "content": "hi"}] * 65, "max_tokens": 2}},

@@ -176,6 +176,13 @@ def test_user_is_recorded_in_the_logs(client):
     assert serve_log_lines("is from user", "analyst-7")
 
 
+def _nested_schema(levels: int) -> dict:
+    schema: dict = {"type": "string"}
+    for _ in range(levels):
+        schema = {"type": "object", "properties": {"a": schema}}
+    return schema
+
+
 REFUSED = {
     "tools": ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools", "tool calling"),
     "audio": ({"audio": {"voice": "alloy", "format": "wav"}, "modalities": ["text", "audio"]}, "audio", "audio output"),
@@ -186,6 +193,19 @@ REFUSED = {
     "a schema that does not compile": (
         {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}}},
         "response_format", "does not compile",
+    ),
+    "an enum of 50,000 strings (compiled for two minutes, then a 503)": (
+        {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
+            "type": "object", "properties": {"a": {"enum": [f"v{i}" for i in range(50_000)]}}}}}},
+        "response_format", "limits.max_schema_bytes",
+    ),
+    "an enum of 600 values": (
+        {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"enum": list(range(600))}}}},
+        "response_format", "600 enum and const values; the limit is 512",
+    ),
+    "a schema 190 objects deep (380 JSON levels, under the body's 400)": (
+        {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": _nested_schema(190)}}},
+        "response_format", "limits.max_schema_depth",
     ),
     "json_schema without a schema": ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
                                      "response_format", "needs"),
