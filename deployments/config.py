@@ -133,6 +133,12 @@ class LimitsSettings(_Strict):
     max_schema_enum_values: int = Field(
         default=512, gt=0, description="Most enum and const values in one response_format json_schema, all enums together (400 above)."
     )
+    max_request_source_pixels: int = Field(
+        default=100_000_000,
+        gt=0,
+        description="Most pixels a request's images hold at their stored size, all together: what decoding them costs "
+        "before any scaling (413 above; read from their headers before decoding). 32 images of 40 megapixels took 18 s.",
+    )
     default_max_tokens: int = Field(default=64, gt=0, description="New tokens when a request sets none.")
     max_tokens: int = Field(default=512, gt=0, description="Most new tokens a request may ask for.")
     max_choices: int = Field(

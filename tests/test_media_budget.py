@@ -59,3 +59,15 @@ def test_json_depth_is_counted_without_recursion():
     for _ in range(5000):  # deeper than Python's recursion limit
         nested = [nested]
     assert json_depth(nested, limit=MAX_JSON_DEPTH) == MAX_JSON_DEPTH + 1
+
+
+def test_images_are_budgeted_by_the_pixels_they_decode_to_not_the_pixels_they_scale_to():
+    image = PlannedPart("messages[0].content[0].image_url", "image", 1, 448 * 448, source_pixels=40_000_000)
+    limits = LIMITS.model_copy(update={"max_media_parts": 32, "max_prompt_tokens": 16384, "max_request_pixels": 64 * 448 * 448})
+
+    check_media_budget([image] * 2, limits, GEOMETRY)  # 80 megapixels: under the default 100
+    with pytest.raises(ApiError) as raised:
+        check_media_budget([image] * 32, limits, GEOMETRY)  # 1.28 gigapixels, 8192 tokens after scaling
+
+    assert raised.value.status_code == 413
+    assert "hold 1280000000 pixels at their stored size; the limit is 100000000" in raised.value.message

@@ -212,7 +212,7 @@ class _MediaSources:
                 raise media_error_to_api_error(error, where) from error
             return ImagePart(pixels=pixels)
 
-        return PlannedPart(where, "image", 1, min(width * height, limits.max_pixels_per_frame)), decode
+        return PlannedPart(where, "image", 1, min(width * height, limits.max_pixels_per_frame), source_pixels=width * height), decode
 
     def _video_bytes(self, payload: bytes, where: str) -> tuple[PlannedPart, Decode]:
         limits = self._config.limits

@@ -5,7 +5,8 @@ Per-part limits (an image's pixels, a video's duration and frame size) do not bo
 resolves every part and reads only its header (image size, video container and stream), plans
 what decoding would produce (frames, pixels after scaling, visual tokens), and checks the whole
 request against ``limits.max_media_parts``, ``max_request_frames``, ``max_request_pixels`` and
-``max_prompt_tokens``. A refusal is a 413 naming the figures, in milliseconds.
+``max_prompt_tokens``, and the images' pixels at their stored size against ``max_request_source_pixels``
+(what decoding them costs, before any scaling). A refusal is a 413 naming the figures, in milliseconds.
 """
 
 import dataclasses
@@ -24,6 +25,7 @@ class PlannedPart:
     kind: Literal["image", "video"]
     frames: int  # 1 for an image
     pixels_per_frame: int  # after scaling to max_pixels_per_frame
+    source_pixels: int = 0  # an image's pixels at its stored size: what decoding it costs
 
     def visual_tokens(self, geometry: VisualTokenGeometry) -> int:
         if self.kind == "image":
@@ -59,6 +61,15 @@ def check_media_budget(parts: list[PlannedPart], limits: LimitsSettings, geometr
             413,
             f"messages: the request's images and frames hold {pixels} pixels after scaling; the limit is "
             f"{limits.max_request_pixels} pixels per request",
+            param="messages",
+            code="media_budget_exceeded",
+        )
+    source = sum(part.source_pixels for part in parts if part.kind == "image")
+    if source > limits.max_request_source_pixels:
+        raise ApiError(
+            413,
+            f"messages: the request's images hold {source} pixels at their stored size; the limit is "
+            f"{limits.max_request_source_pixels} pixels per request (limits.max_request_source_pixels): send smaller images",
             param="messages",
             code="media_budget_exceeded",
         )

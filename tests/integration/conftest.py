@@ -63,6 +63,7 @@ TEST_APP_ARGS = {
         "max_video_source_pixels": 640 * 480,
         "max_question_bytes": 2048,
         "max_prompt_tokens": 250,
+        "max_request_source_pixels": 2_500_000,
         "max_tokens": 4000,
     },
     # The GPU group gets the fake GPU, finds no CUDA and waits; the CPU group serves.

@@ -194,6 +194,12 @@ BAD_INPUTS = {
         400,
         "more than 12352 JSON objects",
     ),
+    "images that decode to more pixels than a request may (budgeted after scaling before)": (
+        {"json": _chat([{"type": "image_url", "image_url": {"url": _data_url(
+            "image/png", media_factory.image_bytes("PNG", width=1000, height=1000, noise=False))}}] * 3)},
+        413,
+        "hold 3000000 pixels at their stored size; the limit is 2500000",
+    ),
     "too many content parts": ({"json": _chat([{"type": "text", "text": "a"}] * 17)}, 413, "17 parts; the limit is 16"),
     "too many messages": (
         {"json": {"messages": [{"role": "user", "content": "hi"}] * 65, "max_tokens": 2}},
