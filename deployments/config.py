@@ -8,6 +8,7 @@ Every model rejects unknown keys, so a typo fails when the application is
 built, with the key's path and what to change, not later at request time.
 """
 
+import ipaddress
 import pathlib
 import urllib.parse
 from typing import Any, Literal
@@ -545,11 +546,43 @@ class AuthSettings(_Strict):
         default=None, description="A file with one API key per line (a mounted secret); must exist when set."
     )
 
+    admin_keys_env: str | None = Field(
+        default="VIDEO_DETECTIVE_ADMIN_KEYS",
+        description="Environment variable holding comma-separated admin keys: API keys that may also read the memory "
+        "view (/v1/memory). Unset or empty means none from it.",
+    )
+    admin_keys_file: str | None = Field(
+        default=None, description="A file with one admin key per line (a mounted secret); must exist when set."
+    )
+    anonymous_networks: tuple[str, ...] = Field(
+        default=("127.0.0.0/8", "::1/128"),
+        description="With no API keys configured, the networks whose callers are answered; everyone else gets a 401 "
+        "that says to set keys. A server reachable from elsewhere needs keys, or this list says who may call it "
+        "without one ([\"0.0.0.0/0\", \"::/0\"]: anyone).",
+    )
+    memory_view_networks: tuple[str, ...] = Field(
+        default=("127.0.0.0/8", "::1/128"),
+        description="Networks whose callers may read the memory view without an admin key. The memory view shows node "
+        "addresses, model paths and the PIDs and names of other processes on a GPU; everyone else gets a 403.",
+    )
+
     @model_validator(mode="after")
     def _file_exists(self) -> "AuthSettings":
-        if self.api_keys_file is not None and not pathlib.Path(self.api_keys_file).is_file():
-            raise ValueError(f"auth.api_keys_file {self.api_keys_file!r} does not exist; point it at a file of keys or remove it")
+        for key in ("api_keys_file", "admin_keys_file"):
+            path = getattr(self, key)
+            if path is not None and not pathlib.Path(path).is_file():
+                raise ValueError(f"auth.{key} {path!r} does not exist; point it at a file of keys or remove it")
         return self
+
+    @field_validator("anonymous_networks", "memory_view_networks")
+    @classmethod
+    def _networks(cls, networks: tuple[str, ...]) -> tuple[str, ...]:
+        for network in networks:
+            try:
+                ipaddress.ip_network(network)
+            except ValueError as error:
+                raise ValueError(f"{error}; write networks as 10.0.0.0/8 or ::1/128") from None
+        return networks
 
 
 class AppConfig(_Strict):

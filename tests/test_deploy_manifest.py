@@ -46,3 +46,13 @@ def test_each_group_lands_on_its_worker_group_and_the_ingress_fits_the_head():
     assert cluster["headGroupSpec"]["rayStartParams"]["labels"] == "vd-node=head" and args["ingress"]["node_labels"] == {"vd-node": "head"}
     assert args["ingress"]["num_cpus"] == 0  # so it can run on the head, which takes no replica group
     assert yaml.safe_load(rayservice["spec"]["serveConfigV2"])["proxy_location"] == "EveryNode"
+
+
+def test_the_ingress_node_reads_its_keys_from_a_kubernetes_secret():
+    rayservice = yaml.safe_load((REPO / "deploy" / "rayservice.yaml").read_text())
+    (head,) = rayservice["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"]
+    env = {item["name"]: item["valueFrom"]["secretKeyRef"] for item in head["env"]}
+    auth = load_app_config({}).auth
+
+    assert env[auth.api_keys_env] == {"name": "video-detective-keys", "key": "api-keys"}  # required: no key, no pod
+    assert env[auth.admin_keys_env]["key"] == "admin-keys"

@@ -16,3 +16,17 @@ def test_the_host_is_read_without_its_port(header, name):
 )
 def test_hosts_are_matched_exactly_or_as_subdomains_of_a_wildcard(header, allowed):
     assert host_allowed(header, ("localhost", "::1", "*.example.com")) is allowed
+
+
+def test_the_memory_view_answers_admin_keys_and_the_listed_networks():
+    from deployments.edge.auth import check_memory_view
+    from deployments.errors import ApiError
+
+    networks = ("127.0.0.0/8", "10.213.0.0/16")
+    check_memory_view("Bearer admin", "203.0.113.9", ("admin",), networks)
+    check_memory_view(None, "10.213.4.1", ("admin",), networks)
+    check_memory_view(None, "127.0.0.1", (), networks)
+    for authorization, host in (("Bearer user", "203.0.113.9"), (None, "::1"), (None, None), ("Bearer admin2", "example.com")):
+        with pytest.raises(ApiError) as refused:
+            check_memory_view(authorization, host, ("admin",), networks)
+        assert refused.value.status_code == 403

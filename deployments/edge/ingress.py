@@ -29,7 +29,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from deployments.config import AppConfig
 from deployments.edge.analyze import analyze_body, prepare_analysis
 from deployments.edge.analyze_stream import analysis_events
-from deployments.edge.auth import bearer_key, check_bearer, load_api_keys
+from deployments.edge.auth import (
+    bearer_key,
+    check_anonymous,
+    check_bearer,
+    check_memory_view,
+    load_admin_keys,
+    load_api_keys,
+)
 from deployments.edge.chat_parameters import refuse_unsupported
 from deployments.edge.chat_translation import to_generation_request
 from deployments.edge.hosts import host_allowed
@@ -190,6 +197,7 @@ class Ingress:
         source = config.model.source
         self._geometry = VisualTokenGeometry() if source == "tiny" else VisualTokenGeometry.from_model_folder(source)
         self._api_keys = load_api_keys(config.auth)
+        self._admin_keys = load_admin_keys(config.auth)
         # Groups that scale to zero: with no replica running they are idle, not down.
         self._idle_at_zero = {GPU_FLOOR_GROUP} | ({GPU_GROUP} if config.gpu_group.autoscaling.min_replicas == 0 else set())
         app.state.allowed_hosts = config.ingress.allowed_hosts  # one Ingress a process: the middleware reads it here
@@ -273,8 +281,11 @@ class Ingress:
     def _authorize(self, request: Request) -> str:
         """Check the caller's key (when keys are on); the owner its files are stored under."""
         authorization = request.headers.get("authorization")
+        if not self._api_keys:
+            check_anonymous(request.client.host if request.client else None, self._config.auth.anonymous_networks)
+            return owner_of(None)
         check_bearer(authorization, self._api_keys)
-        return owner_of(bearer_key(authorization) if self._api_keys else None)
+        return owner_of(bearer_key(authorization))
 
     @app.get("/readyz")
     async def readyz(self, request: Request) -> JSONResponse:
@@ -347,8 +358,11 @@ class Ingress:
 
     @app.get("/v1/memory")
     async def memory(self, request: Request) -> dict[str, Any]:
-        """Every replica of both groups: state, memory snapshot, budget, load report, allocator settings."""
+        """Every replica of both groups: state, memory snapshot, budget, load report, allocator settings; for admin
+        keys and callers from ``auth.memory_view_networks`` only."""
         self._authorize(request)
+        check_memory_view(request.headers.get("authorization"), request.client.host if request.client else None,
+                          self._admin_keys, self._config.auth.memory_view_networks)
         return {
             "groups": await self._describe_groups(),
             "gpu_breaker": self._router.breaker.state,

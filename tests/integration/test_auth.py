@@ -9,14 +9,17 @@ from ray import serve
 from integration.conftest import deploy
 
 KEY = "vd-test-key-0123456789"
+ADMIN_KEY = "vd-test-admin-key-9876543210"
 
 
 @pytest.fixture(scope="module")
 def secured_url(http_port, test_root):
     keys_file = test_root / "api-keys"
     keys_file.write_text(f"# keys for the auth tests\n{KEY}\n")
+    admin_file = test_root / "admin-keys"
+    admin_file.write_text(f"{ADMIN_KEY}\n")
     url = deploy(
-        {"gpu_group": {"enabled": False}, "cpu_group": {"num_cpus": 0.5}, "auth": {"api_keys_file": str(keys_file)},
+        {"gpu_group": {"enabled": False}, "cpu_group": {"num_cpus": 0.5}, "auth": {"api_keys_file": str(keys_file), "admin_keys_file": str(admin_file), "memory_view_networks": []},
          "ingress": {"api_docs": True, "allowed_hosts": ["127.0.0.1", "*.example.com"], "readiness_cache_s": 30}},
         http_port,
         name="secured",
@@ -111,3 +114,38 @@ def test_health_answers_from_one_readiness_read_within_the_cache_window(secured_
 
     assert first.headers["x-readiness-read-at"] == second.headers["x-readiness-read-at"]  # readiness_cache_s: 30
     assert first.json() == second.json()
+
+
+def test_the_memory_view_is_for_admin_keys_and_the_allowed_networks_only(secured_url):
+    user = httpx.get(f"{secured_url}/v1/memory", headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+    admin = httpx.get(f"{secured_url}/v1/memory", headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=60)
+    chat = httpx.post(f"{secured_url}/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=60)
+
+    assert user.status_code == 403 and user.json()["error"]["code"] == "admin_only"  # no network listed: loopback too
+    assert "node_ip" not in user.text
+    assert admin.status_code == 200 and "cpu" in admin.json()["groups"]
+    assert chat.status_code == 200  # an admin key is an API key too
+
+
+@pytest.fixture(scope="module")
+def keyless_url(http_port):
+    url = deploy(
+        {"gpu_group": {"enabled": False}, "cpu_group": {"num_cpus": 0.5},
+         "auth": {"api_keys_env": None, "anonymous_networks": ["127.0.0.1/32"]}},
+        http_port, name="keyless", route_prefix="/keyless",
+    )
+    yield url
+    serve.delete("keyless")
+
+
+def test_without_keys_only_the_anonymous_networks_are_answered(keyless_url):
+    # 127.0.0.2 is this machine too, but not in the network this app lets call without a key.
+    with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=60) as elsewhere:
+        refused = elsewhere.post(f"{keyless_url}/v1/chat/completions", json=CHAT)
+        probe = elsewhere.get(f"{keyless_url}/healthz")
+    answered = httpx.post(f"{keyless_url}/v1/chat/completions", json=CHAT, timeout=60)
+
+    assert refused.status_code == 401 and "127.0.0.2" in refused.json()["error"]["message"]
+    assert "VIDEO_DETECTIVE_API_KEYS" in refused.json()["error"]["message"]
+    assert probe.status_code == 200  # the probes need no key, from anywhere
+    assert answered.status_code == 200
