@@ -6,6 +6,10 @@ The request from the load issue: 16 messages of 15 video parts each (240 tiny 64
 any frame is decoded; a good one-clip request is timed in the same run as the baseline. The ingress
 process's resident memory is read (psutil, by the actor's pid) before and after.
 
+The second audit's cases follow: a chunked 160 MiB body, 800,000 one-letter messages (26 MiB), a schema
+with an enum of 50,000 strings and one 190 objects deep, 32 PNGs of 40 megapixels (116 KB each), and a
+``logit_bias`` key in superscript digits. Each must be refused (4xx) within 2 s.
+
 Usage: .venv/bin/python -m bench.hostile_request [--json]
 """
 
@@ -43,6 +47,32 @@ def _clip(width: int = 640, height: int = 480, frames: int = 8) -> str:
     return "data:video/mp4;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
+def _schema_request(schema: dict) -> dict:
+    return {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}}
+
+
+def _nested(levels: int) -> dict:
+    schema: dict = {"type": "string"}
+    for _ in range(levels):
+        schema = {"type": "object", "properties": {"a": schema}}
+    return schema
+
+
+def _big_png_url() -> str:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8000, 5000)).save(buffer, format="PNG")  # 40 megapixels, about 120 KB
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _chunked_body(total_bytes: int):
+    yield b'{"messages": "'
+    for _ in range(total_bytes // 2**20):
+        yield b"x" * 2**20
+
+
 def _request(messages: int, parts: int, clip: str) -> dict:
     content = [{"type": "video_url", "video_url": {"url": clip}}] * parts
     return {"messages": [{"role": "user", "content": content}] * messages, "max_tokens": 4}
@@ -62,10 +92,19 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     clip = _clip()
+    big_png = _big_png_url()
     cases = {
         "good: 1 clip": _request(1, 1, clip),
         "240 clips (16 x 15)": _request(16, 15, clip),
         "30 clips (2 x 15), 240 frames": _request(2, 15, clip),
+        "chunked 160 MiB body": lambda: _chunked_body(160 * 2**20),
+        "800,000 one-letter messages": {"messages": [{"role": "user", "content": "a"}] * 800_000, "max_tokens": 2},
+        "schema: enum of 50,000 strings": _schema_request({"enum": [f"value-{i}" for i in range(50_000)]}),
+        "schema: 190 objects deep": _schema_request(_nested(190)),
+        "32 PNGs of 40 megapixels": {"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": big_png}}] * 16}] * 2, "max_tokens": 2},
+        "logit_bias key in superscript": {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
+                                          "logit_bias": {"\u00b2": 1}},
     }
     report: dict = {}
     with local_serve(num_cpus=2) as (base_url, _):
@@ -74,14 +113,14 @@ def main() -> int:
         with httpx.Client(base_url=base_url, timeout=300) as client:
             client.post("/v1/chat/completions", json=cases["good: 1 clip"]).raise_for_status()  # warm-up
             for name, body in cases.items():
-                payload = json.dumps(body).encode()
+                payload = body() if callable(body) else json.dumps(body).encode()
                 started = time.perf_counter()
                 response = client.post("/v1/chat/completions", content=payload, headers={"content-type": "application/json"})
                 elapsed = time.perf_counter() - started
                 report[name] = {
                     "status": response.status_code,
                     "seconds": elapsed,
-                    "body_bytes": len(payload),
+                    "body_bytes": len(payload) if isinstance(payload, bytes) else 160 * 2**20,
                     "message": response.json().get("error", {}).get("message", "")[:160],
                     "ingress_rss_after_bytes": _ingress_rss_bytes(),
                 }

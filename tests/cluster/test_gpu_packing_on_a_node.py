@@ -18,6 +18,7 @@ from deployments.plan import resolve_app
 from memory.probe import FileGpu
 
 APP = "video-detective"
+ADMIN_KEY = "vd-cluster-admin-key-0002"  # the memory view from outside the node: an admin key
 
 
 def test_int8_replicas_at_a_quarter_share_four_to_a_gpu(test_root, tiny_model_path):
@@ -39,7 +40,7 @@ def test_int8_replicas_at_a_quarter_share_four_to_a_gpu(test_root, tiny_model_pa
     FileGpu.write(probe, total_bytes=total, free_bytes=total)
     gpu["env_vars"] = {GPU_PROBE_FILE_ENV: str(probe)}
 
-    with LocalCluster(test_root / "packing") as cluster:
+    with LocalCluster(test_root / "packing", env={"VIDEO_DETECTIVE_ADMIN_KEYS": ADMIN_KEY}) as cluster:
         cluster.start_head(num_cpus=4, num_gpus=1)
         cluster.serve_deploy(write_config(config, cluster.folder / "serve_config.yaml"))
 
@@ -48,7 +49,7 @@ def test_int8_replicas_at_a_quarter_share_four_to_a_gpu(test_root, tiny_model_pa
 
         wait_for_condition(lambda: gpu_replicas().get("RUNNING") == 4, timeout_s=300, interval_s=2)
         memory = wait_for_condition(
-            lambda: (body := httpx.get(f"{cluster.head.http_url}/v1/memory", timeout=60).json())
+            lambda: (body := httpx.get(f"{cluster.head.http_url}/v1/memory", headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=60).json())
             and sum(replica["state"] == "ready" for replica in body["groups"]["gpu"]) == 4 and body,
             timeout_s=180, interval_s=2,
         )
