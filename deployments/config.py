@@ -90,6 +90,9 @@ class LimitsSettings(_Strict):
     max_image_pixels: int = Field(
         default=40_000_000, gt=0, description="Largest image (width x height) decoded; checked before decoding."
     )
+    max_image_bytes: int = Field(
+        default=16 * _MIB, gt=0, description="Largest image, inline or an uploaded file, in bytes (413 above; a file is refused unread)."
+    )
     max_pixels_per_frame: int = Field(
         default=448 * 448, gt=0, description="Images and video frames are scaled down to at most this many pixels."
     )

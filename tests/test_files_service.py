@@ -66,3 +66,44 @@ def test_a_download_is_served_as_what_the_bytes_are(service, tmp_path, kind, sto
     record = _stored(service, tmp_path, CLIP, "alice", kind=kind, content_type=stored_type)
 
     assert download_content_type(record) == served
+
+
+def _chat_naming(file_id: str, parts: int, messages: int) -> "ChatCompletionRequest":
+    from deployments.edge.openai_schema import ChatCompletionRequest
+
+    content = [{"type": "image_url", "image_url": {"url": file_id}}] * parts + [{"type": "text", "text": "What is it?"}]
+    return ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": content}] * messages, "max_tokens": 2})
+
+
+def test_a_file_named_by_many_parts_is_read_and_decoded_once_per_request(tmp_path, monkeypatch):
+    from deployments.edge.chat_translation import to_generation_request
+
+    config = load_app_config({"files": {"store_url": (tmp_path / "store").as_uri()}})
+    service = FilesService(config)
+    png = media_factory.image_bytes("PNG", width=64, height=64)
+    record = _stored(service, tmp_path, png, "alice", kind="image", content_type="image/png")
+    reads = []
+    read = service.store.read
+    monkeypatch.setattr(service.store, "read", lambda rec: reads.append(rec.id) or read(rec))
+
+    request = to_generation_request(_chat_naming(record.id, parts=15, messages=2), config, files=service, owner="alice")
+
+    images = [part for message in request.messages for part in message.content if not hasattr(part, "text")]
+    assert len(images) == 30  # the model still sees every part
+    assert reads == [record.id]  # one read for 30 parts (each read the whole file before)
+    assert all(image is images[0] for image in images)  # and one decode
+
+
+def test_an_image_file_larger_than_an_image_may_be_is_refused_unread(tmp_path, monkeypatch):
+    from deployments.edge.chat_translation import to_generation_request
+
+    config = load_app_config({"files": {"store_url": (tmp_path / "store").as_uri()}, "limits": {"max_image_bytes": 4096}})
+    service = FilesService(config)
+    padded = media_factory.image_bytes("PNG", width=16, height=16) + b"\0" * 8192  # sniffed as an image
+    record = _stored(service, tmp_path, padded, "alice", kind="image", content_type="image/png")
+    monkeypatch.setattr(service.store, "read", lambda rec: pytest.fail("the file was read"))
+
+    with pytest.raises(ApiError) as refused:
+        to_generation_request(_chat_naming(record.id, parts=1, messages=1), config, files=service, owner="alice")
+
+    assert refused.value.status_code == 413 and "an image may be 4096 bytes" in str(refused.value)

@@ -4,6 +4,7 @@ Runs in the ingress, so every bad input fails here with an :class:`ApiError`
 and never reaches a model replica.
 """
 
+import dataclasses
 import re
 from typing import Callable
 
@@ -146,6 +147,26 @@ def _resolve_url(url: str, allowed_mime_types: frozenset[str], config: AppConfig
 Decode = Callable[[], ContentPart]
 
 
+def _file_id(part: ImageUrlContent | VideoUrlContent | FileContent) -> str | None:
+    """The uploaded file a part names, if it names one."""
+    if isinstance(part, FileContent):
+        return part.file.file_id
+    url = part.image_url.url if isinstance(part, ImageUrlContent) else part.video_url.url
+    return url if url.startswith(FILE_ID_PREFIX) else None
+
+
+def _once(decode: Decode) -> Decode:
+    """``decode``, run the first time only (the parts of one request are decoded one after another)."""
+    done: list[ContentPart] = []
+
+    def run() -> ContentPart:
+        if not done:
+            done.append(decode())
+        return done[0]
+
+    return run
+
+
 class _MediaSources:
     """Each media part's plan (what decoding it would produce, from its header) and how to decode it."""
 
@@ -153,8 +174,19 @@ class _MediaSources:
         self._config = config
         self._files = files
         self._owner = owner
+        self._by_file: dict[str, tuple[PlannedPart, Decode]] = {}  # a file named by several parts: read and decoded once
 
     def resolve(self, part: ImageUrlContent | VideoUrlContent | FileContent, param: str) -> tuple[PlannedPart, Decode]:
+        file_id = _file_id(part)
+        if file_id is None:
+            return self._resolve(part, param)
+        if file_id not in self._by_file:
+            plan, decode = self._resolve(part, param)
+            self._by_file[file_id] = plan, _once(decode)
+        plan, decode = self._by_file[file_id]
+        return dataclasses.replace(plan, param=param), decode  # counted in the budget for each part that shows it
+
+    def _resolve(self, part: ImageUrlContent | VideoUrlContent | FileContent, param: str) -> tuple[PlannedPart, Decode]:
         if isinstance(part, FileContent):
             where = f"{param}.file"
             if part.file.file_data is not None or not part.file.file_id:
@@ -165,12 +197,12 @@ class _MediaSources:
             record = self._file_record(part.file.file_id, f"{where}.file_id")
             if record.kind == "video":
                 return self._video_file(record, f"{where}.file_id")
-            return self._image(self._files.image_bytes(self._owner, record.id, f"{where}.file_id"), where)
+            return self._image(self._image_file(record.id, f"{where}.file_id"), where)
         if isinstance(part, ImageUrlContent):
             where = f"{param}.image_url"
             url = part.image_url.url
             if url.startswith(FILE_ID_PREFIX):
-                return self._image(self._files_or_refuse(where).image_bytes(self._owner, url, where), where)
+                return self._image(self._image_file(url, where), where)
             try:
                 payload = _resolve_url(url, media.IMAGE_MIME_TYPES, self._config).payload
             except media.MediaError as error:
@@ -194,8 +226,20 @@ class _MediaSources:
     def _file_record(self, file_id: str, where: str) -> FileRecord:
         return self._files_or_refuse(where).record(self._owner, file_id, where)
 
+    def _image_file(self, file_id: str, where: str) -> bytes:
+        """An uploaded image's bytes, refused unread when the file is larger than an image may be."""
+        files, limit = self._files_or_refuse(where), self._config.limits.max_image_bytes
+        record = files.record(self._owner, file_id, where)
+        if record.bytes > limit:
+            raise ApiError(413, f"{where}: {file_id} is {record.bytes} bytes; an image may be {limit} bytes "
+                           "(limits.max_image_bytes)", param=where, code="media_too_large")
+        return files.image_bytes(self._owner, file_id, where)
+
     def _image(self, payload: bytes, where: str) -> tuple[PlannedPart, Decode]:
         limits = self._config.limits
+        if len(payload) > limits.max_image_bytes:
+            raise ApiError(413, f"{where}: the image is {len(payload)} bytes; the limit is {limits.max_image_bytes} "
+                           "(limits.max_image_bytes)", param=where, code="media_too_large")
         try:
             width, height = media.open_image(payload).size
         except media.MediaError as error:
