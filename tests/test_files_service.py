@@ -5,6 +5,8 @@ import media_factory
 import pytest
 
 from deployments.config import load_app_config
+from deployments.edge.chat_translation import to_generation_request
+from deployments.edge.openai_schema import ChatCompletionRequest
 from deployments.errors import ApiError
 from deployments.files.service import FilesService, download_content_type
 from deployments.files.store import owner_of
@@ -68,16 +70,12 @@ def test_a_download_is_served_as_what_the_bytes_are(service, tmp_path, kind, sto
     assert download_content_type(record) == served
 
 
-def _chat_naming(file_id: str, parts: int, messages: int) -> "ChatCompletionRequest":
-    from deployments.edge.openai_schema import ChatCompletionRequest
-
+def _chat_naming(file_id: str, parts: int, messages: int) -> ChatCompletionRequest:
     content = [{"type": "image_url", "image_url": {"url": file_id}}] * parts + [{"type": "text", "text": "What is it?"}]
     return ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": content}] * messages, "max_tokens": 2})
 
 
 def test_a_file_named_by_many_parts_is_read_and_decoded_once_per_request(tmp_path, monkeypatch):
-    from deployments.edge.chat_translation import to_generation_request
-
     config = load_app_config({"files": {"store_url": (tmp_path / "store").as_uri()}})
     service = FilesService(config)
     png = media_factory.image_bytes("PNG", width=64, height=64)
@@ -95,8 +93,6 @@ def test_a_file_named_by_many_parts_is_read_and_decoded_once_per_request(tmp_pat
 
 
 def test_an_image_file_larger_than_an_image_may_be_is_refused_unread(tmp_path, monkeypatch):
-    from deployments.edge.chat_translation import to_generation_request
-
     config = load_app_config({"files": {"store_url": (tmp_path / "store").as_uri()}, "limits": {"max_image_bytes": 4096}})
     service = FilesService(config)
     padded = media_factory.image_bytes("PNG", width=16, height=16) + b"\0" * 8192  # sniffed as an image
