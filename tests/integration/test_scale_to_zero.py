@@ -41,6 +41,8 @@ def idle_url(http_port, test_root):
         "ingress": {"readiness_cache_s": 0},
     }
     url = deploy(args, http_port, name=APP, route_prefix="/idle")
+    # The CPU group's replica loads after /healthz answers: ready once it has.
+    wait_for_condition(lambda: httpx.get(f"{url}/readyz", timeout=30).json()["status"] == "ready", timeout_s=120)
     yield url
     serve.delete(APP)
 
