@@ -63,11 +63,11 @@ class GrammarCompiler:
             if response_format in self._compiled:
                 self._compiled.move_to_end(response_format)
                 return self._compiled[response_format]
+            compiler = self._ensure_compiler()  # before a compile is registered: a failed import leaves none waiting
             pending = self._compiling.get(response_format)
             first = pending is None
             if first:
                 pending = self._compiling[response_format] = concurrent.futures.Future()
-            compiler = self._ensure_compiler()
         if not first:
             return pending.result()  # the same grammar, or the same InvalidParameterError
         try:

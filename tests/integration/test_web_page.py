@@ -213,7 +213,7 @@ def _unload_gpu_replicas(app_name: str) -> None:
 def test_the_memory_view_asks_for_the_key_and_follows_the_gpu_group_down_and_up(drill_url, drill_probe, page, shots):
     page.goto(f"{drill_url}/ui/memory")
     expect(page.locator("#key-panel")).to_be_visible(timeout=30_000)
-    assert "401" in page.locator("#error-box").text_content()
+    expect(page.locator("#error-box")).to_contain_text("401", timeout=10_000)  # set once the body is read, after the panel
     page.fill("#api-key", KEY)
     page.click("#key-form button")
 
