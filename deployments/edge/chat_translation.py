@@ -227,13 +227,7 @@ class _MediaSources:
         return self._files_or_refuse(where).record(self._owner, file_id, where)
 
     def _image_file(self, file_id: str, where: str) -> bytes:
-        """An uploaded image's bytes, refused unread when the file is larger than an image may be."""
-        files, limit = self._files_or_refuse(where), self._config.limits.max_image_bytes
-        record = files.record(self._owner, file_id, where)
-        if record.bytes > limit:
-            raise ApiError(413, f"{where}: {file_id} is {record.bytes} bytes; an image may be {limit} bytes "
-                           "(limits.max_image_bytes)", param=where, code="media_too_large")
-        return files.image_bytes(self._owner, file_id, where)
+        return self._files_or_refuse(where).image_bytes(self._owner, file_id, where, self._config.limits.max_image_bytes)
 
     def _image(self, payload: bytes, where: str) -> tuple[PlannedPart, Decode]:
         limits = self._config.limits

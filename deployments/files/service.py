@@ -184,8 +184,12 @@ class FilesService:
         self.frames.put(_cache_key(record, selection, limits), sampled)
         return sampled
 
-    def image_bytes(self, owner: str, file_id: str, param: str) -> bytes:
+    def image_bytes(self, owner: str, file_id: str, param: str, max_bytes: int) -> bytes:
+        """An uploaded image's bytes, refused unread (413) when the file is larger than an image may be."""
         record = self._record_of_kind(owner, file_id, param, "image")
+        if record.bytes > max_bytes:
+            raise ApiError(413, f"{param}: {file_id} is {record.bytes} bytes; an image may be {max_bytes} bytes "
+                           "(limits.max_image_bytes)", param=param, code="media_too_large")
         with _gone_is_not_found(record, param):
             return self.store.read(record)
 
