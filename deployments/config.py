@@ -26,6 +26,7 @@ from memory.budget import DEFAULT_CUDA_CONTEXT_BYTES
 from memory.packing import at_or_above
 from memory.strategy import DEFAULT_CPU_CHAIN, DEFAULT_GPU_CHAIN, LoadStrategy, StrategyError, parse_chain
 from models.adapter_names import AdapterName
+from models.decode_budget import DecodeBudget
 from models.video import VideoLimits
 
 _MIB = 1024**2
@@ -105,6 +106,20 @@ class LimitsSettings(_Strict):
         gt=0,
         description="Largest stored frame (width x height) of a video, checked from its header before decoding (413).",
     )
+    max_decoded_frames: int = Field(
+        default=4096,
+        gt=0,
+        description="Most frames the decoder may produce for one request, across its videos, counting every frame "
+        "decoded to reach a sampled one (the frames behind a far keyframe). A target the request's share cannot "
+        "reach is taken at the nearest decodable frame (the answer's frames.substituted says how many); a request "
+        "that cannot afford one frame a target is refused (413).",
+    )
+    max_decoded_pixels: int = Field(
+        default=1_000_000_000,
+        gt=0,
+        description="Most pixels (at stored size) the decoder may produce for one request, counted as "
+        "max_decoded_frames is: what decoding costs in CPU (about 1.6 ns a pixel here: 1.6 s for the default).",
+    )
     max_upload_bytes: int = Field(
         default=256 * _MIB, gt=0, description="Largest /v1/analyze upload, counted while it arrives (413 above)."
     )
@@ -167,6 +182,10 @@ class LimitsSettings(_Strict):
                 f"limits.max_video_frames ({self.max_video_frames})"
             )
         return self
+
+    def decode_budget(self, targets: int) -> DecodeBudget:
+        """A fresh decode budget for one request that samples ``targets`` frames in all."""
+        return DecodeBudget(max_frames=self.max_decoded_frames, max_pixels=self.max_decoded_pixels, targets_left=targets)
 
     def video_limits(self) -> VideoLimits:
         return VideoLimits(

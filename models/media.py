@@ -47,6 +47,14 @@ class MediaTooLargeError(MediaError):
     """The media exceeds a configured limit."""
 
 
+class DecodeBudgetExceededError(MediaTooLargeError):
+    """A request's videos need more decoding than its decode budget holds, even at one frame a target."""
+
+
+class DecodeStoppedError(MediaError):
+    """The decode was stopped because its request ended (the client left, or the request timed out)."""
+
+
 class NotAVideoError(MediaDecodeError):
     """The bytes do not open as a media container."""
 

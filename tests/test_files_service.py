@@ -11,6 +11,7 @@ from deployments.errors import ApiError
 from deployments.files.service import FilesService, download_content_type
 from deployments.files.store import owner_of
 from models import media
+from models.decode_budget import DecodeBudget
 from models.video import FrameSelection, VideoLimits
 
 LIMITS = VideoLimits(max_duration_s=60, max_source_pixels=640 * 480, max_frames=32, target_pixels_per_frame=64 * 64)
@@ -29,11 +30,30 @@ def _stored(service: FilesService, tmp_path, data: bytes, owner: str, kind="vide
                              sha256="cd" * 32, size_bytes=len(data), content_type=content_type, ttl_s=0)
 
 
+def _budget(max_frames: int = 4096) -> DecodeBudget:
+    return DecodeBudget(max_frames=max_frames, max_pixels=10**12, targets_left=4)
+
+
+def test_frames_the_decode_budget_substituted_are_not_cached(service, tmp_path):
+    # 8 s at 8 fps with one keyframe: target 7 s costs 57 frames; a budget of 12 frames substitutes.
+    clip = media_factory.video_bytes("mp4", num_frames=64, fps=8, width=64, height=64, gop=64)
+    record = _stored(service, tmp_path, clip, "alice")
+    selection = FrameSelection(num_frames=4)
+
+    sampled = service.sample(record, selection, LIMITS, _budget(max_frames=12))
+    assert sampled.substituted > 0 and sampled.decoded_frames <= 12
+    assert service.cached_frames(record, selection, LIMITS) is None
+
+    exact = service.sample(record, selection, LIMITS, _budget())
+    assert exact.substituted == 0
+    assert service.cached_frames(record, selection, LIMITS).timestamps_s == exact.timestamps_s == (1.0, 3.0, 5.0, 7.0)
+
+
 def test_a_frame_cache_hit_is_the_same_keys_only(service, tmp_path):
     alice, bob = (_stored(service, tmp_path, CLIP, owner_of(key)) for key in ("key-alice", "key-bob"))
     selection = FrameSelection(num_frames=4)
 
-    service.sample(alice, selection, LIMITS)
+    service.sample(alice, selection, LIMITS, _budget())
 
     assert service.cached_frames(alice, selection, LIMITS) is not None
     assert service.cached_frames(bob, selection, LIMITS) is None  # the same bytes, another key: decoded again
@@ -43,7 +63,7 @@ def test_a_file_swept_between_its_record_and_its_bytes_is_a_404(service, tmp_pat
     record = _stored(service, tmp_path, CLIP, "alice")
     service.store.delete("alice", record.id)  # the sweep, after the request read the record
 
-    for use in (lambda: service.probe(record, LIMITS), lambda: service.sample(record, FrameSelection(num_frames=4), LIMITS)):
+    for use in (lambda: service.probe(record, LIMITS), lambda: service.sample(record, FrameSelection(num_frames=4), LIMITS, _budget())):
         with pytest.raises(ApiError) as gone:
             use()
         assert gone.value.status_code == 404 and record.id in str(gone.value)

@@ -22,6 +22,7 @@ from starlette.requests import Request
 
 from deployments.config import AppConfig, LimitsSettings
 from deployments.edge.chat_translation import media_error_to_api_error
+from deployments.edge.off_loop import run_off_loop
 from deployments.edge.openai_schema import SEED_MAX
 from deployments.edge.thumbnails import frame_thumbnails
 from deployments.errors import ApiError, describe_validation_errors
@@ -30,6 +31,7 @@ from deployments.files.uploads import receive_upload
 from deployments.replica.protocol import ReplicaAnswer, ServedBy
 from memory.cleanup import return_freed_heap
 from models import media
+from models.decode_budget import DecodeBudget
 from models.requests import ChatMessage, GenerationRequest, TextPart, VideoPart
 from models.video import FrameSelection, SampledVideo, sample_video
 
@@ -162,6 +164,8 @@ class PreparedAnalysis:
             "effective_fps": sampled.effective_fps,
             "seeks": sampled.seeks,
             "decoded_frames": sampled.decoded_frames,
+            "decoded_pixels": sampled.decoded_pixels,
+            "substituted": sampled.substituted,
         }
         if self.fields.thumbnails:
             body["thumbnails"] = self.thumbnails
@@ -244,25 +248,28 @@ async def prepare_analysis(
                 "or name an uploaded one with file_id",
                 param=VIDEO_FIELD,
             )
+        budget = limits.decode_budget(targets=selection.num_frames or limits.max_video_frames)
         if upload.path is not None:
             check_part_type(upload.content_type)
             filename, size_bytes = upload.filename, upload.size_bytes
-            sampled = await _sampled(sample_video, upload.path, selection, limits.video_limits(), param=VIDEO_FIELD)
+            sampled = await _sampled(sample_video, upload.path, selection, limits.video_limits(), budget=budget, param=VIDEO_FIELD)
         else:
             record = await asyncio.to_thread(files.video_record, owner, fields.file_id, "file_id")
             filename, size_bytes = record.filename, record.bytes
             sampled = await asyncio.to_thread(files.cached_frames, record, selection, limits.video_limits())
             cache_hit = sampled is not None
             if sampled is None:
-                sampled = await _sampled(files.sample, record, selection, limits.video_limits(), param="file_id")
+                sampled = await _sampled(files.sample, record, selection, limits.video_limits(), budget=budget, param="file_id")
     if upload.size_bytes >= _TRIM_AFTER_UPLOAD_BYTES:
         # The body passed through this process in Serve's message buffers; glibc keeps their pages.
         await asyncio.to_thread(return_freed_heap)
     logger.info(
-        "Request %s: %r (%d bytes, %s/%s, %.1f s) sampled to %d frames of %dx%d in %.3f s (%d seeks, %d decoded%s)",
+        "Request %s: %r (%d bytes, %s/%s, %.1f s) sampled to %d frames of %dx%d in %.3f s (%d seeks, %d decoded, "
+        "%d at the nearest decodable frame for the decode budget%s)",
         request_id, filename or "(no name)", size_bytes, sampled.info.container, sampled.info.codec,
         sampled.info.duration_s, len(sampled.timestamps_s), sampled.frames.shape[2], sampled.frames.shape[1],
-        sampled.decode_seconds, sampled.seeks, sampled.decoded_frames, ", from the frame cache" if cache_hit else "",
+        sampled.decode_seconds, sampled.seeks, sampled.decoded_frames, sampled.substituted,
+        ", from the frame cache" if cache_hit else "",
     )
     video = VideoPart(frames=sampled.frames, timestamps_s=sampled.timestamps_s)
     generation_request = GenerationRequest(
@@ -284,8 +291,10 @@ async def prepare_analysis(
     )
 
 
-async def _sampled(sample: Callable[..., SampledVideo], *args: Any, param: str) -> SampledVideo:
+async def _sampled(
+    sample: Callable[..., SampledVideo], *args: Any, budget: DecodeBudget, param: str
+) -> SampledVideo:
     try:
-        return await asyncio.to_thread(sample, *args)
+        return await run_off_loop(budget.stop, sample, *args, budget)
     except media.MediaError as error:
         raise media_error_to_api_error(error, param) from error

@@ -6,6 +6,7 @@ and never reaches a model replica.
 
 import dataclasses
 import re
+import threading
 from typing import Callable
 
 from deployments.config import AppConfig
@@ -52,12 +53,15 @@ def to_generation_request(
     *,
     files: FilesService | None = None,
     owner: str = ANONYMOUS,
+    stop: threading.Event | None = None,
 ) -> GenerationRequest:
     """Check limits, price the media from their headers, decode every image and video, build the model's request.
 
     Blocking (decodes media, reads the file store): call it off the event loop. Nothing is decoded until
     the whole request's media fit its budget (:mod:`deployments.edge.media_budget`). Uploaded files are
-    ``owner``'s only; a video file's frames come from the frame cache when they are there.
+    ``owner``'s only; a video file's frames come from the frame cache when they are there. The videos share
+    one decode budget (``limits.max_decoded_frames`` and ``max_decoded_pixels``); setting ``stop`` (the
+    request ended) stops their decode at its next frame.
     """
     limits = config.limits
     if len(request.messages) > limits.max_messages:
@@ -89,6 +93,10 @@ def to_generation_request(
     sources = _MediaSources(config, files, owner)
     resolved = {param: sources.resolve(part, param) for param, part in media_parts}
     check_media_budget([plan for plan, _ in resolved.values()], limits, geometry)
+    decoded_once = {id(decode): plan for plan, decode in resolved.values()}  # a file named twice is decoded once
+    sources.budget = limits.decode_budget(targets=sum(plan.frames for plan in decoded_once.values() if plan.kind == "video"))
+    if stop is not None:
+        sources.budget.stop = stop
     messages = []
     for index, message in enumerate(request.messages):
         where = f"messages[{index}]"
@@ -175,6 +183,7 @@ class _MediaSources:
         self._files = files
         self._owner = owner
         self._by_file: dict[str, tuple[PlannedPart, Decode]] = {}  # a file named by several parts: read and decoded once
+        self.budget = config.limits.decode_budget(targets=0)  # set for the whole request once every part is planned
 
     def resolve(self, part: ImageUrlContent | VideoUrlContent | FileContent, param: str) -> tuple[PlannedPart, Decode]:
         file_id = _file_id(part)
@@ -256,7 +265,9 @@ class _MediaSources:
         limits = self._config.limits
         selection, video_limits = FrameSelection(num_frames=limits.video_frames), limits.video_limits()
         return self._video(
-            lambda: probe_video(payload, video_limits), lambda: sample_video(payload, selection, video_limits), where
+            lambda: probe_video(payload, video_limits),
+            lambda: sample_video(payload, selection, video_limits, self.budget),
+            where,
         )
 
     def _video_file(self, record: FileRecord, where: str) -> tuple[PlannedPart, Decode]:
@@ -267,7 +278,9 @@ class _MediaSources:
         if cached is not None:
             return self._video_plan(cached.info, where), lambda: VideoPart(cached.frames, cached.timestamps_s)
         return self._video(
-            lambda: files.probe(record, video_limits), lambda: files.sample(record, selection, video_limits), where
+            lambda: files.probe(record, video_limits),
+            lambda: files.sample(record, selection, video_limits, self.budget),
+            where,
         )
 
     def _video(

@@ -12,6 +12,7 @@ import asyncio
 import collections
 import dataclasses
 import logging
+import threading
 import time
 from typing import Any, Awaitable, Callable, Literal
 
@@ -41,6 +42,7 @@ from deployments.edge.chat_parameters import refuse_unsupported
 from deployments.edge.chat_translation import to_generation_request
 from deployments.edge.hosts import host_allowed
 from deployments.edge.json_body import read_json_body
+from deployments.edge.off_loop import run_off_loop
 from deployments.edge.openai_schema import (
     SEED_MAX,
     ChatCompletionRequest,
@@ -465,8 +467,9 @@ class Ingress:
         self._check_served_model(chat.model)
         if chat.user:
             logger.info("Request %s is from user %r", _request_id(request), chat.user)
-        generation_request = await asyncio.to_thread(
-            to_generation_request, chat, self._config, self._geometry, files=self._files, owner=owner
+        generation_request = await run_off_loop(
+            stop := threading.Event(), to_generation_request, chat, self._config, self._geometry,
+            files=self._files, owner=owner, stop=stop,
         )
         choices = _choices(generation_request, chat.n or 1)
         completion_id = new_completion_id()

@@ -15,7 +15,7 @@ import hashlib
 import logging
 import pathlib
 import tempfile
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import Any, AsyncIterator, BinaryIO, Callable, Iterator
 
 from starlette.requests import Request
 
@@ -25,6 +25,7 @@ from deployments.files.frame_cache import FrameCache, FrameCacheKey
 from deployments.files.store import FileKind, FileRecord, FileStore
 from deployments.files.uploads import receive_upload
 from models import media
+from models.decode_budget import DecodeBudget
 from models.video import FrameSelection, SampledVideo, VideoInfo, VideoLimits, probe_video, sample_video, served_demuxer
 
 logger = logging.getLogger(__name__)
@@ -174,14 +175,18 @@ class FilesService:
         return sampled
 
     def probe(self, record: FileRecord, limits: VideoLimits) -> VideoInfo:
-        with _gone_is_not_found(record):
-            return probe_video(self._source(record), limits)
+        with _gone_is_not_found(record), self._opened(record) as source:
+            return probe_video(source, limits)
 
-    def sample(self, record: FileRecord, selection: FrameSelection, limits: VideoLimits) -> SampledVideo:
-        """The frames, decoded from the store (a cache miss), then kept for the next question."""
-        with _gone_is_not_found(record):
-            sampled = sample_video(self._source(record), selection, limits)
-        self.frames.put(_cache_key(record, selection, limits), sampled)
+    def sample(
+        self, record: FileRecord, selection: FrameSelection, limits: VideoLimits, budget: DecodeBudget
+    ) -> SampledVideo:
+        """The frames, decoded from the store (a cache miss), then kept for the next question; frames the
+        decode budget made the sampler substitute are not kept (another request may afford the exact ones)."""
+        with _gone_is_not_found(record), self._opened(record) as source:
+            sampled = sample_video(source, selection, limits, budget)
+        if sampled.substituted == 0:
+            self.frames.put(_cache_key(record, selection, limits), sampled)
         return sampled
 
     def image_bytes(self, owner: str, file_id: str, param: str, max_bytes: int) -> bytes:
@@ -193,8 +198,16 @@ class FilesService:
         with _gone_is_not_found(record, param):
             return self.store.read(record)
 
-    def _source(self, record: FileRecord) -> str | bytes:
-        return self.store.local_path(record) or self.store.read(record)
+    @contextlib.contextmanager
+    def _opened(self, record: FileRecord) -> Iterator[str | BinaryIO]:
+        """The file as the decoder reads it: its local path, or the store's object opened for ranged reads
+        (an S3 object is never read whole to sample a few frames)."""
+        local = self.store.local_path(record)
+        if local is not None:
+            yield local
+            return
+        with self.store.open(record) as file:
+            yield file
 
 
 @contextlib.contextmanager

@@ -35,6 +35,9 @@ ANONYMOUS = "anonymous"
 FileKind = Literal["video", "image", "other"]
 
 
+_READ_BLOCK_BYTES = 4 * 2**20
+
+
 def owner_of(api_key: str | None) -> str:
     return hashlib.sha256(api_key.encode()).hexdigest()[:16] if api_key else ANONYMOUS
 
@@ -148,7 +151,9 @@ class FileStore:
         return True
 
     def open(self, record: FileRecord) -> BinaryIO:
-        return self._fs.open(self._path(record.owner, record.id), "rb")
+        """The bytes as a seekable file; on an object store each read fetches a range of ``_READ_BLOCK_BYTES``
+        (s3fs's default block, 50 MiB, would fetch most of a video to read its header)."""
+        return self._fs.open(self._path(record.owner, record.id), "rb", block_size=_READ_BLOCK_BYTES)
 
     def local_path(self, record: FileRecord) -> str | None:
         """Where the bytes are on this machine's disk, for a local store (decoders read it in place)."""
