@@ -152,6 +152,13 @@ class LimitsSettings(_Strict):
     max_schema_enum_values: int = Field(
         default=512, gt=0, description="Most enum and const values in one response_format json_schema, all enums together (400 above)."
     )
+    max_schema_compile_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="Longest a response_format's grammar may compile, in the replica's compile server; past it the "
+        "compile is killed and the request refused (400). Schemas within the other caps compile in milliseconds; a "
+        "66-byte pattern of 400 repeated groups took 2.5 s.",
+    )
     max_request_source_pixels: int = Field(
         default=100_000_000,
         gt=0,

@@ -26,6 +26,7 @@ class EngineSettings:
     headroom_bytes: int  # the budget less the measured weights: what admitted requests may use together
     max_prefill_tokens: int
     shrink_floor: ShrinkFloor
+    max_schema_compile_s: float
     name: str = "engine"
 
 
@@ -47,6 +48,7 @@ def start_engine(
         max_waiting=settings.max_waiting,
         headroom_bytes=settings.headroom_bytes,
         max_prefill_tokens=settings.max_prefill_tokens,
+        max_schema_compile_s=settings.max_schema_compile_s,
     )
     return BatchScheduler(
         steps, costs, limits, shrink_floor=settings.shrink_floor, on_out_of_memory=on_out_of_memory, name=settings.name

@@ -19,7 +19,11 @@ schema requires, the digits after a minus) the model chooses as before. Measured
 and 10 of 20 event-schema answers parsed within 256 tokens without it; 20 and 20 with it.
 
 xgrammar is imported on the first structured request: it costs about 3.6 s and 100 MB here, which a
-replica that never sees one need not pay.
+replica that never sees one need not pay. Compiles run in a compile server of their own
+(:mod:`models.grammar_server`), each under ``limits.max_schema_compile_s``: xgrammar cannot interrupt a
+compile, and a 66-byte schema can take seconds (a ``pattern`` of 400 repeated groups: 2.5 s on the tiny
+model's tokenizer). The server costs one more process on the replica's host (it imports xgrammar, and with it
+torch: about 5 s to start, once, and 300 MB).
 """
 
 import collections
@@ -31,6 +35,7 @@ from typing import Any
 import torch
 
 from models.errors import InvalidParameterError
+from models.grammar_server import CompileAbandonedError, CompileFailedError, CompileTimeoutError, GrammarCompileProcess
 from models.requests import ResponseFormat
 
 _CACHED_GRAMMARS = 64
@@ -39,66 +44,100 @@ _BRACKETS = frozenset("}]")
 
 
 class GrammarCompiler:
-    def __init__(self, tokenizer: Any, vocab_size: int, stop_token_ids: tuple[int, ...]) -> None:
+    def __init__(self, tokenizer: Any, vocab_size: int, stop_token_ids: tuple[int, ...], *, time_limit_s: float) -> None:
         self._tokenizer = tokenizer
         self._vocab_size = vocab_size
         self._stop_token_ids = list(stop_token_ids)
-        self._compiler: Any = None
+        self._time_limit_s = time_limit_s
+        self._process: GrammarCompileProcess | None = None
         self._compiled: collections.OrderedDict[ResponseFormat, Any] = collections.OrderedDict()
+        self._refused: collections.OrderedDict[ResponseFormat, InvalidParameterError] = collections.OrderedDict()
         self._compiling: dict[ResponseFormat, concurrent.futures.Future] = {}  # one compile per format at a time
         self._tiers: tuple[torch.Tensor, ...] | None = None
-        self._lock = threading.Lock()  # guards the cache; submitters compile from their own threads
+        self._lock = threading.Lock()  # guards the caches; submitters compile from their own threads
 
-    def compile(self, response_format: ResponseFormat) -> Any:
+    def compile(self, response_format: ResponseFormat, stop: threading.Event | None = None) -> Any:
         """The format's grammar (compiled once); also, on the first call, the closing masks, so that neither
-        costs the scheduler thread anything (decoding a 151k-token vocabulary takes seconds)."""
-        compiled = self._compile(response_format)
+        costs the scheduler thread anything (decoding a 151k-token vocabulary takes seconds). ``stop`` is the
+        request's: once set, its compile is abandoned (:class:`CompileAbandonedError`)."""
+        compiled = self._compile(response_format, stop)
         self._closing_tiers()
         return compiled
 
-    def _compile(self, response_format: ResponseFormat) -> Any:
-        """Compiled once per format, outside the cache's lock: a slow schema delays only the requests that
-        carry it (they wait on its one compile), never another format's."""
-        with self._lock:
-            if response_format in self._compiled:
-                self._compiled.move_to_end(response_format)
-                return self._compiled[response_format]
-            compiler = self._ensure_compiler()  # before a compile is registered: a failed import leaves none waiting
-            pending = self._compiling.get(response_format)
-            first = pending is None
+    def _compile(self, response_format: ResponseFormat, stop: threading.Event | None) -> Any:
+        """Compiled once per format in the compile server (:mod:`models.grammar_server`), under a time limit:
+        a slow schema costs only its own requests (they wait on its one compile), never another format's or
+        the replica's generation. A refusal is kept too, so a hostile schema sent again costs nothing."""
+        while True:
+            with self._lock:
+                for cache in (self._compiled, self._refused):
+                    if response_format in cache:
+                        cache.move_to_end(response_format)
+                if response_format in self._compiled:
+                    return self._compiled[response_format]
+                if response_format in self._refused:
+                    raise self._refused[response_format]
+                process = self._ensure_process()
+                pending = self._compiling.get(response_format)
+                first = pending is None
+                if first:
+                    pending = self._compiling[response_format] = concurrent.futures.Future()
             if first:
-                pending = self._compiling[response_format] = concurrent.futures.Future()
-        if not first:
-            return pending.result()  # the same grammar, or the same InvalidParameterError
+                return self._compile_first(response_format, process, pending, stop)
+            try:
+                return pending.result()  # the same grammar, or the same InvalidParameterError
+            except CompileAbandonedError:
+                continue  # the request that was compiling it ended: compile it for this one
+
+    def _compile_first(
+        self, response_format: ResponseFormat, process: "GrammarCompileProcess", pending: concurrent.futures.Future,
+        stop: threading.Event | None,
+    ) -> Any:
+        schema = _ANY_OBJECT if response_format.kind == "json_object" else response_format.schema_json
         try:
-            schema = _ANY_OBJECT if response_format.kind == "json_object" else response_format.schema_json
-            compiled = compiler.compile_json_schema(schema, any_whitespace=False)
-        except Exception as error:  # noqa: BLE001 - xgrammar reports a bad schema as RuntimeError or ValueError
-            reason = str(error).splitlines()[-1].split("] ", 1)[-1][:300]
-            refused = InvalidParameterError(
-                "response_format", f"response_format.json_schema.schema does not compile to a grammar: {reason}"
-            )
+            compiled = process.compile(schema, stop)
+        except (CompileFailedError, CompileTimeoutError) as error:
+            if isinstance(error, CompileTimeoutError):
+                message = (
+                    f"response_format.json_schema.schema did not compile to a grammar within {self._time_limit_s:g} s "
+                    "(limits.max_schema_compile_s) and was stopped; simplify it (long enums, high repetition counts "
+                    "in patterns)"
+                )
+            else:
+                message = f"response_format.json_schema.schema does not compile to a grammar: {error}"
+            refused = InvalidParameterError("response_format", message)
             with self._lock:
                 del self._compiling[response_format]
+                _remember(self._refused, response_format, refused)
             pending.set_exception(refused)
             raise refused from None
+        except BaseException as error:  # abandoned, or the compiler did not start: those waiting must not hang
+            with self._lock:
+                del self._compiling[response_format]
+            pending.set_exception(error)
+            raise
         with self._lock:
             del self._compiling[response_format]
-            self._compiled[response_format] = compiled
-            if len(self._compiled) > _CACHED_GRAMMARS:
-                self._compiled.popitem(last=False)
+            _remember(self._compiled, response_format, compiled)
         pending.set_result(compiled)
         return compiled
 
-    def _ensure_compiler(self) -> Any:
-        if self._compiler is None:
-            import xgrammar
+    def _ensure_process(self) -> "GrammarCompileProcess":
+        if self._process is None:
+            self._process = GrammarCompileProcess(self._tokenizer_info, self._time_limit_s)
+        return self._process
 
-            info = xgrammar.TokenizerInfo.from_huggingface(
-                self._tokenizer, vocab_size=self._vocab_size, stop_token_ids=self._stop_token_ids
-            )
-            self._compiler = xgrammar.GrammarCompiler(info, max_threads=1)
-        return self._compiler
+    def _tokenizer_info(self) -> Any:
+        import xgrammar
+
+        return xgrammar.TokenizerInfo.from_huggingface(
+            self._tokenizer, vocab_size=self._vocab_size, stop_token_ids=self._stop_token_ids
+        )
+
+    def close(self) -> None:
+        """Stops the compile server, if one was started."""
+        if self._process is not None:
+            self._process.close()
 
     def new_state(self, compiled: Any) -> "GrammarState":
         return GrammarState(compiled, self._vocab_size, self._closing_tiers())
@@ -122,6 +161,12 @@ class GrammarCompiler:
                     outside=(end, mask(lambda text: set(text) <= _BRACKETS), mask(lambda text: text == ",")),
                 )
             return self._tiers
+
+
+def _remember(cache: collections.OrderedDict, key: Any, value: Any) -> None:
+    cache[key] = value
+    if len(cache) > _CACHED_GRAMMARS:
+        cache.popitem(last=False)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -76,6 +76,7 @@ class BatchLimits:
     max_waiting: int
     headroom_bytes: int  # the replica's budget minus its weights: what admitted requests may use together
     max_prefill_tokens: int = 8192  # prompt tokens prefilled in one pass, over all the requests in it
+    max_schema_compile_s: float = 2.0  # a response_format's compile is stopped past this (limits.max_schema_compile_s)
 
 
 @dataclasses.dataclass
@@ -142,7 +143,9 @@ class BatchScheduler:
         self.capabilities = EngineCapabilities(
             mode="continuous", max_batch_size=limits.max_batch_size, decoding_options=ALL_DECODING_OPTIONS
         )
-        self._grammars = GrammarCompiler(engine.tokenizer, engine.vocab_size, tuple(sorted(engine.eos_ids)))
+        self._grammars = GrammarCompiler(
+            engine.tokenizer, engine.vocab_size, tuple(sorted(engine.eos_ids)), time_limit_s=limits.max_schema_compile_s
+        )
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -158,7 +161,7 @@ class BatchScheduler:
         self._check_room()  # before the processor runs: a full queue refuses at once
         check_options(request, self._steps.vocab_size)
         response_format = request.options.response_format
-        grammar = self._grammars.compile(response_format) if response_format is not None else None
+        grammar = self._grammars.compile(response_format, stop) if response_format is not None else None
         prepared, cost, retries = self._fitting(self._steps.prepare(request))
         ticket = _Ticket(prepared=prepared, cost=cost, sink=sink, stop=stop, retries=retries, grammar=grammar)
         with self._wake:
@@ -222,6 +225,7 @@ class BatchScheduler:
             self._wake.notify()
         for ticket in waiting:
             ticket.sink.failed(SchedulerClosedError("This replica stopped taking requests before this one started"))
+        self._grammars.close()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=timeout_s)
 

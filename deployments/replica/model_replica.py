@@ -81,6 +81,7 @@ class ModelReplica:
         self._shrink_floor = ShrinkFloor(
             min_frames=config.request_oom.min_frames, min_pixels_per_frame=config.request_oom.min_pixels_per_frame
         )
+        self._max_schema_compile_s = config.limits.max_schema_compile_s
         self._streams_cancelled = 0
         self._request_ooms = 0
         self._recent_ooms: collections.deque[float] = collections.deque(maxlen=_OOMS_BEFORE_UNHEALTHY)
@@ -121,6 +122,7 @@ class ModelReplica:
                 headroom_bytes=self._request_headroom_bytes(),
                 max_prefill_tokens=self._settings.max_prefill_tokens,
                 shrink_floor=self._shrink_floor,
+                max_schema_compile_s=self._max_schema_compile_s,
                 name=f"{self._group}-engine",
             )
             self._engine = start_engine(

@@ -207,6 +207,11 @@ REFUSED = {
         {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": _nested_schema(190)}}},
         "response_format", "limits.max_schema_depth",
     ),
+    "a 200-byte schema that compiles for seconds (two patterns of 480 repeated groups)": (
+        {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "properties": {
+            name: {"type": "string", "pattern": "^([a-z]{1,50}[0-9]{1,50}){1,480}$"} for name in "ab"}}}}},
+        "response_format", "within 2 s (limits.max_schema_compile_s)",
+    ),
     "json_schema without a schema": ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
                                      "response_format", "needs"),
     "a token past the vocabulary": ({"logit_bias": {"9999999": 5}}, "logit_bias", "token ids are 0 to"),

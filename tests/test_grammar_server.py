@@ -1,0 +1,108 @@
+"""Grammar compiles in the replica's compile server (models/grammar_server.py), with the tiny model's real
+tokenizer and real xgrammar: the time limit, abandonment when the request ends, and a server that dies."""
+
+import json
+import threading
+import time
+
+import psutil
+import pytest
+import transformers
+
+from models.errors import InvalidParameterError
+from models.grammar import GrammarCompiler
+from models.grammar_server import CompileAbandonedError
+from models.requests import ResponseFormat
+
+# About 200 bytes that take seconds: a pattern's compile grows with its repetition count (400: 2.5 s here,
+# 480: 3.8 s; from 512 on xgrammar builds it another way, in milliseconds); this one holds two of them.
+_PATTERN = {"type": "string", "pattern": "^([a-z]{1,50}[0-9]{1,50}){1,480}$"}
+SLOW = ResponseFormat("json_schema", json.dumps({"type": "object", "properties": {"a": _PATTERN, "b": _PATTERN}}))
+EVENTS = ResponseFormat("json_schema", json.dumps({"type": "object", "properties": {"t": {"type": "number"}}, "required": ["t"]}))
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_path):
+    return transformers.AutoTokenizer.from_pretrained(tiny_model_path)
+
+
+@pytest.fixture(scope="module")
+def compiler(tokenizer):
+    grammars = GrammarCompiler(tokenizer, len(tokenizer), (tokenizer.eos_token_id,), time_limit_s=1.0)
+    yield grammars
+    grammars.close()
+
+
+def _grandchildren(compiler: GrammarCompiler) -> list[psutil.Process]:
+    return psutil.Process(compiler._process.server_pid).children()
+
+
+def test_a_schema_compiles_in_the_server_to_a_grammar_that_masks(compiler, tokenizer):
+    compiled = compiler.compile(EVENTS)
+    state = compiler.new_state(compiled)
+
+    assert compiler._process.server_pid not in (None, psutil.Process().pid)
+    assert not state.complete
+    assert compiler.compile(EVENTS) is compiled  # cached by the format
+
+
+def test_a_compile_past_its_time_limit_is_stopped_and_refused_by_name_and_the_server_serves_on(compiler):
+    compiler.compile(EVENTS)
+    server = compiler._process.server_pid
+
+    with pytest.raises(InvalidParameterError) as refused:
+        compiler.compile(SLOW)
+
+    assert refused.value.param == "response_format"
+    assert "within 1 s (limits.max_schema_compile_s)" in str(refused.value)
+    assert _grandchildren(compiler) == []  # the compile was killed
+    again = time.perf_counter()
+    with pytest.raises(InvalidParameterError):
+        compiler.compile(SLOW)  # refused from the cache, not compiled again
+    assert time.perf_counter() - again < 0.5
+    other = ResponseFormat("json_schema", json.dumps({"type": "array", "items": {"type": "integer"}}))
+    assert compiler.compile(other) is not None
+    assert compiler._process.server_pid == server  # no restart
+
+
+def test_a_compile_is_abandoned_when_its_request_ends(tokenizer):
+    compiler = GrammarCompiler(tokenizer, len(tokenizer), (tokenizer.eos_token_id,), time_limit_s=600.0)
+    try:
+        compiler.compile(EVENTS)  # the server started
+        stop = threading.Event()
+        outcome: list[BaseException] = []
+
+        def compile_slow() -> None:
+            try:
+                compiler.compile(SLOW, stop)
+            except BaseException as error:  # noqa: BLE001 - the test reads what ended it
+                outcome.append(error)
+
+        worker = threading.Thread(target=compile_slow)
+        worker.start()
+        deadline = time.monotonic() + 30
+        while not _grandchildren(compiler) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(_grandchildren(compiler)) == 1  # compiling
+        stop.set()
+        worker.join(timeout=5)
+
+        assert not worker.is_alive() and isinstance(outcome[0], CompileAbandonedError)
+        deadline = time.monotonic() + 5
+        while _grandchildren(compiler) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _grandchildren(compiler) == []
+    finally:
+        compiler.close()
+
+
+def test_a_dead_server_is_restarted_for_the_next_compile(compiler):
+    compiler.compile(EVENTS)
+    first = compiler._process.server_pid
+    psutil.Process(first).kill()
+    psutil.Process(first).wait(timeout=10) if psutil.pid_exists(first) else None
+
+    compiled = compiler.compile(ResponseFormat("json_object"))
+
+    assert compiled is not None
+    assert compiler._process.server_pid not in (None, first)
