@@ -153,7 +153,7 @@ class LimitsSettings(_Strict):
         default=512, gt=0, description="Most enum and const values in one response_format json_schema, all enums together (400 above)."
     )
     max_schema_compile_s: float = Field(
-        default=2.0,
+        default=1.5,
         gt=0,
         description="Longest a response_format's grammar may compile, in the replica's compile server; past it the "
         "compile is killed and the request refused (400). Schemas within the other caps compile in milliseconds; a "

@@ -76,7 +76,7 @@ class BatchLimits:
     max_waiting: int
     headroom_bytes: int  # the replica's budget minus its weights: what admitted requests may use together
     max_prefill_tokens: int = 8192  # prompt tokens prefilled in one pass, over all the requests in it
-    max_schema_compile_s: float = 2.0  # a response_format's compile is stopped past this (limits.max_schema_compile_s)
+    max_schema_compile_s: float = 1.5  # a response_format's compile is stopped past this (limits.max_schema_compile_s)
 
 
 @dataclasses.dataclass

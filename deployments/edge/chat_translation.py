@@ -206,12 +206,12 @@ class _MediaSources:
             record = self._file_record(part.file.file_id, f"{where}.file_id")
             if record.kind == "video":
                 return self._video_file(record, f"{where}.file_id")
-            return self._image(self._image_file(record.id, f"{where}.file_id"), where)
+            return self._image(self._image_file(record, f"{where}.file_id"), where)
         if isinstance(part, ImageUrlContent):
             where = f"{param}.image_url"
             url = part.image_url.url
             if url.startswith(FILE_ID_PREFIX):
-                return self._image(self._image_file(url, where), where)
+                return self._image(self._image_file(self._file_record(url, where), where), where)
             try:
                 payload = _resolve_url(url, media.IMAGE_MIME_TYPES, self._config).payload
             except media.MediaError as error:
@@ -235,8 +235,8 @@ class _MediaSources:
     def _file_record(self, file_id: str, where: str) -> FileRecord:
         return self._files_or_refuse(where).record(self._owner, file_id, where)
 
-    def _image_file(self, file_id: str, where: str) -> bytes:
-        return self._files_or_refuse(where).image_bytes(self._owner, file_id, where, self._config.limits.max_image_bytes)
+    def _image_file(self, record: FileRecord, where: str) -> bytes:
+        return self._files_or_refuse(where).image_bytes(record, where, self._config.limits.max_image_bytes)
 
     def _image(self, payload: bytes, where: str) -> tuple[PlannedPart, Decode]:
         limits = self._config.limits

@@ -161,13 +161,7 @@ class FilesService:
 
     def _record_of_kind(self, owner: str, file_id: str, param: str, kind: FileKind) -> FileRecord:
         """The caller's file, which must be a video or an image: a 400 naming what it is otherwise."""
-        record = self.record(owner, file_id, param)
-        if record.kind != kind:
-            raise ApiError(
-                400, f"{param}: {file_id} ({record.filename}) is {_kind_words(record.kind)}, not {_kind_words(kind)}",
-                param=param, code=f"not_{_kind_words(kind).replace(' ', '_')}",
-            )
-        return record
+        return _of_kind(self.record(owner, file_id, param), param, kind)
 
     def cached_frames(self, record: FileRecord, selection: FrameSelection, limits: VideoLimits) -> SampledVideo | None:
         sampled = self.frames.get(_cache_key(record, selection, limits))
@@ -189,11 +183,12 @@ class FilesService:
             self.frames.put(_cache_key(record, selection, limits), sampled)
         return sampled
 
-    def image_bytes(self, owner: str, file_id: str, param: str, max_bytes: int) -> bytes:
-        """An uploaded image's bytes, refused unread (413) when the file is larger than an image may be."""
-        record = self._record_of_kind(owner, file_id, param, "image")
+    def image_bytes(self, record: FileRecord, param: str, max_bytes: int) -> bytes:
+        """An uploaded image's bytes (``record`` as :meth:`record` read it), refused unread (413) when the file is
+        larger than an image may be, and a 400 when it is not an image."""
+        _of_kind(record, param, "image")
         if record.bytes > max_bytes:
-            raise ApiError(413, f"{param}: {file_id} is {record.bytes} bytes; an image may be {max_bytes} bytes "
+            raise ApiError(413, f"{param}: {record.id} is {record.bytes} bytes; an image may be {max_bytes} bytes "
                            "(limits.max_image_bytes)", param=param, code="media_too_large")
         with _gone_is_not_found(record, param):
             return self.store.read(record)
@@ -264,6 +259,15 @@ def download_content_type(record: FileRecord) -> str:
     if expected and record.content_type.startswith(expected):
         return record.content_type
     return OTHER_CONTENT_TYPE
+
+
+def _of_kind(record: FileRecord, param: str, kind: FileKind) -> FileRecord:
+    if record.kind != kind:
+        raise ApiError(
+            400, f"{param}: {record.id} ({record.filename}) is {_kind_words(record.kind)}, not {_kind_words(kind)}",
+            param=param, code=f"not_{_kind_words(kind).replace(' ', '_')}",
+        )
+    return record
 
 
 def _kind_words(kind: FileKind) -> str:

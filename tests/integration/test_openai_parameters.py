@@ -210,7 +210,7 @@ REFUSED = {
     "a 200-byte schema that compiles for seconds (two patterns of 480 repeated groups)": (
         {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "properties": {
             name: {"type": "string", "pattern": "^([a-z]{1,50}[0-9]{1,50}){1,480}$"} for name in "ab"}}}}},
-        "response_format", "within 2 s (limits.max_schema_compile_s)",
+        "response_format", "within 1.5 s (limits.max_schema_compile_s)",
     ),
     "json_schema without a schema": ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
                                      "response_format", "needs"),
