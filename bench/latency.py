@@ -30,7 +30,7 @@ from ray import serve  # noqa: E402
 
 from bench.local_serve import local_serve  # noqa: I001 - sets Ray's environment first
 from deployments.app import build_app  # noqa: E402
-from deployments.config import load_app_config  # noqa: E402
+from deployments.config.app_config import load_app_config  # noqa: E402
 from deployments.edge.chat_translation import to_generation_request  # noqa: E402
 from deployments.edge.openai_schema import ChatCompletionRequest  # noqa: E402
 from models.hf_adapter import HuggingFaceVisionLanguageAdapter  # noqa: E402

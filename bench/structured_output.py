@@ -26,7 +26,7 @@ import sys
 import time
 
 from bench.mid_model import ensure_mid_model
-from deployments.config import load_app_config
+from deployments.config.app_config import load_app_config
 from deployments.plan import resolve_app
 from deployments.replica.model_replica import ModelReplica
 from deployments.replica.protocol import ReplicaAnswer, StreamOpened

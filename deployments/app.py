@@ -15,7 +15,8 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.config import RequestRouterConfig
 
-from deployments.config import AppConfig, CpuGroupSettings, GpuGroupSettings, load_app_config
+from deployments.config.app_config import AppConfig, load_app_config
+from deployments.config.groups import CpuGroupSettings, GpuGroupSettings
 from deployments.edge.ingress import Ingress
 from deployments.plan import AppPlan, resolve_app
 from deployments.replica.model_replica import ModelReplica

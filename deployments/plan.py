@@ -22,7 +22,8 @@ from typing import Any
 
 import pydantic
 
-from deployments.config import AppConfig, ConfigError, CpuGroupSettings, GpuGroupSettings
+from deployments.config.app_config import AppConfig, ConfigError
+from deployments.config.groups import CpuGroupSettings, GpuGroupSettings
 from deployments.routing.groups import CPU_GROUP, GPU_FLOOR_GROUP, GPU_GROUP
 from memory.admission import RequestSize
 from memory.estimate import activation_reserve_bytes, load_model_config

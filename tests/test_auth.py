@@ -1,6 +1,7 @@
 import pytest
 
-from deployments.config import AuthSettings, ConfigError, load_app_config
+from deployments.config.app_config import ConfigError, load_app_config
+from deployments.config.ingress import AuthSettings
 from deployments.edge.auth import check_bearer, load_api_keys
 from deployments.errors import ApiError
 

@@ -4,7 +4,7 @@ import pathlib
 import pytest
 import yaml
 
-from deployments.config import AppConfig, ConfigError, load_app_config
+from deployments.config.app_config import AppConfig, ConfigError, load_app_config
 from deployments.plan import resolve_app
 from models.adapters import choose_adapter
 

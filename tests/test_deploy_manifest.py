@@ -2,7 +2,7 @@ import pathlib
 
 import yaml
 
-from deployments.config import load_app_config
+from deployments.config.app_config import load_app_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

@@ -47,7 +47,7 @@ def test_the_configuration_page_is_generated_from_the_config():
 
 
 def test_every_key_of_the_config_is_on_the_configuration_page():
-    from deployments.config import AppConfig
+    from deployments.config.app_config import AppConfig
 
     page = (ROOT / "docs" / "configuration.md").read_text()
     missing = [

@@ -4,7 +4,7 @@ whose frames a cache hit may return, a file swept mid-request, and what an error
 import media_factory
 import pytest
 
-from deployments.config import load_app_config
+from deployments.config.app_config import load_app_config
 from deployments.edge.chat_translation import to_generation_request
 from deployments.edge.openai_schema import ChatCompletionRequest
 from deployments.errors import ApiError

@@ -4,7 +4,8 @@ admission charges that request when it comes, with a real processor and a real m
 import numpy as np
 import pytest
 
-from deployments.config import ConfigError, LimitsSettings, load_app_config
+from deployments.config.app_config import ConfigError, load_app_config
+from deployments.config.limits import LimitsSettings
 from deployments.edge.media_budget import PlannedPart, check_media_budget
 from deployments.errors import ApiError
 from deployments.plan import largest_request_for, resolve_app

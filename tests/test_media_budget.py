@@ -2,7 +2,7 @@
 
 import pytest
 
-from deployments.config import LimitsSettings
+from deployments.config.limits import LimitsSettings
 from deployments.edge.json_body import MAX_JSON_DEPTH, json_depth
 from deployments.edge.media_budget import PlannedPart, check_media_budget
 from deployments.errors import ApiError

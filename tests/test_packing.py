@@ -2,7 +2,7 @@
 
 import pytest
 
-from deployments.config import ConfigError, load_app_config
+from deployments.config.app_config import ConfigError, load_app_config
 from deployments.plan import resolve_app
 from memory.packing import PackingError, at_or_above, plan_share, smallest_share
 

@@ -7,7 +7,7 @@ def test_the_ingress_module_imports_without_torch_or_transformers():
     result = run_without_torch(
         """
         import deployments.edge.ingress
-        from deployments.config import load_app_config
+        from deployments.config.app_config import load_app_config
         load_app_config({})  # the default config validates without torch too
         print("ok")
         """

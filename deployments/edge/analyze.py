@@ -20,7 +20,8 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.requests import Request
 
-from deployments.config import AppConfig, LimitsSettings
+from deployments.config.app_config import AppConfig
+from deployments.config.limits import LimitsSettings
 from deployments.edge.chat_translation import media_error_to_api_error
 from deployments.edge.off_loop import run_off_loop
 from deployments.edge.openai_schema import SEED_MAX

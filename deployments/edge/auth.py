@@ -14,7 +14,7 @@ import logging
 import os
 import pathlib
 
-from deployments.config import AuthSettings
+from deployments.config.ingress import AuthSettings
 from deployments.errors import ApiError
 
 logger = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ import json
 import re
 from typing import Any
 
-from deployments.config import LimitsSettings
+from deployments.config.limits import LimitsSettings
 from deployments.edge.json_body import json_depth
 from deployments.edge.openai_schema import ChatCompletionRequest
 from deployments.errors import ApiError

@@ -9,7 +9,7 @@ import re
 import threading
 from typing import Callable
 
-from deployments.config import AppConfig
+from deployments.config.app_config import AppConfig
 from deployments.edge.chat_parameters import decoding_options
 from deployments.edge.media_budget import PlannedPart, check_media_budget, check_part_count
 from deployments.edge.openai_schema import (

@@ -27,7 +27,7 @@ from ray.serve.exceptions import DeploymentUnavailableError, RayServeException
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from deployments.config import AppConfig
+from deployments.config.app_config import AppConfig
 from deployments.edge.analyze import analyze_body, prepare_analysis
 from deployments.edge.analyze_stream import analysis_events
 from deployments.edge.auth import (

@@ -12,7 +12,7 @@ request against ``limits.max_media_parts``, ``max_request_frames``, ``max_reques
 import dataclasses
 from typing import Literal
 
-from deployments.config import LimitsSettings
+from deployments.config.limits import LimitsSettings
 from deployments.errors import ApiError
 from models.visual_tokens import VisualTokenGeometry
 

@@ -19,7 +19,7 @@ from typing import Any, AsyncIterator, BinaryIO, Callable, Iterator
 
 from starlette.requests import Request
 
-from deployments.config import AppConfig
+from deployments.config.app_config import AppConfig
 from deployments.errors import ApiError
 from deployments.files.frame_cache import FrameCache, FrameCacheKey
 from deployments.files.store import FileKind, FileRecord, FileStore

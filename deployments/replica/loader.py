@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from deployments.config import CpuGroupSettings, GpuGroupSettings
+from deployments.config.groups import CpuGroupSettings, GpuGroupSettings
 from deployments.observability.metrics import ReplicaMetrics
 from deployments.replica.lifecycle import ReplicaLifecycle, ReplicaState
 from deployments.routing.groups import GPU_GROUPS

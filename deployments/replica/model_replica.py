@@ -26,7 +26,7 @@ import torch
 from ray import serve
 from ray.serve.exceptions import RayServeException
 
-from deployments.config import CpuGroupSettings, GpuGroupSettings
+from deployments.config.groups import CpuGroupSettings, GpuGroupSettings
 from deployments.observability.logs import route_logs_through_serve
 from deployments.observability.metrics import ReplicaMetrics
 from deployments.plan import AppPlan

@@ -13,7 +13,7 @@ import yaml
 from polling import wait_for_condition
 
 from bench.local_cluster import GPU_PROBE_FILE_ENV, REPO, LocalCluster, namespaces_unavailable, write_config
-from deployments.config import load_app_config
+from deployments.config.app_config import load_app_config
 from deployments.plan import resolve_app
 from memory.probe import FileGpu
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from polling import wait_for_condition
 
-from deployments.config import load_app_config
+from deployments.config.app_config import load_app_config
 from deployments.plan import resolve_app
 from deployments.replica.model_replica import ModelReplica
 from models.errors import RequestOutOfMemoryError

@@ -76,7 +76,7 @@ def test_the_page_is_static_with_a_policy_that_allows_only_its_own_scripts(base_
     assert "unsafe-inline" not in policy
     assert "<script>" not in response.text  # no inline script: every script is a file of its own
     assert httpx.get(f"{base_url}/ui/static/ask.js", timeout=30).headers["content-type"].startswith("text/javascript")
-    assert httpx.get(f"{base_url}/ui/static/..%2Fconfig.py", timeout=30).status_code == 404
+    assert httpx.get(f"{base_url}/ui/static/..%2Fingress.py", timeout=30).status_code == 404
     missing = httpx.get(f"{base_url}/ui/static/index.html", timeout=30)  # pages are served at their routes only
     assert missing.status_code == 404
     assert "no such file" in missing.json()["error"]["message"]
