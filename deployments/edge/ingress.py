@@ -14,18 +14,16 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import Any, Awaitable, Callable, Literal
+from typing import Any, Awaitable, Literal
 
 import pydantic
 import ray
-from fastapi import FastAPI, Query, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import Query, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from ray import serve
 from ray.serve.exceptions import DeploymentUnavailableError, RayServeException
 from ray.serve.handle import DeploymentHandle
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments.config.app_config import AppConfig
 from deployments.edge.analyze import analyze_body, prepare_analysis
@@ -40,7 +38,7 @@ from deployments.edge.auth import (
 )
 from deployments.edge.chat_parameters import refuse_unsupported
 from deployments.edge.chat_translation import to_generation_request
-from deployments.edge.hosts import host_allowed
+from deployments.edge.http_app import app, request_id_of, validation_response
 from deployments.edge.json_body import read_json_body
 from deployments.edge.off_loop import run_off_loop
 from deployments.edge.openai_schema import (
@@ -54,7 +52,7 @@ from deployments.edge.openai_schema import (
 )
 from deployments.edge.sse import chat_completion_events
 from deployments.edge.web_pages import page_response, static_response
-from deployments.errors import ApiError, describe_validation_errors, error_body
+from deployments.errors import ApiError
 from deployments.files.service import FilesService, download_content_type
 from deployments.files.store import owner_of
 from deployments.files.uploads import remove_stale_uploads
@@ -72,78 +70,11 @@ logger = logging.getLogger(__name__)
 
 _RETRY_AFTER_S = "5"
 
-app = FastAPI(
-    title="video-detective",
-    description="Ask a vision-language model about videos and images; OpenAI-compatible.",
-    version="0.1.0",
-    docs_url=None,  # /docs and /openapi.json are the Ingress's own routes, on only with ingress.api_docs
-    redoc_url=None,
-    openapi_url=None,
-)
 # The Swagger page's own scripts and styles, from the CDN FastAPI names, and nothing else.
 _DOCS_CSP = (
     "default-src 'none'; script-src https://cdn.jsdelivr.net 'unsafe-inline'; style-src https://cdn.jsdelivr.net "
     "'unsafe-inline'; img-src https://fastapi.tiangolo.com data:; connect-src 'self'"
 )
-
-
-@app.middleware("http")
-async def _check_host(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-    """``ingress.allowed_hosts`` (set on ``app.state`` by the Ingress): any other ``Host`` is a 400."""
-    allowed = getattr(request.app.state, "allowed_hosts", ())
-    host = request.headers.get("host", "")
-    if allowed and not host_allowed(host, allowed):
-        error = ApiError(400, f"Host {host[:100]!r} is not one this server answers to (ingress.allowed_hosts)",
-                         param="host", code="host_not_allowed")
-        return await _api_error_handler(request, error)
-    return await call_next(request)
-
-
-def _request_id(request: Request) -> str:
-    """The id Serve's proxy gave this request (the client's ``X-Request-ID`` if it sent one); it is also
-    the ``X-Request-ID`` response header and tags Serve's log lines for the request."""
-    header = request.headers.get("x-request-id")
-    if header:
-        return header
-    return serve.context._get_serve_request_context().request_id
-
-
-@app.exception_handler(ApiError)
-async def _api_error_handler(request: Request, error: ApiError) -> JSONResponse:
-    logger.info("Request %s refused with %d: %s", _request_id(request), error.status_code, error.message)
-    return JSONResponse(error.body(_request_id(request)), status_code=error.status_code, headers=error.headers)
-
-
-@app.exception_handler(RequestValidationError)
-async def _validation_error_handler(request: Request, error: RequestValidationError) -> JSONResponse:
-    return _validation_response(request, error.errors())
-
-
-@app.exception_handler(StarletteHTTPException)
-async def _http_error_handler(request: Request, error: StarletteHTTPException) -> JSONResponse:
-    error_type = "not_found_error" if error.status_code == 404 else "invalid_request_error"
-    body = error_body(f"{request.method} {request.url.path}: {error.detail}", error_type, request_id=_request_id(request))
-    return JSONResponse(body, status_code=error.status_code, headers=getattr(error, "headers", None))
-
-
-@app.exception_handler(Exception)
-async def _unexpected_error_handler(request: Request, error: Exception) -> JSONResponse:
-    request_id = _request_id(request)
-    logger.error("Request %s failed unexpectedly", request_id, exc_info=error)
-    body = error_body(
-        f"Internal error while serving request {request_id}; the server logs have the details.",
-        "server_error",
-        request_id=request_id,
-    )
-    return JSONResponse(body, status_code=500)
-
-
-def _validation_response(request: Request, errors: Any) -> JSONResponse:
-    described = describe_validation_errors(list(errors))
-    message = "Invalid request: " + "; ".join(f"{param}: {text}" for param, text in described)
-    first_param = described[0][0] if described else None
-    body = error_body(message, "invalid_request_error", param=first_param, request_id=_request_id(request))
-    return JSONResponse(body, status_code=422)
 
 
 def _readiness_headers(read_at: float, serving: bool) -> dict[str, str]:
@@ -463,10 +394,10 @@ class Ingress:
         try:
             chat = ChatCompletionRequest.model_validate(refuse_unsupported(payload))
         except pydantic.ValidationError as error:
-            return _validation_response(request, error.errors())
+            return validation_response(request, error.errors())
         self._check_served_model(chat.model)
         if chat.user:
-            logger.info("Request %s is from user %r", _request_id(request), chat.user)
+            logger.info("Request %s is from user %r", request_id_of(request), chat.user)
         generation_request = await run_off_loop(
             stop := threading.Event(), to_generation_request, chat, self._config, self._geometry,
             files=self._files, owner=owner, stop=stop,
@@ -495,7 +426,7 @@ class Ingress:
             raise failed[0]
         events = chat_completion_events(
             [stream for _, stream in opened], completion_id=completion_id, model_id=self._model_id,
-            include_usage=options.include_usage, request_id=_request_id(request),
+            include_usage=options.include_usage, request_id=request_id_of(request),
             continuous_usage_prompt_tokens=opened[0][0].prompt_tokens if options.continuous_usage_stats else None,
         )
         headers = {**_served_by_headers(opened[0][0].served_by), "cache-control": "no-cache"}
@@ -506,7 +437,7 @@ class Ingress:
         """A video file (multipart field ``video``) and a ``question``; see :mod:`deployments.edge.analyze`.
         With ``stream=true`` the answer comes as server-sent events (:mod:`deployments.edge.analyze_stream`)."""
         owner = self._authorize(request)
-        request_id = _request_id(request)
+        request_id = request_id_of(request)
         prepared = await prepare_analysis(
             request, request_id=request_id, config=self._config, files=self._files, owner=owner,
             check_served_model=self._check_served_model,
