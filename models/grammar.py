@@ -111,7 +111,7 @@ class GrammarCompiler:
                 _remember(self._refused, response_format, refused)
             pending.set_exception(refused)
             raise refused from None
-        except BaseException as error:  # abandoned, or the compiler did not start: those waiting must not hang
+        except BaseException as error:  # abandoned, the server lost or not started: not the schema's fault, not kept
             with self._lock:
                 del self._compiling[response_format]
             pending.set_exception(error)

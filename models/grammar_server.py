@@ -49,6 +49,10 @@ class CompileFailedError(RuntimeError):
     """xgrammar refused the schema (or its compile died); the message is its reason."""
 
 
+class CompileServerLostError(RuntimeError):
+    """The compile server stopped (killed, crashed) before it answered; the schema is not to blame."""
+
+
 class CompileAbandonedError(RuntimeError):
     """The compile's request ended before it did; the compile was killed."""
 
@@ -78,19 +82,26 @@ class GrammarCompileProcess:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._server: subprocess.Popen | None = None
-        self._pending: dict[int, concurrent.futures.Future] = {}
+        self._pending: dict[int, tuple[subprocess.Popen, concurrent.futures.Future]] = {}  # by compile id
 
     def compile(self, schema: str, stop: threading.Event | None = None) -> Any:
-        """The compiled grammar; raises :class:`CompileFailedError`, :class:`CompileTimeoutError` or
-        :class:`CompileAbandonedError`."""
+        """The compiled grammar; raises :class:`CompileFailedError`, :class:`CompileTimeoutError`,
+        :class:`CompileAbandonedError` or :class:`CompileServerLostError`."""
         import xgrammar
 
         compile_id = next(self._ids)
         answer: concurrent.futures.Future = concurrent.futures.Future()
         with self._lock:
-            server = self._running_server()
-            self._pending[compile_id] = answer
-            _send(server.stdin, {"op": "compile", "id": compile_id, "schema": schema, "time_limit_s": self._time_limit_s})
+            for attempt in range(2):
+                server = self._running_server()
+                try:
+                    _send(server.stdin, {"op": "compile", "id": compile_id, "schema": schema, "time_limit_s": self._time_limit_s})
+                    break
+                except (BrokenPipeError, ValueError):  # it died before its reader thread saw it: start another
+                    self._server = None
+                    if attempt:
+                        raise
+            self._pending[compile_id] = (server, answer)
         deadline = time.monotonic() + self._time_limit_s + _SERVER_GRACE_S
         while True:
             try:
@@ -108,6 +119,8 @@ class GrammarCompileProcess:
             return xgrammar.CompiledGrammar.deserialize_json(payload.decode(), self._tokenizer_info)
         if header["status"] == "timeout":
             raise CompileTimeoutError(f"the compile ran past its time limit ({self._time_limit_s:g} s) and was stopped")
+        if header["status"] == "lost":
+            raise CompileServerLostError(header["reason"])
         raise CompileFailedError(header.get("reason", "the compiler gave no reason"))
 
     @property
@@ -129,9 +142,13 @@ class GrammarCompileProcess:
             [sys.executable, "-m", "models.grammar_server"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             env=environment, cwd=root,
         )
-        if self._tokenizer_info is None:
-            self._tokenizer_info = self._make_tokenizer_info()
-        _send(server.stdin, {"op": "tokenizer"}, self._tokenizer_info.serialize_json().encode())
+        try:
+            if self._tokenizer_info is None:
+                self._tokenizer_info = self._make_tokenizer_info()
+            _send(server.stdin, {"op": "tokenizer"}, self._tokenizer_info.serialize_json().encode())
+        except BaseException:
+            self._stop_server(server)
+            raise
         threading.Thread(target=self._read_answers, args=(server,), name="grammar-answers", daemon=True).start()
         logger.info("Started the grammar compile server (pid %d)", server.pid)
         self._server = server
@@ -141,17 +158,18 @@ class GrammarCompileProcess:
         while (message := _receive(server.stdout)) is not None:
             header, payload = message
             with self._lock:
-                answer = self._pending.pop(header["id"], None)
-            if answer is not None:
-                answer.set_result((header, payload))
+                pending = self._pending.pop(header["id"], None)
+            if pending is not None:
+                pending[1].set_result((header, payload))
         code = server.wait()
         with self._lock:
             if self._server is server:
                 self._server = None
-            orphans = [answer for compile_id, answer in list(self._pending.items()) if answer is not None]
-            self._pending.clear()
-        for answer in orphans:
-            answer.set_result(({"status": "error", "reason": f"the compile server stopped (exit code {code})"}, b""))
+            # Only this server's compiles: a compile sent to its successor meanwhile is still under way.
+            orphans = [compile_id for compile_id, (sent_to, _) in self._pending.items() if sent_to is server]
+            answers = [self._pending.pop(compile_id)[1] for compile_id in orphans]
+        for answer in answers:
+            answer.set_result(({"status": "lost", "reason": f"the compile server stopped (exit code {code})"}, b""))
 
     def _cancel(self, compile_id: int, server: subprocess.Popen) -> None:
         with self._lock:
@@ -272,8 +290,11 @@ def _command(header: dict[str, Any], jobs: dict[int, _Job], tokenizer_info: Any)
         read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:
-            os.close(read_fd)
-            _compile_in_grandchild(tokenizer_info, header["schema"], write_fd)
+            try:
+                os.close(read_fd)
+                _compile_in_grandchild(tokenizer_info, header["schema"], write_fd)
+            finally:
+                os._exit(1)  # never back into the server's loop, whatever happened
         os.close(write_fd)
         jobs[read_fd] = _Job(header["id"], pid, time.monotonic() + header["time_limit_s"])
     elif header["op"] == "cancel":

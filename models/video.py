@@ -16,6 +16,11 @@ file costs 16 short seeks and a 10-second clip is decoded straight through,
 once, up to its last target. Without an index it seeks when the next target is
 more than ``_BLIND_SEEK_GAP_S`` ahead.
 
+With a decode budget (:mod:`models.decode_budget`: a request's frames and pixels decoded, every frame the
+decoder produces counted), each target is reached only when its fair share of what is left affords it;
+otherwise the nearest decodable frame is taken (the keyframe before or after it, or the last frame decoded)
+and counted in ``substituted``. A file with one keyframe and an hour of 4K costs one decoded frame.
+
 Before any frame is decoded the stored frame size is checked against
 ``max_source_pixels`` (a 16k x 16k video is refused from its header; the
 decoder's own ``max_pixels`` is set to the same limit, so even PyAV's stream
@@ -151,8 +156,6 @@ def sample_video(
     )
 
 
-# The containers served, by their magic bytes, and FFmpeg's demuxer for each. Only these demuxers ever
-# run: without ``format`` FFmpeg probes every demuxer it was built with (image2, concat, hls, ...).
 # How the container is opened. ``max_pixels`` reaches the decoders too, so stream probing cannot allocate an
 # oversized frame. Probing reads little and decodes nothing it can avoid (the demuxers served read sizes and
 # rates from their headers): FFmpeg's defaults (5 MB, 5 s) opened an MKV of 100 4K H.264 streams, one
@@ -160,6 +163,9 @@ def sample_video(
 # the demuxer at 16 streams (a video, its audio tracks and subtitles); only the first video stream is
 # ever decoded. Measured: 76 MB peak and 0.05 s for the same file.
 _OPEN_OPTIONS = {"probesize": "65536", "analyzeduration": "0", "max_streams": "16"}
+
+# The containers served, by their magic bytes, and FFmpeg's demuxer for each. Only these demuxers ever
+# run: without ``format`` FFmpeg probes every demuxer it was built with (image2, concat, hls, ...).
 _MP4_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip", b"pnot"}
 SERVED_CONTAINERS = "MP4/MOV, WebM/Matroska and AVI"
 
@@ -396,8 +402,13 @@ class _Sampler:
     def _nearest_decodable(self, target_s: float, cap: int) -> tuple[av.VideoFrame, float] | None:
         """The cheapest frame near ``target_s``: the last frame decoded, or the keyframe before or after the
         target (one seek and about one frame), whichever is nearest in time; without an index, the frame a
-        seek to the target lands on."""
-        self.substituted += 1
+        seek to the target lands on. One substitution is counted, whichever frame it comes to."""
+        substituted = self.substituted + 1
+        found = self._nearest_frame(target_s, cap)
+        self.substituted = substituted
+        return found
+
+    def _nearest_frame(self, target_s: float, cap: int) -> tuple[av.VideoFrame, float] | None:
         if not self._index.covers(target_s):
             self._seek(target_s)
             return self._decode_until(-math.inf, cap=cap)

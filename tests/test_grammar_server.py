@@ -11,7 +11,7 @@ import transformers
 
 from models.errors import InvalidParameterError
 from models.grammar import GrammarCompiler
-from models.grammar_server import CompileAbandonedError
+from models.grammar_server import CompileAbandonedError, CompileServerLostError
 from models.requests import ResponseFormat
 
 # About 200 bytes that take seconds: a pattern's compile grows with its repetition count (400: 2.5 s here,
@@ -106,3 +106,27 @@ def test_a_dead_server_is_restarted_for_the_next_compile(compiler):
 
     assert compiled is not None
     assert compiler._process.server_pid not in (None, first)
+
+
+def test_a_compile_lost_with_its_server_is_not_held_against_the_schema(compiler):
+    compiler.compile(EVENTS)
+    slow = ResponseFormat("json_schema", json.dumps({"type": "object", "properties": {"c": _PATTERN, "d": _PATTERN}}))
+    outcome: list[BaseException] = []
+
+    def compile_slow() -> None:
+        try:
+            compiler.compile(slow)
+        except BaseException as error:  # noqa: BLE001 - the test reads what ended it
+            outcome.append(error)
+
+    worker = threading.Thread(target=compile_slow)
+    worker.start()
+    deadline = time.monotonic() + 30
+    while not _grandchildren(compiler) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    psutil.Process(compiler._process.server_pid).kill()
+    worker.join(timeout=10)
+
+    assert isinstance(outcome[0], CompileServerLostError)
+    with pytest.raises(InvalidParameterError, match="within 1 s"):
+        compiler.compile(slow)  # compiled again on a new server, and refused for its own cost this time
