@@ -4,10 +4,10 @@ decoder, whatever the file's structure, and the stop that ends a decode when its
 import subprocess
 import sys
 import threading
-import time
 
 import media_factory
 import pytest
+from polling import wait_for_condition
 
 from bench.hostile_media import many_stream_video, sparse_keyframe_video
 from models import media
@@ -102,9 +102,7 @@ def test_the_decode_stops_at_the_next_frame_when_its_request_ends(tmp_path):
 
     worker = threading.Thread(target=decode)
     worker.start()
-    deadline = time.monotonic() + 30
-    while budget.frames < 20 and time.monotonic() < deadline:
-        time.sleep(0.005)
+    wait_for_condition(lambda: budget.frames >= 20, timeout_s=30, interval_s=0.005)
     budget.stop.set()
     stopped_at = budget.frames
     worker.join(timeout=10)

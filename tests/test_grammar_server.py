@@ -8,6 +8,7 @@ import time
 import psutil
 import pytest
 import transformers
+from polling import wait_for_condition
 
 from models.errors import InvalidParameterError
 from models.grammar import GrammarCompiler
@@ -35,6 +36,24 @@ def compiler(tokenizer):
 
 def _grandchildren(compiler: GrammarCompiler) -> list[psutil.Process]:
     return psutil.Process(compiler._process.server_pid).children()
+
+
+def _compiling_in_background(
+    compiler: GrammarCompiler, response_format: ResponseFormat, stop: threading.Event | None = None
+) -> tuple[threading.Thread, list[BaseException]]:
+    """A compile started in a thread, returned once its forked compile runs; the list gets what ended it."""
+    outcome: list[BaseException] = []
+
+    def compile_it() -> None:
+        try:
+            compiler.compile(response_format, stop)
+        except BaseException as error:  # noqa: BLE001 - the test reads what ended it
+            outcome.append(error)
+
+    worker = threading.Thread(target=compile_it)
+    worker.start()
+    wait_for_condition(lambda: _grandchildren(compiler), timeout_s=30, interval_s=0.02)
+    return worker, outcome
 
 
 def test_a_schema_compiles_in_the_server_to_a_grammar_that_masks(compiler, tokenizer):
@@ -70,28 +89,13 @@ def test_a_compile_is_abandoned_when_its_request_ends(tokenizer):
     try:
         compiler.compile(EVENTS)  # the server started
         stop = threading.Event()
-        outcome: list[BaseException] = []
-
-        def compile_slow() -> None:
-            try:
-                compiler.compile(SLOW, stop)
-            except BaseException as error:  # noqa: BLE001 - the test reads what ended it
-                outcome.append(error)
-
-        worker = threading.Thread(target=compile_slow)
-        worker.start()
-        deadline = time.monotonic() + 30
-        while not _grandchildren(compiler) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        worker, outcome = _compiling_in_background(compiler, SLOW, stop)
         assert len(_grandchildren(compiler)) == 1  # compiling
         stop.set()
         worker.join(timeout=5)
 
         assert not worker.is_alive() and isinstance(outcome[0], CompileAbandonedError)
-        deadline = time.monotonic() + 5
-        while _grandchildren(compiler) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert _grandchildren(compiler) == []
+        wait_for_condition(lambda: _grandchildren(compiler) == [], timeout_s=5, interval_s=0.02)
     finally:
         compiler.close()
 
@@ -111,19 +115,7 @@ def test_a_dead_server_is_restarted_for_the_next_compile(compiler):
 def test_a_compile_lost_with_its_server_is_not_held_against_the_schema(compiler):
     compiler.compile(EVENTS)
     slow = ResponseFormat("json_schema", json.dumps({"type": "object", "properties": {"c": _PATTERN, "d": _PATTERN}}))
-    outcome: list[BaseException] = []
-
-    def compile_slow() -> None:
-        try:
-            compiler.compile(slow)
-        except BaseException as error:  # noqa: BLE001 - the test reads what ended it
-            outcome.append(error)
-
-    worker = threading.Thread(target=compile_slow)
-    worker.start()
-    deadline = time.monotonic() + 30
-    while not _grandchildren(compiler) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    worker, outcome = _compiling_in_background(compiler, slow)
     psutil.Process(compiler._process.server_pid).kill()
     worker.join(timeout=10)
 

@@ -1,6 +1,7 @@
 """What one request may ask for and cost (``limits``), how one that runs out of memory is retried
 (``request_oom``), and where its media may come from (``media``)."""
 
+import threading
 import urllib.parse
 
 from pydantic import Field, field_validator, model_validator
@@ -116,9 +117,13 @@ class LimitsSettings(StrictSettings):
             )
         return self
 
-    def decode_budget(self, targets: int) -> DecodeBudget:
-        """A fresh decode budget for one request that samples ``targets`` frames in all."""
-        return DecodeBudget(max_frames=self.max_decoded_frames, max_pixels=self.max_decoded_pixels, targets_left=targets)
+    def decode_budget(self, targets: int, stop: threading.Event | None = None) -> DecodeBudget:
+        """A fresh decode budget for one request that samples ``targets`` frames in all; ``stop``, the request's
+        own when it has one, ends its decode."""
+        budget = DecodeBudget(max_frames=self.max_decoded_frames, max_pixels=self.max_decoded_pixels, targets_left=targets)
+        if stop is not None:
+            budget.stop = stop
+        return budget
 
     def video_limits(self) -> VideoLimits:
         return VideoLimits(

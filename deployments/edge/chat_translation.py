@@ -94,9 +94,9 @@ def to_generation_request(
     resolved = {param: sources.resolve(part, param) for param, part in media_parts}
     check_media_budget([plan for plan, _ in resolved.values()], limits, geometry)
     decoded_once = {id(decode): plan for plan, decode in resolved.values()}  # a file named twice is decoded once
-    sources.budget = limits.decode_budget(targets=sum(plan.frames for plan in decoded_once.values() if plan.kind == "video"))
-    if stop is not None:
-        sources.budget.stop = stop
+    sources.budget = limits.decode_budget(
+        targets=sum(plan.frames for plan in decoded_once.values() if plan.kind == "video"), stop=stop
+    )
     messages = []
     for index, message in enumerate(request.messages):
         where = f"messages[{index}]"
