@@ -68,10 +68,13 @@ def build_tiny_family(output_dir: pathlib.Path, family: str) -> pathlib.Path:
             tokenizer=tokenizer,
             chat_template=tiny.CHAT_TEMPLATE,
         )
+        # Four heads of 16 (two KV heads): every projection stays a multiple of 32 wide, as nf4's CPU kernels need.
         text_config = {
             **text_config,
             "head_dim": 16,
-            "rope_parameters": {**text_config["rope_parameters"], "mrope_interleaved": True},
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "rope_parameters": {**text_config["rope_parameters"], "mrope_section": [2, 3, 3], "mrope_interleaved": True},
         }
         config = transformers.Qwen3VLConfig(
             text_config=text_config,

@@ -17,14 +17,14 @@ def test_the_cost_model_prices_kv_cache_vision_and_logits_from_the_config(tiny_m
     costs = RequestCostModel.from_config(config, dtype_bytes=4)
     text = config.text_config
 
-    # 2 (K, V) x 2 layers x 2 kv heads x 16 head dim x 4 bytes
-    assert costs.kv_bytes_per_token == 2 * text.num_hidden_layers * 2 * 16 * 4 == 512
+    # 2 (K, V) x 2 layers x 1 kv head x 32 head dim x 4 bytes
+    assert costs.kv_bytes_per_token == 2 * text.num_hidden_layers * 1 * 32 * 4 == 512
     assert costs.vision_bytes_per_patch == config.vision_config.embed_dim * 4 * 8
     cost = costs.predict(prompt_tokens=100, max_new_tokens=28, visual_patches=64)
     assert cost.kv_cache_bytes == 128 * 512
     assert cost.vision_bytes == 64 * costs.vision_bytes_per_patch
-    # The widest decoder layer over 100 prompt tokens, the scores of 4 heads (and the mask), the logits.
-    assert cost.prefill_bytes == 100 * (4 * text.intermediate_size + 4 * text.hidden_size) * 4 + 100 * 100 * 5 * 4 + costs.logits_bytes_per_row
+    # The widest decoder layer over 100 prompt tokens, the scores of 2 heads (and the mask), the logits.
+    assert cost.prefill_bytes == 100 * (4 * text.intermediate_size + 4 * text.hidden_size) * 4 + 100 * 100 * 3 * 4 + costs.logits_bytes_per_row
     assert cost.total_bytes == cost.kv_cache_bytes + cost.vision_bytes + cost.prefill_bytes
 
 
@@ -76,7 +76,7 @@ def test_on_cuda_attention_scores_are_not_priced_only_the_mask(tiny_model_path):
     cpu = RequestCostModel.from_config(config, dtype_bytes=2, device="cpu")
     cuda = RequestCostModel.from_config(config, dtype_bytes=2, device="cuda")
 
-    assert cpu.attention_bytes_per_token_pair == (4 + 1) * 4  # 4 heads of fp32 scores, and the mask
+    assert cpu.attention_bytes_per_token_pair == (2 + 1) * 4  # 2 heads of fp32 scores, and the mask
     assert cuda.attention_bytes_per_token_pair == 4
     assert cuda.kv_bytes_per_token == cpu.kv_bytes_per_token
 
