@@ -9,6 +9,7 @@ and the CPU group with none, each with its own chain, budget and autoscaling.
 """
 
 import logging
+import pathlib
 from typing import Any
 
 from ray import serve
@@ -25,6 +26,8 @@ from deployments.routing.ready_replica_router import ROUTER_CLASS_PATH, ROUTING_
 from memory.allocator import allocator_env
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_VLLM_PYTHON = pathlib.Path(__file__).resolve().parent.parent / ".venv-vllm" / "bin" / "python"
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -67,15 +70,38 @@ def _group(plan: AppPlan, group: str) -> Application | None:
         request_router_config=RequestRouterConfig(
             request_router_class=ROUTER_CLASS_PATH, request_routing_stats_period_s=ROUTING_STATS_PERIOD_S
         ),
-        ray_actor_options=_actor_options(settings.num_cpus, num_gpus, env_vars, settings.node_labels),
+        ray_actor_options=_actor_options(
+            settings.num_cpus, num_gpus, env_vars, settings.node_labels, python=_replica_python(group, settings)
+        ),
         logging_config={"enable_access_log": plan.config.ingress.access_log},
     ).bind(plan, group)
 
 
-def _actor_options(num_cpus: float, num_gpus: float, env_vars: dict[str, str], node_labels: dict[str, str]) -> dict:
+def _replica_python(group: str, settings: GpuGroupSettings | CpuGroupSettings) -> str | None:
+    """vLLM's environment for a group on engine vllm (or auto, where that environment is there); else ``None``:
+    the project's own."""
+    if settings.engine == "transformers":
+        return None
+    python = settings.vllm_python or str(DEFAULT_VLLM_PYTHON)
+    if settings.vllm_python is None and not pathlib.Path(python).is_file():
+        if settings.engine == "vllm":
+            logger.warning("Group %s runs on vLLM but %s is not there: build it with bin/ensure-vllm-venv, or set "
+                           "vllm_python; its replicas run the transformers chain meanwhile", group, python)
+        return None
+    return python
+
+
+def _actor_options(
+    num_cpus: float, num_gpus: float, env_vars: dict[str, str], node_labels: dict[str, str], python: str | None = None
+) -> dict:
     options: dict = {"num_cpus": num_cpus, "num_gpus": num_gpus}
+    runtime_env: dict[str, Any] = {}
     if env_vars:
-        options["runtime_env"] = {"env_vars": env_vars}
+        runtime_env["env_vars"] = env_vars
+    if python:
+        runtime_env["py_executable"] = python
+    if runtime_env:
+        options["runtime_env"] = runtime_env
     if node_labels:
         options["label_selector"] = dict(node_labels)
     return options

@@ -11,6 +11,7 @@ actually store it:
   load dtype (transformers' own ``get_modules_to_not_convert`` decides, so the
   estimate follows the same rules as the loader);
 * int8 (LLM.int8): 1 byte a weight, plus one fp32 scale per output row (``SCB``);
+* fp8 (vLLM's, quantized as it loads): 1 byte a weight, plus one fp32 scale per layer;
 * nf4: half a byte a weight, plus one fp32 ``absmax`` per 64 weights and a
   16-entry fp32 code table per layer (``get_memory_footprint`` misses these);
 * biases of quantized layers stay at the load dtype.
@@ -164,6 +165,9 @@ def estimate_weights(
             if quantization == "int8":
                 parameter_bytes += numel
                 state_bytes += out_features * FP32_BYTES
+            elif quantization == "fp8":
+                parameter_bytes += numel
+                state_bytes += FP32_BYTES
             else:
                 parameter_bytes += math.ceil(numel / 2)
                 state_bytes += math.ceil(numel / NF4_BLOCK_SIZE) * FP32_BYTES + NF4_CODE_ENTRIES * FP32_BYTES

@@ -18,7 +18,7 @@ from typing import Any
 from memory.probe import format_gib
 
 # Precisions from the most faithful to the least; a quality floor keeps a chain at or above one of them.
-PRECISION_ORDER = ("fp32", "bf16", "int8", "nf4")
+PRECISION_ORDER = ("fp32", "bf16", "fp16", "fp8", "int8", "nf4")
 DEFAULT_SHARE_GRID = 0.05
 
 

@@ -11,7 +11,15 @@ if TYPE_CHECKING:
 
 DType = Literal["float32", "bfloat16", "float16"]
 Device = Literal["cuda", "cpu"]
-Quantization = Literal["none", "int8", "nf4"]
+Quantization = Literal["none", "int8", "nf4", "fp8"]
+EngineName = Literal["transformers", "vllm"]
+
+# What each engine can load: fp8 is vLLM's (weights quantized as they load); int8 is bitsandbytes' LLM.int8 in
+# transformers, which vLLM does not run.
+ENGINE_PRECISIONS: dict[str, tuple[str, ...]] = {
+    "transformers": ("fp32", "bf16", "fp16", "int8", "nf4"),
+    "vllm": ("fp32", "bf16", "fp16", "fp8", "nf4"),
+}
 
 
 def precision_name(dtype: str, quantization: Quantization) -> str:
@@ -27,15 +35,22 @@ class StrategyError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class LoadStrategy:
-    """One way to load a model. ``dtype`` is the compute dtype and the dtype of unquantized modules."""
+    """One way to load a model: device, precision and the engine that loads and runs it. ``dtype`` is the compute
+    dtype and the dtype of unquantized modules."""
 
     device: Device
     dtype: DType
     quantization: Quantization = "none"
+    engine: EngineName = "transformers"
+
+    @property
+    def precision(self) -> str:
+        return precision_name(self.dtype, self.quantization)
 
     @property
     def name(self) -> str:
-        return precision_name(self.dtype, self.quantization)
+        """``bf16`` on transformers, ``vllm-bf16`` on vLLM: what the load report and ``/v1/memory`` show."""
+        return self.precision if self.engine == "transformers" else f"{self.engine}-{self.precision}"
 
     @property
     def torch_dtype(self) -> "torch.dtype":
@@ -65,26 +80,29 @@ class LoadStrategy:
         return {"name": self.name, **dataclasses.asdict(self)}
 
 
-def parse_strategy(name: str, device: Device) -> LoadStrategy:
-    """``'bf16'``, ``'fp32'``, ``'fp16'``, ``'int8'``, ``'nf4'`` on a device.
+def parse_strategy(name: str, device: Device, engine: EngineName = "transformers") -> LoadStrategy:
+    """``'bf16'``, ``'fp32'``, ``'fp16'``, ``'int8'``, ``'nf4'`` (and ``'fp8'`` on vLLM) on a device.
 
     Quantized strategies keep their unquantized modules (embeddings, ``lm_head``,
     norms) and compute in bf16 on both devices: the point of quantizing is the
     smaller footprint, and fp32 embeddings would undo much of it.
     """
+    known = ENGINE_PRECISIONS[engine]
+    if name not in known:
+        raise StrategyError(f"Unknown strategy {name!r} for the {engine} engine; use one of {', '.join(known)}")
     plain = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
     if name in plain:
-        return LoadStrategy(device=device, dtype=plain[name])
-    if name in ("int8", "nf4"):
-        return LoadStrategy(device=device, dtype="bfloat16", quantization=name)
-    raise StrategyError(f"Unknown strategy {name!r}; use one of fp32, bf16, fp16, int8, nf4")
+        return LoadStrategy(device=device, dtype=plain[name], engine=engine)
+    return LoadStrategy(device=device, dtype="bfloat16", quantization=name, engine=engine)
 
 
-def parse_chain(names: list[str] | tuple[str, ...], device: Device) -> tuple[LoadStrategy, ...]:
+def parse_chain(
+    names: list[str] | tuple[str, ...], device: Device, engine: EngineName = "transformers"
+) -> tuple[LoadStrategy, ...]:
     """A chain of strategy names, tried in order."""
     if not names:
         raise StrategyError(f"The {device} loading chain has no strategy; list at least one, e.g. ['bf16', 'int8', 'nf4']")
-    chain = tuple(parse_strategy(name, device) for name in names)
+    chain = tuple(parse_strategy(name, device, engine) for name in names)
     if len(set(chain)) != len(chain):
         raise StrategyError(f"The {device} loading chain {list(names)} lists a strategy twice")
     return chain
@@ -92,3 +110,7 @@ def parse_chain(names: list[str] | tuple[str, ...], device: Device) -> tuple[Loa
 
 DEFAULT_GPU_CHAIN = ("bf16", "int8", "nf4")
 DEFAULT_CPU_CHAIN = ("fp32", "bf16", "int8", "nf4")
+# vLLM's links, tried before the transformers chain: on a GPU bf16, then fp8 where the device has it, then
+# bitsandbytes 4-bit; vLLM's CPU build computes in fp32 or bf16.
+DEFAULT_VLLM_GPU_CHAIN = ("bf16", "fp8", "nf4")
+DEFAULT_VLLM_CPU_CHAIN = ("fp32",)

@@ -11,6 +11,7 @@ TORCH_FREE_MODULES = frozenset(
     {
         "models.adapter_names",
         "models.batch_policy",
+        "models.chat_template",
         "models.decode_budget",
         "models.engine",
         "models.errors",

@@ -18,6 +18,7 @@ from memory.strategy import LoadStrategy
 from models.requests import GenerationRequest, GenerationResult, TextDelta
 
 if TYPE_CHECKING:
+    from models.engine import Engine
     from models.hf_batch_engine import HfBatchEngine
 
 StopCheck = Callable[[], bool]
@@ -52,6 +53,11 @@ class ModelAdapter(abc.ABC):
         adapter runs its own generate loop, one request at a time."""
         return None
 
+    def own_engine(self, *, max_batch_size: int, max_waiting: int, name: str) -> "Engine | None":
+        """The engine of a library that brings its own (vLLM), started with the model; ``None`` (the default): the
+        replica serves this adapter with one of ours (:func:`models.engines.start_engine`)."""
+        return None
+
     def unload(self) -> None:
         """Release the model. The default does nothing."""
 
@@ -76,3 +82,15 @@ class CheckpointAdapter(ModelAdapter):
     @property
     def strategy(self) -> LoadStrategy:
         return self._strategy
+
+    @property
+    def is_loaded(self) -> bool:
+        """Loaded and not let go: health fails a ready replica whose adapter says otherwise."""
+        return self._model is not None
+
+    def loaded_bytes(self) -> int:
+        """What the load holds, as the chain's report shows it: the model's parameters, buffers and quantization
+        state, measured."""
+        from memory.estimate import measure_model_bytes
+
+        return measure_model_bytes(self._model)

@@ -10,13 +10,14 @@ An engine owns a loaded model and answers many requests with it. The contract, a
 - **cancel** it: set the ``stop`` event given to ``submit``; the engine drops the request at its next
   step (waiting or running) and counts it in ``stats.cancelled``;
 - **describe** its memory and load: :meth:`Engine.describe`, a JSON-ready dict with the
-  :class:`EngineStats` and what the engine is;
+  :class:`EngineStats` and what the engine is; :meth:`Engine.health_problem` says when it can no longer serve;
 - **declare** what it honours: :attr:`Engine.capabilities` (batches or not, which decoding options);
 - **close**: stop taking requests; waiting ones fail with :class:`~models.errors.SchedulerClosedError`.
 
-Two engines implement it today: :class:`models.scheduler.BatchScheduler` (continuous batching on a
-transformers model) and :class:`models.serial_scheduler.SerialScheduler` (one request at a time, for
-adapters with their own generate loop). :func:`models.engines.start_engine` picks one for an adapter.
+Three engines implement it: :class:`models.scheduler.BatchScheduler` (continuous batching on a
+transformers model), :class:`models.serial_scheduler.SerialScheduler` (one request at a time, for
+adapters with their own generate loop) and :class:`models.vllm_engine.engine.VllmEngine` (vLLM's async
+engine, in vLLM's own environment). :func:`models.engines.start_engine` picks one for an adapter.
 No torch here: the metrics in the ingress's process read :class:`EngineStats`.
 """
 
@@ -99,6 +100,10 @@ class Engine(Protocol):
     def submit(self, request: GenerationRequest, sink: RequestSink, stop: threading.Event) -> None: ...
 
     def describe(self) -> dict[str, Any]: ...
+
+    def health_problem(self) -> str | None:
+        """Why this engine can no longer serve (a dead engine process, say), or ``None``: health fails on it."""
+        ...
 
     def close(self, timeout_s: float = 60.0) -> None: ...
 

@@ -1,6 +1,7 @@
 """Which engine serves a loaded adapter, started with the replica's limits: the one place that knows both.
 
-:func:`start_engine` returns an :class:`~models.engine.Engine`: a
+:func:`start_engine` returns an :class:`~models.engine.Engine`: the adapter's own when its library brings one
+(vLLM: :class:`~models.vllm_engine.engine.VllmEngine`), a
 :class:`~models.scheduler.BatchScheduler` when the adapter declares batch steps
 (:meth:`~models.base.ModelAdapter.batch_engine`), else a :class:`~models.serial_scheduler.SerialScheduler`.
 """
@@ -39,6 +40,9 @@ def start_engine(
     on_out_of_memory: Callable[[str], None] = lambda outcome: None,
 ) -> Engine:
     """The engine for ``adapter`` (loaded with ``strategy``), running its own thread until ``close``."""
+    own = adapter.own_engine(max_batch_size=settings.max_batch_size, max_waiting=settings.max_waiting, name=settings.name)
+    if own is not None:
+        return own
     steps = adapter.batch_engine()
     if steps is None:
         return SerialScheduler(adapter, max_waiting=settings.max_waiting)

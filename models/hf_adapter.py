@@ -10,16 +10,16 @@ import threading
 import time
 from typing import Any, Iterator
 
-import numpy as np
 import torch
 import transformers
 from transformers.video_utils import VideoMetadata
 
 from memory.strategy import LoadStrategy
 from models.base import CheckpointAdapter, StopCheck
+from models.chat_template import frame_times, to_template_chat
 from models.errors import InvalidModelInputError, PromptTooLongError
 from models.hf_batch_engine import HfBatchEngine, eos_token_ids
-from models.requests import ChatMessage, GenerationRequest, GenerationResult, ImagePart, TextDelta, TextPart, VideoPart
+from models.requests import GenerationRequest, GenerationResult, TextDelta
 from models.weight_cache import WeightCache, load_through_cache
 
 logger = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ class HuggingFaceVisionLanguageAdapter(CheckpointAdapter):
     def _prepare(self, request: GenerationRequest, *, on_device: bool = True) -> tuple[Any, int]:
         if self._model is None or self._processor is None:
             raise ModelNotLoadedError(f"Model {self._model_path} is not loaded; call load() first")
-        chat, images, videos = _to_transformers_chat(request.messages)
+        chat, images, videos = to_template_chat(request.messages)
         prompt = self._processor.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
         processor_kwargs: dict[str, Any] = {"text": [prompt], "return_tensors": "pt"}
         if images:
@@ -160,7 +160,7 @@ class HuggingFaceVisionLanguageAdapter(CheckpointAdapter):
             processor_kwargs["videos"] = [part.frames for part in videos]
             if all(part.timestamps_s for part in videos):
                 # The frames' real times: processors that write them into the prompt (Qwen3-VL) need them.
-                processor_kwargs["video_metadata"] = [_frame_times(part) for part in videos]
+                processor_kwargs["video_metadata"] = [VideoMetadata(**frame_times(part)) for part in videos]
         try:
             inputs = self._processor(**processor_kwargs)
         except ValueError as error:
@@ -205,39 +205,3 @@ class _StopWhen(transformers.StoppingCriteria):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
         return torch.full((input_ids.shape[0],), self._should_stop(), dtype=torch.bool, device=input_ids.device)
-
-
-def _frame_times(part: VideoPart) -> VideoMetadata:
-    """Sampled frames' times as transformers' metadata: at fps 1, a frame's "index" is its time in seconds."""
-    return VideoMetadata(
-        total_num_frames=len(part.frames),
-        fps=1.0,
-        frames_indices=list(part.timestamps_s),
-        duration=part.timestamps_s[-1] if part.timestamps_s else None,
-        height=int(part.frames.shape[1]),
-        width=int(part.frames.shape[2]),
-    )
-
-
-def _to_transformers_chat(
-    messages: tuple[ChatMessage, ...],
-) -> tuple[list[dict[str, Any]], list[np.ndarray], list[VideoPart]]:
-    """Our messages -> the chat-template form, with media pulled out in order."""
-    chat: list[dict[str, Any]] = []
-    images: list[np.ndarray] = []
-    videos: list[VideoPart] = []
-    for message in messages:
-        content: list[dict[str, Any]] = []
-        for part in message.content:
-            if isinstance(part, TextPart):
-                content.append({"type": "text", "text": part.text})
-            elif isinstance(part, ImagePart):
-                content.append({"type": "image"})
-                images.append(part.pixels)
-            elif isinstance(part, VideoPart):
-                content.append({"type": "video"})
-                videos.append(part)
-            else:
-                raise TypeError(f"Unknown content part {type(part).__name__}")
-        chat.append({"role": message.role, "content": content})
-    return chat, images, videos

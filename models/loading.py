@@ -8,7 +8,7 @@ import logging
 from typing import Callable
 
 from memory.budget import MemoryBudget
-from memory.estimate import WeightEstimate, load_model_config, measure_model_bytes
+from memory.estimate import WeightEstimate, load_model_config
 from memory.loader import Loaded, load_through_chain
 from memory.plan import estimate_chain
 from memory.strategy import LoadStrategy
@@ -45,7 +45,7 @@ def load_adapter(
         estimates=estimates if estimates is not None else estimate_chain(load_model_config(model_path), chain),
         measure_budget=measure_budget,
         load=load,
-        measure=lambda adapter: measure_model_bytes(adapter.model),
+        measure=lambda adapter: adapter.loaded_bytes(),
         oom_retries=oom_retries,
         retry_delay_s=retry_delay_s,
     )

@@ -73,6 +73,11 @@ class SerialScheduler:
     def describe(self) -> dict[str, Any]:
         return describe_engine(self.capabilities, self.stats)
 
+    def health_problem(self) -> str | None:
+        if not self._closing and not self._thread.is_alive():
+            return f"The engine's thread {self._thread.name!r} ended while the replica serves"
+        return None
+
     def close(self, timeout_s: float = 60.0) -> None:
         """Stop taking requests: queued ones fail with :class:`SchedulerClosedError`; the running one finishes."""
         with self._wake:

@@ -8,7 +8,17 @@ from deployments.config.strict import StrictSettings
 from memory.allocator import AllocatorConfigError, refuse_folklore_env
 from memory.budget import DEFAULT_CUDA_CONTEXT_BYTES
 from memory.packing import at_or_above
-from memory.strategy import DEFAULT_CPU_CHAIN, DEFAULT_GPU_CHAIN, LoadStrategy, StrategyError, parse_chain
+from memory.strategy import (
+    DEFAULT_CPU_CHAIN,
+    DEFAULT_GPU_CHAIN,
+    DEFAULT_VLLM_CPU_CHAIN,
+    DEFAULT_VLLM_GPU_CHAIN,
+    LoadStrategy,
+    StrategyError,
+    parse_chain,
+)
+
+EngineChoice = Literal["transformers", "vllm", "auto"]
 
 
 class AutoscalingSettings(StrictSettings):
@@ -78,6 +88,33 @@ class _GroupSettings(StrictSettings):
         "a replica that fits none of the rest waits for memory instead.",
     )
     autoscaling: AutoscalingSettings = AutoscalingSettings()
+    engine: EngineChoice = Field(
+        default="transformers",
+        description="What runs the model: 'transformers' (ours, in the project's environment), 'vllm' (vLLM's async "
+        "engine in vLLM's own environment, vllm_python; its links vllm_chain come first, then chain on transformers), "
+        "or 'auto' (vLLM where it imports in vllm_python and supports the model's architecture, else transformers).",
+    )
+    vllm_chain: tuple[str, ...] | None = Field(
+        default=None,
+        description="vLLM's links, tried before chain: from fp32, bf16, fp16, fp8, nf4. Default: bf16, fp8 (on "
+        "devices that have it), nf4 on a GPU; fp32 on the CPU.",
+    )
+    vllm_python: str | None = Field(
+        default=None,
+        description="The python of vLLM's environment, for the replicas of a group on engine vllm or auto (Ray's "
+        "runtime_env py_executable). Default: .venv-vllm/bin/python beside the project, which bin/ensure-vllm-venv "
+        "builds; on a cluster, the path in the worker image.",
+    )
+
+    @field_validator("vllm_chain", check_fields=False)
+    @classmethod
+    def _known_vllm_strategies(cls, chain: tuple[str, ...] | None, info: ValidationInfo) -> tuple[str, ...] | None:
+        if chain is not None:
+            try:
+                parse_chain(chain, info.data.get("device", "cpu"), "vllm")
+            except StrategyError as error:
+                raise ValueError(str(error)) from error
+        return chain
 
     @model_validator(mode="after")
     def _floor_leaves_a_chain(self) -> "_GroupSettings":
@@ -119,6 +156,16 @@ class _GroupSettings(StrictSettings):
     def strategies(self) -> tuple[LoadStrategy, ...]:
         """The chain to load through: ``chain`` without what ``min_precision`` rules out."""
         return parse_chain(at_or_above(tuple(self.chain), self.min_precision), getattr(self, "device", "cpu"))
+
+    def vllm_strategies(self) -> tuple[LoadStrategy, ...]:
+        """vLLM's links, tried first when the replica runs vLLM: ``vllm_chain`` (or the device's default) without what
+        ``min_precision`` rules out. Empty when the group runs transformers."""
+        if self.engine == "transformers":
+            return ()
+        device = getattr(self, "device", "cpu")
+        names = self.vllm_chain or (DEFAULT_VLLM_GPU_CHAIN if device == "cuda" else DEFAULT_VLLM_CPU_CHAIN)
+        kept = at_or_above(tuple(names), self.min_precision)
+        return parse_chain(kept, device, "vllm") if kept else ()
 
 
 class CpuGroupSettings(_GroupSettings):

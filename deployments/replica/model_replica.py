@@ -30,6 +30,13 @@ from deployments.config.groups import CpuGroupSettings, GpuGroupSettings
 from deployments.observability.logs import route_logs_through_serve
 from deployments.observability.metrics import ReplicaMetrics
 from deployments.plan import AppPlan
+from deployments.replica.engine_choice import (
+    choose_engine,
+    engine_adapter_factory,
+    estimate_with_engine,
+    vllm_links,
+    vllm_shape,
+)
 from deployments.replica.lifecycle import FINAL_STATES, ReplicaLifecycle, ReplicaState
 from deployments.replica.loader import ReplicaLoader
 from deployments.replica.protocol import Accepted, ReplicaAnswer, ReplicaUnavailableError, ServedBy, StreamOpened
@@ -90,17 +97,29 @@ class ModelReplica:
         model_config = load_model_config(self._model_path, trust_remote_code=trust_remote_code)
         self._model_config = model_config
         self._reserve_bytes = group_plan.reserve_bytes  # the largest request the limits allow, priced by admission's model
-        chain = group_plan.strategies
+        self._engine_choice = choose_engine(self._settings.engine, self._model_path)
+        logger.info("Replica %s of group %s runs %s: %s", self._replica_id, group, self._engine_choice.engine,
+                    self._engine_choice.reason)
+        links = vllm_links(self._settings, self._engine_choice)
+        chain = links + group_plan.strategies
+        shapes = {link: vllm_shape(model_config, link, config, self._settings) for link in links}
+        weights = {strategy: estimate.total_bytes for strategy, estimate in estimate_chain(model_config, links).items()}
         self._loader = ReplicaLoader(
             group=group,
             replica_id=self._replica_id,
             model_path=self._model_path,
             settings=self._settings,
             chain=chain,
-            estimates=estimate_chain(model_config, chain),
+            estimates=estimate_with_engine(model_config, chain, shapes),
             reserve_bytes=self._reserve_bytes,
-            make_adapter=adapter_factory(
-                plan.adapter, max_slice_nums=config.model.max_slice_nums, weight_cache=plan.weight_cache()
+            make_adapter=engine_adapter_factory(
+                adapter_factory(plan.adapter, max_slice_nums=config.model.max_slice_nums, weight_cache=plan.weight_cache()),
+                config=config,
+                settings=self._settings,
+                shapes=shapes,
+                weights=weights,
+                budget=lambda: self._loader.budget,
+                share=group_plan.num_gpus if group in GPU_GROUPS else 1.0,
             ),
             metrics=self._metrics,
             lifecycle=self._lifecycle,
@@ -237,6 +256,7 @@ class ModelReplica:
             "reason": lifecycle.reason,
             "serving": serving,
             "precision": loader.strategy.name if serving and loader.strategy else None,
+            "engine": {**self._engine_choice.to_dict(), "running": loader.strategy.engine if serving and loader.strategy else None},
             "load_attempts": loader.load_attempts,
             "request_out_of_memory": self._request_ooms,
             "streams_cancelled": self._streams_cancelled,
@@ -296,8 +316,11 @@ class ModelReplica:
             raise RuntimeError(f"Replica {self._replica_id}: {lifecycle.reason}")
         if lifecycle.state is ReplicaState.UNLOADED:
             raise RuntimeError(f"Replica {self._replica_id} is unloaded: the model is gone ({lifecycle.reason})")
-        if lifecycle.is_serving and (loader.adapter is None or loader.adapter.model is None):
+        if lifecycle.is_serving and (loader.adapter is None or not loader.adapter.is_loaded):
             raise RuntimeError(f"Replica {self._replica_id}: state is ready but the model is gone")
+        problem = self._engine.health_problem() if lifecycle.is_serving and self._engine is not None else None
+        if problem:
+            raise RuntimeError(f"Replica {self._replica_id}: {problem}")
         if loader.on_cuda and lifecycle.is_serving:
             try:
                 torch.cuda.synchronize()

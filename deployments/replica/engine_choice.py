@@ -1,0 +1,141 @@
+"""Which engine a replica runs, decided in the replica's own environment, and the loading chain that follows.
+
+``engine: transformers`` runs the group's ``chain`` on our engines. ``engine: vllm`` and ``engine: auto`` run
+vLLM's links first (``vllm_chain``: bf16, fp8, nf4 on a GPU) when vLLM imports here and supports the checkpoint's
+architecture, then the same ``chain`` on transformers: a vLLM that cannot start for memory hands over to int8 on
+transformers, then to the other group, as any link does. The reason for the choice is logged and shown in
+``/v1/memory``.
+"""
+
+import dataclasses
+import json
+import logging
+import pathlib
+import sys
+from typing import Any, Callable
+
+from deployments.config.app_config import AppConfig
+from deployments.config.groups import CpuGroupSettings, GpuGroupSettings
+from memory.admission import RequestCostModel
+from memory.budget import MemoryBudget
+from memory.estimate import WeightEstimate
+from memory.plan import estimate_chain
+from memory.strategy import LoadStrategy
+from memory.vllm_plan import VllmShape, engine_overhead_bytes
+from models.base import CheckpointAdapter
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineChoice:
+    engine: str  # "transformers" or "vllm"
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return dataclasses.asdict(self)
+
+
+def choose_engine(requested: str, model_path: str) -> EngineChoice:
+    if requested == "transformers":
+        return EngineChoice("transformers", "engine: transformers in the group's config")
+    problem, version = _vllm_problem(model_path)
+    if problem is None:
+        return EngineChoice("vllm", f"engine: {requested}; vLLM {version} imports here and supports the architecture")
+    return EngineChoice("transformers", f"engine: {requested}, but {problem}: the transformers chain serves")
+
+
+def _vllm_problem(model_path: str) -> tuple[str | None, str | None]:
+    try:
+        import vllm
+        from vllm import ModelRegistry
+    except ImportError as error:
+        return f"vLLM does not import in this environment ({sys.executable}: {error})", None
+    try:
+        architectures = json.loads((pathlib.Path(model_path) / "config.json").read_text()).get("architectures") or []
+    except (OSError, ValueError) as error:
+        return f"the checkpoint's config.json cannot be read ({error})", vllm.__version__
+    supported = set(ModelRegistry.get_supported_archs())
+    if not any(architecture in supported for architecture in architectures):
+        return f"vLLM {vllm.__version__} does not support {architectures or 'an unnamed architecture'}", vllm.__version__
+    return None, vllm.__version__
+
+
+def _fp8_on_device(device: str) -> bool:
+    """fp8 weights need compute capability 8.9 (Ada, Hopper) or newer; vLLM's CPU build has no fp8 here."""
+    if device != "cuda":
+        return False
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)
+
+
+def vllm_links(settings: GpuGroupSettings | CpuGroupSettings, choice: EngineChoice) -> tuple[LoadStrategy, ...]:
+    if choice.engine != "vllm":
+        return ()
+    links = settings.vllm_strategies()
+    kept = tuple(link for link in links if link.quantization != "fp8" or _fp8_on_device(link.device))
+    if len(kept) < len(links):
+        logger.info("vLLM's fp8 link is left out: this device has no fp8 (compute capability 8.9 or newer)")
+    return kept
+
+
+def vllm_shape(model_config: Any, strategy: LoadStrategy, config: AppConfig, settings: GpuGroupSettings | CpuGroupSettings) -> VllmShape:
+    """The KV cache's shape for one vLLM link: its bytes a token, and the sequences our limits allow."""
+    dtype_bytes = 4 if strategy.dtype == "float32" else 2  # vLLM keeps the KV cache in the model's dtype
+    kv_bytes = RequestCostModel.from_config(model_config, dtype_bytes=dtype_bytes, device=strategy.device).kv_bytes_per_token
+    text = model_config.get_text_config(decoder=True) if hasattr(model_config, "get_text_config") else model_config
+    wanted = config.limits.max_prompt_tokens + config.limits.max_tokens
+    positions = getattr(text, "max_position_embeddings", None) or wanted
+    return VllmShape(kv_bytes_per_token=kv_bytes, max_model_len=min(wanted, positions), max_num_seqs=settings.max_batch_size)
+
+
+def estimate_with_engine(
+    model_config: Any, chain: tuple[LoadStrategy, ...], shapes: dict[LoadStrategy, VllmShape]
+) -> dict[LoadStrategy, WeightEstimate]:
+    """The chain's estimates; a vLLM link's also holds the smallest KV cache vLLM starts with (and its processes
+    on the CPU), so a budget too small for it is skipped, not tried."""
+    estimates = estimate_chain(model_config, chain)
+    for strategy, shape in shapes.items():
+        estimate = estimates[strategy]
+        estimates[strategy] = dataclasses.replace(
+            estimate, total_bytes=estimate.total_bytes + engine_overhead_bytes(strategy.device, shape)
+        )
+    return estimates
+
+
+def engine_adapter_factory(
+    transformers_factory: Callable[[str, LoadStrategy], CheckpointAdapter],
+    *,
+    config: AppConfig,
+    settings: GpuGroupSettings | CpuGroupSettings,
+    shapes: dict[LoadStrategy, VllmShape],
+    weights: dict[LoadStrategy, int],
+    budget: Callable[[], MemoryBudget | None],
+    share: float,
+) -> Callable[[str, LoadStrategy], CheckpointAdapter]:
+    """``make(model_path, strategy)``: a :class:`~models.vllm_engine.adapter.VllmAdapter` for vLLM's links, the
+    transformers adapter for the rest."""
+
+    def make(model_path: str, strategy: LoadStrategy) -> CheckpointAdapter:
+        if strategy.engine != "vllm":
+            return transformers_factory(model_path, strategy)
+        from models.vllm_engine.adapter import VllmAdapter, VllmSettings
+
+        media = config.limits.max_media_parts
+        return VllmAdapter(
+            model_path,
+            strategy,
+            settings=VllmSettings(
+                shape=shapes[strategy],
+                max_waiting=settings.max_ongoing_requests,
+                limit_mm_per_prompt={"image": media, "video": media},
+                share=share,
+                num_threads=max(1, int(settings.num_cpus)),
+                trust_remote_code=config.model.trust_remote_code,
+            ),
+            weights_bytes=weights[strategy],
+            budget=budget,
+        )
+
+    return make

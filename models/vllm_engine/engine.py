@@ -1,0 +1,208 @@
+"""The engine contract (:mod:`models.engine`) served by vLLM's async engine.
+
+- **submit** renders the prompt and the sampling parameters in the caller's thread (a bad option or input is
+  refused there, by name), then hands the request to vLLM's loop; a replica holding ``max_waiting`` requests
+  answers :class:`~models.errors.ReplicaBusyError`, as the transformers engine does.
+- **stream**: vLLM's deltas become ``opened`` (at the first output, with the prompt's token count), ``text``
+  pieces and ``finished``; a prompt vLLM cannot take (longer than ``max_model_len``) fails with
+  :class:`~models.errors.PromptTooLongError` naming the figures, never a hang.
+- **cancel**: a watcher on vLLM's loop aborts, inside vLLM, every request whose ``stop`` is set, whether it is
+  running or still waiting in vLLM's queue.
+- **describe**: our :class:`~models.engine.EngineStats` plus vLLM's own figures (KV-cache use, running and
+  waiting, prefix-cache hit rate).
+"""
+
+import asyncio
+import dataclasses
+import itertools
+import logging
+import threading
+from typing import Any
+
+from vllm.v1.engine.exceptions import EngineDeadError
+
+from memory.admission import RequestCost
+from models.engine import ALL_DECODING_OPTIONS, EngineCapabilities, EngineStats, RequestSink, describe_engine
+from models.errors import PromptTooLongError, ReplicaBusyError, SchedulerClosedError
+from models.requests import GenerationRequest, GenerationResult, TextDelta
+from models.vllm_engine.inputs import PromptBuilder, token_logprobs
+from models.vllm_engine.runtime import VllmRuntime
+
+logger = logging.getLogger(__name__)
+
+_STOP_POLL_S = 0.05
+
+
+@dataclasses.dataclass
+class _Ticket:
+    request: GenerationRequest
+    sink: RequestSink
+    stop: threading.Event
+    aborted: bool = False
+    ended: bool = False  # the sink heard its last event (finished, failed or cancelled)
+
+    def fail(self, error: BaseException) -> None:
+        if not self.ended:
+            self.ended = True
+            self.sink.failed(error)
+
+
+class VllmEngine:
+    def __init__(
+        self,
+        runtime: VllmRuntime,
+        prompts: PromptBuilder,
+        *,
+        max_batch_size: int,
+        max_waiting: int,
+        max_model_len: int,
+        kv_bytes_per_token: int,
+        name: str = "vllm-engine",
+    ) -> None:
+        self._runtime = runtime
+        self._prompts = prompts
+        self._max_waiting = max_waiting
+        self._max_model_len = max_model_len
+        self._kv_bytes_per_token = kv_bytes_per_token
+        self._name = name
+        self._capabilities = EngineCapabilities(
+            mode="continuous", max_batch_size=max_batch_size, decoding_options=ALL_DECODING_OPTIONS
+        )
+        self._stats = EngineStats()
+        self._tickets: dict[str, _Ticket] = {}
+        self._lock = threading.Lock()
+        self._ids = itertools.count()
+        self._closing = False
+        self._watcher = runtime.spawn(self._abort_stopped())
+
+    @property
+    def capabilities(self) -> EngineCapabilities:
+        return self._capabilities
+
+    @property
+    def stats(self) -> EngineStats:
+        figures = self._runtime.figures
+        self._stats.running = figures.running
+        with self._lock:
+            self._stats.waiting = max(0, len(self._tickets) - figures.running)
+        return self._stats
+
+    def submit(self, request: GenerationRequest, sink: RequestSink, stop: threading.Event) -> None:
+        self._check_room()
+        prompt = self._prompts.build(request)
+        params = self._prompts.sampling_params(request)
+        with self._lock:
+            self._check_room()
+            request_id = f"{self._name}-{next(self._ids)}"
+            ticket = self._tickets[request_id] = _Ticket(request, sink, stop)
+        self._runtime.spawn(self._run(request_id, ticket, prompt, params))
+
+    def _check_room(self) -> None:
+        if self._closing:
+            raise SchedulerClosedError("This replica stopped taking requests (its engine is closing)")
+        if self._runtime.dead_reason:
+            raise SchedulerClosedError(self._runtime.dead_reason)
+        if len(self._tickets) >= self._max_waiting:
+            raise ReplicaBusyError(f"{len(self._tickets)} requests are held by this replica (limit {self._max_waiting})")
+
+    async def _run(self, request_id: str, ticket: _Ticket, prompt: dict[str, Any], params: Any) -> None:
+        request, sink = ticket.request, ticket.sink
+        prompt_tokens: int | None = None
+        text: list[str] = []
+        logprobs: list = []
+        completion_tokens = 0
+        try:
+            async for output in self._runtime.engine.generate(prompt, params, request_id):
+                if prompt_tokens is None:
+                    prompt_tokens = len(output.prompt_token_ids or ())
+                    if request.max_prompt_tokens is not None and prompt_tokens > request.max_prompt_tokens:
+                        await self._runtime.engine.abort(request_id)
+                        raise PromptTooLongError(
+                            f"The prompt is {prompt_tokens} tokens ({request.num_video_frames} video frames, "
+                            f"{request.num_images} images and the text); the limit is {request.max_prompt_tokens}: "
+                            "send fewer frames or less text"
+                        )
+                    sink.opened(request, (), self._cost(request, prompt_tokens), prompt_tokens)
+                completion = output.outputs[0]
+                completion_tokens += len(completion.token_ids)
+                pieces = token_logprobs(completion.token_ids, completion.logprobs, request.options.top_logprobs) \
+                    if request.options.logprobs else ()
+                if completion.text or pieces:
+                    text.append(completion.text)
+                    logprobs.extend(pieces)
+                    sink.text(TextDelta(completion.text, pieces, completion_tokens=completion_tokens))
+                if output.finished:
+                    if ticket.aborted or completion.finish_reason == "abort":
+                        self._cancelled(ticket, completion_tokens)
+                        return
+                    ticket.ended = True
+                    sink.finished(
+                        GenerationResult(
+                            text="".join(text),
+                            prompt_tokens=prompt_tokens,
+                            completion_tokens=completion_tokens,
+                            finish_reason="stop" if completion.finish_reason == "stop" else "length",
+                            logprobs=tuple(logprobs) if request.options.logprobs else None,
+                        )
+                    )
+                    return
+            if ticket.aborted:
+                self._cancelled(ticket, completion_tokens)
+        except ValueError as error:
+            ticket.fail(self._refusal(error, request))
+        except EngineDeadError as error:
+            ticket.fail(SchedulerClosedError(f"vLLM's engine died while serving this request: {error}"))
+        except BaseException as error:  # noqa: BLE001 - every failure reaches the request's caller
+            ticket.fail(error)
+        finally:
+            with self._lock:
+                self._tickets.pop(request_id, None)
+
+    def _refusal(self, error: ValueError, request: GenerationRequest) -> ValueError:
+        """vLLM's input refusals, in our terms: a prompt past ``max_model_len`` is a prompt too long."""
+        message = str(error)
+        if isinstance(error, PromptTooLongError) or "longer than the maximum model length" not in message:
+            return error
+        return PromptTooLongError(
+            f"{message.splitlines()[0]} (this replica's max_model_len {self._max_model_len} holds the prompt and up to "
+            f"{request.max_new_tokens} new tokens): send fewer frames or less text"
+        )
+
+    def _cost(self, request: GenerationRequest, prompt_tokens: int) -> RequestCost:
+        return RequestCost(
+            kv_cache_bytes=(prompt_tokens + request.max_new_tokens) * self._kv_bytes_per_token, vision_bytes=0, prefill_bytes=0
+        )
+
+    def _cancelled(self, ticket: _Ticket, tokens: int) -> None:
+        ticket.ended = True
+        self._stats.cancelled += 1
+        self._stats.last_cancelled_tokens = tokens
+        logger.info("Request stopped after %d of at most %d tokens: its caller went away (aborted in vLLM)",
+                    tokens, ticket.request.max_new_tokens)
+
+    async def _abort_stopped(self) -> None:
+        """Abort in vLLM every request whose caller went away, queued or running."""
+        while not self._closing:
+            await asyncio.sleep(_STOP_POLL_S)
+            with self._lock:
+                stopped = [request_id for request_id, ticket in self._tickets.items() if ticket.stop.is_set() and not ticket.aborted]
+                for request_id in stopped:
+                    self._tickets[request_id].aborted = True
+            if stopped and self._runtime.engine is not None:
+                await self._runtime.engine.abort(stopped)
+
+    def describe(self) -> dict[str, Any]:
+        return {**describe_engine(self.capabilities, self.stats), "engine": "vllm", "vllm": self._runtime.figures.to_dict()}
+
+    def health_problem(self) -> str | None:
+        return self._runtime.dead_reason
+
+    def close(self, timeout_s: float = 60.0) -> None:
+        """No new requests; those held fail with :class:`SchedulerClosedError` as vLLM shuts down."""
+        self._closing = True
+        self._watcher.cancel()
+        with self._lock:
+            held = list(self._tickets.values())
+            self._tickets.clear()
+        for ticket in held:
+            ticket.fail(SchedulerClosedError("This replica stopped taking requests (its engine is closing)"))
