@@ -76,9 +76,12 @@ def engine_overhead_bytes(device: str, shape: VllmShape) -> int:
     return shape.min_kv_cache_bytes + (VLLM_CPU_PROCESS_BYTES if device == "cpu" else 0)
 
 
-def plan_vllm_memory(budget: MemoryBudget, *, weights_bytes: int, shape: VllmShape, share: float = 1.0) -> VllmMemoryPlan:
-    """vLLM's memory arguments for a replica with ``budget`` loading ``weights_bytes`` of weights."""
-    if budget.device == "cuda":
+def plan_vllm_memory(
+    budget: MemoryBudget, *, device: str, weights_bytes: int, shape: VllmShape, share: float = 1.0
+) -> VllmMemoryPlan:
+    """vLLM's memory arguments for a replica on ``device`` with ``budget`` loading ``weights_bytes`` of weights (a
+    GPU group's chain run on the CPU, in tests and drills, has a GPU's budget and vLLM's CPU arguments)."""
+    if device == "cuda":
         return _plan_gpu(budget, weights_bytes, shape, share)
     return _plan_cpu(budget, weights_bytes, shape)
 

@@ -73,8 +73,8 @@ class VllmAdapter(CheckpointAdapter):
         budget = self._budget()
         if budget is None:
             raise RuntimeError("vLLM's link was tried before the replica measured its budget")
-        self.plan = plan_vllm_memory(budget, weights_bytes=self._weights_bytes, shape=self._settings.shape,
-                                     share=self._settings.share)
+        self.plan = plan_vllm_memory(budget, device=self._strategy.device, weights_bytes=self._weights_bytes,
+                                     shape=self._settings.shape, share=self._settings.share)
         logger.info("Starting vLLM for %s as %s: %s", self._model_path, self._strategy.name, self.plan.explanation)
         started = time.perf_counter()
         self._processor = transformers.AutoProcessor.from_pretrained(
@@ -107,6 +107,9 @@ class VllmAdapter(CheckpointAdapter):
             "enforce_eager": self._settings.enforce_eager,
             "trust_remote_code": self._settings.trust_remote_code,
             "disable_log_stats": False,
+            # Structured output as our grammars compile it: xgrammar, no free whitespace (a model cannot spend its
+            # tokens on blanks).
+            "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
             **self.plan.engine_args(),
         }
 

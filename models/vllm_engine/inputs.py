@@ -47,6 +47,7 @@ class PromptBuilder:
                 )
         structured = None
         if options.response_format is not None:
+            # The engine compiles them with xgrammar without free whitespace, as ours (VllmAdapter's engine args).
             if options.response_format.kind == "json_schema":
                 structured = StructuredOutputsParams(json=options.response_format.schema_json)
             else:
