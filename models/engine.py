@@ -83,6 +83,9 @@ class EngineStats:
     decode_splits: int = 0
     prefill_splits: int = 0
     shrunk_up_front: int = 0
+    # An engine that keeps a KV cache of its own (vLLM): the part in use, and its prefix-cache hit rate.
+    kv_cache_usage: float | None = None
+    prefix_cache_hit_rate: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

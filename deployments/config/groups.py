@@ -82,7 +82,7 @@ class _GroupSettings(StrictSettings):
         description="Node labels a replica's node must carry (Ray's label_selector; nodes get them from "
         "`ray start --labels`), e.g. {\"vd-node\": \"cpu\"} to keep the CPU group off GPU nodes. Empty: any node.",
     )
-    min_precision: Literal["fp32", "bf16", "int8", "nf4"] | None = Field(
+    min_precision: Literal["fp32", "bf16", "fp16", "fp8", "int8", "nf4"] | None = Field(
         default=None,
         description="A quality floor: the chain's precisions below it (fp32 > bf16 > int8 > nf4) are never loaded; "
         "a replica that fits none of the rest waits for memory instead.",

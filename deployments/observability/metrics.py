@@ -45,6 +45,10 @@ class ReplicaMetrics:
         self.admitted_bytes = _state_gauge("vd_admitted_bytes", "predicted bytes of the requests admitted to the batch")
         self.waiting_bytes = _state_gauge("vd_waiting_predicted_bytes", "predicted bytes of the requests waiting for admission")
         self.headroom_bytes = _state_gauge("vd_request_headroom_bytes", "bytes admitted requests may use together (budget less weights)")
+        self.kv_cache_usage = _state_gauge("vd_kv_cache_usage_ratio", "part of vLLM's KV cache in use (vLLM engine only)")
+        self.prefix_cache_hit_rate = _state_gauge(
+            "vd_prefix_cache_hit_ratio", "prompt tokens found in vLLM's prefix cache, of those looked up (vLLM engine only)"
+        )
         self.request_out_of_memory = metrics.Counter(
             "vd_request_out_of_memory_total",
             "generation attempts that ran out of memory, by what followed: retry_smaller or handed_off",
@@ -86,6 +90,10 @@ class ReplicaMetrics:
         self.admitted_bytes.set(stats.admitted_bytes, tags=self._tags)
         self.waiting_bytes.set(stats.waiting_bytes, tags=self._tags)
         self.headroom_bytes.set(stats.headroom_bytes, tags=self._tags)
+        if stats.kv_cache_usage is not None:
+            self.kv_cache_usage.set(stats.kv_cache_usage, tags=self._tags)
+        if stats.prefix_cache_hit_rate is not None:
+            self.prefix_cache_hit_rate.set(stats.prefix_cache_hit_rate, tags=self._tags)
 
     def record_load_attempt(self, strategy: str, outcome: str) -> None:
         self.load_attempts.inc(tags={"group": self._group, "precision": strategy, "outcome": outcome})

@@ -83,6 +83,8 @@ class VllmEngine:
     def stats(self) -> EngineStats:
         figures = self._runtime.figures
         self._stats.running = figures.running
+        self._stats.kv_cache_usage = figures.kv_cache_usage
+        self._stats.prefix_cache_hit_rate = figures.prefix_cache_hit_rate
         with self._lock:
             self._stats.waiting = max(0, len(self._tickets) - figures.running)
         return self._stats

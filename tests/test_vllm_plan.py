@@ -1,0 +1,145 @@
+"""The planner's arithmetic for vLLM: a replica's budget as gpu_memory_utilization or a CPU KV cache, the chain's
+vLLM links and what they are priced at, and the group settings that name them. No vLLM needed."""
+
+import subprocess
+import sys
+
+import pytest
+
+from deployments.config.app_config import ConfigError, load_app_config
+from memory.budget import MemoryBudget, cpu_budget, gpu_budget
+from memory.probe import GpuDeviceMemory, MemorySnapshot
+from memory.strategy import StrategyError, parse_chain, parse_strategy
+from memory.vllm_plan import VLLM_CPU_PROCESS_BYTES, VllmPlanError, VllmShape, engine_overhead_bytes, plan_vllm_memory
+
+GIB = 1024**3
+# Qwen2-VL-2B's text widths in bf16: 28 layers x 2 KV heads x 128 x 2 (K, V) x 2 bytes.
+SHAPE = VllmShape(kv_bytes_per_token=28 * 2 * 128 * 2 * 2, max_model_len=8192, max_num_seqs=8)
+
+
+def _card(free_bytes: int, total_bytes: int = 80 * GIB) -> GpuDeviceMemory:
+    return GpuDeviceMemory(index=0, name="H100", total_bytes=total_bytes, free_bytes=free_bytes)
+
+
+def test_two_replicas_on_a_045_share_each_never_ask_for_more_than_their_share():
+    first = plan_vllm_memory(
+        gpu_budget(_card(80 * GIB), share=0.45, context_bytes=GIB // 2, reserve_bytes=GIB),
+        device="cuda", weights_bytes=4 * GIB, shape=SHAPE, share=0.45,
+    )
+    # The first replica took its 36 GiB: the second sees 44 GiB free and still asks for its share only.
+    second = plan_vllm_memory(
+        gpu_budget(_card(44 * GIB), share=0.45, context_bytes=GIB // 2, reserve_bytes=GIB),
+        device="cuda", weights_bytes=4 * GIB, shape=SHAPE, share=0.45,
+    )
+
+    assert first.gpu_memory_utilization == second.gpu_memory_utilization == 0.45
+    assert first.gpu_memory_utilization + second.gpu_memory_utilization <= 0.9
+    assert first.engine_args() == {"gpu_memory_utilization": 0.45}
+    assert first.kv_cache_bytes == int(80 * GIB * 0.45) - GIB // 2 - GIB - 4 * GIB
+    assert "min(share 0.45 x 80.00 GiB, free 80.00 GiB)" in first.explanation
+
+
+def test_a_card_with_less_free_than_the_share_gets_what_is_free_rounded_down():
+    plan = plan_vllm_memory(
+        gpu_budget(_card(30 * GIB), share=0.5, context_bytes=GIB // 2, reserve_bytes=GIB),
+        device="cuda", weights_bytes=4 * GIB, shape=SHAPE, share=0.5,
+    )
+
+    assert plan.gpu_memory_utilization == 0.375  # 30 / 80, never above what is free
+    assert plan.gpu_memory_utilization * 80 * GIB <= 30 * GIB
+
+
+def test_too_little_for_one_full_length_sequence_is_refused_with_the_numbers():
+    budget = gpu_budget(_card(5 * GIB + 600 * 1024**2), share=0.5, context_bytes=GIB // 2, reserve_bytes=GIB)
+
+    with pytest.raises(VllmPlanError) as refused:
+        plan_vllm_memory(budget, device="cuda", weights_bytes=4 * GIB, shape=SHAPE, share=0.5)
+
+    assert isinstance(refused.value, MemoryError)  # the chain goes on to its next link
+    assert "at least 224.00 MiB (one sequence of 8192 tokens x 28672 bytes)" in str(refused.value)
+    assert "leaves 88.00 MiB" in str(refused.value)
+
+
+def test_on_the_cpu_the_kv_cache_is_what_the_budget_leaves_capped_at_what_the_sequences_use():
+    host = MemorySnapshot(process_rss_bytes=0, system_total_bytes=64 * GIB, system_available_bytes=64 * GIB)
+    roomy = cpu_budget(host, configured_bytes=16 * GIB, reserve_bytes=GIB)
+    tight = cpu_budget(host, configured_bytes=8 * GIB, reserve_bytes=GIB)
+
+    capped = plan_vllm_memory(roomy, device="cpu", weights_bytes=4 * GIB, shape=SHAPE)
+    left = plan_vllm_memory(tight, device="cpu", weights_bytes=4 * GIB, shape=SHAPE)
+
+    assert capped.kv_cache_bytes == SHAPE.max_kv_cache_bytes == 8 * 8192 * 28672
+    assert left.kv_cache_bytes == 8 * GIB - GIB - VLLM_CPU_PROCESS_BYTES - 4 * GIB
+    assert left.engine_args() == {"kv_cache_memory_bytes": left.kv_cache_bytes}
+    assert left.gpu_memory_utilization is None
+
+
+def test_a_gpu_groups_chain_run_on_the_cpu_gets_vllms_cpu_arguments():
+    budget = MemoryBudget(device="cuda", weights_bytes=6 * GIB, limit_bytes=8 * GIB, available_bytes=8 * GIB,
+                          context_bytes=0, reserve_bytes=2 * GIB)
+
+    plan = plan_vllm_memory(budget, device="cpu", weights_bytes=GIB, shape=SHAPE)
+
+    assert set(plan.engine_args()) == {"kv_cache_memory_bytes"}
+
+
+def test_a_vllm_link_is_priced_with_its_smallest_kv_cache_and_on_the_cpu_its_processes():
+    assert engine_overhead_bytes("cuda", SHAPE) == 8192 * 28672
+    assert engine_overhead_bytes("cpu", SHAPE) == 8192 * 28672 + VLLM_CPU_PROCESS_BYTES
+
+
+def test_vllm_links_are_named_apart_and_take_fp8_but_not_int8():
+    assert parse_strategy("bf16", "cuda", "vllm").name == "vllm-bf16"
+    assert parse_strategy("bf16", "cuda").name == "bf16"
+    assert [link.name for link in parse_chain(["bf16", "fp8", "nf4"], "cuda", "vllm")] == ["vllm-bf16", "vllm-fp8", "vllm-nf4"]
+    with pytest.raises(StrategyError, match="Unknown strategy 'int8' for the vllm engine"):
+        parse_strategy("int8", "cuda", "vllm")
+    with pytest.raises(StrategyError, match="Unknown strategy 'fp8' for the transformers engine"):
+        parse_strategy("fp8", "cuda")
+
+
+def test_a_group_on_vllm_tries_its_vllm_links_first_and_keeps_its_floor():
+    config = load_app_config({"gpu_group": {"engine": "vllm", "min_precision": "fp8", "chain": ["bf16", "int8"]}})
+    gpu = config.gpu_group
+
+    assert [link.name for link in gpu.vllm_strategies()] == ["vllm-bf16", "vllm-fp8"]  # nf4 is below the floor
+    assert [link.name for link in gpu.strategies()] == ["bf16"]
+    assert load_app_config({}).gpu_group.vllm_strategies() == ()
+    assert [link.name for link in load_app_config({"cpu_group": {"engine": "auto"}}).cpu_group.vllm_strategies()] == ["vllm-fp32"]
+
+
+def test_a_vllm_chain_naming_a_precision_vllm_lacks_is_refused_at_start_up():
+    with pytest.raises(ConfigError, match="Unknown strategy 'int8' for the vllm engine"):
+        load_app_config({"gpu_group": {"engine": "vllm", "vllm_chain": ["bf16", "int8"]}})
+    with pytest.raises(ConfigError, match="engine"):
+        load_app_config({"gpu_group": {"engine": "tensorrt"}})
+
+
+def test_auto_runs_transformers_where_vllm_does_not_import_and_says_why(tiny_model_path):
+    from deployments.replica.engine_choice import choose_engine
+
+    choice = choose_engine("auto", str(tiny_model_path))
+
+    assert choice.engine == "transformers"
+    assert f"vLLM does not import in this environment ({sys.executable}" in choice.reason
+    assert choose_engine("transformers", str(tiny_model_path)).reason == "engine: transformers in the group's config"
+
+
+def test_auto_runs_vllm_in_vllms_environment_for_an_architecture_it_supports(tiny_model_path, tmp_path):
+    from deployments.app import DEFAULT_VLLM_PYTHON
+
+    if not DEFAULT_VLLM_PYTHON.is_file():
+        pytest.skip(f"vLLM's environment is not built ({DEFAULT_VLLM_PYTHON}): run bin/ensure-vllm-venv")
+    unknown = tmp_path / "unknown"
+    unknown.mkdir()
+    (unknown / "config.json").write_text('{"architectures": ["NoSuchModelForCausalLM"]}')
+    script = (
+        "import sys; from deployments.replica.engine_choice import choose_engine; "
+        "print(choose_engine('auto', sys.argv[1]).engine); print(choose_engine('auto', sys.argv[2]).reason)"
+    )
+    done = subprocess.run([str(DEFAULT_VLLM_PYTHON), "-c", script, str(tiny_model_path), str(unknown)],
+                          capture_output=True, text=True, timeout=300, check=True)
+
+    engine, reason = done.stdout.strip().splitlines()[-2:]
+    assert engine == "vllm"
+    assert "does not support ['NoSuchModelForCausalLM']: the transformers chain serves" in reason
