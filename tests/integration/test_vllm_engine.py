@@ -14,6 +14,7 @@ import json
 import httpx
 import media_factory
 import openai
+import psutil
 import pytest
 from polling import wait_for_condition
 from ray import serve
@@ -227,3 +228,38 @@ def test_a_client_that_leaves_aborts_its_request_in_vllm(vllm_url):
     replica = _gpu_replica(vllm_url)
     assert replica["batching"]["last_cancelled_tokens"] < 4000
     wait_for_condition(lambda: _gpu_replica(vllm_url)["batching"]["vllm"]["running"] == 0, timeout_s=30)
+
+
+def test_a_prompt_over_the_limit_is_a_413_naming_the_figures_and_the_next_request_is_served(client):
+    with pytest.raises(openai.APIStatusError) as refused:
+        _chat(client, "the quick brown fox " * 60)
+
+    assert refused.value.status_code == 413  # as on the transformers engine
+    assert "the limit is 250" in refused.value.message  # limits.max_prompt_tokens in the test config
+    assert _chat(client, "Hi").headers["x-served-by-group"] == "gpu"
+
+
+# -- 5. A dead engine fails health; the CPU group answers until Serve has replaced the replica. ----
+
+
+def _engine_cores() -> list[psutil.Process]:
+    cores = []
+    for process in psutil.process_iter(["cmdline"]):
+        if any("EngineCore" in part for part in process.info["cmdline"] or ()):
+            cores.append(process)
+    return cores
+
+
+def test_a_dead_vllm_engine_fails_health_the_cpu_group_answers_and_serve_replaces_the_replica(vllm_url, client):
+    before = _gpu_replica(vllm_url)["replica"]
+    (core,) = _engine_cores()
+    core.kill()
+
+    answers = []
+    wait_for_condition(lambda: answers.append(_chat(client, "Still there?").headers["x-served-by-group"]) or
+                       answers[-1] == "cpu", timeout_s=60)
+    assert set(answers) <= {"gpu", "cpu"}
+    # Health fails on the dead engine; Serve starts a new replica, which starts vLLM again.
+    wait_for_condition(lambda: _gpu_replica(vllm_url)["replica"] != before, timeout_s=120)
+    wait_for_condition(lambda: _gpu_replica(vllm_url)["state"] == "ready", timeout_s=300)
+    wait_for_condition(lambda: _chat(client, "Back?").headers["x-served-by-precision"] == "vllm-fp32", timeout_s=60)
