@@ -135,3 +135,24 @@ def throughput_chart(
     axis.legend(fontsize=8)
     axis.set_title(f"Throughput against concurrency ({model})")
     return _save(figure, path)
+
+
+def engines_chart(levels: Sequence[int], servers: dict[str, dict[str, Any]], path: pathlib.Path) -> pathlib.Path:
+    """Requests per second against clients, new and repeated images: bare vLLM, ours on vLLM, ours on transformers."""
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    styles = {"bare_vllm": ("bare vLLM", "#999999"), "ours_vllm": ("ours, engine: vllm", "#1f5f8b"),
+              "ours_transformers": ("ours, engine: transformers", "#c9822b")}
+    for axis, kind in zip(axes, ("new_image", "repeated_image"), strict=True):
+        for name, (label, color) in styles.items():
+            if name in servers:
+                axis.plot(levels, [servers[name][kind][level]["req_per_s"] for level in levels], marker="o", label=label,
+                          color=color)
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(list(levels), [str(level) for level in levels])
+        axis.set_xlabel("clients")
+        axis.set_title(kind.replace("_", " "))
+        axis.set_ylim(bottom=0)
+    axes[0].set_ylabel("requests per second")
+    axes[0].legend(fontsize=8)
+    figure.suptitle("Images and a question, 32 tokens: the same model and threads on three servers")
+    return _save(figure, path)

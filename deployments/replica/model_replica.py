@@ -352,6 +352,8 @@ class ModelReplica:
             loader.close()
         if engine is not None:
             engine.close()
+        if loader is not None and loader.adapter is not None:
+            loader.adapter.unload()  # vLLM's: stops its engine-core process with the replica
 
     def __del__(self) -> None:
         self.close()
