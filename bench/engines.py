@@ -18,7 +18,7 @@ Prints requests/s and p50 per level, the ratios to bare vLLM, and the second que
 docs/engines-throughput.png. Targets: ours on vLLM at least 0.9x bare vLLM's requests/s at 8 and 16 clients
 with p50 within 1.15x; the second video question at most 0.3x bare vLLM's.
 
-Usage: .venv/bin/python -m bench.engines [--levels 1,8,16] [--skip-video] [--json]
+Usage: .venv/bin/python -m bench.engines [--levels 1,8,16] [--skip-video] [--skip-images] [--servers a,b] [--json]
 Needs vLLM's environment (bin/ensure-vllm-venv).
 """
 
@@ -97,27 +97,31 @@ def _load(base_url: str, model: str, clients: int, image_for: Callable[[int], st
             "p95_s": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]}
 
 
-def _video_questions(base_url: str, model: str, video_part: dict) -> dict[str, float]:
-    times = {}
+def _video_questions(base_url: str, model: str, video_part: dict) -> dict[str, Any]:
+    """Two questions on the video; a server that refuses one is reported with its answer, not measured."""
+    times: dict[str, Any] = {}
     with httpx.Client(base_url=base_url, timeout=1800) as client:
         for name, question in (("first_s", "What happens in this video?"), ("second_s", "Who is in this video?")):
             started = time.perf_counter()
-            answer = _chat(client, model, [video_part, {"type": "text", "text": question}], max_tokens=8)
+            try:
+                answer = _chat(client, model, [video_part, {"type": "text", "text": question}], max_tokens=8)
+            except httpx.HTTPStatusError as error:
+                return {**times, "error": f"{error.response.status_code}: {error.response.text[:300]}"}
             times[name] = time.perf_counter() - started
             times[f"{name.removesuffix('_s')}_prompt_tokens"] = answer["usage"]["prompt_tokens"]
     return times
 
 
-def measure(base_url: str, model: str, levels: list[int], video_part: dict | None) -> dict[str, Any]:
+def measure(base_url: str, model: str, levels: list[int], video_part: dict | None, images: bool = True) -> dict[str, Any]:
     with httpx.Client(base_url=base_url, timeout=600) as client:  # warm-up: the model, the processor, the caches
         for seed in (999_001, 999_002):
             _chat(client, model, [{"type": "image_url", "image_url": {"url": _image_url(seed)}}, {"type": "text", "text": "Hi"}])
     repeated = _image_url(0)
     result: dict[str, Any] = {"new_image": {}, "repeated_image": {}}
-    for level in levels:
+    for level in levels if images else ():
         result["new_image"][level] = _load(base_url, model, level, lambda number: _image_url(1000 + level * 100 + number))
         logger.info("  new image, %d clients: %s", level, result["new_image"][level])
-    for level in levels:
+    for level in levels if images else ():
         result["repeated_image"][level] = _load(base_url, model, level, lambda number: repeated)
         logger.info("  repeated image, %d clients: %s", level, result["repeated_image"][level])
     if video_part is not None:
@@ -164,8 +168,9 @@ def bare_vllm(model_path: pathlib.Path, media_dir: pathlib.Path) -> Iterator[str
 
 
 @contextlib.contextmanager
-def ours(model_path: pathlib.Path, engine: str, video: pathlib.Path | None) -> Iterator[tuple[str, dict | None]]:
-    """Our app with its CPU group on ``engine``; yields its URL and the video part naming the uploaded file."""
+def ours(model_path: pathlib.Path, engine: str, video: pathlib.Path | None) -> Iterator[tuple[str, str, dict | None]]:
+    """Our app with its CPU group on ``engine``; yields its URL, its model's id and the video part naming the
+    uploaded file."""
     from ray import serve
 
     app_args = {
@@ -195,7 +200,8 @@ def ours(model_path: pathlib.Path, engine: str, video: pathlib.Path | None) -> I
                                     files={"file": (video.name, handle, "video/mp4")})
             upload.raise_for_status()
             part = {"type": "video_url", "video_url": {"url": upload.json()["id"]}}
-        yield base_url, part
+        model = httpx.get(f"{base_url}/v1/models", timeout=30).json()["data"][0]["id"]
+        yield base_url, model, part
 
 
 def _ratios(report: dict[str, Any], levels: list[int]) -> dict[str, Any]:
@@ -207,7 +213,7 @@ def _ratios(report: dict[str, Any], levels: list[int]) -> dict[str, Any]:
                     "p50": on_vllm[kind][level]["p50_s"] / bare[kind][level]["p50_s"]}
             for level in levels
         }
-    if "video" in bare and "video" in on_vllm:
+    if "second_s" in bare.get("video", {}) and "second_s" in on_vllm.get("video", {}):
         ratios["video_second_question"] = on_vllm["video"]["second_s"] / bare["video"]["second_s"]
     return ratios
 
@@ -217,6 +223,8 @@ def main() -> int:
     parser.add_argument("--levels", default="1,8,16")
     parser.add_argument("--model-dir", type=pathlib.Path, default=pathlib.Path("bench/results/mid-qwen2-vl"))
     parser.add_argument("--skip-video", action="store_true")
+    parser.add_argument("--skip-images", action="store_true")
+    parser.add_argument("--servers", default="bare_vllm,ours_vllm,ours_transformers", help="which of the three to run")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--plot-dir", type=pathlib.Path, default=DOCS_DIR)
     args = parser.parse_args()
@@ -229,21 +237,26 @@ def main() -> int:
     model_path = ensure_mid_model(args.model_dir).resolve()
     video = None if args.skip_video else _video(600)
     report: dict[str, Any] = {"model_parameters": parameter_count(model_path), "levels": levels, "servers": {}}
-    logger.info("bare vLLM")
-    with bare_vllm(model_path, video.parent if video else model_path) as url:
-        part = {"type": "video_url", "video_url": {"url": video.resolve().as_uri()}} if video else None
-        report["servers"]["bare_vllm"] = measure(url, "mid", levels, part)
+    servers, images = args.servers.split(","), not args.skip_images
+    if "bare_vllm" in servers:
+        logger.info("bare vLLM")
+        with bare_vllm(model_path, video.parent if video else model_path) as url:
+            part = {"type": "video_url", "video_url": {"url": video.resolve().as_uri()}} if video else None
+            report["servers"]["bare_vllm"] = measure(url, "mid", levels, part, images)
     for engine, name in (("vllm", "ours_vllm"), ("transformers", "ours_transformers")):
-        logger.info("ours on %s", engine)
-        with ours(model_path, engine, video) as (url, part):
-            report["servers"][name] = measure(url, "mid", levels, part)
-    report["ratios"] = _ratios(report, levels)
-    engines_chart(levels, report["servers"], args.plot_dir / "engines-throughput.png")
-    if args.json:
-        json.dump(report, sys.stdout, indent=2)
-        print()
+        if name in servers:
+            logger.info("ours on %s", engine)
+            with ours(model_path, engine, video) as (url, model, part):
+                report["servers"][name] = measure(url, model, levels, part, images)
+    if {"bare_vllm", "ours_vllm"} <= set(report["servers"]):
+        report["ratios"] = _ratios(report, levels if images else [])
+    if images and len(report["servers"]) == 3:
+        engines_chart(levels, report["servers"], args.plot_dir / "engines-throughput.png")
+    if not args.json:
+        _print(report, levels if images else [])
         return 0
-    _print(report, levels)
+    json.dump(report, sys.stdout, indent=2, default=str)
+    print()
     return 0
 
 
@@ -251,7 +264,7 @@ def _print(report: dict[str, Any], levels: list[int]) -> None:
     servers = report["servers"]
     print(f"mid-size Qwen2-VL, {report['model_parameters'] / 1e6:.0f}M parameters, fp32, {THREADS} threads, "
           f"{MAX_TOKENS} tokens with ignore_eos")
-    for kind in ("new_image", "repeated_image"):
+    for kind in ("new_image", "repeated_image") if levels else ():
         print(f"{kind.replace('_', ' ')}: clients | bare vLLM req/s p50 | ours on vLLM req/s p50 (ratio) | ours on tf req/s p50")
         for level in levels:
             bare, on_vllm, on_tf = (servers[name][kind][level] for name in ("bare_vllm", "ours_vllm", "ours_transformers"))
@@ -259,11 +272,10 @@ def _print(report: dict[str, Any], levels: list[int]) -> None:
             print(f"  {level:2d} | {bare['req_per_s']:.2f} {bare['p50_s']:.2f} s | {on_vllm['req_per_s']:.2f} "
                   f"{on_vllm['p50_s']:.2f} s ({ratio['req_per_s']:.2f}x req/s, {ratio['p50']:.2f}x p50) | "
                   f"{on_tf['req_per_s']:.2f} {on_tf['p50_s']:.2f} s")
-    if "video_second_question" in report["ratios"]:
-        for name in ("bare_vllm", "ours_vllm", "ours_transformers"):
-            video = servers[name]["video"]
-            print(f"  video {name}: first {video['first_s']:.2f} s, second {video['second_s']:.2f} s "
-                  f"(prompt tokens {video['second_prompt_tokens']})")
+    for name, server in servers.items():
+        if "video" in server:
+            print(f"  video, {name}: {server['video']}")
+    if "video_second_question" in report.get("ratios", {}):
         print(f"  second question, ours on vLLM / bare vLLM: {report['ratios']['video_second_question']:.3f}x "
               "(target <= 0.3x)")
 

@@ -139,3 +139,41 @@ def engine_adapter_factory(
         )
 
     return make
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineChain:
+    """What a replica's loader gets: the engine chosen and why, the chain (vLLM's links first, if any), each link's
+    estimate, and how to make each link's adapter."""
+
+    choice: EngineChoice
+    chain: tuple[LoadStrategy, ...]
+    estimates: dict[LoadStrategy, WeightEstimate]
+    make_adapter: Callable[[str, LoadStrategy], CheckpointAdapter]
+
+
+def engine_chain(
+    *,
+    model_path: str,
+    model_config: Any,
+    config: AppConfig,
+    settings: GpuGroupSettings | CpuGroupSettings,
+    transformers_chain: tuple[LoadStrategy, ...],
+    transformers_factory: Callable[[str, LoadStrategy], CheckpointAdapter],
+    budget: Callable[[], MemoryBudget | None],
+    share: float,
+) -> EngineChain:
+    choice = choose_engine(settings.engine, model_path)
+    links = vllm_links(settings, choice)
+    shapes = {link: vllm_shape(model_config, link, config, settings) for link in links}
+    weights = {link: estimate.total_bytes for link, estimate in estimate_chain(model_config, links).items()}
+    chain = links + transformers_chain
+    return EngineChain(
+        choice=choice,
+        chain=chain,
+        estimates=estimate_with_engine(model_config, chain, shapes),
+        make_adapter=engine_adapter_factory(
+            transformers_factory, config=config, settings=settings, shapes=shapes, weights=weights, budget=budget,
+            share=share,
+        ),
+    )

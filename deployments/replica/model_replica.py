@@ -30,13 +30,7 @@ from deployments.config.groups import CpuGroupSettings, GpuGroupSettings
 from deployments.observability.logs import route_logs_through_serve
 from deployments.observability.metrics import ReplicaMetrics
 from deployments.plan import AppPlan
-from deployments.replica.engine_choice import (
-    choose_engine,
-    engine_adapter_factory,
-    estimate_with_engine,
-    vllm_links,
-    vllm_shape,
-)
+from deployments.replica.engine_choice import engine_chain
 from deployments.replica.lifecycle import FINAL_STATES, ReplicaLifecycle, ReplicaState
 from deployments.replica.loader import ReplicaLoader
 from deployments.replica.protocol import Accepted, ReplicaAnswer, ReplicaUnavailableError, ServedBy, StreamOpened
@@ -47,7 +41,6 @@ from deployments.routing.ready_replica_router import READY_STAT
 from memory.allocator import read_allocator_settings
 from memory.cleanup import release_memory
 from memory.estimate import load_model_config
-from memory.plan import estimate_chain
 from memory.probe import MemorySnapshot
 from memory.strategy import LoadStrategy
 from models.adapters import adapter_factory
@@ -97,30 +90,30 @@ class ModelReplica:
         model_config = load_model_config(self._model_path, trust_remote_code=trust_remote_code)
         self._model_config = model_config
         self._reserve_bytes = group_plan.reserve_bytes  # the largest request the limits allow, priced by admission's model
-        self._engine_choice = choose_engine(self._settings.engine, self._model_path)
-        logger.info("Replica %s of group %s runs %s: %s", self._replica_id, group, self._engine_choice.engine,
-                    self._engine_choice.reason)
-        links = vllm_links(self._settings, self._engine_choice)
-        chain = links + group_plan.strategies
-        shapes = {link: vllm_shape(model_config, link, config, self._settings) for link in links}
-        weights = {strategy: estimate.total_bytes for strategy, estimate in estimate_chain(model_config, links).items()}
+        engines = engine_chain(
+            model_path=self._model_path,
+            model_config=model_config,
+            config=config,
+            settings=self._settings,
+            transformers_chain=group_plan.strategies,
+            transformers_factory=adapter_factory(
+                plan.adapter, max_slice_nums=config.model.max_slice_nums, weight_cache=plan.weight_cache()
+            ),
+            budget=lambda: self._loader.budget,
+            share=group_plan.num_gpus if group in GPU_GROUPS else 1.0,
+        )
+        self._engine_choice = engines.choice
+        logger.info("Replica %s of group %s runs %s: %s", self._replica_id, group, engines.choice.engine,
+                    engines.choice.reason)
         self._loader = ReplicaLoader(
             group=group,
             replica_id=self._replica_id,
             model_path=self._model_path,
             settings=self._settings,
-            chain=chain,
-            estimates=estimate_with_engine(model_config, chain, shapes),
+            chain=engines.chain,
+            estimates=engines.estimates,
             reserve_bytes=self._reserve_bytes,
-            make_adapter=engine_adapter_factory(
-                adapter_factory(plan.adapter, max_slice_nums=config.model.max_slice_nums, weight_cache=plan.weight_cache()),
-                config=config,
-                settings=self._settings,
-                shapes=shapes,
-                weights=weights,
-                budget=lambda: self._loader.budget,
-                share=group_plan.num_gpus if group in GPU_GROUPS else 1.0,
-            ),
+            make_adapter=engines.make_adapter,
             metrics=self._metrics,
             lifecycle=self._lifecycle,
             on_loaded=self._start_engine,
