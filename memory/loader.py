@@ -135,6 +135,7 @@ def load_through_chain(
             except Exception as error:  # noqa: BLE001 - sorted into memory and non-memory below
                 seconds = time.perf_counter() - started
                 out_of_memory = is_out_of_memory(error)
+                cause = (str(error).splitlines() or [type(error).__name__])[0][:800]
                 if not out_of_memory:
                     attempts.append(
                         LoadAttempt(strategy.name, strategy.device, estimate, budget.weights_bytes, "failed", f"{type(error).__name__}: {error}", seconds)
@@ -149,7 +150,7 @@ def load_through_chain(
                 # Outside the except block: its traceback, and the half-loaded tensors its frames hold, are gone.
                 freed = release_memory()
                 retrying = attempt_number < oom_retries
-                reason = "out of memory while loading; " + ("retrying after cleanup" if retrying else "next strategy")
+                reason = f"out of memory while loading ({cause}); " + ("retrying after cleanup" if retrying else "next strategy")
                 attempts.append(
                     LoadAttempt(
                         strategy.name, strategy.device, estimate, budget.weights_bytes, "out_of_memory", reason, seconds,

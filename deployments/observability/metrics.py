@@ -74,6 +74,9 @@ class ReplicaMetrics:
         self.precision.set(1, tags=self._event_tags())
 
     def record_snapshot(self, snapshot: MemorySnapshot) -> None:
+        # Recorded again with every snapshot, not only when it changes: a gauge recorded once can fall out of
+        # Ray's export under load, and the precision mix would read empty for a while.
+        self.precision.set(1, tags=self._event_tags())
         self.process_rss_bytes.set(snapshot.process_rss_bytes, tags=self._tags)
         if not snapshot.gpus:
             return

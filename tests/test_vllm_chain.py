@@ -1,0 +1,60 @@
+"""vLLM as a link of the loading chain, for real (vLLM's CPU build, in its own environment): a vLLM start-up that
+fails for memory is shut down, recorded with the plan's numbers, and the chain's next link (transformers) loads.
+
+The budget here claims 2 TiB, so the chain tries vLLM; vLLM's worker then measures the host and refuses a KV cache
+of about 1 TiB, as a GPU's profiling run refuses one that does not fit. Skipped without vLLM's environment."""
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from deployments.app import DEFAULT_VLLM_PYTHON
+
+SCRIPT = """
+import json, sys
+import psutil
+from memory.budget import MemoryBudget
+from memory.strategy import parse_strategy
+from memory.vllm_plan import VllmShape
+from models.hf_adapter import HuggingFaceVisionLanguageAdapter
+from models.loading import load_adapter
+from models.vllm_engine.adapter import VllmAdapter, VllmSettings
+
+path = sys.argv[1]
+budget = MemoryBudget(device="cpu", weights_bytes=2 * 2**40, limit_bytes=2 * 2**40, available_bytes=2 * 2**40,
+                      context_bytes=0, reserve_bytes=0)
+# 32 MiB a token in our plan (vLLM is told only the KV bytes): one 4096-token sequence needs 128 GiB.
+shape = VllmShape(kv_bytes_per_token=32 * 2**20, max_model_len=4096, max_num_seqs=8)
+settings = VllmSettings(shape=shape, max_waiting=4, limit_mm_per_prompt={"image": 1, "video": 1}, share=1.0, num_threads=1)
+
+def make(model_path, strategy):
+    if strategy.engine == "vllm":
+        return VllmAdapter(model_path, strategy, settings=settings, weights_bytes=2_000_000, budget=lambda: budget)
+    return HuggingFaceVisionLanguageAdapter(model_path, strategy=strategy)
+
+chain = (parse_strategy("fp32", "cpu", "vllm"), parse_strategy("fp32", "cpu"))
+loaded = load_adapter(path, chain, measure_budget=lambda strategy: budget, oom_retries=0, retry_delay_s=0,
+                      make_adapter=make)
+cores = [child.pid for child in psutil.Process().children(recursive=True) if "EngineCore" in " ".join(child.cmdline())]
+print(json.dumps({"report": loaded.report.to_dict(), "engine_cores_left": cores}))
+"""
+
+
+def test_a_vllm_start_up_that_fails_for_memory_hands_over_to_the_next_link(tiny_model_path):
+    if not DEFAULT_VLLM_PYTHON.is_file():
+        pytest.skip(f"vLLM's environment is not built ({DEFAULT_VLLM_PYTHON}): run bin/ensure-vllm-venv")
+
+    done = subprocess.run([str(DEFAULT_VLLM_PYTHON), "-c", SCRIPT, str(tiny_model_path)], capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "VLLM_CPU_OMP_THREADS_BIND": "nobind"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+
+    vllm_attempt, transformers_attempt = result["report"]["attempts"]
+    assert vllm_attempt["strategy"] == "vllm-fp32" and vllm_attempt["outcome"] == "out_of_memory"
+    assert "vLLM did not start as vllm-fp32" in vllm_attempt["reason"]  # with the plan's arithmetic
+    assert "KV cache" in vllm_attempt["reason"]
+    assert transformers_attempt["strategy"] == "fp32" and transformers_attempt["outcome"] == "loaded"
+    assert result["report"]["precision"] == "fp32"
+    assert result["engine_cores_left"] == []
