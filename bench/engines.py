@@ -267,11 +267,14 @@ def _print(report: dict[str, Any], levels: list[int]) -> None:
     for kind in ("new_image", "repeated_image") if levels else ():
         print(f"{kind.replace('_', ' ')}: clients | bare vLLM req/s p50 | ours on vLLM req/s p50 (ratio) | ours on tf req/s p50")
         for level in levels:
-            bare, on_vllm, on_tf = (servers[name][kind][level] for name in ("bare_vllm", "ours_vllm", "ours_transformers"))
-            ratio = report["ratios"][kind][level]
-            print(f"  {level:2d} | {bare['req_per_s']:.2f} {bare['p50_s']:.2f} s | {on_vllm['req_per_s']:.2f} "
-                  f"{on_vllm['p50_s']:.2f} s ({ratio['req_per_s']:.2f}x req/s, {ratio['p50']:.2f}x p50) | "
-                  f"{on_tf['req_per_s']:.2f} {on_tf['p50_s']:.2f} s")
+            cells = []
+            for name in ("bare_vllm", "ours_vllm", "ours_transformers"):
+                row = servers.get(name, {}).get(kind, {}).get(level)
+                cells.append(f"{row['req_per_s']:.2f} {row['p50_s']:.2f} s" if row else "-")
+            ratio = report.get("ratios", {}).get(kind, {}).get(level)
+            if ratio:
+                cells[1] += f" ({ratio['req_per_s']:.2f}x req/s, {ratio['p50']:.2f}x p50)"
+            print(f"  {level:2d} | " + " | ".join(cells))
     for name, server in servers.items():
         if "video" in server:
             print(f"  video, {name}: {server['video']}")

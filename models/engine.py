@@ -36,7 +36,12 @@ ALL_DECODING_OPTIONS = frozenset(field.name for field in dataclasses.fields(Deco
 
 
 class RequestSink(Protocol):
-    """Where one request's events go (called from the engine's thread)."""
+    """Where one request's events go (called from the engine's thread).
+
+    ``streams_text``: whether the caller forwards text pieces as they come. When it does not, an engine may send
+    fewer, larger pieces (vLLM's engine sends the first token's, then the rest at the end)."""
+
+    streams_text: bool
 
     def opened(
         self, used: GenerationRequest, retries: tuple[OomRetry, ...], cost: RequestCost, prompt_tokens: int = 0

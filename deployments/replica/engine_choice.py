@@ -128,7 +128,6 @@ def engine_adapter_factory(
             strategy,
             settings=VllmSettings(
                 shape=shapes[strategy],
-                max_waiting=settings.max_ongoing_requests,
                 limit_mm_per_prompt={"image": media, "video": media},
                 share=share,
                 num_threads=max(1, int(settings.num_cpus)),

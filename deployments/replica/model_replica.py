@@ -173,7 +173,7 @@ class ModelReplica:
         if self._group == CPU_GROUP and self._lifecycle.state is ReplicaState.LOADING:
             await asyncio.to_thread(self._lifecycle.first_load_settled.wait, _CPU_LOAD_WAIT_S)
         engine, served_by = self._ready()
-        bridge = StreamBridge(asyncio.get_running_loop())
+        bridge = StreamBridge(asyncio.get_running_loop(), streams_text=stream_text)
         queued_at = time.perf_counter()
         completed = False
         try:

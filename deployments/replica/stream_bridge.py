@@ -22,8 +22,9 @@ class Opened:
 
 
 class StreamBridge:
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, streams_text: bool = True) -> None:
         self._loop = loop
+        self.streams_text = streams_text
         self._items: asyncio.Queue = asyncio.Queue()
         self.stop = threading.Event()
 

@@ -43,7 +43,6 @@ class VllmSettings:
     """What the replica's config and limits give vLLM, beside the memory plan."""
 
     shape: VllmShape  # bytes a KV token, max_model_len, max_num_seqs
-    max_waiting: int
     limit_mm_per_prompt: dict[str, int]
     share: float  # of the GPU; 1.0 on the CPU
     num_threads: int

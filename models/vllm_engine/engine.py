@@ -93,6 +93,9 @@ class VllmEngine:
         self._check_room()
         prompt = self._prompts.build(request)
         params = self._prompts.sampling_params(request)
+        if not getattr(sink, "streams_text", True):
+            # Nobody reads the pieces: vLLM sends the first token's output (the request is open) and the last.
+            params.stream_interval = request.max_new_tokens
         with self._lock:
             self._check_room()
             request_id = f"{self._name}-{next(self._ids)}"

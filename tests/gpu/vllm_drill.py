@@ -49,7 +49,7 @@ def main() -> None:
     for link in links:
         budget = measure_gpu_budget(share=share, context_bytes=DEFAULT_CUDA_CONTEXT_BYTES, reserve_bytes=256 * 1024**2)
         adapter = VllmAdapter(model_dir, link, weights_bytes=estimates[link].total_bytes, budget=lambda: budget,
-                              settings=VllmSettings(shape=shape, max_waiting=8, limit_mm_per_prompt={"image": 1, "video": 1},
+                              settings=VllmSettings(shape=shape, limit_mm_per_prompt={"image": 1, "video": 1},
                                                     share=share, num_threads=4, enforce_eager=False))
         adapter.load()
         engine = adapter.own_engine(max_batch_size=8, max_waiting=8, name=f"drill-{link.name}")
