@@ -1,8 +1,22 @@
 """Errors a request can end with, importable without torch (the ingress maps them to HTTP statuses)."""
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from models.requests import GenerationRequest
+
 
 class PromptTooLongError(ValueError):
     """The request's prompt (text plus visual tokens) is over ``max_prompt_tokens``."""
+
+
+def check_prompt_tokens(prompt_tokens: int, request: "GenerationRequest") -> None:
+    """Raise :class:`PromptTooLongError`, with the figures, when ``prompt_tokens`` is over the request's limit."""
+    if request.max_prompt_tokens is not None and prompt_tokens > request.max_prompt_tokens:
+        raise PromptTooLongError(
+            f"The prompt is {prompt_tokens} tokens ({request.num_video_frames} video frames, {request.num_images} "
+            f"images and the text); the limit is {request.max_prompt_tokens}: send fewer frames or less text"
+        )
 
 
 class InvalidModelInputError(ValueError):

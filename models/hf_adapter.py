@@ -17,7 +17,7 @@ from transformers.video_utils import VideoMetadata
 from memory.strategy import LoadStrategy
 from models.base import CheckpointAdapter, StopCheck
 from models.chat_template import frame_times, to_template_chat
-from models.errors import InvalidModelInputError, PromptTooLongError
+from models.errors import InvalidModelInputError, check_prompt_tokens
 from models.hf_batch_engine import HfBatchEngine, eos_token_ids
 from models.requests import GenerationRequest, GenerationResult, TextDelta
 from models.weight_cache import WeightCache, load_through_cache
@@ -166,11 +166,7 @@ class HuggingFaceVisionLanguageAdapter(CheckpointAdapter):
         except ValueError as error:
             raise InvalidModelInputError(str(error)) from error
         prompt_tokens = int(inputs["input_ids"].shape[1])
-        if request.max_prompt_tokens is not None and prompt_tokens > request.max_prompt_tokens:
-            raise PromptTooLongError(
-                f"The prompt is {prompt_tokens} tokens ({request.num_video_frames} video frames, {request.num_images} "
-                f"images and the text); the limit is {request.max_prompt_tokens}: send fewer frames or less text"
-            )
+        check_prompt_tokens(prompt_tokens, request)
         return (inputs.to(self._model.device) if on_device else inputs), prompt_tokens
 
     def _generation_kwargs(self, request: GenerationRequest) -> dict[str, Any]:

@@ -90,18 +90,17 @@ def vllm_shape(model_config: Any, strategy: LoadStrategy, config: AppConfig, set
     return VllmShape(kv_bytes_per_token=kv_bytes, max_model_len=min(wanted, positions), max_num_seqs=settings.max_batch_size)
 
 
-def estimate_with_engine(
-    model_config: Any, chain: tuple[LoadStrategy, ...], shapes: dict[LoadStrategy, VllmShape]
+def with_engine_overhead(
+    weights: dict[LoadStrategy, WeightEstimate], shapes: dict[LoadStrategy, VllmShape]
 ) -> dict[LoadStrategy, WeightEstimate]:
     """The chain's estimates; a vLLM link's also holds the smallest KV cache vLLM starts with (and its processes
     on the CPU), so a budget too small for it is skipped, not tried."""
-    estimates = estimate_chain(model_config, chain)
-    for strategy, shape in shapes.items():
-        estimate = estimates[strategy]
-        estimates[strategy] = dataclasses.replace(
-            estimate, total_bytes=estimate.total_bytes + engine_overhead_bytes(strategy.device, shape)
-        )
-    return estimates
+    return {
+        strategy: dataclasses.replace(
+            estimate, total_bytes=estimate.total_bytes + engine_overhead_bytes(strategy.device, shapes[strategy])
+        ) if strategy in shapes else estimate
+        for strategy, estimate in weights.items()
+    }
 
 
 def engine_adapter_factory(
@@ -165,14 +164,14 @@ def engine_chain(
     choice = choose_engine(settings.engine, model_path)
     links = vllm_links(settings, choice)
     shapes = {link: vllm_shape(model_config, link, config, settings) for link in links}
-    weights = {link: estimate.total_bytes for link, estimate in estimate_chain(model_config, links).items()}
     chain = links + transformers_chain
+    weights = estimate_chain(model_config, chain)  # one meta-device model per dtype, for both engines' links
     return EngineChain(
         choice=choice,
         chain=chain,
-        estimates=estimate_with_engine(model_config, chain, shapes),
+        estimates=with_engine_overhead(weights, shapes),
         make_adapter=engine_adapter_factory(
-            transformers_factory, config=config, settings=settings, shapes=shapes, weights=weights, budget=budget,
-            share=share,
+            transformers_factory, config=config, settings=settings, shapes=shapes,
+            weights={link: weights[link].total_bytes for link in links}, budget=budget, share=share,
         ),
     )

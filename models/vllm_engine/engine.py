@@ -23,7 +23,7 @@ from vllm.v1.engine.exceptions import EngineDeadError
 
 from memory.admission import RequestCost
 from models.engine import ALL_DECODING_OPTIONS, EngineCapabilities, EngineStats, RequestSink, describe_engine
-from models.errors import PromptTooLongError, ReplicaBusyError, SchedulerClosedError
+from models.errors import PromptTooLongError, ReplicaBusyError, SchedulerClosedError, check_prompt_tokens
 from models.requests import GenerationRequest, GenerationResult, TextDelta
 from models.vllm_engine.inputs import PromptBuilder, token_logprobs
 from models.vllm_engine.runtime import VllmRuntime
@@ -120,13 +120,11 @@ class VllmEngine:
             async for output in self._runtime.engine.generate(prompt, params, request_id):
                 if prompt_tokens is None:
                     prompt_tokens = len(output.prompt_token_ids or ())
-                    if request.max_prompt_tokens is not None and prompt_tokens > request.max_prompt_tokens:
+                    try:
+                        check_prompt_tokens(prompt_tokens, request)
+                    except PromptTooLongError:
                         await self._runtime.engine.abort(request_id)
-                        raise PromptTooLongError(
-                            f"The prompt is {prompt_tokens} tokens ({request.num_video_frames} video frames, "
-                            f"{request.num_images} images and the text); the limit is {request.max_prompt_tokens}: "
-                            "send fewer frames or less text"
-                        )
+                        raise
                     sink.opened(request, (), self._cost(request, prompt_tokens), prompt_tokens)
                 completion = output.outputs[0]
                 completion_tokens += len(completion.token_ids)

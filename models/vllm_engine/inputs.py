@@ -12,8 +12,8 @@ from vllm import SamplingParams
 from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
 from models.chat_template import frame_times, to_template_chat
-from models.errors import InvalidParameterError
 from models.requests import GenerationRequest, TokenLogprob
+from models.scheduler import check_options
 
 
 class PromptBuilder:
@@ -40,11 +40,7 @@ class PromptBuilder:
     def sampling_params(self, request: GenerationRequest) -> SamplingParams:
         """Every option of :class:`~models.requests.DecodingOptions`, by vLLM's name for it; streamed as deltas."""
         options = request.options
-        for token, _ in options.logit_bias:
-            if not 0 <= token < self._vocab_size:
-                raise InvalidParameterError(
-                    "logit_bias", f"logit_bias names token {token}; this model's token ids are 0 to {self._vocab_size - 1}"
-                )
+        check_options(request, self._vocab_size)
         structured = None
         if options.response_format is not None:
             # The engine compiles them with xgrammar without free whitespace, as ours (VllmAdapter's engine args).

@@ -9,6 +9,7 @@ the same requests for the same-frames, same-prompt comparison.
 Needs vLLM's environment (``bin/ensure-vllm-venv``, which ``bin/test`` runs); skipped with that message without it.
 """
 
+import base64
 import json
 
 import httpx
@@ -27,7 +28,7 @@ GIB = 1024**3
 APP = "vllm-engine"
 MODEL_ID = "tiny-qwen2-vl"
 FOUR_SECONDS = media_factory.video_bytes("mp4", num_frames=48, fps=12)
-IMAGE = "data:image/png;base64," + __import__("base64").b64encode(media_factory.image_bytes("png")).decode()
+IMAGE = "data:image/png;base64," + base64.b64encode(media_factory.image_bytes("png")).decode()
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +111,7 @@ def test_when_the_budget_allows_vllm_starts_and_serves_the_gpu_group(vllm_url, c
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_text_image_and_video_through_the_openai_route(vllm_url, client, stream):
-    video = "data:video/mp4;base64," + __import__("base64").b64encode(FOUR_SECONDS).decode()
+    video = "data:video/mp4;base64," + base64.b64encode(FOUR_SECONDS).decode()
     contents = {
         "text": "Describe the scene.",
         "image": [{"type": "image_url", "image_url": {"url": IMAGE}}, {"type": "text", "text": "What is it?"}],
