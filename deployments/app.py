@@ -19,6 +19,7 @@ from ray.serve.config import RequestRouterConfig
 from deployments.config.app_config import AppConfig, load_app_config
 from deployments.config.groups import CpuGroupSettings, GpuGroupSettings
 from deployments.edge.ingress import Ingress
+from deployments.jobs.runner import JobRunner
 from deployments.plan import AppPlan, resolve_app
 from deployments.replica.model_replica import ModelReplica
 from deployments.routing.groups import CPU_GROUP, DEPLOYMENT_NAMES, GPU_FLOOR_GROUP, GPU_GROUP, GPU_GROUPS
@@ -110,10 +111,26 @@ def _actor_options(
 def build_app_from_config(config: AppConfig) -> Application:
     plan = resolve_app(config)  # gpu_group.num_gpus: auto becomes a number here
     ingress = config.ingress
+    groups = (_group(plan, GPU_GROUP), _group(plan, CPU_GROUP))
+    floor = _group(plan, GPU_FLOOR_GROUP)
     return Ingress.options(
         num_replicas=ingress.num_replicas,
         max_ongoing_requests=ingress.max_ongoing_requests,
         graceful_shutdown_timeout_s=config.routing.drain_timeout_s,
         ray_actor_options=_actor_options(ingress.num_cpus, 0, {}, ingress.node_labels),
         logging_config={"enable_access_log": ingress.access_log},
-    ).bind(_group(plan, GPU_GROUP), _group(plan, CPU_GROUP), config, gpu_floor_group=_group(plan, GPU_FLOOR_GROUP))
+    ).bind(*groups, config, gpu_floor_group=floor, job_runner=_job_runner(config, groups, floor))
+
+
+def _job_runner(config: AppConfig, groups: tuple[Application | None, Application | None], floor: Application | None) -> Application | None:
+    """The one job runner (long videos as jobs), bound to the same groups as the ingress; ``None`` with jobs off."""
+    if not config.jobs.enabled:
+        return None
+    return JobRunner.options(
+        name="JobRunner",
+        num_replicas=1,
+        max_ongoing_requests=1000,  # its methods only read and signal; the segments run in its own tasks
+        graceful_shutdown_timeout_s=config.routing.drain_timeout_s,
+        ray_actor_options=_actor_options(config.jobs.num_cpus, 0, {}, config.ingress.node_labels),
+        logging_config={"enable_access_log": False},
+    ).bind(*groups, config, gpu_floor_group=floor)

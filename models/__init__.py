@@ -19,6 +19,7 @@ TORCH_FREE_MODULES = frozenset(
         "models.remote_media",
         "models.request_shrink",
         "models.requests",
+        "models.thumbnails",
         "models.video",
         "models.visual_tokens",
     }

@@ -51,6 +51,10 @@ class DecodeBudgetExceededError(MediaTooLargeError):
     """A request's videos need more decoding than its decode budget holds, even at one frame a target."""
 
 
+class VideoWindowError(MediaError):
+    """A window of the video (a segment's ``[start_s, end_s)``) that lies past its end."""
+
+
 class DecodeStoppedError(MediaError):
     """The decode was stopped because its request ended (the client left, or the request timed out)."""
 

@@ -86,6 +86,9 @@ class GenerationRequest:
     seed: int | None = None
     max_prompt_tokens: int | None = None
     options: DecodingOptions = DecodingOptions()
+    # 0: interactive. Higher: background work (a long video's segments, 1), queued behind every lower value in
+    # each replica (vLLM's priority scheduling counts the same way: lower first).
+    priority: int = 0
 
     @property
     def num_images(self) -> int:

@@ -166,9 +166,19 @@ class BatchScheduler:
         ticket = _Ticket(prepared=prepared, cost=cost, sink=sink, stop=stop, retries=retries, grammar=grammar)
         with self._wake:
             self._check_room()  # again under the lock: others may have queued meanwhile
-            self._waiting.append(ticket)
+            self._queue(ticket)
             self._count_queue()
             self._wake.notify()
+
+    def _queue(self, ticket: "_Ticket") -> None:
+        """Behind every waiting request of the same or a lower priority value, ahead of any higher one (an
+        interactive request overtakes queued background work, never another interactive one)."""
+        priority = ticket.request.priority
+        for position, waiting in enumerate(self._waiting):
+            if waiting.request.priority > priority:
+                self._waiting.insert(position, ticket)
+                return
+        self._waiting.append(ticket)
 
     def _check_room(self) -> None:
         if self._closing:

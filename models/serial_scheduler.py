@@ -66,7 +66,9 @@ class SerialScheduler:
                 raise SchedulerClosedError("This replica stopped taking requests (its model is being unloaded)")
             if len(self._jobs) >= self._max_waiting:
                 raise ReplicaBusyError(f"{len(self._jobs)} requests are waiting on this replica (limit {self._max_waiting})")
-            self._jobs.append(_Job(request, sink, stop))
+            # Behind every queued request of the same or a lower priority value (interactive first).
+            position = next((i for i, job in enumerate(self._jobs) if job.request.priority > request.priority), len(self._jobs))
+            self._jobs.insert(position, _Job(request, sink, stop))
             self.stats.waiting = len(self._jobs)
             self._wake.notify()
 

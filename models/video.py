@@ -49,6 +49,7 @@ from models.media import (
     NotAVideoError,
     NoVideoFramesError,
     TruncatedVideoError,
+    VideoWindowError,
     scaled_size,
 )
 
@@ -79,10 +80,14 @@ class VideoLimits:
 
 @dataclasses.dataclass(frozen=True)
 class FrameSelection:
-    """Exactly one of ``num_frames`` (uniform) or ``fps`` (a frame every ``1 / fps`` s, capped)."""
+    """Exactly one of ``num_frames`` (uniform) or ``fps`` (a frame every ``1 / fps`` s, capped), over the whole
+    video or over the window ``[start_s, end_s)`` of it (a long video's segment: the sampler seeks straight there,
+    and the frames' times stay in the whole video's clock)."""
 
     num_frames: int | None = None
     fps: float | None = None
+    start_s: float = 0.0
+    end_s: float | None = None  # None: the video's end
 
     def __post_init__(self) -> None:
         if (self.num_frames is None) == (self.fps is None):
@@ -91,6 +96,10 @@ class FrameSelection:
             raise ValueError(f"num_frames must be at least 1, got {self.num_frames}")
         if self.fps is not None and not (self.fps > 0 and math.isfinite(self.fps)):
             raise ValueError(f"fps must be a positive number, got {self.fps}")
+        if not (self.start_s >= 0 and math.isfinite(self.start_s)):
+            raise ValueError(f"start_s must be a finite number from 0, got {self.start_s}")
+        if self.end_s is not None and not (self.end_s > self.start_s and math.isfinite(self.end_s)):
+            raise ValueError(f"end_s must be a finite number after start_s ({self.start_s}), got {self.end_s}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -308,16 +317,21 @@ def _duration_from_packets(container, stream) -> float:
 
 
 def _targets(duration_s: float, selection: FrameSelection, max_frames: int) -> tuple[list[float], float | None]:
+    start_s = selection.start_s
+    end_s = duration_s if selection.end_s is None else min(selection.end_s, duration_s)
+    if start_s >= end_s:
+        raise VideoWindowError(f"The window starts at {start_s:g} s; the video ends at {duration_s:g} s")
+    span_s = end_s - start_s
     if selection.num_frames is not None:
         if selection.num_frames > max_frames:
             raise MediaTooLargeError(f"{selection.num_frames} frames asked; the limit is {max_frames} frames")
-        step = duration_s / selection.num_frames
-        return [(index + 0.5) * step for index in range(selection.num_frames)], None
+        step = span_s / selection.num_frames
+        return [start_s + (index + 0.5) * step for index in range(selection.num_frames)], None
     fps = selection.fps
-    count = max(1, math.ceil(duration_s * fps - 1e-9))  # every i / fps inside the duration
+    count = max(1, math.ceil(span_s * fps - 1e-9))  # every start + i / fps inside the window
     if count > max_frames:
-        count, fps = max_frames, max_frames / duration_s
-    return [index / fps for index in range(count)], round(fps, 6)
+        count, fps = max_frames, max_frames / span_s
+    return [start_s + index / fps for index in range(count)], round(fps, 6)
 
 
 class _Sampler:

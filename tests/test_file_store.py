@@ -93,7 +93,7 @@ def test_the_frame_cache_is_bounded_in_bytes_and_evicts_the_least_recently_used(
     one = _sampled(4)
     size = one.frames.nbytes
     cache = FrameCache(max_bytes=2 * size)
-    keys = [FrameCacheKey(owner="o", sha256=str(i), num_frames=4, fps=None, max_frames=32, target_pixels_per_frame=4096) for i in range(3)]
+    keys = [FrameCacheKey(owner="o", sha256=str(i), num_frames=4, fps=None, start_s=0.0, end_s=None, max_frames=32, target_pixels_per_frame=4096) for i in range(3)]
 
     cache.put(keys[0], one)
     cache.put(keys[1], one)
@@ -109,7 +109,7 @@ def test_the_frame_cache_is_bounded_in_bytes_and_evicts_the_least_recently_used(
 def test_a_video_larger_than_the_whole_cache_is_not_kept():
     big = _sampled(8)
     cache = FrameCache(max_bytes=big.frames.nbytes - 1)
-    key = FrameCacheKey(owner="o", sha256="big", num_frames=8, fps=None, max_frames=32, target_pixels_per_frame=4096)
+    key = FrameCacheKey(owner="o", sha256="big", num_frames=8, fps=None, start_s=0.0, end_s=None, max_frames=32, target_pixels_per_frame=4096)
 
     cache.put(key, big)
 

@@ -25,11 +25,16 @@ ROOM_RULES: dict[str, tuple[set[str], set[str]]] = {
     "deployments.config": ({"deployments"}, {"deployments.routing.groups"}),
     "deployments.files": ({"deployments"}, {"deployments.config", "deployments.errors", "deployments.files"}),
     "deployments.routing": (
-        {"deployments.edge", "deployments.files", "deployments.replica", "deployments.app", "deployments.plan"},
+        {"deployments.edge", "deployments.files", "deployments.jobs", "deployments.replica", "deployments.app", "deployments.plan"},
         {"deployments.replica.protocol"},
     ),
     "deployments.replica": ({"deployments.edge", "deployments.files", "deployments.app", "deployments.routing.router"}, set()),
-    "deployments.edge": ({"deployments.replica", "deployments.app", "deployments.plan"}, {"deployments.replica.protocol"}),
+    "deployments.edge": ({"deployments.replica", "deployments.app", "deployments.plan", "deployments.jobs.runner"},
+                         {"deployments.replica.protocol"}),
+    "deployments.jobs": (
+        {"deployments.edge", "deployments.replica", "deployments.app", "deployments.plan"},
+        {"deployments.replica.protocol"},
+    ),
     "deployments.plan": ({"deployments.edge", "deployments.files", "deployments.replica", "deployments.routing", "deployments.app"},
                          {"deployments.routing.groups"}),
 }
@@ -41,6 +46,7 @@ TORCH_FREE_ROOMS = (
     "deployments.files",
     "deployments.routing",
     "deployments.edge",
+    "deployments.jobs",
     "deployments.replica.protocol",
 )
 

@@ -6,8 +6,8 @@ import io
 import numpy as np
 from PIL import Image
 
-from deployments.edge.thumbnails import frame_thumbnails
 from deployments.edge.web_pages import CONTENT_SECURITY_POLICY, STATIC_FILES, WEB_DIR, page_response, static_response
+from models.thumbnails import frame_thumbnails
 
 
 def test_every_static_file_and_page_exists_and_only_listed_names_are_served():

@@ -8,6 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from deployments.config.groups import CpuGroupSettings, GpuGroupSettings
 from deployments.config.ingress import AuthSettings, IngressSettings
+from deployments.config.jobs import JobsSettings
 from deployments.config.limits import LimitsSettings, MediaSettings, RequestOomSettings
 from deployments.config.strict import MIB, StrictSettings
 from memory.allocator import DEFAULT_ALLOCATOR_SETTINGS, AllocatorConfigError, validate_allocator_settings
@@ -166,6 +167,7 @@ class AppConfig(StrictSettings):
     request_oom: RequestOomSettings = RequestOomSettings()
     media: MediaSettings = MediaSettings()
     files: FilesSettings = FilesSettings()
+    jobs: JobsSettings = JobsSettings()
 
     @property
     def floor_enabled(self) -> bool:

@@ -25,7 +25,6 @@ from deployments.config.limits import LimitsSettings
 from deployments.edge.chat_translation import media_error_to_api_error
 from deployments.edge.off_loop import run_off_loop
 from deployments.edge.openai_schema import SEED_MAX
-from deployments.edge.thumbnails import frame_thumbnails
 from deployments.errors import ApiError, describe_validation_errors
 from deployments.files.service import FilesService
 from deployments.files.uploads import receive_upload
@@ -34,6 +33,7 @@ from memory.cleanup import return_freed_heap
 from models import media
 from models.decode_budget import DecodeBudget
 from models.requests import ChatMessage, GenerationRequest, TextPart, VideoPart
+from models.thumbnails import frame_thumbnails
 from models.video import FrameSelection, SampledVideo, sample_video
 
 logger = logging.getLogger(__name__)

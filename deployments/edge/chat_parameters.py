@@ -148,16 +148,19 @@ def _response_format(chat: ChatCompletionRequest, limits: LimitsSettings) -> Res
             param="response_format",
         )
     schema_json = json.dumps(schema, sort_keys=True, separators=(",", ":"))
-    _check_schema_size(schema, schema_json, limits)
+    check_schema_size(schema, schema_json, limits)
     return ResponseFormat(kind="json_schema", schema_json=schema_json)
 
 
-def _check_schema_size(schema: Any, schema_json: str, limits: LimitsSettings) -> None:
+def check_schema_size(
+    schema: Any, schema_json: str, limits: LimitsSettings, *, param: str = "response_format",
+    where: str = "response_format.json_schema.schema",
+) -> None:
     """A schema compiles to a grammar in the replica, in time that grows with its size, nesting and enums
     (an enum of 50,000 strings took two minutes): bounded here, each a 400 naming its limit."""
     def refuse(what: str, limit_name: str, limit: int) -> ApiError:
-        return ApiError(400, f"response_format.json_schema.schema: {what}; the limit is {limit} (limits.{limit_name})",
-                        param="response_format", code="schema_too_large")
+        return ApiError(400, f"{where}: {what}; the limit is {limit} (limits.{limit_name})",
+                        param=param, code="schema_too_large")
 
     if len(schema_json) > limits.max_schema_bytes:
         raise refuse(f"{len(schema_json)} bytes as compact JSON", "max_schema_bytes", limits.max_schema_bytes)

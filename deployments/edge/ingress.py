@@ -51,17 +51,27 @@ from deployments.edge.openai_schema import (
     new_completion_id,
 )
 from deployments.edge.sse import chat_completion_events
+from deployments.edge.video_jobs import (
+    check_cancellable,
+    job_body,
+    job_events,
+    job_list_body,
+    job_not_found,
+    new_job,
+    parse_job_request,
+)
 from deployments.edge.web_pages import page_response, static_response
 from deployments.errors import ApiError
 from deployments.files.service import FilesService, download_content_type
 from deployments.files.store import owner_of
 from deployments.files.uploads import remove_stale_uploads
+from deployments.jobs.records import JobRecord
+from deployments.jobs.store import JobStore
 from deployments.observability.logs import route_logs_through_serve
 from deployments.observability.metrics import IngressMetrics, fallback_reason_label
 from deployments.replica.protocol import ReplicaAnswer, ServedBy
-from deployments.routing.breaker import CircuitBreaker
 from deployments.routing.groups import CPU_GROUP, DEPLOYMENT_NAMES, GPU_FLOOR_GROUP, GPU_GROUP, GPU_GROUPS, ROUTING_ORDER
-from deployments.routing.router import GroupRouter, GroupTimeouts, NoGroupAvailableError, remote_cause
+from deployments.routing.router import NoGroupAvailableError, remote_cause, router_for
 from models.errors import InvalidModelInputError, InvalidParameterError, PromptTooLongError
 from models.requests import GenerationRequest
 from models.visual_tokens import VisualTokenGeometry
@@ -119,6 +129,7 @@ class Ingress:
         cpu_group: DeploymentHandle | None,
         config: AppConfig,
         gpu_floor_group: DeploymentHandle | None = None,
+        job_runner: DeploymentHandle | None = None,
     ) -> None:
         route_logs_through_serve()
         remove_stale_uploads(config.ingress.upload_dir, older_than_s=_STALE_UPLOAD_S)
@@ -141,22 +152,17 @@ class Ingress:
         self._max_model_len = config.limits.max_prompt_tokens + config.limits.max_tokens
         self._fallbacks_by_reason: collections.Counter[str] = collections.Counter()
         self._metrics = IngressMetrics()
-        self._router = GroupRouter(
-            gpu_group,
-            cpu_group,
-            gpu_timeouts=GroupTimeouts(reach_s=config.routing.gpu_timeout_s, admission_s=config.routing.admission_timeout_s),
-            cpu_timeouts=GroupTimeouts(reach_s=config.routing.cpu_timeout_s, admission_s=config.routing.cpu_timeout_s),
-            breaker=CircuitBreaker(cooldown_s=config.routing.breaker_cooldown_s),
-            on_fallback=self._count_fallback,
-            gpu_floor_group=gpu_floor_group,
-            gpu_scales_to_zero=config.gpu_group.autoscaling.min_replicas == 0,
-            on_spill=self._count_spill,
+        self._router = router_for(
+            config, gpu_group, cpu_group, gpu_floor_group, on_fallback=self._count_fallback, on_spill=self._count_spill
         )
         self._spills_by_reason: collections.Counter[str] = collections.Counter()
         self._status_messages: dict[str, str] = {}
         watched = [name for name in self._groups if name in GPU_GROUPS]
         self._status_task = asyncio.get_event_loop().create_task(self._watch_gpu_groups(watched)) if watched else None
         self._files = FilesService(config, on_cache_lookup=self._metrics.record_frame_cache)
+        self._jobs = JobStore(self._files.store)
+        self._job_runner = job_runner
+        self._runner_calls: set[asyncio.Task] = set()
         self._sweep_task = asyncio.get_event_loop().create_task(self._files.sweep_forever())
 
     def _fallbacks(self) -> int:
@@ -304,7 +310,17 @@ class Ingress:
             "fallbacks_by_reason": dict(self._fallbacks_by_reason),
             "floor_spills_by_reason": dict(self._spills_by_reason),
             "frame_cache": dataclasses.asdict(self._files.frames.stats),  # this ingress replica's
+            "jobs": await self._describe_jobs(),
         }
+
+    async def _describe_jobs(self) -> dict[str, Any] | None:
+        """The job runner's queued and running segments (per group); ``None`` with jobs off."""
+        if self._job_runner is None:
+            return None
+        try:
+            return await asyncio.wait_for(self._job_runner.describe.remote(), timeout=_DESCRIBE_TIMEOUT_S)
+        except Exception as error:  # noqa: BLE001 - the view shows what it can
+            return {"state": "unreachable", "reason": f"{type(error).__name__}: {error}"[:_REASON_CHARS]}
 
     async def _describe_groups(self) -> dict[str, list[dict[str, Any]]]:
         async def describe(name: str, handle: DeploymentHandle) -> tuple[str, list[dict[str, Any]]]:
@@ -383,6 +399,82 @@ class Ingress:
     @app.delete("/v1/files/{file_id}")
     async def delete_file(self, file_id: str, request: Request) -> dict[str, Any]:
         return await self._files.delete(self._authorize(request), file_id)
+
+    # -- long videos as jobs (deployments.edge.video_jobs, deployments.jobs) --------------------------
+
+    @app.post("/v1/video/jobs")
+    async def create_video_job(self, request: Request) -> JSONResponse:
+        """A job over an uploaded video: answered at once (202) with its id; the runner does the rest."""
+        owner = self._authorize(request)
+        self._require_jobs()
+        limits = self._config.limits
+        payload = await read_json_body(request, limits.max_request_bytes, max_objects=limits.max_schema_bytes // 2 + 64)
+        body = parse_job_request(payload)
+        self._check_served_model(body.model)
+        job = await asyncio.to_thread(new_job, body, owner=owner, config=self._config, files=self._files, store=self._jobs)
+        logger.info("Job %s stored: %r, %d segments of %g s, for owner %s", job.id, job.filename, job.segments,
+                    job.segment_s, owner)
+        self._tell_runner("submit", owner, job.id)
+        return JSONResponse(job_body(job, []), status_code=202, headers={"location": f"/v1/video/jobs/{job.id}"})
+
+    @app.get("/v1/video/jobs")
+    async def list_video_jobs(self, request: Request) -> dict[str, Any]:
+        owner = self._authorize(request)
+        self._require_jobs()
+        return await asyncio.to_thread(lambda: job_list_body(self._jobs.owned(owner), self._jobs))
+
+    @app.get("/v1/video/jobs/{job_id}")
+    async def get_video_job(self, job_id: str, request: Request) -> dict[str, Any]:
+        job = await self._owned_job(request, job_id)
+        return job_body(job, await asyncio.to_thread(self._jobs.segments, job))
+
+    @app.get("/v1/video/jobs/{job_id}/events")
+    async def video_job_events(self, job_id: str, request: Request) -> StreamingResponse:
+        owner = self._authorize(request)
+        await self._owned_job(request, job_id)
+        return StreamingResponse(job_events(self._jobs, owner, job_id), media_type="text/event-stream",
+                                 headers={"cache-control": "no-cache"})
+
+    @app.delete("/v1/video/jobs/{job_id}")
+    async def cancel_video_job(self, job_id: str, request: Request) -> dict[str, Any]:
+        """Cancel: the request is stored first (a runner that starts later honours it), then the runner stops
+        the job's segments; the answer is the job as it stands after."""
+        job = await self._owned_job(request, job_id)
+        check_cancellable(job)
+        if not job.is_final:
+            await asyncio.to_thread(self._jobs.request_cancel, job)
+            try:
+                await asyncio.wait_for(self._job_runner.cancel.remote(job.owner, job.id), timeout=_DESCRIBE_TIMEOUT_S)
+            except Exception as error:  # noqa: BLE001 - the stored request stands; the runner's scan honours it
+                logger.warning("Job %s: the runner did not confirm the cancel (%s); its scan will", job.id, error)
+            job = await asyncio.to_thread(self._jobs.get, job.owner, job.id) or job
+        body = job_body(job, await asyncio.to_thread(self._jobs.segments, job))
+        return {**body, "cancel_requested": True}
+
+    async def _owned_job(self, request: Request, job_id: str) -> JobRecord:
+        owner = self._authorize(request)
+        self._require_jobs()
+        job = await asyncio.to_thread(self._jobs.get, owner, job_id)
+        if job is None:
+            raise job_not_found(job_id)
+        return job
+
+    def _require_jobs(self) -> None:
+        if self._job_runner is None:
+            raise ApiError(404, "Video jobs are off here (jobs.enabled: false)", error_type="not_found_error",
+                           code="jobs_off")
+
+    def _tell_runner(self, method: str, *args: Any) -> None:
+        """Call the runner without waiting (its scan finds the job anyway, a period later)."""
+        async def call() -> None:
+            try:
+                await asyncio.wait_for(getattr(self._job_runner, method).remote(*args), timeout=_DESCRIBE_TIMEOUT_S)
+            except Exception as error:  # noqa: BLE001 - the store holds the job; the scan adopts it
+                logger.warning("The job runner did not take %s%s (%s); its scan will", method, args, error)
+
+        task = asyncio.get_event_loop().create_task(call())
+        self._runner_calls.add(task)
+        task.add_done_callback(self._runner_calls.discard)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(self, request: Request) -> JSONResponse:

@@ -21,6 +21,8 @@ class FrameCacheKey:
     sha256: str
     num_frames: int | None
     fps: float | None
+    start_s: float  # the window sampled (a long video's segment); 0 and None: the whole video
+    end_s: float | None
     max_frames: int
     target_pixels_per_frame: int
 

@@ -44,8 +44,8 @@ class FilesService:
     def __init__(self, config: AppConfig, on_cache_lookup: Callable[[bool], None] = lambda hit: None) -> None:
         settings = config.files
         self._on_cache_lookup = on_cache_lookup  # the metrics' hit and miss counter
-        url = settings.store_url or (pathlib.Path(tempfile.gettempdir()) / "video-detective-files").as_uri()
-        self.store = FileStore(url, settings.storage_options)
+        self.store = open_store(config)
+        url = self.store.url
         self.frames = FrameCache(settings.frame_cache_bytes)
         self._config = config
         logger.info("Files stored at %s (time to live %g s); frame cache %d bytes", url, settings.ttl_s,
@@ -169,7 +169,7 @@ class FilesService:
         return sampled
 
     def probe(self, record: FileRecord, limits: VideoLimits) -> VideoInfo:
-        with _gone_is_not_found(record), self._opened(record) as source:
+        with _gone_is_not_found(record), opened_video(self.store, record) as source:
             return probe_video(source, limits)
 
     def sample(
@@ -177,8 +177,7 @@ class FilesService:
     ) -> SampledVideo:
         """The frames, decoded from the store (a cache miss), then kept for the next question; frames the
         decode budget made the sampler substitute are not kept (another request may afford the exact ones)."""
-        with _gone_is_not_found(record), self._opened(record) as source:
-            sampled = sample_video(source, selection, limits, budget)
+        sampled = sample_from_store(self.store, record, selection, limits, budget)
         if sampled.substituted == 0:
             self.frames.put(_cache_key(record, selection, limits), sampled)
         return sampled
@@ -193,16 +192,31 @@ class FilesService:
         with _gone_is_not_found(record, param):
             return self.store.read(record)
 
-    @contextlib.contextmanager
-    def _opened(self, record: FileRecord) -> Iterator[str | BinaryIO]:
-        """The file as the decoder reads it: its local path, or the store's object opened for ranged reads
-        (an S3 object is never read whole to sample a few frames)."""
-        local = self.store.local_path(record)
-        if local is not None:
-            yield local
-            return
-        with self.store.open(record) as file:
-            yield file
+def open_store(config: AppConfig) -> FileStore:
+    """The store ``files.store_url`` names (a folder under the system temp dir when empty)."""
+    settings = config.files
+    url = settings.store_url or (pathlib.Path(tempfile.gettempdir()) / "video-detective-files").as_uri()
+    return FileStore(url, settings.storage_options)
+
+
+def sample_from_store(
+    store: FileStore, record: FileRecord, selection: FrameSelection, limits: VideoLimits, budget: DecodeBudget
+) -> SampledVideo:
+    """A stored video's frames (a 404 when it went meanwhile); a window's sampler seeks straight to it."""
+    with _gone_is_not_found(record), opened_video(store, record) as source:
+        return sample_video(source, selection, limits, budget)
+
+
+@contextlib.contextmanager
+def opened_video(store: FileStore, record: FileRecord) -> Iterator[str | BinaryIO]:
+    """The file as the decoder reads it: its local path, or the store's object opened for ranged reads
+    (an S3 object is never read whole to sample a few frames)."""
+    local = store.local_path(record)
+    if local is not None:
+        yield local
+        return
+    with store.open(record) as file:
+        yield file
 
 
 @contextlib.contextmanager
@@ -220,6 +234,8 @@ def _cache_key(record: FileRecord, selection: FrameSelection, limits: VideoLimit
         sha256=record.sha256,
         num_frames=selection.num_frames,
         fps=selection.fps,
+        start_s=selection.start_s,
+        end_s=selection.end_s,
         max_frames=limits.max_frames,
         target_pixels_per_frame=limits.target_pixels_per_frame,
     )

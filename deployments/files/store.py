@@ -85,6 +85,15 @@ class FileStore:
         if self.is_local:
             _private_folder(self._root)
 
+    @property
+    def fs(self) -> Any:
+        """The fsspec filesystem (the job store keeps its records in the same place)."""
+        return self._fs
+
+    @property
+    def root(self) -> str:
+        return self._root
+
     def _path(self, owner: str, file_id: str, suffix: str = "") -> str:
         return f"{self._root}/{owner}/{file_id}{suffix}"
 

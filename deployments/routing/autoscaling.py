@@ -13,6 +13,10 @@ available on a CPU) and how many bytes one more replica like it needs
    one more will not fit (it would only wait for memory and hold a GPU share);
 3. scales in freely. Serve applies min / max and the up / down delays.
 
+Long-video jobs' queued segments count as requests too (:mod:`deployments.routing.job_backlog`: the job
+runner publishes them for the group they go to first), so a backlog scales that group out within
+``max_replicas`` before its segments are sent.
+
 Example: 2 ready replicas each reporting 30 GiB free, one needs 16 GiB, 9
 requests in flight, target 2 -> ceil(9 / 2) = 5 wanted; headroom fits another,
 so 5 (Serve then caps it at max_replicas). With 10 GiB free instead: stay at 2.
@@ -22,6 +26,8 @@ import dataclasses
 import logging
 import math
 from typing import Any
+
+from deployments.routing.job_backlog import read_backlog
 
 logger = logging.getLogger(__name__)
 
@@ -84,11 +90,14 @@ def memory_aware_policy(ctx: Any) -> tuple[int, dict[str, Any]]:
     ]
     # A running replica that has not reported yet has just started: its model is still loading.
     reports += [STARTING for replica in (ctx.running_replicas or []) if replica not in reported]
-    total = ctx.total_num_requests + (ctx.total_queued_requests or 0)
+    backlog = read_backlog(ctx.app_name, ctx.deployment_name)
+    total = ctx.total_num_requests + (ctx.total_queued_requests or 0) + backlog
     desired, reason = desired_replicas(
         current=ctx.current_num_replicas,
         total_requests=total,
         target_per_replica=ctx.config.get_target_ongoing_requests(),
         reports=reports,
     )
+    if backlog:
+        reason += f" ({backlog} of them job segments waiting)"
     return desired, {"reason": reason}

@@ -36,6 +36,7 @@ from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
+from deployments.config.app_config import AppConfig
 from deployments.replica.protocol import Accepted, ReplicaAnswer, ReplicaUnavailableError, StreamOpened
 from deployments.routing.breaker import CircuitBreaker
 from deployments.routing.groups import CPU_GROUP, GPU_FLOOR_GROUP, GPU_GROUP, ROUTING_ORDER
@@ -171,14 +172,18 @@ class GroupRouter:
 
     # -- calls ------------------------------------------------------------------------------------
 
-    async def call(self, method: str, *args: Any) -> ReplicaAnswer:
-        """The whole answer of the streaming ``method`` (asked for without its text pieces).
+    async def call(
+        self, method: str, *args: Any, on_opened: Callable[[StreamOpened], None] = lambda opened: None
+    ) -> ReplicaAnswer:
+        """The whole answer of the streaming ``method`` (asked for without its text pieces); ``on_opened`` is
+        told which replica admitted it (the job runner counts running segments per group so).
 
         Nothing has reached the client yet, so a GPU replica that dies (or is unloaded) after it
         admitted the call is a broken group like any other: its breaker opens and the CPU group
         answers the call from the start.
         """
         opened, stream = await self.open_stream(method, *args, stream_text=False)
+        on_opened(opened)
         try:
             return await _answer_of(stream, method)
         except BaseException as error:
@@ -193,6 +198,7 @@ class GroupRouter:
         _, cpu_reason, reopened = await self._try_group(cpu, method, args, False)
         if reopened is None:
             raise NoGroupAvailableError(f"{_LABELS[tier.group]}: {reason}; CPU group: {cpu_reason}", busy=False)
+        on_opened(reopened[0])
         return await _answer_of(reopened[1], method)
 
     async def open_stream(self, method: str, *args: Any, stream_text: bool = True) -> tuple[StreamOpened, DeploymentResponseGenerator]:
@@ -336,6 +342,30 @@ class GroupRouter:
         return opened, stream
 
 
+def router_for(
+    config: AppConfig,
+    gpu_group: DeploymentHandle | None,
+    cpu_group: DeploymentHandle | None,
+    gpu_floor_group: DeploymentHandle | None,
+    *,
+    on_fallback: Callable[[str], None] = lambda reason: None,
+    on_spill: Callable[[str], None] = lambda reason: None,
+) -> GroupRouter:
+    """The router the config describes (the ingress's, and the job runner's)."""
+    routing = config.routing
+    return GroupRouter(
+        gpu_group,
+        cpu_group,
+        gpu_timeouts=GroupTimeouts(reach_s=routing.gpu_timeout_s, admission_s=routing.admission_timeout_s),
+        cpu_timeouts=GroupTimeouts(reach_s=routing.cpu_timeout_s, admission_s=routing.cpu_timeout_s),
+        breaker=CircuitBreaker(cooldown_s=routing.breaker_cooldown_s),
+        on_fallback=on_fallback,
+        gpu_floor_group=gpu_floor_group,
+        gpu_scales_to_zero=config.gpu_group.autoscaling.min_replicas == 0,
+        on_spill=on_spill,
+    )
+
+
 async def _ping(handle: DeploymentHandle, *, timeout_s: float, wait_ready_s: float = 0.0) -> Any:
     response = handle.options(method_name="ping", stream=False).remote(wait_ready_s=wait_ready_s)
     try:
@@ -377,4 +407,4 @@ def _describe(error: BaseException) -> str:
     return f"{type(cause).__name__}: {cause}"
 
 
-__all__ = ["CircuitBreaker", "GroupRouter", "GroupTimeouts", "NoGroupAvailableError", "Outcome", "classify"]
+__all__ = ["CircuitBreaker", "GroupRouter", "GroupTimeouts", "NoGroupAvailableError", "Outcome", "classify", "router_for"]

@@ -103,6 +103,8 @@ class VllmAdapter(CheckpointAdapter):
             "max_num_seqs": shape.max_num_seqs,
             "limit_mm_per_prompt": self._settings.limit_mm_per_prompt,
             "enable_prefix_caching": True,
+            # A request's priority (0 interactive, 1 a long video's segment) orders vLLM's queue as ours.
+            "scheduling_policy": "priority",
             "enforce_eager": self._settings.enforce_eager,
             "trust_remote_code": self._settings.trust_remote_code,
             "disable_log_stats": False,

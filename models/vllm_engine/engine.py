@@ -117,7 +117,9 @@ class VllmEngine:
         logprobs: list = []
         completion_tokens = 0
         try:
-            async for output in self._runtime.engine.generate(prompt, params, request_id):
+            async for output in self._runtime.engine.generate(
+                prompt, params, request_id, priority=request.priority
+            ):
                 if prompt_tokens is None:
                     prompt_tokens = len(output.prompt_token_ids or ())
                     try:

@@ -1,0 +1,73 @@
+"""``jobs``: long videos analysed segment by segment as durable jobs (``/v1/video/jobs``)."""
+
+from pydantic import Field, model_validator
+
+from deployments.config.strict import StrictSettings
+
+
+class JobsSettings(StrictSettings):
+    enabled: bool = Field(default=True, description="Serve /v1/video/jobs (a job runner deployment beside the groups).")
+    default_segment_s: float = Field(default=60.0, gt=0, description="A segment's length when a job sets none.")
+    min_segment_s: float = Field(default=5.0, gt=0, description="The shortest segment a job may ask for (400 below).")
+    max_segment_s: float = Field(default=600.0, gt=0, description="The longest segment a job may ask for (400 above).")
+    max_segments_per_job: int = Field(
+        default=2000, gt=0, description="Most segments one job may cut its video into (400 above: ask for longer segments)."
+    )
+    max_video_duration_s: float = Field(
+        default=4 * 3600.0,
+        gt=0,
+        description="Longest video a job accepts (413 above). Each segment samples its own range, so a job's memory "
+        "does not grow with this; limits.max_video_duration_s still bounds a single request's video.",
+    )
+    max_running_segments: int = Field(
+        default=4,
+        gt=0,
+        description="Segments in flight at once over all jobs: the share of the groups jobs may take from interactive "
+        "requests (which also come first in every replica's queue).",
+    )
+    max_running_segments_per_job: int = Field(
+        default=2, gt=0, description="Segments of one job in flight at once (jobs share the overall bound fairly)."
+    )
+    max_active_jobs_per_key: int = Field(
+        default=4, gt=0, description="Jobs one API key may have queued or running at once (429 above)."
+    )
+    max_queued_segments_per_key: int = Field(
+        default=2000, gt=0, description="Segments one API key may have waiting over its jobs (429 above)."
+    )
+    segment_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="Tries a segment gets when its replica dies or no group can take it; a segment's own fault (a "
+        "bad range, a prompt over the limit) fails it at once.",
+    )
+    ttl_s: float = Field(default=24 * 3600.0, gt=0, description="A job is deleted this long after it ends.")
+    scan_period_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="How often the job runner reads the store for jobs it does not run yet (a new runner adopts "
+        "every unfinished job this way) and for cancellations.",
+    )
+    decode_num_cpus: float = Field(
+        default=0.25, ge=0, description="Ray CPUs a segment's decode task reserves, on whichever node Ray places it."
+    )
+    num_cpus: float = Field(
+        default=0.0, ge=0, description="Ray CPUs the job runner reserves (it waits on the store and the groups; the decode tasks do the work)."
+    )
+
+    @model_validator(mode="after")
+    def _segment_bounds(self) -> "JobsSettings":
+        if self.min_segment_s > self.max_segment_s:
+            raise ValueError(
+                f"jobs.min_segment_s ({self.min_segment_s:g}) must be at most jobs.max_segment_s ({self.max_segment_s:g})"
+            )
+        if not self.min_segment_s <= self.default_segment_s <= self.max_segment_s:
+            raise ValueError(
+                f"jobs.default_segment_s ({self.default_segment_s:g}) must lie between jobs.min_segment_s "
+                f"({self.min_segment_s:g}) and jobs.max_segment_s ({self.max_segment_s:g})"
+            )
+        if self.max_running_segments_per_job > self.max_running_segments:
+            raise ValueError(
+                f"jobs.max_running_segments_per_job ({self.max_running_segments_per_job}) must be at most "
+                f"jobs.max_running_segments ({self.max_running_segments})"
+            )
+        return self

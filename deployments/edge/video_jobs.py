@@ -1,0 +1,237 @@
+"""``/v1/video/jobs``: a long video analysed segment by segment, as a durable job.
+
+``POST`` checks the request (the file is the caller's video, the segments within ``jobs`` and ``limits``,
+the schema bounded as ``response_format``'s, the key's quotas), probes the video's duration from its header,
+stores the job and answers at once; the job runner (:mod:`deployments.jobs.runner`) does the rest. ``GET``
+reads the job and its recorded segments from the store, so any ingress answers for any job, and the events
+route streams each segment's result as it is recorded. Another key's job is a 404, as a file is.
+"""
+
+import asyncio
+import dataclasses
+import math
+import time
+from typing import Any, AsyncIterator
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from deployments.config.app_config import AppConfig
+from deployments.edge.analyze_stream import named_event
+from deployments.edge.chat_parameters import check_schema_size
+from deployments.edge.chat_translation import media_error_to_api_error
+from deployments.edge.openai_schema import SEED_MAX
+from deployments.errors import ApiError, describe_validation_errors
+from deployments.files.service import FilesService
+from deployments.jobs.records import JobRecord, JobState, new_job_id, segment_count
+from deployments.jobs.segments import DEFAULT_EVENTS_SCHEMA, schema_json, timeline
+from deployments.jobs.store import JobStore
+from models import media
+
+EVENTS_POLL_S = 0.5
+_DEFAULT_SEGMENT_TOKENS = 384  # the default schema's eight events of 200 characters fit
+_DEFAULT_FINAL_TOKENS = 256
+
+
+class VideoJobRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    file_id: str = Field(description="An uploaded video (POST /v1/files).")
+    question: str = Field(description="What to ask of every segment, and of the whole video at the end.")
+    segment_s: float | None = Field(default=None, gt=0, description="Each segment's length (jobs.default_segment_s).")
+    frames: int | None = Field(default=None, ge=1, description="Frames sampled uniformly in each segment.")
+    fps: float | None = Field(default=None, gt=0, description="Or: frames a second in each segment, capped.")
+    json_schema: dict[str, Any] | None = Field(
+        default=None, description="Each segment's answer's JSON schema; default: a list of events (time_s, description)."
+    )
+    max_tokens: int | None = Field(default=None, ge=1, description="Each segment's answer's most tokens.")
+    final_max_tokens: int | None = Field(default=None, ge=1, description="The final answer's most tokens.")
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    seed: int | None = Field(default=None, ge=0, le=SEED_MAX)
+    model: str | None = None
+
+    @field_validator("question")
+    @classmethod
+    def _not_blank(cls, question: str) -> str:
+        if not question.strip():
+            raise ValueError("the question is empty; ask something about the video")
+        return question.strip()
+
+    @field_validator("segment_s", "fps")
+    @classmethod
+    def _finite(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+
+def parse_job_request(payload: Any) -> VideoJobRequest:
+    try:
+        return VideoJobRequest.model_validate(payload)
+    except pydantic.ValidationError as error:
+        described = describe_validation_errors(error.errors())
+        raise ApiError(400, "Invalid job: " + "; ".join(f"{param}: {text}" for param, text in described),
+                       param=described[0][0]) from error
+
+
+def new_job(body: VideoJobRequest, *, owner: str, config: AppConfig, files: FilesService, store: JobStore) -> JobRecord:
+    """Check ``body`` against the limits, the file and the key's quotas, and store it as a queued job (blocking:
+    reads the store and the video's header)."""
+    limits, settings = config.limits, config.jobs
+    if len(body.question.encode()) > limits.max_question_bytes:
+        raise ApiError(413, f"question: {len(body.question.encode())} bytes; the limit is {limits.max_question_bytes} "
+                       "(limits.max_question_bytes)", param="question")
+    if body.frames is not None and body.fps is not None:
+        raise ApiError(400, "Send either frames or fps, not both", param="fps")
+    if body.frames is not None and body.frames > limits.max_video_frames:
+        raise ApiError(400, f"frames: {body.frames} a segment asked; the limit is {limits.max_video_frames} "
+                       "(limits.max_video_frames)", param="frames")
+    if body.fps is not None and body.fps > limits.max_video_fps:
+        raise ApiError(400, f"fps: {body.fps:g} asked; the limit is {limits.max_video_fps:g} (limits.max_video_fps)",
+                       param="fps")
+    for name, value in (("max_tokens", body.max_tokens), ("final_max_tokens", body.final_max_tokens)):
+        if value is not None and value > limits.max_tokens:
+            raise ApiError(400, f"{name}: {value} requested; the limit is {limits.max_tokens} (limits.max_tokens)", param=name)
+    segment_s = body.segment_s if body.segment_s is not None else settings.default_segment_s
+    if not settings.min_segment_s <= segment_s <= settings.max_segment_s:
+        raise ApiError(400, f"segment_s: {segment_s:g} s; segments may be {settings.min_segment_s:g} s to "
+                       f"{settings.max_segment_s:g} s (jobs.min_segment_s, jobs.max_segment_s)", param="segment_s")
+    schema = body.json_schema if body.json_schema is not None else DEFAULT_EVENTS_SCHEMA
+    encoded_schema = schema_json(schema)
+    if body.json_schema is not None:
+        check_schema_size(schema, encoded_schema, limits, param="json_schema", where="json_schema")
+    record = files.video_record(owner, body.file_id, "file_id")
+    video_limits = dataclasses.replace(limits.video_limits(), max_duration_s=settings.max_video_duration_s)
+    try:
+        info = files.probe(record, video_limits)
+    except media.MediaError as error:
+        raise media_error_to_api_error(error, "file_id") from error
+    segments = segment_count(info.duration_s, segment_s)
+    if segments > settings.max_segments_per_job:
+        raise ApiError(400, f"segment_s: {segment_s:g} s cuts the {info.duration_s:.0f}-second video into {segments} "
+                       f"segments; a job may have {settings.max_segments_per_job} (jobs.max_segments_per_job): ask for "
+                       f"segments of at least {math.ceil(info.duration_s / settings.max_segments_per_job)} s",
+                       param="segment_s")
+    _check_quotas(store, owner, segments, config)
+    job = JobRecord(
+        id=new_job_id(), owner=owner, file_id=record.id, filename=record.filename, file_sha256=record.sha256,
+        question=body.question, duration_s=info.duration_s, segment_s=segment_s,
+        frames_per_segment=body.frames if body.fps is None else None, fps=body.fps,
+        json_schema=encoded_schema, custom_schema=body.json_schema is not None,
+        max_tokens=body.max_tokens or min(_DEFAULT_SEGMENT_TOKENS, limits.max_tokens),
+        final_max_tokens=body.final_max_tokens or min(_DEFAULT_FINAL_TOKENS, limits.max_tokens),
+        temperature=body.temperature if body.temperature is not None else config.generation.default_temperature,
+        seed=body.seed, segments=segments, created_at=time.time(),
+    )
+    if job.frames_per_segment is None and job.fps is None:
+        job = dataclasses.replace(job, frames_per_segment=limits.video_frames)
+    store.create(job)
+    return job
+
+
+def _check_quotas(store: JobStore, owner: str, segments: int, config: AppConfig) -> None:
+    settings = config.jobs
+    active = [job for job in store.owned(owner) if not job.is_final]
+    if len(active) >= settings.max_active_jobs_per_key:
+        raise ApiError(429, f"This key has {len(active)} jobs queued or running; the limit is "
+                       f"{settings.max_active_jobs_per_key} (jobs.max_active_jobs_per_key). Wait for one to end, or "
+                       "cancel one (DELETE /v1/video/jobs/{id})", code="job_quota_exceeded")
+    waiting = sum(job.segments - len(store.recorded_indices(job)) for job in active)
+    if waiting + segments > settings.max_queued_segments_per_key:
+        raise ApiError(429, f"This key has {waiting} segments waiting; with this job's {segments} that is over the "
+                       f"{settings.max_queued_segments_per_key} allowed (jobs.max_queued_segments_per_key)",
+                       code="job_quota_exceeded")
+
+
+def job_not_found(job_id: str) -> ApiError:
+    return ApiError(404, f"job_id: no job {job_id!r} here for this key (unknown, expired, or another key's)",
+                    error_type="not_found_error", param="job_id", code="job_not_found")
+
+
+def job_body(job: JobRecord, segments: list[dict[str, Any]], *, with_results: bool = True) -> dict[str, Any]:
+    """The job as ``GET`` answers it: state, progress, timings, and (``with_results``) the timeline so far, each
+    segment's result and the final answer."""
+    done = sum(1 for result in segments if result.get("state") == "done")
+    failed = sum(1 for result in segments if result.get("state") == "failed")
+    now = time.time()
+    end = job.finished_at or now
+    body: dict[str, Any] = {
+        "id": job.id,
+        "object": "video.job",
+        "state": job.state.value,
+        "reason": job.reason,
+        "file_id": job.file_id,
+        "filename": job.filename,
+        "question": job.question,
+        "duration_s": job.duration_s,
+        "segment_s": job.segment_s,
+        "frames_per_segment": job.frames_per_segment,
+        "fps": job.fps,
+        "progress": {"segments": job.segments, "done": done, "failed": failed, "left": job.segments - done - failed},
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "expires_at": job.expires_at,
+        "timings": {
+            "queued_s": round((job.started_at or end) - job.created_at, 3),
+            "wall_s": round(end - job.created_at, 3),
+            "decode_s": round(sum(result.get("timings", {}).get("decode_s", 0.0) for result in segments), 3),
+            "inference_s": round(sum(result.get("timings", {}).get("inference_s", 0.0) for result in segments), 3),
+        },
+    }
+    if with_results:
+        body["timeline"] = timeline(segments)
+        body["segments"] = [_without_thumbnails(result) for result in segments]
+        body["final"] = (
+            {"answer": job.final_answer, "usage": job.final_usage, "served_by": job.final_served_by,
+             "timeline_events_used": job.timeline_events_used}
+            if job.final_answer is not None else None
+        )
+    return body
+
+
+def _without_thumbnails(result: dict[str, Any]) -> dict[str, Any]:
+    """A segment's result without its events (the timeline holds them, thumbnails and all)."""
+    return {key: value for key, value in result.items() if key != "events"} | {"events": len(result.get("events", []))}
+
+
+def job_list_body(jobs: list[JobRecord], store: JobStore) -> dict[str, Any]:
+    return {"object": "list", "data": [job_body(job, store.segments(job), with_results=False) for job in jobs]}
+
+
+async def job_events(store: JobStore, owner: str, job_id: str) -> AsyncIterator[str]:
+    """Server-sent events: ``progress`` first, a ``segment`` per result as it is recorded (every recorded one,
+    from the start, to a client that connects late) and ``progress`` after them, and ``done`` with the whole job
+    (timeline and final answer) when it ends. A job that goes meanwhile (expired) ends the stream with an ``error``."""
+    sent: set[int] = set()
+    counts = {"done": 0, "failed": 0}
+    last_progress: dict[str, Any] | None = None
+    while True:
+        job = await asyncio.to_thread(store.get, owner, job_id)
+        if job is None:
+            yield named_event("error", {"message": f"job {job_id} is gone (expired)"})
+            return
+        new = sorted(await asyncio.to_thread(store.recorded_indices, job) - sent)
+        for result in await asyncio.to_thread(store.segments, job, new) if new else []:
+            sent.add(result["index"])
+            counts[result.get("state", "failed")] = counts.get(result.get("state", "failed"), 0) + 1
+            yield named_event("segment", result)
+        done, failed = counts["done"], counts["failed"]
+        progress = {"state": job.state.value, "segments": job.segments, "done": done, "failed": failed,
+                    "left": job.segments - done - failed}
+        if progress != last_progress:
+            yield named_event("progress", progress)
+            last_progress = progress
+        if job.is_final:
+            yield named_event("done", job_body(job, await asyncio.to_thread(store.segments, job)))
+            return
+        await asyncio.sleep(EVENTS_POLL_S)
+
+
+def check_cancellable(job: JobRecord) -> None:
+    if job.state in (JobState.SUCCEEDED, JobState.FAILED):
+        raise ApiError(409, f"job {job.id} has ended ({job.state.value}); nothing to cancel. It is deleted "
+                       f"{max(0, round((job.expires_at or 0) - time.time()))} s from now (jobs.ttl_s)",
+                       param="job_id", code="job_ended")
+
+

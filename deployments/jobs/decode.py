@@ -1,0 +1,47 @@
+"""A segment's frames, decoded by a Ray task wherever Ray places it: read from the store (ranges of an S3
+object, a local file in place), seeking straight to the segment's window, under a decode budget.
+
+The task returns the frames, or the reason they cannot be had (a file gone, a window past the end, a
+corrupt stretch) as text: the runner records that segment as failed and goes on. Ray retries the task when
+its worker dies (``max_retries``).
+"""
+
+import logging
+import time
+
+import ray
+
+from deployments.errors import ApiError
+from deployments.files.service import sample_from_store
+from deployments.files.store import FileRecord, FileStore
+from models.decode_budget import DecodeBudget
+from models.media import MediaError
+from models.video import FrameSelection, SampledVideo, VideoLimits
+
+logger = logging.getLogger(__name__)
+
+DECODE_TASK_RETRIES = 2
+
+
+@ray.remote(max_retries=DECODE_TASK_RETRIES)
+def decode_segment(
+    store_url: str,
+    storage_options: dict,
+    record: FileRecord,
+    selection: FrameSelection,
+    limits: VideoLimits,
+    max_decoded_frames: int,
+    max_decoded_pixels: int,
+) -> tuple[SampledVideo | None, str | None, float]:
+    """``(frames, None, seconds)``, or ``(None, why not, seconds)``; the decode budget is the one a request for
+    these frames gets (``limits.max_decoded_frames`` and ``max_decoded_pixels``)."""
+    started = time.perf_counter()
+    targets = selection.num_frames or limits.max_frames
+    budget = DecodeBudget(max_frames=max_decoded_frames, max_pixels=max_decoded_pixels, targets_left=targets)
+    try:
+        sampled = sample_from_store(FileStore(store_url, storage_options), record, selection, limits, budget)
+        return sampled, None, time.perf_counter() - started
+    except ApiError as error:  # the file went (404)
+        return None, error.message, time.perf_counter() - started
+    except MediaError as error:
+        return None, f"{type(error).__name__}: {error}", time.perf_counter() - started

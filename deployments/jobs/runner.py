@@ -1,0 +1,374 @@
+"""The job runner: a Serve deployment (one replica) that runs every long-video job's segments on the groups.
+
+The ingress that takes ``POST /v1/video/jobs`` stores the job (:mod:`deployments.jobs.store`) and tells the
+runner; the runner also reads the store every ``jobs.scan_period_s``, so a job stored while it was down, or
+left unfinished by a runner that died, is adopted and carried on from the segments already recorded. Nothing
+of a job lives only in an ingress, and nothing of it only in this process but what is in flight.
+
+For each segment the runner:
+
+1. decodes its frames in a Ray task (:mod:`deployments.jobs.decode`), placed by Ray on any node, reading the
+   file from the store (ranges on S3), unless the runner's frame cache has them;
+2. sends one request to the groups through the same router as the ingress's (the GPU group, the floor
+   replicas, the CPU group when both are busy or down), at background priority: behind every interactive
+   request in each replica's queue;
+3. records the result once (a replica that dies mid-segment, or a group that cannot take it, gets the segment
+   tried again, up to ``jobs.segment_attempts``; an out-of-memory is shrunk by the replica as for any request).
+
+At most ``jobs.max_running_segments`` segments are in flight over all jobs and
+``jobs.max_running_segments_per_job`` for one, taken round-robin over the jobs. When every segment has its
+result, one text-only request makes the final answer. ``cancel`` stops a job: its queued segments never
+start and its running ones are cancelled (the replica takes them out of its batch).
+"""
+
+import asyncio
+import collections
+import dataclasses
+import logging
+import time
+from typing import Any
+
+import ray
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from deployments.config.app_config import AppConfig
+from deployments.files.frame_cache import FrameCache, FrameCacheKey
+from deployments.files.service import open_store
+from deployments.files.store import FileRecord
+from deployments.jobs.decode import decode_segment
+from deployments.jobs.records import JobRecord, JobState, Segment
+from deployments.jobs.segments import failed_segment, final_request, segment_request, segment_result, timeline
+from deployments.jobs.store import JobStore
+from deployments.observability.logs import route_logs_through_serve
+from deployments.replica.protocol import ReplicaAnswer, StreamOpened
+from deployments.routing.groups import DEPLOYMENT_NAMES, ROUTING_ORDER
+from deployments.routing.job_backlog import publish_backlog
+from deployments.routing.router import NoGroupAvailableError, remote_cause, router_for
+from models.errors import InvalidModelInputError, InvalidParameterError, PromptTooLongError
+from models.video import FrameSelection, SampledVideo
+
+logger = logging.getLogger(__name__)
+
+# A segment's own fault: trying it again elsewhere would fail the same way.
+_OWN_FAULTS = (InvalidModelInputError, PromptTooLongError, InvalidParameterError)
+_RETRY_PAUSE_S = 1.0
+_MAX_RETRY_PAUSE_S = 10.0
+_FINAL_THINNINGS = 10  # halvings of the timeline before the final answer gives up on fitting
+
+
+@dataclasses.dataclass
+class _JobRun:
+    """A job this runner runs: its record, its queue and what is in flight."""
+
+    job: JobRecord
+    queue: collections.deque[Segment]
+    file: FileRecord
+    running: dict[int, asyncio.Task] = dataclasses.field(default_factory=dict)
+    groups: dict[int, str] = dataclasses.field(default_factory=dict)  # running segment -> the group serving it
+    finishing: asyncio.Task | None = None
+    cancelled: bool = False
+
+
+@serve.deployment
+class JobRunner:
+    def __init__(
+        self,
+        gpu_group: DeploymentHandle | None,
+        cpu_group: DeploymentHandle | None,
+        config: AppConfig,
+        gpu_floor_group: DeploymentHandle | None = None,
+    ) -> None:
+        route_logs_through_serve()
+        self._config = config
+        self._settings = config.jobs
+        self._files = open_store(config)
+        self._store = JobStore(self._files)
+        self._router = router_for(config, gpu_group, cpu_group, gpu_floor_group)
+        # The group job segments go to first: where a backlog should add replicas.
+        handles = {"gpu": gpu_group, "gpu_floor": gpu_floor_group, "cpu": cpu_group}
+        first = next((group for group in ROUTING_ORDER if handles.get(group) is not None), None)
+        self._backlog_deployment = DEPLOYMENT_NAMES[first] if first else None
+        self._frames = FrameCache(config.files.frame_cache_bytes)
+        self._runs: dict[str, _JobRun] = {}
+        self._wake = asyncio.Event()
+        self._published_backlog: int | None = None
+        self._recorded = 0
+        self._duplicates = 0
+        self._app_name = serve.get_replica_context().app_name
+        loop = asyncio.get_event_loop()
+        self._tasks = [loop.create_task(self._dispatch_forever()), loop.create_task(self._scan_forever())]
+
+    # -- what the ingress calls ---------------------------------------------------------------------
+
+    async def submit(self, owner: str, job_id: str) -> None:
+        """Start a job the ingress has just stored (the scan would find it too, a period later)."""
+        job = await asyncio.to_thread(self._store.get, owner, job_id)
+        if job is not None and not job.is_final and job.id not in self._runs:
+            await self._adopt(job)
+
+    async def cancel(self, owner: str, job_id: str) -> None:
+        """Stop a job now: the ingress has stored the request to cancel it."""
+        run = self._runs.get(job_id)
+        if run is not None and run.job.owner == owner:
+            await self._cancel(run)
+            return
+        job = await asyncio.to_thread(self._store.get, owner, job_id)
+        if job is not None and not job.is_final:
+            await self._save(job.moved(JobState.CANCELLED, "cancelled before it started", finished_at=time.time(),
+                                       expires_at=time.time() + self._settings.ttl_s))
+
+    def describe(self) -> dict[str, Any]:
+        """Jobs, queued and running segments (per group), for ``/v1/memory`` and the memory view."""
+        running_by_group = collections.Counter(group for run in self._runs.values() for group in run.groups.values())
+        return {
+            "jobs": len(self._runs),
+            "queued_segments": sum(len(run.queue) for run in self._runs.values()),
+            "running_segments": sum(len(run.running) for run in self._runs.values()),
+            "running_segments_by_group": dict(running_by_group),
+            "recorded_segments": self._recorded,
+            "duplicate_results_refused": self._duplicates,
+            "max_running_segments": self._settings.max_running_segments,
+        }
+
+    def check_health(self) -> None:
+        for task in self._tasks:
+            if task.done():
+                raise RuntimeError(f"The job runner's loop ended: {task.exception() if not task.cancelled() else 'cancelled'}")
+
+    # -- adopting and scanning ----------------------------------------------------------------------
+
+    async def _scan_forever(self) -> None:
+        next_sweep = 0.0
+        while True:
+            try:
+                await self._scan()
+                if time.time() >= next_sweep:
+                    await asyncio.to_thread(self._store.sweep)
+                    next_sweep = time.time() + self._config.files.sweep_period_s
+            except Exception:  # noqa: BLE001 - a store hiccup must not end the scanning
+                logger.exception("Scanning the job store failed")
+            self._publish_backlog(force=True)
+            await asyncio.sleep(self._settings.scan_period_s)
+
+    async def _scan(self) -> None:
+        for job in await asyncio.to_thread(self._store.unfinished):
+            run = self._runs.get(job.id)
+            if run is None:
+                await self._adopt(job)
+            elif not run.cancelled and await asyncio.to_thread(self._store.cancel_requested, job):
+                await self._cancel(run)
+
+    async def _adopt(self, job: JobRecord) -> None:
+        if job.id in self._runs:
+            return
+        if await asyncio.to_thread(self._store.cancel_requested, job):
+            await self._save(job.moved(JobState.CANCELLED, "cancelled before it started", finished_at=time.time(),
+                                       expires_at=time.time() + self._settings.ttl_s))
+            return
+        file = await asyncio.to_thread(self._files.get, job.owner, job.file_id)
+        if file is None:
+            await self._end(job, JobState.FAILED, f"its file {job.file_id} is gone (deleted or expired)")
+            return
+        recorded = await asyncio.to_thread(self._store.recorded_indices, job)
+        queue = collections.deque(segment for segment in job.plan() if segment.index not in recorded)
+        if job.state is JobState.QUEUED:
+            job = job.moved(JobState.RUNNING, "running", started_at=time.time())
+            await self._save(job)
+        run = _JobRun(job=job, queue=queue, file=file)
+        if job.id in self._runs:  # adopted meanwhile (submit and the scan at once)
+            return
+        self._runs[job.id] = run
+        logger.info("Job %s: %d of %d segments to run (%d recorded already)", job.id, len(queue), job.segments, len(recorded))
+        if not queue:
+            run.finishing = asyncio.get_event_loop().create_task(self._finish(run))
+        self._wake.set()
+
+    # -- dispatching --------------------------------------------------------------------------------
+
+    async def _dispatch_forever(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            self._dispatch()
+            self._publish_backlog()
+
+    def _dispatch(self) -> None:
+        """Start queued segments, one job at a time round-robin, within the overall and per-job bounds."""
+        settings = self._settings
+        running = sum(len(run.running) for run in self._runs.values())
+        progressed = True
+        while progressed and running < settings.max_running_segments:
+            progressed = False
+            for run in list(self._runs.values()):
+                if running >= settings.max_running_segments:
+                    break
+                if run.cancelled or not run.queue or len(run.running) >= settings.max_running_segments_per_job:
+                    continue
+                segment = run.queue.popleft()
+                run.running[segment.index] = asyncio.get_event_loop().create_task(self._segment(run, segment))
+                running += 1
+                progressed = True
+
+    def _publish_backlog(self, force: bool = False) -> None:
+        queued = sum(len(run.queue) for run in self._runs.values())
+        if self._backlog_deployment is None or (queued == self._published_backlog and not force):
+            return
+        try:
+            publish_backlog(self._app_name, {self._backlog_deployment: queued})
+            self._published_backlog = queued
+        except Exception as error:  # noqa: BLE001 - autoscaling on the backlog is best effort
+            logger.warning("Publishing the job backlog failed: %s", error)
+
+    # -- one segment --------------------------------------------------------------------------------
+
+    async def _segment(self, run: _JobRun, segment: Segment) -> None:
+        try:
+            result = await self._attempts(run, segment)
+            recorded = await asyncio.to_thread(self._store.put_segment, run.job, result)
+            if recorded:
+                self._recorded += 1
+            else:
+                self._duplicates += 1
+                logger.warning("Job %s segment %d: a result was recorded already; this one is dropped", run.job.id, segment.index)
+        except asyncio.CancelledError:
+            logger.info("Job %s segment %d cancelled", run.job.id, segment.index)
+        except Exception:  # noqa: BLE001 - a bug must not leave the job waiting forever
+            logger.exception("Job %s segment %d failed in the runner", run.job.id, segment.index)
+            await asyncio.to_thread(self._store.put_segment, run.job, failed_segment(segment, "the runner failed", attempts=1))
+        finally:
+            run.running.pop(segment.index, None)
+            run.groups.pop(segment.index, None)
+            if not run.cancelled and not run.queue and not run.running and run.finishing is None:
+                run.finishing = asyncio.get_event_loop().create_task(self._finish(run))
+            self._wake.set()
+
+    async def _attempts(self, run: _JobRun, segment: Segment) -> dict[str, Any]:
+        """The segment's result: answered, or failed with the last reason once its attempts are spent."""
+        job, reason = run.job, ""
+        attempt = 0
+        while attempt < self._settings.segment_attempts:
+            attempt += 1
+            try:
+                sampled, why_not, decode_s = await self._frames_of(run, segment)
+                if sampled is None:
+                    return failed_segment(segment, f"its frames: {why_not}", attempts=attempt)
+                request = segment_request(job, segment, sampled, self._config.limits.max_prompt_tokens)
+                answer = await self._router.call(
+                    "generate_stream", request, on_opened=lambda opened: self._opened(run, segment, opened)
+                )
+                return segment_result(job, segment, sampled, answer, attempts=attempt, decode_s=decode_s)
+            except _OWN_FAULTS as error:
+                return failed_segment(segment, str(remote_cause(error)), attempts=attempt)
+            except NoGroupAvailableError as error:
+                reason = f"no group could take it: {error}"
+                if error.busy:
+                    attempt -= 1  # every group is busy, none broken: wait for room without spending an attempt
+            except Exception as error:  # noqa: BLE001 - a replica that died mid-segment: try again elsewhere
+                cause = remote_cause(error)
+                reason = f"{type(cause).__name__}: {str(cause).splitlines()[0][:300] if str(cause) else ''}"
+            finally:
+                run.groups.pop(segment.index, None)
+            pause = min(_MAX_RETRY_PAUSE_S, _RETRY_PAUSE_S * 2 ** max(0, attempt - 1))
+            logger.warning("Job %s segment %d, attempt %d: %s; again in %.0f s", job.id, segment.index, attempt, reason, pause)
+            await asyncio.sleep(pause)
+        return failed_segment(segment, reason, attempts=attempt)
+
+    def _opened(self, run: _JobRun, segment: Segment, opened: StreamOpened) -> None:
+        run.groups[segment.index] = opened.served_by.group
+
+    async def _frames_of(self, run: _JobRun, segment: Segment) -> tuple[SampledVideo | None, str | None, float]:
+        """The segment's frames from the frame cache, or decoded by a Ray task (cancelled with the segment)."""
+        job, limits = run.job, self._config.limits
+        selection = FrameSelection(num_frames=job.frames_per_segment, fps=job.fps, start_s=segment.start_s, end_s=segment.end_s)
+        video_limits = dataclasses.replace(limits.video_limits(), max_duration_s=self._settings.max_video_duration_s)
+        key = FrameCacheKey(
+            owner=job.owner, sha256=job.file_sha256, num_frames=selection.num_frames, fps=selection.fps,
+            start_s=selection.start_s, end_s=selection.end_s, max_frames=video_limits.max_frames,
+            target_pixels_per_frame=video_limits.target_pixels_per_frame,
+        )
+        cached = self._frames.get(key)
+        if cached is not None:
+            return cached, None, 0.0
+        reference = decode_segment.options(num_cpus=self._settings.decode_num_cpus).remote(
+            self._files.url, self._config.files.storage_options, run.file, selection, video_limits,
+            limits.max_decoded_frames, limits.max_decoded_pixels,
+        )
+        try:
+            sampled, why_not, seconds = await reference
+        except asyncio.CancelledError:
+            ray.cancel(reference)
+            raise
+        if sampled is not None and sampled.substituted == 0:
+            self._frames.put(key, sampled)
+        return sampled, why_not, seconds
+
+    # -- the end ------------------------------------------------------------------------------------
+
+    async def _finish(self, run: _JobRun) -> None:
+        """Every segment recorded: the final answer over the timeline, then the job's end."""
+        job = run.job
+        try:
+            segments = await asyncio.to_thread(self._store.segments, job)
+            answered = [result for result in segments if result.get("state") == "done"]
+            if not answered:
+                first = next((result.get("error", "") for result in segments), "no result")
+                await self._end(job, JobState.FAILED, f"every segment failed; the first: {first}")
+                return
+            if job.state is JobState.RUNNING:
+                job = run.job = job.moved(JobState.FINALIZING, "making the final answer")
+                await self._save(job)
+            answer, kept = await self._final_answer(job, timeline(segments))
+            await self._end(
+                job, JobState.SUCCEEDED, "done", final_answer=answer.result.text,
+                final_usage={"prompt_tokens": answer.result.prompt_tokens, "completion_tokens": answer.result.completion_tokens},
+                final_served_by={"group": answer.served_by.group, "replica": answer.served_by.replica,
+                                 "precision": answer.served_by.precision},
+                timeline_events_used=kept,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # noqa: BLE001 - the job ends failed, with the reason
+            logger.exception("Job %s: the final answer failed", job.id)
+            await self._end(job, JobState.FAILED, f"the final answer failed: {type(error).__name__}: {remote_cause(error)}")
+
+    async def _final_answer(self, job: JobRecord, events: list[dict[str, Any]]) -> tuple[ReplicaAnswer, int]:
+        keep_every, attempt = 1, 0
+        while True:
+            request = final_request(job, events, keep_every, self._config.limits.max_prompt_tokens)
+            try:
+                return await self._router.call("generate_stream", request), len(events[::keep_every])
+            except PromptTooLongError:
+                if keep_every >= 2**_FINAL_THINNINGS:
+                    raise
+                keep_every *= 2  # every other event, evenly over the video
+            except NoGroupAvailableError:
+                attempt += 1
+                if attempt >= self._settings.segment_attempts:
+                    raise
+                await asyncio.sleep(_RETRY_PAUSE_S * 2**attempt)
+
+    async def _cancel(self, run: _JobRun) -> None:
+        run.cancelled = True
+        queued = len(run.queue)
+        run.queue.clear()
+        tasks = [*run.running.values(), *([run.finishing] if run.finishing else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        logger.info("Job %s cancelled: %d queued segments dropped, %d running ones stopped", run.job.id, queued, len(tasks))
+        await self._end(run.job, JobState.CANCELLED, f"cancelled: {queued} queued segments never ran, {len(tasks)} stopped")
+
+    async def _end(self, job: JobRecord, state: JobState, reason: str, **changes: Any) -> None:
+        now = time.time()
+        if job.is_final:
+            return
+        await self._save(job.moved(state, reason, finished_at=now, expires_at=now + self._settings.ttl_s, **changes))
+        self._runs.pop(job.id, None)
+        logger.info("Job %s %s: %s", job.id, state.value, reason)
+        self._wake.set()
+
+    async def _save(self, job: JobRecord) -> None:
+        if job.id in self._runs:
+            self._runs[job.id].job = job
+        await asyncio.to_thread(self._store.save, job)

@@ -1,0 +1,196 @@
+"""A segment's request and its result, and the final answer's request: what a job asks the model, and how
+the answers become a timeline in the whole video's clock.
+
+Each segment is asked the job's question about its own range, with its frames (their times in the whole
+video's clock, as the chat template shows them) and the job's schema: by default a list of events, each a time
+and a description. An event's time is put in the whole video's clock: a time inside the segment stands; one
+inside ``[0, segment length)`` was counted from the segment's start; any other is moved to the nearest end of
+the segment and marked ``time_adjusted``. Each event carries the thumbnail of the sampled frame nearest to it.
+
+The final answer is one more request, text only: the job's question over the timeline's events, in time
+order. A timeline too long for ``limits.max_prompt_tokens`` is thinned (every other event dropped, evenly over
+the video) until it fits; the job says how many events the final prompt held.
+"""
+
+import bisect
+import json
+import math
+from typing import Any
+
+from deployments.jobs.records import JobRecord, Segment
+from deployments.replica.protocol import ReplicaAnswer
+from models.requests import ChatMessage, DecodingOptions, GenerationRequest, ResponseFormat, TextPart, VideoPart
+from models.thumbnails import frame_thumbnails
+from models.video import SampledVideo
+
+# At most this many events a segment, each described in at most this many characters: a bounded answer, which
+# a grammar-constrained model cannot ramble past.
+MAX_EVENTS_PER_SEGMENT = 8
+MAX_EVENT_CHARS = 200
+DEFAULT_EVENTS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "events": {
+            "type": "array",
+            "maxItems": MAX_EVENTS_PER_SEGMENT,
+            "items": {
+                "type": "object",
+                "properties": {
+                    "time_s": {"type": "number"},
+                    "description": {"type": "string", "maxLength": MAX_EVENT_CHARS},
+                },
+                "required": ["time_s", "description"],
+                "additionalProperties": False,
+            },
+        }
+    },
+    "required": ["events"],
+    "additionalProperties": False,
+}
+BACKGROUND_PRIORITY = 1  # interactive requests are 0: first in every replica's queue
+
+
+def schema_json(schema: dict[str, Any]) -> str:
+    return json.dumps(schema, sort_keys=True, separators=(",", ":"))
+
+
+def clock(seconds: float) -> str:
+    """``h:mm:ss`` (``1:02:03``), the way a person reads a time in a long video."""
+    whole = int(seconds)
+    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
+
+
+def segment_request(job: JobRecord, segment: Segment, sampled: SampledVideo, max_prompt_tokens: int) -> GenerationRequest:
+    instruction = (
+        f"These frames are the part of a longer video from {clock(segment.start_s)} to {clock(segment.end_s)} "
+        f"({segment.start_s:.1f} s to {segment.end_s:.1f} s); every time is in seconds from the video's start. "
+        f"{job.question}"
+    )
+    if not job.custom_schema:
+        instruction += " List what happens in this part as events, each with its time in seconds and a short description."
+    video = VideoPart(frames=sampled.frames, timestamps_s=sampled.timestamps_s)
+    return GenerationRequest(
+        messages=(ChatMessage(role="user", content=(video, TextPart(instruction))),),
+        max_new_tokens=job.max_tokens,
+        temperature=job.temperature,
+        seed=None if job.seed is None else job.seed + segment.index,
+        max_prompt_tokens=max_prompt_tokens,
+        options=DecodingOptions(response_format=ResponseFormat(kind="json_schema", schema_json=job.json_schema)),
+        priority=BACKGROUND_PRIORITY,
+    )
+
+
+def segment_result(
+    job: JobRecord,
+    segment: Segment,
+    sampled: SampledVideo,
+    answer: ReplicaAnswer,
+    *,
+    attempts: int,
+    decode_s: float,
+) -> dict[str, Any]:
+    """What is recorded for a segment the model answered: its answer parsed, its events in the whole video's
+    clock with thumbnails, its frames' times, who served it and what it cost."""
+    text = answer.result.text
+    try:
+        parsed: Any = json.loads(text)
+        parse_error = None
+    except ValueError as error:
+        parsed, parse_error = None, f"the answer is not JSON ({error}); finish_reason {answer.result.finish_reason}"
+    times = list(sampled.timestamps_s)
+    thumbnails = frame_thumbnails(sampled.frames)
+    events = [_placed(event, segment, times, thumbnails) for event in _events_of(parsed, job.custom_schema, segment)]
+    return {
+        "index": segment.index,
+        "start_s": segment.start_s,
+        "end_s": segment.end_s,
+        "state": "done",
+        "answer": parsed,
+        "text": text,
+        "parse_error": parse_error,
+        "finish_reason": answer.result.finish_reason,
+        "events": events,
+        "frames": {"count": len(times), "timestamps_s": times, "substituted": sampled.substituted},
+        "usage": {"prompt_tokens": answer.result.prompt_tokens, "completion_tokens": answer.result.completion_tokens},
+        "served_by": {"group": answer.served_by.group, "replica": answer.served_by.replica,
+                      "precision": answer.served_by.precision},
+        "attempts": attempts,
+        "timings": {"decode_s": round(decode_s, 4), "inference_s": round(answer.inference_seconds or 0.0, 4)},
+        "out_of_memory_retries": len(answer.oom_retries),
+    }
+
+
+def failed_segment(segment: Segment, reason: str, *, attempts: int) -> dict[str, Any]:
+    return {
+        "index": segment.index, "start_s": segment.start_s, "end_s": segment.end_s, "state": "failed",
+        "error": reason, "events": [], "attempts": attempts,
+    }
+
+
+def _events_of(parsed: Any, custom_schema: bool, segment: Segment) -> list[dict[str, Any]]:
+    """The events of an answer: the default schema's list; with the caller's own schema, the answer itself at
+    the segment's start (its shape is the caller's)."""
+    if not custom_schema:
+        events = parsed.get("events") if isinstance(parsed, dict) else None
+        return [event for event in events or [] if isinstance(event, dict) and _is_number(event.get("time_s"))]
+    if parsed is None:
+        return []
+    return [{"time_s": segment.start_s, "description": json.dumps(parsed)[:MAX_EVENT_CHARS], "answer": parsed}]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _placed(event: dict[str, Any], segment: Segment, times: list[float], thumbnails: list[str]) -> dict[str, Any]:
+    time_s = float(event["time_s"])
+    adjusted = False
+    if not segment.start_s <= time_s <= segment.end_s:
+        if 0 <= time_s < segment.end_s - segment.start_s:
+            time_s += segment.start_s  # counted from the segment's start
+        else:
+            time_s = min(max(time_s, segment.start_s), segment.end_s)
+            adjusted = True
+    nearest = _nearest(times, time_s)
+    placed = {
+        **event,
+        "time_s": round(time_s, 3),
+        "description": str(event.get("description", ""))[:MAX_EVENT_CHARS],
+        "frame_s": times[nearest],
+        "thumbnail": thumbnails[nearest],
+        "segment": segment.index,
+    }
+    if adjusted:
+        placed["time_adjusted"] = True
+    return placed
+
+
+def _nearest(times: list[float], time_s: float) -> int:
+    position = bisect.bisect_left(times, time_s)
+    candidates = [index for index in (position - 1, position) if 0 <= index < len(times)]
+    return min(candidates, key=lambda index: abs(times[index] - time_s))
+
+
+def timeline(segments: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every recorded segment's events, in the whole video's clock, in time order."""
+    events = [event for result in segments for event in result.get("events", [])]
+    return sorted(events, key=lambda event: (event["time_s"], event.get("segment", 0)))
+
+
+def final_request(job: JobRecord, events: list[dict[str, Any]], keep_every: int, max_prompt_tokens: int) -> GenerationRequest:
+    """The text-only request for the final answer, over every ``keep_every``-th event of the timeline."""
+    kept = events[::keep_every]
+    lines = [f"[{clock(event['time_s'])}] {event['description']}" for event in kept] or ["(no events were seen)"]
+    prompt = (
+        f"A video of {clock(job.duration_s)} was watched in {job.segments} parts. What was seen, by time:\n"
+        + "\n".join(lines)
+        + f"\n\nFrom these observations, answer: {job.question}"
+    )
+    return GenerationRequest(
+        messages=(ChatMessage(role="user", content=(TextPart(prompt),)),),
+        max_new_tokens=job.final_max_tokens,
+        temperature=job.temperature,
+        seed=job.seed,
+        max_prompt_tokens=max_prompt_tokens,
+        priority=BACKGROUND_PRIORITY,
+    )

@@ -1,0 +1,44 @@
+"""The job backlog (segments queued, not yet sent) as the autoscaling policy sees it.
+
+The job runner publishes how many segments wait, for the group they will go to first, in the GCS's key-value
+store every time the count changes and at least every scan period; each group's autoscaling policy (in the
+Serve controller) adds its share to the requests it scales for. A figure older than ``MAX_AGE_S`` (a runner
+that died) counts as none.
+"""
+
+import json
+import logging
+import time
+
+from ray.experimental import internal_kv
+
+logger = logging.getLogger(__name__)
+
+MAX_AGE_S = 30.0
+_NAMESPACE = "video-detective"
+
+
+def _key(app_name: str) -> str:
+    return f"job-backlog:{app_name}"
+
+
+def publish_backlog(app_name: str, queued_by_deployment: dict[str, int]) -> None:
+    value = json.dumps({"at": time.time(), "queued": queued_by_deployment}).encode()
+    internal_kv._internal_kv_put(_key(app_name), value, overwrite=True, namespace=_NAMESPACE)
+
+
+def read_backlog(app_name: str | None, deployment_name: str, *, now: float | None = None) -> int:
+    """Segments queued for ``deployment_name``, as last published (0: none, unknown or stale)."""
+    if not app_name or not internal_kv._internal_kv_initialized():
+        return 0
+    try:
+        raw = internal_kv._internal_kv_get(_key(app_name), namespace=_NAMESPACE)
+    except Exception as error:  # noqa: BLE001 - a GCS hiccup must not stop the autoscaler
+        logger.warning("Reading the job backlog failed: %s", error)
+        return 0
+    if not raw:
+        return 0
+    published = json.loads(raw)
+    if (now if now is not None else time.time()) - published["at"] > MAX_AGE_S:
+        return 0
+    return int(published["queued"].get(deployment_name, 0))

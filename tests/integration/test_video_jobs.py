@@ -1,0 +1,238 @@
+"""Long videos as durable jobs, through real Serve and HTTP: upload, job, timeline, final answer; ownership,
+bad input, quotas, cancellation; a CPU replica, the job runner and the ingress killed mid-job.
+
+The app: the CPU group on two replicas (the GPU group off), the job runner, jobs kept in a store folder of
+the test's. The video: two minutes of a real H.264 file (PyAV), cut into segments of 10 s.
+"""
+
+import json
+import pathlib
+import time
+
+import httpx
+import media_factory
+import pytest
+import ray
+from polling import wait_for_condition
+from ray import serve
+
+from integration.conftest import TEST_APP_ARGS, deploy
+
+KEYS = ("vd-jobs-key-alice-0001", "vd-jobs-key-bob-0002")
+APP = "jobs"
+VIDEO_S = 120
+SEGMENT_S = 10
+SEGMENTS = VIDEO_S // SEGMENT_S
+VIDEO = media_factory.video_bytes("mp4", num_frames=VIDEO_S * 2, fps=2, gop=20)
+MAX_ACTIVE_JOBS = 2
+
+
+@pytest.fixture(scope="module")
+def jobs_url(http_port, test_root):
+    keys_file = test_root / "jobs-api-keys"
+    keys_file.write_text("\n".join(KEYS) + "\n")
+    args = {
+        "limits": {**TEST_APP_ARGS["limits"], "max_prompt_tokens": 400},
+        "gpu_group": {"enabled": False},
+        "cpu_group": {"num_cpus": 0.5, "autoscaling": {"min_replicas": 2, "max_replicas": 2}},
+        "auth": {"api_keys_file": str(keys_file)},
+        "files": {"store_url": (test_root / "jobs-store").as_uri()},
+        "ingress": {"num_cpus": 0.25, "upload_dir": TEST_APP_ARGS["ingress"]["upload_dir"]},
+        "jobs": {
+            "min_segment_s": 2, "default_segment_s": SEGMENT_S, "max_running_segments": 2,
+            "max_running_segments_per_job": 2, "max_active_jobs_per_key": MAX_ACTIVE_JOBS,
+            "max_queued_segments_per_key": 60, "scan_period_s": 0.5, "decode_num_cpus": 0.1,
+        },
+    }
+    url = deploy(args, http_port, name=APP, route_prefix="/jobs")
+    yield url
+    serve.delete(APP)
+
+
+def _client(url: str, key: str) -> httpx.Client:
+    return httpx.Client(base_url=url, headers={"authorization": f"Bearer {key}"}, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def alice(jobs_url):
+    with _client(jobs_url, KEYS[0]) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def bob(jobs_url):
+    with _client(jobs_url, KEYS[1]) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def video_id(alice):
+    response = alice.post("/v1/files", data={"purpose": "vision"}, files={"file": ("two-minutes.mp4", VIDEO, "video/mp4")})
+    assert response.status_code == 200, response.text
+    return response.json()["id"]
+
+
+def _start(client: httpx.Client, file_id: str, **fields) -> dict:
+    response = client.post("/v1/video/jobs", json={"file_id": file_id, "question": "What happens?", **fields})
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def _ended(client: httpx.Client, job_id: str, timeout_s: float = 240) -> dict:
+    def ended() -> dict | None:
+        body = client.get(f"/v1/video/jobs/{job_id}").json()
+        return body if body["state"] in ("succeeded", "failed", "cancelled") else None
+
+    return wait_for_condition(ended, timeout_s=timeout_s, interval_s=0.5)
+
+
+def _segment_files(test_root: pathlib.Path, job_id: str) -> list[pathlib.Path]:
+    return sorted((test_root / "jobs-store").glob(f"*/jobs/{job_id}/segments/*.json"))
+
+
+def _check_complete(body: dict) -> None:
+    """Every segment answered once, in its own window, and the timeline in the whole video's clock."""
+    assert body["state"] == "succeeded", body["reason"]
+    assert body["progress"] == {"segments": SEGMENTS, "done": SEGMENTS, "failed": 0, "left": 0}
+    indices = [segment["index"] for segment in body["segments"]]
+    assert indices == list(range(SEGMENTS))
+    for segment in body["segments"]:
+        start, end = segment["index"] * SEGMENT_S, (segment["index"] + 1) * SEGMENT_S
+        assert (segment["start_s"], segment["end_s"]) == (start, end)
+        times = segment["frames"]["timestamps_s"]
+        assert len(times) == 4 and all(start <= t < end for t in times), (segment["index"], times)
+    for event in body["timeline"]:
+        segment = body["segments"][event["segment"]]
+        assert segment["start_s"] <= event["time_s"] <= segment["end_s"]
+        assert event["thumbnail"].startswith("data:image/jpeg;base64,")
+    assert [event["time_s"] for event in body["timeline"]] == sorted(event["time_s"] for event in body["timeline"])
+    assert isinstance(body["final"]["answer"], str) and body["final"]["usage"]["completion_tokens"] >= 1
+
+
+def test_a_job_answers_every_segment_once_and_builds_a_timeline_and_a_final_answer(alice, video_id, test_root):
+    started = _start(alice, video_id, seed=7)
+    assert started["state"] == "queued" and started["progress"]["segments"] == SEGMENTS
+    assert started["duration_s"] == pytest.approx(VIDEO_S, abs=0.6)
+
+    body = _ended(alice, started["id"])
+
+    _check_complete(body)
+    assert {segment["served_by"]["group"] for segment in body["segments"]} == {"cpu"}
+    assert len(_segment_files(test_root, started["id"])) == SEGMENTS
+    # The default schema's answers parse: the events come from the model's JSON.
+    parsed = [segment for segment in body["segments"] if segment["answer"] is not None]
+    assert parsed and all(isinstance(segment["answer"]["events"], list) for segment in parsed)
+    assert body["timings"]["wall_s"] > 0 and body["timings"]["inference_s"] > 0
+
+
+def test_the_events_stream_each_segment_as_it_lands_and_ends_with_the_whole_job(alice, video_id):
+    job = _start(alice, video_id, segment_s=20)
+    events = []
+    with alice.stream("GET", f"/v1/video/jobs/{job['id']}/events", timeout=240) as response:
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+        name = None
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                name = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                events.append((name, json.loads(line.removeprefix("data: "))))
+
+    names = [name for name, _ in events]
+    assert names[0] == "progress" and names[-1] == "done"
+    segments = [payload for name, payload in events if name == "segment"]
+    assert sorted(segment["index"] for segment in segments) == list(range(VIDEO_S // 20))
+    done = [payload["done"] for name, payload in events if name == "progress"]
+    assert done == sorted(done) and done[-1] == VIDEO_S // 20
+    assert events[-1][1]["state"] == "succeeded" and events[-1][1]["final"]["answer"] is not None
+
+
+def test_a_job_is_its_key_s_only(alice, bob, video_id):
+    job = _start(alice, video_id, segment_s=60)
+
+    for method, path in (("GET", ""), ("GET", "/events"), ("DELETE", "")):
+        response = bob.request(method, f"/v1/video/jobs/{job['id']}{path}")
+        assert response.status_code == 404 and response.json()["error"]["code"] == "job_not_found"
+    assert job["id"] not in [listed["id"] for listed in bob.get("/v1/video/jobs").json()["data"]]
+    assert job["id"] in [listed["id"] for listed in alice.get("/v1/video/jobs").json()["data"]]
+    # Bob cannot start a job on Alice's file either.
+    response = bob.post("/v1/video/jobs", json={"file_id": video_id, "question": "?"})
+    assert response.status_code == 404 and response.json()["error"]["code"] == "file_not_found"
+    _ended(alice, job["id"])
+
+
+@pytest.mark.parametrize(
+    ("fields", "status", "param"),
+    [
+        ({"file_id": "file-" + "0" * 24}, 404, "file_id"),
+        ({"segment_s": 1}, 400, "segment_s"),
+        ({"segment_s": 0.05}, 400, "segment_s"),  # also: too many segments
+        ({"frames": 9}, 400, "frames"),
+        ({"frames": 2, "fps": 1}, 400, "fps"),
+        ({"max_tokens": 4001}, 400, "max_tokens"),
+        ({"question": "  "}, 400, "question"),
+        ({"colour": "red"}, 400, "colour"),
+        ({"json_schema": {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(2000)}}}, 400, "json_schema"),
+        ({"model": "another-model"}, 404, "model"),
+    ],
+)
+def test_a_bad_job_is_refused_with_its_reason_and_nothing_is_stored(alice, video_id, fields, status, param, test_root):
+    before = len(list((test_root / "jobs-store").glob("*/jobs/job-*")))
+    response = alice.post("/v1/video/jobs", json={"file_id": video_id, "question": "What happens?", **fields})
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["param"] == param
+    assert len(list((test_root / "jobs-store").glob("*/jobs/job-*"))) == before
+    assert alice.get("/v1/models").status_code == 200
+
+
+def test_an_image_file_and_unknown_jobs_are_refused(alice):
+    image = alice.post("/v1/files", data={"purpose": "vision"}, files={"file": ("a.png", media_factory.image_bytes("PNG"), "image/png")})
+    response = alice.post("/v1/video/jobs", json={"file_id": image.json()["id"], "question": "?"})
+    assert response.status_code == 400 and response.json()["error"]["code"] == "not_a_video"
+    for job_id in ("job-" + "0" * 24, "../../etc", "job-xyz"):
+        assert alice.get(f"/v1/video/jobs/{job_id}").status_code == 404
+
+
+def test_quotas_refuse_a_job_over_the_key_s_active_jobs_and_a_cancel_stops_a_job_within_two_seconds(alice, video_id, test_root):
+    jobs = [_start(alice, video_id, segment_s=5)]  # 24 segments of the 60 a key may have waiting
+    response = alice.post("/v1/video/jobs", json={"file_id": video_id, "question": "?", "segment_s": 2})
+    assert response.status_code == 429 and "with this job's 60" in response.json()["error"]["message"]
+    assert "jobs.max_queued_segments_per_key" in response.json()["error"]["message"]
+    jobs.append(_start(alice, video_id, segment_s=5))
+    response = alice.post("/v1/video/jobs", json={"file_id": video_id, "question": "?", "segment_s": 60})
+    assert response.status_code == 429 and "jobs.max_active_jobs_per_key" in response.json()["error"]["message"]
+
+    # Both run (two segments in flight over all jobs); cancel them once some segments are recorded.
+    wait_for_condition(lambda: len(_segment_files(test_root, jobs[0]["id"])) >= 1, timeout_s=120)
+    for job in jobs:
+        asked = time.monotonic()
+        response = alice.delete(f"/v1/video/jobs/{job['id']}")
+        assert response.status_code == 200, response.text
+        assert response.json()["state"] == "cancelled" and time.monotonic() - asked < 2.0
+    recorded = [len(_segment_files(test_root, job["id"])) for job in jobs]
+    assert all(count < VIDEO_S // 5 for count in recorded)
+    time.sleep(3)  # nothing may land after the cancel: no segment runs on
+    assert [len(_segment_files(test_root, job["id"])) for job in jobs] == recorded
+    jobs_view = alice.get("/v1/memory").json()["jobs"]
+    assert jobs_view["running_segments"] == 0 and jobs_view["queued_segments"] == 0
+    # Cancelled jobs no longer count against the quota.
+    replacement = _start(alice, video_id, segment_s=60)
+    assert alice.delete(f"/v1/video/jobs/{replacement['id']}").json()["state"] == "cancelled"
+
+
+def _serve_actor(fragment: str) -> str:
+    names = [actor["name"] for actor in ray.util.list_named_actors(all_namespaces=True)
+             if actor["name"].startswith("SERVE_REPLICA") and f"{APP}#" in actor["name"] and fragment in actor["name"]]
+    assert names, f"no {fragment} replica of {APP}"
+    return names[0]
+
+
+@pytest.mark.parametrize("victim", ["cpu_group", "JobRunner", "Ingress"])
+def test_a_job_completes_with_every_segment_once_when_a_process_dies_mid_job(alice, video_id, test_root, victim):
+    job = _start(alice, video_id)
+    wait_for_condition(lambda: len(_segment_files(test_root, job["id"])) >= 2, timeout_s=120, interval_s=0.1)
+
+    ray.kill(ray.get_actor(_serve_actor(victim), namespace="serve"), no_restart=True)
+
+    body = _ended(alice, job["id"])
+    _check_complete(body)
+    assert len(_segment_files(test_root, job["id"])) == SEGMENTS
