@@ -68,18 +68,23 @@ def plan_admission(
     holding: int,
     headroom_bytes: int,
     max_batch_size: int,
+    is_background: Callable[[T], bool] = lambda request: False,
 ) -> list[T]:
-    """The waiting requests that may start now: a prefix of ``waiting`` (arrival order, no overtaking).
+    """The waiting requests that may start now: a prefix of ``waiting`` (queue order, no overtaking; the
+    queue holds interactive requests ahead of background ones).
 
     ``holding``: requests admitted already (prefilling or running); ``batch_bytes_with(admitted)``: the
     batch's predicted peak with the requests admitted so far in this round. A request waiting to run alone
     stops the round unless nothing is held; one that does not fit (or would not fit beside the others)
-    stops it too, and waits for the batch to shrink.
+    stops it too, and waits for the batch to shrink. A background request (a long video's segment) stops it
+    once the batch holds :func:`background_slots`: the rest of the batch is kept for interactive requests.
     """
     admitted: list[T] = []
     for request in waiting:
         running = holding + len(admitted)
         if state_of(request) is RequestState.WAITING_ALONE and running:
+            break
+        if is_background(request) and running >= background_slots(max_batch_size):
             break
         decision = admission_decision(
             alone_bytes=alone_bytes_of(request),
@@ -92,6 +97,12 @@ def plan_admission(
             break
         admitted.append(request)
     return admitted
+
+
+def background_slots(max_batch_size: int) -> int:
+    """Rows of a batch background requests may hold: a quarter (at least one) is kept for interactive ones,
+    unless the batch has a single row."""
+    return max(1, max_batch_size - max(1, max_batch_size // 4))
 
 
 OomPhase = Literal["prefill", "decode"]

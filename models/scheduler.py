@@ -290,6 +290,7 @@ class BatchScheduler:
             holding=len(self._holding),
             headroom_bytes=self._limits.headroom_bytes,
             max_batch_size=self._limits.max_batch_size,
+            is_background=lambda ticket: ticket.request.priority > 0,
         )
         for ticket in admitted:
             self._waiting.popleft()

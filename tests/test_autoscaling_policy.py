@@ -47,7 +47,9 @@ class _Config:
         return 1.0
 
 
-def _context(*, running: list[str], ready: dict[str, float | list[float]], requests: float) -> object:
+def _context(
+    *, running: list[str], ready: dict[str, float | list[float]], requests: float, app_name: str | None = None
+) -> object:
     """A small stand-in for Serve's AutoscalingContext: the fields the policy reads. ``ready`` is each replica's
     reports, oldest first (one number: a single report)."""
     series = {replica: values if isinstance(values, list) else [values] for replica, values in ready.items()}
@@ -69,6 +71,8 @@ def _context(*, running: list[str], ready: dict[str, float | list[float]], reque
         total_queued_requests=0,
         current_num_replicas=len(running),
         config=_Config(),
+        app_name=app_name,
+        deployment_name="gpu_group",
     )
 
 
@@ -90,3 +94,32 @@ def test_a_replica_that_has_just_loaded_counts_as_ready_at_once_not_after_half_a
     desired, reason = memory_aware_policy(_context(running=["a"], ready={"a": [0, 0, 0, 0, 1]}, requests=3))
 
     assert desired == 3, reason
+
+
+@pytest.fixture(scope="module")
+def local_ray(test_root):
+    import ray
+
+    ray.init(address="local", num_cpus=1, include_dashboard=False, _temp_dir=str(test_root / "ray-backlog"),
+             log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_a_job_backlog_counts_as_requests_for_the_group_it_goes_to_and_a_stale_one_as_none(local_ray):
+    from deployments.routing.autoscaling import memory_aware_policy
+    from deployments.routing.job_backlog import MAX_AGE_S, publish_backlog, read_backlog
+
+    context = _context(running=["a"], ready={"a": 1.0}, requests=1, app_name="backlog-app")
+    assert memory_aware_policy(context)[0] == 1
+
+    publish_backlog("backlog-app", {"gpu_group": 5})
+    desired, reason = memory_aware_policy(context)
+
+    assert desired == 6  # 1 request + 5 queued segments, a target of 1 each (Serve then caps at max_replicas)
+    assert "5 of them job segments waiting" in reason["reason"]
+    assert read_backlog("backlog-app", "cpu_group") == 0  # published for the GPU group only
+    assert read_backlog("another-app", "gpu_group") == 0
+    import time
+
+    assert read_backlog("backlog-app", "gpu_group", now=time.time() + MAX_AGE_S + 1) == 0  # a runner that died

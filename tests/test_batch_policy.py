@@ -86,3 +86,27 @@ def test_a_request_moves_only_along_its_table():
     with pytest.raises(IllegalRequestMoveError, match="cannot move from ended to running"):
         next_state(RequestState.ENDED, RequestState.RUNNING)
 
+
+
+@dataclasses.dataclass
+class Background(Waiting):
+    pass
+
+
+def test_background_requests_leave_a_quarter_of_the_batch_to_interactive_ones():
+    from models.batch_policy import background_slots
+
+    def plan_with_background(waiting, holding):
+        admitted = plan_admission(
+            waiting, state_of=lambda request: request.state, alone_bytes_of=lambda request: request.bytes,
+            batch_bytes_with=lambda joining: sum(request.bytes for request in joining), holding=holding,
+            headroom_bytes=64 * GIB, max_batch_size=8, is_background=lambda request: isinstance(request, Background),
+        )
+        return [request.name for request in admitted]
+
+    assert [background_slots(size) for size in (1, 2, 4, 8, 16)] == [1, 1, 3, 6, 12]
+    segments = [Background(f"s{index}", GIB) for index in range(8)]
+    assert plan_with_background(segments, holding=0) == ["s0", "s1", "s2", "s3", "s4", "s5"]
+    assert plan_with_background(segments, holding=6) == []
+    # An interactive request (queued ahead of background ones) takes a kept row.
+    assert plan_with_background([Waiting("chat", GIB), *segments], holding=6) == ["chat"]

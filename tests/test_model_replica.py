@@ -364,3 +364,25 @@ def test_a_replica_whose_constructor_fails_half_way_cleans_up_without_a_second_e
         sys.unraisablehook = previous_hook
 
     assert unraisable == []
+
+
+def test_interactive_requests_overtake_queued_background_ones(ready_cpu_replica):
+    from models.requests import DecodingOptions
+
+    replica = ready_cpu_replica(max_batch_size=1)  # one row: the queue's order is the order answers end in
+    long = dataclasses.replace(REQUEST, max_new_tokens=400, options=DecodingOptions(ignore_eos=True))
+    background = dataclasses.replace(REQUEST, priority=1)
+
+    async def run() -> list[str]:
+        ended: list[str] = []
+
+        async def ask(name: str, request: GenerationRequest, delay_s: float) -> None:
+            await asyncio.sleep(delay_s)
+            await replica.generate(request)
+            ended.append(name)
+
+        await asyncio.gather(ask("long", long, 0), ask("segment 1", background, 0.2), ask("segment 2", background, 0.25),
+                             ask("chat", REQUEST, 0.3))
+        return ended
+
+    assert asyncio.run(run()) == ["long", "chat", "segment 1", "segment 2"]

@@ -98,6 +98,7 @@ def segment_result(
     except ValueError as error:
         parsed, parse_error = None, f"the answer is not JSON ({error}); finish_reason {answer.result.finish_reason}"
     times = list(sampled.timestamps_s)
+    used_times = list(answer.used_timestamps_s or times)
     thumbnails = frame_thumbnails(sampled.frames)
     events = [_placed(event, segment, times, thumbnails) for event in _events_of(parsed, job.custom_schema, segment)]
     return {
@@ -110,7 +111,8 @@ def segment_result(
         "parse_error": parse_error,
         "finish_reason": answer.result.finish_reason,
         "events": events,
-        "frames": {"count": len(times), "timestamps_s": times, "substituted": sampled.substituted},
+        # What the model saw: fewer frames than sampled when the replica shrank it to fit.
+        "frames": {"count": len(used_times), "timestamps_s": used_times, "substituted": sampled.substituted},
         "usage": {"prompt_tokens": answer.result.prompt_tokens, "completion_tokens": answer.result.completion_tokens},
         "served_by": {"group": answer.served_by.group, "replica": answer.served_by.replica,
                       "precision": answer.served_by.precision},

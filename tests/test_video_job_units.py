@@ -1,0 +1,167 @@
+"""The parts of a long-video job without a server: the segment plan, the job's state machine, the job store on a
+local folder and on a real S3 endpoint (moto's server), the events' placement in the whole video's clock, the
+final answer's prompt, and a segment's window sampled from a real H.264 file."""
+
+import dataclasses
+import time
+import uuid
+
+import fsspec
+import media_factory
+import numpy as np
+import pytest
+from s3_server import storage_options
+
+from deployments.files.store import FileStore
+from deployments.jobs.records import IllegalJobMoveError, JobRecord, JobState, Segment, new_job_id, plan_segments
+from deployments.jobs.segments import DEFAULT_EVENTS_SCHEMA, clock, final_request, schema_json, segment_result, timeline
+from deployments.jobs.store import JobStore
+from deployments.replica.protocol import ReplicaAnswer, ServedBy
+from models import media
+from models.request_shrink import RequestSize
+from models.requests import GenerationResult
+from models.video import FrameSelection, SampledVideo, VideoInfo, VideoLimits, sample_video
+
+LIMITS = VideoLimits(max_duration_s=4 * 3600, max_source_pixels=10**8, max_frames=64, target_pixels_per_frame=10**8)
+
+
+def _job(**changes) -> JobRecord:
+    job = JobRecord(
+        id=new_job_id(), owner="alice", file_id="file-" + "a" * 24, filename="night.mp4", file_sha256="ab" * 32,
+        question="Who comes in?", duration_s=125.0, segment_s=60.0, frames_per_segment=4, fps=None,
+        json_schema=schema_json(DEFAULT_EVENTS_SCHEMA), custom_schema=False, max_tokens=64, final_max_tokens=32,
+        temperature=0.0, seed=None, segments=3, created_at=time.time(),
+    )
+    return dataclasses.replace(job, **changes)
+
+
+def test_segments_cover_the_video_once_and_a_last_sliver_joins_the_segment_before():
+    assert plan_segments(125.0, 60.0) == [Segment(0, 0.0, 60.0), Segment(1, 60.0, 120.0), Segment(2, 120.0, 125.0)]
+    assert plan_segments(120.4, 60.0) == [Segment(0, 0.0, 60.0), Segment(1, 60.0, 120.4)]
+    assert plan_segments(30.0, 60.0) == [Segment(0, 0.0, 30.0)]
+    three_hours = plan_segments(3 * 3600.0, 60.0)
+    assert len(three_hours) == 180 and three_hours[-1].end_s == 3 * 3600.0
+    assert all(a.end_s == b.start_s for a, b in zip(three_hours, three_hours[1:]))
+
+
+def test_a_job_moves_only_along_its_table():
+    job = _job()
+    running = job.moved(JobState.RUNNING)
+    assert running.moved(JobState.FINALIZING).moved(JobState.SUCCEEDED).is_final
+    assert job.moved(JobState.CANCELLED).is_final
+    with pytest.raises(IllegalJobMoveError, match="from queued to succeeded"):
+        job.moved(JobState.SUCCEEDED)
+    with pytest.raises(IllegalJobMoveError, match="from cancelled to running"):
+        job.moved(JobState.CANCELLED).moved(JobState.RUNNING)
+
+
+@pytest.fixture(params=["local", "s3"])
+def job_store(request, tmp_path):
+    if request.param == "local":
+        return JobStore(FileStore((tmp_path / "files").as_uri()))
+    endpoint = request.getfixturevalue("s3_endpoint")
+    bucket = f"vd-{uuid.uuid4().hex[:12]}"
+    fsspec.filesystem("s3", **storage_options(endpoint)).mkdir(bucket)
+    return JobStore(FileStore(f"s3://{bucket}/files", storage_options(endpoint)))
+
+
+def test_a_segment_is_recorded_once_and_a_job_is_its_owner_s(job_store):
+    job = _job()
+    job_store.create(job)
+
+    assert job_store.put_segment(job, {"index": 1, "state": "done", "run": "first"}) is True
+    assert job_store.put_segment(job, {"index": 1, "state": "done", "run": "second"}) is False
+    assert job_store.put_segment(job, {"index": 0, "state": "failed", "run": "first"}) is True
+
+    assert job_store.recorded_indices(job) == {0, 1}
+    assert [(result["index"], result["run"]) for result in job_store.segments(job)] == [(0, "first"), (1, "first")]
+    assert [result["index"] for result in job_store.segments(job, [1])] == [1]
+    assert job_store.get("alice", job.id) == job
+    assert job_store.get("bob", job.id) is None
+    assert job_store.get("alice", "../alice/jobs") is None
+    assert [unfinished.id for unfinished in job_store.unfinished()] == [job.id]
+
+
+def test_an_ended_job_leaves_the_unfinished_and_is_swept_after_its_time_to_live(job_store):
+    job = _job()
+    job_store.create(job)
+    job_store.request_cancel(job)
+    assert job_store.cancel_requested(job)
+    ended = job.moved(JobState.CANCELLED, "cancelled", finished_at=time.time(), expires_at=time.time() - 1)
+    job_store.save(ended)
+
+    assert job_store.unfinished() == []
+    assert job_store.sweep() == 1
+    assert job_store.get("alice", job.id) is None and job_store.owned("alice") == []
+
+
+def _sampled(times: tuple[float, ...]) -> SampledVideo:
+    info = VideoInfo(container="mov,mp4", codec="h264", width=8, height=8, rotation_degrees=0, duration_s=125.0,
+                     duration_from="header", average_fps=2.0, has_audio=False)
+    return SampledVideo(frames=np.zeros((len(times), 8, 8, 3), dtype=np.uint8), timestamps_s=times, info=info,
+                        effective_fps=None, seeks=1, decoded_frames=len(times), decode_seconds=0.01)
+
+
+def _answer(text: str) -> ReplicaAnswer:
+    return ReplicaAnswer(
+        result=GenerationResult(text=text, prompt_tokens=100, completion_tokens=20, finish_reason="stop"),
+        served_by=ServedBy(group="cpu", replica="r1", precision="fp32", device="cpu"),
+        inference_seconds=0.5,
+        used=RequestSize(video_frames=4, images=0, max_pixels_per_frame=64),
+    )
+
+
+def test_events_are_placed_in_the_whole_video_s_clock_with_the_nearest_frame_s_thumbnail():
+    segment = Segment(1, 60.0, 120.0)
+    text = '{"events": [{"time_s": 75, "description": "a door opens"}, {"time_s": 12.5, "description": "a dog"}, ' \
+           '{"time_s": 900, "description": "out of range"}, {"time_s": "soon", "description": "no time"}]}'
+
+    result = segment_result(_job(), segment, _sampled((67.5, 82.5, 97.5, 112.5)), _answer(text), attempts=1, decode_s=0.2)
+
+    events = result["events"]
+    assert [(event["time_s"], event["frame_s"], event.get("time_adjusted", False)) for event in events] == [
+        (75.0, 67.5, False),  # in the segment: stands
+        (72.5, 67.5, False),  # counted from the segment's start
+        (120.0, 112.5, True),  # neither: the segment's nearest end
+    ]
+    assert all(event["thumbnail"].startswith("data:image/jpeg;base64,") and event["segment"] == 1 for event in events)
+    assert result["parse_error"] is None and result["served_by"]["group"] == "cpu"
+
+
+def test_an_answer_that_is_not_json_is_recorded_with_its_text_and_no_events():
+    result = segment_result(_job(), Segment(0, 0.0, 60.0), _sampled((15.0, 45.0)), _answer('{"events": [{"ti'),
+                            attempts=2, decode_s=0.1)
+
+    assert result["state"] == "done" and result["events"] == [] and result["attempts"] == 2
+    assert result["text"] == '{"events": [{"ti' and "not JSON" in result["parse_error"]
+
+
+def test_the_final_prompt_lists_the_timeline_in_time_order_and_thins_evenly():
+    segments = [{"events": [{"time_s": 3700.0, "description": "later", "segment": 1}]},
+                {"events": [{"time_s": 65.0, "description": "first", "segment": 0},
+                            {"time_s": 80.0, "description": "second", "segment": 0}]}]
+    events = timeline(segments)
+    assert [event["description"] for event in events] == ["first", "second", "later"]
+
+    prompt = final_request(_job(), events, 1, 8192).messages[0].content[0].text
+    assert "[0:01:05] first\n[0:01:20] second\n[1:01:40] later" in prompt and prompt.endswith("answer: Who comes in?")
+    thinned = final_request(_job(), events, 2, 8192).messages[0].content[0].text
+    assert "first" in thinned and "second" not in thinned and "later" in thinned
+    assert clock(3 * 3600 + 62) == "3:01:02"
+
+
+def test_a_window_is_sampled_inside_itself_in_the_whole_video_s_clock():
+    # 120 s at 2 fps, a keyframe every 2 s: the window [60, 90) gets 4 frames at 63.75, 71.25, 78.75, 86.25 s.
+    data = media_factory.video_bytes("mp4", num_frames=240, fps=2, gop=4, width=32, height=32)
+
+    sampled = sample_video(data, FrameSelection(num_frames=4, start_s=60.0, end_s=90.0), LIMITS)
+    by_rate = sample_video(data, FrameSelection(fps=0.2, start_s=100.0, end_s=200.0), LIMITS)
+
+    assert sampled.timestamps_s == pytest.approx((64.0, 71.5, 79.0, 86.5), abs=0.51)
+    assert all(60.0 <= t < 90.0 for t in sampled.timestamps_s)
+    assert sampled.decoded_frames < 40  # sought to the window, not decoded from the start
+    assert by_rate.timestamps_s == pytest.approx((100.0, 105.0, 110.0, 115.0), abs=0.51)  # the window ends with the video
+    with pytest.raises(media.VideoWindowError, match="starts at 130 s; the video ends at 120 s"):
+        sample_video(data, FrameSelection(num_frames=2, start_s=130.0, end_s=140.0), LIMITS)
+    with pytest.raises(ValueError, match="end_s must be"):
+        FrameSelection(num_frames=2, start_s=10.0, end_s=5.0)
