@@ -200,11 +200,21 @@ def open_store(config: AppConfig) -> FileStore:
 
 
 def sample_from_store(
-    store: FileStore, record: FileRecord, selection: FrameSelection, limits: VideoLimits, budget: DecodeBudget
+    store: FileStore,
+    record: FileRecord,
+    selection: FrameSelection,
+    limits: VideoLimits,
+    budget: DecodeBudget,
+    fetched: list[int] | None = None,
 ) -> SampledVideo:
-    """A stored video's frames (a 404 when it went meanwhile); a window's sampler seeks straight to it."""
+    """A stored video's frames (a 404 when it went meanwhile); a window's sampler seeks straight to it.
+    ``fetched`` gets the bytes read from an object store (ranges, not the whole object)."""
     with _gone_is_not_found(record), opened_video(store, record) as source:
-        return sample_video(source, selection, limits, budget)
+        sampled = sample_video(source, selection, limits, budget)
+        cache = getattr(source, "cache", None)
+        if fetched is not None and cache is not None:
+            fetched.append(int(getattr(cache, "total_requested_bytes", 0)))
+        return sampled
 
 
 @contextlib.contextmanager

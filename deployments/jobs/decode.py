@@ -32,16 +32,18 @@ def decode_segment(
     limits: VideoLimits,
     max_decoded_frames: int,
     max_decoded_pixels: int,
-) -> tuple[SampledVideo | None, str | None, float]:
-    """``(frames, None, seconds)``, or ``(None, why not, seconds)``; the decode budget is the one a request for
-    these frames gets (``limits.max_decoded_frames`` and ``max_decoded_pixels``)."""
+) -> tuple[SampledVideo | None, str | None, float, int | None]:
+    """``(frames, None, seconds, bytes fetched)``, or ``(None, why not, seconds, None)``; the decode budget is the
+    one a request for these frames gets (``limits.max_decoded_frames`` and ``max_decoded_pixels``); the bytes
+    fetched are an object store's ranges (``None`` for a local file, read in place)."""
     started = time.perf_counter()
     targets = selection.num_frames or limits.max_frames
     budget = DecodeBudget(max_frames=max_decoded_frames, max_pixels=max_decoded_pixels, targets_left=targets)
+    fetched: list[int] = []
     try:
-        sampled = sample_from_store(FileStore(store_url, storage_options), record, selection, limits, budget)
-        return sampled, None, time.perf_counter() - started
+        sampled = sample_from_store(FileStore(store_url, storage_options), record, selection, limits, budget, fetched)
+        return sampled, None, time.perf_counter() - started, fetched[0] if fetched else None
     except ApiError as error:  # the file went (404)
-        return None, error.message, time.perf_counter() - started
+        return None, error.message, time.perf_counter() - started, None
     except MediaError as error:
-        return None, f"{type(error).__name__}: {error}", time.perf_counter() - started
+        return None, f"{type(error).__name__}: {error}", time.perf_counter() - started, None

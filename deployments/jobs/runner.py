@@ -250,14 +250,15 @@ class JobRunner:
         while attempt < self._settings.segment_attempts:
             attempt += 1
             try:
-                sampled, why_not, decode_s = await self._frames_of(run, segment)
+                sampled, why_not, decode_s, fetched_bytes = await self._frames_of(run, segment)
                 if sampled is None:
                     return failed_segment(segment, f"its frames: {why_not}", attempts=attempt)
                 request = segment_request(job, segment, sampled, self._config.limits.max_prompt_tokens)
                 answer = await self._router.call(
                     "generate_stream", request, on_opened=lambda opened: self._opened(run, segment, opened)
                 )
-                return segment_result(job, segment, sampled, answer, attempts=attempt, decode_s=decode_s)
+                result = segment_result(job, segment, sampled, answer, attempts=attempt, decode_s=decode_s)
+                return {**result, "store_bytes_fetched": fetched_bytes}
             except _OWN_FAULTS as error:
                 return failed_segment(segment, str(remote_cause(error)), attempts=attempt)
             except NoGroupAvailableError as error:
@@ -277,8 +278,11 @@ class JobRunner:
     def _opened(self, run: _JobRun, segment: Segment, opened: StreamOpened) -> None:
         run.groups[segment.index] = opened.served_by.group
 
-    async def _frames_of(self, run: _JobRun, segment: Segment) -> tuple[SampledVideo | None, str | None, float]:
-        """The segment's frames from the frame cache, or decoded by a Ray task (cancelled with the segment)."""
+    async def _frames_of(
+        self, run: _JobRun, segment: Segment
+    ) -> tuple[SampledVideo | None, str | None, float, int | None]:
+        """The segment's frames from the frame cache, or decoded by a Ray task (cancelled with the segment); why
+        not, the decode's seconds, and the bytes it fetched from an object store."""
         job, limits = run.job, self._config.limits
         selection = FrameSelection(num_frames=job.frames_per_segment, fps=job.fps, start_s=segment.start_s, end_s=segment.end_s)
         video_limits = dataclasses.replace(limits.video_limits(), max_duration_s=self._settings.max_video_duration_s)
@@ -289,19 +293,19 @@ class JobRunner:
         )
         cached = self._frames.get(key)
         if cached is not None:
-            return cached, None, 0.0
+            return cached, None, 0.0, 0
         reference = decode_segment.options(num_cpus=self._settings.decode_num_cpus).remote(
             self._files.url, self._config.files.storage_options, run.file, selection, video_limits,
             limits.max_decoded_frames, limits.max_decoded_pixels,
         )
         try:
-            sampled, why_not, seconds = await reference
+            sampled, why_not, seconds, fetched_bytes = await reference
         except asyncio.CancelledError:
             ray.cancel(reference)
             raise
         if sampled is not None and sampled.substituted == 0:
             self._frames.put(key, sampled)
-        return sampled, why_not, seconds
+        return sampled, why_not, seconds, fetched_bytes
 
     # -- the end ------------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ import httpx
 import media_factory
 import openai
 import pytest
+from polling import wait_for_condition
 from ray import serve
 from s3_server import storage_options
 
@@ -221,3 +222,26 @@ def test_a_filename_with_control_characters_is_a_400_and_nothing_is_stored(files
 
     assert refused.status_code == 400 and "control characters" in refused.json()["error"]["message"]
     assert httpx.get(f"{files_url}/v1/files", headers=headers, timeout=60).json()["data"] == held
+
+
+def test_a_long_video_job_reads_its_segments_from_the_s3_store(alice, files_url):
+    video = media_factory.video_bytes("mp4", num_frames=40, fps=2, gop=4)  # 20 s: four segments of 5 s
+    file_id = alice.files.create(file=("twenty-seconds.mp4", video, "video/mp4"), purpose="vision").id
+    headers = {"authorization": f"Bearer {KEYS[0]}"}
+    try:
+        response = httpx.post(f"{files_url}/v1/video/jobs", headers=headers, timeout=30,
+                              json={"file_id": file_id, "question": "What happens?", "segment_s": 5, "frames": 2})
+        assert response.status_code == 202, response.text
+        job_id = response.json()["id"]
+
+        def ended() -> dict | None:
+            body = httpx.get(f"{files_url}/v1/video/jobs/{job_id}", headers=headers, timeout=30).json()
+            return body if body["state"] not in ("queued", "running", "finalizing") else None
+
+        body = wait_for_condition(ended, timeout_s=180, interval_s=0.5)
+        assert body["state"] == "succeeded", body["reason"]
+        assert [segment["index"] for segment in body["segments"]] == [0, 1, 2, 3]
+        # Each decode read the object from S3 in ranges (a small file is one range: all of it, never more).
+        assert all(0 < segment["store_bytes_fetched"] <= len(video) for segment in body["segments"])
+    finally:
+        alice.files.delete(file_id)
