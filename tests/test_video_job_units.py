@@ -120,10 +120,10 @@ def test_events_are_placed_in_the_whole_video_s_clock_with_the_nearest_frame_s_t
 
     events = result["events"]
     assert [(event["time_s"], event["frame_s"], event.get("time_adjusted", False)) for event in events] == [
-        (75.0, 67.5, False),  # in the segment: stands
         (72.5, 67.5, False),  # counted from the segment's start
+        (75.0, 67.5, False),  # in the segment: stands
         (120.0, 112.5, True),  # neither: the segment's nearest end
-    ]
+    ]  # in time order
     assert all(event["thumbnail"].startswith("data:image/jpeg;base64,") and event["segment"] == 1 for event in events)
     assert result["parse_error"] is None and result["served_by"]["group"] == "cpu"
 

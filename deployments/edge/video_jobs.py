@@ -191,8 +191,10 @@ def job_body(job: JobRecord, segments: list[dict[str, Any]], *, with_results: bo
 
 
 def _without_thumbnails(result: dict[str, Any]) -> dict[str, Any]:
-    """A segment's result without its events (the timeline holds them, thumbnails and all)."""
-    return {key: value for key, value in result.items() if key != "events"} | {"events": len(result.get("events", []))}
+    """A segment's result without its events (the timeline holds them, thumbnails and all) or its thumbnail
+    (the events route sends it)."""
+    kept = {key: value for key, value in result.items() if key not in ("events", "thumbnail")}
+    return kept | {"events": len(result.get("events", []))}
 
 
 def job_list_body(jobs: list[JobRecord], store: JobStore) -> dict[str, Any]:

@@ -19,12 +19,14 @@ STATIC_FILES = {
     "api.js": "text/javascript; charset=utf-8",
     "ask.js": "text/javascript; charset=utf-8",
     "memory.js": "text/javascript; charset=utf-8",
+    "jobs.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
 }
 
-# img-src data: for the frame thumbnails the server sends, blob: for the images a person chose to send.
+# img-src data: for the frame thumbnails the server sends, blob: for the images a person chose to send;
+# media-src blob: for the video a person chose, played beside its job's timeline.
 CONTENT_SECURITY_POLICY = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; media-src blob:; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 SECURITY_HEADERS = {

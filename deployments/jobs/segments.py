@@ -100,7 +100,8 @@ def segment_result(
     times = list(sampled.timestamps_s)
     used_times = list(answer.used_timestamps_s or times)
     thumbnails = frame_thumbnails(sampled.frames)
-    events = [_placed(event, segment, times, thumbnails) for event in _events_of(parsed, job.custom_schema, segment)]
+    events = sorted((_placed(event, segment, times, thumbnails) for event in _events_of(parsed, job.custom_schema, segment)),
+                    key=lambda event: event["time_s"])
     return {
         "index": segment.index,
         "start_s": segment.start_s,
@@ -111,6 +112,7 @@ def segment_result(
         "parse_error": parse_error,
         "finish_reason": answer.result.finish_reason,
         "events": events,
+        "thumbnail": thumbnails[len(thumbnails) // 2],  # the segment's middle frame, for a timeline's row
         # What the model saw: fewer frames than sampled when the replica shrank it to fit.
         "frames": {"count": len(used_times), "timestamps_s": used_times, "substituted": sampled.substituted},
         "usage": {"prompt_tokens": answer.result.prompt_tokens, "completion_tokens": answer.result.completion_tokens},
@@ -130,10 +132,11 @@ def failed_segment(segment: Segment, reason: str, *, attempts: int) -> dict[str,
 
 
 def _events_of(parsed: Any, custom_schema: bool, segment: Segment) -> list[dict[str, Any]]:
-    """The events of an answer: the default schema's list; with the caller's own schema, the answer itself at
-    the segment's start (its shape is the caller's)."""
-    if not custom_schema:
-        events = parsed.get("events") if isinstance(parsed, dict) else None
+    """The events of an answer: its ``events`` list (the default schema's, or a caller's schema of the same
+    shape), each with a numeric ``time_s``; with any other schema of the caller's, the answer itself at the
+    segment's start (its shape is the caller's)."""
+    events = parsed.get("events") if isinstance(parsed, dict) else None
+    if isinstance(events, list) or not custom_schema:
         return [event for event in events or [] if isinstance(event, dict) and _is_number(event.get("time_s"))]
     if parsed is None:
         return []

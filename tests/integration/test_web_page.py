@@ -239,3 +239,65 @@ def test_the_memory_view_asks_for_the_key_and_follows_the_gpu_group_down_and_up(
     expect(gpu_card).to_have_attribute("data-state", "waiting_for_memory", timeout=90_000)
     # The key was sent as a Bearer token all along: the page never fell back to the key panel.
     assert page.locator("#key-panel").is_hidden()
+
+
+def test_the_whole_video_mode_fills_a_timeline_as_segments_land_and_a_row_jumps_the_player(base_url, page, test_root, shots):
+    video = test_root / "page-forty-seconds.webm"  # VP9: every Chromium build plays it
+    video.write_bytes(media_factory.video_bytes("webm", num_frames=80, fps=2, gop=4, width=160, height=120))
+    page.goto(f"{base_url}/")
+    page.set_input_files("#media-input", str(video))
+    page.check("input[name=mode][value=job]")
+    page.fill("#segment-s", "10")
+    page.fill("#frames", "2")
+    page.fill("#seed", "3")
+    page.fill("#question", "What happens?")
+    page.click("#ask-button")
+
+    card = page.locator("article.job")
+    expect(card.locator("li.job-segment").first).to_be_visible(timeout=120_000)  # rows appear before the job ends
+    expect(card).to_have_attribute("data-ended", "succeeded", timeout=180_000)
+    page.screenshot(path=str(shots / "ask-whole-video.png"), full_page=True)
+
+    job = httpx.get(f"{base_url}/v1/video/jobs/{card.get_attribute('data-job-id')}", timeout=30).json()
+    assert card.locator(".job-state").text_content() == "succeeded"
+    assert card.locator(".job-progress").evaluate("bar => [bar.value, bar.max]") == [4, 4]
+    rows = card.locator("li.job-segment")
+    assert rows.evaluate_all("rows => rows.map(row => Number(row.dataset.time))") == [0, 10, 20, 30]
+    assert rows.locator("> button img").count() == 4  # each segment's thumbnail
+    assert card.locator("li.job-event").count() == len(job["timeline"])
+    assert card.locator(".job-answer").text_content() == job["final"]["answer"]
+
+    rows.nth(2).locator("> button").click()
+    player = card.locator(".job-player")
+    expect(card).to_have_attribute("data-jumped-to", "20")
+    assert player.evaluate("video => video.currentTime") == pytest.approx(20, abs=0.6)
+    assert not card.locator(".job-cancel").is_enabled()
+
+
+def test_a_job_named_in_the_address_is_shown_and_an_event_jumps_the_player_to_its_time(base_url, page, test_root):
+    video = media_factory.video_bytes("webm", num_frames=40, fps=2, gop=4, width=160, height=120)  # 20 s
+    file_id = httpx.post(f"{base_url}/v1/files", data={"purpose": "vision"}, timeout=30,
+                         files={"file": ("twenty.webm", video, "video/webm")}).json()["id"]
+    # The default events schema with at least one event a segment: the random model then always reports one.
+    schema = {"type": "object", "required": ["events"], "properties": {"events": {
+        "type": "array", "minItems": 1, "maxItems": 2, "items": {
+            "type": "object", "required": ["time_s", "description"],
+            "properties": {"time_s": {"type": "number"}, "description": {"type": "string", "maxLength": 20}}}}}}
+    job = httpx.post(f"{base_url}/v1/video/jobs", timeout=30, json={
+        "file_id": file_id, "question": "What happens?", "segment_s": 10, "frames": 2, "json_schema": schema,
+        "max_tokens": 200}).json()
+
+    page.goto(f"{base_url}/?job={job['id']}")
+
+    card = page.locator("article.job")
+    expect(card).to_have_attribute("data-ended", "succeeded", timeout=180_000)
+    ended = httpx.get(f"{base_url}/v1/video/jobs/{job['id']}", timeout=30).json()
+    events = card.locator("li.job-event")
+    assert events.count() == len(ended["timeline"]) >= 2
+    assert events.evaluate_all("rows => rows.map(row => Number(row.dataset.time))") == [
+        event["time_s"] for event in ended["timeline"]]
+    last = ended["timeline"][-1]
+    events.last.locator("button").click()
+    expect(card).to_have_attribute("data-jumped-to", str(last["time_s"]).removesuffix(".0"))
+    assert card.locator(".job-player").evaluate("video => video.currentTime") == pytest.approx(last["time_s"], abs=0.6)
+    assert card.locator(".job-player").evaluate("video => video.src").startswith("blob:")

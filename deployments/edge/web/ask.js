@@ -164,8 +164,8 @@ function answerOptions() {
   return options;
 }
 
-async function askAboutVideo(file, question) {
-  const started = performance.now();
+// The chosen video's file id: uploaded once, reused for every later question about the same file.
+async function uploadedId(file) {
   const key = fingerprint(file);
   if (!state.uploaded || state.uploaded.fingerprint !== key) {
     const uploaded = await uploadFile(file);
@@ -173,12 +173,23 @@ async function askAboutVideo(file, question) {
   } else {
     showProgress(1, "Reusing the uploaded file " + state.uploaded.id);
   }
+  return state.uploaded.id;
+}
+
+function sampling() {
+  const name = document.querySelector("input[name=sampling]:checked").value;
+  return { name, value: byId(name).value };
+}
+
+async function askAboutVideo(file, question) {
+  const started = performance.now();
+  await uploadedId(file);
   const uploadedAt = performance.now();
   const form = new FormData();
   form.append("file_id", state.uploaded.id);
   form.append("question", question);
-  const sampling = document.querySelector("input[name=sampling]:checked").value;
-  form.append(sampling, byId(sampling).value);
+  const chosen = sampling();
+  form.append(chosen.name, chosen.value);
   form.append("max_tokens", byId("max-tokens").value);
   for (const [name, value] of Object.entries(answerOptions())) form.append(name, String(value));
   form.append("stream", "true");
@@ -284,8 +295,19 @@ async function ask(event) {
   setBusy(true);
   resetResult();
   try {
-    if (isVideo(state.files)) await askAboutVideo(state.files[0], question);
-    else await askAboutImages(state.files, question);
+    const wholeVideo = document.querySelector("input[name=mode]:checked").value === "job";
+    if (wholeVideo && !isVideo(state.files)) {
+      showError("The whole-video mode takes one video.");
+    } else if (wholeVideo) {
+      const file = state.files[0];
+      const running = startVideoJob(file, await uploadedId(file), question, sampling());
+      setBusy(false); // a job runs on in its card: the form is free for the next question or job
+      await running;
+    } else if (isVideo(state.files)) {
+      await askAboutVideo(state.files[0], question);
+    } else {
+      await askAboutImages(state.files, question);
+    }
   } catch (failure) {
     if (failure instanceof Response) {
       if (failure.status === 401) askForKey(() => ask());
@@ -299,6 +321,7 @@ async function ask(event) {
 }
 
 function setUp() {
+  openJobFromAddress().catch((failure) => showError(failure.message || String(failure)));
   byId("ask-form").addEventListener("submit", ask);
   byId("media-input").addEventListener("change", (event) => choose(event.target.files));
   const zone = byId("drop-zone");

@@ -120,13 +120,23 @@ function render(body) {
   byId("fallbacks").textContent = String(body.fallbacks);
   const reasons = Object.entries(body.fallbacks_by_reason || {}).map(([reason, count]) => reason + ": " + count);
   byId("fallback-reasons").textContent = reasons.length ? "(" + reasons.join("; ") + ")" : "";
+  const jobs = body.jobs && body.jobs.queued_segments !== undefined ? body.jobs : null;
+  byId("jobs-line").hidden = !jobs;
+  if (jobs) {
+    byId("job-segments").textContent = jobs.queued_segments + " queued, " + jobs.running_segments + " running (at most "
+      + jobs.max_running_segments + ") over " + jobs.jobs + " job" + (jobs.jobs === 1 ? "" : "s");
+  }
   const groups = byId("groups");
   groups.replaceChildren();
   for (const [group, replicas] of Object.entries(body.groups)) {
     const section = element("section", null, "group");
     section.dataset.group = group;
     const idle = group === "gpu_floor" && !replicas.length ? ", idle until the GPU group is busy" : "";
-    section.append(element("h2", groupTitle(group) + " (" + replicas.length + " replica" + (replicas.length === 1 ? "" : "s") + idle + ")"));
+    const segments = jobs ? (jobs.running_segments_by_group[group] || 0) : 0;
+    const running = segments ? ", " + segments + " job segment" + (segments === 1 ? "" : "s") + " running" : "";
+    const title = element("h2", groupTitle(group) + " (" + replicas.length + " replica" + (replicas.length === 1 ? "" : "s") + idle + running + ")");
+    title.dataset.jobSegments = String(segments);
+    section.append(title);
     const cards = element("div", null, "cards");
     for (const replica of replicas) cards.append(card(group, replica));
     section.append(cards);
