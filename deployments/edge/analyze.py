@@ -10,6 +10,7 @@ the frames off the event loop. The route then asks the replica groups, for the w
 import asyncio
 import dataclasses
 import functools
+import json
 import logging
 import math
 import time
@@ -22,6 +23,7 @@ from starlette.requests import Request
 
 from deployments.config.app_config import AppConfig
 from deployments.config.limits import LimitsSettings
+from deployments.edge.chat_parameters import check_schema_size
 from deployments.edge.chat_translation import media_error_to_api_error
 from deployments.edge.off_loop import run_off_loop
 from deployments.edge.openai_schema import SEED_MAX
@@ -32,7 +34,7 @@ from deployments.replica.protocol import ReplicaAnswer, ServedBy
 from memory.cleanup import return_freed_heap
 from models import media
 from models.decode_budget import DecodeBudget
-from models.requests import ChatMessage, GenerationRequest, TextPart, VideoPart
+from models.requests import ChatMessage, DecodingOptions, GenerationRequest, ResponseFormat, TextPart, VideoPart
 from models.thumbnails import frame_thumbnails
 from models.video import FrameSelection, SampledVideo, sample_video
 
@@ -40,7 +42,8 @@ logger = logging.getLogger(__name__)
 
 VIDEO_FIELD = "video"
 TEXT_FIELDS = frozenset(
-    {"question", "frames", "fps", "max_tokens", "temperature", "seed", "model", "file_id", "stream", "thumbnails"}
+    {"question", "frames", "fps", "max_tokens", "temperature", "seed", "model", "file_id", "stream", "thumbnails",
+     "start_s", "end_s", "json_schema"}
 )
 # What a video part may declare itself as; anything else (text/plain, image/png, ...) is a 415.
 ACCEPTED_PART_TYPES = ("video/", "application/octet-stream", "application/x-matroska")
@@ -61,6 +64,11 @@ class AnalyzeFields(BaseModel):
     file_id: str | None = Field(default=None, description="An uploaded video (POST /v1/files), instead of a video part.")
     stream: bool = Field(default=False, description="Answer with server-sent events as the answer is generated.")
     thumbnails: bool = Field(default=False, description="Add each sampled frame as a small JPEG data URL.")
+    start_s: float = Field(default=0.0, ge=0, description="Sample from this time (s) on: a part of a long video.")
+    end_s: float | None = Field(default=None, gt=0, description="Sample up to this time (s); default: the video's end.")
+    json_schema: str | None = Field(
+        default=None, description="The answer as JSON valid against this JSON schema (the schema as JSON text)."
+    )
 
     @field_validator("question")
     @classmethod
@@ -69,12 +77,12 @@ class AnalyzeFields(BaseModel):
             raise ValueError("the question is empty; ask something about the video")
         return question.strip()
 
-    @field_validator("fps")
+    @field_validator("fps", "start_s", "end_s")
     @classmethod
-    def _finite(cls, fps: float | None) -> float | None:
-        if fps is not None and not math.isfinite(fps):
-            raise ValueError("fps must be a finite number")
-        return fps
+    def _finite(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
 
 
 def parse_analyze_fields(fields: dict[str, str], limits: LimitsSettings) -> AnalyzeFields:
@@ -100,6 +108,8 @@ def parse_analyze_fields(fields: dict[str, str], limits: LimitsSettings) -> Anal
         raise ApiError(
             400, f"fps: {parsed.fps:g} asked; the limit is {limits.max_video_fps:g} (limits.max_video_fps)", param="fps"
         )
+    if parsed.end_s is not None and parsed.end_s <= parsed.start_s:
+        raise ApiError(400, f"end_s: {parsed.end_s:g} s is not after start_s ({parsed.start_s:g} s)", param="end_s")
     if parsed.max_tokens is not None and parsed.max_tokens > limits.max_tokens:
         raise ApiError(
             400, f"max_tokens: {parsed.max_tokens} requested; the limit is {limits.max_tokens}", param="max_tokens"
@@ -108,9 +118,25 @@ def parse_analyze_fields(fields: dict[str, str], limits: LimitsSettings) -> Anal
 
 
 def frame_selection(fields: AnalyzeFields, limits: LimitsSettings) -> FrameSelection:
+    window = {"start_s": fields.start_s, "end_s": fields.end_s}
     if fields.fps is not None:
-        return FrameSelection(fps=fields.fps)
-    return FrameSelection(num_frames=fields.frames or limits.video_frames)
+        return FrameSelection(fps=fields.fps, **window)
+    return FrameSelection(num_frames=fields.frames or limits.video_frames, **window)
+
+
+def answer_format(fields: AnalyzeFields, limits: LimitsSettings) -> DecodingOptions:
+    """The ``json_schema`` field as structured output, checked as ``response_format``'s schema is."""
+    if fields.json_schema is None:
+        return DecodingOptions()
+    try:
+        schema = json.loads(fields.json_schema)
+    except ValueError as error:
+        raise ApiError(400, f"json_schema: not JSON ({error})", param="json_schema") from error
+    if not isinstance(schema, dict):
+        raise ApiError(400, "json_schema: a JSON schema is an object", param="json_schema")
+    encoded = json.dumps(schema, sort_keys=True, separators=(",", ":"))
+    check_schema_size(schema, encoded, limits, param="json_schema", where="json_schema")
+    return DecodingOptions(response_format=ResponseFormat(kind="json_schema", schema_json=encoded))
 
 
 def check_part_type(content_type: str) -> None:
@@ -240,6 +266,7 @@ async def prepare_analysis(
         fields = parse_analyze_fields(upload.fields, limits)
         check_served_model(fields.model)
         selection = frame_selection(fields, limits)
+        options = answer_format(fields, limits)  # a bad schema is refused before anything is decoded
         if upload.path is not None and fields.file_id is not None:
             raise ApiError(400, "Send the video part or file_id, not both", param="file_id")
         if upload.path is None and fields.file_id is None:
@@ -279,6 +306,7 @@ async def prepare_analysis(
         temperature=fields.temperature if fields.temperature is not None else config.generation.default_temperature,
         seed=fields.seed,
         max_prompt_tokens=limits.max_prompt_tokens,
+        options=options,
     )
     return PreparedAnalysis(
         fields=fields,

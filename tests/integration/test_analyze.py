@@ -146,6 +146,9 @@ BAD_UPLOADS = [
     ("no file", {"video": None}, 400, None, "No video was sent"),
     ("unknown field", {"colour": "red"}, 400, None, "Unknown form field 'colour'"),
     ("wrong model", {"model": "gpt-9"}, 404, "model_not_found", "not served here"),
+    ("a window past the video's end", {"start_s": "5", "end_s": "6"}, 400, "video_window", "starts at 5 s; the video ends at 4 s"),
+    ("a window that ends before it starts", {"start_s": "3", "end_s": "2"}, 400, None, "not after start_s"),
+    ("a schema that is not JSON", {"json_schema": "{events"}, 400, None, "json_schema: not JSON"),
 ]
 
 
@@ -160,6 +163,16 @@ def test_each_bad_upload_gets_its_status_and_a_message_that_says_what_to_change(
         assert error["code"] == code
     assert error["request_id"] == response.headers["x-request-id"]
     assert _analyze(http, frames="1").status_code == 200  # and the server goes on serving
+
+
+def test_a_window_of_the_video_is_sampled_in_the_whole_video_s_clock_with_a_json_answer(http):
+    schema = {"type": "object", "required": ["seen"], "properties": {"seen": {"type": "string", "maxLength": 8}}}
+    response = _analyze(http, start_s="2", end_s="4", frames="2", max_tokens="40", json_schema=json.dumps(schema))
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["frames"]["timestamps_s"] == pytest.approx([2.5, 3.5], abs=1 / 12)
+    assert set(json.loads(body["answer"])) == {"seen"}
 
 
 def test_two_files_are_refused(http):
