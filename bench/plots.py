@@ -156,3 +156,38 @@ def engines_chart(levels: Sequence[int], servers: dict[str, dict[str, Any]], pat
     axes[0].legend(fontsize=8)
     figure.suptitle("Images and a question, 32 tokens: the same model and threads on three servers")
     return _save(figure, path)
+
+
+def jobs_chart(report: dict[str, Any], path: pathlib.Path) -> pathlib.Path:
+    """bench/jobs.py: the job against its requests sent by a client, chat latency idle and beside a job, and
+    each process's peak RSS for a 10-minute and a 3-hour video."""
+    panels = [name for name in ("overhead", "interactive", "memory") if name in report]
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4))
+    axes = [axes] if len(panels) == 1 else list(axes)
+    for axis, name in zip(axes, panels, strict=True):
+        figures = report[name]
+        if name == "overhead":
+            labels = ["client sends\nthe 60 requests", "job: the\n60 segments", "job with its\nfinal answer"]
+            values = [figures["baseline_s"], figures["job_segments_s"], figures["job_total_s"]]
+            axis.bar(labels, values, color=["#999999", "#1f5f8b", "#5f8fb5"])
+            axis.set_ylabel("seconds")
+            axis.set_title(f"1 hour of 720p: the job at {figures['ratio_segments']:.2f}x")
+        elif name == "interactive":
+            for offset, (key, label, color) in enumerate((("idle", "idle", "#999999"), ("during_job", "during a job", "#1f5f8b"))):
+                axis.bar([index + offset * 0.4 for index in range(2)], [figures[key]["p50_s"] * 1000, figures[key]["p95_s"] * 1000],
+                         width=0.4, label=label, color=color)
+            axis.set_xticks([0.2, 1.2], ["p50", "p95"])
+            axis.set_ylabel("chat latency, ms")
+            axis.set_title(f"Chat beside a job: p50 {figures['ratio_p50']:.2f}x")
+            axis.legend(fontsize=8)
+        else:
+            kinds = list(figures["ratio_3h_over_10min"])
+            for offset, (video, color) in enumerate((("10 minutes", "#999999"), ("3 hours", "#1f5f8b"))):
+                peaks = figures["peak_rss_bytes"][video]
+                axis.bar([index + offset * 0.4 for index in range(len(kinds))], [peaks[kind] / MIB for kind in kinds],
+                         width=0.4, label=video, color=color)
+            axis.set_xticks([index + 0.2 for index in range(len(kinds))], [kind.replace(" ", "\n") for kind in kinds])
+            axis.set_ylabel("peak RSS, MiB")
+            axis.set_title("Peak memory per process")
+            axis.legend(fontsize=8)
+    return _save(figure, path)
