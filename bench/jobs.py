@@ -301,6 +301,7 @@ def main() -> int:
     parser.add_argument("--plot-dir", type=pathlib.Path, default=DOCS_DIR)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     hour = long_video(3600)
     videos = {} if args.skip_memory else {"10 minutes": long_video(600), "3 hours": long_video(3 * 3600)}
     report: dict[str, Any] = {}

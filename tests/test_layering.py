@@ -33,7 +33,7 @@ ROOM_RULES: dict[str, tuple[set[str], set[str]]] = {
                          {"deployments.replica.protocol"}),
     "deployments.jobs": (
         {"deployments.edge", "deployments.replica", "deployments.app", "deployments.plan"},
-        {"deployments.replica.protocol"},
+        {"deployments.replica.protocol", "deployments.replica.background"},
     ),
     "deployments.plan": ({"deployments.edge", "deployments.files", "deployments.replica", "deployments.routing", "deployments.app"},
                          {"deployments.routing.groups"}),
@@ -48,6 +48,7 @@ TORCH_FREE_ROOMS = (
     "deployments.edge",
     "deployments.jobs",
     "deployments.replica.protocol",
+    "deployments.replica.background",
 )
 
 

@@ -25,6 +25,15 @@ class JobsSettings(StrictSettings):
         description="Segments in flight at once over all jobs: the share of the groups jobs may take from interactive "
         "requests (which also come first in every replica's queue).",
     )
+    max_running_segments_under_load: int = Field(
+        default=1,
+        ge=0,
+        description="Segments in flight at once while interactive requests are: any in flight, or one within "
+        "jobs.interactive_quiet_s (0 pauses jobs then). Running segments finish; the bound applies to new ones.",
+    )
+    interactive_quiet_s: float = Field(
+        default=2.0, ge=0, description="How long after the last interactive request jobs go back to max_running_segments."
+    )
     max_running_segments_per_job: int = Field(
         default=2, gt=0, description="Segments of one job in flight at once (jobs share the overall bound fairly)."
     )
@@ -64,6 +73,11 @@ class JobsSettings(StrictSettings):
             raise ValueError(
                 f"jobs.default_segment_s ({self.default_segment_s:g}) must lie between jobs.min_segment_s "
                 f"({self.min_segment_s:g}) and jobs.max_segment_s ({self.max_segment_s:g})"
+            )
+        if self.max_running_segments_under_load > self.max_running_segments:
+            raise ValueError(
+                f"jobs.max_running_segments_under_load ({self.max_running_segments_under_load}) must be at most "
+                f"jobs.max_running_segments ({self.max_running_segments})"
             )
         if self.max_running_segments_per_job > self.max_running_segments:
             raise ValueError(

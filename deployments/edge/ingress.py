@@ -71,6 +71,7 @@ from deployments.observability.logs import route_logs_through_serve
 from deployments.observability.metrics import IngressMetrics, fallback_reason_label
 from deployments.replica.protocol import ReplicaAnswer, ServedBy
 from deployments.routing.groups import CPU_GROUP, DEPLOYMENT_NAMES, GPU_FLOOR_GROUP, GPU_GROUP, GPU_GROUPS, ROUTING_ORDER
+from deployments.routing.interactive_load import PUBLISH_PERIOD_S, InteractiveLoad
 from deployments.routing.router import NoGroupAvailableError, remote_cause, router_for
 from models.errors import InvalidModelInputError, InvalidParameterError, PromptTooLongError
 from models.requests import GenerationRequest
@@ -163,7 +164,25 @@ class Ingress:
         self._jobs = JobStore(self._files.store)
         self._job_runner = job_runner
         self._runner_calls: set[asyncio.Task] = set()
+        self._interactive = InteractiveLoad()
+        self._load_task = (
+            asyncio.get_event_loop().create_task(self._publish_interactive_load()) if job_runner is not None else None
+        )
         self._sweep_task = asyncio.get_event_loop().create_task(self._files.sweep_forever())
+
+    async def _publish_interactive_load(self) -> None:
+        """Tell the job runner, through the GCS, of this replica's interactive requests while there are any."""
+        context = serve.get_replica_context()
+        published_last_at = 0.0
+        while True:
+            load = self._interactive
+            if load.in_flight or load.last_at != published_last_at:
+                try:
+                    await asyncio.to_thread(load.publish, context.app_name, context.replica_tag)
+                    published_last_at = load.last_at
+                except Exception as error:  # noqa: BLE001 - jobs then run at their usual bound
+                    logger.warning("Publishing the interactive load failed: %s", error)
+            await asyncio.sleep(PUBLISH_PERIOD_S)
 
     def _fallbacks(self) -> int:
         return sum(self._fallbacks_by_reason.values())
@@ -477,7 +496,11 @@ class Ingress:
         task.add_done_callback(self._runner_calls.discard)
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(self, request: Request) -> JSONResponse:
+    async def chat_completions(self, request: Request) -> Response:
+        with self._interactive.request():  # job segments back off while people wait (a stream counts to its end)
+            return await self._chat_completions(request)
+
+    async def _chat_completions(self, request: Request) -> Response:
         owner = self._authorize(request)
         limits = self._config.limits
         # The objects a request within the limits can hold: a few per content part, and the schema's.
@@ -516,16 +539,20 @@ class Ingress:
                 if not isinstance(item, BaseException):
                     item[1].cancel()
             raise failed[0]
-        events = chat_completion_events(
+        events = self._interactive.counted(chat_completion_events(
             [stream for _, stream in opened], completion_id=completion_id, model_id=self._model_id,
             include_usage=options.include_usage, request_id=request_id_of(request),
             continuous_usage_prompt_tokens=opened[0][0].prompt_tokens if options.continuous_usage_stats else None,
-        )
+        ))
         headers = {**_served_by_headers(opened[0][0].served_by), "cache-control": "no-cache"}
         return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
     @app.post("/v1/analyze")
     async def analyze(self, request: Request) -> Response:
+        with self._interactive.request():
+            return await self._analyze(request)
+
+    async def _analyze(self, request: Request) -> Response:
         """A video file (multipart field ``video``) and a ``question``; see :mod:`deployments.edge.analyze`.
         With ``stream=true`` the answer comes as server-sent events (:mod:`deployments.edge.analyze_stream`)."""
         owner = self._authorize(request)
@@ -538,7 +565,9 @@ class Ingress:
             opened, stream = await self._with_api_errors(
                 self._router.open_stream("generate_stream", prepared.generation_request)
             )
-            events = analysis_events(prepared, opened, stream, request_id=request_id, model_id=self._model_id)
+            events = self._interactive.counted(
+                analysis_events(prepared, opened, stream, request_id=request_id, model_id=self._model_id)
+            )
             headers = {**_served_by_headers(opened.served_by), "cache-control": "no-cache"}
             return StreamingResponse(events, media_type="text/event-stream", headers=headers)
         answer = await self._generate(prepared.generation_request)

@@ -14,6 +14,7 @@ import ray
 from deployments.errors import ApiError
 from deployments.files.service import sample_from_store
 from deployments.files.store import FileRecord, FileStore
+from deployments.replica.background import lower_priority
 from models.decode_budget import DecodeBudget
 from models.media import MediaError
 from models.video import FrameSelection, SampledVideo, VideoLimits
@@ -36,6 +37,7 @@ def decode_segment(
     """``(frames, None, seconds, bytes fetched)``, or ``(None, why not, seconds, None)``; the decode budget is the
     one a request for these frames gets (``limits.max_decoded_frames`` and ``max_decoded_pixels``); the bytes
     fetched are an object store's ranges (``None`` for a local file, read in place)."""
+    lower_priority()  # a worker that decodes segments is background work, now and for its next tasks
     started = time.perf_counter()
     targets = selection.num_frames or limits.max_frames
     budget = DecodeBudget(max_frames=max_decoded_frames, max_pixels=max_decoded_pixels, targets_left=targets)

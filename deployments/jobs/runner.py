@@ -41,8 +41,10 @@ from deployments.jobs.records import JobRecord, JobState, Segment
 from deployments.jobs.segments import failed_segment, final_request, segment_request, segment_result, timeline
 from deployments.jobs.store import JobStore
 from deployments.observability.logs import route_logs_through_serve
+from deployments.replica.background import lower_priority
 from deployments.replica.protocol import ReplicaAnswer, StreamOpened
 from deployments.routing.groups import DEPLOYMENT_NAMES, ROUTING_ORDER
+from deployments.routing.interactive_load import PUBLISH_PERIOD_S, interactive_busy
 from deployments.routing.job_backlog import publish_backlog
 from deployments.routing.router import NoGroupAvailableError, remote_cause, router_for
 from models.errors import InvalidModelInputError, InvalidParameterError, PromptTooLongError
@@ -80,6 +82,7 @@ class JobRunner:
         gpu_floor_group: DeploymentHandle | None = None,
     ) -> None:
         route_logs_through_serve()
+        lower_priority()  # everything this process does is background work
         self._config = config
         self._settings = config.jobs
         self._files = open_store(config)
@@ -97,7 +100,9 @@ class JobRunner:
         self._duplicates = 0
         self._app_name = serve.get_replica_context().app_name
         loop = asyncio.get_event_loop()
-        self._tasks = [loop.create_task(self._dispatch_forever()), loop.create_task(self._scan_forever())]
+        self._under_load = False  # interactive requests in flight or recent: segments run at the lower bound
+        self._tasks = [loop.create_task(self._dispatch_forever()), loop.create_task(self._scan_forever()),
+                       loop.create_task(self._watch_interactive_load())]
 
     # -- what the ingress calls ---------------------------------------------------------------------
 
@@ -128,7 +133,8 @@ class JobRunner:
             "running_segments_by_group": dict(running_by_group),
             "recorded_segments": self._recorded,
             "duplicate_results_refused": self._duplicates,
-            "max_running_segments": self._settings.max_running_segments,
+            "max_running_segments": self._bound(),
+            "under_interactive_load": self._under_load,
         }
 
     def check_health(self) -> None:
@@ -193,15 +199,32 @@ class JobRunner:
             self._dispatch()
             self._publish_backlog()
 
-    def _dispatch(self) -> None:
-        """Start queued segments, one job at a time round-robin, within the overall and per-job bounds."""
+    async def _watch_interactive_load(self) -> None:
+        """Follow the ingresses' interactive load; back to the full bound when it has been quiet a while."""
+        while True:
+            busy = await asyncio.to_thread(interactive_busy, self._app_name, self._settings.interactive_quiet_s)
+            if busy != self._under_load:
+                logger.info("Interactive requests %s: segments in flight at most %d", "waiting" if busy else "quiet",
+                            self._settings.max_running_segments_under_load if busy else self._settings.max_running_segments)
+                self._under_load = busy
+                self._wake.set()
+            await asyncio.sleep(PUBLISH_PERIOD_S)
+
+    def _bound(self) -> int:
         settings = self._settings
+        return settings.max_running_segments_under_load if self._under_load else settings.max_running_segments
+
+    def _dispatch(self) -> None:
+        """Start queued segments, one job at a time round-robin, within the overall (lower under interactive load)
+        and per-job bounds."""
+        settings = self._settings
+        bound = self._bound()
         running = sum(len(run.running) for run in self._runs.values())
         progressed = True
-        while progressed and running < settings.max_running_segments:
+        while progressed and running < bound:
             progressed = False
             for run in list(self._runs.values()):
-                if running >= settings.max_running_segments:
+                if running >= bound:
                     break
                 if run.cancelled or not run.queue or len(run.running) >= settings.max_running_segments_per_job:
                     continue

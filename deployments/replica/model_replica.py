@@ -30,6 +30,7 @@ from deployments.config.groups import CpuGroupSettings, GpuGroupSettings
 from deployments.observability.logs import route_logs_through_serve
 from deployments.observability.metrics import ReplicaMetrics
 from deployments.plan import AppPlan
+from deployments.replica.background import BACKGROUND_THREADS
 from deployments.replica.engine_choice import engine_chain
 from deployments.replica.lifecycle import FINAL_STATES, ReplicaLifecycle, ReplicaState
 from deployments.replica.loader import ReplicaLoader
@@ -177,7 +178,12 @@ class ModelReplica:
         queued_at = time.perf_counter()
         completed = False
         try:
-            await asyncio.to_thread(engine.submit, request, bridge, bridge.stop)
+            if request.priority > 0:  # a job's segment: prepared at a lower CPU priority
+                await asyncio.get_running_loop().run_in_executor(
+                    BACKGROUND_THREADS, engine.submit, request, bridge, bridge.stop
+                )
+            else:
+                await asyncio.to_thread(engine.submit, request, bridge, bridge.stop)
             opened = await bridge.next()
             if not isinstance(opened, Opened):
                 raise RuntimeError(f"The scheduler sent {type(opened).__name__} before the request was admitted")

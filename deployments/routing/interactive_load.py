@@ -1,0 +1,76 @@
+"""Interactive load as the job runner sees it: segments back off while people are waiting for answers.
+
+Each ingress replica counts its interactive requests (chat and analyze) in flight and when it last saw one
+(:class:`InteractiveLoad`), and publishes both in the GCS's key-value store every ``PUBLISH_PERIOD_S`` while
+there is anything to tell. The job runner reads them (:func:`interactive_busy`): while any ingress has one in
+flight, or had one within ``quiet_s``, it sends at most ``jobs.max_running_segments_under_load`` segments at
+once instead of ``jobs.max_running_segments``. Segments already running finish; none is preempted.
+"""
+
+import contextlib
+import json
+import logging
+import time
+from typing import AsyncIterator, Iterator, TypeVar
+
+from ray.experimental import internal_kv
+
+logger = logging.getLogger(__name__)
+
+PUBLISH_PERIOD_S = 0.25
+_STALE_S = 10.0  # a figure this old is from an ingress that went away
+_NAMESPACE = "video-detective"
+
+T = TypeVar("T")
+
+
+def _prefix(app_name: str) -> str:
+    return f"interactive:{app_name}:"
+
+
+class InteractiveLoad:
+    """One ingress replica's interactive requests: how many are in flight, and when the last one started or ended."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.last_at = 0.0
+
+    @contextlib.contextmanager
+    def request(self) -> Iterator[None]:
+        self.in_flight += 1
+        self.last_at = time.time()
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            self.last_at = time.time()
+
+    async def counted(self, stream: AsyncIterator[T]) -> AsyncIterator[T]:
+        """``stream``, counted as one request in flight until it ends."""
+        with self.request():
+            async for item in stream:
+                yield item
+
+    def publish(self, app_name: str, replica_id: str) -> None:
+        value = json.dumps({"at": time.time(), "in_flight": self.in_flight, "last_at": self.last_at}).encode()
+        internal_kv._internal_kv_put(f"{_prefix(app_name)}{replica_id}", value, overwrite=True, namespace=_NAMESPACE)
+
+
+def interactive_busy(app_name: str, quiet_s: float, *, now: float | None = None) -> bool:
+    """Whether any ingress of ``app_name`` has an interactive request in flight or had one within ``quiet_s``."""
+    now = time.time() if now is None else now
+    try:
+        keys = internal_kv._internal_kv_list(_prefix(app_name), namespace=_NAMESPACE)
+        values = [internal_kv._internal_kv_get(key, namespace=_NAMESPACE) for key in keys]
+    except Exception as error:  # noqa: BLE001 - without the figure, segments run at the usual bound
+        logger.warning("Reading the interactive load failed: %s", error)
+        return False
+    for raw in values:
+        if not raw:
+            continue
+        published = json.loads(raw)
+        if now - published["at"] > _STALE_S:
+            continue
+        if published["in_flight"] > 0 or now - published["last_at"] < quiet_s:
+            return True
+    return False
