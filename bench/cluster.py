@@ -9,12 +9,14 @@ Requests run one after another through the head's proxy during each event:
 2. proxies: median latency of 20 requests through each node's proxy;
 3. node drained (SIGTERM to the GPU worker's ``ray start``, as a machine's shutdown sends) and started again;
 4. node crashed (every process of the GPU worker killed at once) and started again;
-5. rolling update: ``serve deploy`` of a changed config (``limits.max_tokens``, the CPU group's ``max_replicas``).
+5. a long-video job (a 10-minute 720p file, 20 segments) with the GPU worker crashed once 3 segments are
+   recorded: the job must complete with every segment recorded once (``lost``: target 0);
+6. rolling update: ``serve deploy`` of a changed config (``limits.max_tokens``, the CPU group's ``max_replicas``).
 
 For each event: requests answered, failed (target 0), the slowest request, seconds until the CPU group answers
 after the loss, and until the GPU group answers again after the node is back (no redeploy).
 
-Needs root (network namespaces). Usage: sudo .venv/bin/python -m bench.cluster [--json]
+Needs root (network namespaces). Usage: sudo .venv/bin/python -m bench.cluster [--only-job] [--json]
 """
 
 import argparse
@@ -28,6 +30,7 @@ import time
 
 import httpx
 
+from bench.jobs import long_video
 from bench.local_cluster import LocalCluster, SteadyTraffic, cluster_serve_config, namespaces_unavailable, write_config
 from memory.probe import FileGpu
 
@@ -85,9 +88,44 @@ def _lose_gpu_node(cluster: LocalCluster, *, crash: bool) -> dict:
     return {**_figures(traffic, lost_at, back_at), "node_stopped_s": round(stopped_s, 2), "node_counted_dead_s": round(dead_s, 2)}
 
 
+def job_with_gpu_node_lost(cluster: LocalCluster, video: pathlib.Path, *, segment_s: int = 30, lose_after: int = 3) -> dict:
+    """A job over ``video`` through the head's proxy; the GPU worker crashes once ``lose_after`` segments are
+    recorded and comes back after the job ends. Every segment must end recorded once: ``lost`` counts those
+    that did not (target 0)."""
+    url = cluster.head.http_url
+    with open(video, "rb") as file:
+        uploaded = httpx.post(f"{url}/v1/files", data={"purpose": "vision"}, files={"file": (video.name, file, "video/mp4")},
+                              timeout=600)
+    uploaded.raise_for_status()
+    started = time.monotonic()
+    job = httpx.post(f"{url}/v1/video/jobs", timeout=60, json={
+        "file_id": uploaded.json()["id"], "question": "What happens?", "segment_s": segment_s, "frames": 4}).json()
+    store = cluster.folder / "files"
+    recorded = lambda: list(store.glob(f"*/jobs/{job['id']}/segments/*.json"))  # noqa: E731
+    _wait(lambda: len(recorded()) >= lose_after, 600, f"{lose_after} segments recorded")
+    lost_at = time.monotonic()
+    cluster.stop_node("gpu-worker", crash=True)
+    ended = _wait(lambda: (body := httpx.get(f"{url}/v1/video/jobs/{job['id']}", timeout=30).json())["state"]
+                  in ("succeeded", "failed", "cancelled") and body, 900, "the job's end")
+    ended_at = time.monotonic()
+    cluster.start_node("gpu-worker")
+    files = recorded()
+    progress = ended["progress"]
+    return {
+        "state": ended["state"], "segments": progress["segments"], "done": progress["done"], "failed": progress["failed"],
+        "lost": progress["segments"] - progress["done"] - progress["failed"],
+        "recorded_once": len(files) == len({path.name for path in files}) == progress["segments"],
+        "segments_tried_again": sum(1 for segment in ended["segments"] if segment.get("attempts", 1) > 1),
+        "served_by": {group: sum(1 for segment in ended["segments"] if segment.get("served_by", {}).get("group") == group)
+                      for group in ("gpu", "cpu")},
+        "recorded_before_loss": lose_after, "job_s": round(ended_at - started, 1), "loss_to_end_s": round(ended_at - lost_at, 1),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--only-job", action="store_true", help="the job with the GPU node lost, and nothing else")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     reason = namespaces_unavailable()
@@ -109,6 +147,12 @@ def main() -> int:
         _wait(lambda: cluster.serve_status()["applications"][APP]["status"] == "RUNNING", 300, "app RUNNING")
         _wait(lambda: _served_by(cluster.head.http_url) == "gpu", 120, "the GPU group answering")
         report["deploy_to_answer_s"] = round(time.monotonic() - deploy_at, 2)
+        if args.only_job:
+            report["job_gpu_node_lost"] = job_with_gpu_node_lost(cluster, long_video(600))
+            logger.info("job_gpu_node_lost    %s", report["job_gpu_node_lost"])
+            if args.json:
+                sys.stdout.write(json.dumps(report, indent=2) + "\n")
+            return 0
 
         proxies = {}
         for node in cluster.nodes:
@@ -123,6 +167,8 @@ def main() -> int:
 
         report["gpu_node_drained"] = _lose_gpu_node(cluster, crash=False)
         report["gpu_node_crashed"] = _lose_gpu_node(cluster, crash=True)
+        _wait(lambda: _served_by(cluster.head.http_url) == "gpu", 300, "the GPU group answering again")
+        report["job_gpu_node_lost"] = job_with_gpu_node_lost(cluster, long_video(600))
 
         updated = cluster_serve_config(
             folder, probe, limits={"max_tokens": 256},

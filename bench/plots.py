@@ -181,9 +181,9 @@ def jobs_chart(report: dict[str, Any], path: pathlib.Path) -> pathlib.Path:
             axis.set_title(f"Chat beside a job: p50 {figures['ratio_p50']:.2f}x")
             axis.legend(fontsize=8)
         else:
-            kinds = list(figures["ratio_3h_over_10min"])
+            kinds = list(figures["ratio_3h_over_10min"]["rss"])
             for offset, (video, color) in enumerate((("10 minutes", "#999999"), ("3 hours", "#1f5f8b"))):
-                peaks = figures["peak_rss_bytes"][video]
+                peaks = figures["peak_bytes"][video]["rss"]
                 axis.bar([index + offset * 0.4 for index in range(len(kinds))], [peaks[kind] / MIB for kind in kinds],
                          width=0.4, label=video, color=color)
             axis.set_xticks([index + 0.2 for index in range(len(kinds))], [kind.replace(" ", "\n") for kind in kinds])

@@ -123,3 +123,20 @@ def test_a_job_backlog_counts_as_requests_for_the_group_it_goes_to_and_a_stale_o
     import time
 
     assert read_backlog("backlog-app", "gpu_group", now=time.time() + MAX_AGE_S + 1) == 0  # a runner that died
+
+
+def test_the_runner_sees_interactive_load_while_a_request_is_in_flight_and_for_a_quiet_period_after(local_ray):
+    import time
+
+    from deployments.routing.interactive_load import InteractiveLoad, interactive_busy
+
+    load = InteractiveLoad()
+    assert not interactive_busy("load-app", quiet_s=2.0)
+    with load.request():
+        load.publish("load-app", "ingress-1")
+        assert interactive_busy("load-app", quiet_s=2.0)
+        assert not interactive_busy("another-app", quiet_s=2.0)
+    load.publish("load-app", "ingress-1")
+    assert interactive_busy("load-app", quiet_s=2.0)  # the last one ended just now
+    assert not interactive_busy("load-app", quiet_s=2.0, now=time.time() + 2.5)  # quiet for 2.5 s
+    assert not interactive_busy("load-app", quiet_s=0.0)

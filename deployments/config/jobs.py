@@ -46,8 +46,14 @@ class JobsSettings(StrictSettings):
     segment_attempts: int = Field(
         default=3,
         ge=1,
-        description="Tries a segment gets when its replica dies or no group can take it; a segment's own fault (a "
-        "bad range, a prompt over the limit) fails it at once.",
+        description="Tries a segment gets when the replica that took it dies (or the call fails otherwise); a "
+        "segment's own fault (a bad range, a prompt over the limit) fails it at once.",
+    )
+    max_wait_for_groups_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="How long a segment waits, trying again, while no group can take it (all busy, or restarting) "
+        "before it is recorded as failed; such tries spend no attempt.",
     )
     ttl_s: float = Field(default=24 * 3600.0, gt=0, description="A job is deleted this long after it ends.")
     scan_period_s: float = Field(

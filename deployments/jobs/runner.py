@@ -267,36 +267,46 @@ class JobRunner:
             self._wake.set()
 
     async def _attempts(self, run: _JobRun, segment: Segment) -> dict[str, Any]:
-        """The segment's result: answered, or failed with the last reason once its attempts are spent."""
+        """The segment's result: answered, or failed with the last reason.
+
+        A call that fails after a replica took it (the replica died, a bug) spends one of ``jobs.segment_attempts``;
+        no group able to take it (all busy, or none running: a group restarting) waits and tries again without
+        spending one, for at most ``jobs.max_wait_for_groups_s`` in a row. ``attempts`` in the result counts
+        every try."""
         job, reason = run.job, ""
-        attempt = 0
-        while attempt < self._settings.segment_attempts:
-            attempt += 1
+        tries = spent = 0
+        unavailable_since: float | None = None
+        while spent < self._settings.segment_attempts:
+            tries += 1
             try:
                 sampled, why_not, decode_s, fetched_bytes = await self._frames_of(run, segment)
                 if sampled is None:
-                    return failed_segment(segment, f"its frames: {why_not}", attempts=attempt)
+                    return failed_segment(segment, f"its frames: {why_not}", attempts=tries)
                 request = segment_request(job, segment, sampled, self._config.limits.max_prompt_tokens)
                 answer = await self._router.call(
                     "generate_stream", request, on_opened=lambda opened: self._opened(run, segment, opened)
                 )
-                result = segment_result(job, segment, sampled, answer, attempts=attempt, decode_s=decode_s)
+                result = segment_result(job, segment, sampled, answer, attempts=tries, decode_s=decode_s)
                 return {**result, "store_bytes_fetched": fetched_bytes}
             except _OWN_FAULTS as error:
-                return failed_segment(segment, str(remote_cause(error)), attempts=attempt)
+                return failed_segment(segment, str(remote_cause(error)), attempts=tries)
             except NoGroupAvailableError as error:
                 reason = f"no group could take it: {error}"
-                if error.busy:
-                    attempt -= 1  # every group is busy, none broken: wait for room without spending an attempt
+                unavailable_since = unavailable_since or time.monotonic()
+                if time.monotonic() - unavailable_since > self._settings.max_wait_for_groups_s:
+                    return failed_segment(segment, f"{reason} (for {self._settings.max_wait_for_groups_s:g} s, "
+                                          "jobs.max_wait_for_groups_s)", attempts=tries)
             except Exception as error:  # noqa: BLE001 - a replica that died mid-segment: try again elsewhere
                 cause = remote_cause(error)
                 reason = f"{type(cause).__name__}: {str(cause).splitlines()[0][:300] if str(cause) else ''}"
+                spent += 1
+                unavailable_since = None
             finally:
                 run.groups.pop(segment.index, None)
-            pause = min(_MAX_RETRY_PAUSE_S, _RETRY_PAUSE_S * 2 ** max(0, attempt - 1))
-            logger.warning("Job %s segment %d, attempt %d: %s; again in %.0f s", job.id, segment.index, attempt, reason, pause)
+            pause = min(_MAX_RETRY_PAUSE_S, _RETRY_PAUSE_S * 2 ** min(tries - 1, 4))
+            logger.warning("Job %s segment %d, try %d: %s; again in %.0f s", job.id, segment.index, tries, reason, pause)
             await asyncio.sleep(pause)
-        return failed_segment(segment, reason, attempts=attempt)
+        return failed_segment(segment, reason, attempts=tries)
 
     def _opened(self, run: _JobRun, segment: Segment, opened: StreamOpened) -> None:
         run.groups[segment.index] = opened.served_by.group

@@ -66,7 +66,7 @@ def test_serve_deploy_brings_every_deployment_up_and_serve_status_says_so(cluste
     application = status["applications"][APP]
     assert application["status"] == "RUNNING"
     assert {name: deployment["status"] for name, deployment in application["deployments"].items()} == {
-        "Ingress": "HEALTHY", "gpu_group": "HEALTHY", "cpu_group": "HEALTHY",
+        "Ingress": "HEALTHY", "gpu_group": "HEALTHY", "cpu_group": "HEALTHY", "JobRunner": "HEALTHY",
     }
     assert {proxy_status for proxy_status in status["proxies"].values()} == {"HEALTHY"}
     assert len(status["proxies"]) == 3  # proxy_location: EveryNode
@@ -81,6 +81,8 @@ def test_each_group_runs_where_it_belongs(cluster, deployed):
     details = httpx.get(f"{cluster.dashboard_url}/api/serve/applications/", timeout=30).json()
     ingress = details["applications"][APP]["deployments"]["Ingress"]["replicas"]
     assert {replica["node_ip"] for replica in ingress} == {cluster.head.ip}  # ingress.node_labels: on the head
+    runner = details["applications"][APP]["deployments"]["JobRunner"]["replicas"]
+    assert {replica["node_ip"] for replica in runner} == {cluster.head.ip}  # the ingress's labels: a lost worker keeps it
 
 
 def test_every_nodes_proxy_answers(cluster, deployed):
@@ -135,5 +137,5 @@ def test_a_rolling_update_under_traffic_fails_no_request_and_takes_effect(cluste
     assert deployments["cpu_group"]["deployment_config"]["autoscaling_config"]["max_replicas"] == 3
     # routing.drain_timeout_s: a replica being replaced finishes what it holds (Serve's own 20 s failed a request here)
     assert {name: deployment["deployment_config"]["graceful_shutdown_timeout_s"] for name, deployment in deployments.items()} == {
-        "Ingress": 600.0, "gpu_group": 600.0, "cpu_group": 600.0,
+        "Ingress": 600.0, "gpu_group": 600.0, "cpu_group": 600.0, "JobRunner": 600.0,
     }

@@ -7,6 +7,7 @@ the test's. The video: two minutes of a real H.264 file (PyAV), cut into segment
 
 import json
 import pathlib
+import threading
 import time
 
 import httpx
@@ -219,11 +220,11 @@ def test_quotas_refuse_a_job_over_the_key_s_active_jobs_and_a_cancel_stops_a_job
     assert alice.delete(f"/v1/video/jobs/{replacement['id']}").json()["state"] == "cancelled"
 
 
-def _serve_actor(fragment: str) -> str:
+def _serve_actors(fragment: str) -> list[str]:
     names = [actor["name"] for actor in ray.util.list_named_actors(all_namespaces=True)
              if actor["name"].startswith("SERVE_REPLICA") and f"{APP}#" in actor["name"] and fragment in actor["name"]]
     assert names, f"no {fragment} replica of {APP}"
-    return names[0]
+    return names
 
 
 @pytest.mark.parametrize("victim", ["cpu_group", "JobRunner", "Ingress"])
@@ -231,8 +232,44 @@ def test_a_job_completes_with_every_segment_once_when_a_process_dies_mid_job(ali
     job = _start(alice, video_id)
     wait_for_condition(lambda: len(_segment_files(test_root, job["id"])) >= 2, timeout_s=120, interval_s=0.1)
 
-    ray.kill(ray.get_actor(_serve_actor(victim), namespace="serve"), no_restart=True)
+    for name in _serve_actors(victim):  # both CPU replicas: the segments in flight die with them
+        ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
 
     body = _ended(alice, job["id"])
     _check_complete(body)
     assert len(_segment_files(test_root, job["id"])) == SEGMENTS
+    if victim == "cpu_group":  # the segments in flight on them were tried again, and recorded once
+        assert sum(1 for segment in body["segments"] if segment["attempts"] > 1) >= 1
+
+
+CHAT = {"messages": [{"role": "user", "content": "Describe a quiet kitchen."}], "max_tokens": 8}
+
+
+def test_interactive_requests_hold_a_job_to_its_bound_under_load_and_every_one_is_answered(alice, video_id, test_root):
+    job = _start(alice, video_id, segment_s=5)  # 24 segments: longer than the chats below
+    wait_for_condition(lambda: len(_segment_files(test_root, job["id"])) >= 1, timeout_s=120, interval_s=0.1)
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def chat() -> None:
+        with _client(alice.base_url, KEYS[0]) as client:
+            while not stop.is_set():
+                statuses.append(client.post("/v1/chat/completions", json=CHAT).status_code)
+
+    chatting = threading.Thread(target=chat)
+    chatting.start()
+    try:
+        # The runner sees the chats and lets at most jobs.max_running_segments_under_load (1) segment run.
+        view = wait_for_condition(
+            lambda: (jobs := alice.get("/v1/memory").json()["jobs"])["under_interactive_load"]
+            and jobs["running_segments"] <= 1 and jobs, timeout_s=30, interval_s=0.2)
+        assert view["max_running_segments"] == 1
+        recorded = len(_segment_files(test_root, job["id"]))
+        wait_for_condition(lambda: len(_segment_files(test_root, job["id"])) > recorded, timeout_s=60)  # not starved
+    finally:
+        stop.set()
+        chatting.join()
+    assert statuses and set(statuses) == {200}
+    # Quiet again (jobs.interactive_quiet_s after the last chat): back to the full bound.
+    wait_for_condition(lambda: not alice.get("/v1/memory").json()["jobs"]["under_interactive_load"], timeout_s=30)
+    assert alice.delete(f"/v1/video/jobs/{job['id']}").status_code in (200, 409)  # cancelled, or ended meanwhile
