@@ -196,6 +196,7 @@ class PeakRss:
     def __init__(self) -> None:
         self.peaks: dict[str, int] = {}
         self.private_peaks: dict[str, int] = {}
+        self.private_at_start: dict[str, int] = {}  # each kind's first sample: what the job adds is the peak less it
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -209,6 +210,7 @@ class PeakRss:
                         self.peaks[kind] = max(self.peaks.get(kind, 0), memory_info.rss)
                         private = memory_info.rss - memory_info.shared
                         self.private_peaks[kind] = max(self.private_peaks.get(kind, 0), private)
+                        self.private_at_start.setdefault(kind, private)
             self._stop.wait(0.2)
 
     def __enter__(self) -> "PeakRss":
@@ -296,16 +298,50 @@ def memory(base_url: str, workdir: pathlib.Path, videos: dict[str, pathlib.Path]
             with PeakRss() as sampled:
                 result = run_job(client, file_id)
             client.delete(f"/v1/files/{file_id}")
-        peaks[name] = {"rss": sampled.peaks, "private": sampled.private_peaks,
+        peaks[name] = {"rss": sampled.peaks, "private": sampled.private_peaks, "private_at_start": sampled.private_at_start,
                        "segments": result["job"]["progress"]["segments"], "job_s": round(result["total_s"], 1)}
         logger.info("%s: %s", name, peaks[name])
     return peaks
+
+
+def measure(base_url: str, workdir: pathlib.Path, hour: pathlib.Path, report: dict[str, Any], *, failures_too: bool) -> None:
+    """The overhead, the interactive latency and (``failures_too``) the failures, on the 1-hour video."""
+    with httpx.Client(base_url=base_url, timeout=120) as client:
+        file_id = upload(client, hour)
+        chat_latencies(client, 5)  # warm-up
+        baseline_s = baseline(client, file_id, 3600)
+        job = run_job(client, file_id)
+        report["overhead"] = {
+            "segments": job["job"]["progress"]["segments"], "baseline_s": round(baseline_s, 2),
+            "job_segments_s": round(job["segments_s"], 2), "job_total_s": round(job["total_s"], 2),
+            "ratio_segments": round(job["segments_s"] / baseline_s, 3),
+            "ratio_with_final_answer": round(job["total_s"] / baseline_s, 3),
+        }
+        logger.info("overhead: %s", report["overhead"])
+        idle = chat_latencies(client)
+        running: dict = {}
+        worker = threading.Thread(target=lambda: running.update(run_job(client, file_id, seed=5)), daemon=True)
+        worker.start()
+        _wait(lambda: client.get("/v1/memory").json()["jobs"]["running_segments"] > 0, 60, "the job running")
+        during = chat_latencies(client)
+        still_running = client.get("/v1/memory").json()["jobs"]["running_segments"] > 0
+        worker.join()
+        report["interactive"] = {
+            "idle": percentiles(idle), "during_job": percentiles(during), "job_ran_throughout": still_running,
+            "ratio_p50": round(statistics.median(during) / statistics.median(idle), 3),
+            "ratio_p95": round(percentiles(during)["p95_s"] / percentiles(idle)["p95_s"], 3),
+        }
+        logger.info("interactive: %s", report["interactive"])
+        if failures_too:
+            report["failures"] = failures(client, workdir, file_id)
+            logger.info("failures: %s", report["failures"])
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--skip-memory", action="store_true", help="leave out the 10-minute and 3-hour memory runs")
     parser.add_argument("--skip-failures", action="store_true")
+    parser.add_argument("--only-memory", action="store_true", help="the 10-minute and 3-hour memory runs alone")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--plot-dir", type=pathlib.Path, default=DOCS_DIR)
     args = parser.parse_args()
@@ -315,45 +351,24 @@ def main() -> int:
     videos = {} if args.skip_memory else {"10 minutes": long_video(600), "3 hours": long_video(3 * 3600)}
     report: dict[str, Any] = {}
     with local_serve(num_cpus=4) as (base_url, workdir):
-        deploy(base_url, workdir)
-        with httpx.Client(base_url=base_url, timeout=120) as client:
-            file_id = upload(client, hour)
-            chat_latencies(client, 5)  # warm-up
-            baseline_s = baseline(client, file_id, 3600)
-            job = run_job(client, file_id)
-            report["overhead"] = {
-                "segments": job["job"]["progress"]["segments"], "baseline_s": round(baseline_s, 2),
-                "job_segments_s": round(job["segments_s"], 2), "job_total_s": round(job["total_s"], 2),
-                "ratio_segments": round(job["segments_s"] / baseline_s, 3),
-                "ratio_with_final_answer": round(job["total_s"] / baseline_s, 3),
-            }
-            logger.info("overhead: %s", report["overhead"])
-            idle = chat_latencies(client)
-            running: dict = {}
-            worker = threading.Thread(target=lambda: running.update(run_job(client, file_id, seed=5)), daemon=True)
-            worker.start()
-            _wait(lambda: client.get("/v1/memory").json()["jobs"]["running_segments"] > 0, 60, "the job running")
-            during = chat_latencies(client)
-            still_running = client.get("/v1/memory").json()["jobs"]["running_segments"] > 0
-            worker.join()
-            report["interactive"] = {
-                "idle": percentiles(idle), "during_job": percentiles(during), "job_ran_throughout": still_running,
-                "ratio_p50": round(statistics.median(during) / statistics.median(idle), 3),
-                "ratio_p95": round(percentiles(during)["p95_s"] / percentiles(idle)["p95_s"], 3),
-            }
-            logger.info("interactive: %s", report["interactive"])
-            if not args.skip_failures:
-                report["failures"] = failures(client, workdir, file_id)
-                logger.info("failures: %s", report["failures"])
+        if not args.only_memory:
+            deploy(base_url, workdir)
+            measure(base_url, workdir, hour, report, failures_too=not args.skip_failures)
         if videos:
             peaks = memory(base_url, workdir, videos)
             short, long = peaks["10 minutes"], peaks["3 hours"]
             report["memory"] = {
                 "peak_bytes": peaks,
                 "ratio_3h_over_10min": {
-                    measure: {kind: round(long[measure][kind] / short[measure][kind], 3)
-                              for kind in PROCESSES if kind in short[measure] and kind in long[measure]}
-                    for measure in ("rss", "private")
+                    figure: {kind: round(long[figure][kind] / short[figure][kind], 3)
+                             for kind in PROCESSES if kind in short[figure] and kind in long[figure]}
+                    for figure in ("rss", "private")
+                },
+                # What the job itself added to each process's private memory (its peak less its first sample).
+                "private_growth_bytes": {
+                    video: {kind: peaks[video]["private"][kind] - peaks[video]["private_at_start"][kind]
+                            for kind in peaks[video]["private"]}
+                    for video in peaks
                 },
             }
             logger.info("memory ratios: %s", report["memory"]["ratio_3h_over_10min"])

@@ -94,6 +94,7 @@ class JobRunner:
         self._backlog_deployment = DEPLOYMENT_NAMES[first] if first else None
         self._frames = FrameCache(config.files.frame_cache_bytes)
         self._runs: dict[str, _JobRun] = {}
+        self._adopting: set[str] = set()
         self._wake = asyncio.Event()
         self._published_backlog: int | None = None
         self._recorded = 0
@@ -166,8 +167,15 @@ class JobRunner:
                 await self._cancel(run)
 
     async def _adopt(self, job: JobRecord) -> None:
-        if job.id in self._runs:
+        if job.id in self._runs or job.id in self._adopting:
             return
+        self._adopting.add(job.id)  # submit and the scan may both find a new job
+        try:
+            await self._take(job)
+        finally:
+            self._adopting.discard(job.id)
+
+    async def _take(self, job: JobRecord) -> None:
         if await asyncio.to_thread(self._store.cancel_requested, job):
             await self._save(job.moved(JobState.CANCELLED, "cancelled before it started", finished_at=time.time(),
                                        expires_at=time.time() + self._settings.ttl_s))
@@ -182,8 +190,6 @@ class JobRunner:
             job = job.moved(JobState.RUNNING, "running", started_at=time.time())
             await self._save(job)
         run = _JobRun(job=job, queue=queue, file=file)
-        if job.id in self._runs:  # adopted meanwhile (submit and the scan at once)
-            return
         self._runs[job.id] = run
         logger.info("Job %s: %d of %d segments to run (%d recorded already)", job.id, len(queue), job.segments, len(recorded))
         if not queue:

@@ -273,3 +273,20 @@ def test_interactive_requests_hold_a_job_to_its_bound_under_load_and_every_one_i
     # Quiet again (jobs.interactive_quiet_s after the last chat): back to the full bound.
     wait_for_condition(lambda: not alice.get("/v1/memory").json()["jobs"]["under_interactive_load"], timeout_s=30)
     assert alice.delete(f"/v1/video/jobs/{job['id']}").status_code in (200, 409)  # cancelled, or ended meanwhile
+
+
+def test_the_documented_openai_client_example_runs(jobs_url, video_id):
+    """docs/api.md's Python example of a job, from upload to timeline, with the openai client."""
+    import openai
+
+    client = openai.OpenAI(base_url=f"{jobs_url}/v1", api_key=KEYS[0], max_retries=0, timeout=60)
+    video = client.files.create(file=("two-minutes.mp4", VIDEO, "video/mp4"), purpose="vision")
+    job = client.post("/video/jobs", cast_to=object,
+                      body={"file_id": video.id, "question": "Who comes in, and when?", "segment_s": 60, "frames": 2})
+    assert job["state"] == "queued"
+    job = wait_for_condition(lambda: (body := client.get(f"/video/jobs/{job['id']}", cast_to=object))["state"]
+                             in ("succeeded", "failed", "cancelled") and body, timeout_s=180, interval_s=1)
+
+    assert job["state"] == "succeeded" and [segment["index"] for segment in job["segments"]] == [0, 1]
+    assert isinstance(job["timeline"], list) and isinstance(job["final"]["answer"], str)
+    client.files.delete(video.id)
