@@ -160,7 +160,7 @@ def engines_chart(levels: Sequence[int], servers: dict[str, dict[str, Any]], pat
 
 def jobs_chart(report: dict[str, Any], path: pathlib.Path) -> pathlib.Path:
     """bench/jobs.py: the job against its requests sent by a client, chat latency idle and beside a job, and
-    each process's peak RSS for a 10-minute and a 3-hour video."""
+    each process's peak private memory (RSS less shared pages) for a 10-minute and a 3-hour video."""
     panels = [name for name in ("overhead", "interactive", "memory") if name in report]
     figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4))
     axes = [axes] if len(panels) == 1 else list(axes)
@@ -181,13 +181,13 @@ def jobs_chart(report: dict[str, Any], path: pathlib.Path) -> pathlib.Path:
             axis.set_title(f"Chat beside a job: p50 {figures['ratio_p50']:.2f}x")
             axis.legend(fontsize=8)
         else:
-            kinds = list(figures["ratio_3h_over_10min"]["rss"])
+            kinds = list(figures["ratio_3h_over_10min"]["private"])
             for offset, (video, color) in enumerate((("10 minutes", "#999999"), ("3 hours", "#1f5f8b"))):
-                peaks = figures["peak_bytes"][video]["rss"]
+                peaks = figures["peak_bytes"][video]["private"]
                 axis.bar([index + offset * 0.4 for index in range(len(kinds))], [peaks[kind] / MIB for kind in kinds],
                          width=0.4, label=video, color=color)
             axis.set_xticks([index + 0.2 for index in range(len(kinds))], [kind.replace(" ", "\n") for kind in kinds])
-            axis.set_ylabel("peak RSS, MiB")
-            axis.set_title("Peak memory per process")
+            axis.set_ylabel("peak private memory, MiB")
+            axis.set_title("Peak memory per process, by video length")
             axis.legend(fontsize=8)
     return _save(figure, path)

@@ -19,6 +19,9 @@ logger = logging.getLogger(__name__)
 
 PUBLISH_PERIOD_S = 0.25
 _STALE_S = 10.0  # a figure this old is from an ingress that went away
+# A request counted in flight with nothing started or ended on that ingress for this long is taken for a count
+# that was never given back (a stream no one closed), so that it cannot hold jobs back for good.
+_STUCK_S = 300.0
 _NAMESPACE = "video-detective"
 
 T = TypeVar("T")
@@ -71,6 +74,7 @@ def interactive_busy(app_name: str, quiet_s: float, *, now: float | None = None)
         published = json.loads(raw)
         if now - published["at"] > _STALE_S:
             continue
-        if published["in_flight"] > 0 or now - published["last_at"] < quiet_s:
+        since_last_s = now - published["last_at"]
+        if (published["in_flight"] > 0 and since_last_s < _STUCK_S) or since_last_s < quiet_s:
             return True
     return False

@@ -231,6 +231,9 @@ def _serve_actors(fragment: str) -> list[str]:
 def test_a_job_completes_with_every_segment_once_when_a_process_dies_mid_job(alice, video_id, test_root, victim):
     job = _start(alice, video_id)
     wait_for_condition(lambda: len(_segment_files(test_root, job["id"])) >= 2, timeout_s=120, interval_s=0.1)
+    if victim == "cpu_group":  # kill them while a replica holds a segment
+        wait_for_condition(lambda: alice.get("/v1/memory").json()["jobs"]["running_segments_by_group"].get("cpu", 0) >= 1,
+                           timeout_s=60, interval_s=0.02)
 
     for name in _serve_actors(victim):  # both CPU replicas: the segments in flight die with them
         ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
