@@ -148,9 +148,9 @@ def job_not_found(job_id: str) -> ApiError:
                     error_type="not_found_error", param="job_id", code="job_not_found")
 
 
-def job_body(job: JobRecord, segments: list[dict[str, Any]], *, with_results: bool = True) -> dict[str, Any]:
-    """The job as ``GET`` answers it: state, progress, timings, and (``with_results``) the timeline so far, each
-    segment's result and the final answer."""
+def job_body(job: JobRecord, segments: list[dict[str, Any]]) -> dict[str, Any]:
+    """The job as ``GET`` answers it: state, progress, timings, the timeline so far, each segment's result and
+    the final answer."""
     done = sum(1 for result in segments if result.get("state") == "done")
     failed = sum(1 for result in segments if result.get("state") == "failed")
     now = time.time()
@@ -179,14 +179,13 @@ def job_body(job: JobRecord, segments: list[dict[str, Any]], *, with_results: bo
             "inference_s": round(sum(result.get("timings", {}).get("inference_s", 0.0) for result in segments), 3),
         },
     }
-    if with_results:
-        body["timeline"] = timeline(segments)
-        body["segments"] = [_without_thumbnails(result) for result in segments]
-        body["final"] = (
-            {"answer": job.final_answer, "usage": job.final_usage, "served_by": job.final_served_by,
-             "timeline_events_used": job.timeline_events_used}
-            if job.final_answer is not None else None
-        )
+    body["timeline"] = timeline(segments)
+    body["segments"] = [_without_thumbnails(result) for result in segments]
+    body["final"] = (
+        {"answer": job.final_answer, "usage": job.final_usage, "served_by": job.final_served_by,
+         "timeline_events_used": job.timeline_events_used}
+        if job.final_answer is not None else None
+    )
     return body
 
 
@@ -198,7 +197,19 @@ def _without_thumbnails(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def job_list_body(jobs: list[JobRecord], store: JobStore) -> dict[str, Any]:
-    return {"object": "list", "data": [job_body(job, store.segments(job), with_results=False) for job in jobs]}
+    """The key's jobs without their results: each one's progress is its recorded segments (one listing of the
+    store a job, never a read of each result)."""
+    data = []
+    for job in jobs:
+        recorded = len(store.recorded_indices(job))
+        data.append({
+            "id": job.id, "object": "video.job", "state": job.state.value, "reason": job.reason, "file_id": job.file_id,
+            "filename": job.filename, "question": job.question, "duration_s": job.duration_s,
+            "progress": {"segments": job.segments, "recorded": recorded, "left": job.segments - recorded},
+            "created_at": job.created_at, "started_at": job.started_at, "finished_at": job.finished_at,
+            "expires_at": job.expires_at,
+        })
+    return {"object": "list", "data": data}
 
 
 async def job_events(store: JobStore, owner: str, job_id: str) -> AsyncIterator[str]:

@@ -78,7 +78,12 @@ class FileRecord:
 
 class FileStore:
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
-        self._fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        options = dict(storage_options or {})
+        if not url.startswith(("file://", "/")) and "://" in url:
+            # No listings cache: another process (an ingress replica, the job runner) adds files and jobs, and a
+            # cached listing of their folder makes s3fs answer "not found" for them without asking the store.
+            options.setdefault("use_listings_cache", False)
+        self._fs, root = fsspec.core.url_to_fs(url, **options)
         self._root = root.rstrip("/")
         self.url = url
         self.is_local = "file" in (self._fs.protocol if isinstance(self._fs.protocol, tuple) else (self._fs.protocol,))

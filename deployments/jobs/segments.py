@@ -73,7 +73,7 @@ def segment_request(job: JobRecord, segment: Segment, sampled: SampledVideo, max
         messages=(ChatMessage(role="user", content=(video, TextPart(instruction))),),
         max_new_tokens=job.max_tokens,
         temperature=job.temperature,
-        seed=None if job.seed is None else job.seed + segment.index,
+        seed=None if job.seed is None else (job.seed + segment.index) % 2**63,  # each segment its own, in range
         max_prompt_tokens=max_prompt_tokens,
         options=DecodingOptions(response_format=ResponseFormat(kind="json_schema", schema_json=job.json_schema)),
         priority=BACKGROUND_PRIORITY,
