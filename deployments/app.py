@@ -28,6 +28,7 @@ from memory.allocator import allocator_env
 
 logger = logging.getLogger(__name__)
 
+_RUNNER_SHUTDOWN_S = 5.0
 DEFAULT_VLLM_PYTHON = pathlib.Path(__file__).resolve().parent.parent / ".venv-vllm" / "bin" / "python"
 
 
@@ -130,7 +131,8 @@ def _job_runner(config: AppConfig, groups: tuple[Application | None, Application
         name="JobRunner",
         num_replicas=1,
         max_ongoing_requests=1000,  # its methods only read and signal; the segments run in its own tasks
-        graceful_shutdown_timeout_s=config.routing.drain_timeout_s,
+        # Nothing waits on it to finish: what it was running is run again by its successor, from the store.
+        graceful_shutdown_timeout_s=_RUNNER_SHUTDOWN_S,
         ray_actor_options=_actor_options(config.jobs.num_cpus, 0, {}, config.ingress.node_labels),
         logging_config={"enable_access_log": False},
     ).bind(*groups, config, gpu_floor_group=floor)

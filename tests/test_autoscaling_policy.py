@@ -98,8 +98,13 @@ def test_a_replica_that_has_just_loaded_counts_as_ready_at_once_not_after_half_a
 
 @pytest.fixture(scope="module")
 def local_ray(test_root):
+    """A Ray instance's key-value store: the session's, where the integration tests started one, else one of
+    this module's own (stopped after it)."""
     import ray
 
+    if ray.is_initialized():
+        yield
+        return
     ray.init(address="local", num_cpus=1, include_dashboard=False, _temp_dir=str(test_root / "ray-backlog"),
              log_to_driver=False)
     yield
