@@ -434,7 +434,8 @@ class Ingress:
         logger.info("Job %s stored: %r, %d segments of %g s, for owner %s", job.id, job.filename, job.segments,
                     job.segment_s, owner)
         self._tell_runner("submit", owner, job.id)
-        return JSONResponse(job_body(job, []), status_code=202, headers={"location": f"/v1/video/jobs/{job.id}"})
+        location = f"{request.scope.get('root_path', '')}/v1/video/jobs/{job.id}"
+        return JSONResponse(job_body(job, []), status_code=202, headers={"location": location})
 
     @app.get("/v1/video/jobs")
     async def list_video_jobs(self, request: Request) -> dict[str, Any]:
