@@ -155,7 +155,7 @@ class JobRunner:
                     next_sweep = time.time() + self._config.files.sweep_period_s
             except Exception:  # noqa: BLE001 - a store hiccup must not end the scanning
                 logger.exception("Scanning the job store failed")
-            self._publish_backlog(force=True)
+            await asyncio.to_thread(self._publish_backlog, True)
             await asyncio.sleep(self._settings.scan_period_s)
 
     async def _scan(self) -> None:
@@ -203,7 +203,7 @@ class JobRunner:
             await self._wake.wait()
             self._wake.clear()
             self._dispatch()
-            self._publish_backlog()
+            await asyncio.to_thread(self._publish_backlog)  # a GCS call: off the event loop
 
     async def _watch_interactive_load(self) -> None:
         """Follow the ingresses' interactive load; back to the full bound when it has been quiet a while."""
