@@ -31,7 +31,6 @@ from deployments.errors import ApiError, describe_validation_errors
 from deployments.files.service import FilesService
 from deployments.files.uploads import receive_upload
 from deployments.replica.protocol import ReplicaAnswer, ServedBy
-from memory.cleanup import return_freed_heap
 from models import media
 from models.decode_budget import DecodeBudget
 from models.requests import ChatMessage, DecodingOptions, GenerationRequest, ResponseFormat, TextPart, VideoPart
@@ -47,8 +46,6 @@ TEXT_FIELDS = frozenset(
 )
 # What a video part may declare itself as; anything else (text/plain, image/png, ...) is a 415.
 ACCEPTED_PART_TYPES = ("video/", "application/octet-stream", "application/x-matroska")
-# After an upload this large, freed heap pages go back to the OS (a few ms).
-_TRIM_AFTER_UPLOAD_BYTES = 16 * 1024 * 1024
 
 
 class AnalyzeFields(BaseModel):
@@ -288,9 +285,6 @@ async def prepare_analysis(
             cache_hit = sampled is not None
             if sampled is None:
                 sampled = await _sampled(files.sample, record, selection, limits.video_limits(), budget=budget, param="file_id")
-    if upload.size_bytes >= _TRIM_AFTER_UPLOAD_BYTES:
-        # The body passed through this process in Serve's message buffers; glibc keeps their pages.
-        await asyncio.to_thread(return_freed_heap)
     logger.info(
         "Request %s: %r (%d bytes, %s/%s, %.1f s) sampled to %d frames of %dx%d in %.3f s (%d seeks, %d decoded, "
         "%d at the nearest decodable frame for the decode budget%s)",

@@ -24,7 +24,6 @@ from deployments.errors import ApiError
 from deployments.files.frame_cache import FrameCache, FrameCacheKey
 from deployments.files.store import FileKind, FileRecord, FileStore
 from deployments.files.uploads import receive_upload
-from memory.cleanup import return_freed_heap
 from models import media
 from models.decode_budget import DecodeBudget
 from models.video import FrameSelection, SampledVideo, VideoInfo, VideoLimits, probe_video, sample_video, served_demuxer
@@ -37,7 +36,6 @@ PURPOSES = ("vision", "user_data", "assistants")
 _HASH_CHUNK_BYTES = 4 * 1024 * 1024
 _CONTENT_CHUNK_BYTES = 1024 * 1024
 _IMAGE_HEAD_BYTES = 1024 * 1024  # Pillow reads the header from the first bytes
-_TRIM_AFTER_UPLOAD_BYTES = 16 * 1024 * 1024  # after an upload this large, freed heap pages go back to the OS
 
 
 class FilesService:
@@ -98,9 +96,6 @@ class FilesService:
                 content_type=content_type,  # what the bytes are, not what the client said they are
                 ttl_s=settings.ttl_s,
             )
-        if record.bytes >= _TRIM_AFTER_UPLOAD_BYTES:
-            # The body passed through this process in Serve's message buffers; glibc keeps their pages.
-            await asyncio.to_thread(return_freed_heap)
         logger.info("Stored %s (%r, %d bytes, %s) for owner %s", record.id, record.filename, record.bytes, kind, owner)
         return record.to_openai()
 
