@@ -32,6 +32,7 @@ import httpx
 
 from bench.jobs import long_video
 from bench.local_cluster import LocalCluster, SteadyTraffic, cluster_serve_config, namespaces_unavailable, write_config
+from bench.polling import wait_for
 from memory.probe import FileGpu
 
 logger = logging.getLogger("bench.cluster")
@@ -41,16 +42,7 @@ REQUEST = {"messages": [{"role": "user", "content": "Who answers?"}], "max_token
 
 
 def _wait(condition, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            value = condition()
-            if value:
-                return value
-        except (httpx.HTTPError, RuntimeError, KeyError):
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{what}: not within {timeout_s} s")
+    return wait_for(condition, timeout_s, what, interval_s=0.5, tolerated=(httpx.HTTPError, RuntimeError, KeyError))
 
 
 def _served_by(url: str) -> str:

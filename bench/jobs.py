@@ -44,6 +44,7 @@ from ray import serve
 
 from bench.local_serve import local_serve  # noqa: I001 - sets Ray's environment first
 from bench.plots import DOCS_DIR, jobs_chart
+from bench.polling import wait_for
 from deployments.app import build_app
 from deployments.jobs.segments import DEFAULT_EVENTS_SCHEMA
 
@@ -108,16 +109,7 @@ def deploy(base_url: str, workdir: pathlib.Path) -> None:
 
 
 def _wait(condition: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            value = condition()
-            if value:
-                return value
-        except (httpx.HTTPError, KeyError, ValueError):
-            pass
-        time.sleep(interval_s)
-    raise TimeoutError(f"{what}: not within {timeout_s} s")
+    return wait_for(condition, timeout_s, what, interval_s=interval_s, tolerated=(httpx.HTTPError, KeyError, ValueError))
 
 
 def upload(client: httpx.Client, path: pathlib.Path) -> str:

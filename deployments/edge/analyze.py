@@ -70,16 +70,25 @@ class AnalyzeFields(BaseModel):
     @field_validator("question")
     @classmethod
     def _not_blank(cls, question: str) -> str:
-        if not question.strip():
-            raise ValueError("the question is empty; ask something about the video")
-        return question.strip()
+        return checked_question(question)
 
     @field_validator("fps", "start_s", "end_s")
     @classmethod
     def _finite(cls, value: float | None) -> float | None:
-        if value is not None and not math.isfinite(value):
-            raise ValueError("must be a finite number")
-        return value
+        return finite_or_none(value)
+
+
+def checked_question(question: str) -> str:
+    """A question stripped of surrounding blanks; an empty one is refused (``/v1/analyze``, a job)."""
+    if not question.strip():
+        raise ValueError("the question is empty; ask something about the video")
+    return question.strip()
+
+
+def finite_or_none(value: float | None) -> float | None:
+    if value is not None and not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
 
 
 def parse_analyze_fields(fields: dict[str, str], limits: LimitsSettings) -> AnalyzeFields:

@@ -17,6 +17,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from deployments.config.app_config import AppConfig
+from deployments.edge.analyze import checked_question, finite_or_none
 from deployments.edge.analyze_stream import named_event
 from deployments.edge.chat_parameters import check_schema_size
 from deployments.edge.chat_translation import media_error_to_api_error
@@ -53,16 +54,12 @@ class VideoJobRequest(BaseModel):
     @field_validator("question")
     @classmethod
     def _not_blank(cls, question: str) -> str:
-        if not question.strip():
-            raise ValueError("the question is empty; ask something about the video")
-        return question.strip()
+        return checked_question(question)
 
     @field_validator("segment_s", "fps")
     @classmethod
     def _finite(cls, value: float | None) -> float | None:
-        if value is not None and not math.isfinite(value):
-            raise ValueError("must be a finite number")
-        return value
+        return finite_or_none(value)
 
 
 def parse_job_request(payload: Any) -> VideoJobRequest:

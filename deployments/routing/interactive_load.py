@@ -15,6 +15,8 @@ from typing import AsyncIterator, Iterator, TypeVar
 
 from ray.experimental import internal_kv
 
+from deployments.routing.job_backlog import KV_NAMESPACE
+
 logger = logging.getLogger(__name__)
 
 PUBLISH_PERIOD_S = 0.25
@@ -22,7 +24,6 @@ _STALE_S = 10.0  # a figure this old is from an ingress that went away
 # A request counted in flight with nothing started or ended on that ingress for this long is taken for a count
 # that was never given back (a stream no one closed), so that it cannot hold jobs back for good.
 _STUCK_S = 300.0
-_NAMESPACE = "video-detective"
 
 T = TypeVar("T")
 
@@ -56,15 +57,15 @@ class InteractiveLoad:
 
     def publish(self, app_name: str, replica_id: str) -> None:
         value = json.dumps({"at": time.time(), "in_flight": self.in_flight, "last_at": self.last_at}).encode()
-        internal_kv._internal_kv_put(f"{_prefix(app_name)}{replica_id}", value, overwrite=True, namespace=_NAMESPACE)
+        internal_kv._internal_kv_put(f"{_prefix(app_name)}{replica_id}", value, overwrite=True, namespace=KV_NAMESPACE)
 
 
 def interactive_busy(app_name: str, quiet_s: float, *, now: float | None = None) -> bool:
     """Whether any ingress of ``app_name`` has an interactive request in flight or had one within ``quiet_s``."""
     now = time.time() if now is None else now
     try:
-        keys = internal_kv._internal_kv_list(_prefix(app_name), namespace=_NAMESPACE)
-        values = [internal_kv._internal_kv_get(key, namespace=_NAMESPACE) for key in keys]
+        keys = internal_kv._internal_kv_list(_prefix(app_name), namespace=KV_NAMESPACE)
+        values = [internal_kv._internal_kv_get(key, namespace=KV_NAMESPACE) for key in keys]
     except Exception as error:  # noqa: BLE001 - without the figure, segments run at the usual bound
         logger.warning("Reading the interactive load failed: %s", error)
         return False

@@ -15,7 +15,7 @@ from ray.experimental import internal_kv
 logger = logging.getLogger(__name__)
 
 MAX_AGE_S = 30.0
-_NAMESPACE = "video-detective"
+KV_NAMESPACE = "video-detective"  # this app's keys in the GCS key-value store
 
 
 def _key(app_name: str) -> str:
@@ -24,7 +24,7 @@ def _key(app_name: str) -> str:
 
 def publish_backlog(app_name: str, queued_by_deployment: dict[str, int]) -> None:
     value = json.dumps({"at": time.time(), "queued": queued_by_deployment}).encode()
-    internal_kv._internal_kv_put(_key(app_name), value, overwrite=True, namespace=_NAMESPACE)
+    internal_kv._internal_kv_put(_key(app_name), value, overwrite=True, namespace=KV_NAMESPACE)
 
 
 def read_backlog(app_name: str | None, deployment_name: str, *, now: float | None = None) -> int:
@@ -32,7 +32,7 @@ def read_backlog(app_name: str | None, deployment_name: str, *, now: float | Non
     if not app_name or not internal_kv._internal_kv_initialized():
         return 0
     try:
-        raw = internal_kv._internal_kv_get(_key(app_name), namespace=_NAMESPACE)
+        raw = internal_kv._internal_kv_get(_key(app_name), namespace=KV_NAMESPACE)
     except Exception as error:  # noqa: BLE001 - a GCS hiccup must not stop the autoscaler
         logger.warning("Reading the job backlog failed: %s", error)
         return 0
