@@ -29,7 +29,7 @@ import av
 import numpy as np
 
 from bench.plots import DOCS_DIR, sampling_chart
-from models.tiny import default_cache_dir
+from models.cache_dir import default_cache_dir
 from models.video import FrameSelection, VideoLimits, sample_video
 
 logger = logging.getLogger("bench.sampling")

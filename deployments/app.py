@@ -12,6 +12,7 @@ import logging
 import pathlib
 from typing import Any
 
+import ray
 from ray import serve
 from ray.serve import Application
 from ray.serve.config import RequestRouterConfig
@@ -19,6 +20,7 @@ from ray.serve.config import RequestRouterConfig
 from deployments.config.app_config import AppConfig, load_app_config
 from deployments.config.groups import CpuGroupSettings, GpuGroupSettings
 from deployments.edge.ingress import Ingress
+from deployments.files.service import node_local_store_problem
 from deployments.jobs.runner import JobRunner
 from deployments.plan import AppPlan, resolve_app
 from deployments.replica.model_replica import ModelReplica
@@ -111,6 +113,10 @@ def _actor_options(
 
 def build_app_from_config(config: AppConfig) -> Application:
     plan = resolve_app(config)  # gpu_group.num_gpus: auto becomes a number here
+    alive_nodes = sum(1 for node in ray.nodes() if node.get("Alive")) if ray.is_initialized() else 1
+    problem = node_local_store_problem(config, alive_nodes=alive_nodes)
+    if problem:
+        logger.warning("NODE-LOCAL FILE STORE ON A CLUSTER: %s", problem)
     ingress = config.ingress
     groups = (_group(plan, GPU_GROUP), _group(plan, CPU_GROUP))
     floor = _group(plan, GPU_FLOOR_GROUP)

@@ -33,7 +33,9 @@ from memory.plan import estimate_chain
 from memory.probe import GpuBackend, MemorySnapshot
 from memory.strategy import LoadStrategy, parse_chain
 from models.adapters import AdapterChoiceError, choose_adapter
-from models.tiny import default_cache_dir, ensure_tiny_model
+from models.cache_dir import default_cache_dir
+from models.checkpoint_source import checkpoint_folder
+from models.tiny import ensure_tiny_model
 from models.visual_tokens import VisualTokenGeometry
 from models.weight_cache import WeightCache
 
@@ -75,12 +77,24 @@ class AppPlan:
         if model.weight_cache_bytes == 0:
             return None
         root = pathlib.Path(model.weight_cache_dir) if model.weight_cache_dir else default_cache_dir() / "weights"
-        return WeightCache(root, max_bytes=model.weight_cache_bytes)
+        return WeightCache(
+            root, max_bytes=model.weight_cache_bytes, shared_url=model.weight_cache_url,
+            storage_options=model.storage_options,
+        )
+
+
+def checkpoint_on_this_node(config: AppConfig, *, metadata_only: bool = False) -> str:
+    """A folder on this node with the checkpoint: the tiny model (built here), a local folder (a volume mounted at
+    the same path on every node), or this node's copy of an object store's, fetched once per node. With
+    ``metadata_only``, an object store's configs, tokenizer and processor files only: what planning reads."""
+    if config.model.source == "tiny":
+        return str(ensure_tiny_model())
+    return checkpoint_folder(config.model.source, storage_options=config.model.storage_options, metadata_only=metadata_only)
 
 
 def resolve_app(config: AppConfig, *, gpu_backend: GpuBackend | None = None) -> AppPlan:
     """The plan for ``config``; :class:`~deployments.config.ConfigError` names what cannot be resolved and the fix."""
-    model_path = str(ensure_tiny_model()) if config.model.source == "tiny" else config.model.source
+    model_path = checkpoint_on_this_node(config, metadata_only=True)
     try:
         adapter = choose_adapter(model_path, config.model.adapter, trust_remote_code=config.model.trust_remote_code)
     except AdapterChoiceError as error:

@@ -11,6 +11,8 @@ TORCH_FREE_MODULES = frozenset(
     {
         "models.adapter_names",
         "models.batch_policy",
+        "models.cache_dir",
+        "models.checkpoint_source",
         "models.chat_template",
         "models.decode_budget",
         "models.engine",

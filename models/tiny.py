@@ -22,12 +22,13 @@ import torch
 import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from models.cache_dir import CACHE_DIR_ENV, default_cache_dir  # noqa: F401 - CACHE_DIR_ENV: where tests set it
+
 logger = logging.getLogger(__name__)
 
 # Bump when anything below changes what is written; old builds are left alone.
 TINY_MODEL_VERSION = "4"
 TINY_MODEL_NAME = "tiny-qwen2-vl"
-CACHE_DIR_ENV = "VIDEO_DETECTIVE_CACHE"
 
 _SEED = 20261127
 _VOCAB_SIZE_BEFORE_SPECIALS = 384
@@ -81,14 +82,6 @@ CHAT_TEMPLATE = (
 # images and frames small so that CPU tests stay fast.
 TINY_IMAGE_MAX_PIXELS = 64 * 28 * 28
 TINY_IMAGE_MIN_PIXELS = 4 * 28 * 28
-
-
-def default_cache_dir() -> pathlib.Path:
-    """``$VIDEO_DETECTIVE_CACHE``, else ``~/.cache/video-detective``."""
-    configured = os.environ.get(CACHE_DIR_ENV)
-    if configured:
-        return pathlib.Path(configured)
-    return pathlib.Path.home() / ".cache" / "video-detective"
 
 
 def tiny_model_dir(cache_dir: pathlib.Path | None = None) -> pathlib.Path:

@@ -68,11 +68,14 @@ class CacheHit:
 class WeightCache:
     """Quantized checkpoints under ``root``; see the module docstring."""
 
-    def __init__(self, root: pathlib.Path, *, max_bytes: int) -> None:
+    def __init__(
+        self, root: pathlib.Path, *, max_bytes: int, shared_url: str = "", storage_options: dict[str, Any] | None = None
+    ) -> None:
         self.root = root
         self.max_bytes = max_bytes
         self._entries = root / "entries"
         self._entries.mkdir(parents=True, exist_ok=True)
+        self._shared = SharedWeightStore(shared_url, storage_options) if shared_url else None
 
     # -- keys ----------------------------------------------------------------------------------
 
@@ -113,6 +116,8 @@ class WeightCache:
     def lookup(self, key: dict[str, Any]) -> CacheHit | None:
         """The entry's folder when it is whole and matches ``key``; a bad entry is removed (and ``None``)."""
         folder = self._entries / self.entry_name(key)
+        if not folder.is_dir() and self._shared is not None:
+            self._shared.pull(folder.name, self._entries)
         if not folder.is_dir():
             return None
         problem = _check_entry(folder, key)
@@ -158,6 +163,8 @@ class WeightCache:
         finally:
             if temporary.exists():
                 shutil.rmtree(temporary, ignore_errors=True)
+        if self._shared is not None:
+            self._shared.push(final)
         self.evict(keep=final)
         return final
 
@@ -195,6 +202,60 @@ class WeightCache:
         except OSError:
             return
         shutil.rmtree(doomed, ignore_errors=True)
+
+
+class SharedWeightStore:
+    """The weight cache's shared tier (``model.weight_cache_url``): entries in an object store every node reads.
+
+    A node that quantized a checkpoint pushes its entry there (the files first, the manifest last, so an entry
+    with a manifest is whole); a node that misses locally pulls the entry into its own cache, where it is checked
+    like any local entry (manifest, sizes, SHA-256) before it is used. The store's own failures only cost the
+    quantization they would have saved: they are logged, never raised."""
+
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
+        import fsspec
+
+        self.url = url
+        self._fs, root = fsspec.core.url_to_fs(url, **{"use_listings_cache": False, **(storage_options or {})})
+        self._root = root.rstrip("/")
+
+    def pull(self, name: str, entries: pathlib.Path) -> bool:
+        """Copy entry ``name`` into ``entries`` (whole, or not at all); whether it is there now."""
+        remote = f"{self._root}/{name}"
+        temporary = entries / f".pulling-{uuid.uuid4().hex}"
+        try:
+            if not self._fs.exists(f"{remote}/{MANIFEST}"):
+                return False
+            started = time.perf_counter()
+            for path in self._fs.find(remote):
+                target = temporary / path[len(remote):].lstrip("/")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self._fs.get_file(path, str(target))
+            try:
+                os.rename(temporary, entries / name)
+            except OSError:
+                if not (entries / name).is_dir():
+                    raise
+            logger.info("Fetched weight cache entry %s from %s in %.1f s", name, self.url, time.perf_counter() - started)
+            return True
+        except OSError as error:
+            logger.warning("Could not fetch weight cache entry %s from %s: %s; quantizing here", name, self.url, error)
+            return False
+        finally:
+            shutil.rmtree(temporary, ignore_errors=True)
+
+    def push(self, folder: pathlib.Path) -> None:
+        """Upload a local entry, its manifest last; an entry the store already has is left alone."""
+        remote = f"{self._root}/{folder.name}"
+        try:
+            if self._fs.exists(f"{remote}/{MANIFEST}"):
+                return
+            files = sorted(path for path in folder.rglob("*") if path.is_file() and path.name != MANIFEST)
+            for path in [*files, folder / MANIFEST]:
+                self._fs.put_file(str(path), f"{remote}/{path.relative_to(folder).as_posix()}")
+            logger.info("Shared weight cache entry %s at %s", folder.name, self.url)
+        except OSError as error:
+            logger.warning("Could not share weight cache entry %s at %s: %s", folder.name, self.url, error)
 
 
 def load_through_cache(

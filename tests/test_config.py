@@ -58,8 +58,21 @@ def test_default_tokens_above_the_limit_are_refused_with_both_numbers():
 def test_a_model_folder_that_does_not_exist_is_refused(tmp_path):
     missing = tmp_path / "no-such-model"
 
-    with pytest.raises(ConfigError, match="neither 'tiny' nor an existing checkpoint folder"):
+    with pytest.raises(ConfigError, match="neither 'tiny', an existing checkpoint folder nor an object store URL"):
         load_app_config({"model": {"source": str(missing)}})
+
+
+def test_a_model_in_an_object_store_is_taken_and_named_after_its_folder():
+    config = load_app_config({"model": {"source": "s3://models/checkpoints/Qwen2-VL-2B/", "weight_cache_url": "s3://models/w"}})
+
+    assert config.model.model_id == "Qwen2-VL-2B"
+
+
+def test_an_object_store_fsspec_cannot_open_and_a_local_shared_weight_cache_are_refused():
+    with pytest.raises(ConfigError, match="model.source 'nosuch://bucket/m': fsspec cannot open nosuch://"):
+        load_app_config({"model": {"source": "nosuch://bucket/m"}})
+    with pytest.raises(ConfigError, match="model.weight_cache_url '/srv/weights' is not an object store URL"):
+        load_app_config({"model": {"weight_cache_url": "/srv/weights"}})
 
 
 def _checkpoint(tmp_path, name: str, config: dict):

@@ -13,12 +13,20 @@ from deployments.config.limits import LimitsSettings, MediaSettings, RequestOomS
 from deployments.config.strict import MIB, StrictSettings
 from memory.allocator import DEFAULT_ALLOCATOR_SETTINGS, AllocatorConfigError, validate_allocator_settings
 from models.adapter_names import AdapterName
+from models.checkpoint_source import is_remote_source, source_protocol_problem
 
 
 class ModelSettings(StrictSettings):
     source: str = Field(
         default="tiny",
-        description="'tiny' for the built-in tiny Qwen2-VL, or the path of a local checkpoint folder.",
+        description="'tiny' for the built-in tiny Qwen2-VL; the path of a checkpoint folder (a volume mounted at the same "
+        "path on every node); or an object store's folder (s3://bucket/models/name, any fsspec URL), fetched once per "
+        "node into $VIDEO_DETECTIVE_CACHE/checkpoints.",
+    )
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Passed to fsspec for model.source and model.weight_cache_url (s3fs reads AWS_ACCESS_KEY_ID, "
+        "AWS_SECRET_ACCESS_KEY and AWS_ENDPOINT_URL from the environment when these are not given).",
     )
     served_name: str | None = Field(
         default=None,
@@ -41,12 +49,27 @@ class ModelSettings(StrictSettings):
     weight_cache_bytes: int = Field(
         default=64 * 1024**3, ge=0, description="The weight cache's bound (least recently used entries go first); 0 turns it off."
     )
+    weight_cache_url: str = Field(
+        default="",
+        description="An object store's folder (s3://bucket/weights) every node reads: a quantized load stored by one "
+        "node is fetched by the others into their local weight cache instead of quantizing again. Empty: each node's own.",
+    )
+
     @model_validator(mode="after")
     def _source_exists(self) -> "ModelSettings":
-        if self.source != "tiny" and not pathlib.Path(self.source).is_dir():
+        for key, url in (("model.source", self.source), ("model.weight_cache_url", self.weight_cache_url)):
+            problem = source_protocol_problem(url) if is_remote_source(url) else None
+            if problem:
+                raise ValueError(f"{key} {url!r}: {problem}")
+        if self.weight_cache_url and not is_remote_source(self.weight_cache_url):
             raise ValueError(
-                f"model.source {self.source!r} is neither 'tiny' nor an existing checkpoint folder; "
-                "set it to 'tiny' or to a local folder holding config.json and the weights"
+                f"model.weight_cache_url {self.weight_cache_url!r} is not an object store URL; use s3://bucket/prefix "
+                "(or leave it empty: each node keeps its own weight cache in model.weight_cache_dir)"
+            )
+        if self.source != "tiny" and not is_remote_source(self.source) and not pathlib.Path(self.source.removeprefix("file://")).is_dir():
+            raise ValueError(
+                f"model.source {self.source!r} is neither 'tiny', an existing checkpoint folder nor an object store URL; "
+                "set it to 'tiny', to a local folder holding config.json and the weights, or to s3://bucket/prefix"
             )
         # Which adapter serves the checkpoint is read from its config.json when the app is resolved
         # (deployments.plan.resolve_app): no validator here imports transformers.
@@ -60,7 +83,9 @@ class ModelSettings(StrictSettings):
             return self.served_name
         if self.source == "tiny":
             return "tiny-qwen2-vl"
-        return pathlib.Path(self.source).resolve().name
+        if is_remote_source(self.source):
+            return self.source.rstrip("/").rsplit("/", 1)[-1]
+        return pathlib.Path(self.source.removeprefix("file://")).resolve().name
 
 
 class FilesSettings(StrictSettings):

@@ -73,6 +73,7 @@ from deployments.replica.protocol import ReplicaAnswer, ServedBy
 from deployments.routing.groups import CPU_GROUP, DEPLOYMENT_NAMES, GPU_FLOOR_GROUP, GPU_GROUP, GPU_GROUPS, ROUTING_ORDER
 from deployments.routing.interactive_load import PUBLISH_PERIOD_S, InteractiveLoad
 from deployments.routing.router import NoGroupAvailableError, remote_cause, router_for
+from models.checkpoint_source import checkpoint_folder
 from models.errors import InvalidModelInputError, InvalidParameterError, PromptTooLongError
 from models.requests import GenerationRequest
 from models.visual_tokens import VisualTokenGeometry
@@ -139,8 +140,11 @@ class Ingress:
         self._config = config
         self._model_id = config.model.model_id
         # The built-in tiny model is a Qwen2-VL with the processor's defaults; a checkpoint says its own sizes.
-        source = config.model.source
-        self._geometry = VisualTokenGeometry() if source == "tiny" else VisualTokenGeometry.from_model_folder(source)
+        source, options = config.model.source, config.model.storage_options
+        self._geometry = (
+            VisualTokenGeometry() if source == "tiny"
+            else VisualTokenGeometry.from_model_folder(checkpoint_folder(source, storage_options=options, metadata_only=True))
+        )
         self._api_keys = load_api_keys(config.auth)
         self._admin_keys = load_admin_keys(config.auth)
         # Groups that scale to zero: with no replica running they are idle, not down.

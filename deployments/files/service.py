@@ -199,6 +199,25 @@ def open_store(config: AppConfig) -> FileStore:
     return FileStore(url, settings.storage_options)
 
 
+def node_local_store_problem(config: AppConfig, *, alive_nodes: int) -> str | None:
+    """Why this app's file store cannot serve a cluster (``None`` when it can): with more than one node, or groups
+    placed by node labels (a cluster's config), a folder store is one node's, while the files, the jobs and their
+    results must be seen by every ingress, job runner and decode task, on any node."""
+    url = config.files.store_url
+    if url and "://" in url and not url.startswith("file://"):
+        return None
+    placed = bool(config.ingress.node_labels or config.cpu_group.node_labels or config.gpu_group.node_labels)
+    if alive_nodes <= 1 and not placed:
+        return None
+    where = url or f"a folder under {tempfile.gettempdir()}"
+    return (
+        f"files.store_url is {where}, a node-local store, on a cluster ({alive_nodes} nodes alive"
+        f"{', groups placed by node_labels' if placed else ''}): files, jobs and job results written on one node are "
+        "not found on another, and are lost with its pod. Set files.store_url to an object store (s3://bucket/files), "
+        "or to a folder every node mounts at the same path"
+    )
+
+
 def sample_from_store(
     store: FileStore,
     record: FileRecord,

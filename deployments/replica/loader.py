@@ -1,7 +1,9 @@
 """The replica's loader: a thread that moves the replica's :class:`~deployments.replica.lifecycle.ReplicaLifecycle`,
 so the constructor never fails for lack of memory.
 
-From ``loading``: to ``waiting_for_memory`` (nothing fits now, or no GPU is visible: measure again
+First it fetches the checkpoint onto this node when ``model.source`` names an object store (once per node;
+:mod:`models.checkpoint_source`); a source that cannot be fetched ends in ``failed`` (health fails, Serve
+starts the replica again). From ``loading``: to ``waiting_for_memory`` (nothing fits now, or no GPU is visible: measure again
 every ``load_retry_period_s`` and load as soon as the memory is there), to ``failed`` (a non-memory
 error, which a retry cannot fix: bad weights, bad config, a bug), or, once a strategy loaded, to
 ``ready`` through ``on_loaded`` (the replica starts its engine there). An unexpected exception also
@@ -26,6 +28,7 @@ from memory.loader import LoadReport, ModelLoadError, NothingFitsError
 from memory.probe import MemorySnapshot
 from memory.strategy import LoadStrategy
 from models.base import CheckpointAdapter
+from models.checkpoint_source import CheckpointSourceError
 from models.loading import load_adapter
 
 logger = logging.getLogger(__name__)
@@ -39,7 +42,7 @@ class ReplicaLoader:
         *,
         group: str,
         replica_id: str,
-        model_path: str,
+        fetch_checkpoint: Callable[[], str],
         settings: GpuGroupSettings | CpuGroupSettings,
         chain: tuple[LoadStrategy, ...],
         estimates: dict[LoadStrategy, WeightEstimate],
@@ -51,7 +54,8 @@ class ReplicaLoader:
     ) -> None:
         self._group = group
         self._replica_id = replica_id
-        self._model_path = model_path
+        self._fetch_checkpoint = fetch_checkpoint
+        self.model_path: str | None = None  # the checkpoint's folder on this node, once fetched
         self._settings = settings
         self._chain = chain
         self._estimates = estimates
@@ -96,11 +100,16 @@ class ReplicaLoader:
         if self.on_cuda and torch.cuda.is_available():
             # Ray shares the device but does not isolate its memory: enforce the share here.
             limit_to_share(self._settings.num_gpus, context_bytes=self._settings.cuda_context_bytes)
+        try:
+            self.model_path = self._fetch_checkpoint()
+        except CheckpointSourceError as error:
+            self._lifecycle.try_move(ReplicaState.FAILED, f"the checkpoint could not be fetched: {error}")
+            return
         while not self.stopping.is_set():
             self.load_attempts += 1
             try:
                 loaded = load_adapter(
-                    self._model_path,
+                    self.model_path,
                     self._chain,
                     measure_budget=self._measure_budget,
                     oom_retries=self._settings.oom_retries,

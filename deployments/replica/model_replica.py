@@ -29,7 +29,7 @@ from ray.serve.exceptions import RayServeException
 from deployments.config.groups import CpuGroupSettings, GpuGroupSettings
 from deployments.observability.logs import route_logs_through_serve
 from deployments.observability.metrics import ReplicaMetrics
-from deployments.plan import AppPlan
+from deployments.plan import AppPlan, checkpoint_on_this_node
 from deployments.replica.background import BACKGROUND_THREADS
 from deployments.replica.engine_choice import engine_chain
 from deployments.replica.lifecycle import FINAL_STATES, ReplicaLifecycle, ReplicaState
@@ -77,7 +77,8 @@ class ModelReplica:
         torch.set_num_threads(max(1, int(self._settings.num_cpus)))
         self._replica_id = _replica_id()
         self._lifecycle = ReplicaLifecycle(f"Replica {self._replica_id} of group {group}")
-        self._model_path = plan.model_path
+        # This node's folder: the plan's was made on the node that built the app, and nodes share no filesystem.
+        self._model_path = checkpoint_on_this_node(config, metadata_only=True)
         trust_remote_code = config.model.trust_remote_code
         self._shrink_floor = ShrinkFloor(
             min_frames=config.request_oom.min_frames, min_pixels_per_frame=config.request_oom.min_pixels_per_frame
@@ -109,7 +110,7 @@ class ModelReplica:
         self._loader = ReplicaLoader(
             group=group,
             replica_id=self._replica_id,
-            model_path=self._model_path,
+            fetch_checkpoint=lambda: checkpoint_on_this_node(config),
             settings=self._settings,
             chain=engines.chain,
             estimates=engines.estimates,
@@ -261,7 +262,7 @@ class ModelReplica:
             "streams_cancelled": self._streams_cancelled,
             "last_cancelled_stream_tokens": engine.stats.last_cancelled_tokens if engine else None,
             "batching": engine.describe() if serving and engine else None,
-            "model": adapter.describe() if adapter else {"model_path": self._model_path, "loaded": False},
+            "model": adapter.describe() if adapter else {"model_path": loader.model_path or self._model_path, "loaded": False},
             "memory": snapshot.to_dict(),
             "budget": loader.budget.to_dict() if loader.budget else None,
             "load_report": loader.load_report.to_dict() if loader.load_report else None,
