@@ -6,6 +6,9 @@
   ``oom_retries`` times (another process may be letting go), then the next one.
 * Any other error (missing weights, a broken config) fails at once: a
   quantized retry cannot fix it.
+* A strategy that loads but cannot serve (``load`` raises :class:`UnusableLinkError`:
+  its warm-up generation failed) is recorded as ``unusable`` and the next one is
+  tried; a chain whose every link was unusable fails (:class:`ModelLoadError`).
 * Every attempt lands in a :class:`LoadReport`; when nothing loads,
   :class:`NothingFitsError` carries it, with what to change.
 
@@ -29,7 +32,7 @@ from memory.strategy import LoadStrategy
 logger = logging.getLogger(__name__)
 
 Model = TypeVar("Model")
-Outcome = Literal["loaded", "skipped", "out_of_memory", "failed"]
+Outcome = Literal["loaded", "skipped", "out_of_memory", "failed", "unusable"]
 
 @dataclasses.dataclass(frozen=True)
 class LoadAttempt:
@@ -68,6 +71,10 @@ class LoadReport:
             "precision": self.precision,
             "attempts": [dataclasses.asdict(attempt) for attempt in self.attempts],
         }
+
+
+class UnusableLinkError(RuntimeError):
+    """A strategy loaded but cannot serve (its warm-up generation failed): the chain tries the next one."""
 
 
 class ModelLoadError(RuntimeError):
@@ -129,9 +136,12 @@ def load_through_chain(
                 break
             started = time.perf_counter()
             out_of_memory = False
+            unusable = None
             try:
                 with returning_freed_memory():
                     model = load(strategy)
+            except UnusableLinkError as error:
+                unusable = error
             except Exception as error:  # noqa: BLE001 - sorted into memory and non-memory below
                 seconds = time.perf_counter() - started
                 out_of_memory = is_out_of_memory(error)
@@ -146,6 +156,15 @@ def load_through_chain(
                         f"a smaller precision cannot fix it: {type(error).__name__}: {error}",
                         report,
                     ) from error
+            if unusable is not None:
+                reason, unusable = str(unusable)[:800], None  # its traceback's frames may hold the link's tensors
+                release_memory()
+                attempts.append(
+                    LoadAttempt(strategy.name, strategy.device, estimate, budget.weights_bytes, "unusable", reason,
+                                time.perf_counter() - started)
+                )
+                logger.warning("%s loaded but cannot serve (%s); next strategy", strategy.name, reason)
+                break
             if out_of_memory:
                 # Outside the except block: its traceback, and the half-loaded tensors its frames hold, are gone.
                 freed = release_memory()
@@ -174,4 +193,10 @@ def load_through_chain(
     report = LoadReport(model_path, tuple(attempts))
     if budget is None:
         raise ValueError("The loading chain is empty")
+    if all(attempt.outcome == "unusable" for attempt in attempts):
+        raise ModelLoadError(
+            f"Every strategy of {model_path}'s chain loaded but could not serve: "
+            + "; ".join(f"{attempt.strategy}: {attempt.reason}" for attempt in attempts),
+            report,
+        )
     raise NothingFitsError(report, budget)

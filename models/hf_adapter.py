@@ -146,7 +146,7 @@ class HuggingFaceVisionLanguageAdapter(CheckpointAdapter):
         """Prefill and decode steps on this adapter's model, for the replica's batch scheduler."""
         if self._model is None or self._processor is None:
             raise ModelNotLoadedError(f"Model {self._model_path} is not loaded; call load() first")
-        return HfBatchEngine(self._model, self._processor, self._prepare)
+        return HfBatchEngine(self._model, self._processor, self._prepare, link=self._strategy.name)
 
     def _prepare(self, request: GenerationRequest, *, on_device: bool = True) -> tuple[Any, int]:
         if self._model is None or self._processor is None:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import transformers
 
-from models.fault_injection import raise_if_simulated_out_of_memory
+from models.fault_injection import raise_if_simulated_broken_link, raise_if_simulated_out_of_memory
 from models.kv_batch import KvBatch, left_pad
 from models.request_shrink import media_pixels
 from models.requests import GenerationRequest
@@ -41,8 +41,9 @@ class PreparedPrompt:
 
 
 class HfBatchEngine:
-    def __init__(self, model: transformers.PreTrainedModel, processor: Any, prepare: Any) -> None:
+    def __init__(self, model: transformers.PreTrainedModel, processor: Any, prepare: Any, *, link: str = "") -> None:
         self._model = model
+        self._link = link  # the loading chain's link that loaded the model (fault drills name it)
         self._prepare = prepare  # (request, on_device=) -> (inputs, prompt tokens); raises the adapter's input errors
         self.tokenizer = processor.tokenizer
         self.device = model.device
@@ -83,6 +84,7 @@ class HfBatchEngine:
     def prefill_many(self, prompts: list[PreparedPrompt]) -> tuple[KvBatch, torch.Tensor]:
         """Several prompts in one forward pass (left-padded, their media concatenated): a batch of their rows and
         each first token's logits ``(rows, vocab)``. One large pass keeps the matrix units busier than many small."""
+        raise_if_simulated_broken_link(self._link)
         for prepared in prompts:
             raise_if_simulated_out_of_memory(prepared.request)
         inputs = prompts[0].inputs if len(prompts) == 1 else self._collate(prompts)
@@ -103,7 +105,7 @@ class HfBatchEngine:
             next_positions = length + (deltas.reshape(-1).long() if deltas is not None else torch.zeros(len(prompts), dtype=torch.long))
         else:
             next_positions = mask.long().sum(-1)
-        batch = KvBatch.from_prefill(outputs.cache, attention_mask=mask.long(), next_positions=next_positions.to(mask.device))
+        batch = KvBatch.from_prefill(_output_cache(outputs), attention_mask=mask.long(), next_positions=next_positions.to(mask.device))
         return batch, outputs.logits[:, -1]
 
     def _collate(self, prompts: list[PreparedPrompt]) -> dict[str, torch.Tensor]:
@@ -126,10 +128,19 @@ class HfBatchEngine:
                 input_ids=batch.last_tokens[:, None],
                 attention_mask=torch.cat([batch.attention_mask, ones], dim=1),
                 position_ids=batch.next_positions[:, None],
-                cache=batch.cache,
+                **{CACHE_ARGUMENT: batch.cache},
                 use_cache=True,
             )
         return outputs.logits[:, -1]
+
+
+# transformers 5.24 calls the KV cache ``cache`` (argument and output); the versions vLLM's environments pin (5.19,
+# 5.20) call it ``past_key_values``. The engine runs in both (a transformers link of a group on engine: vllm).
+CACHE_ARGUMENT = "cache" if "cache" in transformers.modeling_outputs.CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def _output_cache(outputs: Any) -> Any:
+    return getattr(outputs, CACHE_ARGUMENT)
 
 
 # Per-token inputs, left-padded to the longest prompt (the value pads them), and media inputs that stack.

@@ -171,3 +171,35 @@ def test_an_unknown_strategy_names_the_known_ones():
 def test_a_budget_of_zero_is_refused_before_anything_loads():
     with pytest.raises(BudgetError, match="must be above zero"):
         cpu_budget(MemorySnapshot.measure(), configured_bytes=0, reserve_bytes=0)
+
+
+def test_a_link_whose_warm_up_fails_is_let_go_and_the_next_tried_while_a_skipped_one_keeps_the_wait_for_memory(tiny_model_path):
+    warmed: list[str] = []
+    let_go: list[str] = []
+
+    class Tracked(HuggingFaceVisionLanguageAdapter):
+        def unload(self) -> None:
+            let_go.append(self.strategy.name)
+            super().unload()
+
+    def warm_up(adapter, strategy):
+        warmed.append(strategy.name)
+        if strategy.name in ("fp32", "int8"):
+            raise KeyError("no such token")
+
+    loaded = load_adapter(
+        str(tiny_model_path), parse_chain(["fp32", "bf16"], "cpu"), measure_budget=fixed_budget(10**9),
+        make_adapter=lambda path, strategy: Tracked(path, strategy=strategy), warm_up=warm_up,
+    )
+
+    assert loaded.strategy.name == "bf16" and warmed == ["fp32", "bf16"] and let_go == ["fp32"]
+    (unusable, _) = loaded.report.attempts
+    assert (unusable.outcome, unusable.reason) == ("unusable", "loaded, but its warm-up generation failed: KeyError: 'no such token'")
+
+    # The next link skipped for memory: memory may free later, so the replica waits instead of failing.
+    chain = parse_chain(["int8", "fp32"], "cpu")
+    int8_estimate = estimate_chain(load_model_config(str(tiny_model_path)), chain)[chain[0]].total_bytes
+    with pytest.raises(NothingFitsError) as raised:
+        load_adapter(str(tiny_model_path), chain, measure_budget=fixed_budget(int8_estimate),
+                     make_adapter=lambda path, strategy: Tracked(path, strategy=strategy), warm_up=warm_up)
+    assert [(a.strategy, a.outcome) for a in raised.value.report.attempts] == [("int8", "unusable"), ("fp32", "skipped")]

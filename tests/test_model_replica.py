@@ -250,8 +250,9 @@ def test_out_of_memory_retries_with_half_the_frames_and_pixels_until_it_fits(mon
 
 
 def test_out_of_memory_at_the_floor_hands_the_request_off_with_the_numbers(monkeypatch, ready_cpu_replica):
-    monkeypatch.setenv(SIMULATE_OOM_ABOVE_PIXELS_ENV, "1000")
     replica = ready_cpu_replica(request_oom={"min_frames": 2, "min_pixels_per_frame": 1000})
+    # Set once the replica is ready: its warm-up image (64 x 64) would run out of memory too.
+    monkeypatch.setenv(SIMULATE_OOM_ABOVE_PIXELS_ENV, "1000")
 
     with pytest.raises(RequestOutOfMemoryError, match=r"ran out of memory with 2 frames .* at the floor of 2 frames and 1000 pixels, after 2 smaller retries"):
         generate(replica, _video_request(8))
@@ -353,7 +354,9 @@ def test_a_replica_whose_constructor_fails_half_way_cleans_up_without_a_second_e
     previous_hook, sys.unraisablehook = sys.unraisablehook, unraisable.append
     try:
         (tmp_path / "config.json").write_text("{not json")
-        plan = dataclasses.replace(resolve_app(load_app_config({})), model_path=str(tmp_path))
+        plan = resolve_app(load_app_config({}))
+        broken = plan.config.model_copy(update={"model": plan.config.model.model_copy(update={"source": str(tmp_path)})})
+        plan = dataclasses.replace(plan, config=broken)
         replica = ModelReplica.__new__(ModelReplica)
         with pytest.raises(Exception, match="config.json|Expecting|JSON|json"):
             replica.__init__(plan, "cpu")
@@ -386,3 +389,35 @@ def test_interactive_requests_overtake_queued_background_ones(ready_cpu_replica)
         return ended
 
     assert asyncio.run(run()) == ["long", "chat", "segment 1", "segment 2"]
+
+
+def test_a_link_that_loads_but_cannot_generate_hands_over_to_the_next_and_is_never_ready(monkeypatch, replicas):
+    from models.fault_injection import SIMULATE_BROKEN_LINKS_ENV
+
+    monkeypatch.setenv(SIMULATE_BROKEN_LINKS_ENV, "fp32")
+    replica = ModelReplica(resolve_app(load_app_config({"cpu_group": {"chain": ["fp32", "bf16"]}})), "cpu")
+    replicas.append(replica)
+    wait_for_condition(lambda: replica.describe()["state"] == "ready", timeout_s=60)
+
+    attempts = replica.describe()["load_report"]["attempts"]
+    assert [(attempt["strategy"], attempt["outcome"]) for attempt in attempts] == [("fp32", "unusable"), ("bf16", "loaded")]
+    assert "warm-up generation failed: AttributeError" in attempts[0]["reason"]
+    assert generate(replica, REQUEST).served_by.precision == "bf16"
+
+
+def test_a_replica_whose_every_link_cannot_generate_fails_and_never_serves(monkeypatch, replicas):
+    from models.fault_injection import SIMULATE_BROKEN_LINKS_ENV
+
+    monkeypatch.setenv(SIMULATE_BROKEN_LINKS_ENV, "fp32,bf16")
+    replica = ModelReplica(resolve_app(load_app_config({"cpu_group": {"chain": ["fp32", "bf16"]}})), "cpu")
+    replicas.append(replica)
+    wait_for_condition(lambda: replica.describe()["state"] != "loading", timeout_s=60)
+
+    described = replica.describe()
+    assert described["state"] == "failed" and not described["serving"]
+    assert {attempt["outcome"] for attempt in described["load_report"]["attempts"]} == {"unusable"}
+    with pytest.raises(RuntimeError, match="loaded but could not serve"):
+        replica.check_health()
+    with pytest.raises(ReplicaUnavailableError, match="failed"):
+        generate(replica, REQUEST)
+    assert replica.record_routing_stats() == {READY_STAT: False}

@@ -67,6 +67,12 @@ class _GroupSettings(StrictSettings):
         default=10.0, gt=0, description="How often a replica waiting for memory measures again and retries its chain."
     )
     health_check_period_s: float = Field(default=10.0, gt=0, description="Serve restarts a replica after 3 failed checks.")
+    warm_up_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="A loaded link serves only after a real generation (a short prompt and, for a vision model, a "
+        "small image) answers within this long; one that fails or times out hands over to the next link.",
+    )
     health_min_headroom_bytes: int = Field(
         default=0,
         ge=0,

@@ -6,7 +6,8 @@ First it fetches the checkpoint onto this node when ``model.source`` names an ob
 starts the replica again). From ``loading``: to ``waiting_for_memory`` (nothing fits now, or no GPU is visible: measure again
 every ``load_retry_period_s`` and load as soon as the memory is there), to ``failed`` (a non-memory
 error, which a retry cannot fix: bad weights, bad config, a bug), or, once a strategy loaded, to
-``ready`` through ``on_loaded`` (the replica starts its engine there). An unexpected exception also
+``ready`` through ``on_loaded``, once ``warm_up`` generated on the loaded link (a link that cannot hands over to
+the next) (the replica starts its engine there). An unexpected exception also
 ends in ``failed``, logged with its traceback, so the replica never stays ``loading`` forever and
 health fails with the cause.
 """
@@ -50,6 +51,7 @@ class ReplicaLoader:
         make_adapter: Callable[[str, LoadStrategy], CheckpointAdapter],
         metrics: ReplicaMetrics,
         lifecycle: ReplicaLifecycle,
+        warm_up: Callable[[CheckpointAdapter, LoadStrategy], None],
         on_loaded: Callable[[CheckpointAdapter, LoadStrategy], None],
     ) -> None:
         self._group = group
@@ -62,6 +64,7 @@ class ReplicaLoader:
         self._reserve_bytes = reserve_bytes
         self._make_adapter = make_adapter
         self._metrics = metrics
+        self._warm_up = warm_up
         self._on_loaded = on_loaded
         self._lifecycle = lifecycle
         self.on_cuda = all(strategy.device == "cuda" for strategy in chain)
@@ -115,6 +118,7 @@ class ReplicaLoader:
                     oom_retries=self._settings.oom_retries,
                     estimates=self._estimates,
                     make_adapter=self._make_adapter,
+                    warm_up=self._warm_up,
                 )
             except NothingFitsError as error:
                 self.load_report = error.report

@@ -50,6 +50,7 @@ from models.engine import Engine
 from models.engines import EngineSettings, start_engine
 from models.request_shrink import ShrinkFloor, request_size
 from models.requests import GenerationRequest, GenerationResult, TextDelta, VideoPart
+from models.warm_up import run_warm_up
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class ModelReplica:
     def __init__(self, plan: AppPlan, group: str) -> None:
         self._loader: ReplicaLoader | None = None  # first: close() runs even when this constructor fails half-way
         self._engine: Engine | None = None
+        self._warm_engine: Engine | None = None  # the loaded link's engine, between its warm-up and serving
         self._engine_lock = threading.Lock()  # orders the engine's start (loader thread) against unload()
         if _in_serve_replica():
             route_logs_through_serve()
@@ -118,43 +120,60 @@ class ModelReplica:
             make_adapter=engines.make_adapter,
             metrics=self._metrics,
             lifecycle=self._lifecycle,
+            warm_up=self._start_and_warm_up,
             on_loaded=self._start_engine,
         )
         self._loader.start()
 
     # -- once loaded: the engine ---------------------------------------------------------------
 
-    def _start_engine(self, adapter: CheckpointAdapter, strategy: LoadStrategy) -> None:
-        """In the loader thread, once a strategy loaded: start the engine and serve, unless unloaded meanwhile."""
-        with self._engine_lock:
-            if self._lifecycle.state in FINAL_STATES:
-                adapter.unload()
-                return
-            settings = EngineSettings(
-                max_batch_size=self._settings.max_batch_size,
-                max_waiting=self._settings.max_ongoing_requests,
-                headroom_bytes=self._request_headroom_bytes(),
-                max_prefill_tokens=self._settings.max_prefill_tokens,
-                shrink_floor=self._shrink_floor,
-                max_schema_compile_s=self._max_schema_compile_s,
-                name=f"{self._group}-engine",
+    def _start_and_warm_up(self, adapter: CheckpointAdapter, strategy: LoadStrategy) -> None:
+        """In the loader thread, once a link loaded: start its engine and send it a real request
+        (:mod:`models.warm_up`). What that raises makes the link unusable (or out of memory), and the chain goes on."""
+        settings = EngineSettings(
+            max_batch_size=self._settings.max_batch_size,
+            max_waiting=self._settings.max_ongoing_requests,
+            headroom_bytes=self._request_headroom_bytes(adapter),
+            max_prefill_tokens=self._settings.max_prefill_tokens,
+            shrink_floor=self._shrink_floor,
+            max_schema_compile_s=self._max_schema_compile_s,
+            name=f"{self._group}-engine",
+        )
+        engine = start_engine(adapter, strategy, self._model_config, settings, on_out_of_memory=self._record_request_oom)
+        started = time.perf_counter()
+        try:
+            result = run_warm_up(
+                engine, with_image=_takes_images(self._model_config), timeout_s=self._settings.warm_up_timeout_s
             )
-            self._engine = start_engine(
-                adapter, strategy, self._model_config, settings, on_out_of_memory=self._record_request_oom
-            )
-            self._lifecycle.move(ReplicaState.READY, f"loaded as {strategy.name} on {strategy.device}")
+        except BaseException:
+            engine.close(timeout_s=5.0)
+            raise
+        self._warm_engine = engine
         logger.info(
-            "Replica %s of group %s: %s engine, up to %d requests a step, %d bytes of headroom for requests (%s)",
-            self._replica_id, self._group, self._engine.capabilities.mode, self._engine.capabilities.max_batch_size,
-            settings.headroom_bytes, strategy.name,
+            "Replica %s of group %s: %s warmed up in %.2f s (%d prompt tokens, %d generated); %s engine, up to %d "
+            "requests a step, %d bytes of headroom for requests", self._replica_id, self._group, strategy.name,
+            time.perf_counter() - started, result.prompt_tokens, result.completion_tokens, engine.capabilities.mode,
+            engine.capabilities.max_batch_size, settings.headroom_bytes,
         )
 
-    def _request_headroom_bytes(self) -> int:
+    def _start_engine(self, adapter: CheckpointAdapter, strategy: LoadStrategy) -> None:
+        """In the loader thread, once a link loaded and warmed up: serve with its engine, unless unloaded meanwhile."""
+        engine, self._warm_engine = self._warm_engine, None
+        with self._engine_lock:
+            if self._lifecycle.state in FINAL_STATES:
+                if engine is not None:
+                    engine.close(timeout_s=5.0)
+                adapter.unload()
+                return
+            self._engine = engine
+            self._lifecycle.move(ReplicaState.READY, f"loaded as {strategy.name} on {strategy.device}, warmed up")
+
+    def _request_headroom_bytes(self, adapter: CheckpointAdapter) -> int:
         """The budget measured at load, less the weights measured after it: what requests may use together."""
         budget = self._loader.budget
         if budget is None:
             return 0
-        return max(0, budget.weights_bytes + budget.reserve_bytes - self._loader.weights_bytes())
+        return max(0, budget.weights_bytes + budget.reserve_bytes - adapter.loaded_bytes())
 
     def _record_request_oom(self, outcome: str) -> None:
         self._request_ooms += 1
@@ -367,6 +386,11 @@ def _video_timestamps(request: GenerationRequest) -> tuple[float, ...]:
         if isinstance(part, VideoPart)
         for time_s in part.timestamps_s
     )
+
+
+def _takes_images(model_config: Any) -> bool:
+    """Whether the model has a vision tower (every supported family does; a text-only checkpoint would not)."""
+    return getattr(model_config, "vision_config", None) is not None
 
 
 def _in_serve_replica() -> bool:

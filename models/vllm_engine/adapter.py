@@ -134,6 +134,7 @@ class VllmAdapter(CheckpointAdapter):
             max_model_len=self._settings.shape.max_model_len,
             kv_bytes_per_token=self._settings.shape.kv_bytes_per_token,
             name=name,
+            link=self._strategy.name,
         )
 
     def generate(self, request: GenerationRequest) -> GenerationResult:

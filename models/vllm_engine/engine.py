@@ -24,6 +24,7 @@ from vllm.v1.engine.exceptions import EngineDeadError
 from memory.admission import RequestCost
 from models.engine import ALL_DECODING_OPTIONS, EngineCapabilities, EngineStats, RequestSink, describe_engine
 from models.errors import PromptTooLongError, ReplicaBusyError, SchedulerClosedError, check_prompt_tokens
+from models.fault_injection import raise_if_simulated_broken_link
 from models.requests import GenerationRequest, GenerationResult, TextDelta
 from models.vllm_engine.inputs import PromptBuilder, token_logprobs
 from models.vllm_engine.runtime import VllmRuntime
@@ -58,8 +59,10 @@ class VllmEngine:
         max_model_len: int,
         kv_bytes_per_token: int,
         name: str = "vllm-engine",
+        link: str = "",
     ) -> None:
         self._runtime = runtime
+        self._link = link  # the loading chain's link (fault drills name it)
         self._prompts = prompts
         self._max_waiting = max_waiting
         self._max_model_len = max_model_len
@@ -117,6 +120,7 @@ class VllmEngine:
         logprobs: list = []
         completion_tokens = 0
         try:
+            raise_if_simulated_broken_link(self._link)
             async for output in self._runtime.engine.generate(
                 prompt, params, request_id, priority=request.priority
             ):
