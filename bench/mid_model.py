@@ -24,10 +24,8 @@ TEXT_WIDTHS = {
 }
 
 
-def ensure_mid_model(folder: pathlib.Path) -> pathlib.Path:
-    if (folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file():
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
+def mid_model_config() -> transformers.Qwen2VLConfig:
+    """The mid-size model's config: the tiny model's, with Qwen2-VL-2B's text widths."""
     tiny_folder = tiny.ensure_tiny_model()
     tiny_config = transformers.AutoConfig.from_pretrained(tiny_folder).to_dict()
     text_config = {**tiny_config["text_config"], **TEXT_WIDTHS, "max_position_embeddings": 32768}
@@ -35,13 +33,25 @@ def ensure_mid_model(folder: pathlib.Path) -> pathlib.Path:
     text_config.pop("head_dim", None)
     vision_config = {**tiny_config["vision_config"], "hidden_size": TEXT_WIDTHS["hidden_size"]}  # the merger feeds the decoder
     token_ids = {key: tiny_config[key] for key in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")}
-    config = transformers.Qwen2VLConfig(
-        text_config=text_config, vision_config=vision_config, tie_word_embeddings=True, **token_ids
-    )
+    return transformers.Qwen2VLConfig(text_config=text_config, vision_config=vision_config, tie_word_embeddings=True, **token_ids)
+
+
+def write_mid_model_files(folder: pathlib.Path) -> pathlib.Path:
+    """The mid-size model's config, tokenizer and processor files, without weights: what planning reads."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mid_model_config().save_pretrained(folder)
+    transformers.AutoProcessor.from_pretrained(tiny.ensure_tiny_model()).save_pretrained(folder)
+    return folder
+
+
+def ensure_mid_model(folder: pathlib.Path) -> pathlib.Path:
+    if (folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file():
+        return folder
+    config = mid_model_config()
+    write_mid_model_files(folder)
     torch.manual_seed(0)
     model = transformers.Qwen2VLForConditionalGeneration(config).to(torch.float32).eval()
     model.save_pretrained(folder)
-    transformers.AutoProcessor.from_pretrained(tiny_folder).save_pretrained(folder)
     return folder
 
 

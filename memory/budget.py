@@ -35,20 +35,23 @@ class MemoryBudget:
     available_bytes: int
     context_bytes: int
     reserve_bytes: int
+    reserve_name: str = "activation reserve"  # whose activations: the transformers engine's, or vLLM's own
 
     def explain(self) -> str:
         """The arithmetic, for logs and errors."""
         return (
             f"{self.device} budget {format_gib(self.weights_bytes)} = min(limit {format_gib(self.limit_bytes)}, "
             f"available {format_gib(self.available_bytes)}) - context {format_gib(self.context_bytes)} "
-            f"- activation reserve {format_gib(self.reserve_bytes)}"
+            f"- {self.reserve_name} {format_gib(self.reserve_bytes)}"
         )
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "explanation": self.explain()}
 
 
-def gpu_budget(device: GpuDeviceMemory, *, share: float, context_bytes: int, reserve_bytes: int) -> MemoryBudget:
+def gpu_budget(
+    device: GpuDeviceMemory, *, share: float, context_bytes: int, reserve_bytes: int, reserve_name: str = "activation reserve"
+) -> MemoryBudget:
     """Budget on one GPU for a replica holding ``share`` of it (Ray's fractional ``num_gpus``)."""
     if not 0.0 < share <= 1.0:
         raise BudgetError(f"GPU share must be in (0, 1], got {share}; set num_gpus to a fraction such as 0.5")
@@ -61,10 +64,13 @@ def gpu_budget(device: GpuDeviceMemory, *, share: float, context_bytes: int, res
         available_bytes=device.free_bytes,
         context_bytes=context_bytes,
         reserve_bytes=reserve_bytes,
+        reserve_name=reserve_name,
     )
 
 
-def cpu_budget(snapshot: MemorySnapshot, *, configured_bytes: int, reserve_bytes: int) -> MemoryBudget:
+def cpu_budget(
+    snapshot: MemorySnapshot, *, configured_bytes: int, reserve_bytes: int, reserve_name: str = "activation reserve"
+) -> MemoryBudget:
     """Budget in host memory for a replica allowed ``configured_bytes``."""
     if configured_bytes <= 0:
         raise BudgetError(
@@ -79,4 +85,5 @@ def cpu_budget(snapshot: MemorySnapshot, *, configured_bytes: int, reserve_bytes
         available_bytes=available,
         context_bytes=0,
         reserve_bytes=reserve_bytes,
+        reserve_name=reserve_name,
     )

@@ -62,10 +62,18 @@ class WeightEstimate:
     quantization_state_bytes: int
     quantized_parameters: int
     unquantized_parameters: int
+    # What an engine holds beside the weights, counted in total_bytes (a vLLM link: its smallest KV cache, its
+    # processes), by name.
+    overhead_bytes: tuple[tuple[str, int], ...] = ()
 
     @property
     def precision(self) -> str:
         return precision_name(self.dtype, self.quantization)
+
+    def parts(self) -> dict[str, int]:
+        """``total_bytes`` by what holds it: the weights, then any engine overhead."""
+        overhead = dict(self.overhead_bytes)
+        return {"weights_bytes": self.total_bytes - sum(overhead.values()), **overhead}
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "precision": self.precision}

@@ -51,7 +51,8 @@ def limit_to_share(share: float, device_index: int = 0, *, context_bytes: int = 
 
 
 def measure_gpu_budget(
-    *, share: float, context_bytes: int, reserve_bytes: int, backend: GpuBackend | None = None, device_index: int = 0
+    *, share: float, context_bytes: int, reserve_bytes: int, backend: GpuBackend | None = None, device_index: int = 0,
+    reserve_name: str = "activation reserve",
 ) -> MemoryBudget:
     """The budget of this replica's share of its device, measured now."""
     snapshot = MemorySnapshot.measure(backend)
@@ -60,4 +61,7 @@ def measure_gpu_budget(
             f"No GPU {device_index} visible to this process (probe: {snapshot.gpu_backend}, "
             f"{len(snapshot.gpus)} device(s)); the GPU group needs num_gpus > 0 on a node with a driver"
         )
-    return gpu_budget(snapshot.gpus[device_index], share=share, context_bytes=context_bytes, reserve_bytes=reserve_bytes)
+    return gpu_budget(
+        snapshot.gpus[device_index], share=share, context_bytes=context_bytes, reserve_bytes=reserve_bytes,
+        reserve_name=reserve_name,
+    )

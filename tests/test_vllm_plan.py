@@ -84,8 +84,8 @@ def test_a_gpu_groups_chain_run_on_the_cpu_gets_vllms_cpu_arguments():
 
 
 def test_a_vllm_link_is_priced_with_its_smallest_kv_cache_and_on_the_cpu_its_processes():
-    assert engine_overhead_bytes("cuda", SHAPE) == 8192 * 28672
-    assert engine_overhead_bytes("cpu", SHAPE) == 8192 * 28672 + VLLM_CPU_PROCESS_BYTES
+    assert engine_overhead_bytes("cuda", SHAPE) == {"min_kv_cache_bytes": 8192 * 28672}
+    assert engine_overhead_bytes("cpu", SHAPE) == {"min_kv_cache_bytes": 8192 * 28672, "vllm_processes_bytes": VLLM_CPU_PROCESS_BYTES}
 
 
 def test_vllm_links_are_named_apart_and_take_fp8_but_not_int8():
@@ -143,3 +143,37 @@ def test_auto_runs_vllm_in_vllms_environment_for_an_architecture_it_supports(tin
     engine, reason = done.stdout.strip().splitlines()[-2:]
     assert engine == "vllm"
     assert "does not support ['NoSuchModelForCausalLM']: the transformers chain serves" in reason
+
+
+def test_the_mid_size_model_on_vllm_fits_the_cpu_groups_default_budget_priced_by_vllms_own_activations(tmp_path):
+    """The mid-size Qwen2-VL on the CPU group's defaults (8 GiB, limits.max_prompt_tokens 8192): priced by vLLM's own
+    model (weights, its smallest KV cache, its processes; its activations for 2048 batched tokens), not the
+    transformers engine's eager-attention reserve, the vLLM link fits with room for its KV cache."""
+    from bench.mid_model import write_mid_model_files
+    from deployments.plan import resolve_app
+    from deployments.replica.engine_choice import vllm_reserves, vllm_shape, with_engine_overhead
+    from memory.estimate import load_model_config
+    from memory.plan import estimate_chain
+
+    folder = write_mid_model_files(tmp_path / "mid")
+    config = load_app_config({"model": {"source": str(folder)}, "cpu_group": {"engine": "vllm"}})
+    plan = resolve_app(config)
+    settings, model_config = plan.group("cpu").settings, load_model_config(str(folder))
+    (link,) = settings.vllm_strategies()
+    shapes = {link: vllm_shape(model_config, link, config, settings)}
+    estimate = with_engine_overhead(estimate_chain(model_config, (link,)), shapes)[link]
+    ((reserve, reserve_name),) = vllm_reserves(model_config, shapes, plan.largest_request).values()
+    host = MemorySnapshot(process_rss_bytes=0, system_total_bytes=24 * GIB, system_available_bytes=20 * GIB)
+
+    by_vllm = cpu_budget(host, configured_bytes=settings.memory_bytes, reserve_bytes=reserve, reserve_name=reserve_name)
+    by_transformers = cpu_budget(host, configured_bytes=settings.memory_bytes, reserve_bytes=plan.group("cpu").reserve_bytes)
+
+    assert settings.memory_bytes == 8 * GIB and shapes[link].max_num_batched_tokens == 2048
+    assert estimate.total_bytes <= by_vllm.weights_bytes
+    # The transformers reserve prices 12 heads x 8192^2 fp32 scores; vLLM's attention keeps none.
+    assert reserve * 3 < plan.group("cpu").reserve_bytes
+    assert by_vllm.weights_bytes - by_transformers.weights_bytes == plan.group("cpu").reserve_bytes - reserve
+    parts = estimate.parts()
+    assert list(parts) == ["weights_bytes", "min_kv_cache_bytes", "vllm_processes_bytes"]
+    assert sum(parts.values()) == estimate.total_bytes and parts["vllm_processes_bytes"] == VLLM_CPU_PROCESS_BYTES
+    assert "vLLM's activations (2048 batched tokens)" in by_vllm.explain()

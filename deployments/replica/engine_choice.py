@@ -16,12 +16,12 @@ from typing import Any, Callable
 
 from deployments.config.app_config import AppConfig
 from deployments.config.groups import CpuGroupSettings, GpuGroupSettings
-from memory.admission import RequestCostModel
+from memory.admission import RequestCostModel, RequestSize
 from memory.budget import MemoryBudget
-from memory.estimate import WeightEstimate
+from memory.estimate import WeightEstimate, compute_dtype_bytes
 from memory.plan import estimate_chain
 from memory.strategy import LoadStrategy
-from memory.vllm_plan import VllmShape, engine_overhead_bytes
+from memory.vllm_plan import VllmShape, engine_overhead_bytes, vllm_activation_bytes
 from models.base import CheckpointAdapter
 
 logger = logging.getLogger(__name__)
@@ -94,12 +94,31 @@ def with_engine_overhead(
     weights: dict[LoadStrategy, WeightEstimate], shapes: dict[LoadStrategy, VllmShape]
 ) -> dict[LoadStrategy, WeightEstimate]:
     """The chain's estimates; a vLLM link's also holds the smallest KV cache vLLM starts with (and its processes
-    on the CPU), so a budget too small for it is skipped, not tried."""
+    on the CPU), so a budget too small for it is skipped, not tried. Each part keeps its name."""
+    estimates = dict(weights)
+    for strategy, shape in shapes.items():
+        overhead = engine_overhead_bytes(strategy.device, shape)
+        estimate = weights[strategy]
+        estimates[strategy] = dataclasses.replace(
+            estimate, total_bytes=estimate.total_bytes + sum(overhead.values()), overhead_bytes=tuple(overhead.items())
+        )
+    return estimates
+
+
+def vllm_reserves(
+    model_config: Any, shapes: dict[LoadStrategy, VllmShape], largest_request: RequestSize
+) -> dict[LoadStrategy, tuple[int, str]]:
+    """What each vLLM link's budget keeps back for activations, and its name: vLLM's own peak
+    (:func:`memory.vllm_plan.vllm_activation_bytes`), not the transformers engine's eager-attention reserve."""
     return {
-        strategy: dataclasses.replace(
-            estimate, total_bytes=estimate.total_bytes + engine_overhead_bytes(strategy.device, shapes[strategy])
-        ) if strategy in shapes else estimate
-        for strategy, estimate in weights.items()
+        strategy: (
+            vllm_activation_bytes(
+                RequestCostModel.from_config(model_config, dtype_bytes=compute_dtype_bytes(strategy), device=strategy.device),
+                shape, largest_request,
+            ),
+            f"vLLM's activations ({shape.max_num_batched_tokens} batched tokens)",
+        )
+        for strategy, shape in shapes.items()
     }
 
 
@@ -148,6 +167,7 @@ class EngineChain:
     chain: tuple[LoadStrategy, ...]
     estimates: dict[LoadStrategy, WeightEstimate]
     make_adapter: Callable[[str, LoadStrategy], CheckpointAdapter]
+    reserves: dict[LoadStrategy, tuple[int, str]]  # a vLLM link's activation reserve, vLLM's own; others: the group's
 
 
 def engine_chain(
@@ -160,6 +180,7 @@ def engine_chain(
     transformers_factory: Callable[[str, LoadStrategy], CheckpointAdapter],
     budget: Callable[[], MemoryBudget | None],
     share: float,
+    largest_request: RequestSize,
 ) -> EngineChain:
     choice = choose_engine(settings.engine, model_path)
     links = vllm_links(settings, choice)
@@ -174,4 +195,5 @@ def engine_chain(
             transformers_factory, config=config, settings=settings, shapes=shapes,
             weights={link: weights[link].total_bytes for link in links}, budget=budget, share=share,
         ),
+        reserves=vllm_reserves(model_config, shapes, largest_request),
     )

@@ -48,6 +48,7 @@ class ReplicaLoader:
         chain: tuple[LoadStrategy, ...],
         estimates: dict[LoadStrategy, WeightEstimate],
         reserve_bytes: int,
+        link_reserves: dict[LoadStrategy, tuple[int, str]],
         make_adapter: Callable[[str, LoadStrategy], CheckpointAdapter],
         metrics: ReplicaMetrics,
         lifecycle: ReplicaLifecycle,
@@ -62,6 +63,7 @@ class ReplicaLoader:
         self._chain = chain
         self._estimates = estimates
         self._reserve_bytes = reserve_bytes
+        self._link_reserves = link_reserves  # (bytes, whose) for links that plan their own activations (vLLM's)
         self._make_adapter = make_adapter
         self._metrics = metrics
         self._warm_up = warm_up
@@ -80,14 +82,16 @@ class ReplicaLoader:
         self._thread.start()
 
     def _measure_budget(self, strategy: LoadStrategy) -> MemoryBudget:
+        reserve, name = self._link_reserves.get(strategy, (self._reserve_bytes, "activation reserve"))
         if self._group in GPU_GROUPS:
             context = self._settings.cuda_context_bytes if self.on_cuda else 0
             self.budget = measure_gpu_budget(
-                share=self._settings.num_gpus, context_bytes=context, reserve_bytes=self._reserve_bytes
+                share=self._settings.num_gpus, context_bytes=context, reserve_bytes=reserve, reserve_name=name
             )
         else:
             self.budget = cpu_budget(
-                MemorySnapshot.measure(), configured_bytes=self._settings.memory_bytes, reserve_bytes=self._reserve_bytes
+                MemorySnapshot.measure(), configured_bytes=self._settings.memory_bytes, reserve_bytes=reserve,
+                reserve_name=name,
             )
         return self.budget
 

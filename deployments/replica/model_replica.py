@@ -105,6 +105,7 @@ class ModelReplica:
             ),
             budget=lambda: self._loader.budget,
             share=group_plan.num_gpus if group in GPU_GROUPS else 1.0,
+            largest_request=plan.largest_request,
         )
         self._engine_choice = engines.choice
         logger.info("Replica %s of group %s runs %s: %s", self._replica_id, group, engines.choice.engine,
@@ -117,6 +118,7 @@ class ModelReplica:
             chain=engines.chain,
             estimates=engines.estimates,
             reserve_bytes=self._reserve_bytes,
+            link_reserves=engines.reserves,
             make_adapter=engines.make_adapter,
             metrics=self._metrics,
             lifecycle=self._lifecycle,

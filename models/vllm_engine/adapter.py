@@ -101,6 +101,7 @@ class VllmAdapter(CheckpointAdapter):
             "quantization": _VLLM_QUANTIZATION[strategy.quantization],
             "max_model_len": shape.max_model_len,
             "max_num_seqs": shape.max_num_seqs,
+            "max_num_batched_tokens": shape.max_num_batched_tokens,  # what its activation reserve was priced for
             "limit_mm_per_prompt": self._settings.limit_mm_per_prompt,
             "enable_prefix_caching": True,
             # A request's priority (0 interactive, 1 a long video's segment) orders vLLM's queue as ours.
