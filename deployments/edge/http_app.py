@@ -1,4 +1,4 @@
-"""The ingress's FastAPI app: its Host check and its error handlers. Every error is answered as JSON in
+"""The ingress's FastAPI app: its Host check, its refusal of Serve's proxy hints, and its error handlers. Every error is answered as JSON in
 OpenAI's shape, with the request's id; an unexpected one is a 500 whose stack trace goes to the log only.
 
 The routes are the Ingress deployment's own (:mod:`deployments.edge.ingress`), added to this app.
@@ -14,6 +14,7 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments.edge.hosts import host_allowed
+from deployments.edge.proxy_headers import proxy_hint_in
 from deployments.errors import ApiError, describe_validation_errors, error_body
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,19 @@ async def _check_host(request: Request, call_next: Callable[[Request], Awaitable
     if allowed and not host_allowed(host, allowed):
         error = ApiError(400, f"Host {host[:100]!r} is not one this server answers to (ingress.allowed_hosts)",
                          param="host", code="host_not_allowed")
+        return await _api_error_handler(request, error)
+    return await call_next(request)
+
+
+@app.middleware("http")
+async def _refuse_proxy_hints(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    """Serve's proxy obeys ``x-request-timeout-seconds`` and ``x-request-disconnect-disabled`` from anyone
+    (:mod:`deployments.edge.proxy_headers`); a request that carries one ends here, a 400, before any work."""
+    hint = proxy_hint_in([name.decode("latin-1").lower() for name, _ in request.scope["headers"]])
+    if hint is not None:
+        error = ApiError(400, f"The {hint} header is for a trusted proxy in front of Serve, not for clients: it would "
+                         "lift the server's request timeout or disconnect handling; send the request without it",
+                         param=hint, code="proxy_header_refused")
         return await _api_error_handler(request, error)
     return await call_next(request)
 

@@ -25,7 +25,7 @@ def _requests() -> list[GenerationRequest]:
     return mixed_requests(new_tokens=NEW_TOKENS, scale=4)
 
 
-def test_the_predicted_bytes_cover_the_measured_peak_of_a_batch(tmp_path):
+def test_the_predicted_bytes_cover_the_measured_peak_of_a_batch(tmp_path, record_figure):
     adapter = HuggingFaceVisionLanguageAdapter(str(ensure_mid_model(tmp_path / "mid")), strategy=parse_strategy("bf16", "cuda"))
     adapter.load()
     engine = adapter.batch_engine()
@@ -49,6 +49,6 @@ def test_the_predicted_bytes_cover_the_measured_peak_of_a_batch(tmp_path):
     torch.cuda.synchronize()
     measured = torch.cuda.max_memory_allocated() - weights
 
-    print(f"predicted {predicted} bytes, measured peak {measured} bytes above the weights ({measured / predicted:.3f}x)")
+    record_figure("batch_peak_bytes", {"predicted": predicted, "measured": measured, "ratio": round(measured / predicted, 3)})
     assert measured <= predicted
     assert measured >= 0.85 * predicted

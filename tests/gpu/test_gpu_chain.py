@@ -31,7 +31,7 @@ def smolvlm_500m(tmp_path_factory):
     return str(build_random_model("smolvlm-500m", tmp_path_factory.mktemp("smolvlm-500m")))
 
 
-def test_a_real_out_of_memory_in_bf16_falls_to_int8_under_a_per_process_fraction(smolvlm_500m):
+def test_a_real_out_of_memory_in_bf16_falls_to_int8_under_a_per_process_fraction(smolvlm_500m, record_figure):
     estimates = {s.name: e.total_bytes for s, e in estimate_chain(load_model_config(smolvlm_500m), GPU_CHAIN).items()}
     total = torch.cuda.get_device_properties(0).total_memory
     # Cap the allocator between the int8 and bf16 estimates, but tell the loader the budget is
@@ -52,7 +52,7 @@ def test_a_real_out_of_memory_in_bf16_falls_to_int8_under_a_per_process_fraction
         assert gpu.torch is not None
         assert gpu.torch.num_ooms >= 1
         assert 0.0 <= gpu.torch.fragmentation_ratio < 1.0
-        print(json.dumps({"estimates": estimates, "cap_bytes": cap_bytes, "report": loaded.report.to_dict(), "gpu": gpu.to_dict()}))
+        record_figure("oom_falls_to_int8", {"estimates": estimates, "cap_bytes": cap_bytes, "report": loaded.report.to_dict(), "gpu": gpu.to_dict()})
     finally:
         limit_to_share(1.0)
         release_memory()

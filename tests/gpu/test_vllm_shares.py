@@ -38,7 +38,7 @@ def _reports(process: subprocess.Popen, count: int) -> list[dict]:
     return reports
 
 
-def test_two_vllm_replicas_on_a_045_share_each_both_serve_within_their_shares(mid_model):
+def test_two_vllm_replicas_on_a_045_share_each_both_serve_within_their_shares(mid_model, record_figure):
     first = _start(mid_model, 0.45, "bf16")
     try:
         (one,) = _reports(first, 1)
@@ -50,18 +50,20 @@ def test_two_vllm_replicas_on_a_045_share_each_both_serve_within_their_shares(mi
     finally:
         first.communicate("", timeout=120)
 
+    record_figure("two_vllm_replicas_on_045_shares", [one, two])
     for report in (one, two):
         assert report["error"] is None and report["completion_tokens"] == 16
         assert 0 < report["plan"]["gpu_memory_utilization"] <= 0.45
     assert one["plan"]["gpu_memory_utilization"] + two["plan"]["gpu_memory_utilization"] <= 0.9
 
 
-def test_the_chains_fp8_and_4_bit_links_load_and_serve(mid_model):
+def test_the_chains_fp8_and_4_bit_links_load_and_serve(mid_model, record_figure):
     drill = _start(mid_model, 0.45, "fp8", "nf4")
     try:
         reports = _reports(drill, 2)
     finally:
         drill.communicate("", timeout=120)
 
+    record_figure("vllm_fp8_and_nf4_links", reports)
     assert [report["link"] for report in reports] == ["vllm-fp8", "vllm-nf4"]
     assert all(report["error"] is None and report["completion_tokens"] == 16 for report in reports)

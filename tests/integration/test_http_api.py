@@ -289,6 +289,20 @@ def test_bad_input_gets_a_clear_error_and_the_next_request_is_served(http, case)
     assert follow_up.status_code == 200, follow_up.text
 
 
+@pytest.mark.parametrize(
+    ("header", "value"), [("x-request-timeout-seconds", "0"), ("X-Request-Timeout-Seconds", "99999"), ("x-request-disconnect-disabled", "?1")]
+)
+def test_a_client_cannot_lift_the_proxys_timeout_or_disconnect_handling(http, header, value):
+    """Serve's proxy obeys these before the app sees the request; the ingress ends such a request at once."""
+    response = http.post("/v1/chat/completions", json={**GOOD_REQUEST, "stream": True}, headers={header: value})
+
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["code"], error["param"]) == ("proxy_header_refused", header.lower())
+    assert "trusted proxy in front of Serve" in error["message"]
+    assert http.post("/v1/chat/completions", json=GOOD_REQUEST).status_code == 200
+
+
 def test_unknown_model_is_404_through_the_openai_client(client):
     with pytest.raises(openai.NotFoundError, match="not served here"):
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
