@@ -92,8 +92,8 @@ def job_with_gpu_node_lost(cluster: LocalCluster, video: pathlib.Path, *, segmen
     started = time.monotonic()
     job = httpx.post(f"{url}/v1/video/jobs", timeout=60, json={
         "file_id": uploaded.json()["id"], "question": "What happens?", "segment_s": segment_s, "frames": 4}).json()
-    store = cluster.folder / "files"
-    recorded = lambda: list(store.glob(f"*/jobs/{job['id']}/segments/*.json"))  # noqa: E731
+    store = cluster.object_store()
+    recorded = lambda: store.glob(f"{cluster.store_url}/files/*/jobs/{job['id']}/segments/*.json")  # noqa: E731
     _wait(lambda: len(recorded()) >= lose_after, 600, f"{lose_after} segments recorded")
     lost_at = time.monotonic()
     cluster.stop_node("gpu-worker", crash=True)
@@ -106,7 +106,7 @@ def job_with_gpu_node_lost(cluster: LocalCluster, video: pathlib.Path, *, segmen
     return {
         "state": ended["state"], "segments": progress["segments"], "done": progress["done"], "failed": progress["failed"],
         "lost": progress["segments"] - progress["done"] - progress["failed"],
-        "recorded_once": len(files) == len({path.name for path in files}) == progress["segments"],
+        "recorded_once": len(files) == len({path.rsplit("/", 1)[-1] for path in files}) == progress["segments"],
         "segments_tried_again": sum(1 for segment in ended["segments"] if segment.get("attempts", 1) > 1),
         "served_by": {group: sum(1 for segment in ended["segments"] if segment.get("served_by", {}).get("group") == group)
                       for group in ("gpu", "cpu")},
@@ -135,7 +135,7 @@ def main() -> int:
         cluster.add_node("cpu-worker", num_cpus=2, labels={"vd-node": "cpu"})
         report["cluster_start_s"] = round(time.monotonic() - started, 2)
         deploy_at = time.monotonic()
-        cluster.serve_deploy(write_config(cluster_serve_config(folder, probe), folder / "serve_config.yaml"))
+        cluster.serve_deploy(write_config(cluster_serve_config(cluster, probe), folder / "serve_config.yaml"))
         _wait(lambda: cluster.serve_status()["applications"][APP]["status"] == "RUNNING", 300, "app RUNNING")
         _wait(lambda: _served_by(cluster.head.http_url) == "gpu", 120, "the GPU group answering")
         report["deploy_to_answer_s"] = round(time.monotonic() - deploy_at, 2)
@@ -163,7 +163,7 @@ def main() -> int:
         report["job_gpu_node_lost"] = job_with_gpu_node_lost(cluster, long_video(600))
 
         updated = cluster_serve_config(
-            folder, probe, limits={"max_tokens": 256},
+            cluster, probe, limits={"max_tokens": 256},
             cpu_group={"autoscaling": {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 8}},
         )
         with SteadyTraffic(cluster.head.http_url, REQUEST) as traffic:

@@ -7,8 +7,14 @@ tests (``tests/integration/test_cluster.py``) and ``bench/cluster.py`` share it.
 - Nodes are ``ray start --block`` processes started here (each leads a session of its own), stopped by their
   pid: SIGTERM (Ray drains the node, then stops its processes), or SIGKILL to the node's session (a crash).
   Nothing started elsewhere is touched: no ``ray stop``.
-- Ray's temp dirs, logs and the model cache live in the cluster's folder.
-- Needs root (``ip netns``); :func:`namespaces_unavailable` says why not, for a skip.
+- **Nodes share no filesystem**, as a cluster's pods do not: each node runs in a mount namespace of its own where
+  the cluster's ``n/`` folder (of nodes) holds only its own folder (the others are hidden under an empty tmpfs), and its
+  temp dir (``TMPDIR``), ``HOME``, model cache (``VIDEO_DETECTIVE_CACHE``) and Ray's temp dir are in it. A path that
+  one node writes and another reads fails here as it would on Kubernetes.
+- **One object store for all of them**: a real S3 endpoint (moto's server, started here on the bridge's address)
+  whose credentials every node gets in its environment (``AWS_*``, as the manifest's Secret gives them);
+  :attr:`LocalCluster.store_url` is its bucket.
+- Needs root (``ip netns``, ``unshare --mount``); :func:`namespaces_unavailable` says why not, for a skip.
 
 Example::
 
@@ -25,6 +31,7 @@ import os
 import pathlib
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -57,6 +64,24 @@ def namespaces_unavailable() -> str | None:
         return f"ip netns add failed: {created.stderr.strip()}"
     subprocess.run(["ip", "netns", "del", probe], capture_output=True)
     return None
+
+
+# Run inside the node's network namespace, in a mount namespace of its own: hide every node's folder under an empty
+# tmpfs, bring back this node's own at its path, and start the node with its temp dir, home and caches in it.
+_NODE_FILESYSTEM = """
+set -e
+nodes="$1"; mine="$2"; shift 2
+mount --bind "$mine" /mnt
+mount -t tmpfs -o mode=0755 vd-nodes "$nodes"
+mkdir -p "$mine"
+mount --bind /mnt "$mine"
+umount /mnt
+export TMPDIR="$mine/tmp" HOME="$mine/home" VIDEO_DETECTIVE_CACHE="$mine/cache"
+exec "$@"
+"""
+_NODE_PARTS = ("tmp", "home", "cache", "r")  # "r": Ray's temp dir (its socket paths must stay short)
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "vd-cluster-key", "AWS_SECRET_ACCESS_KEY": "vd-cluster-secret"}
+BUCKET = "video-detective"
 
 
 def _kill_session(session_id: int) -> None:
@@ -94,21 +119,67 @@ class LocalCluster:
     def __init__(self, folder: pathlib.Path, *, env: dict[str, str] | None = None) -> None:
         self.folder = folder
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._nodes_folder = folder / "n"  # short: Ray's unix socket paths under it must stay within 107 bytes
+        self._nodes_folder.mkdir(exist_ok=True)
         self._tag = uuid.uuid4().hex[:6]  # interface and namespace names: at most 15 characters
         self._bridge = f"vdb{self._tag}"
         self._subnet = f"10.213.{int(self._tag, 16) % 250 + 1}"
+        self._nodes: dict[str, ClusterNode] = {}
+        self._interfaces: list[str] = []
+        self._store_process: subprocess.Popen | None = None
+        _run("ip", "link", "add", self._bridge, "type", "bridge")
+        _run("ip", "addr", "add", f"{self.host_ip}/24", "dev", self._bridge)
+        _run("ip", "link", "set", self._bridge, "up")
+        self.s3_endpoint = self._start_object_store()
+        self.store_url = f"s3://{BUCKET}"
         self._env = {
             **os.environ,
             "RAY_AUTH_MODE": "disabled",
             "RAY_USAGE_STATS_ENABLED": "0",
             "PATH": f"{_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            **S3_CREDENTIALS,
+            "AWS_ENDPOINT_URL": self.s3_endpoint,
             **(env or {}),
         }
-        self._nodes: dict[str, ClusterNode] = {}
-        self._interfaces: list[str] = []
-        _run("ip", "link", "add", self._bridge, "type", "bridge")
-        _run("ip", "addr", "add", f"{self._subnet}.1/24", "dev", self._bridge)
-        _run("ip", "link", "set", self._bridge, "up")
+
+    @property
+    def host_ip(self) -> str:
+        """This machine's address on the cluster's bridge: what every node reaches it by."""
+        return f"{self._subnet}.1"
+
+    def _start_object_store(self) -> str:
+        """moto's S3 server on the bridge's address (every node reaches it), with the cluster's bucket."""
+        with socket.socket() as probe:
+            probe.bind((self.host_ip, 0))
+            port = probe.getsockname()[1]
+        log = open(self.folder / "object-store.log", "ab")  # noqa: SIM115 - the process holds it
+        self._store_process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", self.host_ip, "-p", str(port)], stdout=log, stderr=subprocess.STDOUT,
+        )
+        log.close()
+        endpoint = f"http://{self.host_ip}:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(endpoint, timeout=2).status_code < 500:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or self._store_process.poll() is not None:
+                raise RuntimeError(f"the object store did not start: see {self.folder / 'object-store.log'}")
+            time.sleep(0.2)
+        self.s3_endpoint = endpoint
+        self.object_store().mkdir(BUCKET)
+        return endpoint
+
+    def object_store(self) -> Any:
+        """An fsspec filesystem on the cluster's object store, for this machine (a test's uploads and checks)."""
+        import fsspec
+
+        return fsspec.filesystem(
+            "s3", key=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"], secret=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+            endpoint_url=self.s3_endpoint, skip_instance_cache=True, use_listings_cache=False,
+        )
 
     # -- nodes ---------------------------------------------------------------------------------
 
@@ -126,6 +197,19 @@ class LocalCluster:
 
     def node(self, name: str) -> ClusterNode:
         return self._nodes[name]
+
+    def wipe_node_folder(self, name: str) -> None:
+        """Empty a stopped node's folder, as a new pod starts with a new disk."""
+        if self._nodes[name].process is not None:
+            raise RuntimeError(f"node {name} is running; stop it first")
+        own = self.node_folder(name)
+        shutil.rmtree(own, ignore_errors=True)
+        for part in _NODE_PARTS:
+            (own / part).mkdir(parents=True, exist_ok=True)
+
+    def node_folder(self, name: str) -> pathlib.Path:
+        """The one folder node ``name`` sees of the cluster's: its temp dir, home, model cache and Ray's files."""
+        return self._nodes_folder / name
 
     @property
     def nodes(self) -> list[ClusterNode]:
@@ -162,13 +246,16 @@ class LocalCluster:
         _run("ip", "netns", "exec", netns, "ip", "addr", "add", f"{ip}/24", "dev", node_side)
         _run("ip", "netns", "exec", netns, "ip", "link", "set", node_side, "up")
         _run("ip", "netns", "exec", netns, "ip", "link", "set", "lo", "up")
+        own = self.node_folder(name)
+        for part in _NODE_PARTS:
+            (own / part).mkdir(parents=True, exist_ok=True)
         node = ClusterNode(
             name=name,
             ip=ip,
             netns=netns,
             args=[
                 *args, f"--node-ip-address={ip}", f"--metrics-export-port={METRICS_PORT}",
-                f"--temp-dir={self.folder / name}", "--disable-usage-stats", "--block",
+                f"--temp-dir={own / 'r'}", "--disable-usage-stats", "--block",
             ],
         )
         self._nodes[name] = node
@@ -180,7 +267,11 @@ class LocalCluster:
         node = self._nodes[name]
         log = open(self.folder / f"{name}.log", "ab")  # noqa: SIM115 - the process holds it
         node.process = subprocess.Popen(
-            ["ip", "netns", "exec", node.netns, str(_BIN / "ray"), "start", *node.args],
+            [
+                "ip", "netns", "exec", node.netns, "unshare", "--mount", "--propagation", "private", "--",
+                "sh", "-c", _NODE_FILESYSTEM, "sh", str(self._nodes_folder), str(self.node_folder(name)),
+                str(_BIN / "ray"), "start", *node.args,
+            ],
             stdout=log, stderr=subprocess.STDOUT, env=self._env, start_new_session=True,
         )
         log.close()
@@ -265,6 +356,13 @@ class LocalCluster:
         for interface in self._interfaces:
             subprocess.run(["ip", "link", "del", interface], capture_output=True)
         subprocess.run(["ip", "link", "del", self._bridge], capture_output=True)
+        if self._store_process is not None:
+            self._store_process.terminate()
+            try:
+                self._store_process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._store_process.kill()
+                self._store_process.wait()
 
     def __enter__(self) -> "LocalCluster":
         return self
@@ -277,11 +375,14 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 GPU_PROBE_FILE_ENV = "VIDEO_DETECTIVE_GPU_PROBE_FILE"
 
 
-def cluster_serve_config(folder: pathlib.Path, probe_path: pathlib.Path, **args_overrides: dict[str, Any]) -> dict[str, Any]:
+def cluster_serve_config(cluster: LocalCluster, probe_path: pathlib.Path, **args_overrides: dict[str, Any]) -> dict[str, Any]:
     """``serve_config.yaml`` as a cluster runs it on logical GPUs: proxies on every node's address (0.0.0.0), the
     GPU group's chain on the CPU against GPU memory from a probe file, the CPU group on nodes labelled
-    ``vd-node=cpu`` and the ingress on the node labelled ``vd-node=head``; ``args_overrides`` updates the
-    app's config sections (``limits={...}``)."""
+    ``vd-node=cpu`` and the ingress on the node labelled ``vd-node=head``, files and jobs in the cluster's object
+    store (the nodes share no filesystem); ``args_overrides`` updates the app's config sections (``limits={...}``).
+
+    The probe file stands in for the GPU (the hardware boundary), so it lies outside the nodes' folders: every
+    node reads the same card's numbers."""
     config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
     config["http_options"]["host"] = "0.0.0.0"
     args = config["applications"][0]["args"]
@@ -291,12 +392,10 @@ def cluster_serve_config(folder: pathlib.Path, probe_path: pathlib.Path, **args_
     args["cpu_group"]["node_labels"] = {"vd-node": "cpu"}
     args["ingress"]["node_labels"] = {"vd-node": "head"}  # a lost worker must not take the ingress with it
     args["routing"].update(gpu_timeout_s=10, breaker_cooldown_s=2)
-    args["files"] = {"store_url": f"file://{folder / 'files'}"}
+    args["files"] = {"store_url": f"{cluster.store_url}/files"}
     # No keys: this machine calls the nodes from their bridges' 10.213.x.1, and reads the memory view from there.
     local = ["127.0.0.0/8", "::1/128", "10.213.0.0/16"]
     args["auth"] = {"anonymous_networks": local, "memory_view_networks": local}
-    (folder / "uploads").mkdir(parents=True, exist_ok=True)
-    args["ingress"]["upload_dir"] = str(folder / "uploads")
     for section, values in args_overrides.items():
         args.setdefault(section, {}).update(values)
     return config

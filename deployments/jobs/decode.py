@@ -6,6 +6,7 @@ corrupt stretch) as text: the runner records that segment as failed and goes on.
 its worker dies (``max_retries``).
 """
 
+import dataclasses
 import logging
 import time
 
@@ -24,6 +25,18 @@ logger = logging.getLogger(__name__)
 DECODE_TASK_RETRIES = 2
 
 
+@dataclasses.dataclass(frozen=True)
+class DecodedSegment:
+    """A segment's frames, or why there are none; how long the decode took, the bytes it fetched from an object
+    store (``None`` for a local file, read in place, or frames from the cache), and the node that decoded it."""
+
+    frames: SampledVideo | None
+    why_not: str | None
+    seconds: float
+    fetched_bytes: int | None
+    node_ip: str | None
+
+
 @ray.remote(max_retries=DECODE_TASK_RETRIES)
 def decode_segment(
     store_url: str,
@@ -33,19 +46,19 @@ def decode_segment(
     limits: VideoLimits,
     max_decoded_frames: int,
     max_decoded_pixels: int,
-) -> tuple[SampledVideo | None, str | None, float, int | None]:
-    """``(frames, None, seconds, bytes fetched)``, or ``(None, why not, seconds, None)``; the decode budget is the
-    one a request for these frames gets (``limits.max_decoded_frames`` and ``max_decoded_pixels``); the bytes
-    fetched are an object store's ranges (``None`` for a local file, read in place)."""
+) -> DecodedSegment:
+    """The segment's frames; the decode budget is the one a request for these frames gets
+    (``limits.max_decoded_frames`` and ``max_decoded_pixels``)."""
     lower_priority()  # a worker that decodes segments is background work, now and for its next tasks
     started = time.perf_counter()
+    node_ip = ray.util.get_node_ip_address()
     targets = selection.num_frames or limits.max_frames
     budget = DecodeBudget(max_frames=max_decoded_frames, max_pixels=max_decoded_pixels, targets_left=targets)
     fetched: list[int] = []
     try:
         sampled = sample_from_store(FileStore(store_url, storage_options), record, selection, limits, budget, fetched)
-        return sampled, None, time.perf_counter() - started, fetched[0] if fetched else None
+        return DecodedSegment(sampled, None, time.perf_counter() - started, fetched[0] if fetched else None, node_ip)
     except ApiError as error:  # the file went (404)
-        return None, error.message, time.perf_counter() - started, None
+        return DecodedSegment(None, error.message, time.perf_counter() - started, None, node_ip)
     except MediaError as error:
-        return None, f"{type(error).__name__}: {error}", time.perf_counter() - started, None
+        return DecodedSegment(None, f"{type(error).__name__}: {error}", time.perf_counter() - started, None, node_ip)

@@ -36,7 +36,7 @@ from deployments.config.app_config import AppConfig
 from deployments.files.frame_cache import FrameCache, FrameCacheKey
 from deployments.files.service import open_store
 from deployments.files.store import FileRecord
-from deployments.jobs.decode import decode_segment
+from deployments.jobs.decode import DecodedSegment, decode_segment
 from deployments.jobs.records import JobRecord, JobState, Segment
 from deployments.jobs.segments import failed_segment, final_request, segment_request, segment_result, timeline
 from deployments.jobs.store import JobStore
@@ -48,7 +48,7 @@ from deployments.routing.interactive_load import PUBLISH_PERIOD_S, interactive_b
 from deployments.routing.job_backlog import publish_backlog
 from deployments.routing.router import NoGroupAvailableError, remote_cause, router_for
 from models.errors import InvalidModelInputError, InvalidParameterError, PromptTooLongError
-from models.video import FrameSelection, SampledVideo
+from models.video import FrameSelection
 
 logger = logging.getLogger(__name__)
 
@@ -285,15 +285,15 @@ class JobRunner:
         while spent < self._settings.segment_attempts:
             tries += 1
             try:
-                sampled, why_not, decode_s, fetched_bytes = await self._frames_of(run, segment)
-                if sampled is None:
-                    return failed_segment(segment, f"its frames: {why_not}", attempts=tries)
-                request = segment_request(job, segment, sampled, self._config.limits.max_prompt_tokens)
+                decoded = await self._frames_of(run, segment)
+                if decoded.frames is None:
+                    return failed_segment(segment, f"its frames: {decoded.why_not}", attempts=tries)
+                request = segment_request(job, segment, decoded.frames, self._config.limits.max_prompt_tokens)
                 answer = await self._router.call(
                     "generate_stream", request, on_opened=lambda opened: self._opened(run, segment, opened)
                 )
-                result = segment_result(job, segment, sampled, answer, attempts=tries, decode_s=decode_s)
-                return {**result, "store_bytes_fetched": fetched_bytes}
+                result = segment_result(job, segment, decoded.frames, answer, attempts=tries, decode_s=decoded.seconds)
+                return {**result, "store_bytes_fetched": decoded.fetched_bytes, "decoded_on": decoded.node_ip}
             except _OWN_FAULTS as error:
                 return failed_segment(segment, str(remote_cause(error)), attempts=tries)
             except NoGroupAvailableError as error:
@@ -317,11 +317,9 @@ class JobRunner:
     def _opened(self, run: _JobRun, segment: Segment, opened: StreamOpened) -> None:
         run.groups[segment.index] = opened.served_by.group
 
-    async def _frames_of(
-        self, run: _JobRun, segment: Segment
-    ) -> tuple[SampledVideo | None, str | None, float, int | None]:
-        """The segment's frames from the frame cache, or decoded by a Ray task (cancelled with the segment); why
-        not, the decode's seconds, and the bytes it fetched from an object store."""
+    async def _frames_of(self, run: _JobRun, segment: Segment) -> DecodedSegment:
+        """The segment's frames from the frame cache (decoded on no node, nothing fetched), or decoded by a Ray task
+        (cancelled with the segment)."""
         job, limits = run.job, self._config.limits
         selection = FrameSelection(num_frames=job.frames_per_segment, fps=job.fps, start_s=segment.start_s, end_s=segment.end_s)
         video_limits = dataclasses.replace(limits.video_limits(), max_duration_s=self._settings.max_video_duration_s)
@@ -332,19 +330,19 @@ class JobRunner:
         )
         cached = self._frames.get(key)
         if cached is not None:
-            return cached, None, 0.0, 0
+            return DecodedSegment(cached, None, 0.0, 0, None)
         reference = decode_segment.options(num_cpus=self._settings.decode_num_cpus).remote(
             self._files.url, self._config.files.storage_options, run.file, selection, video_limits,
             limits.max_decoded_frames, limits.max_decoded_pixels,
         )
         try:
-            sampled, why_not, seconds, fetched_bytes = await reference
+            decoded: DecodedSegment = await reference
         except asyncio.CancelledError:
             ray.cancel(reference)
             raise
-        if sampled is not None and sampled.substituted == 0:
-            self._frames.put(key, sampled)
-        return sampled, why_not, seconds, fetched_bytes
+        if decoded.frames is not None and decoded.frames.substituted == 0:
+            self._frames.put(key, decoded.frames)
+        return decoded
 
     # -- the end ------------------------------------------------------------------------------------
 
