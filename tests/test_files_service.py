@@ -123,3 +123,22 @@ def test_an_image_file_larger_than_an_image_may_be_is_refused_unread(tmp_path, m
         to_generation_request(_chat_naming(record.id, parts=1, messages=1), config, files=service, owner="alice")
 
     assert refused.value.status_code == 413 and "an image may be 4096 bytes" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("files", "placed", "nodes", "refused"),
+    [
+        ({}, {}, 1, False),  # one machine, the default folder: fine
+        ({}, {}, 3, True),  # three nodes, a folder only one of them sees
+        ({"store_url": "file:///srv/vd-files"}, {"cpu_group": {"node_labels": {"vd-node": "cpu"}}}, 1, True),  # a cluster's config
+        ({"store_url": "s3://bucket/files"}, {"cpu_group": {"node_labels": {"vd-node": "cpu"}}}, 3, False),
+    ],
+)
+def test_a_node_local_store_on_a_cluster_is_named_with_the_fix(files, placed, nodes, refused):
+    from deployments.files.service import node_local_store_problem
+
+    problem = node_local_store_problem(load_app_config({"files": files, **placed}), alive_nodes=nodes)
+
+    assert (problem is not None) == refused
+    if refused:
+        assert "node-local store" in problem and "s3://bucket/files" in problem and f"{nodes} nodes alive" in problem
