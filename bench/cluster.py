@@ -1,8 +1,10 @@
 """video-detective on a three-node Ray cluster: start-up, every node's proxy, a lost node, a rolling update.
 
-The cluster is ``bench/local_cluster.py``'s: a head (1 CPU), a GPU worker (1 CPU, one logical GPU; the GPU
-group's chain runs on the CPU against a probe file) and a CPU worker (2 CPUs, labelled ``vd-node=cpu``), each
-a ``ray start`` in a network namespace of its own on this machine; the app goes on with ``serve deploy``.
+The cluster is ``bench/local_cluster.py``'s: a head (no CPU for replicas, as the manifest's), a GPU worker (1 CPU,
+one logical GPU; the GPU group's chain runs on the CPU against a probe file) and a CPU worker (2 CPUs, labelled
+``vd-node=cpu``), each a ``ray start`` in a network and mount namespace of its own on this machine (the nodes
+share no filesystem); files, jobs and the model are in one object store (moto's S3 server); the app goes on with
+``serve deploy``.
 Requests run one after another through the head's proxy during each event:
 
 1. deploy: seconds from ``serve deploy`` to the app RUNNING and answering from the GPU group;
@@ -114,6 +116,17 @@ def job_with_gpu_node_lost(cluster: LocalCluster, video: pathlib.Path, *, segmen
     }
 
 
+def _model_in_store(cluster: LocalCluster) -> str:
+    """The built-in model, put in the cluster's object store as a team puts its checkpoint: every node fetches it."""
+    from models.tiny import ensure_tiny_model
+
+    url = f"{cluster.store_url}/models/tiny-qwen2-vl"
+    store = cluster.object_store()
+    for path in sorted(ensure_tiny_model().iterdir()):
+        store.put_file(str(path), f"{url}/{path.name}")
+    return url
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true")
@@ -130,12 +143,13 @@ def main() -> int:
     report: dict = {}
     started = time.monotonic()
     with LocalCluster(folder) as cluster:
-        cluster.start_head(num_cpus=1, labels={"vd-node": "head"})
+        cluster.start_head(num_cpus=0, labels={"vd-node": "head"})  # as the manifest's: no replica, no decode task
         cluster.add_node("gpu-worker", num_cpus=1, num_gpus=1, labels={"vd-node": "gpu"})
         cluster.add_node("cpu-worker", num_cpus=2, labels={"vd-node": "cpu"})
         report["cluster_start_s"] = round(time.monotonic() - started, 2)
+        model = {"source": _model_in_store(cluster)}
         deploy_at = time.monotonic()
-        cluster.serve_deploy(write_config(cluster_serve_config(cluster, probe), folder / "serve_config.yaml"))
+        cluster.serve_deploy(write_config(cluster_serve_config(cluster, probe, model=model), folder / "serve_config.yaml"))
         _wait(lambda: cluster.serve_status()["applications"][APP]["status"] == "RUNNING", 300, "app RUNNING")
         _wait(lambda: _served_by(cluster.head.http_url) == "gpu", 120, "the GPU group answering")
         report["deploy_to_answer_s"] = round(time.monotonic() - deploy_at, 2)
@@ -163,7 +177,7 @@ def main() -> int:
         report["job_gpu_node_lost"] = job_with_gpu_node_lost(cluster, long_video(600))
 
         updated = cluster_serve_config(
-            cluster, probe, limits={"max_tokens": 256},
+            cluster, probe, model=model, limits={"max_tokens": 256},
             cpu_group={"autoscaling": {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 8}},
         )
         with SteadyTraffic(cluster.head.http_url, REQUEST) as traffic:

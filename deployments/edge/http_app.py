@@ -1,5 +1,6 @@
-"""The ingress's FastAPI app: its Host check, its refusal of Serve's proxy hints, and its error handlers. Every error is answered as JSON in
-OpenAI's shape, with the request's id; an unexpected one is a 500 whose stack trace goes to the log only.
+"""The ingress's FastAPI app: its Host check, its refusal of Serve's proxy hints, and its error handlers. Every error
+is answered as JSON in OpenAI's shape, with the request's id; an unexpected one is a 500 whose stack trace goes to
+the log only.
 
 The routes are the Ingress deployment's own (:mod:`deployments.edge.ingress`), added to this app.
 """
