@@ -33,7 +33,13 @@ try:
     health = None
 except RuntimeError as error:
     health = str(error)
-cores = [child.pid for child in psutil.Process().children(recursive=True) if "EngineCore" in " ".join(child.cmdline())]
+def engine_core(child):
+    try:
+        return child.status() != psutil.STATUS_ZOMBIE and "EngineCore" in " ".join(child.cmdline())
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):  # it exited meanwhile: gone
+        return False
+
+cores = [child.pid for child in psutil.Process().children(recursive=True) if engine_core(child)]
 print(json.dumps({"described": described, "health": health, "engine_cores_left": cores}, default=str))
 replica.close()
 """

@@ -31,21 +31,17 @@ app = FastAPI(
 
 
 @app.middleware("http")
-async def _check_host(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-    """``ingress.allowed_hosts`` (set on ``app.state`` by the Ingress): any other ``Host`` is a 400."""
+async def _check_request_head(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    """Before any route: ``ingress.allowed_hosts`` (set on ``app.state`` by the Ingress), any other ``Host`` is a
+    400; and Serve's proxy hints (``x-request-timeout-seconds``, ``x-request-disconnect-disabled``), which its proxy
+    obeys from anyone (:mod:`deployments.edge.proxy_headers`), are a 400 too. One middleware for both: each
+    ``BaseHTTPMiddleware`` layer wraps every streamed response."""
     allowed = getattr(request.app.state, "allowed_hosts", ())
     host = request.headers.get("host", "")
     if allowed and not host_allowed(host, allowed):
         error = ApiError(400, f"Host {host[:100]!r} is not one this server answers to (ingress.allowed_hosts)",
                          param="host", code="host_not_allowed")
         return await _api_error_handler(request, error)
-    return await call_next(request)
-
-
-@app.middleware("http")
-async def _refuse_proxy_hints(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-    """Serve's proxy obeys ``x-request-timeout-seconds`` and ``x-request-disconnect-disabled`` from anyone
-    (:mod:`deployments.edge.proxy_headers`); a request that carries one ends here, a 400, before any work."""
     hint = proxy_hint_in([name.decode("latin-1").lower() for name, _ in request.scope["headers"]])
     if hint is not None:
         error = ApiError(400, f"The {hint} header is for a trusted proxy in front of Serve, not for clients: it would "
