@@ -130,7 +130,11 @@ class LocalCluster:
         _run("ip", "link", "add", self._bridge, "type", "bridge")
         _run("ip", "addr", "add", f"{self.host_ip}/24", "dev", self._bridge)
         _run("ip", "link", "set", self._bridge, "up")
-        self.s3_endpoint = self._start_object_store()
+        try:
+            self._start_object_store()
+        except BaseException:
+            self.shutdown()  # the bridge and a half-started store go with it
+            raise
         self.store_url = f"s3://{BUCKET}"
         self._env = {
             **os.environ,
@@ -147,8 +151,9 @@ class LocalCluster:
         """This machine's address on the cluster's bridge: what every node reaches it by."""
         return f"{self._subnet}.1"
 
-    def _start_object_store(self) -> str:
-        """moto's S3 server on the bridge's address (every node reaches it), with the cluster's bucket."""
+    def _start_object_store(self) -> None:
+        """moto's S3 server on the bridge's address (every node reaches it), with the cluster's bucket; sets
+        :attr:`s3_endpoint`."""
         with socket.socket() as probe:
             probe.bind((self.host_ip, 0))
             port = probe.getsockname()[1]
@@ -170,7 +175,6 @@ class LocalCluster:
             time.sleep(0.2)
         self.s3_endpoint = endpoint
         self.object_store().mkdir(BUCKET)
-        return endpoint
 
     def object_store(self) -> Any:
         """An fsspec filesystem on the cluster's object store, for this machine (a test's uploads and checks)."""
