@@ -57,7 +57,8 @@ THREADS = 2
 REQUESTS_AT = {1: 8, 8: 24, 16: 32}
 
 
-def _image_url(seed: int) -> str:
+def image_data_url(seed: int) -> str:
+    """A 224x224 PNG of noise from ``seed``, as a data URL: a new image for each seed."""
     pixels = np.random.default_rng(seed).integers(0, 256, (224, 224, 3), dtype=np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
@@ -115,11 +116,11 @@ def _video_questions(base_url: str, model: str, video_part: dict) -> dict[str, A
 def measure(base_url: str, model: str, levels: list[int], video_part: dict | None, images: bool = True) -> dict[str, Any]:
     with httpx.Client(base_url=base_url, timeout=600) as client:  # warm-up: the model, the processor, the caches
         for seed in (999_001, 999_002):
-            _chat(client, model, [{"type": "image_url", "image_url": {"url": _image_url(seed)}}, {"type": "text", "text": "Hi"}])
-    repeated = _image_url(0)
+            _chat(client, model, [{"type": "image_url", "image_url": {"url": image_data_url(seed)}}, {"type": "text", "text": "Hi"}])
+    repeated = image_data_url(0)
     result: dict[str, Any] = {"new_image": {}, "repeated_image": {}}
     for level in levels if images else ():
-        result["new_image"][level] = _load(base_url, model, level, lambda number: _image_url(1000 + level * 100 + number))
+        result["new_image"][level] = _load(base_url, model, level, lambda number: image_data_url(1000 + level * 100 + number))
         logger.info("  new image, %d clients: %s", level, result["new_image"][level])
     for level in levels if images else ():
         result["repeated_image"][level] = _load(base_url, model, level, lambda number: repeated)

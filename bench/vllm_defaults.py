@@ -11,29 +11,19 @@ Needs vLLM's environment (bin/ensure-vllm-venv).
 """
 
 import argparse
-import base64
-import io
 import json
 import logging
 import pathlib
 import time
 
 import httpx
-import numpy as np
-from PIL import Image
 
+from bench.engines import image_data_url
 from bench.local_serve import local_serve  # noqa: I001 - sets Ray's environment first
 from bench.mid_model import ensure_mid_model
 from deployments.app import build_app
 
 logger = logging.getLogger("bench.vllm_defaults")
-
-
-def _image_url() -> str:
-    pixels = np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 def run(model_dir: pathlib.Path) -> dict:
@@ -54,7 +44,7 @@ def run(model_dir: pathlib.Path) -> dict:
         answer = httpx.post(f"{base_url}/v1/chat/completions", timeout=600, json={
             "model": model_id, "max_tokens": 8,
             "messages": [{"role": "user", "content": [
-                {"type": "image_url", "image_url": {"url": _image_url()}}, {"type": "text", "text": "What is it?"}]}],
+                {"type": "image_url", "image_url": {"url": image_data_url(0)}}, {"type": "text", "text": "What is it?"}]}],
         })
         return {
             "status": answer.status_code,

@@ -6,21 +6,24 @@ of about 1 TiB, as a GPU's profiling run refuses one that does not fit. Skipped 
 
 import json
 import os
+import pathlib
 import subprocess
 
 import pytest
 
 from deployments.app import DEFAULT_VLLM_PYTHON
 
+ROOT = pathlib.Path(__file__).resolve().parent.parent  # the scripts run here, so tests.vllm_processes imports
+
 SCRIPT = """
 import json, sys
-import psutil
 from memory.budget import MemoryBudget
 from memory.strategy import parse_strategy
 from memory.vllm_plan import VllmShape
 from models.hf_adapter import HuggingFaceVisionLanguageAdapter
 from models.loading import load_adapter
 from models.vllm_engine.adapter import VllmAdapter, VllmSettings
+from tests.vllm_processes import engine_cores_left
 
 path = sys.argv[1]
 budget = MemoryBudget(device="cpu", weights_bytes=2 * 2**40, limit_bytes=2 * 2**40, available_bytes=2 * 2**40,
@@ -37,8 +40,7 @@ def make(model_path, strategy):
 chain = (parse_strategy("fp32", "cpu", "vllm"), parse_strategy("fp32", "cpu"))
 loaded = load_adapter(path, chain, measure_budget=lambda strategy: budget, oom_retries=0, retry_delay_s=0,
                       make_adapter=make)
-cores = [child.pid for child in psutil.Process().children(recursive=True) if "EngineCore" in " ".join(child.cmdline())]
-print(json.dumps({"report": loaded.report.to_dict(), "engine_cores_left": cores}))
+print(json.dumps({"report": loaded.report.to_dict(), "engine_cores_left": engine_cores_left()}))
 """
 
 
@@ -47,7 +49,7 @@ def test_a_vllm_start_up_that_fails_for_memory_hands_over_to_the_next_link(tiny_
         pytest.skip(f"vLLM's environment is not built ({DEFAULT_VLLM_PYTHON}): run bin/ensure-vllm-venv")
 
     done = subprocess.run([str(DEFAULT_VLLM_PYTHON), "-c", SCRIPT, str(tiny_model_path)], capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "VLLM_CPU_OMP_THREADS_BIND": "nobind"})
+                          timeout=600, cwd=ROOT, env={**os.environ, "VLLM_CPU_OMP_THREADS_BIND": "nobind"})
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
 

@@ -15,13 +15,14 @@ from deployments.app import DEFAULT_VLLM_PYTHON
 from models.fault_injection import SIMULATE_BROKEN_LINKS_ENV
 
 DRILL = pathlib.Path(__file__).with_name("engine_drill.py")
+ROOT = DRILL.parent.parent
 
 REPLICA_SCRIPT = """
 import json, sys, time
-import psutil
 from deployments.config.app_config import load_app_config
 from deployments.plan import resolve_app
 from deployments.replica.model_replica import ModelReplica
+from tests.vllm_processes import engine_cores_left
 
 replica = ModelReplica(resolve_app(load_app_config({"cpu_group": {"engine": "vllm", "chain": ["fp32"]}})), "cpu")
 deadline = time.monotonic() + 400
@@ -33,14 +34,7 @@ try:
     health = None
 except RuntimeError as error:
     health = str(error)
-def engine_core(child):
-    try:
-        return child.status() != psutil.STATUS_ZOMBIE and "EngineCore" in " ".join(child.cmdline())
-    except (psutil.NoSuchProcess, psutil.ZombieProcess):  # it exited meanwhile: gone
-        return False
-
-cores = [child.pid for child in psutil.Process().children(recursive=True) if engine_core(child)]
-print(json.dumps({"described": described, "health": health, "engine_cores_left": cores}, default=str))
+print(json.dumps({"described": described, "health": health, "engine_cores_left": engine_cores_left()}, default=str))
 replica.close()
 """
 
@@ -51,7 +45,7 @@ def _need_vllm_environment() -> None:
 
 
 def _run(python: str, *args: str, env: dict[str, str] | None = None) -> dict:
-    done = subprocess.run([python, *args], capture_output=True, text=True, timeout=600,
+    done = subprocess.run([python, *args], capture_output=True, text=True, timeout=600, cwd=ROOT,  # tests.* imports
                           env={**os.environ, "VLLM_CPU_OMP_THREADS_BIND": "nobind", **(env or {})})
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -25,6 +25,7 @@ from deployments.files.frame_cache import FrameCache, FrameCacheKey
 from deployments.files.store import FileKind, FileRecord, FileStore
 from deployments.files.uploads import receive_upload
 from models import media
+from models.checkpoint_source import is_remote_source
 from models.decode_budget import DecodeBudget
 from models.video import FrameSelection, SampledVideo, VideoInfo, VideoLimits, probe_video, sample_video, served_demuxer
 
@@ -204,7 +205,7 @@ def node_local_store_problem(config: AppConfig, *, alive_nodes: int) -> str | No
     placed by node labels (a cluster's config), a folder store is one node's, while the files, the jobs and their
     results must be seen by every ingress, job runner and decode task, on any node."""
     url = config.files.store_url
-    if url and "://" in url and not url.startswith("file://"):
+    if is_remote_source(url):
         return None
     placed = bool(config.ingress.node_labels or config.cpu_group.node_labels or config.gpu_group.node_labels)
     if alive_nodes <= 1 and not placed:

@@ -29,6 +29,8 @@ from typing import Any, BinaryIO, Literal
 
 import fsspec
 
+from models.checkpoint_source import is_remote_source
+
 logger = logging.getLogger(__name__)
 
 ANONYMOUS = "anonymous"
@@ -79,7 +81,7 @@ class FileRecord:
 class FileStore:
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
         options = dict(storage_options or {})
-        if not url.startswith(("file://", "/")) and "://" in url:
+        if is_remote_source(url):
             # No listings cache: another process (an ingress replica, the job runner) adds files and jobs, and a
             # cached listing of their folder makes s3fs answer "not found" for them without asking the store.
             options.setdefault("use_listings_cache", False)
