@@ -145,3 +145,25 @@ def test_the_runner_sees_interactive_load_while_a_request_is_in_flight_and_for_a
     assert interactive_busy("load-app", quiet_s=2.0)  # the last one ended just now
     assert not interactive_busy("load-app", quiet_s=2.0, now=time.time() + 2.5)  # quiet for 2.5 s
     assert not interactive_busy("load-app", quiet_s=0.0)
+
+
+def test_an_ingress_withdraws_its_interactive_figure_and_a_forgotten_one_is_deleted_by_the_reader(local_ray):
+    import time
+
+    from ray.experimental import internal_kv
+
+    from deployments.routing.interactive_load import InteractiveLoad, interactive_busy, withdraw
+    from deployments.routing.job_backlog import KV_NAMESPACE
+
+    def keys() -> list[bytes]:
+        return sorted(internal_kv._internal_kv_list("interactive:gone-app:", namespace=KV_NAMESPACE))
+
+    load = InteractiveLoad()
+    load.publish("gone-app", "ingress-1")
+    load.publish("gone-app", "ingress-2")
+    assert keys() == [b"interactive:gone-app:ingress-1", b"interactive:gone-app:ingress-2"]
+    withdraw("gone-app", "ingress-1")  # a replica stopping
+    assert keys() == [b"interactive:gone-app:ingress-2"]
+    # ingress-2 died without withdrawing: a reader an hour later deletes its figure.
+    assert not interactive_busy("gone-app", quiet_s=2.0, now=time.time() + 3600)
+    assert keys() == []

@@ -61,10 +61,13 @@ def test_an_expired_file_is_gone_from_storage_after_a_sweep(store, tmp_path):
     paths = [store._path(expiring.owner, expiring.id, suffix) for suffix in ("", ".json")]
     assert all(store._fs.exists(path) for path in paths)
 
+    in_use = _put(store, tmp_path, ttl_s=1)  # an unfinished job analyses it
     time.sleep(1.1)  # the time to live is whole seconds
-    swept = store.sweep()
+    assert store.get("alice", expiring.id) is None  # past its time: not found, even before the sweep
+    swept = store.sweep(in_use=frozenset({("alice", in_use.id)}))
 
     assert swept == 1
+    assert store.get("alice", in_use.id) is None and store.get("alice", in_use.id, include_expired=True) == in_use
     store._fs.invalidate_cache()
     assert not any(store._fs.exists(path) for path in paths)
     assert store.get("alice", expiring.id) is None

@@ -3,6 +3,7 @@ local folder and on a real S3 endpoint (moto's server), the events' placement in
 final answer's prompt, and a segment's window sampled from a real H.264 file."""
 
 import dataclasses
+import json
 import time
 import uuid
 
@@ -14,7 +15,15 @@ from s3_server import storage_options
 
 from deployments.files.store import FileStore
 from deployments.jobs.records import IllegalJobMoveError, JobRecord, JobState, Segment, new_job_id, plan_segments
-from deployments.jobs.segments import DEFAULT_EVENTS_SCHEMA, clock, final_request, schema_json, segment_result, timeline
+from deployments.jobs.segments import (
+    DEFAULT_EVENTS_SCHEMA,
+    EventBounds,
+    clock,
+    final_request,
+    schema_json,
+    segment_result,
+    timeline,
+)
 from deployments.jobs.store import JobStore
 from deployments.replica.protocol import ReplicaAnswer, ServedBy
 from models import media
@@ -69,9 +78,11 @@ def test_a_segment_is_recorded_once_and_a_job_is_its_owner_s(job_store):
     job = _job()
     job_store.create(job)
 
-    assert job_store.put_segment(job, {"index": 1, "state": "done", "run": "first"}) is True
-    assert job_store.put_segment(job, {"index": 1, "state": "done", "run": "second"}) is False
-    assert job_store.put_segment(job, {"index": 0, "state": "failed", "run": "first"}) is True
+    assert job_store.put_segment(job, {"index": 1, "state": "done", "run": "first"}, ["data:image/jpeg;base64,AA"]) > 0
+    assert job_store.put_segment(job, {"index": 1, "state": "done", "run": "second"}) is None
+    assert job_store.put_segment(job, {"index": 0, "state": "failed", "run": "first"}) > 0
+    assert job_store.thumbnail(job, 1, 0) == "data:image/jpeg;base64,AA"
+    assert job_store.thumbnail(job, 1, 1) is None and job_store.thumbnail(job, 7, 0) is None
 
     assert job_store.recorded_indices(job) == {0, 1}
     assert [(result["index"], result["run"]) for result in job_store.segments(job)] == [(0, "first"), (1, "first")]
@@ -95,6 +106,50 @@ def test_an_ended_job_leaves_the_unfinished_and_is_swept_after_its_time_to_live(
     assert job_store.get("alice", job.id) is None and job_store.owned("alice") == []
 
 
+def test_a_final_state_is_never_overwritten_and_the_scan_reads_no_ended_job(job_store):
+    job = _job()
+    job_store.create(job)
+    running = job.moved(JobState.RUNNING, "running")
+    cancelled = job.moved(JobState.CANCELLED, "cancelled", finished_at=time.time(), expires_at=time.time() + 60)
+    assert job_store.save(cancelled) is True
+    assert job_store.save(running) is False  # a runner that took the job meanwhile does not revive it
+    assert job_store.get("alice", job.id).state is JobState.CANCELLED
+
+    ended = []
+    for _ in range(20):
+        other = _job()
+        job_store.create(other)
+        job_store.save(other.moved(JobState.FAILED, "failed", finished_at=time.time(), expires_at=time.time() + 60))
+        ended.append(other)
+    live = _job()
+    job_store.create(live)
+    reads: list[str] = []
+    cat_file = job_store._fs.cat_file
+    job_store._fs.cat_file = lambda path, *args, **kwargs: reads.append(path) or cat_file(path, *args, **kwargs)
+    try:
+        assert [unfinished.id for unfinished in job_store.unfinished()] == [live.id]
+        assert job_store.sweep() == 0  # nothing expired: the names say so, no record is read
+    finally:
+        job_store._fs.cat_file = cat_file
+    assert [path.rsplit("/", 2)[-2:] for path in reads] == [[live.id, "job.json"]]
+
+
+def test_writers_of_one_record_never_share_a_temporary_file(tmp_path):
+    import concurrent.futures
+
+    job_store = JobStore(FileStore((tmp_path / "files").as_uri()))
+    job = _job()
+    job_store.create(job)
+    long_reason = "x" * 200_000
+    versions = [job.moved(JobState.RUNNING, f"{index}{long_reason}") for index in range(16)]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        for _ in range(5):
+            list(pool.map(job_store.save, versions))
+            stored = job_store.get("alice", job.id)  # whole, never a mix or a truncation
+            assert stored is not None and stored.reason.endswith(long_reason) and len(stored.reason) in (200_001, 200_002)
+    assert not list((tmp_path / "files").rglob("*.partial"))
+
+
 def _sampled(times: tuple[float, ...]) -> SampledVideo:
     info = VideoInfo(container="mov,mp4", codec="h264", width=8, height=8, rotation_degrees=0, duration_s=125.0,
                      duration_from="header", average_fps=2.0, has_audio=False)
@@ -111,26 +166,51 @@ def _answer(text: str) -> ReplicaAnswer:
     )
 
 
-def test_events_are_placed_in_the_whole_video_s_clock_with_the_nearest_frame_s_thumbnail():
+BOUNDS = EventBounds(max_events=32, max_keys=16)
+
+
+def test_events_are_placed_in_the_whole_video_s_clock_naming_the_nearest_frame_whose_thumbnail_is_stored_once():
     segment = Segment(1, 60.0, 120.0)
     text = '{"events": [{"time_s": 75, "description": "a door opens"}, {"time_s": 12.5, "description": "a dog"}, ' \
            '{"time_s": 900, "description": "out of range"}, {"time_s": "soon", "description": "no time"}]}'
 
-    result = segment_result(_job(), segment, _sampled((67.5, 82.5, 97.5, 112.5)), _answer(text), attempts=1, decode_s=0.2)
+    result, thumbnails = segment_result(_job(), segment, _sampled((67.5, 82.5, 97.5, 112.5)), _answer(text), attempts=1,
+                                        decode_s=0.2, bounds=BOUNDS)
 
     events = result["events"]
-    assert [(event["time_s"], event["frame_s"], event.get("time_adjusted", False)) for event in events] == [
-        (72.5, 67.5, False),  # counted from the segment's start
-        (75.0, 67.5, False),  # in the segment: stands
-        (120.0, 112.5, True),  # neither: the segment's nearest end
+    assert [(event["time_s"], event["frame_s"], event["frame"], event.get("time_adjusted", False)) for event in events] == [
+        (72.5, 67.5, 0, False),  # counted from the segment's start
+        (75.0, 67.5, 0, False),  # in the segment: stands
+        (120.0, 112.5, 3, True),  # neither: the segment's nearest end
     ]  # in time order
-    assert all(event["thumbnail"].startswith("data:image/jpeg;base64,") and event["segment"] == 1 for event in events)
+    assert len(thumbnails) == 4 and all(thumbnail.startswith("data:image/jpeg;base64,") for thumbnail in thumbnails)
+    assert "data:image" not in json.dumps(result)  # events name frames; no thumbnail is copied into the result
+    assert all(event["segment"] == 1 for event in events) and result["thumbnail_frame"] == 2
     assert result["parse_error"] is None and result["served_by"]["group"] == "cpu"
 
 
+def test_a_segment_keeps_at_most_the_bounded_events_and_keys_and_no_number_json_cannot_carry():
+    many = [{"time_s": 1 + index % 50, "description": f"e{index}", **{f"k{key}": key for key in range(40)}}
+            for index in range(5000)]
+    many[-1]["extra"] = "INFINITE"
+    text = json.dumps({"events": many}).replace('"INFINITE"', "1e999")
+
+    result, _ = segment_result(_job(custom_schema=True), Segment(0, 0.0, 60.0), _sampled((15.0, 45.0)), _answer(text),
+                               attempts=1, decode_s=0.1, bounds=EventBounds(max_events=8, max_keys=5))
+
+    assert len(result["events"]) == 8 and result["events_dropped"] == 4992
+    assert all(len(set(event) - {"frame_s", "frame", "segment", "time_adjusted"}) <= 5 for event in result["events"])
+    assert result["answer"]["events"][-1]["extra"] is None  # 1e999: recorded as null
+    json.dumps(result, allow_nan=False)  # strict JSON: what SSE and GET send
+    infinite, _ = segment_result(_job(custom_schema=True), Segment(0, 0.0, 60.0), _sampled((15.0, 45.0)),
+                                 _answer('{"score": Infinity, "deep": ' + "[" * 5000 + "]" * 5000 + "}"),
+                                 attempts=1, decode_s=0.1, bounds=BOUNDS)
+    assert infinite["answer"] is None and "not JSON" in infinite["parse_error"]
+
+
 def test_an_answer_that_is_not_json_is_recorded_with_its_text_and_no_events():
-    result = segment_result(_job(), Segment(0, 0.0, 60.0), _sampled((15.0, 45.0)), _answer('{"events": [{"ti'),
-                            attempts=2, decode_s=0.1)
+    result, _ = segment_result(_job(), Segment(0, 0.0, 60.0), _sampled((15.0, 45.0)), _answer('{"events": [{"ti'),
+                               attempts=2, decode_s=0.1, bounds=BOUNDS)
 
     assert result["state"] == "done" and result["events"] == [] and result["attempts"] == 2
     assert result["text"] == '{"events": [{"ti' and "not JSON" in result["parse_error"]

@@ -27,9 +27,10 @@ class JobsSettings(StrictSettings):
     )
     max_running_segments_under_load: int = Field(
         default=1,
-        ge=0,
+        ge=1,
         description="Segments in flight at once while interactive requests are: any in flight, or one within "
-        "jobs.interactive_quiet_s (0 pauses jobs then). Running segments finish; the bound applies to new ones.",
+        "jobs.interactive_quiet_s. At least 1: jobs are guaranteed a segment in flight however busy the interactive "
+        "side is (it still comes first in every replica's queue). Running segments finish; the bound applies to new ones.",
     )
     interactive_quiet_s: float = Field(
         default=2.0, ge=0, description="How long after the last interactive request jobs go back to max_running_segments."
@@ -42,6 +43,48 @@ class JobsSettings(StrictSettings):
     )
     max_queued_segments_per_key: int = Field(
         default=2000, gt=0, description="Segments one API key may have waiting over its jobs (429 above)."
+    )
+    max_jobs_per_key: int = Field(
+        default=100,
+        gt=0,
+        description="Jobs one API key may keep, ended ones included: a new job evicts the key's oldest ended job past "
+        "it (429 when every kept job is still running).",
+    )
+    max_job_creations_per_minute: int = Field(
+        default=30, gt=0, description="Jobs one API key may create a minute, per ingress replica (429 with Retry-After above)."
+    )
+    max_events_per_segment: int = Field(
+        default=32,
+        gt=0,
+        description="Events one segment's result keeps, whatever the caller's schema lets the model write (the result "
+        "says how many were dropped).",
+    )
+    max_event_keys: int = Field(
+        default=16, ge=2, description="Keys one event keeps (time_s and description among them); the rest are dropped."
+    )
+    max_result_bytes_per_job: int = Field(
+        default=64 * 2**20,
+        gt=0,
+        description="Bytes one job's recorded results may take in the store (thumbnails included); a segment whose result "
+        "would go past it is recorded as failed. A key's jobs' results count against files.max_bytes_per_key.",
+    )
+    max_event_streams_per_key: int = Field(
+        default=4, gt=0, description="Open GET /v1/video/jobs/{id}/events streams one API key may hold, per ingress replica (429 above)."
+    )
+    max_event_streams_per_job: int = Field(
+        default=2, gt=0, description="Open event streams of one job, per ingress replica (429 above)."
+    )
+    max_event_streams: int = Field(
+        default=16,
+        gt=0,
+        description="Open event streams one ingress replica holds over all keys, so that streams never take the "
+        "slots of ingress.max_ongoing_requests that requests need (429 above).",
+    )
+    max_event_stream_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="How long one event stream stays open; it then ends with an SSE retry: and the client reconnects "
+        "with Last-Event-ID, resuming where it was.",
     )
     segment_attempts: int = Field(
         default=3,
@@ -84,6 +127,11 @@ class JobsSettings(StrictSettings):
             raise ValueError(
                 f"jobs.max_running_segments_under_load ({self.max_running_segments_under_load}) must be at most "
                 f"jobs.max_running_segments ({self.max_running_segments})"
+            )
+        if self.max_jobs_per_key < self.max_active_jobs_per_key:
+            raise ValueError(
+                f"jobs.max_jobs_per_key ({self.max_jobs_per_key}) must be at least jobs.max_active_jobs_per_key "
+                f"({self.max_active_jobs_per_key}): the kept jobs include the running ones"
             )
         if self.max_running_segments_per_job > self.max_running_segments:
             raise ValueError(

@@ -25,6 +25,7 @@ from deployments.config.app_config import AppConfig
 from deployments.config.limits import LimitsSettings
 from deployments.edge.chat_parameters import check_schema_size
 from deployments.edge.chat_translation import media_error_to_api_error
+from deployments.edge.json_body import MAX_JSON_DEPTH, json_depth
 from deployments.edge.off_loop import run_off_loop
 from deployments.edge.openai_schema import SEED_MAX
 from deployments.errors import ApiError, describe_validation_errors
@@ -138,6 +139,11 @@ def answer_format(fields: AnalyzeFields, limits: LimitsSettings) -> DecodingOpti
         schema = json.loads(fields.json_schema)
     except ValueError as error:
         raise ApiError(400, f"json_schema: not JSON ({error})", param="json_schema") from error
+    except RecursionError as error:  # Python's parser recurses a level at a time: '[' * 1200 ends here
+        raise ApiError(400, f"json_schema: nests deeper than {MAX_JSON_DEPTH} levels; flatten it",
+                       param="json_schema") from error
+    if json_depth(schema, limit=MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise ApiError(400, f"json_schema: nests deeper than {MAX_JSON_DEPTH} levels; flatten it", param="json_schema")
     if not isinstance(schema, dict):
         raise ApiError(400, "json_schema: a JSON schema is an object", param="json_schema")
     encoded = json.dumps(schema, sort_keys=True, separators=(",", ":"))

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from deployments.edge.hosts import host_allowed
+from deployments.edge.hosts import host_allowed, keyless_refusal
 from deployments.edge.proxy_headers import proxy_hint_in
 from deployments.errors import ApiError, describe_validation_errors, error_body
 
@@ -32,12 +32,19 @@ app = FastAPI(
 
 @app.middleware("http")
 async def _check_request_head(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-    """Before any route: ``ingress.allowed_hosts`` (set on ``app.state`` by the Ingress), any other ``Host`` is a
-    400; and Serve's proxy hints (``x-request-timeout-seconds``, ``x-request-disconnect-disabled``), which its proxy
+    """Before any route: a server with no API keys answers only loopback-named hosts and same-site requests
+    (:func:`deployments.edge.hosts.keyless_refusal`); ``ingress.allowed_hosts`` (set on ``app.state`` by the
+    Ingress), any other ``Host`` is a 400; and Serve's proxy hints (``x-request-timeout-seconds``, ``x-request-disconnect-disabled``), which its proxy
     obeys from anyone (:mod:`deployments.edge.proxy_headers`), are a 400 too. One middleware for both: each
     ``BaseHTTPMiddleware`` layer wraps every streamed response."""
     allowed = getattr(request.app.state, "allowed_hosts", ())
     host = request.headers.get("host", "")
+    keyless_networks = getattr(request.app.state, "keyless_networks", None)
+    if keyless_networks is not None and not _is_probe(request):
+        refusal = keyless_refusal(host, request.headers.get("origin"), request.headers.get("sec-fetch-site"), keyless_networks)
+        if refusal is not None:
+            status, message, param, code = refusal
+            return await _api_error_handler(request, ApiError(status, message, param=param, code=code))
     if allowed and not host_allowed(host, allowed):
         error = ApiError(400, f"Host {host[:100]!r} is not one this server answers to (ingress.allowed_hosts)",
                          param="host", code="host_not_allowed")
@@ -49,6 +56,14 @@ async def _check_request_head(request: Request, call_next: Callable[[Request], A
                          param=hint, code="proxy_header_refused")
         return await _api_error_handler(request, error)
     return await call_next(request)
+
+
+_PROBE_PATHS = ("/healthz", "/health")  # asked by orchestrators by address, from anywhere; they tell nothing
+
+
+def _is_probe(request: Request) -> bool:
+    path, root = request.scope.get("path", ""), request.scope.get("root_path", "")
+    return (path[len(root):] if root and path.startswith(root) else path) in _PROBE_PATHS
 
 
 def request_id_of(request: Request) -> str:

@@ -9,6 +9,7 @@ annotations, or it reads a pydantic body as a query parameter.
 """
 
 import asyncio
+import base64
 import collections
 import dataclasses
 import logging
@@ -26,7 +27,7 @@ from ray.serve.exceptions import DeploymentUnavailableError, RayServeException
 from ray.serve.handle import DeploymentHandle
 
 from deployments.config.app_config import AppConfig
-from deployments.edge.analyze import analyze_body, prepare_analysis
+from deployments.edge.analyze import PreparedAnalysis, analyze_body, prepare_analysis
 from deployments.edge.analyze_stream import analysis_events
 from deployments.edge.auth import (
     bearer_key,
@@ -39,6 +40,7 @@ from deployments.edge.auth import (
 from deployments.edge.chat_parameters import refuse_unsupported
 from deployments.edge.chat_translation import to_generation_request
 from deployments.edge.http_app import app, request_id_of, validation_response
+from deployments.edge.job_events import EventStreamSlots, job_events, last_event_id
 from deployments.edge.json_body import read_json_body
 from deployments.edge.off_loop import run_off_loop
 from deployments.edge.openai_schema import (
@@ -50,11 +52,13 @@ from deployments.edge.openai_schema import (
     model_list_body,
     new_completion_id,
 )
+from deployments.edge.rate_limit import PerKeyRate
 from deployments.edge.sse import chat_completion_events
 from deployments.edge.video_jobs import (
-    check_cancellable,
+    JOB_PAGE_DEFAULT,
+    JOB_PAGE_MAX,
+    deleted_job_body,
     job_body,
-    job_events,
     job_list_body,
     job_not_found,
     new_job,
@@ -71,7 +75,7 @@ from deployments.observability.logs import route_logs_through_serve
 from deployments.observability.metrics import IngressMetrics, fallback_reason_label
 from deployments.replica.protocol import ReplicaAnswer, ServedBy
 from deployments.routing.groups import CPU_GROUP, DEPLOYMENT_NAMES, GPU_FLOOR_GROUP, GPU_GROUP, GPU_GROUPS, ROUTING_ORDER
-from deployments.routing.interactive_load import PUBLISH_PERIOD_S, InteractiveLoad
+from deployments.routing.interactive_load import PUBLISH_PERIOD_S, InteractiveLoad, withdraw
 from deployments.routing.router import NoGroupAvailableError, remote_cause, router_for
 from models.checkpoint_source import checkpoint_folder
 from models.errors import InvalidModelInputError, InvalidParameterError, PromptTooLongError
@@ -150,6 +154,8 @@ class Ingress:
         # Groups that scale to zero: with no replica running they are idle, not down.
         self._idle_at_zero = {GPU_FLOOR_GROUP} | ({GPU_GROUP} if config.gpu_group.autoscaling.min_replicas == 0 else set())
         app.state.allowed_hosts = config.ingress.allowed_hosts  # one Ingress a process: the middleware reads it here
+        # No keys: loopback in every sense (the Host a loopback name or an anonymous network's address, no cross-site).
+        app.state.keyless_networks = None if self._api_keys else config.auth.anonymous_networks
         self._readiness_read: tuple[float, dict[str, Any], bool] | None = None  # (read at, body, serving)
         self._readiness_lock = asyncio.Lock()
         self._started = int(time.time())
@@ -164,15 +170,37 @@ class Ingress:
         self._status_messages: dict[str, str] = {}
         watched = [name for name in self._groups if name in GPU_GROUPS]
         self._status_task = asyncio.get_event_loop().create_task(self._watch_gpu_groups(watched)) if watched else None
-        self._files = FilesService(config, on_cache_lookup=self._metrics.record_frame_cache)
+        self._files = FilesService(config, on_cache_lookup=self._metrics.record_frame_cache,
+                                   held_by_jobs=lambda owner: sum(job.result_bytes for job in self._jobs.owned(owner)))
         self._jobs = JobStore(self._files.store)
         self._job_runner = job_runner
         self._runner_calls: set[asyncio.Task] = set()
         self._interactive = InteractiveLoad()
+        self._event_streams = EventStreamSlots(config.jobs)
+        self._job_creations = PerKeyRate(config.jobs.max_job_creations_per_minute,
+                                         setting="jobs.max_job_creations_per_minute", what="created a job")
+        self._owner_locks: collections.defaultdict[str, threading.Lock] = collections.defaultdict(threading.Lock)
         self._load_task = (
             asyncio.get_event_loop().create_task(self._publish_interactive_load()) if job_runner is not None else None
         )
-        self._sweep_task = asyncio.get_event_loop().create_task(self._files.sweep_forever())
+        self._sweep_task = asyncio.get_event_loop().create_task(self._files.sweep_forever(self._files_in_use))
+
+    def _files_in_use(self) -> frozenset[tuple[str, str]]:
+        """(owner, file id) of every unfinished job's video: the file sweep leaves them (called in a worker thread)."""
+        if self._job_runner is None:
+            return frozenset()
+        return frozenset((job.owner, job.file_id) for job in self._jobs.unfinished())
+
+    def __del__(self) -> None:
+        """Serve stops this replica: its interactive-load figure goes from the GCS with it."""
+        if getattr(self, "_load_task", None) is None:
+            return
+        self._load_task.cancel()
+        try:
+            context = serve.get_replica_context()
+            withdraw(context.app_name, context.replica_tag)
+        except Exception as error:  # noqa: BLE001 - the readers delete a forgotten figure
+            logger.warning("Withdrawing the interactive-load figure failed: %s", error)
 
     async def _publish_interactive_load(self) -> None:
         """Tell the job runner, through the GCS, of this replica's interactive requests while there are any."""
@@ -434,46 +462,76 @@ class Ingress:
         payload = await read_json_body(request, limits.max_request_bytes, max_objects=limits.max_schema_bytes // 2 + 64)
         body = parse_job_request(payload)
         self._check_served_model(body.model)
-        job = await asyncio.to_thread(new_job, body, owner=owner, config=self._config, files=self._files, store=self._jobs)
+        self._job_creations.take(owner)
+        try:
+            job = await asyncio.to_thread(new_job, body, owner=owner, config=self._config, files=self._files,
+                                          store=self._jobs, owner_lock=self._owner_locks[owner])
+        except ApiError:
+            self._job_creations.give_back(owner)  # refused: it created nothing
+            raise
         logger.info("Job %s stored: %r, %d segments of %g s, for owner %s", job.id, job.filename, job.segments,
                     job.segment_s, owner)
         self._tell_runner("submit", owner, job.id)
         location = f"{request.scope.get('root_path', '')}/v1/video/jobs/{job.id}"
-        return JSONResponse(job_body(job, []), status_code=202, headers={"location": location})
+        return JSONResponse(job_body(job, [], base=request.scope.get("root_path", "")), status_code=202,
+                            headers={"location": location})
 
     @app.get("/v1/video/jobs")
     async def list_video_jobs(self, request: Request) -> dict[str, Any]:
         owner = self._authorize(request)
         self._require_jobs()
-        return await asyncio.to_thread(lambda: job_list_body(self._jobs.owned(owner), self._jobs))
+        return job_list_body(await asyncio.to_thread(self._jobs.owned, owner))
 
     @app.get("/v1/video/jobs/{job_id}")
-    async def get_video_job(self, job_id: str, request: Request) -> dict[str, Any]:
+    async def get_video_job(
+        self,
+        job_id: str,
+        request: Request,
+        after: int = Query(default=-1, ge=-1, description="The page after this segment index (-1: from the first)."),
+        limit: int = Query(default=JOB_PAGE_DEFAULT, ge=1, le=JOB_PAGE_MAX, description="Segments on the page."),
+    ) -> dict[str, Any]:
         job = await self._owned_job(request, job_id)
-        return job_body(job, await asyncio.to_thread(self._jobs.segments, job))
+        page, next_after = await asyncio.to_thread(self._jobs.segment_page, job, after=after, limit=limit)
+        return job_body(job, page, next_after=next_after, base=request.scope.get("root_path", ""))
+
+    @app.get("/v1/video/jobs/{job_id}/thumbnails/{segment}/{frame}")
+    async def video_job_thumbnail(self, job_id: str, segment: int, frame: int, request: Request) -> Response:
+        """A recorded segment's sampled frame, as the JPEG its events link to."""
+        job = await self._owned_job(request, job_id)
+        data_url = await asyncio.to_thread(self._jobs.thumbnail, job, segment, frame)
+        if data_url is None:
+            raise ApiError(404, f"job {job_id} has no thumbnail {segment}/{frame} (no such segment recorded, or frame)",
+                           error_type="not_found_error", param="frame", code="thumbnail_not_found")
+        return Response(base64.b64decode(data_url.split(",", 1)[1]), media_type="image/jpeg",
+                        headers={"cache-control": "private, max-age=86400", "x-content-type-options": "nosniff"})
 
     @app.get("/v1/video/jobs/{job_id}/events")
     async def video_job_events(self, job_id: str, request: Request) -> StreamingResponse:
         owner = self._authorize(request)
         await self._owned_job(request, job_id)
-        return StreamingResponse(job_events(self._jobs, owner, job_id), media_type="text/event-stream",
-                                 headers={"cache-control": "no-cache"})
+        resume_after = last_event_id(request.headers.get("last-event-id"))
+        release = self._event_streams.take(owner, job_id)
+        events = job_events(self._jobs, owner, job_id, resume_after=resume_after,
+                            max_s=self._config.jobs.max_event_stream_s, base=request.scope.get("root_path", ""),
+                            release=release)
+        return StreamingResponse(events, media_type="text/event-stream", headers={"cache-control": "no-cache"})
 
     @app.delete("/v1/video/jobs/{job_id}")
-    async def cancel_video_job(self, job_id: str, request: Request) -> dict[str, Any]:
-        """Cancel: the request is stored first (a runner that starts later honours it), then the runner stops
-        the job's segments; the answer is the job as it stands after."""
+    async def delete_video_job(self, job_id: str, request: Request) -> dict[str, Any]:
+        """An unfinished job is cancelled: the request is stored first (a runner that starts later honours it),
+        then the runner stops the job's segments; the answer is the job as it stands after. An ended job is
+        deleted, results and all."""
         job = await self._owned_job(request, job_id)
-        check_cancellable(job)
-        if not job.is_final:
-            await asyncio.to_thread(self._jobs.request_cancel, job)
-            try:
-                await asyncio.wait_for(self._job_runner.cancel.remote(job.owner, job.id), timeout=_DESCRIBE_TIMEOUT_S)
-            except Exception as error:  # noqa: BLE001 - the stored request stands; the runner's scan honours it
-                logger.warning("Job %s: the runner did not confirm the cancel (%s); its scan will", job.id, error)
-            job = await asyncio.to_thread(self._jobs.get, job.owner, job.id) or job
-        body = job_body(job, await asyncio.to_thread(self._jobs.segments, job))
-        return {**body, "cancel_requested": True}
+        if job.is_final:
+            await asyncio.to_thread(self._jobs.remove, job)
+            return deleted_job_body(job)
+        await asyncio.to_thread(self._jobs.request_cancel, job)
+        try:
+            await asyncio.wait_for(self._job_runner.cancel.remote(job.owner, job.id), timeout=_DESCRIBE_TIMEOUT_S)
+        except Exception as error:  # noqa: BLE001 - the stored request stands; the runner's scan honours it
+            logger.warning("Job %s: the runner did not confirm the cancel (%s); its scan will", job.id, error)
+        job = await asyncio.to_thread(self._jobs.get, job.owner, job.id) or job
+        return {**job_body(job, base=request.scope.get("root_path", "")), "cancel_requested": True}
 
     async def _owned_job(self, request: Request, job_id: str) -> JobRecord:
         owner = self._authorize(request)
@@ -502,10 +560,6 @@ class Ingress:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(self, request: Request) -> Response:
-        with self._interactive.request():  # job segments back off while people wait (a stream counts to its end)
-            return await self._chat_completions(request)
-
-    async def _chat_completions(self, request: Request) -> Response:
         owner = self._authorize(request)
         limits = self._config.limits
         # The objects a request within the limits can hold: a few per content part, and the schema's.
@@ -516,6 +570,12 @@ class Ingress:
         except pydantic.ValidationError as error:
             return validation_response(request, error.errors())
         self._check_served_model(chat.model)
+        # Job segments back off while people wait (a stream counts to its end); only a request that passed the
+        # key and the body's checks counts, so a stream of refusals cannot hold jobs back.
+        with self._interactive.request():
+            return await self._chat_completions(request, chat, owner)
+
+    async def _chat_completions(self, request: Request, chat: ChatCompletionRequest, owner: str) -> Response:
         if chat.user:
             logger.info("Request %s is from user %r", request_id_of(request), chat.user)
         generation_request = await run_off_loop(
@@ -554,10 +614,6 @@ class Ingress:
 
     @app.post("/v1/analyze")
     async def analyze(self, request: Request) -> Response:
-        with self._interactive.request():
-            return await self._analyze(request)
-
-    async def _analyze(self, request: Request) -> Response:
         """A video file (multipart field ``video``) and a ``question``; see :mod:`deployments.edge.analyze`.
         With ``stream=true`` the answer comes as server-sent events (:mod:`deployments.edge.analyze_stream`)."""
         owner = self._authorize(request)
@@ -566,6 +622,10 @@ class Ingress:
             request, request_id=request_id, config=self._config, files=self._files, owner=owner,
             check_served_model=self._check_served_model,
         )
+        with self._interactive.request():  # checked and decoded: from here it waits on the groups, as a person does
+            return await self._analyze(prepared, request_id)
+
+    async def _analyze(self, prepared: PreparedAnalysis, request_id: str) -> Response:
         if prepared.fields.stream:
             opened, stream = await self._with_api_errors(
                 self._router.open_stream("generate_stream", prepared.generation_request)

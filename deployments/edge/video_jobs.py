@@ -3,33 +3,41 @@
 ``POST`` checks the request (the file is the caller's video, the segments within ``jobs`` and ``limits``,
 the schema bounded as ``response_format``'s, the key's quotas), probes the video's duration from its header,
 stores the job and answers at once; the job runner (:mod:`deployments.jobs.runner`) does the rest. ``GET``
-reads the job and its recorded segments from the store, so any ingress answers for any job, and the events
-route streams each segment's result as it is recorded. Another key's job is a 404, as a file is.
+reads the job's record (its summary) and one page of its recorded segments (``?after=&limit=``) from the store,
+so any ingress answers for any job at a bounded cost, and the events route
+(:mod:`deployments.edge.job_events`) streams each segment's result as it is recorded. Another key's job is a
+404, as a file is. The quotas are counted after the job is stored, and a job over one is removed again
+(:func:`_check_quotas_after_create`).
 """
 
-import asyncio
 import dataclasses
+import logging
 import math
+import threading
 import time
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from deployments.config.app_config import AppConfig
+from deployments.config.jobs import JobsSettings
 from deployments.edge.analyze import checked_question, finite_or_none
-from deployments.edge.analyze_stream import named_event
 from deployments.edge.chat_parameters import check_schema_size
 from deployments.edge.chat_translation import media_error_to_api_error
 from deployments.edge.openai_schema import SEED_MAX
 from deployments.errors import ApiError, describe_validation_errors
 from deployments.files.service import FilesService
-from deployments.jobs.records import JobRecord, JobState, new_job_id, segment_count
+from deployments.jobs.records import JobRecord, new_job_id, segment_count
 from deployments.jobs.segments import DEFAULT_EVENTS_SCHEMA, schema_json, timeline
 from deployments.jobs.store import JobStore
 from models import media
 
-EVENTS_POLL_S = 0.5
+logger = logging.getLogger(__name__)
+
+JOB_PAGE_DEFAULT = 100  # segments on one page of GET /v1/video/jobs/{id}
+JOB_PAGE_MAX = 500
+
 _DEFAULT_SEGMENT_TOKENS = 384  # the default schema's eight events of 200 characters fit
 _DEFAULT_FINAL_TOKENS = 256
 
@@ -71,7 +79,9 @@ def parse_job_request(payload: Any) -> VideoJobRequest:
                        param=described[0][0]) from error
 
 
-def new_job(body: VideoJobRequest, *, owner: str, config: AppConfig, files: FilesService, store: JobStore) -> JobRecord:
+def new_job(
+    body: VideoJobRequest, *, owner: str, config: AppConfig, files: FilesService, store: JobStore, owner_lock: threading.Lock
+) -> JobRecord:
     """Check ``body`` against the limits, the file and the key's quotas, and store it as a queued job (blocking:
     reads the store and the video's header)."""
     limits, settings = config.limits, config.jobs
@@ -109,7 +119,6 @@ def new_job(body: VideoJobRequest, *, owner: str, config: AppConfig, files: File
                        f"segments; a job may have {settings.max_segments_per_job} (jobs.max_segments_per_job): ask for "
                        f"segments of at least {math.ceil(info.duration_s / settings.max_segments_per_job)} s",
                        param="segment_s")
-    _check_quotas(store, owner, segments, config)
     job = JobRecord(
         id=new_job_id(), owner=owner, file_id=record.id, filename=record.filename, file_sha256=record.sha256,
         question=body.question, duration_s=info.duration_s, segment_s=segment_s,
@@ -122,22 +131,40 @@ def new_job(body: VideoJobRequest, *, owner: str, config: AppConfig, files: File
     )
     if job.frames_per_segment is None and job.fps is None:
         job = dataclasses.replace(job, frames_per_segment=limits.video_frames)
-    store.create(job)
+    with owner_lock:  # this replica's creations for a key, one at a time: its count never misses its own
+        store.create(job)
+        try:
+            _check_quotas_after_create(store, job, settings)
+        except ApiError:
+            store.remove(job)
+            raise
     return job
 
 
-def _check_quotas(store: JobStore, owner: str, segments: int, config: AppConfig) -> None:
-    settings = config.jobs
-    active = [job for job in store.owned(owner) if not job.is_final]
-    if len(active) >= settings.max_active_jobs_per_key:
+def _check_quotas_after_create(store: JobStore, job: JobRecord, settings: JobsSettings) -> None:
+    """Count the key's jobs with ``job`` stored: over a quota, the caller removes it. Counted after the create,
+    two creations racing on two ingress replicas each see the other (the store is read-after-write), so both may
+    be refused but never both kept past a quota; within a replica the owner's lock orders them. The key's oldest
+    ended jobs past ``jobs.max_jobs_per_key`` are evicted."""
+    jobs = store.owned(job.owner)
+    others = [other for other in jobs if other.id != job.id]
+    active = [other for other in others if not other.is_final]
+    if len(active) + 1 > settings.max_active_jobs_per_key:
         raise ApiError(429, f"This key has {len(active)} jobs queued or running; the limit is "
                        f"{settings.max_active_jobs_per_key} (jobs.max_active_jobs_per_key). Wait for one to end, or "
                        "cancel one (DELETE /v1/video/jobs/{id})", code="job_quota_exceeded")
-    waiting = sum(job.segments - len(store.recorded_indices(job)) for job in active)
-    if waiting + segments > settings.max_queued_segments_per_key:
-        raise ApiError(429, f"This key has {waiting} segments waiting; with this job's {segments} that is over the "
+    waiting = sum(other.segments - other.recorded for other in active)
+    if waiting + job.segments > settings.max_queued_segments_per_key:
+        raise ApiError(429, f"This key has {waiting} segments waiting; with this job's {job.segments} that is over the "
                        f"{settings.max_queued_segments_per_key} allowed (jobs.max_queued_segments_per_key)",
                        code="job_quota_exceeded")
+    excess = len(jobs) - settings.max_jobs_per_key
+    if excess > 0:
+        ended = sorted((other for other in others if other.is_final), key=lambda other: (other.finished_at or 0, other.id))
+        for evicted in ended[:excess]:
+            store.remove(evicted)
+            logger.info("Job %s of owner %s evicted: the key keeps %d jobs (jobs.max_jobs_per_key)", evicted.id,
+                        job.owner, settings.max_jobs_per_key)
 
 
 def job_not_found(job_id: str) -> ApiError:
@@ -145,11 +172,12 @@ def job_not_found(job_id: str) -> ApiError:
                     error_type="not_found_error", param="job_id", code="job_not_found")
 
 
-def job_body(job: JobRecord, segments: list[dict[str, Any]]) -> dict[str, Any]:
-    """The job as ``GET`` answers it: state, progress, timings, the timeline so far, each segment's result and
-    the final answer."""
-    done = sum(1 for result in segments if result.get("state") == "done")
-    failed = sum(1 for result in segments if result.get("state") == "failed")
+def job_body(job: JobRecord, page: list[dict[str, Any]] | None = None, *, next_after: int | None = None,
+             base: str = "") -> dict[str, Any]:
+    """The job as ``GET`` answers it: state, progress and timings (the record's summary: no result is read for
+    them), the final answer, and one page of recorded segments (``page``, by index) with their events as the
+    page's timeline; ``next_after`` is the next page's ``after`` (``None``: the last). ``base`` is the app's
+    root path, for the thumbnail links."""
     now = time.time()
     end = job.finished_at or now
     body: dict[str, Any] = {
@@ -164,7 +192,9 @@ def job_body(job: JobRecord, segments: list[dict[str, Any]]) -> dict[str, Any]:
         "segment_s": job.segment_s,
         "frames_per_segment": job.frames_per_segment,
         "fps": job.fps,
-        "progress": {"segments": job.segments, "done": done, "failed": failed, "left": job.segments - done - failed},
+        "progress": {"segments": job.segments, "done": job.done, "failed": job.failed,
+                     "left": job.segments - job.done - job.failed},
+        "result_bytes": job.result_bytes,
         "created_at": job.created_at,
         "started_at": job.started_at,
         "finished_at": job.finished_at,
@@ -172,76 +202,57 @@ def job_body(job: JobRecord, segments: list[dict[str, Any]]) -> dict[str, Any]:
         "timings": {
             "queued_s": round((job.started_at or end) - job.created_at, 3),
             "wall_s": round(end - job.created_at, 3),
-            "decode_s": round(sum(result.get("timings", {}).get("decode_s", 0.0) for result in segments), 3),
-            "inference_s": round(sum(result.get("timings", {}).get("inference_s", 0.0) for result in segments), 3),
+            "decode_s": round(job.decode_s, 3),
+            "inference_s": round(job.inference_s, 3),
         },
+        "final": (
+            {"answer": job.final_answer, "usage": job.final_usage, "served_by": job.final_served_by,
+             "timeline_events_used": job.timeline_events_used}
+            if job.final_answer is not None else None
+        ),
     }
-    body["timeline"] = timeline(segments)
-    body["segments"] = [_without_thumbnails(result) for result in segments]
-    body["final"] = (
-        {"answer": job.final_answer, "usage": job.final_usage, "served_by": job.final_served_by,
-         "timeline_events_used": job.timeline_events_used}
-        if job.final_answer is not None else None
-    )
+    if page is not None:
+        linked = [with_thumbnail_links(result, job.id, base) for result in page]
+        body["timeline"] = timeline(linked)
+        body["segments"] = [_without_events(result) for result in linked]
+        body["next_after"] = next_after
+        body["has_more"] = next_after is not None
     return body
 
 
-def _without_thumbnails(result: dict[str, Any]) -> dict[str, Any]:
-    """A segment's result without its events (the timeline holds them, thumbnails and all) or its thumbnail
-    (the events route sends it)."""
-    kept = {key: value for key, value in result.items() if key not in ("events", "thumbnail")}
-    return kept | {"events": len(result.get("events", []))}
+def with_thumbnail_links(result: dict[str, Any], job_id: str, base: str) -> dict[str, Any]:
+    """A recorded result with a link to each thumbnail it names (its middle frame's, and each event's frame's)."""
+    index = result["index"]
+
+    def link(frame: int) -> str:
+        return f"{base}/v1/video/jobs/{job_id}/thumbnails/{index}/{frame}"
+
+    linked = dict(result)
+    if "thumbnail_frame" in result:
+        linked["thumbnail_url"] = link(result["thumbnail_frame"])
+    linked["events"] = [{**event, "thumbnail_url": link(event["frame"])} if "frame" in event else event
+                        for event in result.get("events", [])]
+    return linked
 
 
-def job_list_body(jobs: list[JobRecord], store: JobStore) -> dict[str, Any]:
-    """The key's jobs without their results: each one's progress is its recorded segments (one listing of the
-    store a job, never a read of each result)."""
+def _without_events(result: dict[str, Any]) -> dict[str, Any]:
+    """A segment's result without its events (the page's timeline holds them): their count instead."""
+    return {key: value for key, value in result.items() if key != "events"} | {"events": len(result.get("events", []))}
+
+
+def job_list_body(jobs: list[JobRecord]) -> dict[str, Any]:
+    """The key's jobs without their results; each one's progress is its record's summary (no result is read)."""
     data = []
     for job in jobs:
-        recorded = len(store.recorded_indices(job))
         data.append({
             "id": job.id, "object": "video.job", "state": job.state.value, "reason": job.reason, "file_id": job.file_id,
             "filename": job.filename, "question": job.question, "duration_s": job.duration_s,
-            "progress": {"segments": job.segments, "recorded": recorded, "left": job.segments - recorded},
+            "progress": {"segments": job.segments, "recorded": job.recorded, "left": job.segments - job.recorded},
             "created_at": job.created_at, "started_at": job.started_at, "finished_at": job.finished_at,
             "expires_at": job.expires_at,
         })
     return {"object": "list", "data": data}
 
 
-async def job_events(store: JobStore, owner: str, job_id: str) -> AsyncIterator[str]:
-    """Server-sent events: ``progress`` first, a ``segment`` per result as it is recorded (every recorded one,
-    from the start, to a client that connects late) and ``progress`` after them, and ``done`` with the whole job
-    (timeline and final answer) when it ends. A job that goes meanwhile (expired) ends the stream with an ``error``."""
-    sent: set[int] = set()
-    counts = {"done": 0, "failed": 0}
-    last_progress: dict[str, Any] | None = None
-    while True:
-        job = await asyncio.to_thread(store.get, owner, job_id)
-        if job is None:
-            yield named_event("error", {"message": f"job {job_id} is gone (expired)"})
-            return
-        new = sorted(await asyncio.to_thread(store.recorded_indices, job) - sent)
-        for result in await asyncio.to_thread(store.segments, job, new) if new else []:
-            sent.add(result["index"])
-            counts[result.get("state", "failed")] = counts.get(result.get("state", "failed"), 0) + 1
-            yield named_event("segment", result)
-        done, failed = counts["done"], counts["failed"]
-        progress = {"state": job.state.value, "segments": job.segments, "done": done, "failed": failed,
-                    "left": job.segments - done - failed}
-        if progress != last_progress:
-            yield named_event("progress", progress)
-            last_progress = progress
-        if job.is_final:
-            yield named_event("done", job_body(job, await asyncio.to_thread(store.segments, job)))
-            return
-        await asyncio.sleep(EVENTS_POLL_S)
-
-
-def check_cancellable(job: JobRecord) -> None:
-    if job.state in (JobState.SUCCEEDED, JobState.FAILED):
-        raise ApiError(409, f"job {job.id} has ended ({job.state.value}); nothing to cancel. It is deleted "
-                       f"{max(0, round((job.expires_at or 0) - time.time()))} s from now (jobs.ttl_s)",
-                       param="job_id", code="job_ended")
-
-
+def deleted_job_body(job: JobRecord) -> dict[str, Any]:
+    return {"id": job.id, "object": "video.job", "deleted": True, "state": job.state.value}

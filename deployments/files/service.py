@@ -10,11 +10,13 @@ resolve through :class:`FilesService`, which answers a video's frames from the d
 """
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import logging
 import pathlib
 import tempfile
+import threading
 from typing import Any, AsyncIterator, BinaryIO, Callable, Iterator
 
 from starlette.requests import Request
@@ -42,9 +44,16 @@ _IMAGE_HEAD_BYTES = 1024 * 1024  # Pillow reads the header from the first bytes
 class FilesService:
     """The store, the quotas and the frame cache of one ingress replica."""
 
-    def __init__(self, config: AppConfig, on_cache_lookup: Callable[[bool], None] = lambda hit: None) -> None:
+    def __init__(
+        self,
+        config: AppConfig,
+        on_cache_lookup: Callable[[bool], None] = lambda hit: None,
+        held_by_jobs: Callable[[str], int] = lambda owner: 0,
+    ) -> None:
         settings = config.files
         self._on_cache_lookup = on_cache_lookup  # the metrics' hit and miss counter
+        self._held_by_jobs = held_by_jobs  # an owner's jobs' result bytes: they count against files.max_bytes_per_key
+        self._owner_locks: collections.defaultdict[str, threading.Lock] = collections.defaultdict(threading.Lock)
         self.store = open_store(config)
         url = self.store.url
         self.frames = FrameCache(settings.frame_cache_bytes)
@@ -70,23 +79,9 @@ class FilesService:
                     400, f"purpose: {purpose!r}; send one of {', '.join(PURPOSES)} (curl -F purpose=vision)",
                     param="purpose",
                 )
-            held = await asyncio.to_thread(self.store.list, owner)
-            held_bytes = sum(record.bytes for record in held)
-            if len(held) + 1 > settings.max_files_per_key:
-                raise ApiError(
-                    429, f"This key holds {len(held)} files; the limit is {settings.max_files_per_key} "
-                    "(files.max_files_per_key). Delete some (DELETE /v1/files/{id}) first",
-                    code="file_quota_exceeded",
-                )
-            if held_bytes + upload.size_bytes > settings.max_bytes_per_key:
-                raise ApiError(
-                    413, f"This key holds {held_bytes} bytes of files; with this one ({upload.size_bytes} bytes) "
-                    f"that is over the {settings.max_bytes_per_key}-byte limit (files.max_bytes_per_key)",
-                    code="file_quota_exceeded",
-                )
             sha256, kind, content_type = await asyncio.to_thread(_hash_and_sniff, upload.path)
             record = await asyncio.to_thread(
-                self.store.put,
+                self._put_within_quotas,
                 str(upload.path),
                 owner=owner,
                 filename=upload.filename or "upload",
@@ -99,6 +94,38 @@ class FilesService:
             )
         logger.info("Stored %s (%r, %d bytes, %s) for owner %s", record.id, record.filename, record.bytes, kind, owner)
         return record.to_openai()
+
+    def _put_within_quotas(self, local_path: str, *, owner: str, size_bytes: int, **fields: Any) -> FileRecord:
+        """Store the upload, then count the key's files with it (``files.max_files_per_key``, ``max_bytes_per_key``
+        with its jobs' results): over a quota it is deleted again. Counted after the store, two uploads racing on
+        two ingress replicas each see the other, so both may be refused but never both kept past a quota; this
+        replica's uploads for a key are counted one at a time. A key plainly over its quota is refused before
+        anything is stored."""
+        with self._owner_locks[owner]:
+            self._check_quotas(owner, self.store.list(owner), size_bytes)
+            record = self.store.put(local_path, owner=owner, size_bytes=size_bytes, **fields)
+            try:
+                self._check_quotas(owner, [held for held in self.store.list(owner) if held.id != record.id], size_bytes)
+            except ApiError:
+                self.store.delete(owner, record.id)
+                raise
+        return record
+
+    def _check_quotas(self, owner: str, others: list[FileRecord], size_bytes: int) -> None:
+        settings = self._config.files
+        if len(others) + 1 > settings.max_files_per_key:
+            raise ApiError(
+                429, f"This key holds {len(others)} files; the limit is {settings.max_files_per_key} "
+                "(files.max_files_per_key). Delete some (DELETE /v1/files/{id}) first",
+                code="file_quota_exceeded",
+            )
+        held_bytes = sum(held.bytes for held in others) + self._held_by_jobs(owner)
+        if held_bytes + size_bytes > settings.max_bytes_per_key:
+            raise ApiError(
+                413, f"This key holds {held_bytes} bytes of files and job results; with this one ({size_bytes} bytes) "
+                f"that is over the {settings.max_bytes_per_key}-byte limit (files.max_bytes_per_key)",
+                code="file_quota_exceeded",
+            )
 
     async def list(self, owner: str, *, purpose: str | None, limit: int, order: str, after: str | None) -> dict[str, Any]:
         records = await asyncio.to_thread(self.store.list, owner)
@@ -140,12 +167,13 @@ class FilesService:
             raise _not_found(file_id, "file_id")
         return {"id": file_id, "object": "file", "deleted": True}
 
-    async def sweep_forever(self) -> None:
-        """Delete expired files every ``files.sweep_period_s`` (each ingress; the first to see one deletes it)."""
+    async def sweep_forever(self, in_use: Callable[[], frozenset[tuple[str, str]]] = frozenset) -> None:
+        """Delete expired files every ``files.sweep_period_s`` (each ingress; the first to see one deletes it), but
+        those ``in_use()`` names (owner, file id): an unfinished job's file stays until the job ends."""
         while True:
             await asyncio.sleep(self._config.files.sweep_period_s)
             try:
-                await asyncio.to_thread(self.store.sweep)
+                await asyncio.to_thread(lambda: self.store.sweep(in_use()))
             except Exception as error:  # noqa: BLE001 - a store hiccup must not end the sweeping
                 logger.warning("Sweeping expired files failed: %s", error)
 

@@ -9,8 +9,8 @@ store's root::
 ``owner`` is the first 16 hex digits of the SHA-256 of the API key that uploaded the file
 (``anonymous`` with keys off). A file is looked up under its caller's owner only, so another key's
 file is not found (404), never forbidden (403), and ids cannot be probed. A file past its time to
-live is swept (both objects deleted) by whichever ingress sweeps first; one being read meanwhile is
-simply not found.
+live is not found, and is swept (both objects deleted) by whichever ingress sweeps first, unless an unfinished
+job analyses it; one being read meanwhile is simply not found.
 
 Paths are built from the caller's owner and a checked file id, never from a record's own fields: a
 record whose id or owner differs from where it lies (edited, or planted) counts as no file, as does one
@@ -137,14 +137,15 @@ class FileStore:
         self._fs.pipe_file(self._path(owner, record.id, ".json"), json.dumps(dataclasses.asdict(record)).encode())
         return record
 
-    def get(self, owner: str, file_id: str) -> FileRecord | None:
+    def get(self, owner: str, file_id: str, *, include_expired: bool = False) -> FileRecord | None:
+        """The caller's file; one past its time to live is not found (the sweep deletes it, unless an unfinished
+        job uses it: ``include_expired`` is the job runner's read of such a file)."""
         if not _looks_like_id(file_id):
             return None
         record = self._load(self._path(owner, file_id, ".json"), owner, file_id)
         if record is None:
             return None
-        if record.expires_at is not None and record.expires_at <= time.time():
-            self._remove(record)
+        if not include_expired and record.expires_at is not None and record.expires_at <= time.time():
             return None
         return record
 
@@ -178,13 +179,14 @@ class FileStore:
     def read(self, record: FileRecord) -> bytes:
         return self._fs.cat_file(self._path(record.owner, record.id))
 
-    def sweep(self) -> int:
-        """Delete every file past its time to live, whoever owns it; how many went."""
+    def sweep(self, in_use: frozenset[tuple[str, str]] = frozenset()) -> int:
+        """Delete every file past its time to live, whoever owns it, but those ``in_use`` (owner, file id) by an
+        unfinished job; how many went."""
         now = time.time()
         swept = 0
         for path in self._fs.glob(f"{self._root}/*/file-*.json"):
             record = self._load(path, path.rsplit("/", 2)[-2], _id_of(path))
-            if record is None:
+            if record is None or (record.owner, record.id) in in_use:
                 continue
             if record.expires_at is not None and record.expires_at <= now:
                 self._remove(record)

@@ -35,6 +35,7 @@ class DecodedSegment:
     seconds: float
     fetched_bytes: int | None
     node_ip: str | None
+    file_gone: bool = False  # the file is not in the store any more: every other segment would fail alike
 
 
 @ray.remote(max_retries=DECODE_TASK_RETRIES)
@@ -59,6 +60,6 @@ def decode_segment(
         sampled = sample_from_store(FileStore(store_url, storage_options), record, selection, limits, budget, fetched)
         return DecodedSegment(sampled, None, time.perf_counter() - started, fetched[0] if fetched else None, node_ip)
     except ApiError as error:  # the file went (404)
-        return DecodedSegment(None, error.message, time.perf_counter() - started, None, node_ip)
+        return DecodedSegment(None, error.message, time.perf_counter() - started, None, node_ip, file_gone=True)
     except MediaError as error:
         return DecodedSegment(None, f"{type(error).__name__}: {error}", time.perf_counter() - started, None, node_ip)

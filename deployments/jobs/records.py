@@ -98,6 +98,12 @@ class JobRecord:
     final_usage: dict[str, int] | None = None
     final_served_by: dict[str, str] | None = None
     timeline_events_used: int | None = None  # how many events the final answer's prompt held
+    # The runner's running summary of the recorded segments, so that reading a job never reads every result.
+    done: int = 0
+    failed: int = 0
+    decode_s: float = 0.0
+    inference_s: float = 0.0
+    result_bytes: int = 0  # the results' stored bytes (thumbnails included): counted against jobs.max_result_bytes_per_job
 
     def plan(self) -> list[Segment]:
         return plan_segments(self.duration_s, self.segment_s)
@@ -114,6 +120,22 @@ class JobRecord:
 
     def to_json(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "state": self.state.value}
+
+    @property
+    def recorded(self) -> int:
+        return self.done + self.failed
+
+    def counted(self, result: dict[str, Any], stored_bytes: int) -> "JobRecord":
+        """This record with one more recorded segment in its summary."""
+        timings = result.get("timings", {})
+        return dataclasses.replace(
+            self,
+            done=self.done + (result.get("state") == "done"),
+            failed=self.failed + (result.get("state") != "done"),
+            decode_s=round(self.decode_s + timings.get("decode_s", 0.0), 4),
+            inference_s=round(self.inference_s + timings.get("inference_s", 0.0), 4),
+            result_bytes=self.result_bytes + stored_bytes,
+        )
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "JobRecord":

@@ -24,6 +24,7 @@ start and its running ones are cancelled (the replica takes them out of its batc
 import asyncio
 import collections
 import dataclasses
+import json
 import logging
 import time
 from typing import Any
@@ -38,7 +39,14 @@ from deployments.files.service import open_store
 from deployments.files.store import FileRecord
 from deployments.jobs.decode import DecodedSegment, decode_segment
 from deployments.jobs.records import JobRecord, JobState, Segment
-from deployments.jobs.segments import failed_segment, final_request, segment_request, segment_result, timeline
+from deployments.jobs.segments import (
+    EventBounds,
+    failed_segment,
+    final_request,
+    segment_request,
+    segment_result,
+    timeline,
+)
 from deployments.jobs.store import JobStore
 from deployments.observability.logs import route_logs_through_serve
 from deployments.replica.background import lower_priority
@@ -56,6 +64,7 @@ logger = logging.getLogger(__name__)
 _OWN_FAULTS = (InvalidModelInputError, PromptTooLongError, InvalidParameterError)
 _RETRY_PAUSE_S = 1.0
 _MAX_RETRY_PAUSE_S = 10.0
+_ADOPTION_WAIT_S = 5.0  # a cancel waits this long at most for the job's adoption to finish
 _FINAL_THINNINGS = 10  # halvings of the timeline before the final answer gives up on fitting
 
 
@@ -70,6 +79,7 @@ class _JobRun:
     groups: dict[int, str] = dataclasses.field(default_factory=dict)  # running segment -> the group serving it
     finishing: asyncio.Task | None = None
     cancelled: bool = False
+    saving: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)  # the record's writes, in order
 
 
 @serve.deployment
@@ -95,6 +105,7 @@ class JobRunner:
         self._frames = FrameCache(config.files.frame_cache_bytes)
         self._runs: dict[str, _JobRun] = {}
         self._adopting: set[str] = set()
+        self._bounds = EventBounds(max_events=self._settings.max_events_per_segment, max_keys=self._settings.max_event_keys)
         self._wake = asyncio.Event()
         self._published_backlog: int | None = None
         self._recorded = 0
@@ -115,6 +126,9 @@ class JobRunner:
 
     async def cancel(self, owner: str, job_id: str) -> None:
         """Stop a job now: the ingress has stored the request to cancel it."""
+        deadline = time.monotonic() + _ADOPTION_WAIT_S
+        while job_id in self._adopting and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)  # being taken: it honours the stored cancel before it is let go
         run = self._runs.get(job_id)
         if run is not None and run.job.owner == owner:
             await self._cancel(run)
@@ -172,6 +186,9 @@ class JobRunner:
         self._adopting.add(job.id)  # submit and the scan may both find a new job
         try:
             await self._take(job)
+            run = self._runs.get(job.id)
+            if run is not None and await asyncio.to_thread(self._store.cancel_requested, job):
+                await self._cancel(run)  # a cancel stored while it was being taken
         finally:
             self._adopting.discard(job.id)
 
@@ -180,21 +197,32 @@ class JobRunner:
             await self._save(job.moved(JobState.CANCELLED, "cancelled before it started", finished_at=time.time(),
                                        expires_at=time.time() + self._settings.ttl_s))
             return
-        file = await asyncio.to_thread(self._files.get, job.owner, job.file_id)
+        # An unfinished job keeps its file: the sweep leaves it however old (files.ttl_s), until the job ends.
+        file = await asyncio.to_thread(self._files.get, job.owner, job.file_id, include_expired=True)
         if file is None:
-            await self._end(job, JobState.FAILED, f"its file {job.file_id} is gone (deleted or expired)")
+            await self._end(job, JobState.FAILED, f"its file {job.file_id} is gone (deleted)")
             return
         recorded = await asyncio.to_thread(self._store.recorded_indices, job)
+        if len(recorded) != job.recorded:  # a runner that died between a result and the summary: count again
+            job = await asyncio.to_thread(self._recounted, job)
         queue = collections.deque(segment for segment in job.plan() if segment.index not in recorded)
         if job.state is JobState.QUEUED:
             job = job.moved(JobState.RUNNING, "running", started_at=time.time())
-            await self._save(job)
+        if not await asyncio.to_thread(self._store.save, job):
+            return  # it ended meanwhile (cancelled): the stored end stands
         run = _JobRun(job=job, queue=queue, file=file)
         self._runs[job.id] = run
         logger.info("Job %s: %d of %d segments to run (%d recorded already)", job.id, len(queue), job.segments, len(recorded))
         if not queue:
             run.finishing = asyncio.get_event_loop().create_task(self._finish(run))
         self._wake.set()
+
+    def _recounted(self, job: JobRecord) -> JobRecord:
+        """The job with its summary counted from its recorded results (read once, at adoption)."""
+        counted = dataclasses.replace(job, done=0, failed=0, decode_s=0.0, inference_s=0.0, result_bytes=0)
+        for result in self._store.segments(job):
+            counted = counted.counted(result, len(json.dumps(result)))
+        return counted
 
     # -- dispatching --------------------------------------------------------------------------------
 
@@ -217,8 +245,9 @@ class JobRunner:
             await asyncio.sleep(PUBLISH_PERIOD_S)
 
     def _bound(self) -> int:
+        """Segments in flight at most now; never under 1, so that jobs always move, however busy people are."""
         settings = self._settings
-        return settings.max_running_segments_under_load if self._under_load else settings.max_running_segments
+        return max(1, settings.max_running_segments_under_load if self._under_load else settings.max_running_segments)
 
     def _dispatch(self) -> None:
         """Start queued segments, one job at a time round-robin, within the overall (lower under interactive load)
@@ -253,18 +282,16 @@ class JobRunner:
 
     async def _segment(self, run: _JobRun, segment: Segment) -> None:
         try:
-            result = await self._attempts(run, segment)
-            recorded = await asyncio.to_thread(self._store.put_segment, run.job, result)
-            if recorded:
-                self._recorded += 1
-            else:
-                self._duplicates += 1
-                logger.warning("Job %s segment %d: a result was recorded already; this one is dropped", run.job.id, segment.index)
+            result, thumbnails = await self._attempts(run, segment)
+            if result.get("file_gone"):
+                await self._fail_for_file(run, result["error"])
+                return
+            await self._record(run, result, thumbnails)
         except asyncio.CancelledError:
             logger.info("Job %s segment %d cancelled", run.job.id, segment.index)
         except Exception:  # noqa: BLE001 - a bug must not leave the job waiting forever
             logger.exception("Job %s segment %d failed in the runner", run.job.id, segment.index)
-            await asyncio.to_thread(self._store.put_segment, run.job, failed_segment(segment, "the runner failed", attempts=1))
+            await self._record(run, failed_segment(segment, "the runner failed", attempts=1), [])
         finally:
             run.running.pop(segment.index, None)
             run.groups.pop(segment.index, None)
@@ -272,7 +299,38 @@ class JobRunner:
                 run.finishing = asyncio.get_event_loop().create_task(self._finish(run))
             self._wake.set()
 
-    async def _attempts(self, run: _JobRun, segment: Segment) -> dict[str, Any]:
+    async def _record(self, run: _JobRun, result: dict[str, Any], thumbnails: list[str]) -> None:
+        """Store a segment's result once, within the job's result bytes, and count it in the job's summary."""
+        job, cap = run.job, self._settings.max_result_bytes_per_job
+        size = len(json.dumps(result)) + len(json.dumps(thumbnails))
+        if job.result_bytes + size > cap:
+            segment = Segment(result["index"], result["start_s"], result["end_s"])
+            result = failed_segment(segment, f"its result ({size} bytes) would take the job's results past "
+                                    f"{cap} bytes (jobs.max_result_bytes_per_job; {job.result_bytes} recorded)",
+                                    attempts=result.get("attempts", 1))
+            thumbnails = []
+        stored = await asyncio.to_thread(self._store.put_segment, job, result, thumbnails)
+        if stored is None:
+            self._duplicates += 1
+            logger.warning("Job %s segment %d: a result was recorded already; this one is dropped", job.id, result["index"])
+            return
+        self._recorded += 1
+        run.job = run.job.counted(result, stored)
+        await self._save(run.job)
+
+    async def _fail_for_file(self, run: _JobRun, reason: str) -> None:
+        """The job's file went mid-job: every segment left would fail the same way, each at a decode's cost."""
+        if run.cancelled:
+            return
+        run.cancelled = True
+        run.queue.clear()
+        current = asyncio.current_task()
+        others = [task for task in run.running.values() if task is not current]
+        for task in others:
+            task.cancel()
+        await self._end(run.job, JobState.FAILED, f"its file {run.job.file_id} went mid-job: {reason}")
+
+    async def _attempts(self, run: _JobRun, segment: Segment) -> tuple[dict[str, Any], list[str]]:
         """The segment's result: answered, or failed with the last reason.
 
         A call that fails after a replica took it (the replica died, a bug) spends one of ``jobs.segment_attempts``;
@@ -287,21 +345,23 @@ class JobRunner:
             try:
                 decoded = await self._frames_of(run, segment)
                 if decoded.frames is None:
-                    return failed_segment(segment, f"its frames: {decoded.why_not}", attempts=tries)
+                    failed = failed_segment(segment, f"its frames: {decoded.why_not}", attempts=tries)
+                    return ({**failed, "file_gone": True} if decoded.file_gone else failed), []
                 request = segment_request(job, segment, decoded.frames, self._config.limits.max_prompt_tokens)
                 answer = await self._router.call(
                     "generate_stream", request, on_opened=lambda opened: self._opened(run, segment, opened)
                 )
-                result = segment_result(job, segment, decoded.frames, answer, attempts=tries, decode_s=decoded.seconds)
-                return {**result, "store_bytes_fetched": decoded.fetched_bytes, "decoded_on": decoded.node_ip}
+                result, thumbnails = segment_result(job, segment, decoded.frames, answer, attempts=tries,
+                                                    decode_s=decoded.seconds, bounds=self._bounds)
+                return {**result, "store_bytes_fetched": decoded.fetched_bytes, "decoded_on": decoded.node_ip}, thumbnails
             except _OWN_FAULTS as error:
-                return failed_segment(segment, str(remote_cause(error)), attempts=tries)
+                return failed_segment(segment, str(remote_cause(error)), attempts=tries), []
             except NoGroupAvailableError as error:
                 reason = f"no group could take it: {error}"
                 unavailable_since = unavailable_since or time.monotonic()
                 if time.monotonic() - unavailable_since > self._settings.max_wait_for_groups_s:
                     return failed_segment(segment, f"{reason} (for {self._settings.max_wait_for_groups_s:g} s, "
-                                          "jobs.max_wait_for_groups_s)", attempts=tries)
+                                          "jobs.max_wait_for_groups_s)", attempts=tries), []
             except Exception as error:  # noqa: BLE001 - a replica that died mid-segment: try again elsewhere
                 cause = remote_cause(error)
                 reason = f"{type(cause).__name__}: {str(cause).splitlines()[0][:300] if str(cause) else ''}"
@@ -312,7 +372,7 @@ class JobRunner:
             pause = min(_MAX_RETRY_PAUSE_S, _RETRY_PAUSE_S * 2 ** min(tries - 1, 4))
             logger.warning("Job %s segment %d, try %d: %s; again in %.0f s", job.id, segment.index, tries, reason, pause)
             await asyncio.sleep(pause)
-        return failed_segment(segment, reason, attempts=tries)
+        return failed_segment(segment, reason, attempts=tries), []
 
     def _opened(self, run: _JobRun, segment: Segment, opened: StreamOpened) -> None:
         run.groups[segment.index] = opened.served_by.group
@@ -390,6 +450,8 @@ class JobRunner:
                 await asyncio.sleep(_RETRY_PAUSE_S * 2**attempt)
 
     async def _cancel(self, run: _JobRun) -> None:
+        if run.cancelled:
+            return
         run.cancelled = True
         queued = len(run.queue)
         run.queue.clear()
@@ -404,12 +466,24 @@ class JobRunner:
         now = time.time()
         if job.is_final:
             return
-        await self._save(job.moved(state, reason, finished_at=now, expires_at=now + self._settings.ttl_s, **changes))
-        self._runs.pop(job.id, None)
+        run = self._runs.get(job.id)
+        if run is not None:
+            job = run.job  # its summary as last counted
+        if state is JobState.SUCCEEDED and await asyncio.to_thread(self._store.cancel_requested, job):
+            # A client told its cancel was taken (a runner that had not seen it yet) never sees it succeed.
+            state, reason, changes = JobState.CANCELLED, "cancelled while its final answer was being made", {}
+        try:
+            await self._save(job.moved(state, reason, finished_at=now, expires_at=now + self._settings.ttl_s, **changes))
+        finally:  # even when this task is cancelled mid-save: a run left here would never be let go
+            self._runs.pop(job.id, None)
+            self._wake.set()
         logger.info("Job %s %s: %s", job.id, state.value, reason)
-        self._wake.set()
 
-    async def _save(self, job: JobRecord) -> None:
-        if job.id in self._runs:
-            self._runs[job.id].job = job
-        await asyncio.to_thread(self._store.save, job)
+    async def _save(self, job: JobRecord) -> bool:
+        """Write the record (in order, one write of a job at a time); ``False`` when the stored one has ended."""
+        run = self._runs.get(job.id)
+        if run is None:
+            return await asyncio.to_thread(self._store.save, job)
+        run.job = job  # callers derive it from run.job: the newest
+        async with run.saving:  # a save waiting here writes the newest record then, never an older one
+            return await asyncio.to_thread(self._store.save, run.job)

@@ -5,7 +5,11 @@ Each segment is asked the job's question about its own range, with its frames (t
 video's clock, as the chat template shows them) and the job's schema: by default a list of events, each a time
 and a description. An event's time is put in the whole video's clock: a time inside the segment stands; one
 inside ``[0, segment length)`` was counted from the segment's start; any other is moved to the nearest end of
-the segment and marked ``time_adjusted``. Each event carries the thumbnail of the sampled frame nearest to it.
+the segment and marked ``time_adjusted``. Each event names the sampled frame nearest to it (``frame``); the
+frames' thumbnails are stored once per frame beside the result (:meth:`JobStore.put_segment`) and served by
+their own route, never copied into events. A segment keeps at most ``jobs.max_events_per_segment`` events of at
+most ``jobs.max_event_keys`` keys each, whatever the caller's schema lets the model write; the result says how
+many were dropped. Numbers the model wrote that JSON cannot carry (``1e999``, ``NaN``) are recorded as ``null``.
 
 The final answer is one more request, text only: the job's question over the timeline's events, in time
 order. A timeline too long for ``limits.max_prompt_tokens`` is thinned (every other event dropped, evenly over
@@ -13,6 +17,8 @@ the video) until it fits; the job says how many events the final prompt held.
 """
 
 import bisect
+import dataclasses
+import itertools
 import json
 import math
 from typing import Any
@@ -80,6 +86,28 @@ def segment_request(job: JobRecord, segment: Segment, sampled: SampledVideo, max
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class EventBounds:
+    """What one segment's result may hold (``jobs.max_events_per_segment``, ``jobs.max_event_keys``)."""
+
+    max_events: int
+    max_keys: int
+
+
+def parse_answer(text: str) -> Any:
+    """The model's JSON answer with every non-finite number (``1e999``, ``Infinity``, ``NaN``) as ``None``;
+    ``ValueError`` when it is not JSON (or nests past the parser's depth)."""
+    try:
+        return json.loads(text, parse_constant=lambda _name: None, parse_float=_finite_float)
+    except RecursionError as error:
+        raise ValueError("it nests deeper than the parser goes") from error
+
+
+def _finite_float(literal: str) -> float | None:
+    value = float(literal)
+    return value if math.isfinite(value) else None
+
+
 def segment_result(
     job: JobRecord,
     segment: Segment,
@@ -88,20 +116,23 @@ def segment_result(
     *,
     attempts: int,
     decode_s: float,
-) -> dict[str, Any]:
+    bounds: EventBounds,
+) -> tuple[dict[str, Any], list[str]]:
     """What is recorded for a segment the model answered: its answer parsed, its events in the whole video's
-    clock with thumbnails, its frames' times, who served it and what it cost."""
+    clock (each naming its nearest frame), its frames' times, who served it and what it cost; and the frames'
+    thumbnails, stored once beside it."""
     text = answer.result.text
     try:
-        parsed: Any = json.loads(text)
+        parsed: Any = parse_answer(text)
         parse_error = None
     except ValueError as error:
         parsed, parse_error = None, f"the answer is not JSON ({error}); finish_reason {answer.result.finish_reason}"
     times = list(sampled.timestamps_s)
     used_times = list(answer.used_timestamps_s or times)
     thumbnails = frame_thumbnails(sampled.frames)
-    events = sorted((_placed(event, segment, times, thumbnails) for event in _events_of(parsed, job.custom_schema, segment)),
-                    key=lambda event: event["time_s"])
+    found = _events_of(parsed, job.custom_schema, segment)
+    kept = found[: bounds.max_events]
+    events = sorted((_placed(event, segment, times, bounds.max_keys) for event in kept), key=lambda event: event["time_s"])
     return {
         "index": segment.index,
         "start_s": segment.start_s,
@@ -112,7 +143,8 @@ def segment_result(
         "parse_error": parse_error,
         "finish_reason": answer.result.finish_reason,
         "events": events,
-        "thumbnail": thumbnails[len(thumbnails) // 2],  # the segment's middle frame, for a timeline's row
+        "events_dropped": len(found) - len(kept),  # past jobs.max_events_per_segment
+        "thumbnail_frame": len(thumbnails) // 2,  # the segment's middle frame, for a timeline's row
         # What the model saw: fewer frames than sampled when the replica shrank it to fit.
         "frames": {"count": len(used_times), "timestamps_s": used_times, "substituted": sampled.substituted},
         "usage": {"prompt_tokens": answer.result.prompt_tokens, "completion_tokens": answer.result.completion_tokens},
@@ -121,7 +153,7 @@ def segment_result(
         "attempts": attempts,
         "timings": {"decode_s": round(decode_s, 4), "inference_s": round(answer.inference_seconds or 0.0, 4)},
         "out_of_memory_retries": len(answer.oom_retries),
-    }
+    }, thumbnails
 
 
 def failed_segment(segment: Segment, reason: str, *, attempts: int) -> dict[str, Any]:
@@ -147,7 +179,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _placed(event: dict[str, Any], segment: Segment, times: list[float], thumbnails: list[str]) -> dict[str, Any]:
+def _placed(event: dict[str, Any], segment: Segment, times: list[float], max_keys: int) -> dict[str, Any]:
     time_s = float(event["time_s"])
     adjusted = False
     if not segment.start_s <= time_s <= segment.end_s:
@@ -157,12 +189,15 @@ def _placed(event: dict[str, Any], segment: Segment, times: list[float], thumbna
             time_s = min(max(time_s, segment.start_s), segment.end_s)
             adjusted = True
     nearest = _nearest(times, time_s)
+    # The caller's own keys, at most max_keys of them (time_s and description count among them).
+    own = dict(itertools.islice(((key, value) for key, value in event.items() if key not in ("time_s", "description")),
+                                max(0, max_keys - 2)))
     placed = {
-        **event,
+        **own,
         "time_s": round(time_s, 3),
         "description": str(event.get("description", ""))[:MAX_EVENT_CHARS],
         "frame_s": times[nearest],
-        "thumbnail": thumbnails[nearest],
+        "frame": nearest,
         "segment": segment.index,
     }
     if adjusted:

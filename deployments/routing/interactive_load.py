@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 
 PUBLISH_PERIOD_S = 0.25
 _STALE_S = 10.0  # a figure this old is from an ingress that went away
+_FORGOTTEN_S = 600.0  # and one this old is deleted by the reader: no live ingress leaves its figure this long
 # A request counted in flight with nothing started or ended on that ingress for this long is taken for a count
 # that was never given back (a stream no one closed), so that it cannot hold jobs back for good.
 _STUCK_S = 300.0
@@ -60,6 +61,11 @@ class InteractiveLoad:
         internal_kv._internal_kv_put(f"{_prefix(app_name)}{replica_id}", value, overwrite=True, namespace=KV_NAMESPACE)
 
 
+def withdraw(app_name: str, replica_id: str) -> None:
+    """Delete an ingress replica's figure (it is stopping): a key per replica would otherwise stay in the GCS."""
+    internal_kv._internal_kv_del(f"{_prefix(app_name)}{replica_id}", namespace=KV_NAMESPACE)
+
+
 def interactive_busy(app_name: str, quiet_s: float, *, now: float | None = None) -> bool:
     """Whether any ingress of ``app_name`` has an interactive request in flight or had one within ``quiet_s``."""
     now = time.time() if now is None else now
@@ -69,13 +75,23 @@ def interactive_busy(app_name: str, quiet_s: float, *, now: float | None = None)
     except Exception as error:  # noqa: BLE001 - without the figure, segments run at the usual bound
         logger.warning("Reading the interactive load failed: %s", error)
         return False
-    for raw in values:
+    for key, raw in zip(keys, values):
         if not raw:
             continue
         published = json.loads(raw)
+        if now - published["at"] > _FORGOTTEN_S:  # an ingress that died without withdrawing it
+            _drop(key)
+            continue
         if now - published["at"] > _STALE_S:
             continue
         since_last_s = now - published["last_at"]
         if (published["in_flight"] > 0 and since_last_s < _STUCK_S) or since_last_s < quiet_s:
             return True
     return False
+
+
+def _drop(key: bytes | str) -> None:
+    try:
+        internal_kv._internal_kv_del(key, namespace=KV_NAMESPACE)
+    except Exception as error:  # noqa: BLE001 - the next read tries again
+        logger.warning("Deleting the stale interactive-load key %r failed: %s", key, error)

@@ -149,3 +149,35 @@ def test_without_keys_only_the_anonymous_networks_are_answered(keyless_url):
     assert "VIDEO_DETECTIVE_API_KEYS" in refused.json()["error"]["message"]
     assert probe.status_code == 200  # the probes need no key, from anywhere
     assert answered.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "code"),
+    [
+        ({"Host": "attacker.example"}, 400, "host_not_allowed"),  # a DNS-rebinding page names its own host
+        ({"Host": "localhost.attacker.example:8000"}, 400, "host_not_allowed"),
+        ({"Host": "10.1.2.3"}, 400, "host_not_allowed"),  # an address outside auth.anonymous_networks
+        ({"Origin": "https://attacker.example"}, 403, "cross_site_refused"),
+        ({"Origin": "null"}, 403, "cross_site_refused"),
+        ({"Sec-Fetch-Site": "cross-site"}, 403, "cross_site_refused"),
+        ({"Host": "localhost"}, 200, None),
+        ({"Origin": "http://127.0.0.1:8000", "Sec-Fetch-Site": "same-origin"}, 200, None),
+    ],
+)
+def test_a_keyless_server_is_loopback_in_every_sense(keyless_url, headers, status, code):
+    before = httpx.get(f"{keyless_url}/v1/files", timeout=30).json()["data"]
+    listed = httpx.get(f"{keyless_url}/v1/files", headers=headers, timeout=30)
+    # A cross-site form POST (no preflight) is refused before its body is read, and stores nothing.
+    posted = httpx.post(f"{keyless_url}/v1/files", headers=headers, data={"purpose": "vision"},
+                        files={"file": ("a.png", media_factory.image_bytes("PNG"), "image/png")}, timeout=30)
+
+    assert listed.status_code == status, listed.text
+    if code is not None:
+        assert listed.json()["error"]["code"] == code and posted.json()["error"]["code"] == code
+        assert posted.status_code == status
+        assert httpx.get(f"{keyless_url}/v1/files", timeout=30).json()["data"] == before
+    else:
+        assert posted.status_code == 200, posted.text
+        assert httpx.delete(f"{keyless_url}/v1/files/{posted.json()['id']}", timeout=30).status_code == 200
+    # The probes answer whatever the Host: an orchestrator asks by the pod's address.
+    assert httpx.get(f"{keyless_url}/healthz", headers=headers, timeout=30).status_code == 200

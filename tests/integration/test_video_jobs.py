@@ -105,7 +105,7 @@ def _check_complete(body: dict) -> None:
     for event in body["timeline"]:
         segment = body["segments"][event["segment"]]
         assert segment["start_s"] <= event["time_s"] <= segment["end_s"]
-        assert event["thumbnail"].startswith("data:image/jpeg;base64,")
+        assert event["thumbnail_url"].endswith(f"/v1/video/jobs/{body['id']}/thumbnails/{event['segment']}/{event['frame']}")
     assert [event["time_s"] for event in body["timeline"]] == sorted(event["time_s"] for event in body["timeline"])
     assert isinstance(body["final"]["answer"], str) and body["final"]["usage"]["completion_tokens"] >= 1
 
@@ -124,6 +124,21 @@ def test_a_job_answers_every_segment_once_and_builds_a_timeline_and_a_final_answ
     parsed = [segment for segment in body["segments"] if segment["answer"] is not None]
     assert parsed and all(isinstance(segment["answer"]["events"], list) for segment in parsed)
     assert body["timings"]["wall_s"] > 0 and body["timings"]["inference_s"] > 0
+    # A thumbnail is stored once per frame and served from its own route as a JPEG.
+    event = (body["timeline"] or [None])[0]
+    link = event["thumbnail_url"] if event else body["segments"][0]["thumbnail_url"]
+    picture = alice.get(link.removeprefix("/jobs"))
+    assert picture.status_code == 200 and picture.headers["content-type"] == "image/jpeg" and picture.content[:2] == b"\xff\xd8"
+    assert "data:image" not in json.dumps(body)
+    missing = alice.get(f"/v1/video/jobs/{started['id']}/thumbnails/{SEGMENTS + 5}/0")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "thumbnail_not_found"
+    # Pages: a bounded number of segments each, the next page after the last index, the timeline the page's.
+    first = alice.get(f"/v1/video/jobs/{started['id']}", params={"limit": 5}).json()
+    second = alice.get(f"/v1/video/jobs/{started['id']}", params={"after": first["next_after"], "limit": 100}).json()
+    assert [segment["index"] for segment in first["segments"]] == [0, 1, 2, 3, 4] and first["has_more"]
+    assert [segment["index"] for segment in second["segments"]] == list(range(5, SEGMENTS)) and not second["has_more"]
+    assert first["timeline"] + second["timeline"] == body["timeline"]
+    assert alice.get(f"/v1/video/jobs/{started['id']}", params={"limit": 501}).status_code == 400
 
 
 def test_the_events_stream_each_segment_as_it_lands_and_ends_with_the_whole_job(alice, video_id):

@@ -93,14 +93,16 @@ async function readEvents(response, onEvent) {
       const block = buffer.slice(0, boundary);
       buffer = buffer.slice(boundary + 2);
       let name = "message";
+      let id = null;
       const data = [];
       for (const line of block.split("\n")) {
         if (line.startsWith("event:")) name = line.slice(6).trim();
         else if (line.startsWith("data:")) data.push(line.slice(5).trimStart());
+        else if (line.startsWith("id:")) id = line.slice(3).trim();
       }
       if (!data.length) continue;
       const joined = data.join("\n");
-      onEvent(name, joined === "[DONE]" ? null : JSON.parse(joined));
+      onEvent(name, joined === "[DONE]" ? null : JSON.parse(joined), id);
     }
   }
 }

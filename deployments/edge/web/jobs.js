@@ -53,13 +53,19 @@ function timelineRow(card, className, seconds, thumbnail, label, text) {
   button.onclick = () => jumpTo(card, seconds);
   if (thumbnail) {
     const image = document.createElement("img");
-    image.src = thumbnail;
     image.alt = "frame near " + clockTime(seconds);
+    showThumbnail(image, thumbnail);
     button.append(image);
   }
   button.append(element("span", label, "job-time"), element("span", text, "job-text"));
   item.append(button);
   return item;
+}
+
+// A thumbnail is a link to the job's thumbnail route, which wants the key: fetched with it, shown from a blob.
+async function showThumbnail(image, url) {
+  const response = await fetch(url, { headers: authHeaders() });
+  if (response.ok) image.src = URL.createObjectURL(await response.blob());
 }
 
 // A segment's row, in time order, with its events (in the whole video's clock) under it.
@@ -69,11 +75,11 @@ function addSegment(card, segment) {
   const failed = segment.state !== "done";
   const label = clockTime(segment.start_s) + " - " + clockTime(segment.end_s);
   const text = failed ? "failed: " + segment.error : segment.events.length + " events";
-  const row = timelineRow(card, "job-segment" + (failed ? " failed" : ""), segment.start_s, segment.thumbnail, label, text);
+  const row = timelineRow(card, "job-segment" + (failed ? " failed" : ""), segment.start_s, segment.thumbnail_url, label, text);
   row.dataset.index = String(segment.index);
   const events = element("ol", null, "job-events");
   for (const event of segment.events) {
-    events.append(timelineRow(card, "job-event", event.time_s, event.thumbnail, clockTime(event.time_s), event.description));
+    events.append(timelineRow(card, "job-event", event.time_s, event.thumbnail_url, clockTime(event.time_s), event.description));
   }
   row.append(events);
   const later = Array.from(timeline.children).find((other) => Number(other.dataset.time) > segment.start_s);
@@ -118,17 +124,26 @@ async function startVideoJob(file, fileId, question, sampling) {
   await followJob(job, URL.createObjectURL(file));
 }
 
+// The job's events until it ends: a stream the server ends after a while (jobs.max_event_stream_s) is opened
+// again with Last-Event-ID, and resumes where it was.
 async function followJob(job, videoUrl) {
   const card = jobCard(job, videoUrl);
   document.getElementById("jobs").prepend(card);
-  const events = await fetch(apiUrl("/v1/video/jobs/" + job.id + "/events"), { headers: authHeaders() });
-  if (!events.ok) throw events;
-  await readEvents(events, (name, payload) => {
-    if (name === "segment") addSegment(card, payload);
-    else if (name === "progress") showProgressOf(card, payload);
-    else if (name === "done") showEnd(card, payload);
-    else if (name === "error") showError(payload.message);
-  });
+  let lastId = null;
+  let ended = false;
+  while (!ended) {
+    const headers = lastId === null ? authHeaders() : { ...authHeaders(), "Last-Event-ID": lastId };
+    const events = await fetch(apiUrl("/v1/video/jobs/" + job.id + "/events"), { headers });
+    if (!events.ok) throw events;
+    await readEvents(events, (name, payload, id) => {
+      if (id !== null) lastId = id;
+      if (name === "segment") addSegment(card, payload);
+      else if (name === "progress") showProgressOf(card, payload);
+      else if (name === "done") { showEnd(card, payload); ended = true; }
+      else if (name === "error") { showError(payload.message); ended = true; }
+    });
+    if (!ended) await new Promise((resolve) => setTimeout(resolve, 1000));  // the stream's retry: 1000
+  }
 }
 
 // The job the address names (?job=...), with its video fetched from the Files API for the player.
