@@ -95,7 +95,7 @@ def job_with_gpu_node_lost(cluster: LocalCluster, video: pathlib.Path, *, segmen
     job = httpx.post(f"{url}/v1/video/jobs", timeout=60, json={
         "file_id": uploaded.json()["id"], "question": "What happens?", "segment_s": segment_s, "frames": 4}).json()
     store = cluster.object_store()
-    recorded = lambda: store.glob(f"{cluster.store_url}/files/*/jobs/{job['id']}/segments/*.json")  # noqa: E731
+    recorded = lambda: store.glob(f"{cluster.store_url}/files/*/jobs/{job['id']}/segments/[0-9][0-9][0-9][0-9][0-9].json")  # noqa: E731
     _wait(lambda: len(recorded()) >= lose_after, 600, f"{lose_after} segments recorded")
     lost_at = time.monotonic()
     cluster.stop_node("gpu-worker", crash=True)

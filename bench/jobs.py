@@ -222,7 +222,7 @@ def _kill(fragment: str) -> None:
 
 
 def _recorded(workdir: pathlib.Path, job_id: str) -> list[pathlib.Path]:
-    return list((workdir / "store").glob(f"*/jobs/{job_id}/segments/*.json"))
+    return list((workdir / "store").glob(f"*/jobs/{job_id}/segments/[0-9][0-9][0-9][0-9][0-9].json"))
 
 
 def failures(client: httpx.Client, workdir: pathlib.Path, file_id: str) -> dict[str, Any]:

@@ -93,7 +93,7 @@ def _job_ended(base_url: str, job_id: str, timeout_s: float = 300) -> dict:
 
 
 def _recorded_segments(cluster: LocalCluster, job_id: str) -> list[str]:
-    return cluster.object_store().glob(f"{cluster.store_url}/files/*/jobs/{job_id}/segments/*.json")
+    return cluster.object_store().glob(f"{cluster.store_url}/files/*/jobs/{job_id}/segments/[0-9][0-9][0-9][0-9][0-9].json")
 
 
 def test_serve_deploy_brings_every_deployment_up_and_serve_status_says_so(cluster, deployed):

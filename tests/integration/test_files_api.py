@@ -16,7 +16,7 @@ from s3_server import storage_options
 
 from integration.conftest import TEST_APP_ARGS, deploy
 
-KEYS = ("vd-files-key-alice-0001", "vd-files-key-bob-0002", "vd-files-key-carol-0003")
+KEYS = ("vd-files-key-alice-0001", "vd-files-key-bob-0002", "vd-files-key-carol-0003", "vd-files-key-dave-0004")
 MODEL_ID = "tiny-qwen2-vl"
 CLIP = media_factory.video_bytes("mp4", num_frames=24, fps=12)
 MAX_FILES = 4
@@ -181,9 +181,28 @@ def test_the_byte_quota_per_key_is_a_413_with_the_figures(files_url):
         carol.files.create(file=("big.bin", b"\0" * MAX_BYTES, "application/octet-stream"), purpose="user_data")
 
     assert refused.value.status_code == 413
-    assert f"holds 1000 bytes of files; with this one ({MAX_BYTES} bytes)" in refused.value.message
+    assert f"holds 1000 bytes of files and job results; with this one ({MAX_BYTES} bytes)" in refused.value.message
     assert f"over the {MAX_BYTES}-byte limit" in refused.value.message
     assert [item.id for item in carol.files.list().data] == [small.id]  # nothing half-stored
+
+
+def test_thirty_parallel_uploads_keep_the_file_quota_on_s3(files_url):
+    import concurrent.futures
+
+    headers = {"Authorization": f"Bearer {KEYS[3]}"}
+
+    def upload(index: int) -> int:
+        return httpx.post(f"{files_url}/v1/files", files={"file": (f"p{index}.mp4", CLIP, "video/mp4")},
+                          data={"purpose": "vision"}, headers=headers, timeout=120).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(30) as pool:
+        statuses = sorted(pool.map(upload, range(30)))
+
+    held = httpx.get(f"{files_url}/v1/files", headers=headers, timeout=60).json()["data"]
+    assert statuses == [200] * MAX_FILES + [429] * (30 - MAX_FILES)  # counted after each store, never past the quota
+    assert len(held) == MAX_FILES
+    for record in held:
+        httpx.delete(f"{files_url}/v1/files/{record['id']}", headers=headers, timeout=60)
 
 
 def test_a_download_is_served_as_what_its_bytes_are_never_as_a_page(files_url):
