@@ -10,9 +10,11 @@ The cases: 240 tiny clips (16 messages x 15), 30 clips asking 240 frames, a chun
 one-letter messages, 32 PNGs of 40 megapixels, a logit_bias key in superscript digits, a 200 MiB upload (a
 small PNG then junk) named in 30 parts, an MKV of 100 4K streams, an hour of 4K behind one keyframe
 (/v1/analyze), and three schemas: 190 objects deep, two patterns of 480 repeated groups (200 bytes), an enum
-of 50,000 strings.
+of 50,000 strings. Then the job cases (bench/hostile_jobs.py): 64 event streams from one key, a GET of a
+2,000-segment job, 3,000 create-then-delete cycles then a list, 30 parallel job POSTs, and 300 requests with a
+wrong key during a job. The app runs at its default limits, with one API key (every request carries it).
 
-Usage: .venv/bin/python -m bench.hostile_request [--json] [--timeout-s 300]
+Usage: .venv/bin/python -m bench.hostile_request [--json] [--timeout-s 300] [--jobs-only]
 """
 
 import argparse
@@ -36,6 +38,7 @@ import psutil  # noqa: E402
 from PIL import Image  # noqa: E402
 from ray import serve  # noqa: E402
 
+from bench.hostile_jobs import KEY, JobCase, job_cases, long_video_bytes, store_folder  # noqa: E402
 from bench.hostile_media import many_stream_video, sparse_keyframe_video  # noqa: E402
 from bench.local_serve import local_serve  # noqa: I001 - sets Ray's environment first
 from deployments.app import build_app  # noqa: E402
@@ -134,8 +137,11 @@ class _Process:
 
 def _simple_request_s(base_url: str, body: dict) -> float:
     started = time.perf_counter()
-    httpx.post(f"{base_url}/v1/chat/completions", json=body, timeout=300).raise_for_status()
+    httpx.post(f"{base_url}/v1/chat/completions", json=body, headers=_AUTHORIZATION, timeout=300).raise_for_status()
     return time.perf_counter() - started
+
+
+_AUTHORIZATION = {"authorization": f"Bearer {KEY}"}
 
 
 def _send(client: httpx.Client, case: "Case", payload: Any) -> httpx.Response:
@@ -215,14 +221,19 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--timeout-s", type=float, default=300.0, help="Give up on one case after this long.")
     parser.add_argument("--skip", action="append", default=[], help="Skip the cases whose name holds this text.")
+    parser.add_argument("--jobs-only", action="store_true", help="Only the job cases.")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     simple = _request(1, 1, _clip())
     report: dict = {"cases": {}}
     with local_serve(num_cpus=2) as (base_url, workdir):
-        serve.run(build_app({"gpu_group": {"enabled": False}, "ingress": {"num_cpus": 0.5}}), name="hostile", route_prefix="/")
+        keys = workdir / "api-keys"
+        keys.write_text(f"{KEY}\n")
+        app = {"gpu_group": {"enabled": False}, "ingress": {"num_cpus": 0.5}, "auth": {"api_keys_file": str(keys)},
+               "files": {"store_url": store_folder(workdir)}}
+        serve.run(build_app(app), name="hostile", route_prefix="/")
         ingress, replica = _Process("ServeReplica:hostile:Ingress"), _Process("ServeReplica:hostile:cpu_group")
-        with httpx.Client(base_url=base_url, timeout=args.timeout_s) as client:
+        with httpx.Client(base_url=base_url, timeout=args.timeout_s, headers=_AUTHORIZATION) as client:
             _simple_request_s(base_url, simple)  # warm-up
             started = time.perf_counter()
             _simple_request_s(base_url, {**simple, "response_format": {"type": "json_object"}})
@@ -230,7 +241,8 @@ def main() -> int:
             alone = sorted(_simple_request_s(base_url, simple) for _ in range(5))
             report["simple_alone_s"] = alone[2]
             report["ingress_rss_start_bytes"] = ingress.rss_bytes()
-            cases = _cases(workdir, _upload_junk_image(client, workdir))
+            cases: list[Case | JobCase] = [] if args.jobs_only else list(_cases(workdir, _upload_junk_image(client, workdir)))
+            cases += job_cases(store_folder(workdir), long_video_bytes())
             for case in (case for case in cases if not any(skip in case.name for skip in args.skip)):
                 report["cases"][case.name] = _run_case(client, base_url, case, simple, ingress, replica)
                 logger.warning("%s: %s", case.name, report["cases"][case.name])
@@ -251,18 +263,24 @@ def main() -> int:
     return 0
 
 
-def _run_case(client: httpx.Client, base_url: str, case: Case, simple: dict, ingress: _Process, replica: _Process) -> dict:
+def _run_case(
+    client: httpx.Client, base_url: str, case: Case | JobCase, simple: dict, ingress: _Process, replica: _Process
+) -> dict:
     """The case sent with a simple request beside it (started together); the processes' CPU and peak RSS meanwhile.
-    The payload is made first: serialising 26 MiB of JSON in this process would slow the simple request's thread."""
-    payload = case.body()
+    The payload is made first: serialising 26 MiB of JSON in this process would slow the simple request's thread.
+    A job case is set up first (not measured), then run."""
+    payload = case.setup(client) if isinstance(case, JobCase) else case.body()
     ingress_rss, replica_rss = ingress.rss_bytes(), replica.rss_bytes()
     ingress_cpu, replica_cpu = ingress.cpu_s(), replica.cpu_s()
     with ingress.sampling_peak(), replica.sampling_peak(), concurrent.futures.ThreadPoolExecutor(1) as beside:
         simple_future = beside.submit(_simple_request_s, base_url, simple)
         started = time.perf_counter()
         try:
-            response = _send(client, case, payload)
-            status, message = response.status_code, response.json().get("error", {}).get("message", "")[:160]
+            if isinstance(case, JobCase):
+                status, message = case.run(client, payload)
+            else:
+                response = _send(client, case, payload)
+                status, message = response.status_code, response.json().get("error", {}).get("message", "")[:160]
         except httpx.TimeoutException:
             status, message = "timeout", f"no answer within {client.timeout.read:g} s"
         elapsed = time.perf_counter() - started

@@ -19,6 +19,7 @@ from models.requests import GenerationRequest, GenerationResult, TextDelta
 
 if TYPE_CHECKING:
     from models.engine import Engine
+    from models.grammar_server import SchemaCompileLimits
     from models.hf_batch_engine import HfBatchEngine
 
 StopCheck = Callable[[], bool]
@@ -53,7 +54,9 @@ class ModelAdapter(abc.ABC):
         adapter runs its own generate loop, one request at a time."""
         return None
 
-    def own_engine(self, *, max_batch_size: int, max_waiting: int, name: str) -> "Engine | None":
+    def own_engine(
+        self, *, max_batch_size: int, max_waiting: int, name: str, schema_compile: "SchemaCompileLimits"
+    ) -> "Engine | None":
         """The engine of a library that brings its own (vLLM), started with the model; ``None`` (the default): the
         replica serves this adapter with one of ours (:func:`models.engines.start_engine`)."""
         return None

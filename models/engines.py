@@ -13,6 +13,7 @@ from memory.admission import RequestCostModel
 from memory.strategy import LoadStrategy
 from models.base import CheckpointAdapter
 from models.engine import Engine
+from models.grammar_server import SchemaCompileLimits
 from models.request_shrink import ShrinkFloor
 from models.scheduler import BatchLimits, BatchScheduler
 from models.serial_scheduler import SerialScheduler
@@ -27,7 +28,7 @@ class EngineSettings:
     headroom_bytes: int  # the budget less the measured weights: what admitted requests may use together
     max_prefill_tokens: int
     shrink_floor: ShrinkFloor
-    max_schema_compile_s: float
+    schema_compile: SchemaCompileLimits
     name: str = "engine"
 
 
@@ -40,7 +41,8 @@ def start_engine(
     on_out_of_memory: Callable[[str], None] = lambda outcome: None,
 ) -> Engine:
     """The engine for ``adapter`` (loaded with ``strategy``), running its own thread until ``close``."""
-    own = adapter.own_engine(max_batch_size=settings.max_batch_size, max_waiting=settings.max_waiting, name=settings.name)
+    own = adapter.own_engine(max_batch_size=settings.max_batch_size, max_waiting=settings.max_waiting, name=settings.name,
+                             schema_compile=settings.schema_compile)
     if own is not None:
         return own
     steps = adapter.batch_engine()
@@ -52,7 +54,7 @@ def start_engine(
         max_waiting=settings.max_waiting,
         headroom_bytes=settings.headroom_bytes,
         max_prefill_tokens=settings.max_prefill_tokens,
-        max_schema_compile_s=settings.max_schema_compile_s,
+        schema_compile=settings.schema_compile,
     )
     return BatchScheduler(
         steps, costs, limits, shrink_floor=settings.shrink_floor, on_out_of_memory=on_out_of_memory, name=settings.name

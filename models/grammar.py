@@ -35,7 +35,13 @@ from typing import Any
 import torch
 
 from models.errors import InvalidParameterError
-from models.grammar_server import CompileAbandonedError, CompileFailedError, CompileTimeoutError, GrammarCompileProcess
+from models.grammar_server import (
+    CompileAbandonedError,
+    CompileFailedError,
+    CompileTimeoutError,
+    GrammarCompileProcess,
+    SchemaCompileLimits,
+)
 from models.requests import ResponseFormat
 
 _CACHED_GRAMMARS = 64
@@ -44,11 +50,12 @@ _BRACKETS = frozenset("}]")
 
 
 class GrammarCompiler:
-    def __init__(self, tokenizer: Any, vocab_size: int, stop_token_ids: tuple[int, ...], *, time_limit_s: float) -> None:
+    def __init__(self, tokenizer: Any, vocab_size: int, stop_token_ids: tuple[int, ...], *, limits: SchemaCompileLimits) -> None:
         self._tokenizer = tokenizer
         self._vocab_size = vocab_size
         self._stop_token_ids = list(stop_token_ids)
-        self._time_limit_s = time_limit_s
+        self._limits = limits
+        self._time_limit_s = limits.time_limit_s
         self._process: GrammarCompileProcess | None = None
         self._compiled: collections.OrderedDict[ResponseFormat, Any] = collections.OrderedDict()
         self._refused: collections.OrderedDict[ResponseFormat, InvalidParameterError] = collections.OrderedDict()
@@ -63,6 +70,11 @@ class GrammarCompiler:
         compiled = self._compile(response_format, stop)
         self._closing_tiers()
         return compiled
+
+    def check(self, response_format: ResponseFormat, stop: threading.Event | None = None) -> None:
+        """Compile the format here (once; a refusal is kept) only to refuse what does not compile within the
+        limits, for an engine that compiles its own grammars afterwards (vLLM): its compiler has no time limit."""
+        self._compile(response_format, stop)
 
     def _compile(self, response_format: ResponseFormat, stop: threading.Event | None) -> Any:
         """Compiled once per format in the compile server (:mod:`models.grammar_server`), under a time limit:
@@ -124,7 +136,7 @@ class GrammarCompiler:
 
     def _ensure_process(self) -> "GrammarCompileProcess":
         if self._process is None:
-            self._process = GrammarCompileProcess(self._tokenizer_info, self._time_limit_s)
+            self._process = GrammarCompileProcess(self._tokenizer_info, self._limits)
         return self._process
 
     def _tokenizer_info(self) -> Any:

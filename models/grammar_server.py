@@ -5,7 +5,10 @@ xgrammar cannot interrupt a compile, and some small schemas cost a lot: on the t
 core of the replica all along. So compiles run in a child process (``python -m models.grammar_server``),
 which imports xgrammar and loads the model's tokenizer table once, then forks one grandchild per compile.
 The server kills a grandchild that runs past its time limit, or whose request ended (the replica sends
-``cancel``), and goes on serving: an abandoned compile costs what it ran and nothing more (no restart, no
+``cancel``), and goes on serving. Each grandchild also has limits of its own: its address space may grow
+``limits.max_schema_compile_bytes`` past the server's, its CPU time ends it a second past the time limit, and
+it runs niced. At most ``limits.max_schema_compiles`` compiles run at once per replica; past that a compile is
+refused at once (:class:`CompileServerBusyError`, back-pressure: 503 when no replica can take it): an abandoned compile costs what it ran and nothing more (no restart, no
 re-import). The server is single-threaded, so forking it is safe; each grandchild builds its own compiler.
 
 Messages both ways are a JSON header line, then ``bytes`` bytes of payload:
@@ -20,11 +23,14 @@ if it dies.
 """
 
 import concurrent.futures
+import dataclasses
 import itertools
 import json
 import logging
+import math
 import os
 import pathlib
+import resource
 import select
 import signal
 import subprocess
@@ -32,6 +38,8 @@ import sys
 import threading
 import time
 from typing import Any, BinaryIO, Callable
+
+from models.errors import ReplicaBusyError
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +65,11 @@ class CompileAbandonedError(RuntimeError):
     """The compile's request ended before it did; the compile was killed."""
 
 
+class CompileServerBusyError(ReplicaBusyError):
+    """The replica already runs its most compiles at once (``limits.max_schema_compiles``): back-pressure, answered
+    at once, never queued; another replica, or this one a moment later, may take the request."""
+
+
 def _send(writer: BinaryIO, header: dict[str, Any], payload: bytes = b"") -> None:
     writer.write(json.dumps({**header, "bytes": len(payload)}).encode() + b"\n" + payload)
     writer.flush()
@@ -71,14 +84,26 @@ def _receive(reader: BinaryIO) -> tuple[dict[str, Any], bytes] | None:
     return header, payload
 
 
+@dataclasses.dataclass(frozen=True)
+class SchemaCompileLimits:
+    """What one replica's schema compiles may take (``limits.max_schema_compile_s``, ``max_schema_compiles``,
+    ``max_schema_compile_bytes``)."""
+
+    time_limit_s: float = 1.5
+    max_in_flight: int = 4
+    memory_bytes: int = 2 * 2**30
+
+
 class GrammarCompileProcess:
     """The replica's handle on the compile server: ``compile`` blocks its caller until the grammar, a
     refusal, the time limit, or ``stop``; compiles from several threads run side by side."""
 
-    def __init__(self, make_tokenizer_info: Callable[[], Any], time_limit_s: float) -> None:
+    def __init__(self, make_tokenizer_info: Callable[[], Any], limits: SchemaCompileLimits) -> None:
         self._make_tokenizer_info = make_tokenizer_info
         self._tokenizer_info: Any = None  # made once, while the first server imports xgrammar
-        self._time_limit_s = time_limit_s
+        self._time_limit_s = limits.time_limit_s
+        self._max_in_flight = limits.max_in_flight
+        self._memory_bytes = limits.memory_bytes
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._server: subprocess.Popen | None = None
@@ -92,10 +117,16 @@ class GrammarCompileProcess:
         compile_id = next(self._ids)
         answer: concurrent.futures.Future = concurrent.futures.Future()
         with self._lock:
+            if len(self._pending) >= self._max_in_flight:
+                raise CompileServerBusyError(
+                    f"This replica is compiling {len(self._pending)} schemas; the limit is {self._max_in_flight} "
+                    "(limits.max_schema_compiles)"
+                )
             for attempt in range(2):
                 server = self._running_server()
                 try:
-                    _send(server.stdin, {"op": "compile", "id": compile_id, "schema": schema, "time_limit_s": self._time_limit_s})
+                    _send(server.stdin, {"op": "compile", "id": compile_id, "schema": schema, "time_limit_s": self._time_limit_s,
+                                         "memory_bytes": self._memory_bytes})
                     break
                 except (BrokenPipeError, ValueError):  # it died before its reader thread saw it: start another
                     self._server = None
@@ -201,7 +232,21 @@ class _Job:
         self.chunks: list[bytes] = []
 
 
-def _compile_in_grandchild(tokenizer_info: Any, schema: str, write_fd: int) -> None:
+def _limit_resources(time_limit_s: float, memory_bytes: int) -> None:
+    """The grandchild's own limits: its address space may grow ``memory_bytes`` past the server's (what it shares
+    from the fork counts already), its CPU time stops it a second past the time limit even should the server
+    miss the deadline, and it runs at a lower priority than the replica's generation."""
+    page_bytes = os.sysconf("SC_PAGE_SIZE")
+    with open("/proc/self/statm") as statm:
+        address_space_bytes = int(statm.read().split()[0]) * page_bytes
+    limit = address_space_bytes + memory_bytes
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    cpu_s = math.ceil(time_limit_s) + 1
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))
+    os.nice(5)
+
+
+def _compile_in_grandchild(tokenizer_info: Any, schema: str, write_fd: int, time_limit_s: float, memory_bytes: int) -> None:
     """Runs in the forked grandchild: compile, write ``ok``/``error`` and the payload, exit without cleanup.
     It dies with the server (``PR_SET_PDEATHSIG``) and holds none of the server's pipes to the replica."""
     import ctypes
@@ -213,6 +258,7 @@ def _compile_in_grandchild(tokenizer_info: Any, schema: str, write_fd: int) -> N
     for fd in (0, _protocol_fd):
         os.dup2(devnull, fd)
     try:
+        _limit_resources(time_limit_s, memory_bytes)
         compiler = xgrammar.GrammarCompiler(tokenizer_info, max_threads=1, cache_enabled=False)
         out = b"ok\n" + compiler.compile_json_schema(schema, any_whitespace=False).serialize_json().encode()
     except BaseException as error:  # noqa: BLE001 - xgrammar reports a bad schema as RuntimeError or ValueError
@@ -273,7 +319,7 @@ def _serve() -> None:
                     _send(stdout, {"id": job.compile_id, "status": "ok"}, payload)
                 else:
                     reason = payload.decode(errors="replace") if status_word == b"error" else (
-                        f"the compiler process died (status {status})")
+                        f"the compiler process died (status {status}: past its CPU or memory limit, or killed)")
                     _send(stdout, {"id": job.compile_id, "status": "error", "reason": reason})
         now = time.monotonic()
         for read_fd, job in list(jobs.items()):
@@ -292,7 +338,8 @@ def _command(header: dict[str, Any], jobs: dict[int, _Job], tokenizer_info: Any)
         if pid == 0:
             try:
                 os.close(read_fd)
-                _compile_in_grandchild(tokenizer_info, header["schema"], write_fd)
+                _compile_in_grandchild(tokenizer_info, header["schema"], write_fd, header["time_limit_s"],
+                                       header.get("memory_bytes", 2 * 2**30))
             finally:
                 os._exit(1)  # never back into the server's loop, whatever happened
         os.close(write_fd)

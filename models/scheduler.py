@@ -61,6 +61,7 @@ from models.errors import (
     StreamOutOfMemoryError,
 )
 from models.grammar import GrammarCompiler
+from models.grammar_server import SchemaCompileLimits
 from models.hf_batch_engine import HfBatchEngine, PreparedPrompt
 from models.kv_batch import KvBatch
 from models.request_shrink import OomRetry, ShrinkFloor, request_size, shrink_request
@@ -76,7 +77,7 @@ class BatchLimits:
     max_waiting: int
     headroom_bytes: int  # the replica's budget minus its weights: what admitted requests may use together
     max_prefill_tokens: int = 8192  # prompt tokens prefilled in one pass, over all the requests in it
-    max_schema_compile_s: float = 1.5  # a response_format's compile is stopped past this (limits.max_schema_compile_s)
+    schema_compile: SchemaCompileLimits = SchemaCompileLimits()  # limits.max_schema_compile_s and the other compile limits
 
 
 @dataclasses.dataclass
@@ -144,7 +145,7 @@ class BatchScheduler:
             mode="continuous", max_batch_size=limits.max_batch_size, decoding_options=ALL_DECODING_OPTIONS
         )
         self._grammars = GrammarCompiler(
-            engine.tokenizer, engine.vocab_size, tuple(sorted(engine.eos_ids)), time_limit_s=limits.max_schema_compile_s
+            engine.tokenizer, engine.vocab_size, tuple(sorted(engine.eos_ids)), limits=limits.schema_compile
         )
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()

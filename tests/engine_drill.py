@@ -16,6 +16,7 @@ from transformers import __version__ as transformers_version
 from memory.estimate import load_model_config
 from memory.strategy import parse_strategy
 from models.engines import EngineSettings, start_engine
+from models.grammar_server import SchemaCompileLimits
 from models.hf_adapter import HuggingFaceVisionLanguageAdapter
 from models.request_shrink import ShrinkFloor
 from models.requests import ChatMessage, DecodingOptions, GenerationRequest, ImagePart, TextPart, VideoPart
@@ -50,7 +51,7 @@ def drill(model_path: str, precision: str) -> dict:
     adapter.load()
     settings = EngineSettings(
         max_batch_size=4, max_waiting=8, headroom_bytes=1 << 30, max_prefill_tokens=8192,
-        shrink_floor=ShrinkFloor(min_frames=2, min_pixels_per_frame=3136), max_schema_compile_s=10, name="drill",
+        shrink_floor=ShrinkFloor(min_frames=2, min_pixels_per_frame=3136), schema_compile=SchemaCompileLimits(time_limit_s=10), name="drill",
     )
     engine = start_engine(adapter, adapter.strategy, load_model_config(model_path), settings)
     try:

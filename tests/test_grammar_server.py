@@ -12,7 +12,7 @@ from polling import wait_for_condition
 
 from models.errors import InvalidParameterError
 from models.grammar import GrammarCompiler
-from models.grammar_server import CompileAbandonedError, CompileServerLostError
+from models.grammar_server import CompileAbandonedError, CompileServerBusyError, CompileServerLostError, SchemaCompileLimits
 from models.requests import ResponseFormat
 
 # About 200 bytes that take seconds: a pattern's compile grows with its repetition count (400: 2.5 s here,
@@ -29,7 +29,7 @@ def tokenizer(tiny_model_path):
 
 @pytest.fixture(scope="module")
 def compiler(tokenizer):
-    grammars = GrammarCompiler(tokenizer, len(tokenizer), (tokenizer.eos_token_id,), time_limit_s=1.0)
+    grammars = GrammarCompiler(tokenizer, len(tokenizer), (tokenizer.eos_token_id,), limits=SchemaCompileLimits(time_limit_s=1.0))
     yield grammars
     grammars.close()
 
@@ -85,7 +85,7 @@ def test_a_compile_past_its_time_limit_is_stopped_and_refused_by_name_and_the_se
 
 
 def test_a_compile_is_abandoned_when_its_request_ends(tokenizer):
-    compiler = GrammarCompiler(tokenizer, len(tokenizer), (tokenizer.eos_token_id,), time_limit_s=600.0)
+    compiler = GrammarCompiler(tokenizer, len(tokenizer), (tokenizer.eos_token_id,), limits=SchemaCompileLimits(time_limit_s=600.0))
     try:
         compiler.compile(EVENTS)  # the server started
         stop = threading.Event()
@@ -122,3 +122,64 @@ def test_a_compile_lost_with_its_server_is_not_held_against_the_schema(compiler)
     assert isinstance(outcome[0], CompileServerLostError)
     with pytest.raises(InvalidParameterError, match="within 1 s"):
         compiler.compile(slow)  # compiled again on a new server, and refused for its own cost this time
+
+
+def test_compiles_past_the_replica_s_bound_are_turned_away_at_once_as_busy(tokenizer):
+    limits = SchemaCompileLimits(time_limit_s=600.0, max_in_flight=1)
+    compiler = GrammarCompiler(tokenizer, len(tokenizer), (tokenizer.eos_token_id,), limits=limits)
+    try:
+        compiler.compile(EVENTS)
+        stop = threading.Event()
+        worker, _ = _compiling_in_background(compiler, SLOW, stop)
+        renamed = ResponseFormat("json_schema", json.dumps({"type": "object", "properties": {"x": _PATTERN, "y": _PATTERN}}))
+        asked = time.monotonic()
+        with pytest.raises(CompileServerBusyError, match=r"compiling 1 schemas; the limit is 1 \(limits.max_schema_compiles\)"):
+            compiler.compile(renamed)  # a renamed property defeats the caches, not the bound
+        assert time.monotonic() - asked < 0.5
+        assert len(_grandchildren(compiler)) == 1
+        compiler.compile(EVENTS)  # a compiled schema needs no compile: still served
+        stop.set()
+        worker.join(timeout=5)
+        assert compiler.compile(ResponseFormat("json_object")) is not None  # room again, and the refusal not kept
+    finally:
+        compiler.close()
+
+
+def test_a_compile_past_its_memory_limit_is_refused_and_the_server_serves_on(tokenizer):
+    limits = SchemaCompileLimits(time_limit_s=30.0, memory_bytes=1 * 2**20)
+    compiler = GrammarCompiler(tokenizer, len(tokenizer), (tokenizer.eos_token_id,), limits=limits)
+    try:
+        large = ResponseFormat("json_schema", json.dumps({"enum": [f"choice-{index:06d}" for index in range(20_000)]}))
+        asked = time.monotonic()
+        with pytest.raises(InvalidParameterError, match="does not compile to a grammar") as refused:
+            compiler.compile(large)  # its grammar needs far more than 1 MiB more
+        assert time.monotonic() - asked < 20  # stopped by the limit, long before the time limit
+        assert any(word in str(refused.value) for word in ("bad_alloc", "MemoryError", "limit")), refused.value
+        assert compiler.compile(EVENTS) is not None  # the server serves on
+    finally:
+        compiler.close()
+
+
+def test_a_compile_s_process_has_its_cpu_and_address_space_limits(tokenizer):
+    import os
+    import resource
+
+    from models.grammar_server import _limit_resources
+
+    pid = os.fork()
+    if pid == 0:  # in a child, as the server's grandchild would
+        code = 1
+        try:
+            _limit_resources(2.2, 256 * 2**20)
+            cpu = resource.getrlimit(resource.RLIMIT_CPU)
+            address_space, _ = resource.getrlimit(resource.RLIMIT_AS)
+            try:
+                bytearray(512 * 2**20)
+                grew = True
+            except MemoryError:
+                grew = False
+            code = 0 if cpu == (4, 5) and address_space > 256 * 2**20 and not grew and os.nice(0) >= 5 else 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -30,3 +30,27 @@ def test_the_memory_view_answers_admin_keys_and_the_listed_networks():
         with pytest.raises(ApiError) as refused:
             check_memory_view(authorization, host, ("admin",), networks)
         assert refused.value.status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("host", "origin", "fetch_site", "refused"),
+    [
+        ("127.0.0.1:8000", None, None, None),
+        ("localhost:8000", "http://localhost:3000", "same-site", None),
+        ("app.localhost", None, None, None),
+        ("[::1]:8000", "http://[::1]:8000", "same-origin", None),
+        ("10.213.0.5:8000", None, None, None),  # an address of a listed network (a cluster's bridge)
+        ("attacker.example", None, None, "host_not_allowed"),
+        ("10.9.9.9", None, None, "host_not_allowed"),
+        ("127.0.0.1:8000", "https://attacker.example", None, "cross_site_refused"),
+        ("127.0.0.1:8000", "null", None, "cross_site_refused"),
+        ("127.0.0.1:8000", None, "cross-site", "cross_site_refused"),
+    ],
+)
+def test_a_keyless_server_answers_loopback_hosts_and_same_site_requests_only(host, origin, fetch_site, refused):
+    from deployments.edge.hosts import keyless_refusal
+
+    outcome = keyless_refusal(host, origin, fetch_site, ("127.0.0.0/8", "::1/128", "10.213.0.0/16"))
+    assert (outcome[3] if outcome else None) == refused
+    if outcome:
+        assert outcome[0] == (400 if refused == "host_not_allowed" else 403)

@@ -227,6 +227,17 @@ def test_the_final_prompt_lists_the_timeline_in_time_order_and_thins_evenly():
     assert "[0:01:05] first\n[0:01:20] second\n[1:01:40] later" in prompt and prompt.endswith("answer: Who comes in?")
     thinned = final_request(_job(), events, 2, 8192).messages[0].content[0].text
     assert "first" in thinned and "second" not in thinned and "later" in thinned
+
+
+def test_a_timeline_far_past_the_prompt_limit_is_thinned_by_its_bytes_before_any_tokenization():
+    from deployments.jobs.segments import MAX_BYTES_PER_TOKEN, first_thinning
+
+    events = [{"time_s": float(index), "description": "x" * 180, "segment": index // 32} for index in range(64_000)]
+    keep_every = first_thinning(events, 4096, 10)
+    kept_bytes = sum(len(f"[{clock(event['time_s'])}] {event['description']}") + 1 for event in events[::keep_every])
+    assert kept_bytes <= 4096 * MAX_BYTES_PER_TOKEN < 2 * kept_bytes  # the first that could fit, no thinner
+    assert keep_every == 256
+    assert first_thinning(events[:10], 4096, 10) == 1  # one that may fit is tried as it is
     assert clock(3 * 3600 + 62) == "3:01:02"
 
 

@@ -86,6 +86,18 @@ class LimitsSettings(StrictSettings):
         "compile is killed and the request refused (400). Schemas within the other caps compile in milliseconds; a "
         "66-byte pattern of 400 repeated groups took 2.5 s.",
     )
+    max_schema_compiles: int = Field(
+        default=4,
+        gt=0,
+        description="Schema compiles one replica runs at once (each in a process of its own); past it a request with a "
+        "schema not compiled yet is turned away as busy at once (503 when no replica can take it), never queued.",
+    )
+    max_schema_compile_bytes: int = Field(
+        default=2 * 2**30,
+        gt=0,
+        description="Memory one schema compile may take beyond the compile server's own (its process's address space); "
+        "past it the compile fails and the request is refused (400).",
+    )
     max_request_source_pixels: int = Field(
         default=100_000_000,
         gt=0,

@@ -43,6 +43,7 @@ from deployments.jobs.segments import (
     EventBounds,
     failed_segment,
     final_request,
+    first_thinning,
     segment_request,
     segment_result,
     timeline,
@@ -434,7 +435,7 @@ class JobRunner:
             await self._end(job, JobState.FAILED, f"the final answer failed: {type(error).__name__}: {remote_cause(error)}")
 
     async def _final_answer(self, job: JobRecord, events: list[dict[str, Any]]) -> tuple[ReplicaAnswer, int]:
-        keep_every, attempt = 1, 0
+        keep_every, attempt = first_thinning(events, self._config.limits.max_prompt_tokens, _FINAL_THINNINGS), 0
         while True:
             request = final_request(job, events, keep_every, self._config.limits.max_prompt_tokens)
             try:

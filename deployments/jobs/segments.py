@@ -217,10 +217,30 @@ def timeline(segments: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(events, key=lambda event: (event["time_s"], event.get("segment", 0)))
 
 
+# No token is longer than this many bytes of text in the tokenizers served here (Qwen2's longest is 16 bytes of
+# ASCII): a prompt of more bytes than max_prompt_tokens times this cannot fit, and is thinned unread.
+MAX_BYTES_PER_TOKEN = 16
+
+
+def first_thinning(events: list[dict[str, Any]], max_prompt_tokens: int, max_thinnings: int) -> int:
+    """The ``keep_every`` the final answer starts from: the first whose lines could fit ``max_prompt_tokens``
+    by their bytes alone, so that a timeline far too long is never tokenized (each try is a round trip and a
+    tokenization of the whole prompt)."""
+    sizes = [len(_line(event).encode()) + 1 for event in events]
+    keep_every = 1
+    while keep_every < 2**max_thinnings and sum(sizes[::keep_every]) > max_prompt_tokens * MAX_BYTES_PER_TOKEN:
+        keep_every *= 2
+    return keep_every
+
+
+def _line(event: dict[str, Any]) -> str:
+    return f"[{clock(event['time_s'])}] {event['description']}"
+
+
 def final_request(job: JobRecord, events: list[dict[str, Any]], keep_every: int, max_prompt_tokens: int) -> GenerationRequest:
     """The text-only request for the final answer, over every ``keep_every``-th event of the timeline."""
     kept = events[::keep_every]
-    lines = [f"[{clock(event['time_s'])}] {event['description']}" for event in kept] or ["(no events were seen)"]
+    lines = [_line(event) for event in kept] or ["(no events were seen)"]
     prompt = (
         f"A video of {clock(job.duration_s)} was watched in {job.segments} parts. What was seen, by time:\n"
         + "\n".join(lines)

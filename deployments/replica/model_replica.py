@@ -48,6 +48,7 @@ from models.adapters import adapter_factory
 from models.base import CheckpointAdapter
 from models.engine import Engine
 from models.engines import EngineSettings, start_engine
+from models.grammar_server import SchemaCompileLimits
 from models.request_shrink import ShrinkFloor, request_size
 from models.requests import GenerationRequest, GenerationResult, TextDelta, VideoPart
 from models.warm_up import run_warm_up
@@ -85,7 +86,10 @@ class ModelReplica:
         self._shrink_floor = ShrinkFloor(
             min_frames=config.request_oom.min_frames, min_pixels_per_frame=config.request_oom.min_pixels_per_frame
         )
-        self._max_schema_compile_s = config.limits.max_schema_compile_s
+        self._schema_compile = SchemaCompileLimits(
+            time_limit_s=config.limits.max_schema_compile_s, max_in_flight=config.limits.max_schema_compiles,
+            memory_bytes=config.limits.max_schema_compile_bytes,
+        )
         self._streams_cancelled = 0
         self._request_ooms = 0
         self._recent_ooms: collections.deque[float] = collections.deque(maxlen=_OOMS_BEFORE_UNHEALTHY)
@@ -138,7 +142,7 @@ class ModelReplica:
             headroom_bytes=self._request_headroom_bytes(adapter),
             max_prefill_tokens=self._settings.max_prefill_tokens,
             shrink_floor=self._shrink_floor,
-            max_schema_compile_s=self._max_schema_compile_s,
+            schema_compile=self._schema_compile,
             name=f"{self._group}-engine",
         )
         engine = start_engine(adapter, strategy, self._model_config, settings, on_out_of_memory=self._record_request_oom)

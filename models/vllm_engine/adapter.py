@@ -23,6 +23,8 @@ from memory.strategy import LoadStrategy
 from memory.vllm_plan import VllmMemoryPlan, VllmShape, plan_vllm_memory
 from models.base import CheckpointAdapter
 from models.engine import Engine
+from models.grammar import GrammarCompiler
+from models.grammar_server import SchemaCompileLimits
 from models.requests import GenerationRequest, GenerationResult
 from models.vllm_engine.engine import VllmEngine
 from models.vllm_engine.inputs import PromptBuilder
@@ -123,13 +125,16 @@ class VllmAdapter(CheckpointAdapter):
         """What this link holds by plan: the weights at its precision and the KV cache vLLM was given."""
         return self._weights_bytes + (self.plan.kv_cache_bytes if self.plan else 0)
 
-    def own_engine(self, *, max_batch_size: int, max_waiting: int, name: str) -> Engine:
+    def own_engine(self, *, max_batch_size: int, max_waiting: int, name: str, schema_compile: SchemaCompileLimits) -> Engine:
         if self._runtime is None:
             raise RuntimeError(f"vLLM is not started for {self._model_path}")
         tokenizer = self._processor.tokenizer
+        stop_ids = (tokenizer.eos_token_id,) if tokenizer.eos_token_id is not None else ()
         return VllmEngine(
             self._runtime,
             PromptBuilder(self._processor, vocab_size=len(tokenizer)),
+            # Schemas go through our compile server first (its time limit, its refusals kept): vLLM's has no limit.
+            grammars=GrammarCompiler(tokenizer, len(tokenizer), stop_ids, limits=schema_compile),
             max_batch_size=max_batch_size,
             max_waiting=max_waiting,
             max_model_len=self._settings.shape.max_model_len,

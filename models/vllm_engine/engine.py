@@ -7,7 +7,11 @@
   pieces and ``finished``; a prompt vLLM cannot take (longer than ``max_model_len``) fails with
   :class:`~models.errors.PromptTooLongError` naming the figures, never a hang.
 - **cancel**: a watcher on vLLM's loop aborts, inside vLLM, every request whose ``stop`` is set, whether it is
-  running or still waiting in vLLM's queue.
+  running or still waiting in vLLM's queue; a request checks its ``stop`` before it reaches vLLM and at each
+  output too, so a stop set before vLLM registered it (an abort that found nothing) still ends it.
+- **structured output**: a schema is compiled first in our compile server (:class:`~models.grammar.GrammarCompiler`:
+  ``limits.max_schema_compile_s``, its concurrency and memory bounds, refusals kept), so a schema that would hold
+  vLLM's own compiler, which has no time limit, is refused before vLLM sees it.
 - **describe**: our :class:`~models.engine.EngineStats` plus vLLM's own figures (KV-cache use, running and
   waiting, prefix-cache hit rate).
 """
@@ -25,6 +29,7 @@ from memory.admission import RequestCost
 from models.engine import ALL_DECODING_OPTIONS, EngineCapabilities, EngineStats, RequestSink, describe_engine
 from models.errors import PromptTooLongError, ReplicaBusyError, SchedulerClosedError, check_prompt_tokens
 from models.fault_injection import raise_if_simulated_broken_link
+from models.grammar import GrammarCompiler
 from models.requests import GenerationRequest, GenerationResult, TextDelta
 from models.vllm_engine.inputs import PromptBuilder, token_logprobs
 from models.vllm_engine.runtime import VllmRuntime
@@ -40,6 +45,7 @@ class _Ticket:
     sink: RequestSink
     stop: threading.Event
     aborted: bool = False
+    aborted_by_run: bool = False  # the request's own abort, sent once vLLM had it (the watcher's may have come before)
     ended: bool = False  # the sink heard its last event (finished, failed or cancelled)
 
     def fail(self, error: BaseException) -> None:
@@ -58,10 +64,12 @@ class VllmEngine:
         max_waiting: int,
         max_model_len: int,
         kv_bytes_per_token: int,
+        grammars: GrammarCompiler | None = None,
         name: str = "vllm-engine",
         link: str = "",
     ) -> None:
         self._runtime = runtime
+        self._grammars = grammars
         self._link = link  # the loading chain's link (fault drills name it)
         self._prompts = prompts
         self._max_waiting = max_waiting
@@ -94,6 +102,9 @@ class VllmEngine:
 
     def submit(self, request: GenerationRequest, sink: RequestSink, stop: threading.Event) -> None:
         self._check_room()
+        response_format = request.options.response_format
+        if response_format is not None and self._grammars is not None:
+            self._grammars.check(response_format, stop)  # within limits.max_schema_compile_s, or refused here
         prompt = self._prompts.build(request)
         params = self._prompts.sampling_params(request)
         if not getattr(sink, "streams_text", True):
@@ -121,9 +132,16 @@ class VllmEngine:
         completion_tokens = 0
         try:
             raise_if_simulated_broken_link(self._link)
+            if ticket.stop.is_set():  # stopped before vLLM knew of it: an abort then would miss it
+                ticket.aborted = True
+                self._cancelled(ticket, 0)
+                return
             async for output in self._runtime.engine.generate(
                 prompt, params, request_id, priority=request.priority
             ):
+                if ticket.stop.is_set() and not ticket.aborted_by_run:  # the watcher's may have come before vLLM had it
+                    ticket.aborted = ticket.aborted_by_run = True
+                    await self._runtime.engine.abort(request_id)
                 if prompt_tokens is None:
                     prompt_tokens = len(output.prompt_token_ids or ())
                     try:
@@ -209,6 +227,8 @@ class VllmEngine:
     def close(self, timeout_s: float = 60.0) -> None:
         """No new requests; those held fail with :class:`SchedulerClosedError` as vLLM shuts down."""
         self._closing = True
+        if self._grammars is not None:
+            self._grammars.close()
         self._watcher.cancel()
         with self._lock:
             held = list(self._tickets.values())

@@ -203,6 +203,20 @@ def test_a_json_schema_is_honoured_through_vllms_structured_output(client):
     assert as_object.parse().choices[0].message.content.startswith("{")
 
 
+def test_a_schema_that_compiles_too_slowly_is_refused_before_vllm_sees_it(client):
+    # Two patterns of 480 repeated groups (200 bytes): about 4 s in xgrammar, which vLLM would spend, unbounded.
+    pattern = {"type": "string", "pattern": "^([a-z]{1,50}[0-9]{1,50}){1,480}$"}
+    schema = {"type": "object", "properties": {"a": pattern, "b": pattern}}
+    response_format = {"type": "json_schema", "json_schema": {"name": "slow", "schema": schema}}
+
+    with pytest.raises(openai.BadRequestError) as refused:
+        _chat(client, "Hi", response_format=response_format)
+
+    assert "(limits.max_schema_compile_s)" in refused.value.message
+    assert refused.value.body["param"] == "response_format"
+    assert _chat(client, "Hi").headers["x-served-by-group"] == "gpu"
+
+
 def test_a_parameter_not_honoured_is_refused_by_name_and_the_next_request_is_served(client):
     with pytest.raises(openai.BadRequestError) as refused:
         _chat(client, "Hi", tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}])
