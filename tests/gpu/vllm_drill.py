@@ -15,6 +15,7 @@ from memory.gpu import measure_gpu_budget
 from memory.plan import estimate_chain
 from memory.strategy import parse_chain
 from memory.vllm_plan import VllmShape
+from models.grammar_server import SchemaCompileLimits
 from models.requests import ChatMessage, GenerationRequest, TextPart
 from models.vllm_engine.adapter import VllmAdapter, VllmSettings
 
@@ -52,7 +53,8 @@ def main() -> None:
                               settings=VllmSettings(shape=shape, limit_mm_per_prompt={"image": 1, "video": 1},
                                                     share=share, num_threads=4, enforce_eager=False))
         adapter.load()
-        engine = adapter.own_engine(max_batch_size=8, max_waiting=8, name=f"drill-{link.name}")
+        engine = adapter.own_engine(max_batch_size=8, max_waiting=8, name=f"drill-{link.name}",
+                                    schema_compile=SchemaCompileLimits())
         sink = _Sink()
         request = GenerationRequest(messages=(ChatMessage("user", (TextPart("Describe the scene."),)),), max_new_tokens=16)
         engine.submit(request, sink, threading.Event())
