@@ -87,6 +87,24 @@ def job_cases(store_url: str, video: bytes) -> list[JobCase]:
         response.raise_for_status()
         return response.json()["id"]
 
+    def job_alone(client: httpx.Client, job_id: str) -> tuple[str, str]:
+        time.sleep(2.0)  # what a running job alone does to the simple request beside it: the job cases' baseline
+        progress = client.get(f"/v1/video/jobs/{job_id}").json()["progress"]
+        _cancel_all(client)
+        return "-", f"the job recorded {progress['done'] + progress['failed']} segments; nothing else was sent"
+
+    def cheap_burst(count: int) -> Callable[[httpx.Client, Any], tuple[str, str]]:
+        """``count`` GETs of the cheapest keyed route at once: what that many requests cost through Serve here."""
+        def burst(client: httpx.Client, _: Any) -> tuple[str, str]:
+            def get(_: int) -> int:
+                with httpx.Client(base_url=client.base_url, headers=client.headers, timeout=60) as each:
+                    return each.get("/v1/models").status_code
+
+            with concurrent.futures.ThreadPoolExecutor(count) as pool:
+                return _statuses(list(pool.map(get, range(count)))), "the floor the burst cases below stand on"
+
+        return burst
+
     def many_streams(client: httpx.Client, job_id: str) -> tuple[str, str]:
         opened: list[int] = []
         release = threading.Event()
@@ -127,8 +145,12 @@ def job_cases(store_url: str, video: bytes) -> list[JobCase]:
                       "parse_error": None, "finish_reason": "stop", "events": events, "events_dropped": 0,
                       "thumbnail_frame": 4, "frames": {"count": 8, "timestamps_s": [start] * 8, "substituted": 0},
                       "timings": {"decode_s": 0.1, "inference_s": 0.5}}
-            stored = store.put_segment(job, result, [thumbnail] * 8)
-            job = job.counted(result, stored or 0)
+            try:
+                stored = store.put_segment(job, result, [thumbnail] * 8)
+                job = job.counted(result, stored or 0)
+            except TypeError:  # the code before the bounds (a "before" run): thumbnails inside the result
+                store.put_segment(job, {**result, "thumbnail": thumbnail,
+                                        "events": [{**event, "thumbnail": thumbnail} for event in events]})
         done = dataclasses.replace(job, state=JobState.SUCCEEDED, reason="done", finished_at=time.time(),
                                    expires_at=time.time() + 3600, final_answer="A quiet ten hours.")
         store.save(done)
@@ -138,7 +160,7 @@ def job_cases(store_url: str, video: bytes) -> list[JobCase]:
         response = client.get(f"/v1/video/jobs/{job_id}")
         body = response.json()
         return str(response.status_code), (f"{len(response.content)} bytes: {len(body['segments'])} segments, "
-                                            f"{len(body['timeline'])} events, next_after {body['next_after']}")
+                                            f"{len(body['timeline'])} events, next_after {body.get('next_after')}")
 
     def cycles(client: httpx.Client) -> str:
         file_id = _upload(client, video)
@@ -167,12 +189,12 @@ def job_cases(store_url: str, video: bytes) -> list[JobCase]:
 
         with concurrent.futures.ThreadPoolExecutor(PARALLEL_POSTS) as pool:
             codes = list(pool.map(post, range(PARALLEL_POSTS)))
-        active = [job for job in client.get("/v1/video/jobs").json()["data"] if job["state"] in ("queued", "running")]
+        created = sum(1 for code in codes if code == 202)
         _cancel_all(client)
-        return _statuses(codes), f"{len(active)} jobs active after (jobs.max_active_jobs_per_key)"
+        return _statuses(codes), f"{created} created: jobs.max_active_jobs_per_key, never more"
 
     def wrong_keys(client: httpx.Client, job_id: str) -> tuple[str, str]:
-        views, codes = [], []
+        looks, codes = [], []
         recorded = client.get(f"/v1/video/jobs/{job_id}").json()["progress"]
         started = time.perf_counter()
         with httpx.Client(base_url=client.base_url, timeout=30) as anyone:
@@ -180,18 +202,23 @@ def job_cases(store_url: str, video: bytes) -> list[JobCase]:
                 codes.append(anyone.post("/v1/chat/completions", headers={"authorization": "Bearer wrong"},
                                          json={"messages": [{"role": "user", "content": "hi"}]}).status_code)
                 if index % 30 == 0:
-                    views.append(client.get("/v1/memory").json()["jobs"]["under_interactive_load"])
+                    looks.append(client.get("/v1/memory").json()["jobs"]["under_interactive_load"])
         seconds = time.perf_counter() - started
         after = client.get(f"/v1/video/jobs/{job_id}").json()["progress"]
         landed = after["done"] + after["failed"] - recorded["done"] - recorded["failed"]
         _cancel_all(client)
-        return _statuses(codes), (f"the job recorded {landed} segments in {seconds:.1f} s meanwhile; the runner saw "
-                                  f"interactive load in {sum(views)} of {len(views)} looks")
+        seen = "".join("L" if loaded else "-" for loaded in looks)
+        return _statuses(codes), (f"the job recorded {landed} segments in {seconds:.1f} s meanwhile; interactive load "
+                                  f"seen by the runner, a look each 30 requests: {seen} (L: the simple request "
+                                  "beside, and 2 s after it)")
 
     return [
+        JobCase("baseline: a job running, nothing else sent", running_job, job_alone),
+        JobCase(f"baseline: {MANY_STREAMS} GET /v1/models at once", lambda client: None, cheap_burst(MANY_STREAMS)),
         JobCase(f"{MANY_STREAMS} event streams from one key", running_job, many_streams),
         JobCase(f"GET of a {BIG_JOB_SEGMENTS}-segment job (most events a segment)", big_job, get_big_job),
         JobCase(f"{CYCLES} create-then-delete cycles, then a list", cycles, list_jobs),
+        JobCase(f"baseline: {PARALLEL_POSTS} GET /v1/models at once", lambda client: None, cheap_burst(PARALLEL_POSTS)),
         JobCase(f"{PARALLEL_POSTS} parallel job POSTs", parallel, parallel_posts),
         JobCase(f"{WRONG_KEYS} requests with a wrong key during a job", running_job, wrong_keys),
     ]

@@ -179,7 +179,9 @@ class Ingress:
         self._event_streams = EventStreamSlots(config.jobs)
         self._job_creations = PerKeyRate(config.jobs.max_job_creations_per_minute,
                                          setting="jobs.max_job_creations_per_minute", what="created a job")
-        self._owner_locks: collections.defaultdict[str, threading.Lock] = collections.defaultdict(threading.Lock)
+        # A key's job creations, one at a time in this replica: its count after the create never misses its own, and
+        # 30 parallel POSTs of one key hold one worker thread, not all of them.
+        self._creation_locks: collections.defaultdict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
         self._load_task = (
             asyncio.get_event_loop().create_task(self._publish_interactive_load()) if job_runner is not None else None
         )
@@ -464,8 +466,9 @@ class Ingress:
         self._check_served_model(body.model)
         self._job_creations.take(owner)
         try:
-            job = await asyncio.to_thread(new_job, body, owner=owner, config=self._config, files=self._files,
-                                          store=self._jobs, owner_lock=self._owner_locks[owner])
+            async with self._creation_locks[owner]:
+                job = await asyncio.to_thread(new_job, body, owner=owner, config=self._config, files=self._files,
+                                              store=self._jobs)
         except ApiError:
             self._job_creations.give_back(owner)  # refused: it created nothing
             raise

@@ -13,7 +13,6 @@ so any ingress answers for any job at a bounded cost, and the events route
 import dataclasses
 import logging
 import math
-import threading
 import time
 from typing import Any
 
@@ -80,10 +79,11 @@ def parse_job_request(payload: Any) -> VideoJobRequest:
 
 
 def new_job(
-    body: VideoJobRequest, *, owner: str, config: AppConfig, files: FilesService, store: JobStore, owner_lock: threading.Lock
+    body: VideoJobRequest, *, owner: str, config: AppConfig, files: FilesService, store: JobStore
 ) -> JobRecord:
     """Check ``body`` against the limits, the file and the key's quotas, and store it as a queued job (blocking:
-    reads the store and the video's header)."""
+    reads the store and the video's header). The caller runs one creation of a key at a time in this replica
+    (the ingress's per-key lock), so that its count after the create never misses its own."""
     limits, settings = config.limits, config.jobs
     if len(body.question.encode()) > limits.max_question_bytes:
         raise ApiError(413, f"question: {len(body.question.encode())} bytes; the limit is {limits.max_question_bytes} "
@@ -108,6 +108,7 @@ def new_job(
     if body.json_schema is not None:
         check_schema_size(schema, encoded_schema, limits, param="json_schema", where="json_schema")
     record = files.video_record(owner, body.file_id, "file_id")
+    _check_quotas(store.owned(owner), owner, 0, settings)  # plainly over: refused before the video is read
     video_limits = dataclasses.replace(limits.video_limits(), max_duration_s=settings.max_video_duration_s)
     try:
         info = files.probe(record, video_limits)
@@ -131,13 +132,12 @@ def new_job(
     )
     if job.frames_per_segment is None and job.fps is None:
         job = dataclasses.replace(job, frames_per_segment=limits.video_frames)
-    with owner_lock:  # this replica's creations for a key, one at a time: its count never misses its own
-        store.create(job)
-        try:
-            _check_quotas_after_create(store, job, settings)
-        except ApiError:
-            store.remove(job)
-            raise
+    store.create(job)
+    try:
+        _check_quotas_after_create(store, job, settings)
+    except ApiError:
+        store.remove(job)
+        raise
     return job
 
 
@@ -148,16 +148,7 @@ def _check_quotas_after_create(store: JobStore, job: JobRecord, settings: JobsSe
     ended jobs past ``jobs.max_jobs_per_key`` are evicted."""
     jobs = store.owned(job.owner)
     others = [other for other in jobs if other.id != job.id]
-    active = [other for other in others if not other.is_final]
-    if len(active) + 1 > settings.max_active_jobs_per_key:
-        raise ApiError(429, f"This key has {len(active)} jobs queued or running; the limit is "
-                       f"{settings.max_active_jobs_per_key} (jobs.max_active_jobs_per_key). Wait for one to end, or "
-                       "cancel one (DELETE /v1/video/jobs/{id})", code="job_quota_exceeded")
-    waiting = sum(other.segments - other.recorded for other in active)
-    if waiting + job.segments > settings.max_queued_segments_per_key:
-        raise ApiError(429, f"This key has {waiting} segments waiting; with this job's {job.segments} that is over the "
-                       f"{settings.max_queued_segments_per_key} allowed (jobs.max_queued_segments_per_key)",
-                       code="job_quota_exceeded")
+    _check_quotas(others, job.owner, job.segments, settings)
     excess = len(jobs) - settings.max_jobs_per_key
     if excess > 0:
         ended = sorted((other for other in others if other.is_final), key=lambda other: (other.finished_at or 0, other.id))
@@ -165,6 +156,20 @@ def _check_quotas_after_create(store: JobStore, job: JobRecord, settings: JobsSe
             store.remove(evicted)
             logger.info("Job %s of owner %s evicted: the key keeps %d jobs (jobs.max_jobs_per_key)", evicted.id,
                         job.owner, settings.max_jobs_per_key)
+
+
+def _check_quotas(others: list[JobRecord], owner: str, segments: int, settings: JobsSettings) -> None:
+    """429 when a job of ``segments`` more would take the key past its active jobs or waiting segments."""
+    active = [other for other in others if not other.is_final]
+    if len(active) + 1 > settings.max_active_jobs_per_key:
+        raise ApiError(429, f"This key has {len(active)} jobs queued or running; the limit is "
+                       f"{settings.max_active_jobs_per_key} (jobs.max_active_jobs_per_key). Wait for one to end, or "
+                       "cancel one (DELETE /v1/video/jobs/{id})", code="job_quota_exceeded")
+    waiting = sum(other.segments - other.recorded for other in active)
+    if waiting + segments > settings.max_queued_segments_per_key:
+        raise ApiError(429, f"This key has {waiting} segments waiting; with this job's {segments} that is over the "
+                       f"{settings.max_queued_segments_per_key} allowed (jobs.max_queued_segments_per_key)",
+                       code="job_quota_exceeded")
 
 
 def job_not_found(job_id: str) -> ApiError:
