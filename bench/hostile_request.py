@@ -258,9 +258,13 @@ def main() -> int:
     for name, row in report["cases"].items():
         print(f"{name} | {row['status']} | {row['seconds']:.3f} | {row['ingress_cpu_s']:.2f} | "
               f"{row['ingress_peak_growth_bytes'] / 2**20:.0f} | {row['replica_cpu_s']:.2f} | "
-              f"{row['replica_peak_growth_bytes'] / 2**20:.0f} | {row['simple_beside_s'] / report['simple_alone_s']:.2f} | "
+              f"{row['replica_peak_growth_bytes'] / 2**20:.0f} | {_ratio(row['simple_beside_s'], report['simple_alone_s'])} | "
               f"{row['message']}")
     return 0
+
+
+def _ratio(beside_s: float | str, alone_s: float) -> str:
+    return f"{beside_s / alone_s:.2f}" if isinstance(beside_s, float) else f"refused ({beside_s})"
 
 
 def _run_case(
@@ -284,7 +288,10 @@ def _run_case(
         except httpx.TimeoutException:
             status, message = "timeout", f"no answer within {client.timeout.read:g} s"
         elapsed = time.perf_counter() - started
-        simple_s = simple_future.result()
+        try:
+            simple_s: float | str = simple_future.result()
+        except httpx.HTTPStatusError as error:  # the hostile case left no room for it
+            simple_s = f"{error.response.status_code}"
     return {
         "status": status,
         "seconds": elapsed,

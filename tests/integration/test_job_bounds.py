@@ -2,7 +2,8 @@
 streams bounded per key and per job and ended after their time (resumed with Last-Event-ID), refused requests
 that do not count as interactive load, jobs kept per key within a bound (DELETE removes an ended one), job
 creation rate-limited, 30 parallel job POSTs within the active-job quota, a job whose file goes mid-job failed at
-once, a schema that nests past the parser a 400, and an ingress that leaves no load figure behind in the GCS.
+once, a schema that nests past the parser a 400, schema compiles past the replica's bound turned away at once,
+and an ingress that leaves no load figure behind in the GCS.
 
 The app: the CPU group on one replica, the job runner, API keys (one per test, so that quotas do not mix), jobs
 kept in a store folder of the test's.
@@ -37,7 +38,7 @@ def bounds_url(http_port, test_root):
     keys_file = test_root / "bounds-api-keys"
     keys_file.write_text("\n".join(KEYS.values()) + "\n")
     args = {
-        "limits": {**TEST_APP_ARGS["limits"], "max_prompt_tokens": 400},
+        "limits": {**TEST_APP_ARGS["limits"], "max_prompt_tokens": 400, "max_schema_compiles": 1},
         "gpu_group": {"enabled": False},
         "cpu_group": {"num_cpus": 0.5},
         "auth": {"api_keys_file": str(keys_file)},
@@ -255,6 +256,31 @@ def test_a_schema_nested_past_the_parser_is_a_400_and_the_server_stays_up(bounds
         assert response.status_code == 400, response.text
         assert response.json()["error"]["param"] == "json_schema" and "nests deeper" in response.json()["error"]["message"]
         assert client.get("/v1/models").status_code == 200
+
+
+def _slow_schema(name: str) -> dict:
+    """About 200 bytes that compile for seconds (two patterns of 480 repeated groups); a new name each, so no cache
+    knows it."""
+    pattern = {"type": "string", "pattern": "^([a-z]{1,50}[0-9]{1,50}){1,480}$"}
+    schema = {"type": "object", "properties": {f"{name}-a": pattern, f"{name}-b": pattern}}
+    return {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4,
+            "response_format": {"type": "json_schema", "json_schema": {"name": name, "schema": schema}}}
+
+
+def test_schema_compiles_past_the_replica_s_bound_are_turned_away_at_once(bounds_url):
+    with _client(bounds_url, "schema") as client, concurrent.futures.ThreadPoolExecutor(1) as pool:
+        first = pool.submit(client.post, "/v1/chat/completions", json=_slow_schema("first"))
+        time.sleep(0.5)  # the first compile runs (limits.max_schema_compiles: 1)
+        asked = time.monotonic()
+        second = client.post("/v1/chat/completions", json=_slow_schema("second"))
+        waited_s = time.monotonic() - asked
+        refused = first.result()
+        served = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
+    assert second.status_code == 503 and second.json()["error"]["code"] == "overloaded", second.text
+    assert "limits.max_schema_compiles" in second.json()["error"]["message"] and second.headers["retry-after"]
+    assert waited_s < 1.0  # never queued behind the running compile
+    assert refused.status_code == 400 and "limits.max_schema_compile_s" in refused.json()["error"]["message"]
+    assert served.status_code == 200
 
 
 def test_a_deleted_ingress_leaves_no_interactive_load_figure_in_the_gcs(bounds_url):
