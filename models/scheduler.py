@@ -80,7 +80,7 @@ class BatchLimits:
     schema_compile: SchemaCompileLimits = SchemaCompileLimits()  # limits.max_schema_compile_s and the other compile limits
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)  # one request: told apart by identity, never by comparing its frames
 class _Ticket:
     prepared: PreparedPrompt
     cost: RequestCost
