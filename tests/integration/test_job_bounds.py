@@ -27,6 +27,7 @@ APP = "job-bounds"
 KEYS = {name: f"vd-bounds-key-{name}-{index:04d}" for index, name in enumerate(
     ("streams", "resume", "load", "kept", "rate", "parallel", "gone", "schema"))}
 VIDEO = media_factory.video_bytes("mp4", num_frames=240, fps=2, gop=20)  # two minutes
+LONG_VIDEO = media_factory.video_bytes("mp4", num_frames=480, fps=2, gop=20)  # four
 STREAM_S = 3.0
 MAX_ACTIVE = 2
 MAX_KEPT = 3
@@ -74,8 +75,11 @@ def _start(client: httpx.Client, file_id: str, **fields) -> dict:
     return response.json()
 
 
-def _read_stream(client: httpx.Client, job_id: str, last_id: str | None = None) -> tuple[list[str], list[tuple]]:
-    """One connection's lines before the first event, and its events as (id, name, payload)."""
+def _read_stream(
+    client: httpx.Client, job_id: str, last_id: str | None = None, *, leave_after_segments: int | None = None
+) -> tuple[list[str], list[tuple]]:
+    """One connection's lines before the first event, and its events as (id, name, payload); the client leaves
+    after ``leave_after_segments`` segment events, when given."""
     headers = {"last-event-id": last_id} if last_id is not None else {}
     head, events, block = [], [], {}
     with client.stream("GET", f"/v1/video/jobs/{job_id}/events", headers=headers, timeout=120) as response:
@@ -85,6 +89,8 @@ def _read_stream(client: httpx.Client, job_id: str, last_id: str | None = None) 
                 if "data" in block:
                     events.append((block.get("id"), block.get("event"), json.loads(block["data"])))
                 block = {}
+                if leave_after_segments is not None and sum(name == "segment" for _, name, _ in events) >= leave_after_segments:
+                    break
                 continue
             field, _, value = line.partition(": ")
             if not events and "data" not in block and field in ("retry", ""):
@@ -120,10 +126,13 @@ def test_event_streams_are_bounded_per_job_and_per_key_and_a_chat_is_answered_be
 
 def test_a_stream_ends_after_its_time_and_a_client_resumes_it_with_last_event_id(bounds_url):
     with _client(bounds_url, "resume") as client:
-        job = _start(client, _upload(client), segment_s=2, frames=2)  # 60 segments, one at a time: longer than a stream
+        four_minutes = client.post("/v1/files", data={"purpose": "vision"},
+                                   files={"file": ("four.mp4", LONG_VIDEO, "video/mp4")}).json()["id"]
+        job = _start(client, four_minutes, segment_s=2, frames=8)  # 120 segments, one at a time: longer than a stream
         connections, segments, last_id, done = [], {}, None, None
         while done is None and len(connections) < 200:
-            head, events = _read_stream(client, job["id"], last_id)
+            # The client itself leaves its first stream after 3 segments; the server ends the others.
+            head, events = _read_stream(client, job["id"], last_id, leave_after_segments=3 if not connections else None)
             connections.append((last_id, head, events))
             for event_id, name, payload in events:
                 if name == "segment":
@@ -134,7 +143,9 @@ def test_a_stream_ends_after_its_time_and_a_client_resumes_it_with_last_event_id
                 elif name == "done":
                     done = payload
     assert done is not None and done["state"] == "succeeded"
-    assert len(connections) >= 2  # the server ended streams after jobs.max_event_stream_s
+    assert [name for _, name, _ in connections[0][2]].count("segment") == 3  # left by the client, resumed after
+    ended_by_server = [events for _, _, events in connections[1:-1] if all(name != "done" for _, name, _ in events)]
+    assert ended_by_server, f"the job took {done['timings']['wall_s']} s: no stream outlived jobs.max_event_stream_s"
     assert all(head[0] == "retry: 1000" for _, head, _ in connections)
     assert sorted(segments) == list(range(done["progress"]["segments"]))
 
