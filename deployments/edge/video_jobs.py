@@ -108,7 +108,7 @@ def new_job(
     if body.json_schema is not None:
         check_schema_size(schema, encoded_schema, limits, param="json_schema", where="json_schema")
     record = files.video_record(owner, body.file_id, "file_id")
-    _check_quotas(store.owned(owner), owner, 0, settings)  # plainly over: refused before the video is read
+    _check_quotas(store.owned(owner), 0, settings)  # plainly over: refused before the video is read
     video_limits = dataclasses.replace(limits.video_limits(), max_duration_s=settings.max_video_duration_s)
     try:
         info = files.probe(record, video_limits)
@@ -148,7 +148,7 @@ def _check_quotas_after_create(store: JobStore, job: JobRecord, settings: JobsSe
     ended jobs past ``jobs.max_jobs_per_key`` are evicted."""
     jobs = store.owned(job.owner)
     others = [other for other in jobs if other.id != job.id]
-    _check_quotas(others, job.owner, job.segments, settings)
+    _check_quotas(others, job.segments, settings)
     excess = len(jobs) - settings.max_jobs_per_key
     if excess > 0:
         ended = sorted((other for other in others if other.is_final), key=lambda other: (other.finished_at or 0, other.id))
@@ -158,7 +158,7 @@ def _check_quotas_after_create(store: JobStore, job: JobRecord, settings: JobsSe
                         job.owner, settings.max_jobs_per_key)
 
 
-def _check_quotas(others: list[JobRecord], owner: str, segments: int, settings: JobsSettings) -> None:
+def _check_quotas(others: list[JobRecord], segments: int, settings: JobsSettings) -> None:
     """429 when a job of ``segments`` more would take the key past its active jobs or waiting segments."""
     active = [other for other in others if not other.is_final]
     if len(active) + 1 > settings.max_active_jobs_per_key:
