@@ -248,8 +248,9 @@ def test_thirty_parallel_job_posts_stay_within_the_active_job_quota(bounds_url):
 
 def test_a_job_whose_file_goes_mid_job_fails_at_once(bounds_url):
     with _client(bounds_url, "gone") as client:
-        file_id = _upload(client)
-        job = _start(client, file_id, segment_s=2, frames=2)
+        file_id = client.post("/v1/files", data={"purpose": "vision"},
+                              files={"file": ("four.mp4", LONG_VIDEO, "video/mp4")}).json()["id"]
+        job = _start(client, file_id, segment_s=2, frames=8)  # 120 segments: far from done when the file goes
         wait_for_condition(lambda: client.get(f"/v1/video/jobs/{job['id']}").json()["progress"]["done"] >= 1, timeout_s=120)
         assert client.delete(f"/v1/files/{file_id}").status_code == 200
         ended = wait_for_condition(
@@ -280,6 +281,9 @@ def _slow_schema(name: str) -> dict:
 
 def test_schema_compiles_past_the_replica_s_bound_are_turned_away_at_once(bounds_url):
     with _client(bounds_url, "schema") as client, concurrent.futures.ThreadPoolExecutor(1) as pool:
+        warm = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2,
+                                                         "response_format": {"type": "json_object"}})
+        assert warm.status_code == 200  # the compile server is up: what follows times compiles, not its start
         first = pool.submit(client.post, "/v1/chat/completions", json=_slow_schema("first"))
         time.sleep(0.5)  # the first compile runs (limits.max_schema_compiles: 1)
         asked = time.monotonic()
