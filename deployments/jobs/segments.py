@@ -217,8 +217,10 @@ def timeline(segments: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(events, key=lambda event: (event["time_s"], event.get("segment", 0)))
 
 
-# No token is longer than this many bytes of text in the tokenizers served here (Qwen2's longest is 16 bytes of
-# ASCII): a prompt of more bytes than max_prompt_tokens times this cannot fit, and is thinned unread.
+# A timeline's text ("[0:01:05] a door opens") takes about 4 bytes a token in the BPE vocabularies served here; a
+# prompt of more bytes than max_prompt_tokens times this is taken as too long and thinned unread. The margin makes
+# that safe for any text of ordinary tokens; text made of unusually long tokens may be thinned a halving more than
+# it needed, never sent too long (the replica still counts every prompt's tokens).
 MAX_BYTES_PER_TOKEN = 16
 
 
