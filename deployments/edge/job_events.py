@@ -11,7 +11,7 @@ Bounds, so that streams cannot hold the ingress (each one holds a slot of ``ingr
   ``max_event_streams_per_job`` per job and ``max_event_streams`` in all, per ingress replica; past them a 429
   names the limit;
 - a stream ends after ``jobs.max_event_stream_s``. It starts with ``retry:`` and each ``segment`` event has an
-  ``id:``, the highest index below which every segment was sent; a client that reconnects with
+  ``id:``, the highest index up to which every segment has been sent; a client that reconnects with
   ``Last-Event-ID`` gets every recorded segment past it (an ``EventSource`` does this by itself). Segments
   sent after that id, out of order, come again: each carries its ``index``.
 """
@@ -59,10 +59,6 @@ class EventStreamSlots:
         token = secrets.token_hex(8)
         self._open[token] = (owner, job_id, now)
         return lambda: self._open.pop(token, None) and None
-
-    @property
-    def open_streams(self) -> int:
-        return len(self._open)
 
 
 def last_event_id(header: str | None) -> int:
