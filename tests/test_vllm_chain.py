@@ -4,16 +4,7 @@ fails for memory is shut down, recorded with the plan's numbers, and the chain's
 The budget here claims 2 TiB, so the chain tries vLLM; vLLM's worker then measures the host and refuses a KV cache
 of about 1 TiB, as a GPU's profiling run refuses one that does not fit. Skipped without vLLM's environment."""
 
-import json
-import os
-import pathlib
-import subprocess
-
-import pytest
-
-from deployments.app import DEFAULT_VLLM_PYTHON
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent  # the scripts run here, so tests.vllm_processes imports
+from vllm_scripts import run_in_vllm_environment
 
 SCRIPT = """
 import json, sys
@@ -45,13 +36,7 @@ print(json.dumps({"report": loaded.report.to_dict(), "engine_cores_left": engine
 
 
 def test_a_vllm_start_up_that_fails_for_memory_hands_over_to_the_next_link(tiny_model_path):
-    if not DEFAULT_VLLM_PYTHON.is_file():
-        pytest.skip(f"vLLM's environment is not built ({DEFAULT_VLLM_PYTHON}): run bin/ensure-vllm-venv")
-
-    done = subprocess.run([str(DEFAULT_VLLM_PYTHON), "-c", SCRIPT, str(tiny_model_path)], capture_output=True, text=True,
-                          timeout=600, cwd=ROOT, env={**os.environ, "VLLM_CPU_OMP_THREADS_BIND": "nobind"})
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = run_in_vllm_environment("-c", SCRIPT, str(tiny_model_path))
 
     vllm_attempt, transformers_attempt = result["report"]["attempts"]
     assert vllm_attempt["strategy"] == "vllm-fp32" and vllm_attempt["outcome"] == "out_of_memory"

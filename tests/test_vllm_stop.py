@@ -3,16 +3,7 @@ the stop is checked before the request reaches vLLM, so nothing is generated for
 could come before vLLM registered the request, find nothing, and let it run to its last token). Skipped
 without vLLM's environment."""
 
-import json
-import os
-import pathlib
-import subprocess
-
-import pytest
-
-from deployments.app import DEFAULT_VLLM_PYTHON
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+from vllm_scripts import run_in_vllm_environment
 
 SCRIPT = """
 import json, sys, threading, time
@@ -62,12 +53,6 @@ print(json.dumps(results))
 
 
 def test_a_request_stopped_before_vllm_had_it_generates_nothing(tiny_model_path):
-    if not DEFAULT_VLLM_PYTHON.is_file():
-        pytest.skip(f"vLLM's environment is not built ({DEFAULT_VLLM_PYTHON}): run bin/ensure-vllm-venv")
-
-    done = subprocess.run([str(DEFAULT_VLLM_PYTHON), "-c", SCRIPT, str(tiny_model_path)], capture_output=True, text=True,
-                          timeout=600, cwd=ROOT, env={**os.environ, "VLLM_CPU_OMP_THREADS_BIND": "nobind"})
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads(done.stdout.strip().splitlines()[-1])
+    results = run_in_vllm_environment("-c", SCRIPT, str(tiny_model_path))
 
     assert results == [{"cancelled": 1, "tokens": 0, "outcome": None}] * 5

@@ -18,6 +18,8 @@ import time
 import httpx
 import media_factory
 import pytest
+from job_requests import start_job as _start
+from job_requests import upload_video
 from polling import wait_for_condition
 from ray import serve
 
@@ -63,16 +65,8 @@ def _client(url: str, name: str) -> httpx.Client:
     return httpx.Client(base_url=url, headers={"authorization": f"Bearer {KEYS[name]}"}, timeout=60)
 
 
-def _upload(client: httpx.Client) -> str:
-    response = client.post("/v1/files", data={"purpose": "vision"}, files={"file": ("two.mp4", VIDEO, "video/mp4")})
-    assert response.status_code == 200, response.text
-    return response.json()["id"]
-
-
-def _start(client: httpx.Client, file_id: str, **fields) -> dict:
-    response = client.post("/v1/video/jobs", json={"file_id": file_id, "question": "What happens?", **fields})
-    assert response.status_code == 202, response.text
-    return response.json()
+def _upload(client: httpx.Client, video: bytes = VIDEO) -> str:
+    return upload_video(client, video)
 
 
 def _read_stream(
@@ -126,9 +120,7 @@ def test_event_streams_are_bounded_per_job_and_per_key_and_a_chat_is_answered_be
 
 def test_a_stream_ends_after_its_time_and_a_client_resumes_it_with_last_event_id(bounds_url):
     with _client(bounds_url, "resume") as client:
-        four_minutes = client.post("/v1/files", data={"purpose": "vision"},
-                                   files={"file": ("four.mp4", LONG_VIDEO, "video/mp4")}).json()["id"]
-        job = _start(client, four_minutes, segment_s=2, frames=8)  # 120 segments, one at a time: longer than a stream
+        job = _start(client, _upload(client, LONG_VIDEO), segment_s=2, frames=8)  # 120 segments, one at a time: longer than a stream
         connections, segments, last_id, done = [], {}, None, None
         while done is None and len(connections) < 200:
             # The client itself leaves its first stream after 3 segments; the server ends the others.
@@ -248,8 +240,7 @@ def test_thirty_parallel_job_posts_stay_within_the_active_job_quota(bounds_url):
 
 def test_a_job_whose_file_goes_mid_job_fails_at_once(bounds_url):
     with _client(bounds_url, "gone") as client:
-        file_id = client.post("/v1/files", data={"purpose": "vision"},
-                              files={"file": ("four.mp4", LONG_VIDEO, "video/mp4")}).json()["id"]
+        file_id = _upload(client, LONG_VIDEO)
         job = _start(client, file_id, segment_s=2, frames=8)  # 120 segments: far from done when the file goes
         wait_for_condition(lambda: client.get(f"/v1/video/jobs/{job['id']}").json()["progress"]["done"] >= 1, timeout_s=120)
         assert client.delete(f"/v1/files/{file_id}").status_code == 200

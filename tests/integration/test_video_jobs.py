@@ -14,6 +14,8 @@ import httpx
 import media_factory
 import pytest
 import ray
+from job_requests import start_job as _start
+from job_requests import upload_video
 from polling import wait_for_condition
 from ray import serve
 
@@ -68,15 +70,7 @@ def bob(jobs_url):
 
 @pytest.fixture(scope="module")
 def video_id(alice):
-    response = alice.post("/v1/files", data={"purpose": "vision"}, files={"file": ("two-minutes.mp4", VIDEO, "video/mp4")})
-    assert response.status_code == 200, response.text
-    return response.json()["id"]
-
-
-def _start(client: httpx.Client, file_id: str, **fields) -> dict:
-    response = client.post("/v1/video/jobs", json={"file_id": file_id, "question": "What happens?", **fields})
-    assert response.status_code == 202, response.text
-    return response.json()
+    return upload_video(alice, VIDEO, "two-minutes.mp4")
 
 
 def _ended(client: httpx.Client, job_id: str, timeout_s: float = 240) -> dict:
