@@ -78,9 +78,12 @@ def test_a_segment_is_recorded_once_and_a_job_is_its_owner_s(job_store):
     job = _job()
     job_store.create(job)
 
-    assert job_store.put_segment(job, {"index": 1, "state": "done", "run": "first"}, ["data:image/jpeg;base64,AA"]) > 0
+    assert job_store.stored_bytes(job) == 0
+    first = job_store.put_segment(job, {"index": 1, "state": "done", "run": "first"}, ["data:image/jpeg;base64,AA"])
     assert job_store.put_segment(job, {"index": 1, "state": "done", "run": "second"}) is None
-    assert job_store.put_segment(job, {"index": 0, "state": "failed", "run": "first"}) > 0
+    second = job_store.put_segment(job, {"index": 0, "state": "failed", "run": "first"})
+    assert first > 0 and second > 0
+    assert job_store.stored_bytes(job) == first + second  # what a runner adopting the job counts, read from a listing
     assert job_store.thumbnail(job, 1, 0) == "data:image/jpeg;base64,AA"
     assert job_store.thumbnail(job, 1, 1) is None and job_store.thumbnail(job, 7, 0) is None
 

@@ -102,16 +102,17 @@ class FilesService:
         replica's uploads for a key are counted one at a time. A key plainly over its quota is refused before
         anything is stored."""
         with self._owner_locks[owner]:
-            self._check_quotas(owner, self.store.list(owner), size_bytes)
+            jobs_bytes = self._held_by_jobs(owner)  # read once: the count after the store does not change it
+            self._check_quotas(self.store.list(owner), jobs_bytes, size_bytes)
             record = self.store.put(local_path, owner=owner, size_bytes=size_bytes, **fields)
             try:
-                self._check_quotas(owner, [held for held in self.store.list(owner) if held.id != record.id], size_bytes)
+                self._check_quotas([held for held in self.store.list(owner) if held.id != record.id], jobs_bytes, size_bytes)
             except ApiError:
                 self.store.delete(owner, record.id)
                 raise
         return record
 
-    def _check_quotas(self, owner: str, others: list[FileRecord], size_bytes: int) -> None:
+    def _check_quotas(self, others: list[FileRecord], jobs_bytes: int, size_bytes: int) -> None:
         settings = self._config.files
         if len(others) + 1 > settings.max_files_per_key:
             raise ApiError(
@@ -119,7 +120,7 @@ class FilesService:
                 "(files.max_files_per_key). Delete some (DELETE /v1/files/{id}) first",
                 code="file_quota_exceeded",
             )
-        held_bytes = sum(held.bytes for held in others) + self._held_by_jobs(owner)
+        held_bytes = sum(held.bytes for held in others) + jobs_bytes
         if held_bytes + size_bytes > settings.max_bytes_per_key:
             raise ApiError(
                 413, f"This key holds {held_bytes} bytes of files and job results; with this one ({size_bytes} bytes) "

@@ -222,8 +222,9 @@ class JobRunner:
         """The job with its summary counted from its recorded results (read once, at adoption)."""
         counted = dataclasses.replace(job, done=0, failed=0, decode_s=0.0, inference_s=0.0, result_bytes=0)
         for result in self._store.segments(job):
-            counted = counted.counted(result, len(json.dumps(result)))
-        return counted
+            counted = counted.counted(result, 0)
+        # What they take, thumbnails included, as the store lists it: the bytes each put counted when it ran.
+        return dataclasses.replace(counted, result_bytes=self._store.stored_bytes(job))
 
     # -- dispatching --------------------------------------------------------------------------------
 

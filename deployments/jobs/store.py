@@ -177,6 +177,14 @@ class JobStore:
         self._fs.pipe_file(path, data)
         return len(data) + len(pictures)
 
+    def stored_bytes(self, job: JobRecord) -> int:
+        """What the job's recorded results and their thumbnails take in the store: one listing, nothing read."""
+        try:
+            entries = self._fs.ls(f"{self._folder(job.owner, job.id)}/segments", detail=True)
+        except FileNotFoundError:
+            return 0
+        return sum(int(entry.get("size") or 0) for entry in entries if entry["name"].endswith(".json"))
+
     def recorded_indices(self, job: JobRecord) -> set[int]:
         return {int(path.rsplit("/", 1)[-1].removesuffix(".json")) for path in self._segment_paths(job)}
 
