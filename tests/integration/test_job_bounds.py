@@ -140,6 +140,12 @@ def test_a_stream_ends_after_its_time_and_a_client_resumes_it_with_last_event_id
     assert ended_by_server, f"the job took {done['timings']['wall_s']} s: no stream outlived jobs.max_event_stream_s"
     assert all(head[0] == "retry: 1000" for _, head, _ in connections)
     assert sorted(segments) == list(range(done["progress"]["segments"]))
+    with _client(bounds_url, "resume") as client:
+        for bad in ("abc", "1e3", "-7", "99999999"):
+            refused = client.get(f"/v1/video/jobs/{job['id']}/events", headers={"last-event-id": bad})
+            assert refused.status_code == 400 and refused.json()["error"]["param"] == "last-event-id", bad
+        # Refused before any slot was taken: a stream of the job still opens, and ends with the job's done.
+        assert _read_stream(client, job["id"])[1][-1][1] == "done"
 
 
 def test_refused_requests_are_not_interactive_load_and_jobs_keep_moving(bounds_url):
