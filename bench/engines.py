@@ -1,11 +1,15 @@
 """Ours on vLLM against bare vLLM, and ours on transformers beside them: same model, same threads, one run.
 
-Three servers, one after the other, each alone on the machine, on the mid-size random Qwen2-VL
+Up to five servers, one after the other, each alone on the machine, on the mid-size random Qwen2-VL
 (:mod:`bench.mid_model`, about 190M parameters) in fp32 with 2 compute threads and prefix caching on:
 
-  bare vLLM      vLLM's own OpenAI server (``python -m vllm.entrypoints.openai.api_server``, vLLM's environment);
-  ours, vllm     our app, its CPU group on ``engine: vllm`` (the same vLLM, in the replica, planned by us);
-  ours, tf       our app, its CPU group on ``engine: transformers``.
+  bare_vllm                vLLM's own OpenAI server (``python -m vllm.entrypoints.openai.api_server``, vLLM's
+                           environment) at its defaults: compiled;
+  bare_vllm_eager          the same with ``--enforce-eager``;
+  ours_vllm                our app, its CPU group on ``engine: vllm`` (the same vLLM, in the replica, planned by us),
+                           with ``max_batch_size`` 16 and ``max_ongoing_requests`` 32 (tuned for 16 clients);
+  ours_vllm_defaults       the same at the group's default limits (8 and 16);
+  ours_transformers        our app, its CPU group on ``engine: transformers`` (tuned as ours_vllm).
 
 Two kinds of request, closed-loop clients at 1, 8 and 16:
   images         a 224x224 PNG and a short question, 32 new tokens with ``ignore_eos``: a new image on every
@@ -14,11 +18,12 @@ Two kinds of request, closed-loop clients at 1, 8 and 16:
                  each time (``--allowed-local-media-path``, ``num_frames`` 8); ours asks by ``file_id`` after one
                  upload (seek-based sampling, then the frame cache).
 
-Prints requests/s and p50 per level, the ratios to bare vLLM, and the second question's latency ratio; writes
-docs/engines-throughput.png. Targets: ours on vLLM at least 0.9x bare vLLM's requests/s at 8 and 16 clients
-with p50 within 1.15x; the second video question at most 0.3x bare vLLM's.
+Prints requests/s and p50 per level, the ratios to bare vLLM (at its defaults and eager), and the second
+question's latency ratio; writes docs/engines-throughput.png. Targets: ours on vLLM at least 0.9x bare vLLM's
+requests/s at its defaults, at 8 clients with new images and 16 with the repeated one, with p50 within 1.15x.
 
-Usage: .venv/bin/python -m bench.engines [--levels 1,8,16] [--skip-video] [--skip-images] [--servers a,b] [--json]
+Usage: .venv/bin/python -m bench.engines [--levels 1,8,16] [--requests-scale 1] [--skip-video] [--skip-images]
+       [--servers a,b] [--json]
 Needs vLLM's environment (bin/ensure-vllm-venv).
 """
 
@@ -54,7 +59,8 @@ MAX_TOKENS = 32
 MAX_MODEL_LEN = 4096
 FRAMES = 8
 THREADS = 2
-REQUESTS_AT = {1: 8, 8: 24, 16: 32}
+REQUESTS_AT = {1: 8, 8: 48, 16: 64}
+OURS_TUNED = {"cpu_group": {"max_batch_size": 16, "max_ongoing_requests": 32}}
 
 
 def image_data_url(seed: int) -> str:
@@ -73,9 +79,12 @@ def _chat(client: httpx.Client, model: str, content: list[dict], max_tokens: int
     return response.json()
 
 
-def _load(base_url: str, model: str, clients: int, image_for: Callable[[int], str]) -> dict[str, float]:
+def _load(
+    base_url: str, model: str, clients: int, image_for: Callable[[int], str], *, total: int | None = None,
+    max_tokens: int = MAX_TOKENS,
+) -> dict[str, float]:
     """Closed loop: ``clients`` threads, each sending its share of the level's requests one after another."""
-    total = REQUESTS_AT.get(clients, 2 * clients)
+    total = total or REQUESTS_AT.get(clients, 2 * clients)
     latencies: list[float] = []
 
     def client_loop(index: int) -> None:
@@ -84,8 +93,8 @@ def _load(base_url: str, model: str, clients: int, image_for: Callable[[int], st
                 content = [{"type": "image_url", "image_url": {"url": image_for(number)}},
                            {"type": "text", "text": "What is in this picture?"}]
                 started = time.perf_counter()
-                answer = _chat(client, model, content)
-                assert answer["usage"]["completion_tokens"] == MAX_TOKENS, answer["usage"]
+                answer = _chat(client, model, content, max_tokens)
+                assert answer["usage"]["completion_tokens"] == max_tokens, answer["usage"]
                 latencies.append(time.perf_counter() - started)
 
     started = time.perf_counter()
@@ -132,12 +141,14 @@ def measure(base_url: str, model: str, levels: list[int], video_part: dict | Non
 
 
 @contextlib.contextmanager
-def bare_vllm(model_path: pathlib.Path, media_dir: pathlib.Path) -> Iterator[str]:
+def bare_vllm(model_path: pathlib.Path, media_dir: pathlib.Path, *, eager: bool = False) -> Iterator[tuple[str, int]]:
+    """vLLM's own OpenAI server as a user starts it: its defaults (compiled, prefix caching on), or ``--enforce-eager``;
+    yields its URL and its process's pid."""
     port = free_port()
     command = [
         str(DEFAULT_VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_path),
         "--served-model-name", "mid", "--dtype", "float32", "--max-model-len", str(MAX_MODEL_LEN), "--max-num-seqs", "16",
-        "--enforce-eager", "--host", "127.0.0.1", "--port", str(port), "--allowed-local-media-path", str(media_dir),
+        *(["--enforce-eager"] if eager else []), "--host", "127.0.0.1", "--port", str(port), "--allowed-local-media-path", str(media_dir),
         "--media-io-kwargs", json.dumps({"video": {"num_frames": FRAMES}}),
     ]
     env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "2", "HF_HUB_OFFLINE": "1",
@@ -156,7 +167,7 @@ def bare_vllm(model_path: pathlib.Path, media_dir: pathlib.Path) -> Iterator[str
             if time.monotonic() > deadline:
                 raise TimeoutError("vLLM's server was not up within 300 s")
             time.sleep(2)
-        yield url
+        yield url, process.pid
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
@@ -168,10 +179,19 @@ def bare_vllm(model_path: pathlib.Path, media_dir: pathlib.Path) -> Iterator[str
         log.close()
 
 
+def _merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        merged[key] = _merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return merged
+
+
 @contextlib.contextmanager
-def ours(model_path: pathlib.Path, engine: str, video: pathlib.Path | None) -> Iterator[tuple[str, str, dict | None]]:
-    """Our app with its CPU group on ``engine``; yields its URL, its model's id and the video part naming the
-    uploaded file."""
+def ours(
+    model_path: pathlib.Path, engine: str, video: pathlib.Path | None, overrides: dict[str, Any] | None = None
+) -> Iterator[tuple[str, str, dict | None]]:
+    """Our app with its CPU group on ``engine`` (``overrides`` merged into its config); yields its URL, its model's
+    id and the video part naming the uploaded file."""
     from ray import serve
 
     app_args = {
@@ -180,13 +200,14 @@ def ours(model_path: pathlib.Path, engine: str, video: pathlib.Path | None) -> I
                    "max_upload_bytes": 2 * video.stat().st_size if video else 256 * 2**20},
         "gpu_group": {"enabled": False},
         "cpu_group": {
-            "engine": engine, "num_cpus": THREADS, "chain": ["fp32"], "vllm_chain": ["fp32"], "max_batch_size": 16,
-            "max_ongoing_requests": 32, "memory_bytes": 8 * 2**30, "autoscaling": {"min_replicas": 1, "max_replicas": 1},
+            "engine": engine, "num_cpus": THREADS, "chain": ["fp32"], "vllm_chain": ["fp32"],
+            "memory_bytes": 8 * 2**30, "autoscaling": {"min_replicas": 1, "max_replicas": 1},
             "env_vars": {"VLLM_CPU_OMP_THREADS_BIND": f"0-{THREADS - 1}"},
         },
         "ingress": {"num_cpus": 0},
         "files": {"ttl_s": 0},
     }
+    app_args = _merged(app_args, overrides or {})
     with local_serve(num_cpus=THREADS) as (base_url, _):
         serve.run(build_app(app_args), name=f"engines-{engine}", route_prefix="/")
         deadline = time.monotonic() + 600
@@ -205,14 +226,14 @@ def ours(model_path: pathlib.Path, engine: str, video: pathlib.Path | None) -> I
         yield base_url, model, part
 
 
-def _ratios(report: dict[str, Any], levels: list[int]) -> dict[str, Any]:
-    bare, on_vllm = report["servers"]["bare_vllm"], report["servers"]["ours_vllm"]
+def _ratios(report: dict[str, Any], levels: list[int], ours_name: str, bare_name: str) -> dict[str, Any]:
+    bare, on_vllm = report["servers"][bare_name], report["servers"][ours_name]
     ratios: dict[str, Any] = {}
     for kind in ("new_image", "repeated_image"):
         ratios[kind] = {
             level: {"req_per_s": on_vllm[kind][level]["req_per_s"] / bare[kind][level]["req_per_s"],
                     "p50": on_vllm[kind][level]["p50_s"] / bare[kind][level]["p50_s"]}
-            for level in levels
+            for level in levels if level in on_vllm.get(kind, {}) and level in bare.get(kind, {})
         }
     if "second_s" in bare.get("video", {}) and "second_s" in on_vllm.get("video", {}):
         ratios["video_second_question"] = on_vllm["video"]["second_s"] / bare["video"]["second_s"]
@@ -225,7 +246,8 @@ def main() -> int:
     parser.add_argument("--model-dir", type=pathlib.Path, default=pathlib.Path("bench/results/mid-qwen2-vl"))
     parser.add_argument("--skip-video", action="store_true")
     parser.add_argument("--skip-images", action="store_true")
-    parser.add_argument("--servers", default="bare_vllm,ours_vllm,ours_transformers", help="which of the three to run")
+    parser.add_argument("--servers", default="bare_vllm,bare_vllm_eager,ours_vllm,ours_vllm_defaults,ours_transformers",
+                        help="which of the five to run")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--plot-dir", type=pathlib.Path, default=DOCS_DIR)
     args = parser.parse_args()
@@ -239,19 +261,24 @@ def main() -> int:
     video = None if args.skip_video else _video(600)
     report: dict[str, Any] = {"model_parameters": parameter_count(model_path), "levels": levels, "servers": {}}
     servers, images = args.servers.split(","), not args.skip_images
-    if "bare_vllm" in servers:
-        logger.info("bare vLLM")
-        with bare_vllm(model_path, video.parent if video else model_path) as url:
-            part = {"type": "video_url", "video_url": {"url": video.resolve().as_uri()}} if video else None
-            report["servers"]["bare_vllm"] = measure(url, "mid", levels, part, images)
-    for engine, name in (("vllm", "ours_vllm"), ("transformers", "ours_transformers")):
+    for name, eager in (("bare_vllm", False), ("bare_vllm_eager", True)):
         if name in servers:
-            logger.info("ours on %s", engine)
-            with ours(model_path, engine, video) as (url, model, part):
+            logger.info("bare vLLM%s", ", eager" if eager else "")
+            with bare_vllm(model_path, video.parent if video else model_path, eager=eager) as (url, _):
+                part = {"type": "video_url", "video_url": {"url": video.resolve().as_uri()}} if video else None
+                report["servers"][name] = measure(url, "mid", levels, part, images)
+    for engine, name, overrides in (("vllm", "ours_vllm", OURS_TUNED), ("vllm", "ours_vllm_defaults", {}),
+                                    ("transformers", "ours_transformers", OURS_TUNED)):
+        if name in servers:
+            logger.info("%s", name)
+            with ours(model_path, engine, video, overrides) as (url, model, part):
                 report["servers"][name] = measure(url, model, levels, part, images)
-    if {"bare_vllm", "ours_vllm"} <= set(report["servers"]):
-        report["ratios"] = _ratios(report, levels if images else [])
-    if images and len(report["servers"]) == 3:
+    report["ratios"] = {
+        f"{ours_name} / {bare_name}": _ratios(report, levels if images else [], ours_name, bare_name)
+        for ours_name in ("ours_vllm", "ours_vllm_defaults") for bare_name in ("bare_vllm", "bare_vllm_eager")
+        if {ours_name, bare_name} <= set(report["servers"])
+    }
+    if images and {"bare_vllm", "ours_vllm", "ours_transformers"} <= set(report["servers"]):
         engines_chart(levels, report["servers"], args.plot_dir / "engines-throughput.png")
     if not args.json:
         _print(report, levels if images else [])
@@ -265,23 +292,26 @@ def _print(report: dict[str, Any], levels: list[int]) -> None:
     servers = report["servers"]
     print(f"mid-size Qwen2-VL, {report['model_parameters'] / 1e6:.0f}M parameters, fp32, {THREADS} threads, "
           f"{MAX_TOKENS} tokens with ignore_eos")
+    names = [name for name in ("bare_vllm", "bare_vllm_eager", "ours_vllm", "ours_vllm_defaults", "ours_transformers")
+             if name in servers]
     for kind in ("new_image", "repeated_image") if levels else ():
-        print(f"{kind.replace('_', ' ')}: clients | bare vLLM req/s p50 | ours on vLLM req/s p50 (ratio) | ours on tf req/s p50")
+        print(f"{kind.replace('_', ' ')}: clients | " + " | ".join(f"{name} req/s p50" for name in names))
         for level in levels:
             cells = []
-            for name in ("bare_vllm", "ours_vllm", "ours_transformers"):
-                row = servers.get(name, {}).get(kind, {}).get(level)
+            for name in names:
+                row = servers[name].get(kind, {}).get(level)
                 cells.append(f"{row['req_per_s']:.2f} {row['p50_s']:.2f} s" if row else "-")
-            ratio = report.get("ratios", {}).get(kind, {}).get(level)
-            if ratio:
-                cells[1] += f" ({ratio['req_per_s']:.2f}x req/s, {ratio['p50']:.2f}x p50)"
             print(f"  {level:2d} | " + " | ".join(cells))
+        for pair, ratios in report.get("ratios", {}).items():
+            figures = ", ".join(f"{level}: {ratio['req_per_s']:.2f}x req/s, {ratio['p50']:.2f}x p50"
+                                for level, ratio in ratios.get(kind, {}).items())
+            print(f"  {pair}: {figures}")
     for name, server in servers.items():
         if "video" in server:
             print(f"  video, {name}: {server['video']}")
-    if "video_second_question" in report.get("ratios", {}):
-        print(f"  second question, ours on vLLM / bare vLLM: {report['ratios']['video_second_question']:.3f}x "
-              "(target <= 0.3x)")
+    for pair, ratios in report.get("ratios", {}).items():
+        if "video_second_question" in ratios:
+            print(f"  second question, {pair}: {ratios['video_second_question']:.3f}x")
 
 
 if __name__ == "__main__":

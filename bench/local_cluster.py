@@ -43,6 +43,8 @@ import httpx
 import psutil
 import yaml
 
+from deployments.serve_env import CLUSTER_ENV
+
 logger = logging.getLogger(__name__)
 
 RAY_PORT = 6379
@@ -137,6 +139,7 @@ class LocalCluster:
             raise
         self.store_url = f"s3://{BUCKET}"
         self._env = {
+            **CLUSTER_ENV,  # as the image sets them (deploy/Dockerfile)
             **os.environ,
             "RAY_AUTH_MODE": "disabled",
             "RAY_USAGE_STATS_ENABLED": "0",

@@ -8,8 +8,11 @@ import socket
 import tempfile
 from typing import Iterator
 
+from deployments.serve_env import apply_cluster_env
+
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+apply_cluster_env()
 
 import ray  # noqa: E402
 from ray import serve  # noqa: E402

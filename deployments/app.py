@@ -26,6 +26,7 @@ from deployments.plan import AppPlan, resolve_app
 from deployments.replica.model_replica import ModelReplica
 from deployments.routing.groups import CPU_GROUP, DEPLOYMENT_NAMES, GPU_FLOOR_GROUP, GPU_GROUP, GPU_GROUPS
 from deployments.routing.ready_replica_router import ROUTER_CLASS_PATH, ROUTING_STATS_PERIOD_S
+from deployments.serve_env import REPLICA_ENV
 from memory.allocator import allocator_env
 
 logger = logging.getLogger(__name__)
@@ -99,9 +100,7 @@ def _actor_options(
     num_cpus: float, num_gpus: float, env_vars: dict[str, str], node_labels: dict[str, str], python: str | None = None
 ) -> dict:
     options: dict = {"num_cpus": num_cpus, "num_gpus": num_gpus}
-    runtime_env: dict[str, Any] = {}
-    if env_vars:
-        runtime_env["env_vars"] = env_vars
+    runtime_env: dict[str, Any] = {"env_vars": {**REPLICA_ENV, **env_vars}}
     if python:
         runtime_env["py_executable"] = python
     if runtime_env:

@@ -32,6 +32,13 @@ VLLM_CPU_PROCESS_BYTES = 2 * 1024**3
 VLLM_DEFAULT_MAX_NUM_BATCHED_TOKENS = 2048
 
 
+# What CUDA graphs hold on a GPU, priced before vLLM starts: vLLM measures its own graphs' memory while it profiles
+# and takes it from the KV cache (VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS, on by default), so this only decides
+# whether the KV cache above its minimum can give that up. vLLM's graphs for up to 512 sequences of a 7-8B model
+# hold well under 1 GiB; 1 GiB is the margin.
+CUDA_GRAPH_RESERVE_BYTES = 1024**3
+
+
 class VllmPlanError(MemoryError):
     """The budget leaves vLLM too little KV cache for one full-length sequence; the message has the numbers."""
 
@@ -145,3 +152,45 @@ def _check_kv(kv_bytes: int, shape: VllmShape, explanation: str) -> None:
             f"{shape.max_model_len} tokens x {shape.kv_bytes_per_token} bytes) and this budget leaves "
             f"{format_gib(kv_bytes)}: {explanation}"
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class VllmCompilePlan:
+    """Compiled (torch.compile, and CUDA graphs on a GPU) or eager, and why."""
+
+    compiled: bool
+    reason: str
+
+    def engine_args(self) -> dict[str, Any]:
+        return {"enforce_eager": not self.compiled}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mode": "compiled" if self.compiled else "eager", "reason": self.reason}
+
+
+def plan_vllm_compile(setting: str, plan: VllmMemoryPlan) -> VllmCompilePlan:
+    """``setting`` (the group's ``vllm_compile``) and the memory plan decide compiled or eager.
+
+    - ``compiled`` or ``eager``: as the config says.
+    - ``auto`` on the CPU: compiled. torch.compile holds no memory the plan does not already price; its cost is
+      the first start's compilation, which vLLM caches (under the model cache) for every later start.
+    - ``auto`` on a GPU: CUDA graphs where the KV cache above its minimum holds :data:`CUDA_GRAPH_RESERVE_BYTES`
+      (vLLM takes its graphs' measured memory from the KV cache), eager where it does not.
+    """
+    if setting in ("compiled", "eager"):
+        return VllmCompilePlan(setting == "compiled", f"vllm_compile: {setting} in the group's config")
+    if plan.device != "cuda":
+        return VllmCompilePlan(
+            True, "vllm_compile: auto on the CPU: compiled (torch.compile), cached for later starts; it needs no memory "
+            "beyond the plan"
+        )
+    spare = plan.kv_cache_bytes - plan.min_kv_cache_bytes
+    if spare >= CUDA_GRAPH_RESERVE_BYTES:
+        return VllmCompilePlan(
+            True, f"vllm_compile: auto on a GPU: CUDA graphs, since the KV cache has {format_gib(spare)} above its "
+            f"minimum {format_gib(plan.min_kv_cache_bytes)}, which holds their reserve of {format_gib(CUDA_GRAPH_RESERVE_BYTES)}"
+        )
+    return VllmCompilePlan(
+        False, f"vllm_compile: auto on a GPU: eager, since the KV cache has only {format_gib(spare)} above its minimum "
+        f"{format_gib(plan.min_kv_cache_bytes)}, less than CUDA graphs' reserve of {format_gib(CUDA_GRAPH_RESERVE_BYTES)}"
+    )

@@ -130,3 +130,7 @@ class TextDelta:
     text: str
     logprobs: tuple[TokenLogprob, ...] = ()
     completion_tokens: int = 0  # tokens generated so far, this piece's included (0: not counted)
+
+    def followed_by(self, later: "TextDelta") -> "TextDelta":
+        """This piece and the one after it, as one."""
+        return TextDelta(self.text + later.text, self.logprobs + later.logprobs, later.completion_tokens or self.completion_tokens)

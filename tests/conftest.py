@@ -12,6 +12,8 @@ import tempfile
 
 import pytest
 
+from deployments.serve_env import apply_cluster_env
+
 # A short path under /tmp: Ray's unix socket paths must stay under ~107 bytes.
 TEST_ROOT = pathlib.Path(tempfile.mkdtemp(prefix="vd-tests-"))
 os.environ["VIDEO_DETECTIVE_CACHE"] = str(TEST_ROOT / "cache")
@@ -19,6 +21,7 @@ os.environ["RAY_AUTH_MODE"] = "disabled"
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+apply_cluster_env()  # Serve's controller and proxies as the image and bin/serve start them
 
 # Test helpers (media_factory, polling) import as plain modules.
 sys.path.insert(0, str(pathlib.Path(__file__).parent))

@@ -167,3 +167,44 @@ def test_an_ingress_withdraws_its_interactive_figure_and_a_forgotten_one_is_dele
     # ingress-2 died without withdrawing: a reader an hour later deletes its figure.
     assert not interactive_busy("gone-app", quiet_s=2.0, now=time.time() + 3600)
     assert keys() == []
+
+
+def test_an_ingress_writes_its_figure_when_requests_start_and_stop_not_on_every_tick(local_ray):
+    import asyncio
+    import json
+    import time
+
+    from ray.experimental import internal_kv
+
+    from deployments.routing.interactive_load import REFRESH_S, InteractiveLoad
+    from deployments.routing.job_backlog import KV_NAMESPACE
+
+    def figure() -> dict | None:
+        raw = internal_kv._internal_kv_get("interactive:quiet-app:ingress-1", namespace=KV_NAMESPACE)
+        return json.loads(raw) if raw else None
+
+    async def until(condition, timeout_s: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            assert time.monotonic() < deadline, "the figure did not change in time"
+            await asyncio.sleep(0.02)
+
+    async def scenario() -> None:
+        load = InteractiveLoad()
+        publisher = asyncio.get_running_loop().create_task(load.publish_forever("quiet-app", "ingress-1"))
+        await asyncio.sleep(0.5)
+        assert figure() is None  # nothing in flight, nothing said: no write at all
+        with load.request():
+            await until(lambda: (figure() or {}).get("in_flight") == 1)
+            written_at = figure()["at"]
+            with load.request():  # a second request changes nothing the reader decides on
+                await asyncio.sleep(0.5)
+            assert figure()["at"] == written_at
+            await until(lambda: figure()["at"] > written_at, timeout_s=REFRESH_S + 2)  # refreshed while in flight
+        await until(lambda: figure()["in_flight"] == 0)
+        quiet_at = figure()["at"]
+        await asyncio.sleep(REFRESH_S + 0.5)
+        assert figure()["at"] == quiet_at  # quiet and told: no more writes
+        publisher.cancel()
+
+    asyncio.run(scenario())

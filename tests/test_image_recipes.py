@@ -16,6 +16,8 @@ import subprocess
 import pytest
 import setuptools
 
+from deployments.serve_env import CLUSTER_ENV
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 APP = REPO / "deploy" / "Dockerfile"
 VLLM = REPO / "deploy" / "Dockerfile.vllm"
@@ -72,6 +74,8 @@ def test_the_recipes_build_from_the_repository_with_its_own_scripts():
     assert ("ARG", "RAY_IMAGE=rayproject/ray:2.60.0-py311-gpu") in app  # the Ray the manifest's rayVersion names
     assert any(instruction == "ENV" and arguments.startswith("PATH=/opt/video-detective/.venv/bin:") for instruction, arguments in app)
     assert [step.split()[-1] for step in _setup_steps(APP)] == ["bin/ensure-venv"]
+    env = dict(pair.split("=", 1) for instruction, arguments in app if instruction == "ENV" for pair in arguments.split())
+    assert {name: env.get(name) for name in CLUSTER_ENV} == CLUSTER_ENV  # Serve's controller and proxies read them
     assert _setup_steps(VLLM) == ['VIDEO_DETECTIVE_VLLM_VENV=/opt/vllm PYTHON=python3.11 bin/ensure-vllm-venv --build "${VLLM_BUILD}"']
     assert ("ARG", "VLLM_BUILD") in vllm  # no default: the build says which
     ignored = (REPO / ".dockerignore").read_text().split()

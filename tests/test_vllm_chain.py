@@ -21,7 +21,8 @@ budget = MemoryBudget(device="cpu", weights_bytes=2 * 2**40, limit_bytes=2 * 2**
                       context_bytes=0, reserve_bytes=0)
 # 32 MiB a token in our plan (vLLM is told only the KV bytes): one 4096-token sequence needs 128 GiB.
 shape = VllmShape(kv_bytes_per_token=32 * 2**20, max_model_len=4096, max_num_seqs=8)
-settings = VllmSettings(shape=shape, limit_mm_per_prompt={"image": 1, "video": 1}, share=1.0, num_threads=1)
+settings = VllmSettings(shape=shape, limit_mm_per_prompt={"image": 1, "video": 1}, share=1.0, num_threads=1,
+                        compile="eager")  # compiled is the integration test's (test_vllm_engine)
 
 def make(model_path, strategy):
     if strategy.engine == "vllm":

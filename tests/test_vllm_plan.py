@@ -10,7 +10,15 @@ from deployments.config.app_config import ConfigError, load_app_config
 from memory.budget import MemoryBudget, cpu_budget, gpu_budget
 from memory.probe import GpuDeviceMemory, MemorySnapshot
 from memory.strategy import StrategyError, parse_chain, parse_strategy
-from memory.vllm_plan import VLLM_CPU_PROCESS_BYTES, VllmPlanError, VllmShape, engine_overhead_bytes, plan_vllm_memory
+from memory.vllm_plan import (
+    CUDA_GRAPH_RESERVE_BYTES,
+    VLLM_CPU_PROCESS_BYTES,
+    VllmPlanError,
+    VllmShape,
+    engine_overhead_bytes,
+    plan_vllm_compile,
+    plan_vllm_memory,
+)
 
 GIB = 1024**3
 # Qwen2-VL-2B's text widths in bf16: 28 layers x 2 KV heads x 128 x 2 (K, V) x 2 bytes.
@@ -37,6 +45,36 @@ def test_two_replicas_on_a_045_share_each_never_ask_for_more_than_their_share():
     assert first.engine_args() == {"gpu_memory_utilization": 0.45}
     assert first.kv_cache_bytes == int(80 * GIB * 0.45) - GIB // 2 - GIB - 4 * GIB
     assert "min(share 0.45 x 80.00 GiB, free 80.00 GiB)" in first.explanation
+
+
+def test_cuda_graphs_where_the_kv_cache_above_its_minimum_holds_their_reserve_and_eager_where_it_does_not():
+    roomy = plan_vllm_memory(gpu_budget(_card(80 * GIB), share=0.45, context_bytes=GIB // 2, reserve_bytes=GIB),
+                             device="cuda", weights_bytes=4 * GIB, shape=SHAPE, share=0.45)
+    # 224 MiB (one sequence) + the graphs' 1 GiB: a 6 GiB share with 4 GiB of weights leaves 0.5 GiB of KV cache.
+    tight = plan_vllm_memory(gpu_budget(_card(80 * GIB, 80 * GIB), share=0.075, context_bytes=GIB // 2, reserve_bytes=GIB),
+                             device="cuda", weights_bytes=4 * GIB, shape=SHAPE, share=0.075)
+    assert tight.kv_cache_bytes - tight.min_kv_cache_bytes < CUDA_GRAPH_RESERVE_BYTES <= roomy.kv_cache_bytes - roomy.min_kv_cache_bytes
+
+    compiled, eager = plan_vllm_compile("auto", roomy), plan_vllm_compile("auto", tight)
+
+    assert compiled.compiled and compiled.engine_args() == {"enforce_eager": False}
+    assert "CUDA graphs" in compiled.reason and "holds their reserve of 1.00 GiB" in compiled.reason
+    assert not eager.compiled and eager.engine_args() == {"enforce_eager": True}
+    assert "less than CUDA graphs' reserve of 1.00 GiB" in eager.reason
+    assert eager.to_dict() == {"mode": "eager", "reason": eager.reason}
+
+
+def test_on_the_cpu_auto_compiles_and_the_config_can_say_either_way():
+    host = MemorySnapshot(process_rss_bytes=0, system_total_bytes=64 * GIB, system_available_bytes=64 * GIB)
+    plan = plan_vllm_memory(cpu_budget(host, configured_bytes=8 * GIB, reserve_bytes=GIB), device="cpu", weights_bytes=GIB,
+                            shape=SHAPE)
+
+    assert plan_vllm_compile("auto", plan).compiled
+    assert "cached for later starts" in plan_vllm_compile("auto", plan).reason
+    assert not plan_vllm_compile("eager", plan).compiled
+    assert plan_vllm_compile("compiled", plan).reason == "vllm_compile: compiled in the group's config"
+    with pytest.raises(ConfigError, match="vllm_compile"):
+        load_app_config({"cpu_group": {"vllm_compile": "sometimes"}})
 
 
 def test_a_card_with_less_free_than_the_share_gets_what_is_free_rounded_down():

@@ -18,7 +18,8 @@ path = sys.argv[1]
 budget = MemoryBudget(device="cpu", weights_bytes=8 * 2**30, limit_bytes=8 * 2**30, available_bytes=8 * 2**30,
                       context_bytes=0, reserve_bytes=0)
 shape = VllmShape(kv_bytes_per_token=4096, max_model_len=4096, max_num_seqs=4)
-settings = VllmSettings(shape=shape, limit_mm_per_prompt={"image": 1, "video": 1}, share=1.0, num_threads=1)
+settings = VllmSettings(shape=shape, limit_mm_per_prompt={"image": 1, "video": 1}, share=1.0, num_threads=1,
+                        compile="eager")  # compiled is the integration test's (test_vllm_engine)
 adapter = VllmAdapter(path, parse_strategy("fp32", "cpu", "vllm"), settings=settings, weights_bytes=2_000_000,
                       budget=lambda: budget)
 adapter.load()

@@ -105,6 +105,13 @@ class _GroupSettings(StrictSettings):
         description="vLLM's links, tried before chain: from fp32, bf16, fp16, fp8, nf4. Default: bf16, fp8 (on "
         "devices that have it), nf4 on a GPU; fp32 on the CPU.",
     )
+    vllm_compile: Literal["auto", "compiled", "eager"] = Field(
+        default="auto",
+        description="vLLM compiled (torch.compile; on a GPU also CUDA graphs) or eager. 'auto': the planner decides, "
+        "and /v1/memory says why: on the CPU compiled, its compilation cached under the model cache so later "
+        "starts reuse it; on a GPU compiled with CUDA graphs where the KV cache above its minimum holds their "
+        "reserve, eager where it does not (docs/engines.md has the costs measured).",
+    )
     vllm_python: str | None = Field(
         default=None,
         description="The python of vLLM's environment, for the replicas of a group on engine vllm or auto (Ray's "

@@ -75,7 +75,7 @@ from deployments.observability.logs import route_logs_through_serve
 from deployments.observability.metrics import IngressMetrics, fallback_reason_label
 from deployments.replica.protocol import ReplicaAnswer, ServedBy
 from deployments.routing.groups import CPU_GROUP, DEPLOYMENT_NAMES, GPU_FLOOR_GROUP, GPU_GROUP, GPU_GROUPS, ROUTING_ORDER
-from deployments.routing.interactive_load import PUBLISH_PERIOD_S, InteractiveLoad, withdraw
+from deployments.routing.interactive_load import InteractiveLoad, withdraw
 from deployments.routing.router import NoGroupAvailableError, remote_cause, router_for
 from models.checkpoint_source import checkpoint_folder
 from models.errors import InvalidModelInputError, InvalidParameterError, PromptTooLongError
@@ -207,16 +207,7 @@ class Ingress:
     async def _publish_interactive_load(self) -> None:
         """Tell the job runner, through the GCS, of this replica's interactive requests while there are any."""
         context = serve.get_replica_context()
-        published_last_at = 0.0
-        while True:
-            load = self._interactive
-            if load.in_flight or load.last_at != published_last_at:
-                try:
-                    await asyncio.to_thread(load.publish, context.app_name, context.replica_tag)
-                    published_last_at = load.last_at
-                except Exception as error:  # noqa: BLE001 - jobs then run at their usual bound
-                    logger.warning("Publishing the interactive load failed: %s", error)
-            await asyncio.sleep(PUBLISH_PERIOD_S)
+        await self._interactive.publish_forever(context.app_name, context.replica_tag)
 
     def _fallbacks(self) -> int:
         return sum(self._fallbacks_by_reason.values())

@@ -108,6 +108,7 @@ class JobRunner:
         self._adopting: set[str] = set()
         self._bounds = EventBounds(max_events=self._settings.max_events_per_segment, max_keys=self._settings.max_event_keys)
         self._wake = asyncio.Event()
+        self._has_runs = asyncio.Event()  # set while self._runs holds a job: the interactive load is watched
         self._published_backlog: int | None = None
         self._recorded = 0
         self._duplicates = 0
@@ -213,6 +214,7 @@ class JobRunner:
             return  # it ended meanwhile (cancelled): the stored end stands
         run = _JobRun(job=job, queue=queue, file=file)
         self._runs[job.id] = run
+        self._has_runs.set()
         logger.info("Job %s: %d of %d segments to run (%d recorded already)", job.id, len(queue), job.segments, len(recorded))
         if not queue:
             run.finishing = asyncio.get_event_loop().create_task(self._finish(run))
@@ -236,8 +238,12 @@ class JobRunner:
             await asyncio.to_thread(self._publish_backlog)  # a GCS call: off the event loop
 
     async def _watch_interactive_load(self) -> None:
-        """Follow the ingresses' interactive load; back to the full bound when it has been quiet a while."""
+        """Follow the ingresses' interactive load while there are jobs to run (with none, nothing reads it, and an
+        idle server does not ask the GCS four times a second); back to the full bound when it has been quiet a while."""
         while True:
+            if not self._runs:
+                self._under_load = False
+                await self._has_runs.wait()
             busy = await asyncio.to_thread(interactive_busy, self._app_name, self._settings.interactive_quiet_s)
             if busy != self._under_load:
                 logger.info("Interactive requests %s: segments in flight at most %d", "waiting" if busy else "quiet",
@@ -478,6 +484,8 @@ class JobRunner:
             await self._save(job.moved(state, reason, finished_at=now, expires_at=now + self._settings.ttl_s, **changes))
         finally:  # even when this task is cancelled mid-save: a run left here would never be let go
             self._runs.pop(job.id, None)
+            if not self._runs:
+                self._has_runs.clear()
             self._wake.set()
         logger.info("Job %s %s: %s", job.id, state.value, reason)
 

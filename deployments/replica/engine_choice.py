@@ -150,6 +150,7 @@ def engine_adapter_factory(
                 share=share,
                 num_threads=max(1, int(settings.num_cpus)),
                 trust_remote_code=config.model.trust_remote_code,
+                compile=settings.vllm_compile,
             ),
             weights_bytes=weights[strategy],
             budget=budget,

@@ -1,12 +1,15 @@
 """Interactive load as the job runner sees it: segments back off while people are waiting for answers.
 
 Each ingress replica counts its interactive requests (chat and analyze) in flight and when it last saw one
-(:class:`InteractiveLoad`), and publishes both in the GCS's key-value store every ``PUBLISH_PERIOD_S`` while
-there is anything to tell. The job runner reads them (:func:`interactive_busy`): while any ingress has one in
+(:class:`InteractiveLoad`), and publishes both in the GCS's key-value store when it goes from none in flight to
+some or back (at most every ``PUBLISH_PERIOD_S``), and every ``REFRESH_S`` while some are in flight: a write per
+change of state, not four a second under load. The job runner reads them (:func:`interactive_busy`), while it has
+jobs to run: while any ingress has one in
 flight, or had one within ``quiet_s``, it sends at most ``jobs.max_running_segments_under_load`` segments at
 once instead of ``jobs.max_running_segments``. Segments already running finish; none is preempted.
 """
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -19,7 +22,8 @@ from deployments.routing.job_backlog import KV_NAMESPACE
 
 logger = logging.getLogger(__name__)
 
-PUBLISH_PERIOD_S = 0.25
+PUBLISH_PERIOD_S = 0.25  # the least time between two writes of one ingress's figure
+REFRESH_S = 2.0  # while requests are in flight, the figure is written again this often (under _STALE_S)
 _STALE_S = 10.0  # a figure this old is from an ingress that went away
 _FORGOTTEN_S = 600.0  # and one this old is deleted by the reader: no live ingress leaves its figure this long
 # A request counted in flight with nothing started or ended on that ingress for this long is taken for a count
@@ -39,16 +43,35 @@ class InteractiveLoad:
     def __init__(self) -> None:
         self.in_flight = 0
         self.last_at = 0.0
+        self.changed = asyncio.Event()  # set when in_flight goes from 0 to 1 or back: the publisher writes then
 
     @contextlib.contextmanager
     def request(self) -> Iterator[None]:
         self.in_flight += 1
         self.last_at = time.time()
+        if self.in_flight == 1:
+            self.changed.set()
         try:
             yield
         finally:
             self.in_flight -= 1
             self.last_at = time.time()
+            if self.in_flight == 0:
+                self.changed.set()
+
+    async def publish_forever(self, app_name: str, replica_id: str) -> None:
+        """Write the figure at each change of state and every ``REFRESH_S`` while requests are in flight."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), timeout=REFRESH_S)
+            if not self.changed.is_set() and self.in_flight == 0:
+                continue  # quiet, and already told
+            self.changed.clear()
+            try:
+                await asyncio.to_thread(self.publish, app_name, replica_id)
+            except Exception as error:  # noqa: BLE001 - jobs then run at their usual bound
+                logger.warning("Publishing the interactive load failed: %s", error)
+            await asyncio.sleep(PUBLISH_PERIOD_S)
 
     async def counted(self, stream: AsyncIterator[T]) -> AsyncIterator[T]:
         """``stream``, counted as one request in flight until it ends."""

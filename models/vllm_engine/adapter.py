@@ -20,8 +20,9 @@ import transformers
 
 from memory.budget import MemoryBudget
 from memory.strategy import LoadStrategy
-from memory.vllm_plan import VllmMemoryPlan, VllmShape, plan_vllm_memory
+from memory.vllm_plan import VllmCompilePlan, VllmMemoryPlan, VllmShape, plan_vllm_compile, plan_vllm_memory
 from models.base import CheckpointAdapter
+from models.cache_dir import default_cache_dir
 from models.engine import Engine
 from models.grammar import GrammarCompiler
 from models.grammar_server import SchemaCompileLimits
@@ -49,7 +50,7 @@ class VllmSettings:
     share: float  # of the GPU; 1.0 on the CPU
     num_threads: int
     trust_remote_code: bool = False
-    enforce_eager: bool = True
+    compile: str = "auto"  # the group's vllm_compile: auto, compiled or eager (memory.vllm_plan.plan_vllm_compile)
 
 
 class VllmAdapter(CheckpointAdapter):
@@ -69,6 +70,7 @@ class VllmAdapter(CheckpointAdapter):
         self._runtime: VllmRuntime | None = None
         self._processor: Any = None
         self.plan: VllmMemoryPlan | None = None
+        self.compile_plan: VllmCompilePlan | None = None
 
     def load(self) -> None:
         budget = self._budget()
@@ -76,7 +78,11 @@ class VllmAdapter(CheckpointAdapter):
             raise RuntimeError("vLLM's link was tried before the replica measured its budget")
         self.plan = plan_vllm_memory(budget, device=self._strategy.device, weights_bytes=self._weights_bytes,
                                      shape=self._settings.shape, share=self._settings.share)
-        logger.info("Starting vLLM for %s as %s: %s", self._model_path, self._strategy.name, self.plan.explanation)
+        self.compile_plan = plan_vllm_compile(self._settings.compile, self.plan)
+        logger.info("Starting vLLM for %s as %s: %s; %s", self._model_path, self._strategy.name, self.plan.explanation,
+                    self.compile_plan.reason)
+        # vLLM keeps its compiled graphs here: a restart (or another replica on this node) reuses them.
+        os.environ.setdefault("VLLM_CACHE_ROOT", str(default_cache_dir() / "vllm"))
         started = time.perf_counter()
         self._processor = transformers.AutoProcessor.from_pretrained(
             self._model_path, trust_remote_code=self._settings.trust_remote_code
@@ -108,7 +114,7 @@ class VllmAdapter(CheckpointAdapter):
             "enable_prefix_caching": True,
             # A request's priority (0 interactive, 1 a long video's segment) orders vLLM's queue as ours.
             "scheduling_policy": "priority",
-            "enforce_eager": self._settings.enforce_eager,
+            **self.compile_plan.engine_args(),
             "trust_remote_code": self._settings.trust_remote_code,
             "disable_log_stats": False,
             # Structured output as our grammars compile it: xgrammar, no free whitespace (a model cannot spend its
@@ -155,6 +161,7 @@ class VllmAdapter(CheckpointAdapter):
             "loaded": self.is_loaded,
             "load_seconds": self._load_seconds,
             "memory_plan": self.plan.to_dict() if self.plan else None,
+            "compile": self.compile_plan.to_dict() if self.compile_plan else None,
         }
 
     def unload(self) -> None:

@@ -51,7 +51,7 @@ def main() -> None:
         budget = measure_gpu_budget(share=share, context_bytes=DEFAULT_CUDA_CONTEXT_BYTES, reserve_bytes=256 * 1024**2)
         adapter = VllmAdapter(model_dir, link, weights_bytes=estimates[link].total_bytes, budget=lambda: budget,
                               settings=VllmSettings(shape=shape, limit_mm_per_prompt={"image": 1, "video": 1},
-                                                    share=share, num_threads=4, enforce_eager=False))
+                                                    share=share, num_threads=4, compile="auto"))
         adapter.load()
         engine = adapter.own_engine(max_batch_size=8, max_waiting=8, name=f"drill-{link.name}",
                                     schema_compile=SchemaCompileLimits())

@@ -105,6 +105,9 @@ def test_when_the_budget_allows_vllm_starts_and_serves_the_gpu_group(vllm_url, c
     assert _chat(client, "Who answers?").headers["x-served-by-precision"] == "vllm-fp32"
     assert replica["engine"]["running"] == "vllm"
     assert replica["model"]["memory_plan"]["kv_cache_bytes"] >= replica["model"]["memory_plan"]["min_kv_cache_bytes"]
+    # The planner's choice, with its reason: compiled on the CPU (vllm_compile: auto), its graphs cached.
+    assert replica["model"]["compile"]["mode"] == "compiled"
+    assert replica["model"]["compile"]["reason"].startswith("vllm_compile: auto on the CPU: compiled")
     assert replica["batching"]["engine"] == "vllm"
     assert set(replica["batching"]["vllm"]) >= {"kv_cache_usage", "running", "waiting", "prefix_cache_hit_rate"}
 
