@@ -47,6 +47,7 @@ import psutil
 
 from bench.engines import MAX_TOKENS, OURS_TUNED, _chat, _load, _merged, bare_vllm, image_data_url, ours  # noqa: I001 - sets Ray's environment first
 from bench.mid_model import ensure_mid_model
+from bench.plots import DOCS_DIR, overhead_chart
 from deployments.app import DEFAULT_VLLM_PYTHON
 from models.tiny import ensure_tiny_model
 
@@ -54,6 +55,7 @@ logger = logging.getLogger("bench.overhead")
 PY_SPY = pathlib.Path(sys.executable).with_name("py-spy")
 FORWARD_FRAMES = ("execute_model (",)  # a sample with one of these in its stack is inside the engine's forward pass
 _LINE_NUMBER = re.compile(r":\d+\)$")
+CHART = DOCS_DIR / "overhead-layer.png"
 
 
 def role_of(process: psutil.Process, server_pids: set[int]) -> str | None:
@@ -313,7 +315,13 @@ def main() -> int:
                         help="ours: JSON merged into the app's config, e.g. '{\"jobs\": {\"enabled\": false}}'")
     parser.add_argument("--model-dir", type=pathlib.Path, default=pathlib.Path("bench/results/mid-qwen2-vl"))
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--chart-load", default="new image, 8 clients", help="the load the chart shows")
+    parser.add_argument("--chart-from", nargs="*", type=pathlib.Path, default=[],
+                        help="draw docs/overhead-layer.png from saved --json reports (LABEL=FILE), measuring nothing")
     args = parser.parse_args()
+    if args.chart_from:
+        draw_chart([_labelled_report(text) for text in map(str, args.chart_from)], args.chart_load)
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     if not PY_SPY.is_file():
@@ -342,12 +350,33 @@ def main() -> int:
                     report["servers"][f"{name}/ingress={replicas}"] = run_one(url, model, _ray_roots(), args, folder, tokens)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+    draw_chart([("", report)], args.chart_load)
     if args.json:
         json.dump(report, sys.stdout, indent=2, default=str)
         print()
     else:
         _print(report)
     return 0
+
+
+def _labelled_report(text: str) -> tuple[str, dict[str, Any]]:
+    label, _, path = text.rpartition("=")
+    raw = pathlib.Path(path).read_text()
+    return label, json.loads(raw[raw.index("{"):])  # a report saved with log lines before it
+
+
+def draw_chart(reports: list[tuple[str, dict[str, Any]]], load_name: str, path: pathlib.Path = CHART) -> None:
+    """The layer's CPU a request by process, one bar per server of each report, for ``load_name``."""
+    bars = []
+    for label, report in reports:
+        for server, measured in report["servers"].items():
+            roles = measured["loads"].get(load_name, {}).get("roles")
+            if roles:
+                name = f"{server.removesuffix('/ingress=1')}{f' ({label})' if label else ''}"
+                bars.append((name, {role: entry["layer_cpu_ms_per_request"] for role, entry in roles.items()
+                                    if entry["layer_cpu_ms_per_request"] >= 0.5}))
+    if bars:
+        overhead_chart(bars, f"Where a request's CPU goes beside the model: {load_name}", path)
 
 
 def _print(report: dict[str, Any]) -> None:

@@ -191,3 +191,24 @@ def jobs_chart(report: dict[str, Any], path: pathlib.Path) -> pathlib.Path:
             axis.set_title("Peak memory per process, by video length")
             axis.legend(fontsize=8)
     return _save(figure, path)
+
+
+def overhead_chart(bars: Sequence[tuple[str, dict[str, float]]], title: str, path: pathlib.Path) -> pathlib.Path:
+    """bench/overhead.py: one stacked bar per server, the layer's CPU milliseconds a request by process."""
+    roles = list(dict.fromkeys(role for _, by_role in bars for role in by_role))
+    figure, axis = plt.subplots(figsize=(9, 2.2 + 0.6 * len(bars)))
+    colors = plt.get_cmap("tab10")
+    for index, (label, by_role) in enumerate(bars):
+        left = 0.0
+        for color_index, role in enumerate(roles):
+            width = by_role.get(role, 0.0)
+            axis.barh(index, width, left=left, color=colors(color_index % 10), label=role if index == 0 else None)
+            left += width
+        axis.text(left + 1, index, f"{left:.0f} ms", va="center", fontsize=8)
+    axis.set_yticks(range(len(bars)), [label for label, _ in bars])
+    axis.invert_yaxis()
+    axis.set_xlabel("CPU ms a request outside vLLM's worker (the model)")
+    axis.set_title(title, fontsize=10)
+    axis.set_xlim(right=axis.get_xlim()[1] * 1.08)  # room for the totals
+    axis.legend(fontsize=7, ncol=5, loc="upper center", bbox_to_anchor=(0.5, -0.28))
+    return _save(figure, path)

@@ -4,12 +4,14 @@ On 2 cores beside vLLM every millisecond of the layer is taken from the engine (
 around vLLM"). Serve reads these from the environment when a process starts:
 
 - :data:`REPLICA_ENV`, in every replica of ours (set through each deployment's ``runtime_env``, so they hold on any
-  cluster): user code and the handle's router run on the replica's own event loop, not on loops in threads of
-  their own, so a request does not cross threads three times on its way in and out.
-- :data:`CLUSTER_ENV`, for the processes Serve starts itself (its controller, its proxies), which take their
-  environment from the node's: the same two, and the controller's loop at 0.5 s instead of 0.1 s (it read the
-  cluster's state ten times a second, 4% of a core with no request in flight). Set where Ray starts: the image
-  (deploy/Dockerfile), ``bin/serve``, the benchmarks and the tests (:func:`apply_cluster_env`).
+  cluster): user code and the handles' router run on the replica's own event loop, not on loops in threads of
+  their own, so a request does not cross threads on its way in and out. Only replicas get them: a handle made
+  with the router on the caller's loop cannot be used outside an event loop, as a driver script or a test does
+  (``handle.method.remote().result()``); our replicas call handles only from their event loop.
+- :data:`CLUSTER_ENV`, for Serve's controller, which takes its environment from the node's: its loop at 0.5 s
+  instead of 0.1 s (it read the cluster's state ten times a second, 3-4% of a core with no request in flight).
+  Set where Ray starts: the image (deploy/Dockerfile), ``bin/serve``, the benchmarks and the tests
+  (:func:`apply_cluster_env`).
 """
 
 import os
@@ -19,7 +21,7 @@ REPLICA_ENV = {
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
 }
-CLUSTER_ENV = {**REPLICA_ENV, "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5"}
+CLUSTER_ENV = {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5"}
 
 
 def apply_cluster_env(environ: MutableMapping[str, str] = os.environ) -> None:

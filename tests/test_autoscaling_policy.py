@@ -1,6 +1,7 @@
 import types
 
 import pytest
+from polling import wait_for_condition
 
 from deployments.routing.autoscaling import ReplicaReport, desired_replicas
 
@@ -113,12 +114,14 @@ def local_ray(test_root):
 
 def test_a_job_backlog_counts_as_requests_for_the_group_it_goes_to_and_a_stale_one_as_none(local_ray):
     from deployments.routing.autoscaling import memory_aware_policy
-    from deployments.routing.job_backlog import MAX_AGE_S, publish_backlog, read_backlog
+    from deployments.routing.job_backlog import MAX_AGE_S, READ_EVERY_S, publish_backlog, read_backlog
 
     context = _context(running=["a"], ready={"a": 1.0}, requests=1, app_name="backlog-app")
     assert memory_aware_policy(context)[0] == 1
 
     publish_backlog("backlog-app", {"gpu_group": 5})
+    # The controller reads the figure at most once every READ_EVERY_S (its loop calls each group's policy each turn).
+    wait_for_condition(lambda: memory_aware_policy(context)[0] == 6, timeout_s=READ_EVERY_S + 2)
     desired, reason = memory_aware_policy(context)
 
     assert desired == 6  # 1 request + 5 queued segments, a target of 1 each (Serve then caps at max_replicas)

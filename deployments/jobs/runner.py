@@ -278,7 +278,8 @@ class JobRunner:
 
     def _publish_backlog(self, force: bool = False) -> None:
         queued = sum(len(run.queue) for run in self._runs.values())
-        if self._backlog_deployment is None or (queued == self._published_backlog and not force):
+        # ``force`` refreshes a backlog before it goes stale; none needs no refresh (a stale figure reads as none).
+        if self._backlog_deployment is None or (queued == self._published_backlog and not (force and queued)):
             return
         try:
             publish_backlog(self._app_name, {self._backlog_deployment: queued})
