@@ -250,7 +250,15 @@ def main() -> int:
                         help="which of the five to run")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--plot-dir", type=pathlib.Path, default=DOCS_DIR)
+    parser.add_argument("--chart-from", type=pathlib.Path, help="draw the chart from a saved --json report, measuring nothing")
     args = parser.parse_args()
+    if args.chart_from:
+        raw = args.chart_from.read_text()
+        saved = json.loads(raw[raw.index("{"):])  # a report saved with log lines before it
+        servers = {name: {kind: {int(level): row for level, row in server.get(kind, {}).items()}  # JSON keys are strings
+                          for kind in ("new_image", "repeated_image")} for name, server in saved["servers"].items()}
+        engines_chart(saved["levels"], servers, args.plot_dir / "engines-throughput.png")
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     if not DEFAULT_VLLM_PYTHON.is_file():
@@ -278,7 +286,7 @@ def main() -> int:
         for ours_name in ("ours_vllm", "ours_vllm_defaults") for bare_name in ("bare_vllm", "bare_vllm_eager")
         if {ours_name, bare_name} <= set(report["servers"])
     }
-    if images and {"bare_vllm", "ours_vllm", "ours_transformers"} <= set(report["servers"]):
+    if images and len(report["servers"]) >= 2:
         engines_chart(levels, report["servers"], args.plot_dir / "engines-throughput.png")
     if not args.json:
         _print(report, levels if images else [])

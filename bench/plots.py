@@ -138,15 +138,18 @@ def throughput_chart(
 
 
 def engines_chart(levels: Sequence[int], servers: dict[str, dict[str, Any]], path: pathlib.Path) -> pathlib.Path:
-    """Requests per second against clients, new and repeated images: bare vLLM, ours on vLLM, ours on transformers."""
+    """Requests per second against clients, new and repeated images: bare vLLM (its defaults, eager), ours on vLLM
+    (tuned, default limits), ours on transformers; the servers the run measured."""
     figure, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    styles = {"bare_vllm": ("bare vLLM", "#999999"), "ours_vllm": ("ours, engine: vllm", "#1f5f8b"),
-              "ours_transformers": ("ours, engine: transformers", "#c9822b")}
+    styles = {"bare_vllm": ("bare vLLM, its defaults", "#555555", "-"), "bare_vllm_eager": ("bare vLLM, eager", "#aaaaaa", "--"),
+              "ours_vllm": ("ours, engine: vllm", "#1f5f8b", "-"),
+              "ours_vllm_defaults": ("ours, engine: vllm, default limits", "#6fa8d6", "--"),
+              "ours_transformers": ("ours, engine: transformers", "#c9822b", "-")}
     for axis, kind in zip(axes, ("new_image", "repeated_image"), strict=True):
-        for name, (label, color) in styles.items():
-            if name in servers:
+        for name, (label, color, line) in styles.items():
+            if name in servers and servers[name].get(kind):
                 axis.plot(levels, [servers[name][kind][level]["req_per_s"] for level in levels], marker="o", label=label,
-                          color=color)
+                          color=color, linestyle=line)
         axis.set_xscale("log", base=2)
         axis.set_xticks(list(levels), [str(level) for level in levels])
         axis.set_xlabel("clients")
@@ -154,7 +157,7 @@ def engines_chart(levels: Sequence[int], servers: dict[str, dict[str, Any]], pat
         axis.set_ylim(bottom=0)
     axes[0].set_ylabel("requests per second")
     axes[0].legend(fontsize=8)
-    figure.suptitle("Images and a question, 32 tokens: the same model and threads on three servers")
+    figure.suptitle("Images and a question, 32 tokens: the same model and threads on each server")
     return _save(figure, path)
 
 

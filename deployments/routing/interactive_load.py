@@ -3,10 +3,10 @@
 Each ingress replica counts its interactive requests (chat and analyze) in flight and when it last saw one
 (:class:`InteractiveLoad`), and publishes both in the GCS's key-value store when it goes from none in flight to
 some or back (at most every ``PUBLISH_PERIOD_S``), and every ``REFRESH_S`` while some are in flight: a write per
-change of state, not four a second under load. The job runner reads them (:func:`interactive_busy`), while it has
-jobs to run: while any ingress has one in
-flight, or had one within ``quiet_s``, it sends at most ``jobs.max_running_segments_under_load`` segments at
-once instead of ``jobs.max_running_segments``. Segments already running finish; none is preempted.
+change of state, not four a second under load. The job runner reads them (:func:`interactive_busy`) while it has
+jobs to run. While any ingress has one in flight, or had one within ``quiet_s``, the runner sends at most
+``jobs.max_running_segments_under_load`` segments at once instead of ``jobs.max_running_segments``. Segments
+already running finish; none is preempted.
 """
 
 import asyncio
