@@ -59,7 +59,7 @@ CHART = DOCS_DIR / "overhead-layer.png"
 
 
 def role_of(process: psutil.Process, server_pids: set[int]) -> str | None:
-    """What a process is to the server: a name for the report, or ``None`` for a process that is not the server's."""
+    """What a process is to the server, as the report names it (``None``: it ended while being read)."""
     try:
         command = " ".join(process.cmdline())
         name = process.name()
@@ -175,7 +175,8 @@ def _entry_frame(stack: list[str]) -> str:
 
 
 def summarize(profiles: list[Profile], requests: int, top: int) -> dict[str, Any]:
-    """Per role: CPU ms per request, forward-pass share (the engine core), top frames by own and by entry."""
+    """Per role: CPU ms per request, the share of samples in a forward pass (vLLM's worker), the top frames by own
+    time and by entry frame."""
     roles: dict[str, dict[str, Any]] = {}
     for profile in profiles:
         entry = roles.setdefault(profile.role, {"processes": 0, "cpu_ms_per_request": 0.0, "samples": collections.Counter()})
