@@ -166,7 +166,9 @@ def test_asking_about_images_streams_a_chat_answer(base_url, page, test_root):
 
     expect(page.locator("#finish")).to_contain_text("answer tokens", timeout=60_000)
     assert page.locator("#thumbnails img").count() == 2
-    assert int(page.locator("#answer").get_attribute("data-pieces")) == 5
+    expect(page.locator("#finish")).to_contain_text(", 5 answer tokens")
+    # Streamed (more than one piece); pieces that reach the replica's loop together cross as one message.
+    assert 2 <= int(page.locator("#answer").get_attribute("data-pieces")) <= 5
     assert page.locator("#served-facts tr:has(th:text('group')) td").text_content() == "cpu"
 
 
