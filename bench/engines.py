@@ -226,6 +226,12 @@ def ours(
         yield base_url, model, part
 
 
+def load_report(path: pathlib.Path) -> dict[str, Any]:
+    """A bench's ``--json`` report, saved with whatever log lines came before it."""
+    raw = path.read_text()
+    return json.loads(raw[raw.index("{"):])
+
+
 def _ratios(report: dict[str, Any], levels: list[int], ours_name: str, bare_name: str) -> dict[str, Any]:
     bare, on_vllm = report["servers"][bare_name], report["servers"][ours_name]
     ratios: dict[str, Any] = {}
@@ -253,8 +259,7 @@ def main() -> int:
     parser.add_argument("--chart-from", type=pathlib.Path, help="draw the chart from a saved --json report, measuring nothing")
     args = parser.parse_args()
     if args.chart_from:
-        raw = args.chart_from.read_text()
-        saved = json.loads(raw[raw.index("{"):])  # a report saved with log lines before it
+        saved = load_report(args.chart_from)
         servers = {name: {kind: {int(level): row for level, row in server.get(kind, {}).items()}  # JSON keys are strings
                           for kind in ("new_image", "repeated_image")} for name, server in saved["servers"].items()}
         engines_chart(saved["levels"], servers, args.plot_dir / "engines-throughput.png")

@@ -45,7 +45,17 @@ from typing import Any, Iterator
 
 import psutil
 
-from bench.engines import MAX_TOKENS, OURS_TUNED, _chat, _load, _merged, bare_vllm, image_data_url, ours  # noqa: I001 - sets Ray's environment first
+from bench.engines import (  # noqa: I001 - sets Ray's environment first
+    MAX_TOKENS,
+    OURS_TUNED,
+    _chat,
+    _load,
+    _merged,
+    bare_vllm,
+    image_data_url,
+    load_report,
+    ours,
+)
 from bench.mid_model import ensure_mid_model
 from bench.plots import DOCS_DIR, overhead_chart
 from deployments.app import DEFAULT_VLLM_PYTHON
@@ -362,8 +372,7 @@ def main() -> int:
 
 def _labelled_report(text: str) -> tuple[str, dict[str, Any]]:
     label, _, path = text.rpartition("=")
-    raw = pathlib.Path(path).read_text()
-    return label, json.loads(raw[raw.index("{"):])  # a report saved with log lines before it
+    return label, load_report(pathlib.Path(path))
 
 
 def draw_chart(reports: list[tuple[str, dict[str, Any]]], load_name: str, path: pathlib.Path = CHART) -> None:
