@@ -8,7 +8,8 @@ Up to five servers, one after the other, each alone on the machine, on the mid-s
   bare_vllm_eager          the same with ``--enforce-eager``;
   ours_vllm                our app, its CPU group on ``engine: vllm`` (the same vLLM, in the replica, planned by us),
                            with ``max_batch_size`` 16 and ``max_ongoing_requests`` 32 (tuned for 16 clients);
-  ours_vllm_defaults       the same at the group's default limits (8 and 16);
+  ours_vllm_defaults       the same at the group's default limits on vLLM (``max_batch_size`` 64,
+                           ``max_ongoing_requests`` 128: vLLM's scheduler holds the waiting requests);
   ours_transformers        our app, its CPU group on ``engine: transformers`` (tuned as ours_vllm).
 
 Two kinds of request, closed-loop clients at 1, 8 and 16:

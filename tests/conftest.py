@@ -36,6 +36,21 @@ def test_root() -> pathlib.Path:
     return TEST_ROOT
 
 
+@pytest.fixture(scope="module")
+def local_ray(test_root):
+    """A Ray instance's key-value store (the GCS): the session's, where the integration tests started one, else one
+    of the module's own (stopped after it)."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    ray.init(address="local", num_cpus=1, include_dashboard=False, _temp_dir=str(test_root / "ray-gcs"),
+             log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
 @pytest.fixture(scope="session")
 def tiny_model_path() -> pathlib.Path:
     from models.tiny import ensure_tiny_model

@@ -97,21 +97,6 @@ def test_a_replica_that_has_just_loaded_counts_as_ready_at_once_not_after_half_a
     assert desired == 3, reason
 
 
-@pytest.fixture(scope="module")
-def local_ray(test_root):
-    """A Ray instance's key-value store: the session's, where the integration tests started one, else one of
-    this module's own (stopped after it)."""
-    import ray
-
-    if ray.is_initialized():
-        yield
-        return
-    ray.init(address="local", num_cpus=1, include_dashboard=False, _temp_dir=str(test_root / "ray-backlog"),
-             log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def test_a_job_backlog_counts_as_requests_for_the_group_it_goes_to_and_a_stale_one_as_none(local_ray):
     from deployments.routing.autoscaling import memory_aware_policy
     from deployments.routing.job_backlog import MAX_AGE_S, READ_EVERY_S, publish_backlog, read_backlog

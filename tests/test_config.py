@@ -117,6 +117,27 @@ def test_max_replicas_below_min_names_both_numbers():
         load_app_config({"cpu_group": {"autoscaling": {"min_replicas": 2, "max_replicas": 1}}})
 
 
+@pytest.mark.parametrize("engine, batch, held", [("transformers", 8, 16), ("vllm", 64, 128), ("auto", 64, 128)])
+def test_a_groups_unset_limits_follow_its_engine(engine, batch, held):
+    config = load_app_config({"cpu_group": {"engine": engine}, "gpu_group": {"engine": engine}})
+
+    for group in (config.cpu_group, config.gpu_group):
+        assert (group.max_batch_size, group.max_ongoing_requests) == (batch, held)
+
+
+def test_limits_set_are_kept_and_an_unset_batch_stays_within_the_requests_held():
+    config = load_app_config({"cpu_group": {"engine": "vllm", "max_ongoing_requests": 12},
+                              "gpu_group": {"engine": "vllm", "max_batch_size": 4}})
+
+    assert (config.cpu_group.max_batch_size, config.cpu_group.max_ongoing_requests) == (12, 12)
+    assert (config.gpu_group.max_batch_size, config.gpu_group.max_ongoing_requests) == (4, 128)
+
+
+def test_a_batch_set_above_the_requests_held_is_refused_with_both_numbers():
+    with pytest.raises(ConfigError, match=r"max_batch_size \(32\) must be less than or equal to max_ongoing_requests \(16\)"):
+        load_app_config({"cpu_group": {"max_batch_size": 32}})
+
+
 @pytest.mark.parametrize("model_type", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_onevision", "smolvlm", "internvl", "minicpmv4_6"])
 def test_native_families_are_served_by_the_transformers_adapter(tmp_path, model_type):
     folder = _checkpoint(tmp_path, "model", {"model_type": model_type})

@@ -1,7 +1,8 @@
 """GroupRouter's rules with a small stand-in for Serve's handle (pure routing logic, no cluster).
 
-The stand-in plays a replica's stream as a script: items to yield, delays before them, or an
-error to raise; it records whether the router cancelled it.
+The stand-in plays a replica's stream as a script: ``REACHED`` where Serve has placed the call on a replica
+that took it, items to yield, delays before them, or an error to raise; it records whether the router
+cancelled it.
 """
 
 import asyncio
@@ -11,7 +12,7 @@ from ray.exceptions import ActorDiedError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from test_circuit_breaker import Clock
 
-from deployments.replica.protocol import Accepted, ReplicaAnswer, ServedBy, StreamOpened
+from deployments.replica.protocol import ReplicaAnswer, ServedBy, StreamOpened
 from deployments.routing.breaker import CircuitBreaker
 from deployments.routing.router import GroupRouter, GroupTimeouts, NoGroupAvailableError
 from models.errors import PromptTooLongError, ReplicaBusyError, RequestOutOfMemoryError, SchedulerClosedError
@@ -19,13 +20,14 @@ from models.request_shrink import RequestSize
 from models.requests import GenerationResult, TextDelta
 
 SIZE = RequestSize(video_frames=0, images=0, max_pixels_per_frame=0)
+REACHED = "reached"  # Serve placed the call on a replica that took it (``_to_object_ref_gen`` returns)
 
 
 def _script(group: str) -> list:
     served_by = ServedBy(group=group, replica="r1", precision="fp32", device="cpu")
     result = GenerationResult(text="ok", prompt_tokens=3, completion_tokens=1, finish_reason="stop")
     return [
-        Accepted(group=group, replica="r1"),
+        REACHED,
         StreamOpened(served_by=served_by, used=SIZE),
         TextDelta("ok"),
         ReplicaAnswer(result=result, served_by=served_by, inference_seconds=0.01, used=SIZE),
@@ -36,6 +38,21 @@ class Stream:
     def __init__(self, steps: list) -> None:
         self._steps = list(steps)
         self.cancelled = False
+
+    async def _to_object_ref_gen(self):
+        """Serve's placement: the steps up to ``REACHED``, or an error raised before it (Serve's own, such as
+        back-pressure, or a replica's)."""
+        while self._steps:
+            step = self._steps.pop(0)
+            if step == REACHED:
+                return None
+            if isinstance(step, float):
+                await asyncio.sleep(step)
+            elif isinstance(step, BaseException):
+                raise step
+            else:
+                raise AssertionError(f"the script yields {step!r} before the call was placed")
+        raise AssertionError("the script ended before the call was placed")
 
     def __aiter__(self):
         return self

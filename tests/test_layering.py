@@ -22,6 +22,7 @@ FORBIDDEN = {"memory": {"models", "deployments"}, "models": {"deployments"}}
 ROOM_RULES: dict[str, tuple[set[str], set[str]]] = {
     "deployments.errors": ({"deployments"}, set()),
     "deployments.serve_env": ({"deployments"}, set()),  # Serve's settings: bin/serve and the tests import it before Ray
+    "deployments.local_stop": ({"deployments"}, set()),  # bin/serve's stop: Ray only
     "deployments.observability": ({"deployments"}, set()),
     "deployments.config": ({"deployments"}, {"deployments.routing.groups"}),
     "deployments.files": ({"deployments"}, {"deployments.config", "deployments.errors", "deployments.files"}),

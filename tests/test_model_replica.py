@@ -17,7 +17,7 @@ from polling import wait_for_condition
 from deployments.config.app_config import load_app_config
 from deployments.plan import resolve_app
 from deployments.replica.model_replica import ModelReplica
-from deployments.replica.protocol import Accepted, ReplicaAnswer, ReplicaUnavailableError, StreamOpened
+from deployments.replica.protocol import ReplicaAnswer, ReplicaUnavailableError, StreamOpened
 from deployments.routing.autoscaling import READY_METRIC
 from deployments.routing.ready_replica_router import READY_STAT
 from models.errors import RequestOutOfMemoryError, StreamOutOfMemoryError
@@ -285,13 +285,12 @@ def _collect_stream(replica: ModelReplica, request: GenerationRequest) -> list:
     return asyncio.run(collect())
 
 
-def test_a_stream_yields_accepted_opened_text_and_the_answer(ready_cpu_replica):
+def test_a_stream_yields_opened_text_and_the_answer(ready_cpu_replica):
     replica = ready_cpu_replica()
 
     items = _collect_stream(replica, _video_request(2, max_new_tokens=6))
 
-    accepted, opened, *pieces, answer = items
-    assert isinstance(accepted, Accepted) and accepted.group == "cpu"
+    opened, *pieces, answer = items
     assert isinstance(opened, StreamOpened) and opened.used.video_frames == 2
     assert all(isinstance(piece, TextDelta) for piece in pieces)
     assert isinstance(answer, ReplicaAnswer)
@@ -304,7 +303,7 @@ def test_a_stream_that_runs_out_of_memory_before_its_first_token_is_retried_smal
 
     items = _collect_stream(replica, _video_request(8))
 
-    opened = items[1]
+    opened = items[0]
     assert isinstance(opened, StreamOpened)
     assert opened.used.video_frames == 2
     assert isinstance(items[-1], ReplicaAnswer) and items[-1].result.completion_tokens == 2

@@ -20,6 +20,16 @@ from memory.strategy import (
 
 EngineChoice = Literal["transformers", "vllm", "auto"]
 
+# A group on our transformers engine holds 8 requests in its batch and 16 in all: its own scheduler admits by memory.
+TRANSFORMERS_MAX_BATCH_SIZE = 8
+TRANSFORMERS_MAX_ONGOING_REQUESTS = 16
+# A group on vLLM (engine vllm or auto) lets vLLM's scheduler hold the waiting requests, as bare vLLM does: vLLM
+# runs up to max_num_seqs (our max_batch_size; its own default is 128 on the CPU, 256-1024 on a GPU) within its KV
+# cache and queues the rest itself. At 8 and 16, 16 clients waited in our replica, not in vLLM, and got 0.76-0.79x
+# of bare vLLM's requests a second (bench/engines.py, ours_vllm_defaults; docs/benchmarks.md).
+VLLM_MAX_BATCH_SIZE = 64
+VLLM_MAX_ONGOING_REQUESTS = 128
+
 
 class AutoscalingSettings(StrictSettings):
     min_replicas: int = Field(default=1, ge=0, description="Fewest replicas; 0 lets the group scale to zero when idle.")
@@ -46,10 +56,18 @@ class _GroupSettings(StrictSettings):
     enabled: bool = Field(default=True, description="Deploy this group; at least one group must be enabled.")
     num_cpus: float = Field(default=1.0, gt=0, description="Ray CPUs per replica; also torch's thread count.")
     max_ongoing_requests: int = Field(
-        default=16, ge=1, description="Requests one replica holds: its running batch plus its admission queue."
+        default=TRANSFORMERS_MAX_ONGOING_REQUESTS,
+        ge=1,
+        description=f"Requests one replica holds: its running batch plus its admission queue. Default: "
+        f"{TRANSFORMERS_MAX_ONGOING_REQUESTS} on engine transformers, {VLLM_MAX_ONGOING_REQUESTS} on vllm or auto "
+        f"(vLLM's scheduler holds the waiting ones).",
     )
     max_batch_size: int = Field(
-        default=8, ge=1, description="Most requests decoding together in one replica (continuous batching)."
+        default=TRANSFORMERS_MAX_BATCH_SIZE,
+        ge=1,
+        description=f"Most requests decoding together in one replica (continuous batching; vLLM's max_num_seqs). "
+        f"Default: {TRANSFORMERS_MAX_BATCH_SIZE} on engine transformers, {VLLM_MAX_BATCH_SIZE} on vllm or auto, "
+        f"never above max_ongoing_requests.",
     )
     max_prefill_tokens: int = Field(
         default=8192,
@@ -118,6 +136,21 @@ class _GroupSettings(StrictSettings):
         "runtime_env py_executable). Default: .venv-vllm/bin/python beside the project, which bin/ensure-vllm-venv "
         "builds; on a cluster, the path in the worker image.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _engine_defaults(cls, data: Any) -> Any:
+        """The limits a group leaves unset follow its engine, and a batch unset stays within the requests held."""
+        if not isinstance(data, dict):
+            return data
+        on_vllm = data.get("engine") in ("vllm", "auto")
+        filled = dict(data)
+        filled.setdefault("max_ongoing_requests", VLLM_MAX_ONGOING_REQUESTS if on_vllm else TRANSFORMERS_MAX_ONGOING_REQUESTS)
+        if "max_batch_size" not in data:
+            batch = VLLM_MAX_BATCH_SIZE if on_vllm else TRANSFORMERS_MAX_BATCH_SIZE
+            held = filled["max_ongoing_requests"]
+            filled["max_batch_size"] = min(batch, held) if isinstance(held, int) else batch
+        return filled
 
     @field_validator("vllm_chain", check_fields=False)
     @classmethod

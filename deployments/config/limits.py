@@ -102,7 +102,8 @@ class LimitsSettings(StrictSettings):
         default=100_000_000,
         gt=0,
         description="Most pixels a request's images hold at their stored size, all together: what decoding them costs "
-        "before any scaling (413 above; read from their headers before decoding). 32 images of 40 megapixels took 18 s.",
+        "before any scaling (413 above; read from their headers before decoding). Without it, 32 images of 40 "
+        "megapixels held the ingress for 25.3 s (docs/benchmarks.md).",
     )
     default_max_tokens: int = Field(default=64, gt=0, description="New tokens when a request sets none.")
     max_tokens: int = Field(default=512, gt=0, description="Most new tokens a request may ask for.")

@@ -74,9 +74,11 @@ from deployments.jobs.store import JobStore
 from deployments.observability.logs import route_logs_through_serve
 from deployments.observability.metrics import IngressMetrics, fallback_reason_label
 from deployments.replica.protocol import ReplicaAnswer, ServedBy
-from deployments.routing.groups import CPU_GROUP, DEPLOYMENT_NAMES, GPU_FLOOR_GROUP, GPU_GROUP, GPU_GROUPS, ROUTING_ORDER
+from deployments.routing.group_watch import GroupWatch
+from deployments.routing.groups import CPU_GROUP, GPU_FLOOR_GROUP, GPU_GROUP, GPU_GROUPS, ROUTING_ORDER
 from deployments.routing.interactive_load import InteractiveLoad, withdraw
 from deployments.routing.router import NoGroupAvailableError, remote_cause, router_for
+from deployments.routing.shared_breaker import SharedBreakers
 from models.checkpoint_source import checkpoint_folder
 from models.errors import InvalidModelInputError, InvalidParameterError, PromptTooLongError
 from models.requests import GenerationRequest
@@ -121,7 +123,6 @@ _REASON_CHARS = 300  # a dead replica's error carries its whole traceback
 _DESCRIBE_TIMEOUT_S = 10.0
 # Upload files older than this at start-up were left by an ingress that died mid-request.
 _STALE_UPLOAD_S = 6 * 3600.0
-_GPU_WATCH_PERIOD_S = 2.0
 
 
 @serve.deployment
@@ -163,13 +164,17 @@ class Ingress:
         self._max_model_len = config.limits.max_prompt_tokens + config.limits.max_tokens
         self._fallbacks_by_reason: collections.Counter[str] = collections.Counter()
         self._metrics = IngressMetrics()
+        app_name = serve.get_replica_context().app_name
+        shared_breakers = SharedBreakers(app_name)
         self._router = router_for(
-            config, gpu_group, cpu_group, gpu_floor_group, on_fallback=self._count_fallback, on_spill=self._count_spill
+            config, gpu_group, cpu_group, gpu_floor_group, on_fallback=self._count_fallback, on_spill=self._count_spill,
+            shared_breakers=shared_breakers,
         )
         self._spills_by_reason: collections.Counter[str] = collections.Counter()
-        self._status_messages: dict[str, str] = {}
+        # Serve's count of the GPU groups' running replicas, read for the calls routed (none while idle).
         watched = [name for name in self._groups if name in GPU_GROUPS]
-        self._status_task = asyncio.get_event_loop().create_task(self._watch_gpu_groups(watched)) if watched else None
+        self._watch = GroupWatch(app_name, watched, self._router.set_running_replicas, shared_breakers=shared_breakers,
+                                 adopt_breakers=self._router.adopt_shared_breakers)
         self._files = FilesService(config, on_cache_lookup=self._metrics.record_frame_cache,
                                    held_by_jobs=lambda owner: sum(job.result_bytes for job in self._jobs.owned(owner)))
         self._jobs = JobStore(self._files.store)
@@ -219,26 +224,6 @@ class Ingress:
     def _count_spill(self, reason: str) -> None:
         self._spills_by_reason[fallback_reason_label(reason)] += 1
         self._metrics.record_spill(reason)
-
-    async def _watch_gpu_groups(self, groups: list[str]) -> None:
-        """Keep the router told how many replicas of each GPU group are running."""
-        app_name = serve.get_replica_context().app_name
-        while True:
-            try:
-                status = await asyncio.to_thread(serve.status)
-                deployments = status.applications[app_name].deployments
-                for group in groups:
-                    deployment = deployments.get(DEPLOYMENT_NAMES[group])
-                    running = deployment.replica_states.get("RUNNING", 0) if deployment else 0
-                    self._router.set_running_replicas(group, running)
-                    if deployment:
-                        states = ", ".join(f"{getattr(state, 'value', state)} {n}" for state, n in deployment.replica_states.items())
-                        self._status_messages[group] = f"replicas: {states or 'none'}. {deployment.message}".strip()
-            except Exception as error:  # noqa: BLE001 - the watch must outlive a controller hiccup
-                logger.warning("Reading Serve status failed: %s", error)
-                for group in groups:
-                    self._router.set_running_replicas(group, None)
-            await asyncio.sleep(_GPU_WATCH_PERIOD_S)
 
     @app.get("/healthz")
     async def healthz(self) -> dict[str, str]:
@@ -367,6 +352,7 @@ class Ingress:
             return {"state": "unreachable", "reason": f"{type(error).__name__}: {error}"[:_REASON_CHARS]}
 
     async def _describe_groups(self) -> dict[str, list[dict[str, Any]]]:
+        await self._watch.fresh()  # which groups have replicas running, and Serve's word on those that do not
         async def describe(name: str, handle: DeploymentHandle) -> tuple[str, list[dict[str, Any]]]:
             try:
                 results = await handle.broadcast("describe").results_async(
@@ -378,7 +364,7 @@ class Ingress:
                 if name in self._idle_at_zero and self._router.running_replicas(name) == 0:
                     return name, []  # scaled to zero (the floor whenever the GPU group is not busy)
                 # No replica running: unschedulable (no GPU node), starting, or restarting.
-                reason = self._status_messages.get(name) or str(error)
+                reason = self._watch.messages.get(name) or str(error)
                 return name, [{"replica": None, "state": "not_running", "reason": reason}]
             described = []
             for result in results:
@@ -648,8 +634,10 @@ class Ingress:
         return await self._with_api_errors(self._router.call("generate_stream", generation_request))
 
     async def _with_api_errors(self, routed: Awaitable[Any]) -> Any:
-        """Errors from the replica groups, as the status a client can act on."""
+        """The router's call, once it knows which GPU groups have a replica running; errors from the replica groups,
+        as the status a client can act on."""
         try:
+            await self._watch.recent()
             return await routed
         except InvalidModelInputError as error:
             raise ApiError(

@@ -27,7 +27,7 @@ import dataclasses
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 import ray
 from ray import serve
@@ -52,10 +52,12 @@ from deployments.jobs.store import JobStore
 from deployments.observability.logs import route_logs_through_serve
 from deployments.replica.background import lower_priority
 from deployments.replica.protocol import ReplicaAnswer, StreamOpened
-from deployments.routing.groups import DEPLOYMENT_NAMES, ROUTING_ORDER
+from deployments.routing.group_watch import GroupWatch
+from deployments.routing.groups import DEPLOYMENT_NAMES, GPU_FLOOR_GROUP, GPU_GROUP, ROUTING_ORDER
 from deployments.routing.interactive_load import PUBLISH_PERIOD_S, interactive_busy
 from deployments.routing.job_backlog import publish_backlog
 from deployments.routing.router import NoGroupAvailableError, remote_cause, router_for
+from deployments.routing.shared_breaker import SharedBreakers
 from models.errors import InvalidModelInputError, InvalidParameterError, PromptTooLongError
 from models.video import FrameSelection
 
@@ -98,7 +100,14 @@ class JobRunner:
         self._settings = config.jobs
         self._files = open_store(config)
         self._store = JobStore(self._files)
-        self._router = router_for(config, gpu_group, cpu_group, gpu_floor_group)
+        self._app_name = serve.get_replica_context().app_name
+        shared_breakers = SharedBreakers(self._app_name)
+        self._router = router_for(config, gpu_group, cpu_group, gpu_floor_group, shared_breakers=shared_breakers)
+        # What Serve says of the GPU groups' replicas, read before a call is routed (at most once a period): a group
+        # with none running is skipped at once, as the ingress's router does, not waited on for its reach timeout.
+        gpu_groups = [group for group, handle in ((GPU_GROUP, gpu_group), (GPU_FLOOR_GROUP, gpu_floor_group)) if handle]
+        self._watch = GroupWatch(self._app_name, gpu_groups, self._router.set_running_replicas,
+                                 shared_breakers=shared_breakers, adopt_breakers=self._router.adopt_shared_breakers)
         # The group job segments go to first: where a backlog should add replicas.
         handles = {"gpu": gpu_group, "gpu_floor": gpu_floor_group, "cpu": cpu_group}
         first = next((group for group in ROUTING_ORDER if handles.get(group) is not None), None)
@@ -112,7 +121,6 @@ class JobRunner:
         self._published_backlog: int | None = None
         self._recorded = 0
         self._duplicates = 0
-        self._app_name = serve.get_replica_context().app_name
         loop = asyncio.get_event_loop()
         self._under_load = False  # interactive requests in flight or recent: segments run at the lower bound
         self._tasks = [loop.create_task(self._dispatch_forever()), loop.create_task(self._scan_forever()),
@@ -357,9 +365,7 @@ class JobRunner:
                     failed = failed_segment(segment, f"its frames: {decoded.why_not}", attempts=tries)
                     return ({**failed, "file_gone": True} if decoded.file_gone else failed), []
                 request = segment_request(job, segment, decoded.frames, self._config.limits.max_prompt_tokens)
-                answer = await self._router.call(
-                    "generate_stream", request, on_opened=lambda opened: self._opened(run, segment, opened)
-                )
+                answer = await self._route(request, on_opened=lambda opened: self._opened(run, segment, opened))
                 result, thumbnails = segment_result(job, segment, decoded.frames, answer, attempts=tries,
                                                     decode_s=decoded.seconds, bounds=self._bounds)
                 return {**result, "store_bytes_fetched": decoded.fetched_bytes, "decoded_on": decoded.node_ip}, thumbnails
@@ -442,12 +448,19 @@ class JobRunner:
             logger.exception("Job %s: the final answer failed", job.id)
             await self._end(job, JobState.FAILED, f"the final answer failed: {type(error).__name__}: {remote_cause(error)}")
 
+    async def _route(
+        self, request: Any, on_opened: Callable[[StreamOpened], None] = lambda opened: None
+    ) -> ReplicaAnswer:
+        """One request through the router, once it knows which GPU groups have a replica running."""
+        await self._watch.fresh()
+        return await self._router.call("generate_stream", request, on_opened=on_opened)
+
     async def _final_answer(self, job: JobRecord, events: list[dict[str, Any]]) -> tuple[ReplicaAnswer, int]:
         keep_every, attempt = first_thinning(events, self._config.limits.max_prompt_tokens, _FINAL_THINNINGS), 0
         while True:
             request = final_request(job, events, keep_every, self._config.limits.max_prompt_tokens)
             try:
-                return await self._router.call("generate_stream", request), len(events[::keep_every])
+                return await self._route(request), len(events[::keep_every])
             except PromptTooLongError:
                 if keep_every >= 2**_FINAL_THINNINGS:
                     raise

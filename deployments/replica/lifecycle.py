@@ -1,19 +1,21 @@
 """A replica's life as a state machine: its states, the moves allowed between them, and one ``is_serving``.
 
-::
+The moves (``_MOVES``, the only table)::
 
-    loading ----------> ready ----------> unloaded
-       |   \\             |  ^               ^
-       |    v            v  |               |
-       |  waiting_for_memory -> (ready, failed, unloaded)
-       v
-     failed
+    loading            -> waiting_for_memory | ready | failed | unloaded
+    waiting_for_memory -> waiting_for_memory | ready | failed | unloaded
+    ready              -> unloaded | failed
+    failed             -> unloaded
+    unloaded           -> (none)
 
 - ``loading``: the loader thread is trying the chain (the first state);
 - ``waiting_for_memory``: nothing fits now (or no GPU is visible); measured again every period;
 - ``ready``: a strategy loaded and the engine runs: the only state that serves;
-- ``unloaded``: the model was let go (an operator freed the memory, or the replica is stopping); final;
-- ``failed``: a non-memory error a retry cannot mend; final (health fails, Serve restarts the replica).
+- ``unloaded``: the model was let go (an operator freed the memory, or the replica is stopping); it moves nowhere;
+- ``failed``: a non-memory error a retry cannot mend (health fails, Serve restarts the replica); it moves only to
+  ``unloaded``, when the model is let go before Serve replaces the replica.
+
+Neither serves again (``FINAL_STATES``): Serve replaces the replica.
 
 Every reader (``describe``, ``/readyz``, the routing stats, the autoscaling stats, ``check_health``) asks
 :attr:`ReplicaLifecycle.is_serving` or :attr:`ReplicaLifecycle.state`; nothing else says whether a replica serves.
@@ -45,7 +47,7 @@ _MOVES: dict[ReplicaState, frozenset[ReplicaState]] = {
     ReplicaState.UNLOADED: frozenset(),
     ReplicaState.FAILED: frozenset({ReplicaState.UNLOADED}),
 }
-FINAL_STATES = frozenset({ReplicaState.UNLOADED, ReplicaState.FAILED})
+FINAL_STATES = frozenset({ReplicaState.UNLOADED, ReplicaState.FAILED})  # never serve again
 
 
 class IllegalMoveError(RuntimeError):

@@ -34,7 +34,7 @@ from deployments.replica.background import BACKGROUND_THREADS
 from deployments.replica.engine_choice import engine_chain
 from deployments.replica.lifecycle import FINAL_STATES, ReplicaLifecycle, ReplicaState
 from deployments.replica.loader import ReplicaLoader
-from deployments.replica.protocol import Accepted, ReplicaAnswer, ReplicaUnavailableError, ServedBy, StreamOpened
+from deployments.replica.protocol import ReplicaAnswer, ReplicaUnavailableError, ServedBy, StreamOpened
 from deployments.replica.stream_bridge import Opened, StreamBridge
 from deployments.routing.autoscaling import FREE_BYTES_METRIC, NEED_BYTES_METRIC, READY_METRIC
 from deployments.routing.groups import CPU_GROUP, GPU_GROUPS
@@ -190,13 +190,12 @@ class ModelReplica:
 
     async def generate_stream(
         self, request: GenerationRequest, stream_text: bool = True
-    ) -> AsyncIterator[Accepted | StreamOpened | TextDelta | ReplicaAnswer]:
-        """:class:`Accepted` at once, :class:`StreamOpened` once admitted, text pieces, then the :class:`ReplicaAnswer`.
+    ) -> AsyncIterator[StreamOpened | TextDelta | ReplicaAnswer]:
+        """:class:`StreamOpened` once admitted, text pieces, then the :class:`ReplicaAnswer`.
 
         The request stops at the next decode step when this generator is closed or cancelled (the
         client went away, or the router gave up on it).
         """
-        yield Accepted(group=self._group, replica=self._replica_id)
         if self._group == CPU_GROUP and self._lifecycle.state is ReplicaState.LOADING:
             await asyncio.to_thread(self._lifecycle.first_load_settled.wait, _CPU_LOAD_WAIT_S)
         engine, served_by = self._ready()

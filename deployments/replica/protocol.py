@@ -5,12 +5,14 @@ so it stays a small process without torch or transformers.
 
 A call to ``generate_stream`` yields, in order:
 
-1. :class:`Accepted` at once: the replica is alive and has the request (the router's
-   reachability timeout ends here);
-2. :class:`StreamOpened` when the request was admitted and its first token exists (the
+1. :class:`StreamOpened` when the request was admitted and its first token exists (the
    admission timeout ends here; a busy replica is told from a broken one by this gap);
-3. text pieces (:class:`~models.requests.TextDelta`), unless the caller asked for the whole answer only;
-4. :class:`ReplicaAnswer`, the result with who served it and what the model saw.
+2. text pieces (:class:`~models.requests.TextDelta`), unless the caller asked for the whole answer only;
+3. :class:`ReplicaAnswer`, the result with who served it and what the model saw.
+
+That the replica was reached (the router's reachability timeout) is Serve's own answer: Serve hands a call
+over only once the replica has said it has room (its ``max_ongoing_requests`` check), so the replica sends
+nothing for it, and each request crosses Ray with one message fewer.
 """
 
 import dataclasses
@@ -29,12 +31,6 @@ class ServedBy:
     replica: str
     precision: str
     device: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Accepted:
-    group: str
-    replica: str
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,6 +24,7 @@ class CircuitBreaker:
     opened_at: float | None = None
     last_reason: str | None = None
     probing: bool = False
+    on_change: Callable[["CircuitBreaker"], None] | None = None  # told after it opens, fails again, or closes
 
     def allows(self) -> bool:
         if self.opened_at is None:
@@ -34,14 +35,19 @@ class CircuitBreaker:
         return True
 
     def record_success(self) -> None:
-        if self.opened_at is not None:
+        was_open = self.opened_at is not None
+        if was_open:
             logger.info("The group answered again; closing its circuit breaker")
         self.opened_at, self.last_reason, self.probing = None, None, False
+        if was_open and self.on_change is not None:
+            self.on_change(self)
 
     def record_failure(self, reason: str) -> None:
         if self.opened_at is None:
             logger.warning("Group unavailable (%s); the next group takes its traffic for %.0f s", reason, self.cooldown_s)
         self.opened_at, self.last_reason, self.probing = self.clock(), reason, False
+        if self.on_change is not None:
+            self.on_change(self)
 
     @property
     def state(self) -> str:

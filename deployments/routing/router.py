@@ -3,8 +3,9 @@
 Every call is a stream from the replica (:mod:`deployments.replica.protocol`), timed in two phases,
 never on its whole length:
 
-1. **reach**: the replica yields :class:`Accepted` within ``reach_timeout_s``. A group that does not
-   (a replica that can never be scheduled queues calls forever), is unavailable
+1. **reach**: Serve places the call on a replica that takes it (the replica's answer to Serve's
+   ``max_ongoing_requests`` check) within ``reach_timeout_s``. A group that does not (a replica that can
+   never be scheduled queues calls forever), is unavailable
    (``DeploymentUnavailableError``, a replica still loading or waiting for memory) or dies mid-call is
    **broken**: the call goes to the next group and the group's circuit breaker opens.
 2. **admission**: the replica admits the request and yields :class:`StreamOpened` (its first token
@@ -28,6 +29,7 @@ that request, a client that left) counts as the group being healthy; only the gr
 import asyncio
 import dataclasses
 import enum
+import functools
 import logging
 import time
 from typing import Any, Callable
@@ -37,9 +39,10 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from deployments.config.app_config import AppConfig
-from deployments.replica.protocol import Accepted, ReplicaAnswer, ReplicaUnavailableError, StreamOpened
+from deployments.replica.protocol import ReplicaAnswer, ReplicaUnavailableError, StreamOpened
 from deployments.routing.breaker import CircuitBreaker
 from deployments.routing.groups import CPU_GROUP, GPU_FLOOR_GROUP, GPU_GROUP, ROUTING_ORDER
+from deployments.routing.shared_breaker import SharedBreakers
 from models.errors import ReplicaBusyError, RequestOutOfMemoryError, SchedulerClosedError
 
 logger = logging.getLogger(__name__)
@@ -129,6 +132,7 @@ class GroupRouter:
         on_spill: Callable[[str], None] = lambda reason: None,
         wake_timeout_s: float = 600.0,
         gpu_scales_to_zero: bool = False,
+        shared_breakers: SharedBreakers | None = None,
     ) -> None:
         self.breaker = breaker
         self._tiers: dict[str, _Tier] = {}
@@ -144,6 +148,11 @@ class GroupRouter:
         self._on_fallback = on_fallback
         self._on_spill = on_spill
         self._wake_timeout_s = wake_timeout_s
+        self._shared = shared_breakers
+        if shared_breakers is not None:
+            for tier in self._tiers.values():
+                if tier.breaker is not None:
+                    tier.breaker.on_change = functools.partial(self._share_breaker, tier.group)
 
     # -- what the ingress tells the router ------------------------------------------------------
 
@@ -166,6 +175,24 @@ class GroupRouter:
     def running_replicas(self, group: str) -> int | None:
         tier = self._tiers.get(group)
         return tier.running_replicas if tier else None
+
+    def adopt_shared_breakers(self, openings: dict[str, dict[str, Any] | None]) -> None:
+        """What the app's other routers found (:class:`~deployments.routing.shared_breaker.SharedBreakers`): open a
+        breaker for the rest of another router's opening, close one once that opening is gone."""
+        if self._shared is None:
+            return
+        for group, opening in openings.items():
+            tier = self._tiers.get(group)
+            if tier is not None and tier.breaker is not None:
+                self._shared.adopt(tier.breaker, opening)
+
+    def _share_breaker(self, group: str, breaker: CircuitBreaker) -> None:
+        assert self._shared is not None
+        opening = self._shared.opening_of(breaker)
+        try:
+            asyncio.get_running_loop().run_in_executor(None, self._shared.tell, group, opening)
+        except RuntimeError:  # no loop running (a unit test's synchronous call)
+            self._shared.tell(group, opening)
 
     def breaker_states(self) -> dict[str, str]:
         return {group: tier.breaker.state for group, tier in self._tiers.items() if tier.breaker is not None}
@@ -330,9 +357,7 @@ class GroupRouter:
         timeouts, group = tier.timeouts, tier.group
         stream = tier.handle.options(method_name=method, stream=True).remote(*args, stream_text=stream_text)
         try:
-            accepted = await _next(stream, timeouts.reach_s, Outcome.BROKEN, f"the {group} group took no call within")
-            if not isinstance(accepted, Accepted):
-                raise RuntimeError(f"{method} sent {type(accepted).__name__} before Accepted")
+            await _reach(stream, timeouts.reach_s, f"the {group} group took no call within")
             opened = await _next(stream, timeouts.admission_s, Outcome.BUSY, f"the {group} group admitted nothing within")
             if not isinstance(opened, StreamOpened):
                 raise RuntimeError(f"{method} sent {type(opened).__name__} before StreamOpened")
@@ -350,6 +375,7 @@ def router_for(
     *,
     on_fallback: Callable[[str], None] = lambda reason: None,
     on_spill: Callable[[str], None] = lambda reason: None,
+    shared_breakers: SharedBreakers | None = None,
 ) -> GroupRouter:
     """The router the config describes (the ingress's, and the job runner's)."""
     routing = config.routing
@@ -363,6 +389,7 @@ def router_for(
         gpu_floor_group=gpu_floor_group,
         gpu_scales_to_zero=config.gpu_group.autoscaling.min_replicas == 0,
         on_spill=on_spill,
+        shared_breakers=shared_breakers,
     )
 
 
@@ -386,6 +413,16 @@ async def _answer_of(stream: DeploymentResponseGenerator, method: str) -> Replic
     finally:
         stream.cancel()  # no-op after the end; stops the replica's work if this caller was cancelled
     raise RuntimeError(f"{method} ended without an answer")
+
+
+async def _reach(stream: DeploymentResponseGenerator, timeout_s: float, what: str) -> None:
+    """Wait until Serve's router has placed the call on a replica that took it: Serve asks the replica first (its
+    ``max_ongoing_requests`` check) and hands the call over only once that replica says yes, so this is the replica
+    reached, with no message of our own. ``_to_object_ref_gen`` is Serve's developer API for that moment."""
+    try:
+        await asyncio.wait_for(stream._to_object_ref_gen(), timeout=timeout_s)
+    except asyncio.TimeoutError:
+        raise _PhaseTimeout(Outcome.BROKEN, f"{what} {timeout_s:g} s") from None
 
 
 async def _next(stream: DeploymentResponseGenerator, timeout_s: float, outcome: Outcome, what: str) -> Any:

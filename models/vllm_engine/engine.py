@@ -84,6 +84,7 @@ class VllmEngine:
         self._lock = threading.Lock()
         self._ids = itertools.count()
         self._closing = False
+        self._held: asyncio.Event | None = None  # on vLLM's loop: set while requests are held, so the watcher polls
         self._watcher = runtime.spawn(self._abort_stopped())
 
     @property
@@ -130,6 +131,8 @@ class VllmEngine:
         text: list[str] = []
         logprobs: list = []
         completion_tokens = 0
+        if self._held is not None:
+            self._held.set()  # the watcher polls while this request is held
         try:
             raise_if_simulated_broken_link(self._link)
             if ticket.stop.is_set():  # stopped before vLLM knew of it: an abort then would miss it
@@ -208,8 +211,15 @@ class VllmEngine:
                     tokens, ticket.request.max_new_tokens)
 
     async def _abort_stopped(self) -> None:
-        """Abort in vLLM every request whose caller went away, queued or running."""
+        """Abort in vLLM every request whose caller went away, queued or running: polled while requests are held,
+        asleep while none are (an idle replica wakes for nothing)."""
+        self._held = asyncio.Event()
         while not self._closing:
+            if not self._tickets:
+                self._held.clear()
+                if not self._tickets:  # a request's _run sets the event on this loop, so none is missed
+                    await self._held.wait()
+                continue
             await asyncio.sleep(_STOP_POLL_S)
             with self._lock:
                 stopped = [request_id for request_id, ticket in self._tickets.items() if ticket.stop.is_set() and not ticket.aborted]

@@ -45,7 +45,7 @@ def page(browser):
 
 @pytest.fixture(scope="module")
 def shots(test_root):
-    """Screenshots in the test folder, or in ``VIDEO_DETECTIVE_SCREENSHOTS`` to keep them (the README's come from there)."""
+    """Screenshots in the test folder, or in ``VIDEO_DETECTIVE_SCREENSHOTS`` to keep them (the README's and docs/operations.md's come from there)."""
     folder = pathlib.Path(os.environ.get("VIDEO_DETECTIVE_SCREENSHOTS") or test_root / "screenshots")
     folder.mkdir(parents=True, exist_ok=True)
     return folder
