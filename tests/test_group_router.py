@@ -435,3 +435,22 @@ def test_a_gpu_group_that_scales_to_zero_sleeps_again_when_its_last_replica_goes
 
     assert served.served_by.group == "gpu" and after.served_by.group == "cpu"
     assert len(gpu.pings) == 2  # the call after the scale-in woke it again
+
+
+@pytest.mark.parametrize("gpu_running, cpu_always_runs, warmed", [
+    (1, True, ["gpu", "cpu"]),
+    (0, True, ["cpu"]),  # a GPU group with no replica (unschedulable) is not called
+    (None, False, []),  # not known yet, and a CPU group that may be at zero: nothing is called, nothing is woken
+])
+def test_a_warm_up_pings_the_groups_that_run_and_wakes_none_that_sleep(gpu_running, cpu_always_runs, warmed):
+    gpu = Handle(_script("gpu"), pings=[{"replica": "g1"}])
+    floor = Handle(_script("gpu_floor"), pings=[{"replica": "f1"}])
+    cpu = Handle(_script("cpu"), pings=[ReplicaBusyError("still loading")])  # its answer does not matter
+    router = _floor_router(gpu, floor, cpu, [], [])
+    router.set_running_replicas("gpu", gpu_running)
+    router.set_running_replicas("gpu_floor", 1)  # the floor scales from zero: never pinged awake by a warm-up
+
+    pinged = asyncio.run(router.warm_up(cpu_group_always_runs=cpu_always_runs))
+
+    assert pinged == warmed
+    assert (len(gpu.pings), len(floor.pings), len(cpu.pings)) == (warmed.count("gpu"), 0, warmed.count("cpu"))

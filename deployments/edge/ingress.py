@@ -74,7 +74,7 @@ from deployments.jobs.store import JobStore
 from deployments.observability.logs import route_logs_through_serve
 from deployments.observability.metrics import IngressMetrics, fallback_reason_label
 from deployments.replica.protocol import ReplicaAnswer, ServedBy
-from deployments.routing.group_watch import GroupWatch
+from deployments.routing.group_watch import GroupWatch, cpu_group_always_runs
 from deployments.routing.groups import CPU_GROUP, GPU_FLOOR_GROUP, GPU_GROUP, GPU_GROUPS, ROUTING_ORDER
 from deployments.routing.interactive_load import InteractiveLoad, withdraw
 from deployments.routing.router import NoGroupAvailableError, remote_cause, router_for
@@ -175,6 +175,9 @@ class Ingress:
         watched = [name for name in self._groups if name in GPU_GROUPS]
         self._watch = GroupWatch(app_name, watched, self._router.set_running_replicas, shared_breakers=shared_breakers,
                                  adopt_breakers=self._router.adopt_shared_breakers)
+        self._warm_task = asyncio.get_event_loop().create_task(
+            self._watch.warm_up(self._router, cpu_group_always_runs(config))
+        )
         self._files = FilesService(config, on_cache_lookup=self._metrics.record_frame_cache,
                                    held_by_jobs=lambda owner: sum(job.result_bytes for job in self._jobs.owned(owner)))
         self._jobs = JobStore(self._files.store)

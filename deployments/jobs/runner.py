@@ -52,7 +52,7 @@ from deployments.jobs.store import JobStore
 from deployments.observability.logs import route_logs_through_serve
 from deployments.replica.background import lower_priority
 from deployments.replica.protocol import ReplicaAnswer, StreamOpened
-from deployments.routing.group_watch import GroupWatch
+from deployments.routing.group_watch import GroupWatch, cpu_group_always_runs
 from deployments.routing.groups import DEPLOYMENT_NAMES, GPU_FLOOR_GROUP, GPU_GROUP, ROUTING_ORDER
 from deployments.routing.interactive_load import PUBLISH_PERIOD_S, interactive_busy
 from deployments.routing.job_backlog import publish_backlog
@@ -124,7 +124,8 @@ class JobRunner:
         loop = asyncio.get_event_loop()
         self._under_load = False  # interactive requests in flight or recent: segments run at the lower bound
         self._tasks = [loop.create_task(self._dispatch_forever()), loop.create_task(self._scan_forever()),
-                       loop.create_task(self._watch_interactive_load())]
+                       loop.create_task(self._watch_interactive_load())]  # forever: check_health fails if one ends
+        self._warming = loop.create_task(self._watch.warm_up(self._router, cpu_group_always_runs(config)))
 
     # -- what the ingress calls ---------------------------------------------------------------------
 

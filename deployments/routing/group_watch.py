@@ -13,22 +13,34 @@ Every router is told, and only while it has calls to route, so that an idle app 
 - the ingress's, before each client's call (:meth:`GroupWatch.recent`): a view older than a period is read again in
   the background, and only one older than :data:`STALE_S` (the first call after a quiet spell) waits for the read,
   which takes milliseconds. Its readiness and memory view wait for a view at most a period old.
+
+Both also ready their handles as their replica starts (:meth:`GroupWatch.warm_up`): a handle's first call waits until
+Serve's controller has told it the group's replicas, and a ping to each group that runs pays that before any client.
 """
 
 import asyncio
 import logging
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ray import serve
 
 from deployments.routing.groups import DEPLOYMENT_NAMES
 from deployments.routing.shared_breaker import SharedBreakers
 
+if TYPE_CHECKING:
+    from deployments.config.app_config import AppConfig
+    from deployments.routing.router import GroupRouter
+
 logger = logging.getLogger(__name__)
 
 WATCH_PERIOD_S = 2.0
 STALE_S = 10.0
+
+
+def cpu_group_always_runs(config: "AppConfig") -> bool:
+    """Whether the CPU group keeps a replica at all times (so a warm-up call wakes nothing)."""
+    return config.cpu_group.enabled and config.cpu_group.autoscaling.min_replicas > 0
 
 
 class GroupWatch:
@@ -81,6 +93,16 @@ class GroupWatch:
                 self._set_running(group, None)
         finally:
             self._read_at = self._clock()
+
+    async def warm_up(self, router: "GroupRouter", cpu_group_always_runs: bool) -> None:
+        """Read Serve's status, then ready the router's handles (:meth:`GroupRouter.warm_up`), in the background of a
+        replica's start, so that the first client's call or job pays neither."""
+        try:
+            await self.fresh()
+            warmed = await router.warm_up(cpu_group_always_runs=cpu_group_always_runs)
+            logger.info("Handles ready for %s", ", ".join(warmed) or "no group")
+        except Exception as error:  # noqa: BLE001 - the first call then pays what this would have
+            logger.warning("Readying the groups' handles failed: %s", error)
 
     def _read_both(self) -> tuple[Any, dict[str, dict[str, Any] | None] | None]:
         openings = self._shared.read(self._groups) if self._shared is not None else None

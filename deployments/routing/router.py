@@ -281,6 +281,28 @@ class GroupRouter:
             return Outcome.BROKEN, f"circuit breaker open after: {breaker.last_reason}"
         return Outcome.SERVED, None
 
+    async def warm_up(self, *, cpu_group_always_runs: bool) -> list[str]:
+        """Make each group's handle ready before the first client's call: a handle's first call waits until Serve's
+        controller has told it the group's replicas (seconds while the app starts), so one ``ping`` to each group that
+        has replicas running pays that here. A group that scales from zero is left asleep, and a group with none
+        running (unschedulable, or asleep) is not called. Returns the groups pinged; their answers do not matter."""
+        groups = [
+            tier.group for tier in self._tiers.values()
+            if ((tier.running_replicas or 0) > 0 and not tier.scales_from_zero)
+            or (tier.group == CPU_GROUP and cpu_group_always_runs)
+        ]
+
+        async def ping(group: str) -> None:
+            try:
+                await _ping(self._tiers[group].handle, timeout_s=self._tiers[group].timeouts.reach_s)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as error:  # noqa: BLE001 - loading, or not yet running: the handle is ready all the same
+                logger.debug("Warm-up ping to the %s: %s", _LABELS[group], _describe(error))
+
+        await asyncio.gather(*(ping(group) for group in groups))
+        return groups
+
     # -- background calls: breaker probes, waking the floor replicas ------------------------------
 
     def _probe(self, tier: _Tier) -> None:

@@ -1,6 +1,6 @@
 """Serve's settings that cut its CPU around each request (deployments/serve_env.py) are in force where Serve reads
 them: every replica of the app has them in its environment (set through its runtime_env, whatever the node's
-environment), and Serve's controller has its own (from the environment Ray started in)."""
+environment), and Serve's controller and HTTP proxy have theirs (from the environment Ray started in)."""
 
 import psutil
 from polling import wait_for_condition
@@ -22,5 +22,6 @@ def test_every_replica_and_serves_own_processes_run_with_the_settings(base_url):
         wait_for_condition(lambda: _processes(f"ServeReplica:video-detective:{deployment}"), timeout_s=60)
     for replica in _processes("ServeReplica:video-detective:"):
         assert _settings(replica, REPLICA_ENV) == REPLICA_ENV, replica.cmdline()
-    (controller, *_) = _processes("ServeController")
-    assert _settings(controller, CLUSTER_ENV) == CLUSTER_ENV
+    for marker in ("ServeController", "ProxyActor"):
+        (process, *_) = _processes(marker)
+        assert _settings(process, CLUSTER_ENV) == CLUSTER_ENV, marker
