@@ -48,6 +48,8 @@ def run_once(checkout: pathlib.Path, clip: pathlib.Path) -> dict[str, Any]:
         work = pathlib.Path(folder)
         config = yaml.safe_load((checkout / "serve_config.yaml").read_text())
         config["http_options"]["port"] = port
+        # Files and jobs in this run's folder: the default store under the system temp dir is every server's.
+        config["applications"][0]["args"]["files"] = {"store_url": (work / "store").as_uri()}
         (work / "serve_config.yaml").write_text(yaml.safe_dump(config))
         (work / "ray").mkdir()
         env = {**os.environ, "SERVE_CONFIG": str(work / "serve_config.yaml"), "RAY_TMPDIR": str(work / "ray")}

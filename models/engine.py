@@ -12,6 +12,8 @@ An engine owns a loaded model and answers many requests with it. The contract, a
 - **describe** its memory and load: :meth:`Engine.describe`, a JSON-ready dict with the
   :class:`EngineStats` and what the engine is; :meth:`Engine.health_problem` says when it can no longer serve;
 - **declare** what it honours: :attr:`Engine.capabilities` (batches or not, which decoding options);
+- **prepare** structured output ahead of the first request that asks for it: :meth:`Engine.prepare_structured_output`
+  (the grammar compile server's start, seconds, paid in the background once the replica is ready);
 - **close**: stop taking requests; waiting ones fail with :class:`~models.errors.SchedulerClosedError`.
 
 Three engines implement it: :class:`models.scheduler.BatchScheduler` (continuous batching on a
@@ -111,6 +113,12 @@ class Engine(Protocol):
 
     def health_problem(self) -> str | None:
         """Why this engine can no longer serve (a dead engine process, say), or ``None``: health fails on it."""
+        ...
+
+    def prepare_structured_output(self) -> None:
+        """Start what structured output needs (the grammar compile server, the closing masks) now, in the caller's
+        thread, so that the first request with a ``response_format`` does not pay it; nothing for an engine without
+        structured output."""
         ...
 
     def close(self, timeout_s: float = 60.0) -> None: ...

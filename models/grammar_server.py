@@ -108,6 +108,7 @@ class GrammarCompileProcess:
         self._lock = threading.Lock()
         self._server: subprocess.Popen | None = None
         self._pending: dict[int, tuple[subprocess.Popen, concurrent.futures.Future]] = {}  # by compile id
+        self._closed = False  # closed: no server is started again (a compile racing the engine's close fails)
 
     def compile(self, schema: str, stop: threading.Event | None = None) -> Any:
         """The compiled grammar; raises :class:`CompileFailedError`, :class:`CompileTimeoutError`,
@@ -160,6 +161,7 @@ class GrammarCompileProcess:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             server, self._server = self._server, None
         if server is not None:
             self._stop_server(server)
@@ -167,6 +169,8 @@ class GrammarCompileProcess:
     def _running_server(self) -> subprocess.Popen:
         if self._server is not None and self._server.poll() is None:
             return self._server
+        if self._closed:
+            raise CompileServerLostError("the compile server was closed with its engine")
         root = pathlib.Path(__file__).resolve().parent.parent
         environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
         server = subprocess.Popen(

@@ -65,7 +65,7 @@ from models.grammar_server import SchemaCompileLimits
 from models.hf_batch_engine import HfBatchEngine, PreparedPrompt
 from models.kv_batch import KvBatch
 from models.request_shrink import OomRetry, ShrinkFloor, request_size, shrink_request
-from models.requests import GenerationRequest
+from models.requests import GenerationRequest, ResponseFormat
 from models.token_sampler import TokenSampler
 
 logger = logging.getLogger(__name__)
@@ -225,6 +225,10 @@ class BatchScheduler:
 
     def describe(self) -> dict[str, Any]:
         return describe_engine(self.capabilities, self.stats)
+
+    def prepare_structured_output(self) -> None:
+        """The compile server started and ``json_object`` compiled (with the closing masks), before any request."""
+        self._grammars.compile(ResponseFormat("json_object"))
 
     def health_problem(self) -> str | None:
         if not self._closing and not self._thread.is_alive():

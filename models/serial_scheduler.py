@@ -75,6 +75,9 @@ class SerialScheduler:
     def describe(self) -> dict[str, Any]:
         return describe_engine(self.capabilities, self.stats)
 
+    def prepare_structured_output(self) -> None:
+        """Nothing: this engine honours no ``response_format`` (it is refused by name)."""
+
     def health_problem(self) -> str | None:
         if not self._closing and not self._thread.is_alive():
             return f"The engine's thread {self._thread.name!r} ended while the replica serves"

@@ -10,6 +10,7 @@ import gc
 import sys
 
 import numpy as np
+import psutil
 import pytest
 import torch
 from polling import wait_for_condition
@@ -50,6 +51,32 @@ def ready_cpu_replica(replicas):
         return replica
 
     return make
+
+
+def _compile_servers() -> set[int]:
+    """This test process's grammar compile servers (models.grammar_server, a child of the replica's engine)."""
+    found = set()
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "models.grammar_server" in " ".join(child.cmdline()):
+                found.add(child.pid)
+        except psutil.NoSuchProcess:  # ended between the listing and the look
+            continue
+    return found
+
+
+def test_a_ready_replica_starts_its_compile_server_before_any_structured_request_and_stops_it_on_close():
+    before = _compile_servers()
+    replica = ModelReplica(resolve_app(load_app_config({})), "cpu")  # jobs on, by default: their segments ask for JSON
+    try:
+        wait_for_condition(lambda: replica.describe()["state"] == "ready", timeout_s=60)
+
+        started = wait_for_condition(lambda: _compile_servers() - before, timeout_s=60)  # no request sent
+
+        assert len(started) == 1
+    finally:
+        replica.close()
+    wait_for_condition(lambda: not (_compile_servers() & started), timeout_s=30)
 
 
 def test_a_cpu_replica_loads_in_the_background_and_answers(ready_cpu_replica):

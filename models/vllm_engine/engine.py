@@ -30,7 +30,7 @@ from models.engine import ALL_DECODING_OPTIONS, EngineCapabilities, EngineStats,
 from models.errors import PromptTooLongError, ReplicaBusyError, SchedulerClosedError, check_prompt_tokens
 from models.fault_injection import raise_if_simulated_broken_link
 from models.grammar import GrammarCompiler
-from models.requests import GenerationRequest, GenerationResult, TextDelta
+from models.requests import GenerationRequest, GenerationResult, ResponseFormat, TextDelta
 from models.vllm_engine.inputs import PromptBuilder, token_logprobs
 from models.vllm_engine.runtime import VllmRuntime
 
@@ -230,6 +230,11 @@ class VllmEngine:
 
     def describe(self) -> dict[str, Any]:
         return {**describe_engine(self.capabilities, self.stats), "engine": "vllm", "vllm": self._runtime.figures.to_dict()}
+
+    def prepare_structured_output(self) -> None:
+        """Our compile server started (vLLM compiles its own grammars; ours bounds them first) before any request."""
+        if self._grammars is not None:
+            self._grammars.check(ResponseFormat("json_object"))
 
     def health_problem(self) -> str | None:
         return self._runtime.dead_reason

@@ -61,6 +61,8 @@ def test_the_first_job_waits_for_no_gpu_group_and_sigterm_stops_bin_serve_cleanl
     port = free_port()
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     config["http_options"]["port"] = port
+    # Files and jobs in the test's folder, not the default store under the system temp dir that every server shares.
+    config["applications"][0]["args"]["files"] = {"store_url": (test_root / "bin-serve-store").as_uri()}
     config_path = test_root / "bin-serve-config.yaml"
     config_path.write_text(yaml.safe_dump(config))
     temp_dir = test_root / "bin-serve-ray"
