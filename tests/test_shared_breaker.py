@@ -28,10 +28,9 @@ def _router(gpu: Handle, cpu: Handle, shared: SharedBreakers, clock: Clock) -> G
     )
 
 
-def _watch(router: GroupRouter, shared: SharedBreakers, clock: Clock) -> GroupWatch:
-    return GroupWatch("app", ["gpu"], router.set_running_replicas, clock=clock,
-                      read_status=Status(gpu_group=Deployment({"RUNNING": 1})),
-                      shared_breakers=shared, adopt_breakers=router.adopt_shared_breakers)
+def _watch(router: GroupRouter, clock: Clock) -> GroupWatch:
+    """The watch the ingress and the job runner make for their router (its GPU groups, its shared breakers)."""
+    return GroupWatch.for_router("app", router, clock=clock, read_status=Status(gpu_group=Deployment({"RUNNING": 1})))
 
 
 def _opening(shared: SharedBreakers) -> dict | None:
@@ -49,7 +48,7 @@ def test_a_group_one_router_found_broken_is_skipped_by_another_until_it_answers_
 
     second_gpu = Handle(_script("gpu"))
     second = _router(second_gpu, Handle(_script("cpu")), shared, second_clock)
-    watch = _watch(second, shared, second_clock)
+    watch = _watch(second, second_clock)
 
     async def call_after_the_watch():
         await watch.fresh()

@@ -75,7 +75,7 @@ from deployments.observability.logs import route_logs_through_serve
 from deployments.observability.metrics import IngressMetrics, fallback_reason_label
 from deployments.replica.protocol import ReplicaAnswer, ServedBy
 from deployments.routing.group_watch import GroupWatch, cpu_group_always_runs
-from deployments.routing.groups import CPU_GROUP, GPU_FLOOR_GROUP, GPU_GROUP, GPU_GROUPS, ROUTING_ORDER
+from deployments.routing.groups import CPU_GROUP, GPU_FLOOR_GROUP, GPU_GROUP, ROUTING_ORDER
 from deployments.routing.interactive_load import InteractiveLoad, withdraw
 from deployments.routing.router import NoGroupAvailableError, remote_cause, router_for
 from deployments.routing.shared_breaker import SharedBreakers
@@ -165,16 +165,13 @@ class Ingress:
         self._fallbacks_by_reason: collections.Counter[str] = collections.Counter()
         self._metrics = IngressMetrics()
         app_name = serve.get_replica_context().app_name
-        shared_breakers = SharedBreakers(app_name)
         self._router = router_for(
             config, gpu_group, cpu_group, gpu_floor_group, on_fallback=self._count_fallback, on_spill=self._count_spill,
-            shared_breakers=shared_breakers,
+            shared_breakers=SharedBreakers(app_name),
         )
         self._spills_by_reason: collections.Counter[str] = collections.Counter()
         # Serve's count of the GPU groups' running replicas, read for the calls routed (none while idle).
-        watched = [name for name in self._groups if name in GPU_GROUPS]
-        self._watch = GroupWatch(app_name, watched, self._router.set_running_replicas, shared_breakers=shared_breakers,
-                                 adopt_breakers=self._router.adopt_shared_breakers)
+        self._watch = GroupWatch.for_router(app_name, self._router)
         self._warm_task = asyncio.get_event_loop().create_task(
             self._watch.warm_up(self._router, cpu_group_always_runs(config))
         )

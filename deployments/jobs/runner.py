@@ -53,7 +53,7 @@ from deployments.observability.logs import route_logs_through_serve
 from deployments.replica.background import lower_priority
 from deployments.replica.protocol import ReplicaAnswer, StreamOpened
 from deployments.routing.group_watch import GroupWatch, cpu_group_always_runs
-from deployments.routing.groups import DEPLOYMENT_NAMES, GPU_FLOOR_GROUP, GPU_GROUP, ROUTING_ORDER
+from deployments.routing.groups import DEPLOYMENT_NAMES, ROUTING_ORDER
 from deployments.routing.interactive_load import PUBLISH_PERIOD_S, interactive_busy
 from deployments.routing.job_backlog import publish_backlog
 from deployments.routing.router import NoGroupAvailableError, remote_cause, router_for
@@ -101,13 +101,11 @@ class JobRunner:
         self._files = open_store(config)
         self._store = JobStore(self._files)
         self._app_name = serve.get_replica_context().app_name
-        shared_breakers = SharedBreakers(self._app_name)
-        self._router = router_for(config, gpu_group, cpu_group, gpu_floor_group, shared_breakers=shared_breakers)
+        self._router = router_for(config, gpu_group, cpu_group, gpu_floor_group,
+                                  shared_breakers=SharedBreakers(self._app_name))
         # What Serve says of the GPU groups' replicas, read before a call is routed (at most once a period): a group
         # with none running is skipped at once, as the ingress's router does, not waited on for its reach timeout.
-        gpu_groups = [group for group, handle in ((GPU_GROUP, gpu_group), (GPU_FLOOR_GROUP, gpu_floor_group)) if handle]
-        self._watch = GroupWatch(self._app_name, gpu_groups, self._router.set_running_replicas,
-                                 shared_breakers=shared_breakers, adopt_breakers=self._router.adopt_shared_breakers)
+        self._watch = GroupWatch.for_router(self._app_name, self._router)
         # The group job segments go to first: where a backlog should add replicas.
         handles = {"gpu": gpu_group, "gpu_floor": gpu_floor_group, "cpu": cpu_group}
         first = next((group for group in ROUTING_ORDER if handles.get(group) is not None), None)

@@ -72,6 +72,14 @@ class GroupWatch:
         self._reading: asyncio.Task | None = None
         self.messages: dict[str, str] = {}  # per group: its replicas' states and Serve's message
 
+    @classmethod
+    def for_router(cls, app_name: str, router: "GroupRouter", **options: Any) -> "GroupWatch":
+        """The watch of ``router``'s GPU groups in ``app_name``, telling it their running replicas and the breakers the
+        app's other routers opened (through the router's own :class:`SharedBreakers`); ``options``: ``period_s``,
+        ``clock``, ``read_status``."""
+        return cls(app_name, router.gpu_groups, router.set_running_replicas, shared_breakers=router.shared_breakers,
+                   adopt_breakers=router.adopt_shared_breakers, **options)
+
     async def read(self) -> None:
         """One read of Serve's status (and of the breakers the app's other routers opened); a failed read leaves every
         group unknown (``None``), which the router tries."""

@@ -41,7 +41,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from deployments.config.app_config import AppConfig
 from deployments.replica.protocol import ReplicaAnswer, ReplicaUnavailableError, StreamOpened
 from deployments.routing.breaker import CircuitBreaker
-from deployments.routing.groups import CPU_GROUP, GPU_FLOOR_GROUP, GPU_GROUP, ROUTING_ORDER
+from deployments.routing.groups import CPU_GROUP, GPU_FLOOR_GROUP, GPU_GROUP, GPU_GROUPS, ROUTING_ORDER
 from deployments.routing.shared_breaker import SharedBreakers
 from models.errors import ReplicaBusyError, RequestOutOfMemoryError, SchedulerClosedError
 
@@ -193,6 +193,15 @@ class GroupRouter:
             asyncio.get_running_loop().run_in_executor(None, self._shared.tell, group, opening)
         except RuntimeError:  # no loop running (a unit test's synchronous call)
             self._shared.tell(group, opening)
+
+    @property
+    def gpu_groups(self) -> list[str]:
+        """The GPU groups this router sends calls to (the GPU group, the floor replicas), in routing order."""
+        return [group for group in self._tiers if group in GPU_GROUPS]
+
+    @property
+    def shared_breakers(self) -> SharedBreakers | None:
+        return self._shared
 
     def breaker_states(self) -> dict[str, str]:
         return {group: tier.breaker.state for group, tier in self._tiers.items() if tier.breaker is not None}
