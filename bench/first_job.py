@@ -4,7 +4,7 @@ first job, then SIGTERM. For each checkout given (this one, and a baseline such 
 - **start**: seconds from ``bin/serve`` to ``/healthz`` answering, and to ``/readyz`` saying the CPU group is up (its
   replica started and its model loaded: what the job needs);
 - **first job**, sent once the CPU group is up: a 2-segment job on a 10 s 720p clip (two segments of 5 s), its wall time, its work (the segments'
-  decode and inference time, as the job reports them) and the difference: the time it waited for nothing. On a
+  decode and inference time and the final answer's inference time, as the job reports them) and the difference: the time it waited for nothing. On a
   GPU-less machine the GPU group's replica is never scheduled; a router that does not know it waits
   ``routing.gpu_timeout_s`` (30 s) on it;
 - **stop**: seconds from SIGTERM to ``bin/serve``'s exit, its exit status, and whether Serve's controller gave up
@@ -77,7 +77,7 @@ def run_once(checkout: pathlib.Path, clip: pathlib.Path) -> dict[str, Any]:
                 server.wait()
         output = log_path.read_text(errors="replace")
     timings = job["timings"]
-    work_s = timings["decode_s"] + timings["inference_s"]
+    work_s = timings["decode_s"] + timings["inference_s"] + (timings.get("final_inference_s") or 0.0)
     return {
         "start_s": round(start_s, 1),
         "cpu_group_up_s": round(ready_s, 1),

@@ -171,12 +171,7 @@ class GrammarCompileProcess:
             return self._server
         if self._closed:
             raise CompileServerLostError("the compile server was closed with its engine")
-        root = pathlib.Path(__file__).resolve().parent.parent
-        environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
-        server = subprocess.Popen(
-            [sys.executable, "-m", "models.grammar_server"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            env=environment, cwd=root,
-        )
+        server = _take_early_server() or _spawn_server()
         try:
             if self._tokenizer_info is None:
                 self._tokenizer_info = self._make_tokenizer_info()
@@ -219,6 +214,49 @@ class GrammarCompileProcess:
     def _stop_server(server: subprocess.Popen) -> None:
         server.kill()
         server.wait()
+
+
+# -- a server started early -----------------------------------------------------------------------
+
+_early_server: subprocess.Popen | None = None  # one a process: a replica is a process, and one engine serves at a time
+_early_server_lock = threading.Lock()
+
+
+def start_server_early() -> None:
+    """Start a compile server now, before any engine exists, so that its import of xgrammar (seconds) runs beside
+    the model's load. The first :class:`GrammarCompileProcess` of this process to need a server takes it and
+    sends it the tokenizer; until then it waits on its stdin."""
+    global _early_server
+    with _early_server_lock:
+        if _early_server is None or _early_server.poll() is not None:
+            _early_server = _spawn_server()
+            logger.info("Started the grammar compile server early (pid %d), beside the model's load", _early_server.pid)
+
+
+def stop_early_server() -> None:
+    """Stop the early server if no engine took it (an engine that compiles no grammar, or a replica that closed)."""
+    server = _take_early_server()
+    if server is not None:
+        server.kill()
+        server.wait()
+
+
+def _take_early_server() -> subprocess.Popen | None:
+    global _early_server
+    with _early_server_lock:
+        server, _early_server = _early_server, None
+    if server is not None and server.poll() is not None:
+        return None
+    return server
+
+
+def _spawn_server() -> subprocess.Popen:
+    root = pathlib.Path(__file__).resolve().parent.parent
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen(
+        [sys.executable, "-m", "models.grammar_server"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        env=environment, cwd=root,
+    )
 
 
 # -- the server ------------------------------------------------------------------------------------

@@ -65,18 +65,31 @@ def _compile_servers() -> set[int]:
     return found
 
 
-def test_a_ready_replica_starts_its_compile_server_before_any_structured_request_and_stops_it_on_close():
+def test_a_replica_is_ready_only_once_its_compile_server_answers_and_stops_it_on_close():
     before = _compile_servers()
     replica = ModelReplica(resolve_app(load_app_config({})), "cpu")  # jobs on, by default: their segments ask for JSON
     try:
         wait_for_condition(lambda: replica.describe()["state"] == "ready", timeout_s=60)
 
-        started = wait_for_condition(lambda: _compile_servers() - before, timeout_s=60)  # no request sent
-
+        started = _compile_servers() - before  # at once: no request sent, nothing waited for past ready
         assert len(started) == 1
+        compiler = replica._engine._grammars._process
+        assert compiler.server_pid in started  # the early server, taken by the engine: json_object compiled on it
+        assert compiler._tokenizer_info is not None
     finally:
         replica.close()
     wait_for_condition(lambda: not (_compile_servers() & started), timeout_s=30)
+
+
+def test_a_replica_without_jobs_starts_no_compile_server():
+    before = _compile_servers()
+    replica = ModelReplica(resolve_app(load_app_config({"jobs": {"enabled": False}})), "cpu")
+    try:
+        wait_for_condition(lambda: replica.describe()["state"] == "ready", timeout_s=60)
+
+        assert _compile_servers() - before == set()
+    finally:
+        replica.close()
 
 
 def test_a_cpu_replica_loads_in_the_background_and_answers(ready_cpu_replica):

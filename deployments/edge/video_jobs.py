@@ -209,6 +209,7 @@ def job_body(job: JobRecord, page: list[dict[str, Any]] | None = None, *, next_a
             "wall_s": round(end - job.created_at, 3),
             "decode_s": round(job.decode_s, 3),
             "inference_s": round(job.inference_s, 3),
+            "final_inference_s": round(job.final_inference_s, 3) if job.final_inference_s is not None else None,
         },
         "final": (
             {"answer": job.final_answer, "usage": job.final_usage, "served_by": job.final_served_by,

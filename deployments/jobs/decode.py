@@ -8,6 +8,7 @@ its worker dies (``max_retries``).
 
 import dataclasses
 import logging
+import os
 import time
 
 import ray
@@ -36,6 +37,14 @@ class DecodedSegment:
     fetched_bytes: int | None
     node_ip: str | None
     file_gone: bool = False  # the file is not in the store any more: every other segment would fail alike
+
+
+@ray.remote
+def start_decode_worker() -> int:
+    """Nothing but a worker with this module imported (PyAV, the decoders), left idle for the first segment's decode:
+    a fresh worker costs about 1.3 s to start here, which the first job would otherwise wait. Its pid."""
+    lower_priority()
+    return os.getpid()
 
 
 @ray.remote(max_retries=DECODE_TASK_RETRIES)

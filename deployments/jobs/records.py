@@ -98,6 +98,7 @@ class JobRecord:
     final_usage: dict[str, int] | None = None
     final_served_by: dict[str, str] | None = None
     timeline_events_used: int | None = None  # how many events the final answer's prompt held
+    final_inference_s: float | None = None  # the final answer's time in the model
     # The runner's running summary of the recorded segments, so that reading a job never reads every result.
     done: int = 0
     failed: int = 0

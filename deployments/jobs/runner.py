@@ -37,7 +37,7 @@ from deployments.config.app_config import AppConfig
 from deployments.files.frame_cache import FrameCache, FrameCacheKey
 from deployments.files.service import open_store
 from deployments.files.store import FileRecord
-from deployments.jobs.decode import DecodedSegment, decode_segment
+from deployments.jobs.decode import DecodedSegment, decode_segment, start_decode_worker
 from deployments.jobs.records import JobRecord, JobState, Segment
 from deployments.jobs.segments import (
     EventBounds,
@@ -124,6 +124,7 @@ class JobRunner:
         self._tasks = [loop.create_task(self._dispatch_forever()), loop.create_task(self._scan_forever()),
                        loop.create_task(self._watch_interactive_load())]  # forever: check_health fails if one ends
         self._warming = loop.create_task(self._watch.warm_up(self._router, cpu_group_always_runs(config)))
+        self._decode_worker = start_decode_worker.options(num_cpus=self._settings.decode_num_cpus).remote()
 
     # -- what the ingress calls ---------------------------------------------------------------------
 
@@ -439,6 +440,7 @@ class JobRunner:
                 final_usage={"prompt_tokens": answer.result.prompt_tokens, "completion_tokens": answer.result.completion_tokens},
                 final_served_by={"group": answer.served_by.group, "replica": answer.served_by.replica,
                                  "precision": answer.served_by.precision},
+                final_inference_s=round(answer.inference_seconds or 0.0, 4),
                 timeline_events_used=kept,
             )
         except asyncio.CancelledError:

@@ -48,7 +48,7 @@ from models.adapters import adapter_factory
 from models.base import CheckpointAdapter
 from models.engine import Engine
 from models.engines import EngineSettings, start_engine
-from models.grammar_server import SchemaCompileLimits
+from models.grammar_server import SchemaCompileLimits, start_server_early, stop_early_server
 from models.request_shrink import ShrinkFloor, request_size
 from models.requests import GenerationRequest, GenerationResult, TextDelta, VideoPart
 from models.warm_up import run_warm_up
@@ -130,6 +130,8 @@ class ModelReplica:
             warm_up=self._start_and_warm_up,
             on_loaded=self._start_engine,
         )
+        if self._prepare_structured:
+            start_server_early()  # its import of xgrammar runs beside the load; the replica is ready once it answers
         self._loader.start()
 
     # -- once loaded: the engine ---------------------------------------------------------------
@@ -162,6 +164,8 @@ class ModelReplica:
             time.perf_counter() - started, result.prompt_tokens, result.completion_tokens, engine.capabilities.mode,
             engine.capabilities.max_batch_size, settings.headroom_bytes,
         )
+        if self._prepare_structured:
+            self._prepare_structured_output(engine)
 
     def _start_engine(self, adapter: CheckpointAdapter, strategy: LoadStrategy) -> None:
         """In the loader thread, once a link loaded and warmed up: serve with its engine, unless unloaded meanwhile."""
@@ -174,19 +178,21 @@ class ModelReplica:
                 return
             self._engine = engine
             self._lifecycle.move(ReplicaState.READY, f"loaded as {strategy.name} on {strategy.device}, warmed up")
-        if self._prepare_structured and engine is not None:
-            # The first job's segments ask for JSON: its compile server's start (seconds) is paid here, not by them.
-            threading.Thread(target=self._prepare_structured_output, args=(engine,), name="structured-output",
-                             daemon=True).start()
 
     def _prepare_structured_output(self, engine: Engine) -> None:
+        """Before the replica is ready, when jobs are on: every job segment asks for JSON, so a ready replica has its
+        compile server up (started early, beside the load) and ``json_object`` compiled. A failure here is logged, not
+        fatal: the first request that asks for structured output tries again."""
         started = time.perf_counter()
         try:
             engine.prepare_structured_output()
         except Exception as error:  # noqa: BLE001 - the first request that asks for structured output tries again
             logger.warning("Preparing structured output failed: %s; the first request that asks for it starts it", error)
             return
-        logger.info("Structured output ready on replica %s in %.1f s", self._replica_id, time.perf_counter() - started)
+        finally:
+            stop_early_server()  # not taken: this engine compiles no grammar
+        logger.info("Structured output ready on replica %s %.2f s after its warm-up", self._replica_id,
+                    time.perf_counter() - started)
 
     def _request_headroom_bytes(self, adapter: CheckpointAdapter) -> int:
         """The budget measured at load, less the weights measured after it: what requests may use together."""
@@ -386,6 +392,7 @@ class ModelReplica:
         """Stop the loader thread and the engine (Serve calls ``__del__`` when it stops a replica). Safe on a replica
         whose constructor failed half-way: what was never made is not stopped."""
         loader, engine = getattr(self, "_loader", None), getattr(self, "_engine", None)
+        stop_early_server()
         if loader is not None:
             loader.close()
         if engine is not None:

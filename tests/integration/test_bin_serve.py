@@ -3,7 +3,7 @@ a first job, then a stop the way a service manager stops it (SIGTERM).
 
 - The first job on the default config: the GPU group's replica is never scheduled here, and the job runner's
   router knows it from Serve's status, as the ingress's does, instead of waiting ``routing.gpu_timeout_s`` (30 s)
-  for it; the job spends little more than its work.
+  for it; the job spends no more than 2 s beyond its work.
 - The stop: Ray's own handler answers SIGTERM with a C++ stack dump and a death mid-shutdown; ``bin/serve`` turns
   it into ``serve run``'s Ctrl-C path, which deletes the app and stops Ray in order, fast and without the
   controller's timeout.
@@ -82,10 +82,11 @@ def test_the_first_job_waits_for_no_gpu_group_and_sigterm_stops_bin_serve_cleanl
         assert job["state"] == "succeeded", job["reason"]
         assert {segment["served_by"]["group"] for segment in job["segments"]} == {"cpu"}
         timings = job["timings"]
-        beyond_work_s = timings["wall_s"] - timings["decode_s"] - timings["inference_s"]
-        # The GPU group's reach timeout (30 s) is not paid, not even once. What is left is mostly the grammar compile
-        # server's first start (the segments ask for JSON; about 4 s here); the margin is for a loaded CI machine.
-        assert beyond_work_s < 10.0, timings
+        beyond_work_s = timings["wall_s"] - timings["decode_s"] - timings["inference_s"] - timings["final_inference_s"]
+        # The GPU group's reach timeout (30 s) is not paid, not even once; nor the grammar compile server's start (the
+        # segments ask for JSON; a ready replica has it up) or a decode worker's (the job runner starts one). What is
+        # left, about 0.5 s here (bench/first_job.py), is Ray's and the store's.
+        assert beyond_work_s < 2.0, timings
 
         server.send_signal(signal.SIGTERM)
         signalled = time.monotonic()

@@ -117,7 +117,9 @@ def test_a_job_answers_every_segment_once_and_builds_a_timeline_and_a_final_answ
     # The default schema's answers parse: the events come from the model's JSON.
     parsed = [segment for segment in body["segments"] if segment["answer"] is not None]
     assert parsed and all(isinstance(segment["answer"]["events"], list) for segment in parsed)
-    assert body["timings"]["wall_s"] > 0 and body["timings"]["inference_s"] > 0
+    timings = body["timings"]
+    assert timings["wall_s"] > 0 and timings["inference_s"] > 0
+    assert 0 < timings["final_inference_s"] < timings["wall_s"]  # the final answer's own time, beside the segments'
     # A thumbnail is stored once per frame and served from its own route as a JPEG.
     event = (body["timeline"] or [None])[0]
     link = event["thumbnail_url"] if event else body["segments"][0]["thumbnail_url"]
