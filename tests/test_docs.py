@@ -1,4 +1,8 @@
-"""The README and docs/ stay true: short, generated where they can be, every link and command pointing at something real."""
+"""The README and docs/ stay true: short, generated where they can be, every link and command pointing at something real.
+
+The examples themselves (every ``bash`` and ``python`` block of the README and ``docs/api.md``) run against a real
+server in ``tests/integration/test_doc_examples.py``.
+"""
 
 import pathlib
 import re

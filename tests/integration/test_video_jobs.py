@@ -14,6 +14,7 @@ import httpx
 import media_factory
 import pytest
 import ray
+from doc_examples import code_blocks
 from job_requests import start_job as _start
 from job_requests import upload_video
 from polling import wait_for_condition
@@ -291,9 +292,7 @@ def test_interactive_requests_hold_a_job_to_its_bound_under_load_and_every_one_i
 
 def _documented_job_example() -> str:
     """docs/api.md's Python example of a job (the block that posts to ``/video/jobs``)."""
-    text = (pathlib.Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
-    blocks = [block.split("```", 1)[0] for block in text.split("```python\n")[1:]]
-    (example,) = [block for block in blocks if 'client.post("/video/jobs"' in block]
+    (example,) = [block for block in code_blocks("docs/api.md", "python") if 'client.post("/video/jobs"' in block]
     return example
 
 
