@@ -27,6 +27,46 @@ apply_cluster_env()  # Serve's controller and proxies as the image and bin/serve
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
 
+# Every test has exactly one kind marker (its own, its class's or its module's: one, since ``-m unit`` would select a
+# component test in a module marked unit); they run in this order: the fast subset first, and the multi-node cluster
+# before the session's own Ray instance starts in this process.
+KINDS = ("unit", "component", "cluster", "integration", "gpu")
+# Fixtures that start a real component: a test that uses one is not a unit test.
+_COMPONENT_FIXTURES = {"local_ray", "ray_instance", "http_port", "base_url", "s3_endpoint"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    kinds, problems = {}, []
+    for item in items:
+        kind = _kind(item)
+        marked = sorted({marker.name for marker in item.iter_markers() if marker.name in KINDS})
+        if kind is None:
+            problems.append(f"{item.nodeid}: no kind; mark it (or its module, pytestmark) with one of {', '.join(KINDS)}")
+        elif len(marked) > 1:
+            problems.append(f"{item.nodeid}: kinds {marked}; one only (a test of another kind goes in a module of its own)")
+        elif kind == "unit" and _COMPONENT_FIXTURES & set(getattr(item, "fixturenames", ())):
+            problems.append(f"{item.nodeid}: marked unit, but uses {sorted(_COMPONENT_FIXTURES & set(item.fixturenames))}")
+        kinds[item.nodeid] = kind
+    if problems:
+        raise pytest.UsageError("Tests without a right kind (pyproject.toml lists the kinds):\n" + "\n".join(problems))
+    items.sort(key=lambda item: KINDS.index(kinds[item.nodeid]))  # stable: a module's tests stay together and in order
+
+
+def _kind(item: pytest.Item) -> str | None:
+    return next((marker.name for marker in item.iter_markers() if marker.name in KINDS), None)
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_start_nothing(request: pytest.FixtureRequest):
+    """A unit test that reached a component's fixture at run time (``request.getfixturevalue``) fails: the fast
+    subset must stay fast."""
+    yield
+    if _kind(request.node) == "unit":
+        started = _COMPONENT_FIXTURES & set(request.fixturenames)
+        if started:
+            pytest.fail(f"{request.node.nodeid} is marked unit but started {sorted(started)}: mark it component")
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(TEST_ROOT, ignore_errors=True)
 

@@ -9,6 +9,8 @@ from memory.admission import RequestCostModel, admission_decision, batch_bytes
 from memory.gpu import allocator_fraction
 from models.requests import ChatMessage, GenerationRequest, TextPart
 
+pytestmark = pytest.mark.unit
+
 GIB = 1024**3
 
 

@@ -5,6 +5,8 @@ from deployments.config.ingress import AuthSettings
 from deployments.edge.auth import check_bearer, load_api_keys
 from deployments.errors import ApiError
 
+pytestmark = pytest.mark.unit
+
 
 def test_keys_come_from_the_environment_and_a_file(tmp_path):
     keys_file = tmp_path / "keys"

@@ -9,6 +9,8 @@ from models.detokenizer import IncrementalDetokenizer
 from models.kv_batch import KvBatch
 from models.requests import GenerationRequest
 
+pytestmark = pytest.mark.unit
+
 NEW_TOKENS = 12
 
 

@@ -16,6 +16,8 @@ from models.batch_policy import (
     plan_admission,
 )
 
+pytestmark = pytest.mark.unit
+
 GIB = 1024**3
 
 

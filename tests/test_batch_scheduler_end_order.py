@@ -6,6 +6,7 @@ bench: a job segment of 2 frames beside a chat of 8)."""
 import threading
 
 import numpy as np
+import pytest
 
 from memory.estimate import load_model_config
 from models.engines import EngineSettings, start_engine
@@ -13,6 +14,8 @@ from models.grammar_server import SchemaCompileLimits
 from models.request_shrink import ShrinkFloor
 from models.requests import ChatMessage, DecodingOptions, GenerationRequest, TextPart, VideoPart
 from models.warm_up import answer_through
+
+pytestmark = pytest.mark.unit
 
 
 def _video_request(frames: int, side: int, new_tokens: int) -> GenerationRequest:

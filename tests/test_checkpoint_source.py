@@ -14,6 +14,8 @@ from models.checkpoint_source import MANIFEST, CheckpointSourceError, fetch_chec
 from models.hf_adapter import HuggingFaceVisionLanguageAdapter
 from models.weight_cache import WeightCache
 
+pytestmark = pytest.mark.component  # a real S3 server
+
 
 @pytest.fixture
 def bucket(s3_endpoint, request):

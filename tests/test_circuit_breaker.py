@@ -1,4 +1,8 @@
+import pytest
+
 from deployments.routing.breaker import CircuitBreaker
+
+pytestmark = pytest.mark.unit
 
 
 class Clock:

@@ -8,6 +8,8 @@ from deployments.config.app_config import AppConfig, ConfigError, load_app_confi
 from deployments.plan import resolve_app
 from models.adapters import choose_adapter
 
+pytestmark = pytest.mark.unit
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 

@@ -14,6 +14,8 @@ from models import media
 from models.decode_budget import DecodeBudget
 from models.video import FrameSelection, VideoLimits, sample_video
 
+pytestmark = pytest.mark.unit
+
 LIMITS = VideoLimits(max_duration_s=3600, max_source_pixels=8192 * 4320, max_frames=32, target_pixels_per_frame=448 * 448)
 DEFAULT_PIXELS = 1_000_000_000  # limits.max_decoded_pixels's default
 

@@ -17,6 +17,8 @@ from deployments.replica.model_replica import ModelReplica
 from models.errors import InvalidParameterError
 from models.requests import ChatMessage, DecodingOptions, GenerationRequest, ResponseFormat, TextDelta, TextPart
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def replica():

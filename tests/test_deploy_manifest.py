@@ -12,6 +12,8 @@ from ray.serve.schema import ServeDeploySchema
 from deployments.config.app_config import load_app_config
 from tests import kuberay_rules
 
+pytestmark = pytest.mark.unit
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STORE_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL")
 

@@ -14,6 +14,8 @@ from models import media
 from models.decode_budget import DecodeBudget
 from models.video import FrameSelection, VideoLimits
 
+pytestmark = pytest.mark.unit
+
 LIMITS = VideoLimits(max_duration_s=60, max_source_pixels=640 * 480, max_frames=32, target_pixels_per_frame=64 * 64)
 CLIP = media_factory.video_bytes("mp4", num_frames=8, fps=8, width=64, height=64)
 

@@ -8,6 +8,8 @@ import subprocess
 
 import pytest
 
+pytestmark = pytest.mark.unit
+
 SCRIPT = pathlib.Path(__file__).parent / "gpu" / "run_all.sh"
 
 

@@ -16,6 +16,8 @@ from models.grammar import GrammarCompiler
 from models.grammar_server import CompileAbandonedError, CompileServerBusyError, CompileServerLostError, SchemaCompileLimits
 from models.requests import ResponseFormat
 
+pytestmark = pytest.mark.component
+
 # About 200 bytes that take seconds: a pattern's compile grows with its repetition count (400: 2.5 s here,
 # 480: 3.8 s; from 512 on xgrammar builds it another way, in milliseconds); this one holds two of them.
 _PATTERN = {"type": "string", "pattern": "^([a-z]{1,50}[0-9]{1,50}){1,480}$"}

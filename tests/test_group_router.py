@@ -19,6 +19,8 @@ from models.errors import PromptTooLongError, ReplicaBusyError, RequestOutOfMemo
 from models.request_shrink import RequestSize
 from models.requests import GenerationResult, TextDelta
 
+pytestmark = pytest.mark.unit
+
 SIZE = RequestSize(video_frames=0, images=0, max_pixels_per_frame=0)
 REACHED = "reached"  # Serve placed the call on a replica that took it (``_to_object_ref_gen`` returns)
 

@@ -11,6 +11,8 @@ from test_circuit_breaker import Clock
 
 from deployments.routing.group_watch import STALE_S, WATCH_PERIOD_S, GroupWatch
 
+pytestmark = pytest.mark.unit
+
 
 @dataclasses.dataclass
 class Deployment:

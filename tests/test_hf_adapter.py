@@ -6,6 +6,8 @@ from memory.strategy import parse_strategy
 from models.hf_adapter import HuggingFaceVisionLanguageAdapter, InvalidModelInputError, ModelNotLoadedError
 from models.requests import ChatMessage, GenerationRequest, ImagePart, TextPart, VideoPart
 
+pytestmark = pytest.mark.unit
+
 QUESTION = "What is happening here?"
 
 

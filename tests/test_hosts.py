@@ -2,6 +2,8 @@ import pytest
 
 from deployments.edge.hosts import host_allowed, host_name
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize(("header", "name"), [("A.Example.com:8000", "a.example.com"), ("[::1]:8000", "::1"), ("[::1]", "::1"),
                                               ("localhost", "localhost"), ("", "")])

@@ -4,6 +4,8 @@ import pytest
 from deployments.edge.openai_schema import ChatCompletionRequest
 from deployments.errors import ApiError, describe_validation_errors
 
+pytestmark = pytest.mark.unit
+
 
 def _errors(payload) -> list[tuple[str, str]]:
     with pytest.raises(pydantic.ValidationError) as raised:

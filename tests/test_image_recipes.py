@@ -18,6 +18,8 @@ import setuptools
 
 from deployments.serve_env import CLUSTER_ENV
 
+pytestmark = pytest.mark.component
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 APP = REPO / "deploy" / "Dockerfile"
 VLLM = REPO / "deploy" / "Dockerfile.vllm"

@@ -14,6 +14,8 @@ from memory.largest_request import largest_media_mix, largest_request
 from models.requests import ChatMessage, GenerationRequest, ImagePart, TextPart, VideoPart
 from models.visual_tokens import VisualTokenGeometry
 
+pytestmark = pytest.mark.unit
+
 SIDE = 112  # a multiple of 28: the processor keeps the size, 16 tokens (64 patches) a picture
 SMALL_LIMITS = {
     "max_pixels_per_frame": SIDE * SIDE,

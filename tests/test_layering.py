@@ -15,6 +15,8 @@ from without_torch import run_without_torch
 import memory
 import models
 
+pytestmark = pytest.mark.unit
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 FORBIDDEN = {"memory": {"models", "deployments"}, "models": {"deployments"}}
 

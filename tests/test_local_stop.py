@@ -1,10 +1,13 @@
 """bin/serve's stop kills the Serve replicas that were never scheduled, and nothing else, on a real Ray instance.
 The whole stop, through real Serve and SIGTERM, is tests/integration/test_bin_serve.py."""
 
+import pytest
 import ray
 from polling import wait_for_condition
 
 from deployments.local_stop import REPLICA_PREFIX, SERVE_NAMESPACE, kill_unscheduled_replicas
+
+pytestmark = pytest.mark.component
 
 
 @ray.remote(num_cpus=0)

@@ -6,6 +6,8 @@ import pytest
 
 from models import media
 
+pytestmark = pytest.mark.unit
+
 LARGE = 10**8
 
 

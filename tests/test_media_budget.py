@@ -8,6 +8,8 @@ from deployments.edge.media_budget import PlannedPart, check_media_budget
 from deployments.errors import ApiError
 from models.visual_tokens import VisualTokenGeometry
 
+pytestmark = pytest.mark.unit
+
 LIMITS = LimitsSettings(max_media_parts=8, max_request_frames=32, max_request_pixels=10_000_000, max_prompt_tokens=4096)
 GEOMETRY = VisualTokenGeometry()
 

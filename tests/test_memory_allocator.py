@@ -14,6 +14,8 @@ from memory.allocator import (
     validate_allocator_settings,
 )
 
+pytestmark = pytest.mark.unit
+
 
 def test_the_default_is_expandable_segments_under_both_names():
     assert allocator_env() == {ALLOC_CONF_ENV: "expandable_segments:True", ALLOC_CONF_ALIAS_ENV: "expandable_segments:True"}

@@ -1,8 +1,11 @@
 import gc
 
+import pytest
 import torch
 
 from memory.cleanup import release_memory
+
+pytestmark = pytest.mark.unit
 
 
 def test_cleanup_frees_what_only_a_collection_can_reach_and_says_how_much():

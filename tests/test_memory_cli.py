@@ -7,6 +7,8 @@ import pytest
 from memory.__main__ import main
 from models.reference_configs import write_config_only
 
+pytestmark = pytest.mark.unit
+
 GIB = 1024**3
 
 

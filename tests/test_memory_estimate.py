@@ -19,6 +19,8 @@ from memory.estimate import (
 from memory.strategy import parse_strategy
 from models.reference_configs import build_random_model
 
+pytestmark = pytest.mark.unit
+
 TARGET_ERROR = 0.05
 
 

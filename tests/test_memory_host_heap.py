@@ -1,6 +1,10 @@
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.unit
+
 # Allocate and free 64 blocks of 4 MiB while holding a small allocation above them, then
 # report how much anonymous memory the process still holds: glibc keeps freed heap blocks
 # below its (dynamic) mmap threshold, returning_freed_memory sends them back to the OS.

@@ -20,6 +20,8 @@ from models.loading import load_adapter
 from models.reference_configs import build_random_model
 from models.requests import ChatMessage, GenerationRequest, TextPart
 
+pytestmark = pytest.mark.unit
+
 CPU_CHAIN = parse_chain(["fp32", "bf16", "int8", "nf4"], "cpu")
 
 

@@ -5,6 +5,8 @@ import pytest
 
 from memory.probe import GpuDeviceMemory, MemorySnapshot, format_gib
 
+pytestmark = pytest.mark.unit
+
 
 def test_a_snapshot_measures_this_process_and_the_system():
     snapshot = MemorySnapshot.measure()

@@ -12,6 +12,8 @@ from memory.strategy import parse_strategy
 from models.minicpm_v_2_6 import MiniCpmV26Adapter, build_chat_call
 from models.requests import ChatMessage, GenerationRequest, ImagePart, TextPart, VideoPart
 
+pytestmark = pytest.mark.unit
+
 
 def _frames(count: int) -> np.ndarray:
     return np.stack([np.full((32, 48, 3), index * 10, dtype=np.uint8) for index in range(count)])

@@ -11,6 +11,8 @@ from models.loading import load_adapter
 from models.requests import ChatMessage, GenerationRequest, TextPart, VideoPart
 from models.tiny_families import FAMILIES, build_tiny_family
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module", params=FAMILIES)
 def family_model(request, tmp_path_factory):

@@ -26,6 +26,8 @@ from models.fault_injection import SIMULATE_OOM_ABOVE_PIXELS_ENV
 from models.requests import ChatMessage, GenerationRequest, TextDelta, TextPart, VideoPart
 from models.token_sampler import TokenSampler
 
+pytestmark = pytest.mark.component
+
 REQUEST = GenerationRequest(messages=(ChatMessage("user", (TextPart("hi"),)),), max_new_tokens=2)
 
 

@@ -3,7 +3,11 @@ inside a forward pass (only that is the engine's), and the frames named by the c
 
 import collections
 
+import pytest
+
 from bench.overhead import Profile, summarize
+
+pytestmark = pytest.mark.unit
 
 INGRESS_STACKS = {
     "main_loop (ray/_private/worker.py:900)": 60,

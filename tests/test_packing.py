@@ -6,6 +6,8 @@ from deployments.config.app_config import ConfigError, load_app_config
 from deployments.plan import resolve_app
 from memory.packing import PackingError, at_or_above, plan_share, smallest_share
 
+pytestmark = pytest.mark.unit
+
 GIB = 1024**3
 
 

@@ -3,7 +3,11 @@
 import asyncio
 import dataclasses
 
+import pytest
+
 from deployments.routing.ready_replica_router import ReadyReplicaRouter, ready_first
+
+pytestmark = pytest.mark.unit
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

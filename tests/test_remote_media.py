@@ -9,6 +9,8 @@ import pytest
 from models import media
 from models.remote_media import RemoteUrlRefusedError, fetch_media, is_allowed
 
+pytestmark = pytest.mark.unit
+
 ALLOW = ("https://media.example.com/videos/",)
 
 

@@ -4,6 +4,8 @@ import pytest
 
 from deployments.replica.lifecycle import IllegalMoveError, ReplicaLifecycle, ReplicaState
 
+pytestmark = pytest.mark.unit
+
 
 def test_a_replica_serves_only_while_ready():
     lifecycle = ReplicaLifecycle("replica r1")

@@ -6,6 +6,8 @@ import pytest
 from models.request_shrink import ShrinkFloor, request_size, shrink_request
 from models.requests import ChatMessage, GenerationRequest, ImagePart, TextPart, VideoPart
 
+pytestmark = pytest.mark.unit
+
 
 def _video_request(frames: int, height: int, width: int, images: int = 0) -> GenerationRequest:
     video = VideoPart(

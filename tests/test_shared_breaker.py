@@ -5,6 +5,7 @@ shared openings with its GroupWatch (a stand-in for ``serve.status``)."""
 import asyncio
 import time
 
+import pytest
 from polling import wait_for_condition
 from test_circuit_breaker import Clock
 from test_group_router import Handle, _script
@@ -14,6 +15,8 @@ from deployments.routing.breaker import CircuitBreaker
 from deployments.routing.group_watch import WATCH_PERIOD_S, GroupWatch
 from deployments.routing.router import GroupRouter, GroupTimeouts
 from deployments.routing.shared_breaker import SHARED_PREFIX, SharedBreakers
+
+pytestmark = pytest.mark.component
 
 COOLDOWN_S = 15.0
 

@@ -1,6 +1,10 @@
 """Stop strings over streamed pieces that do not line up with them (pure text, no model)."""
 
+import pytest
+
 from models.stop_strings import StopStringMatcher
+
+pytestmark = pytest.mark.unit
 
 
 def _run(pieces: list[str], stop: tuple[str, ...]) -> tuple[list[str], bool]:

@@ -10,6 +10,8 @@ from deployments.replica.stream_bridge import Opened, StreamBridge
 from memory.admission import RequestCost
 from models.requests import ChatMessage, GenerationRequest, GenerationResult, TextDelta, TextPart, TokenLogprob
 
+pytestmark = pytest.mark.unit
+
 REQUEST = GenerationRequest(messages=(ChatMessage("user", (TextPart("hi"),)),), max_new_tokens=8)
 COST = RequestCost(kv_cache_bytes=0, vision_bytes=0, prefill_bytes=0)
 

@@ -3,9 +3,12 @@ import json
 import multiprocessing
 import pathlib
 
+import pytest
 import transformers
 
 from models import tiny
+
+pytestmark = pytest.mark.component
 
 
 def test_two_builds_are_byte_identical(tmp_path):

@@ -1,6 +1,9 @@
 """The ingress runs on every node; it must not pay for torch and transformers (about 700 MB of RSS)."""
 
+import pytest
 from without_torch import run_without_torch
+
+pytestmark = pytest.mark.unit
 
 
 def test_the_ingress_module_imports_without_torch_or_transformers():

@@ -3,7 +3,11 @@
 import os
 import time
 
+import pytest
+
 from deployments.files.uploads import remove_stale_uploads
+
+pytestmark = pytest.mark.unit
 
 
 def test_only_old_upload_files_are_removed(tmp_path):

@@ -4,7 +4,10 @@ fails for memory is shut down, recorded with the plan's numbers, and the chain's
 The budget here claims 2 TiB, so the chain tries vLLM; vLLM's worker then measures the host and refuses a KV cache
 of about 1 TiB, as a GPU's profiling run refuses one that does not fit. Skipped without vLLM's environment."""
 
+import pytest
 from vllm_scripts import run_in_vllm_environment
+
+pytestmark = pytest.mark.component
 
 SCRIPT = """
 import json, sys

@@ -20,6 +20,8 @@ from memory.vllm_plan import (
     plan_vllm_memory,
 )
 
+pytestmark = pytest.mark.component
+
 GIB = 1024**3
 # Qwen2-VL-2B's text widths in bf16: 28 layers x 2 KV heads x 128 x 2 (K, V) x 2 bytes.
 SHAPE = VllmShape(kv_bytes_per_token=28 * 2 * 128 * 2 * 2, max_model_len=8192, max_num_seqs=8)

@@ -3,7 +3,10 @@ the stop is checked before the request reaches vLLM, so nothing is generated for
 could come before vLLM registered the request, find nothing, and let it run to its last token). Skipped
 without vLLM's environment."""
 
+import pytest
 from vllm_scripts import run_in_vllm_environment
+
+pytestmark = pytest.mark.component
 
 SCRIPT = """
 import json, sys, threading, time

@@ -4,10 +4,13 @@ import base64
 import io
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from deployments.edge.web_pages import CONTENT_SECURITY_POLICY, STATIC_FILES, WEB_DIR, page_response, static_response
 from models.thumbnails import frame_thumbnails
+
+pytestmark = pytest.mark.unit
 
 
 def test_every_static_file_and_page_exists_and_only_listed_names_are_served():

@@ -11,6 +11,8 @@ from memory.strategy import parse_strategy
 from models.hf_adapter import HuggingFaceVisionLanguageAdapter
 from models.weight_cache import MANIFEST, WeightCache
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture
 def cache(tmp_path):

@@ -21,6 +21,8 @@ from bench.local_cluster import LocalCluster, SteadyTraffic, cluster_serve_confi
 from memory.probe import FileGpu
 from models.checkpoint_source import MANIFEST
 
+pytestmark = pytest.mark.cluster
+
 GIB = 1024**3
 APP = "video-detective"
 REQUEST = {"messages": [{"role": "user", "content": "Who answers?"}], "max_tokens": 2}

@@ -13,6 +13,8 @@ from polling import wait_for_condition
 
 from bench.local_cluster import REPO, LocalCluster, namespaces_unavailable, write_config
 
+pytestmark = pytest.mark.cluster
+
 APP = "video-detective"
 # As a real deployment on 0.0.0.0 runs: with a key in the nodes' environment (without one only loopback is answered).
 ADMIN_KEY = "vd-cluster-admin-key-0001"

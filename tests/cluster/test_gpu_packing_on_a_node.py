@@ -17,6 +17,8 @@ from deployments.config.app_config import load_app_config
 from deployments.plan import resolve_app
 from memory.probe import FileGpu
 
+pytestmark = pytest.mark.cluster
+
 APP = "video-detective"
 ADMIN_KEY = "vd-cluster-admin-key-0002"  # the memory view from outside the node: an admin key
 

@@ -12,6 +12,8 @@ from polling import wait_for_condition
 
 from integration.conftest import UPLOAD_DIR, serve_log_lines
 
+pytestmark = pytest.mark.integration
+
 FOUR_SECONDS = media_factory.video_bytes("mp4", num_frames=48, fps=12)
 
 

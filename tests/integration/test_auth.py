@@ -8,6 +8,8 @@ from ray import serve
 
 from integration.conftest import deploy
 
+pytestmark = pytest.mark.integration
+
 KEY = "vd-test-key-0123456789"
 ADMIN_KEY = "vd-test-admin-key-9876543210"
 

@@ -27,6 +27,8 @@ from job_requests import start_job, upload_video
 from net import free_port
 from polling import wait_for_condition
 
+pytestmark = pytest.mark.integration
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
@@ -56,7 +58,6 @@ def _first_job(url: str, config: dict) -> dict:
         return wait_for_condition(ended, timeout_s=3 * config["routing"]["gpu_timeout_s"], interval_s=0.2)
 
 
-@pytest.mark.integration
 def test_the_first_job_waits_for_no_gpu_group_and_sigterm_stops_bin_serve_cleanly_and_fast(test_root):
     port = free_port()
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())

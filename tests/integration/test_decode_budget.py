@@ -13,6 +13,8 @@ from ray import serve
 from bench.hostile_media import sparse_keyframe_video
 from integration.conftest import UPLOAD_DIR, deploy, serve_log_lines
 
+pytestmark = pytest.mark.integration
+
 APP_ARGS = {"gpu_group": {"enabled": False}, "cpu_group": {"num_cpus": 0.5}, "ingress": {"num_cpus": 0.25, "upload_dir": str(UPLOAD_DIR)}}
 UNBOUNDED = "decode-unbounded"
 

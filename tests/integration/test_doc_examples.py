@@ -27,6 +27,8 @@ from ray import serve
 
 from integration.conftest import deploy
 
+pytestmark = pytest.mark.integration
+
 APP = "doc-examples"
 PREFIX = "/examples"
 ADDRESS = re.compile(r"(?:http://)?(?:127\.0\.0\.1|localhost):8000")

@@ -16,6 +16,8 @@ from s3_server import storage_options
 
 from integration.conftest import TEST_APP_ARGS, deploy
 
+pytestmark = pytest.mark.integration
+
 KEYS = ("vd-files-key-alice-0001", "vd-files-key-bob-0002", "vd-files-key-carol-0003", "vd-files-key-dave-0004")
 MODEL_ID = "tiny-qwen2-vl"
 CLIP = media_factory.video_bytes("mp4", num_frames=24, fps=12)

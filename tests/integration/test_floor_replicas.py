@@ -17,6 +17,8 @@ from ray import serve
 from integration.conftest import deploy
 from memory.probe import FileGpu
 
+pytestmark = pytest.mark.integration
+
 GIB = 1024**3
 APP = "floor"
 

@@ -22,6 +22,8 @@ from ray import serve
 from integration.conftest import deploy, oom_drill_args
 from memory.probe import FileGpu
 
+pytestmark = pytest.mark.integration
+
 DASHBOARD = pathlib.Path(__file__).parents[2] / "deploy" / "grafana" / "video-detective.json"
 GIB = 1024**3
 APP = "dashboard"

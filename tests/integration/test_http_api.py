@@ -9,6 +9,8 @@ import media_factory
 import openai
 import pytest
 
+pytestmark = pytest.mark.integration
+
 MODEL_ID = "tiny-qwen2-vl"
 
 

@@ -17,6 +17,7 @@ import time
 
 import httpx
 import media_factory
+import psutil
 import pytest
 from job_requests import start_job as _start
 from job_requests import upload_video
@@ -24,6 +25,8 @@ from polling import wait_for_condition
 from ray import serve
 
 from integration.conftest import TEST_APP_ARGS, deploy
+
+pytestmark = pytest.mark.integration
 
 APP = "job-bounds"
 KEYS = {name: f"vd-bounds-key-{name}-{index:04d}" for index, name in enumerate(
@@ -276,13 +279,23 @@ def _slow_schema(name: str) -> dict:
             "response_format": {"type": "json_schema", "json_schema": {"name": name, "schema": schema}}}
 
 
+def _compiles_running() -> int:
+    """Compiles running on this machine: the grammar compile servers' children (one forked per compile)."""
+    running = 0
+    for process in psutil.process_iter(["cmdline"]):
+        if "models.grammar_server" in " ".join(process.info["cmdline"] or ()):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                running += len(process.children())
+    return running
+
+
 def test_schema_compiles_past_the_replica_s_bound_are_turned_away_at_once(bounds_url):
     with _client(bounds_url, "schema") as client, concurrent.futures.ThreadPoolExecutor(1) as pool:
         warm = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2,
                                                          "response_format": {"type": "json_object"}})
         assert warm.status_code == 200  # the compile server is up: what follows times compiles, not its start
         first = pool.submit(client.post, "/v1/chat/completions", json=_slow_schema("first"))
-        time.sleep(0.5)  # the first compile runs (limits.max_schema_compiles: 1)
+        wait_for_condition(lambda: _compiles_running() >= 1, timeout_s=30, interval_s=0.02)  # limits.max_schema_compiles: 1
         asked = time.monotonic()
         second = client.post("/v1/chat/completions", json=_slow_schema("second"))
         waited_s = time.monotonic() - asked

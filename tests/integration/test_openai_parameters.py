@@ -14,6 +14,8 @@ from events_schema import EVENTS_SCHEMA
 
 from integration.conftest import serve_log_lines
 
+pytestmark = pytest.mark.integration
+
 MODEL_ID = "tiny-qwen2-vl"
 MESSAGES = [{"role": "user", "content": "Describe the scene."}]
 # Seeded sampling that never ends early: a varied answer, the same every time.

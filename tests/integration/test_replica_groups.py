@@ -19,6 +19,8 @@ from ray import serve
 from integration.conftest import deploy
 from memory.probe import FileGpu
 
+pytestmark = pytest.mark.integration
+
 GIB = 1024**3
 REQUEST = {"model": "tiny-qwen2-vl", "messages": [{"role": "user", "content": "Who answers?"}], "max_tokens": 2}
 
@@ -147,15 +149,21 @@ def _gpu_replica_actor_names() -> list[str]:
 
 
 def _send_during(client_url: str, count: int, action) -> list[int]:
+    """``count`` requests from 4 clients; ``action`` runs once a few have been answered: in the middle of the traffic."""
+    answered = []
+
     def send(_: int) -> int:
         with httpx.Client(base_url=client_url, timeout=60) as client:
             response = client.post("/v1/chat/completions", json=REQUEST)
             if response.status_code != 200:
                 print(f"request failed: {response.status_code} {response.text}")
+            answered.append(response.status_code)
             return response.status_code
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
         futures = [pool.submit(send, index) for index in range(count)]
+        wait_for_condition(lambda: len(answered) >= 4, timeout_s=60, interval_s=0.01)
+        assert len(answered) < count, "every request was answered before the action: it did not come mid-traffic"
         action()
         return [future.result() for future in futures]
 
@@ -164,7 +172,6 @@ def test_a_gpu_replica_killed_in_the_middle_of_traffic_fails_no_request(healing_
     name = _gpu_replica_actor_names()[0]  # the autoscaler may have started a second one
 
     def kill() -> None:
-        time.sleep(0.3)
         ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
 
     statuses = _send_during(healing_url, 40, kill)

@@ -18,6 +18,8 @@ from ray import serve
 from integration.conftest import deploy, oom_drill_args, serve_log_lines
 from memory.probe import FileGpu
 
+pytestmark = pytest.mark.integration
+
 GIB = 1024**3
 
 

@@ -19,6 +19,8 @@ from ray import serve
 from integration.conftest import deploy
 from memory.probe import FileGpu
 
+pytestmark = pytest.mark.integration
+
 GIB = 1024**3
 APP = "scale-to-zero"
 logger = logging.getLogger(__name__)

@@ -3,9 +3,12 @@ them: every replica of the app has them in its environment (set through its runt
 environment), and Serve's controller and HTTP proxy have theirs (from the environment Ray started in)."""
 
 import psutil
+import pytest
 from polling import wait_for_condition
 
 from deployments.serve_env import CLUSTER_ENV, REPLICA_ENV
+
+pytestmark = pytest.mark.integration
 
 
 def _processes(marker: str) -> list[psutil.Process]:

@@ -12,6 +12,8 @@ from ray import serve
 
 from integration.conftest import APP_NAME
 
+pytestmark = pytest.mark.integration
+
 MODEL_ID = "tiny-qwen2-vl"
 VIDEO_URL = "data:video/webm;base64," + base64.b64encode(media_factory.video_bytes("webm", num_frames=24, fps=12)).decode()
 MESSAGES = [

@@ -22,6 +22,8 @@ from ray import serve
 
 from integration.conftest import TEST_APP_ARGS, deploy
 
+pytestmark = pytest.mark.integration
+
 KEYS = ("vd-jobs-key-alice-0001", "vd-jobs-key-bob-0002")
 APP = "jobs"
 VIDEO_S = 120

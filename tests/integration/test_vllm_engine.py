@@ -24,6 +24,8 @@ from deployments.app import DEFAULT_VLLM_PYTHON
 from integration.conftest import TEST_APP_ARGS, deploy
 from memory.probe import FileGpu
 
+pytestmark = pytest.mark.integration
+
 GIB = 1024**3
 APP = "vllm-engine"
 MODEL_ID = "tiny-qwen2-vl"

@@ -19,6 +19,8 @@ from ray import serve
 from integration.conftest import deploy
 from memory.probe import FileGpu
 
+pytestmark = pytest.mark.integration
+
 GIB = 1024**3
 KEY = "vd-page-key-0123456789"
 QUESTION = "What colour is the video at the start?"
