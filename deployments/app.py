@@ -131,7 +131,8 @@ def build_app_from_config(config: AppConfig) -> Application:
         graceful_shutdown_wait_loop_s=_DRAIN_POLL_S,
         ray_actor_options=_actor_options(ingress.num_cpus, 0, {}, ingress.node_labels),
         logging_config={"enable_access_log": ingress.access_log},
-    ).bind(*groups, config, gpu_floor_group=floor, job_runner=_job_runner(config, groups, floor))
+    ).bind(*groups, config, gpu_floor_group=floor, job_runner=_job_runner(config, groups, floor),
+           max_model_len=plan.max_model_len)
 
 
 def _job_runner(config: AppConfig, groups: tuple[Application | None, Application | None], floor: Application | None) -> Application | None:

@@ -55,6 +55,19 @@ class GroupPlan:
     def num_gpus(self) -> float:
         return float(self.settings.num_gpus) if isinstance(self.settings, GpuGroupSettings) else 0.0
 
+    @property
+    def on_gpu_share(self) -> bool:
+        """Its replicas hold a share of a GPU (``num_gpus``): their budget is measured on the GPU (or its probe), not
+        in host memory, and they report their share."""
+        return isinstance(self.settings, GpuGroupSettings)
+
+    @property
+    def waits_for_load(self) -> bool:
+        """The last resort (the CPU group): a request that reaches one of its replicas while it loads waits for the load,
+        up to ``routing.cpu_timeout_s`` (what its caller waits), instead of failing. The GPU groups never wait: their
+        caller falls back to the next group at once."""
+        return self.group == CPU_GROUP
+
 
 @dataclasses.dataclass(frozen=True)
 class AppPlan:
@@ -62,6 +75,7 @@ class AppPlan:
     model_path: str
     adapter: str
     largest_request: RequestSize  # the largest request the limits allow (largest_request_for)
+    max_model_len: int  # the longest sequence one request may make (max_model_len_for): vLLM's, and /v1/models'
     groups: dict[str, GroupPlan]  # the enabled groups, by name
     share_plan: SharePlan | None = None  # how gpu_group.num_gpus: auto chose the GPU group's share
 
@@ -119,9 +133,18 @@ def resolve_app(config: AppConfig, *, gpu_backend: GpuBackend | None = None) -> 
     if config.cpu_group.enabled:
         groups[CPU_GROUP] = _group_plan(CPU_GROUP, config.cpu_group, {}, model_config, request)
     return AppPlan(
-        config=config, model_path=model_path, adapter=adapter, largest_request=request, groups=groups,
-        share_plan=share_plan,
+        config=config, model_path=model_path, adapter=adapter, largest_request=request,
+        max_model_len=max_model_len_for(config, model_config), groups=groups, share_plan=share_plan,
     )
+
+
+def max_model_len_for(config: AppConfig, model_config: Any) -> int:
+    """The longest sequence one request may make: its prompt (``limits.max_prompt_tokens``) plus its answer
+    (``limits.max_tokens``), capped by the model's positions (``max_position_embeddings``) where its config says them."""
+    wanted = config.limits.max_prompt_tokens + config.limits.max_tokens
+    text = model_config.get_text_config(decoder=True) if hasattr(model_config, "get_text_config") else model_config
+    positions = getattr(text, "max_position_embeddings", None)
+    return min(wanted, positions) if positions else wanted
 
 
 def largest_request_for(config: AppConfig, model_path: str) -> RequestSize:

@@ -194,6 +194,17 @@ def test_the_config_as_written_and_its_resolved_plan_are_two_types():
     assert plan.group("cpu").num_gpus == 0.0 and plan.adapter == "transformers"
 
 
+def test_the_plan_derives_what_requests_may_use_and_how_each_group_runs_once():
+    small = resolve_app(load_app_config({"limits": {"max_prompt_tokens": 300, "max_tokens": 200}}))
+    large = resolve_app(load_app_config({"limits": {"max_prompt_tokens": 8000, "max_tokens": 4000}}))
+
+    assert small.max_model_len == 500  # prompt and answer
+    assert large.max_model_len == 4096  # capped by the tiny model's max_position_embeddings
+    gpu, cpu = small.group("gpu"), small.group("cpu")
+    assert (gpu.on_gpu_share, gpu.waits_for_load) == (True, False)  # falls back at once
+    assert (cpu.on_gpu_share, cpu.waits_for_load) == (False, True)  # the last resort waits for its load
+
+
 def test_a_disabled_group_is_not_in_the_plan_and_asking_for_it_says_so():
     plan = resolve_app(load_app_config({"gpu_group": {"enabled": False}}))
 

@@ -200,7 +200,7 @@ def test_the_mid_size_model_on_vllm_fits_the_cpu_groups_default_budget_priced_by
     plan = resolve_app(config)
     settings, model_config = plan.group("cpu").settings, load_model_config(str(folder))
     (link,) = settings.vllm_strategies()
-    shapes = {link: vllm_shape(model_config, link, config, settings)}
+    shapes = {link: vllm_shape(model_config, link, plan.max_model_len, settings)}
     estimate = with_engine_overhead(estimate_chain(model_config, (link,)), shapes)[link]
     ((reserve, reserve_name),) = vllm_reserves(model_config, shapes, plan.largest_request).values()
     host = MemorySnapshot(process_rss_bytes=0, system_total_bytes=24 * GIB, system_available_bytes=20 * GIB)

@@ -137,6 +137,8 @@ class Ingress:
         config: AppConfig,
         gpu_floor_group: DeploymentHandle | None = None,
         job_runner: DeploymentHandle | None = None,
+        *,
+        max_model_len: int,
     ) -> None:
         route_logs_through_serve()
         remove_stale_uploads(config.ingress.upload_dir, older_than_s=_STALE_UPLOAD_S)
@@ -160,8 +162,7 @@ class Ingress:
         self._readiness_read: tuple[float, dict[str, Any], bool] | None = None  # (read at, body, serving)
         self._readiness_lock = asyncio.Lock()
         self._started = int(time.time())
-        # What one request may use here: its prompt (limits.max_prompt_tokens) plus its answer (limits.max_tokens).
-        self._max_model_len = config.limits.max_prompt_tokens + config.limits.max_tokens
+        self._max_model_len = max_model_len  # the plan's: what one request may use, prompt and answer (/v1/models)
         self._fallbacks_by_reason: collections.Counter[str] = collections.Counter()
         self._metrics = IngressMetrics()
         app_name = serve.get_replica_context().app_name

@@ -80,14 +80,14 @@ def vllm_links(settings: GpuGroupSettings | CpuGroupSettings, choice: EngineChoi
     return kept
 
 
-def vllm_shape(model_config: Any, strategy: LoadStrategy, config: AppConfig, settings: GpuGroupSettings | CpuGroupSettings) -> VllmShape:
-    """The KV cache's shape for one vLLM link: its bytes a token, and the sequences our limits allow."""
+def vllm_shape(
+    model_config: Any, strategy: LoadStrategy, max_model_len: int, settings: GpuGroupSettings | CpuGroupSettings
+) -> VllmShape:
+    """The KV cache's shape for one vLLM link: its bytes a token, and the sequences our limits allow (the plan's
+    ``max_model_len``)."""
     dtype_bytes = 4 if strategy.dtype == "float32" else 2  # vLLM keeps the KV cache in the model's dtype
     kv_bytes = RequestCostModel.from_config(model_config, dtype_bytes=dtype_bytes, device=strategy.device).kv_bytes_per_token
-    text = model_config.get_text_config(decoder=True) if hasattr(model_config, "get_text_config") else model_config
-    wanted = config.limits.max_prompt_tokens + config.limits.max_tokens
-    positions = getattr(text, "max_position_embeddings", None) or wanted
-    return VllmShape(kv_bytes_per_token=kv_bytes, max_model_len=min(wanted, positions), max_num_seqs=settings.max_batch_size)
+    return VllmShape(kv_bytes_per_token=kv_bytes, max_model_len=max_model_len, max_num_seqs=settings.max_batch_size)
 
 
 def with_engine_overhead(
@@ -182,10 +182,11 @@ def engine_chain(
     budget: Callable[[], MemoryBudget | None],
     share: float,
     largest_request: RequestSize,
+    max_model_len: int,
 ) -> EngineChain:
     choice = choose_engine(settings.engine, model_path)
     links = vllm_links(settings, choice)
-    shapes = {link: vllm_shape(model_config, link, config, settings) for link in links}
+    shapes = {link: vllm_shape(model_config, link, max_model_len, settings) for link in links}
     chain = links + transformers_chain
     weights = estimate_chain(model_config, chain)  # one meta-device model per dtype, for both engines' links
     return EngineChain(

@@ -21,7 +21,6 @@ import torch
 from deployments.config.groups import CpuGroupSettings, GpuGroupSettings
 from deployments.observability.metrics import ReplicaMetrics
 from deployments.replica.lifecycle import ReplicaLifecycle, ReplicaState
-from deployments.routing.groups import GPU_GROUPS
 from memory.budget import MemoryBudget, cpu_budget
 from memory.estimate import WeightEstimate
 from memory.gpu import NoGpuVisibleError, limit_to_share, measure_gpu_budget
@@ -83,7 +82,7 @@ class ReplicaLoader:
 
     def _measure_budget(self, strategy: LoadStrategy) -> MemoryBudget:
         reserve, name = self._link_reserves.get(strategy, (self._reserve_bytes, "activation reserve"))
-        if self._group in GPU_GROUPS:
+        if isinstance(self._settings, GpuGroupSettings):  # a share of a GPU (GroupPlan.on_gpu_share)
             context = self._settings.cuda_context_bytes if self.on_cuda else 0
             self.budget = measure_gpu_budget(
                 share=self._settings.num_gpus, context_bytes=context, reserve_bytes=reserve, reserve_name=name

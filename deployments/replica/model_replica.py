@@ -37,7 +37,6 @@ from deployments.replica.loader import ReplicaLoader
 from deployments.replica.protocol import ReplicaAnswer, ReplicaUnavailableError, ServedBy, StreamOpened
 from deployments.replica.stream_bridge import Opened, StreamBridge
 from deployments.routing.autoscaling import FREE_BYTES_METRIC, NEED_BYTES_METRIC, READY_METRIC
-from deployments.routing.groups import CPU_GROUP, GPU_GROUPS
 from deployments.routing.ready_replica_router import READY_STAT
 from memory.allocator import read_allocator_settings
 from memory.cleanup import release_memory
@@ -55,10 +54,6 @@ from models.warm_up import run_warm_up
 
 logger = logging.getLogger(__name__)
 
-# The CPU group is the last resort: a request reaching a replica that is still loading (scaled up
-# from zero, or just started) waits this long for the load instead of failing. The GPU group never
-# waits: its caller falls back to the CPU group at once.
-_CPU_LOAD_WAIT_S = 300.0
 _OOMS_BEFORE_UNHEALTHY = 3
 _OOM_WINDOW_S = 60.0
 
@@ -77,6 +72,9 @@ class ModelReplica:
         group_plan = plan.group(group)
         config = plan.config
         self._settings: GpuGroupSettings | CpuGroupSettings = group_plan.settings
+        self._on_gpu_share = group_plan.on_gpu_share
+        # How long a request that reaches this replica while it loads waits for the load (GroupPlan.waits_for_load).
+        self._load_wait_s = config.routing.cpu_timeout_s if group_plan.waits_for_load else 0.0
         self._prepare_structured = config.jobs.enabled  # every job segment asks for JSON
         torch.set_num_threads(max(1, int(self._settings.num_cpus)))
         self._replica_id = _replica_id()
@@ -109,8 +107,9 @@ class ModelReplica:
                 plan.adapter, max_slice_nums=config.model.max_slice_nums, weight_cache=plan.weight_cache()
             ),
             budget=lambda: self._loader.budget,
-            share=group_plan.num_gpus if group in GPU_GROUPS else 1.0,
+            share=group_plan.num_gpus if group_plan.on_gpu_share else 1.0,
             largest_request=plan.largest_request,
+            max_model_len=plan.max_model_len,
         )
         self._engine_choice = engines.choice
         logger.info("Replica %s of group %s runs %s: %s", self._replica_id, group, engines.choice.engine,
@@ -216,8 +215,8 @@ class ModelReplica:
         The request stops at the next decode step when this generator is closed or cancelled (the
         client went away, or the router gave up on it).
         """
-        if self._group == CPU_GROUP and self._lifecycle.state is ReplicaState.LOADING:
-            await asyncio.to_thread(self._lifecycle.first_load_settled.wait, _CPU_LOAD_WAIT_S)
+        if self._load_wait_s and self._lifecycle.state is ReplicaState.LOADING:  # scaled up from zero, or just started
+            await asyncio.to_thread(self._lifecycle.first_load_settled.wait, self._load_wait_s)
         engine, served_by = self._ready()
         bridge = StreamBridge(asyncio.get_running_loop(), streams_text=stream_text)
         queued_at = time.perf_counter()
@@ -295,7 +294,7 @@ class ModelReplica:
             "group": self._group,
             "replica": self._replica_id,
             "node_ip": ray.util.get_node_ip_address(),
-            "gpu_share": self._settings.num_gpus if self._group in GPU_GROUPS else None,
+            "gpu_share": self._settings.num_gpus if self._on_gpu_share else None,
             "state": lifecycle.state.value,
             "reason": lifecycle.reason,
             "serving": serving,
@@ -384,7 +383,7 @@ class ModelReplica:
                 )
 
     def _headroom_bytes(self, snapshot: MemorySnapshot) -> int:
-        if self._group in GPU_GROUPS:
+        if self._on_gpu_share:
             return snapshot.gpus[0].free_bytes if snapshot.gpus else 0
         return snapshot.available_bytes
 

@@ -71,6 +71,8 @@ TEST_APP_ARGS = {
     "cpu_group": {"num_cpus": 1},
     "routing": {"gpu_timeout_s": 5, "breaker_cooldown_s": 2},
     "ingress": {"num_cpus": 0.5, "upload_dir": str(UPLOAD_DIR)},
+    # The test folder's: the default store under the system temp dir is every default-config server's on this machine.
+    "files": {"store_url": (TEST_ROOT / "files").as_uri()},
 }
 
 

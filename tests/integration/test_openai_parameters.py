@@ -252,7 +252,8 @@ def test_the_routes_clients_probe(base_url, client):
     version = httpx.get(f"{base_url}/version", timeout=30).json()
 
     assert health.status_code == 200 and health.json()["status"] in ("ready", "degraded")
-    assert model.id == MODEL_ID and model.max_model_len == 250 + 4000  # limits.max_prompt_tokens + limits.max_tokens
+    # limits.max_prompt_tokens + limits.max_tokens (4250), capped by the tiny model's positions: the plan's, as vLLM's
+    assert model.id == MODEL_ID and model.max_model_len == 4096
     assert listed.max_model_len == model.max_model_len
     assert version["version"] and version["ray"]
     with pytest.raises(openai.NotFoundError):
