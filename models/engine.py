@@ -28,13 +28,11 @@ import threading
 from typing import Any, Literal, Protocol
 
 from memory.admission import RequestCost
+from models.errors import InvalidParameterError
 from models.request_shrink import OomRetry
 from models.requests import DecodingOptions, GenerationRequest, GenerationResult, TextDelta
 
 EngineMode = Literal["continuous", "serial"]
-
-# Every decoding option a request can carry (the fields of DecodingOptions).
-ALL_DECODING_OPTIONS = frozenset(field.name for field in dataclasses.fields(DecodingOptions))
 
 
 class RequestSink(Protocol):
@@ -127,6 +125,16 @@ class Engine(Protocol):
 def describe_engine(capabilities: EngineCapabilities, stats: EngineStats) -> dict[str, Any]:
     """The ``batching`` block of ``/v1/memory``: the engine's mode and batch size, then its stats."""
     return {"mode": capabilities.mode, "max_batch_size": capabilities.max_batch_size, **stats.to_dict()}
+
+
+def check_options(request: GenerationRequest, vocab_size: int) -> None:
+    """What only a replica can check about a request's decoding options, whatever its engine: token ids against its
+    vocabulary (:class:`InvalidParameterError`, a 400)."""
+    for token, _ in request.options.logit_bias:
+        if not 0 <= token < vocab_size:
+            raise InvalidParameterError(
+                "logit_bias", f"logit_bias names token {token}; this model's token ids are 0 to {vocab_size - 1}"
+            )
 
 
 def first_unhonoured_option(request: GenerationRequest, honoured: frozenset[str]) -> str | None:

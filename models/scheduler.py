@@ -52,9 +52,8 @@ from models.batch_policy import (
     next_state,
     plan_admission,
 )
-from models.engine import ALL_DECODING_OPTIONS, EngineCapabilities, EngineStats, RequestSink, describe_engine
+from models.engine import EngineCapabilities, EngineStats, RequestSink, check_options, describe_engine
 from models.errors import (
-    InvalidParameterError,
     ReplicaBusyError,
     RequestOutOfMemoryError,
     SchedulerClosedError,
@@ -69,6 +68,14 @@ from models.requests import GenerationRequest, ResponseFormat
 from models.token_sampler import TokenSampler
 
 logger = logging.getLogger(__name__)
+
+# The decoding options this engine honours, each read where it acts: the sampler (models/token_sampler.py), the
+# answer's end (models/answer_builder.py) and the grammar and prompt here. tests/test_engine_options.py checks this
+# list against what those files read, so an option added to DecodingOptions is refused by name until it is mapped.
+HONOURED_OPTIONS = frozenset({
+    "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty", "logit_bias",
+    "min_tokens", "ignore_eos", "stop", "logprobs", "top_logprobs", "response_format",
+})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,7 +149,7 @@ class BatchScheduler:
         self._closing = False
         self.stats = EngineStats(headroom_bytes=limits.headroom_bytes)
         self.capabilities = EngineCapabilities(
-            mode="continuous", max_batch_size=limits.max_batch_size, decoding_options=ALL_DECODING_OPTIONS
+            mode="continuous", max_batch_size=limits.max_batch_size, decoding_options=HONOURED_OPTIONS
         )
         self._grammars = GrammarCompiler(
             engine.tokenizer, engine.vocab_size, tuple(sorted(engine.eos_ids)), limits=limits.schema_compile
@@ -611,15 +618,6 @@ class BatchScheduler:
         self.stats.waiting = len(self._waiting)
         self.stats.waiting_bytes = sum(ticket.cost.total_bytes for ticket in self._waiting)
         self.stats.waiting_input_bytes = sum(_held_input_bytes(ticket) for ticket in self._waiting)
-
-
-def check_options(request: GenerationRequest, vocab_size: int) -> None:
-    """What only the replica can check about a request's decoding options: token ids against its vocabulary."""
-    for token, _ in request.options.logit_bias:
-        if not 0 <= token < vocab_size:
-            raise InvalidParameterError(
-                "logit_bias", f"logit_bias names token {token}; this model's token ids are 0 to {vocab_size - 1}"
-            )
 
 
 def _held_input_bytes(ticket: _Ticket) -> int:

@@ -26,12 +26,13 @@ from typing import Any
 from vllm.v1.engine.exceptions import EngineDeadError
 
 from memory.admission import RequestCost
-from models.engine import ALL_DECODING_OPTIONS, EngineCapabilities, EngineStats, RequestSink, describe_engine
+from models.engine import EngineCapabilities, EngineStats, RequestSink, describe_engine
 from models.errors import PromptTooLongError, ReplicaBusyError, SchedulerClosedError, check_prompt_tokens
 from models.fault_injection import raise_if_simulated_broken_link
 from models.grammar import GrammarCompiler
 from models.requests import GenerationRequest, GenerationResult, ResponseFormat, TextDelta
 from models.vllm_engine.inputs import PromptBuilder, token_logprobs
+from models.vllm_engine.options import HONOURED_OPTIONS
 from models.vllm_engine.runtime import VllmRuntime
 
 logger = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ class VllmEngine:
         self._kv_bytes_per_token = kv_bytes_per_token
         self._name = name
         self._capabilities = EngineCapabilities(
-            mode="continuous", max_batch_size=max_batch_size, decoding_options=ALL_DECODING_OPTIONS
+            mode="continuous", max_batch_size=max_batch_size, decoding_options=HONOURED_OPTIONS
         )
         self._stats = EngineStats()
         self._tickets: dict[str, _Ticket] = {}
@@ -108,7 +109,7 @@ class VllmEngine:
             self._grammars.check(response_format, stop)  # within limits.max_schema_compile_s, or refused here
         prompt = self._prompts.build(request)
         params = self._prompts.sampling_params(request)
-        if not getattr(sink, "streams_text", True):
+        if not sink.streams_text:
             # Nobody reads the pieces: vLLM sends the first token's output (the request is open) and the last.
             params.stream_interval = request.max_new_tokens
         with self._lock:

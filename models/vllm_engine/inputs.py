@@ -12,8 +12,8 @@ from vllm import SamplingParams
 from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
 from models.chat_template import frame_times, to_template_chat
+from models.engine import check_options
 from models.requests import GenerationRequest, TokenLogprob
-from models.scheduler import check_options
 
 
 class PromptBuilder:
