@@ -159,8 +159,9 @@ def job_cases(store_url: str, video: bytes) -> list[JobCase]:
                       "thumbnail_frame": 4, "frames": {"count": 8, "timestamps_s": [start] * 8, "substituted": 0},
                       "timings": {"decode_s": 0.1, "inference_s": 0.5}}
             try:
-                stored = store.put_segment(job, result, [thumbnail] * 8)
-                job = job.counted(result, stored or 0)
+                typed = _typed(result)
+                stored = store.put_segment(job, typed, [thumbnail] * 8)
+                job = job.counted(typed, stored or 0)
             except TypeError:  # the code before the bounds (a "before" run): thumbnails inside the result
                 store.put_segment(job, {**result, "thumbnail": thumbnail,
                                         "events": [{**event, "thumbnail": thumbnail} for event in events]})
@@ -239,3 +240,12 @@ def job_cases(store_url: str, video: bytes) -> list[JobCase]:
 
 def store_folder(workdir: pathlib.Path) -> str:
     return (workdir / "store").as_uri()
+
+
+def _typed(result: dict[str, Any]) -> Any:
+    """The result as the checkout under test records it: typed (deployments.jobs.results), or a dict before that."""
+    try:
+        from deployments.jobs.results import SegmentResult
+    except ImportError:
+        return result
+    return SegmentResult.from_json(result)

@@ -12,6 +12,7 @@ import pytest
 
 from deployments.files.store import FileStore
 from deployments.jobs.records import IllegalJobMoveError, JobRecord, JobState, Segment, new_job_id, plan_segments
+from deployments.jobs.results import SegmentResult, SegmentState
 from deployments.jobs.segments import (
     DEFAULT_EVENTS_SCHEMA,
     EventBounds,
@@ -69,22 +70,29 @@ def job_store(tmp_path):
     return JobStore(FileStore((tmp_path / "files").as_uri()))
 
 
+def _stored(index: int, state: SegmentState, run: str) -> SegmentResult:
+    """A result that says which run recorded it (its text, or its error)."""
+    if state is SegmentState.DONE:
+        return SegmentResult(index=index, start_s=index * 60.0, end_s=index * 60.0 + 60, state=state, text=run)
+    return SegmentResult(index=index, start_s=index * 60.0, end_s=index * 60.0 + 60, state=state, error=run)
+
+
 def test_a_segment_is_recorded_once_and_a_job_is_its_owner_s(job_store):
     job = _job()
     job_store.create(job)
 
     assert job_store.stored_bytes(job) == 0
-    first = job_store.put_segment(job, {"index": 1, "state": "done", "run": "first"}, ["data:image/jpeg;base64,AA"])
-    assert job_store.put_segment(job, {"index": 1, "state": "done", "run": "second"}) is None
-    second = job_store.put_segment(job, {"index": 0, "state": "failed", "run": "first"})
+    first = job_store.put_segment(job, _stored(1, SegmentState.DONE, "first"), ["data:image/jpeg;base64,AA"])
+    assert job_store.put_segment(job, _stored(1, SegmentState.DONE, "second")) is None
+    second = job_store.put_segment(job, _stored(0, SegmentState.FAILED, "first"))
     assert first > 0 and second > 0
     assert job_store.stored_bytes(job) == first + second  # what a runner adopting the job counts, read from a listing
     assert job_store.thumbnail(job, 1, 0) == "data:image/jpeg;base64,AA"
     assert job_store.thumbnail(job, 1, 1) is None and job_store.thumbnail(job, 7, 0) is None
 
     assert job_store.recorded_indices(job) == {0, 1}
-    assert [(result["index"], result["run"]) for result in job_store.segments(job)] == [(0, "first"), (1, "first")]
-    assert [result["index"] for result in job_store.segments(job, [1])] == [1]
+    assert job_store.segments(job) == [_stored(0, SegmentState.FAILED, "first"), _stored(1, SegmentState.DONE, "first")]
+    assert [result.index for result in job_store.segments(job, [1])] == [1]
     assert job_store.get("alice", job.id) == job
     assert job_store.get("bob", job.id) is None
     assert job_store.get("alice", "../alice/jobs") is None
@@ -167,12 +175,19 @@ def _answer(text: str) -> ReplicaAnswer:
 BOUNDS = EventBounds(max_events=32, max_keys=16)
 
 
+def _recorded(*args, **kwargs) -> tuple[dict, list[str]]:
+    """segment_result's result as it is stored and served (its JSON), and the thumbnails."""
+    result, thumbnails = segment_result(*args, **kwargs)
+    assert SegmentResult.from_json(result.to_json()) == result  # what the store reads back is what was recorded
+    return result.to_json(), thumbnails
+
+
 def test_events_are_placed_in_the_whole_video_s_clock_naming_the_nearest_frame_whose_thumbnail_is_stored_once():
     segment = Segment(1, 60.0, 120.0)
     text = '{"events": [{"time_s": 75, "description": "a door opens"}, {"time_s": 12.5, "description": "a dog"}, ' \
            '{"time_s": 900, "description": "out of range"}, {"time_s": "soon", "description": "no time"}]}'
 
-    result, thumbnails = segment_result(_job(), segment, _sampled((67.5, 82.5, 97.5, 112.5)), _answer(text), attempts=1,
+    result, thumbnails = _recorded(_job(), segment, _sampled((67.5, 82.5, 97.5, 112.5)), _answer(text), attempts=1,
                                         decode_s=0.2, bounds=BOUNDS)
 
     events = result["events"]
@@ -193,21 +208,21 @@ def test_a_segment_keeps_at_most_the_bounded_events_and_keys_and_no_number_json_
     many[-1]["extra"] = "INFINITE"
     text = json.dumps({"events": many}).replace('"INFINITE"', "1e999")
 
-    result, _ = segment_result(_job(custom_schema=True), Segment(0, 0.0, 60.0), _sampled((15.0, 45.0)), _answer(text),
+    result, _ = _recorded(_job(custom_schema=True), Segment(0, 0.0, 60.0), _sampled((15.0, 45.0)), _answer(text),
                                attempts=1, decode_s=0.1, bounds=EventBounds(max_events=8, max_keys=5))
 
     assert len(result["events"]) == 8 and result["events_dropped"] == 4992
     assert all(len(set(event) - {"frame_s", "frame", "segment", "time_adjusted"}) <= 5 for event in result["events"])
     assert result["answer"]["events"][-1]["extra"] is None  # 1e999: recorded as null
     json.dumps(result, allow_nan=False)  # strict JSON: what SSE and GET send
-    infinite, _ = segment_result(_job(custom_schema=True), Segment(0, 0.0, 60.0), _sampled((15.0, 45.0)),
+    infinite, _ = _recorded(_job(custom_schema=True), Segment(0, 0.0, 60.0), _sampled((15.0, 45.0)),
                                  _answer('{"score": Infinity, "deep": ' + "[" * 5000 + "]" * 5000 + "}"),
                                  attempts=1, decode_s=0.1, bounds=BOUNDS)
     assert infinite["answer"] is None and "not JSON" in infinite["parse_error"]
 
 
 def test_an_answer_that_is_not_json_is_recorded_with_its_text_and_no_events():
-    result, _ = segment_result(_job(), Segment(0, 0.0, 60.0), _sampled((15.0, 45.0)), _answer('{"events": [{"ti'),
+    result, _ = _recorded(_job(), Segment(0, 0.0, 60.0), _sampled((15.0, 45.0)), _answer('{"events": [{"ti'),
                                attempts=2, decode_s=0.1, bounds=BOUNDS)
 
     assert result["state"] == "done" and result["events"] == [] and result["attempts"] == 2
@@ -215,9 +230,9 @@ def test_an_answer_that_is_not_json_is_recorded_with_its_text_and_no_events():
 
 
 def test_the_final_prompt_lists_the_timeline_in_time_order_and_thins_evenly():
-    segments = [{"events": [{"time_s": 3700.0, "description": "later", "segment": 1}]},
-                {"events": [{"time_s": 65.0, "description": "first", "segment": 0},
-                            {"time_s": 80.0, "description": "second", "segment": 0}]}]
+    segments = [SegmentResult(1, 3600.0, 3720.0, SegmentState.DONE, events=({"time_s": 3700.0, "description": "later", "segment": 1},)),
+                SegmentResult(0, 0.0, 120.0, SegmentState.DONE, events=({"time_s": 65.0, "description": "first", "segment": 0},
+                                                                          {"time_s": 80.0, "description": "second", "segment": 0}))]
     events = timeline(segments)
     assert [event["description"] for event in events] == ["first", "second", "later"]
 

@@ -96,7 +96,7 @@ async def job_events(
             new = sorted(index for index in recorded if index > watermark and index not in sent_past)
             for start in range(0, len(new), _READ_BATCH):
                 for result in await asyncio.to_thread(store.segments, job, new[start:start + _READ_BATCH]):
-                    sent_past.add(result["index"])
+                    sent_past.add(result.index)
                     while watermark + 1 in sent_past:
                         watermark += 1
                         sent_past.discard(watermark)

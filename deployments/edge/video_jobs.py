@@ -28,7 +28,8 @@ from deployments.edge.openai_schema import SEED_MAX
 from deployments.errors import ApiError, describe_validation_errors
 from deployments.files.service import FilesService
 from deployments.jobs.records import JobRecord, new_job_id, segment_count
-from deployments.jobs.segments import DEFAULT_EVENTS_SCHEMA, schema_json, timeline
+from deployments.jobs.results import SegmentResult
+from deployments.jobs.segments import DEFAULT_EVENTS_SCHEMA, in_time_order, schema_json
 from deployments.jobs.store import JobStore
 from models import media
 
@@ -177,7 +178,7 @@ def job_not_found(job_id: str) -> ApiError:
                     error_type="not_found_error", param="job_id", code="job_not_found")
 
 
-def job_body(job: JobRecord, page: list[dict[str, Any]] | None = None, *, next_after: int | None = None,
+def job_body(job: JobRecord, page: list[SegmentResult] | None = None, *, next_after: int | None = None,
              base: str = "") -> dict[str, Any]:
     """The job as ``GET`` answers it: state, progress and timings (the record's summary: no result is read for
     them), the final answer, and one page of recorded segments (``page``, by index) with their events as the
@@ -219,25 +220,24 @@ def job_body(job: JobRecord, page: list[dict[str, Any]] | None = None, *, next_a
     }
     if page is not None:
         linked = [with_thumbnail_links(result, job.id, base) for result in page]
-        body["timeline"] = timeline(linked)
+        body["timeline"] = in_time_order(event for result in linked for event in result["events"])
         body["segments"] = [_without_events(result) for result in linked]
         body["next_after"] = next_after
         body["has_more"] = next_after is not None
     return body
 
 
-def with_thumbnail_links(result: dict[str, Any], job_id: str, base: str) -> dict[str, Any]:
-    """A recorded result with a link to each thumbnail it names (its middle frame's, and each event's frame's)."""
-    index = result["index"]
+def with_thumbnail_links(result: SegmentResult, job_id: str, base: str) -> dict[str, Any]:
+    """A recorded result's JSON with a link to each thumbnail it names (its middle frame's, and each event's frame's)."""
 
     def link(frame: int) -> str:
-        return f"{base}/v1/video/jobs/{job_id}/thumbnails/{index}/{frame}"
+        return f"{base}/v1/video/jobs/{job_id}/thumbnails/{result.index}/{frame}"
 
-    linked = dict(result)
-    if "thumbnail_frame" in result:
-        linked["thumbnail_url"] = link(result["thumbnail_frame"])
+    linked = result.to_json()
+    if result.thumbnail_frame is not None:
+        linked["thumbnail_url"] = link(result.thumbnail_frame)
     linked["events"] = [{**event, "thumbnail_url": link(event["frame"])} if "frame" in event else event
-                        for event in result.get("events", [])]
+                        for event in result.events]
     return linked
 
 

@@ -23,6 +23,8 @@ import enum
 import secrets
 from typing import Any
 
+from deployments.jobs.results import SegmentResult
+
 
 class JobState(str, enum.Enum):
     QUEUED = "queued"
@@ -126,15 +128,14 @@ class JobRecord:
     def recorded(self) -> int:
         return self.done + self.failed
 
-    def counted(self, result: dict[str, Any], stored_bytes: int) -> "JobRecord":
+    def counted(self, result: SegmentResult, stored_bytes: int) -> "JobRecord":
         """This record with one more recorded segment in its summary."""
-        timings = result.get("timings", {})
         return dataclasses.replace(
             self,
-            done=self.done + (result.get("state") == "done"),
-            failed=self.failed + (result.get("state") != "done"),
-            decode_s=round(self.decode_s + timings.get("decode_s", 0.0), 4),
-            inference_s=round(self.inference_s + timings.get("inference_s", 0.0), 4),
+            done=self.done + result.answered,
+            failed=self.failed + (not result.answered),
+            decode_s=round(self.decode_s + result.decode_s, 4),
+            inference_s=round(self.inference_s + result.inference_s, 4),
             result_bytes=self.result_bytes + stored_bytes,
         )
 

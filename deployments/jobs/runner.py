@@ -39,6 +39,7 @@ from deployments.files.service import open_store
 from deployments.files.store import FileRecord
 from deployments.jobs.decode import DecodedSegment, decode_segment, start_decode_worker
 from deployments.jobs.records import JobRecord, JobState, Segment
+from deployments.jobs.results import SegmentResult
 from deployments.jobs.segments import (
     EventBounds,
     failed_segment,
@@ -300,8 +301,8 @@ class JobRunner:
     async def _segment(self, run: _JobRun, segment: Segment) -> None:
         try:
             result, thumbnails = await self._attempts(run, segment)
-            if result.get("file_gone"):
-                await self._fail_for_file(run, result["error"])
+            if result.file_gone:
+                await self._fail_for_file(run, result.error or "")
                 return
             await self._record(run, result, thumbnails)
         except asyncio.CancelledError:
@@ -316,20 +317,20 @@ class JobRunner:
                 run.finishing = asyncio.get_event_loop().create_task(self._finish(run))
             self._wake.set()
 
-    async def _record(self, run: _JobRun, result: dict[str, Any], thumbnails: list[str]) -> None:
+    async def _record(self, run: _JobRun, result: SegmentResult, thumbnails: list[str]) -> None:
         """Store a segment's result once, within the job's result bytes, and count it in the job's summary."""
         job, cap = run.job, self._settings.max_result_bytes_per_job
-        size = len(json.dumps(result)) + len(json.dumps(thumbnails))
+        size = len(json.dumps(result.to_json())) + len(json.dumps(thumbnails))
         if job.result_bytes + size > cap:
-            segment = Segment(result["index"], result["start_s"], result["end_s"])
+            segment = Segment(result.index, result.start_s, result.end_s)
             result = failed_segment(segment, f"its result ({size} bytes) would take the job's results past "
                                     f"{cap} bytes (jobs.max_result_bytes_per_job; {job.result_bytes} recorded)",
-                                    attempts=result.get("attempts", 1))
+                                    attempts=result.attempts)
             thumbnails = []
         stored = await asyncio.to_thread(self._store.put_segment, job, result, thumbnails)
         if stored is None:
             self._duplicates += 1
-            logger.warning("Job %s segment %d: a result was recorded already; this one is dropped", job.id, result["index"])
+            logger.warning("Job %s segment %d: a result was recorded already; this one is dropped", job.id, result.index)
             return
         self._recorded += 1
         run.job = run.job.counted(result, stored)
@@ -347,7 +348,7 @@ class JobRunner:
             task.cancel()
         await self._end(run.job, JobState.FAILED, f"its file {run.job.file_id} went mid-job: {reason}")
 
-    async def _attempts(self, run: _JobRun, segment: Segment) -> tuple[dict[str, Any], list[str]]:
+    async def _attempts(self, run: _JobRun, segment: Segment) -> tuple[SegmentResult, list[str]]:
         """The segment's result: answered, or failed with the last reason.
 
         A call that fails after a replica took it (the replica died, a bug) spends one of ``jobs.segment_attempts``;
@@ -362,13 +363,13 @@ class JobRunner:
             try:
                 decoded = await self._frames_of(run, segment)
                 if decoded.frames is None:
-                    failed = failed_segment(segment, f"its frames: {decoded.why_not}", attempts=tries)
-                    return ({**failed, "file_gone": True} if decoded.file_gone else failed), []
+                    return failed_segment(segment, f"its frames: {decoded.why_not}", attempts=tries,
+                                          file_gone=decoded.file_gone), []
                 request = segment_request(job, segment, decoded.frames, self._config.limits.max_prompt_tokens)
                 answer = await self._route(request, on_opened=lambda opened: self._opened(run, segment, opened))
                 result, thumbnails = segment_result(job, segment, decoded.frames, answer, attempts=tries,
                                                     decode_s=decoded.seconds, bounds=self._bounds)
-                return {**result, "store_bytes_fetched": decoded.fetched_bytes, "decoded_on": decoded.node_ip}, thumbnails
+                return dataclasses.replace(result, store_bytes_fetched=decoded.fetched_bytes, decoded_on=decoded.node_ip), thumbnails
             except _OWN_FAULTS as error:
                 return failed_segment(segment, str(remote_cause(error)), attempts=tries), []
             except NoGroupAvailableError as error:
@@ -426,9 +427,9 @@ class JobRunner:
         job = run.job
         try:
             segments = await asyncio.to_thread(self._store.segments, job)
-            answered = [result for result in segments if result.get("state") == "done"]
+            answered = [result for result in segments if result.answered]
             if not answered:
-                first = next((result.get("error", "") for result in segments), "no result")
+                first = next((result.error or "" for result in segments), "no result")
                 await self._end(job, JobState.FAILED, f"every segment failed; the first: {first}")
                 return
             if job.state is JobState.RUNNING:

@@ -21,9 +21,10 @@ import dataclasses
 import itertools
 import json
 import math
-from typing import Any
+from typing import Any, Iterable
 
 from deployments.jobs.records import JobRecord, Segment
+from deployments.jobs.results import SegmentResult, SegmentState
 from deployments.replica.protocol import ReplicaAnswer
 from models.requests import ChatMessage, DecodingOptions, GenerationRequest, ResponseFormat, TextPart, VideoPart
 from models.thumbnails import frame_thumbnails
@@ -117,7 +118,7 @@ def segment_result(
     attempts: int,
     decode_s: float,
     bounds: EventBounds,
-) -> tuple[dict[str, Any], list[str]]:
+) -> tuple[SegmentResult, list[str]]:
     """What is recorded for a segment the model answered: its answer parsed, its events in the whole video's
     clock (each naming its nearest frame), its frames' times, who served it and what it cost; and the frames'
     thumbnails, stored once beside it."""
@@ -133,34 +134,33 @@ def segment_result(
     found = _events_of(parsed, job.custom_schema, segment)
     kept = found[: bounds.max_events]
     events = sorted((_placed(event, segment, times, bounds.max_keys) for event in kept), key=lambda event: event["time_s"])
-    return {
-        "index": segment.index,
-        "start_s": segment.start_s,
-        "end_s": segment.end_s,
-        "state": "done",
-        "answer": parsed,
-        "text": text,
-        "parse_error": parse_error,
-        "finish_reason": answer.result.finish_reason,
-        "events": events,
-        "events_dropped": len(found) - len(kept),  # past jobs.max_events_per_segment
-        "thumbnail_frame": len(thumbnails) // 2,  # the segment's middle frame, for a timeline's row
+    return SegmentResult(
+        index=segment.index,
+        start_s=segment.start_s,
+        end_s=segment.end_s,
+        state=SegmentState.DONE,
+        attempts=attempts,
+        events=tuple(events),
+        answer=parsed,
+        text=text,
+        parse_error=parse_error,
+        finish_reason=answer.result.finish_reason,
+        events_dropped=len(found) - len(kept),
+        thumbnail_frame=len(thumbnails) // 2,
         # What the model saw: fewer frames than sampled when the replica shrank it to fit.
-        "frames": {"count": len(used_times), "timestamps_s": used_times, "substituted": sampled.substituted},
-        "usage": {"prompt_tokens": answer.result.prompt_tokens, "completion_tokens": answer.result.completion_tokens},
-        "served_by": {"group": answer.served_by.group, "replica": answer.served_by.replica,
-                      "precision": answer.served_by.precision},
-        "attempts": attempts,
-        "timings": {"decode_s": round(decode_s, 4), "inference_s": round(answer.inference_seconds or 0.0, 4)},
-        "out_of_memory_retries": len(answer.oom_retries),
-    }, thumbnails
+        frames={"count": len(used_times), "timestamps_s": used_times, "substituted": sampled.substituted},
+        usage={"prompt_tokens": answer.result.prompt_tokens, "completion_tokens": answer.result.completion_tokens},
+        served_by={"group": answer.served_by.group, "replica": answer.served_by.replica,
+                   "precision": answer.served_by.precision},
+        decode_s=round(decode_s, 4),
+        inference_s=round(answer.inference_seconds or 0.0, 4),
+        out_of_memory_retries=len(answer.oom_retries),
+    ), thumbnails
 
 
-def failed_segment(segment: Segment, reason: str, *, attempts: int) -> dict[str, Any]:
-    return {
-        "index": segment.index, "start_s": segment.start_s, "end_s": segment.end_s, "state": "failed",
-        "error": reason, "events": [], "attempts": attempts,
-    }
+def failed_segment(segment: Segment, reason: str, *, attempts: int, file_gone: bool = False) -> SegmentResult:
+    return SegmentResult(index=segment.index, start_s=segment.start_s, end_s=segment.end_s, state=SegmentState.FAILED,
+                         attempts=attempts, error=reason, file_gone=file_gone)
 
 
 def _events_of(parsed: Any, custom_schema: bool, segment: Segment) -> list[dict[str, Any]]:
@@ -211,9 +211,12 @@ def _nearest(times: list[float], time_s: float) -> int:
     return min(candidates, key=lambda index: abs(times[index] - time_s))
 
 
-def timeline(segments: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def timeline(segments: Iterable[SegmentResult]) -> list[dict[str, Any]]:
     """Every recorded segment's events, in the whole video's clock, in time order."""
-    events = [event for result in segments for event in result.get("events", [])]
+    return in_time_order(event for result in segments for event in result.events)
+
+
+def in_time_order(events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(events, key=lambda event: (event["time_s"], event.get("segment", 0)))
 
 

@@ -30,6 +30,7 @@ from typing import Any, Iterable
 
 from deployments.files.store import FileStore
 from deployments.jobs.records import JobRecord, JobState, looks_like_job_id
+from deployments.jobs.results import SegmentResult
 
 logger = logging.getLogger(__name__)
 
@@ -150,15 +151,15 @@ class JobStore:
 
     # -- segments ---------------------------------------------------------------------------------
 
-    def put_segment(self, job: JobRecord, result: dict[str, Any], thumbnails: list[str] | None = None) -> int | None:
+    def put_segment(self, job: JobRecord, result: SegmentResult, thumbnails: list[str] | None = None) -> int | None:
         """Record one segment's result (and its frames' thumbnails) unless it is recorded already; the bytes this
         call stored, or ``None`` when a result was there first. The thumbnails go first: a recorded result's are there."""
-        path = self._segment_path(job, result["index"])
-        data = json.dumps(result, allow_nan=False).encode()
+        path = self._segment_path(job, result.index)
+        data = json.dumps(result.to_json(), allow_nan=False).encode()
         pictures = json.dumps(thumbnails or []).encode()
         if self._fs.exists(path):
             return None
-        self._write_bytes(self._segment_path(job, result["index"], _THUMBNAILS_SUFFIX), pictures)
+        self._write_bytes(self._segment_path(job, result.index, _THUMBNAILS_SUFFIX), pictures)
         if self._local:
             partial = f"{path}.{uuid.uuid4().hex}.partial"  # unique: threads and overlapping runners never share it
             try:
@@ -188,7 +189,7 @@ class JobStore:
     def recorded_indices(self, job: JobRecord) -> set[int]:
         return {int(path.rsplit("/", 1)[-1].removesuffix(".json")) for path in self._segment_paths(job)}
 
-    def segments(self, job: JobRecord, indices: Iterable[int] | None = None) -> list[dict[str, Any]]:
+    def segments(self, job: JobRecord, indices: Iterable[int] | None = None) -> list[SegmentResult]:
         """The recorded results (those of ``indices`` only, when given), by index."""
         if indices is None:
             paths = sorted(self._segment_paths(job))
@@ -197,12 +198,12 @@ class JobStore:
         results = []
         for path in paths:
             try:
-                results.append(json.loads(self._fs.cat_file(path)))
+                results.append(SegmentResult.from_json(json.loads(self._fs.cat_file(path))))
             except FileNotFoundError:  # swept meanwhile
                 continue
         return results
 
-    def segment_page(self, job: JobRecord, *, after: int, limit: int) -> tuple[list[dict[str, Any]], int | None]:
+    def segment_page(self, job: JobRecord, *, after: int, limit: int) -> tuple[list[SegmentResult], int | None]:
         """The recorded results with an index over ``after``, at most ``limit`` of them (one listing, ``limit``
         reads), and the ``after`` of the next page (``None`` when this is the last)."""
         indices = sorted(index for index in self.recorded_indices(job) if index > after)
