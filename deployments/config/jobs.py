@@ -1,8 +1,12 @@
 """``jobs``: long videos analysed segment by segment as durable jobs (``/v1/video/jobs``)."""
 
+import dataclasses
+
 from pydantic import Field, model_validator
 
+from deployments.config.limits import LimitsSettings
 from deployments.config.strict import StrictSettings
+from models.video import VideoLimits
 
 
 class JobsSettings(StrictSettings):
@@ -111,6 +115,11 @@ class JobsSettings(StrictSettings):
     num_cpus: float = Field(
         default=0.0, ge=0, description="Ray CPUs the job runner reserves (it waits on the store and the groups; the decode tasks do the work)."
     )
+
+    def video_limits(self, limits: LimitsSettings) -> VideoLimits:
+        """A job's video limits: a request's (``limits``), but for its length (``jobs.max_video_duration_s``): each
+        segment samples its own range, so a job's video may be longer than a request's."""
+        return dataclasses.replace(limits.video_limits(), max_duration_s=self.max_video_duration_s)
 
     @model_validator(mode="after")
     def _segment_bounds(self) -> "JobsSettings":

@@ -110,7 +110,7 @@ def new_job(
         check_schema_size(schema, encoded_schema, limits, param="json_schema", where="json_schema")
     record = files.video_record(owner, body.file_id, "file_id")
     _check_quotas(store.owned(owner), 0, settings)  # plainly over: refused before the video is read
-    video_limits = dataclasses.replace(limits.video_limits(), max_duration_s=settings.max_video_duration_s)
+    video_limits = settings.video_limits(limits)
     try:
         info = files.probe(record, video_limits)
     except media.MediaError as error:

@@ -12,7 +12,7 @@ import collections
 import dataclasses
 import threading
 
-from models.video import SampledVideo
+from models.video import FrameSelection, SampledVideo, VideoLimits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +25,15 @@ class FrameCacheKey:
     end_s: float | None
     max_frames: int
     target_pixels_per_frame: int
+
+    @classmethod
+    def of(cls, owner: str, sha256: str, selection: FrameSelection, limits: VideoLimits) -> "FrameCacheKey":
+        """The key of a file's frames as ``selection`` samples them under ``limits``: the same for a request and a job
+        segment. ``owner``: a hit must not tell one key that another asked about the same bytes."""
+        return cls(
+            owner=owner, sha256=sha256, num_frames=selection.num_frames, fps=selection.fps, start_s=selection.start_s,
+            end_s=selection.end_s, max_frames=limits.max_frames, target_pixels_per_frame=limits.target_pixels_per_frame,
+        )
 
 
 @dataclasses.dataclass

@@ -207,7 +207,8 @@ class FilesService:
     ) -> SampledVideo:
         """The frames, decoded from the store (a cache miss), then kept for the next question; frames the
         decode budget made the sampler substitute are not kept (another request may afford the exact ones)."""
-        sampled = sample_from_store(self.store, record, selection, limits, budget)
+        with _gone_is_not_found(record):  # a 404, as if never found
+            sampled = sample_from_store(self.store, record, selection, limits, budget)
         if sampled.substituted == 0:
             self.frames.put(_cache_key(record, selection, limits), sampled)
         return sampled
@@ -256,9 +257,9 @@ def sample_from_store(
     budget: DecodeBudget,
     fetched: list[int] | None = None,
 ) -> SampledVideo:
-    """A stored video's frames (a 404 when it went meanwhile); a window's sampler seeks straight to it.
+    """A stored video's frames (``FileNotFoundError`` when it went meanwhile); a window's sampler seeks straight to it.
     ``fetched`` gets the bytes read from an object store (ranges, not the whole object)."""
-    with _gone_is_not_found(record), opened_video(store, record) as source:
+    with opened_video(store, record) as source:
         sampled = sample_video(source, selection, limits, budget)
         cache = getattr(source, "cache", None)
         if fetched is not None and cache is not None:
@@ -288,16 +289,7 @@ def _gone_is_not_found(record: FileRecord, param: str = "file_id") -> Iterator[N
 
 
 def _cache_key(record: FileRecord, selection: FrameSelection, limits: VideoLimits) -> FrameCacheKey:
-    return FrameCacheKey(
-        owner=record.owner,  # a hit must not tell one key that another asked about the same bytes
-        sha256=record.sha256,
-        num_frames=selection.num_frames,
-        fps=selection.fps,
-        start_s=selection.start_s,
-        end_s=selection.end_s,
-        max_frames=limits.max_frames,
-        target_pixels_per_frame=limits.target_pixels_per_frame,
-    )
+    return FrameCacheKey.of(record.owner, record.sha256, selection, limits)
 
 
 def _hash_and_sniff(path: pathlib.Path) -> tuple[str, FileKind, str]:

@@ -13,7 +13,6 @@ import time
 
 import ray
 
-from deployments.errors import ApiError
 from deployments.files.service import sample_from_store
 from deployments.files.store import FileRecord, FileStore
 from deployments.replica.background import lower_priority
@@ -68,7 +67,8 @@ def decode_segment(
     try:
         sampled = sample_from_store(FileStore(store_url, storage_options), record, selection, limits, budget, fetched)
         return DecodedSegment(sampled, None, time.perf_counter() - started, fetched[0] if fetched else None, node_ip)
-    except ApiError as error:  # the file went (404)
-        return DecodedSegment(None, error.message, time.perf_counter() - started, None, node_ip, file_gone=True)
+    except FileNotFoundError:  # the file went: deleted, or swept at its time to live
+        return DecodedSegment(None, f"{record.id} is not in the store any more (deleted or expired)",
+                              time.perf_counter() - started, None, node_ip, file_gone=True)
     except MediaError as error:
         return DecodedSegment(None, f"{type(error).__name__}: {error}", time.perf_counter() - started, None, node_ip)

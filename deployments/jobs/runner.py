@@ -146,8 +146,12 @@ class JobRunner:
             return
         job = await asyncio.to_thread(self._store.get, owner, job_id)
         if job is not None and not job.is_final:
-            await self._save(job.moved(JobState.CANCELLED, "cancelled before it started", finished_at=time.time(),
-                                       expires_at=time.time() + self._settings.ttl_s))
+            await self._cancel_before_start(job)
+
+    async def _cancel_before_start(self, job: JobRecord) -> None:
+        now = time.time()
+        await self._save(job.moved(JobState.CANCELLED, "cancelled before it started", finished_at=now,
+                                   expires_at=now + self._settings.ttl_s))
 
     def describe(self) -> dict[str, Any]:
         """Jobs, queued and running segments (per group), for ``/v1/memory`` and the memory view."""
@@ -205,8 +209,7 @@ class JobRunner:
 
     async def _take(self, job: JobRecord) -> None:
         if await asyncio.to_thread(self._store.cancel_requested, job):
-            await self._save(job.moved(JobState.CANCELLED, "cancelled before it started", finished_at=time.time(),
-                                       expires_at=time.time() + self._settings.ttl_s))
+            await self._cancel_before_start(job)
             return
         # An unfinished job keeps its file: the sweep leaves it however old (files.ttl_s), until the job ends.
         file = await asyncio.to_thread(self._files.get, job.owner, job.file_id, include_expired=True)
@@ -398,12 +401,8 @@ class JobRunner:
         (cancelled with the segment)."""
         job, limits = run.job, self._config.limits
         selection = FrameSelection(num_frames=job.frames_per_segment, fps=job.fps, start_s=segment.start_s, end_s=segment.end_s)
-        video_limits = dataclasses.replace(limits.video_limits(), max_duration_s=self._settings.max_video_duration_s)
-        key = FrameCacheKey(
-            owner=job.owner, sha256=job.file_sha256, num_frames=selection.num_frames, fps=selection.fps,
-            start_s=selection.start_s, end_s=selection.end_s, max_frames=video_limits.max_frames,
-            target_pixels_per_frame=video_limits.target_pixels_per_frame,
-        )
+        video_limits = self._settings.video_limits(limits)
+        key = FrameCacheKey.of(job.owner, job.file_sha256, selection, video_limits)
         cached = self._frames.get(key)
         if cached is not None:
             return DecodedSegment(cached, None, 0.0, 0, None)
