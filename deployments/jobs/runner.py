@@ -38,6 +38,16 @@ from deployments.files.frame_cache import FrameCache, FrameCacheKey
 from deployments.files.service import open_store
 from deployments.files.store import FileRecord
 from deployments.jobs.decode import DecodedSegment, decode_segment, start_decode_worker
+from deployments.jobs.policy import (
+    RETRY_PAUSE_S,
+    Failure,
+    RunLoad,
+    SegmentAttempts,
+    Verdict,
+    dispatch_order,
+    ready_to_finish,
+    running_bound,
+)
 from deployments.jobs.records import JobRecord, JobState, Segment
 from deployments.jobs.results import SegmentResult
 from deployments.jobs.segments import (
@@ -66,8 +76,6 @@ logger = logging.getLogger(__name__)
 
 # A segment's own fault: trying it again elsewhere would fail the same way.
 _OWN_FAULTS = (InvalidModelInputError, PromptTooLongError, InvalidParameterError)
-_RETRY_PAUSE_S = 1.0
-_MAX_RETRY_PAUSE_S = 10.0
 _ADOPTION_WAIT_S = 5.0  # a cancel waits this long at most for the job's adoption to finish
 _FINAL_THINNINGS = 10  # halvings of the timeline before the final answer gives up on fitting
 
@@ -265,28 +273,18 @@ class JobRunner:
             await asyncio.sleep(PUBLISH_PERIOD_S)
 
     def _bound(self) -> int:
-        """Segments in flight at most now; never under 1, so that jobs always move, however busy people are."""
         settings = self._settings
-        return max(1, settings.max_running_segments_under_load if self._under_load else settings.max_running_segments)
+        return running_bound(under_interactive_load=self._under_load, max_running=settings.max_running_segments,
+                             max_running_under_load=settings.max_running_segments_under_load)
 
     def _dispatch(self) -> None:
-        """Start queued segments, one job at a time round-robin, within the overall (lower under interactive load)
-        and per-job bounds."""
-        settings = self._settings
-        bound = self._bound()
-        running = sum(len(run.running) for run in self._runs.values())
-        progressed = True
-        while progressed and running < bound:
-            progressed = False
-            for run in list(self._runs.values()):
-                if running >= bound:
-                    break
-                if run.cancelled or not run.queue or len(run.running) >= settings.max_running_segments_per_job:
-                    continue
-                segment = run.queue.popleft()
-                run.running[segment.index] = asyncio.get_event_loop().create_task(self._segment(run, segment))
-                running += 1
-                progressed = True
+        """Start queued segments in the policy's order (:func:`deployments.jobs.policy.dispatch_order`)."""
+        runs = list(self._runs.values())
+        loads = [RunLoad(queued=len(run.queue), running=len(run.running), cancelled=run.cancelled) for run in runs]
+        for index in dispatch_order(loads, bound=self._bound(), per_job=self._settings.max_running_segments_per_job):
+            run = runs[index]
+            segment = run.queue.popleft()
+            run.running[segment.index] = asyncio.get_event_loop().create_task(self._segment(run, segment))
 
     def _publish_backlog(self, force: bool = False) -> None:
         queued = sum(len(run.queue) for run in self._runs.values())
@@ -316,7 +314,8 @@ class JobRunner:
         finally:
             run.running.pop(segment.index, None)
             run.groups.pop(segment.index, None)
-            if not run.cancelled and not run.queue and not run.running and run.finishing is None:
+            if ready_to_finish(cancelled=run.cancelled, queued=len(run.queue), running=len(run.running),
+                               finishing=run.finishing is not None):
                 run.finishing = asyncio.get_event_loop().create_task(self._finish(run))
             self._wake.set()
 
@@ -359,39 +358,37 @@ class JobRunner:
         spending one, for at most ``jobs.max_wait_for_groups_s`` in a row. ``attempts`` in the result counts
         every try."""
         job, reason = run.job, ""
-        tries = spent = 0
-        unavailable_since: float | None = None
-        while spent < self._settings.segment_attempts:
-            tries += 1
+        tries = SegmentAttempts(self._settings.segment_attempts, self._settings.max_wait_for_groups_s)
+        while True:
+            attempt = tries.start()
             try:
                 decoded = await self._frames_of(run, segment)
                 if decoded.frames is None:
-                    return failed_segment(segment, f"its frames: {decoded.why_not}", attempts=tries,
+                    return failed_segment(segment, f"its frames: {decoded.why_not}", attempts=attempt,
                                           file_gone=decoded.file_gone), []
                 request = segment_request(job, segment, decoded.frames, self._config.limits.max_prompt_tokens)
                 answer = await self._route(request, on_opened=lambda opened: self._opened(run, segment, opened))
-                result, thumbnails = segment_result(job, segment, decoded.frames, answer, attempts=tries,
+                result, thumbnails = segment_result(job, segment, decoded.frames, answer, attempts=attempt,
                                                     decode_s=decoded.seconds, bounds=self._bounds)
                 return dataclasses.replace(result, store_bytes_fetched=decoded.fetched_bytes, decoded_on=decoded.node_ip), thumbnails
             except _OWN_FAULTS as error:
-                return failed_segment(segment, str(remote_cause(error)), attempts=tries), []
+                tries.failed(Failure.OWN_FAULT, time.monotonic())
+                return failed_segment(segment, str(remote_cause(error)), attempts=attempt), []
             except NoGroupAvailableError as error:
                 reason = f"no group could take it: {error}"
-                unavailable_since = unavailable_since or time.monotonic()
-                if time.monotonic() - unavailable_since > self._settings.max_wait_for_groups_s:
+                if tries.failed(Failure.NO_GROUP, time.monotonic()) is Verdict.RECORD_FAILED:
                     return failed_segment(segment, f"{reason} (for {self._settings.max_wait_for_groups_s:g} s, "
-                                          "jobs.max_wait_for_groups_s)", attempts=tries), []
+                                          "jobs.max_wait_for_groups_s)", attempts=attempt), []
             except Exception as error:  # noqa: BLE001 - a replica that died mid-segment: try again elsewhere
                 cause = remote_cause(error)
                 reason = f"{type(cause).__name__}: {str(cause).splitlines()[0][:300] if str(cause) else ''}"
-                spent += 1
-                unavailable_since = None
+                if tries.failed(Failure.REPLICA, time.monotonic()) is Verdict.RECORD_FAILED:
+                    return failed_segment(segment, reason, attempts=attempt), []
             finally:
                 run.groups.pop(segment.index, None)
-            pause = min(_MAX_RETRY_PAUSE_S, _RETRY_PAUSE_S * 2 ** min(tries - 1, 4))
-            logger.warning("Job %s segment %d, try %d: %s; again in %.0f s", job.id, segment.index, tries, reason, pause)
+            pause = tries.pause_s()
+            logger.warning("Job %s segment %d, try %d: %s; again in %.0f s", job.id, segment.index, attempt, reason, pause)
             await asyncio.sleep(pause)
-        return failed_segment(segment, reason, attempts=tries), []
 
     def _opened(self, run: _JobRun, segment: Segment, opened: StreamOpened) -> None:
         run.groups[segment.index] = opened.served_by.group
@@ -470,7 +467,7 @@ class JobRunner:
                 attempt += 1
                 if attempt >= self._settings.segment_attempts:
                     raise
-                await asyncio.sleep(_RETRY_PAUSE_S * 2**attempt)
+                await asyncio.sleep(RETRY_PAUSE_S * 2**attempt)
 
     async def _cancel(self, run: _JobRun) -> None:
         if run.cancelled:
