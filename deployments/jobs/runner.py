@@ -240,10 +240,10 @@ class JobRunner:
             run.finishing = asyncio.get_event_loop().create_task(self._finish(run))
         self._wake.set()
 
-    def _recounted(self, job: JobRecord) -> JobRecord:
-        """The job with its summary counted from its recorded results (read once, at adoption)."""
+    def _recounted(self, job: JobRecord, segments: list[SegmentResult] | None = None) -> JobRecord:
+        """The job with its summary counted from its recorded results (``segments``, already read, or read here)."""
         counted = dataclasses.replace(job, done=0, failed=0, decode_s=0.0, inference_s=0.0, result_bytes=0)
-        for result in self._store.segments(job):
+        for result in segments if segments is not None else self._store.segments(job):
             counted = counted.counted(result, 0)
         # What they take, thumbnails included, as the store lists it: the bytes each put counted when it ran.
         return dataclasses.replace(counted, result_bytes=self._store.stored_bytes(job))
@@ -423,6 +423,12 @@ class JobRunner:
         job = run.job
         try:
             segments = await asyncio.to_thread(self._store.segments, job)
+            if len(segments) != job.recorded:
+                # Results this run did not count: another runner's (two took the job: a rolling update's old and new
+                # replica, or two apps on one store). The record's summary is what is recorded.
+                logger.warning("Job %s: %d results recorded, %d counted by this runner; counting them again", job.id,
+                               len(segments), job.recorded)
+                job = run.job = await asyncio.to_thread(self._recounted, job, segments)
             answered = [result for result in segments if result.answered]
             if not answered:
                 first = next((result.error or "" for result in segments), "no result")

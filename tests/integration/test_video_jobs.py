@@ -243,7 +243,8 @@ def _serve_actors(fragment: str) -> list[str]:
 
 @pytest.mark.parametrize("victim", ["cpu_group", "JobRunner", "Ingress"])
 def test_a_job_completes_with_every_segment_once_when_a_process_dies_mid_job(alice, video_id, test_root, victim):
-    job = _start(alice, video_id)
+    # Longer answers for the replicas' death: a segment is held for a second or more, not the tiny model's tenth.
+    job = _start(alice, video_id, **({"max_tokens": 400} if victim == "cpu_group" else {}))
     wait_for_condition(lambda: len(_segment_files(test_root, job["id"])) >= 2, timeout_s=120, interval_s=0.1)
     if victim == "cpu_group":  # kill them while a replica holds a segment
         wait_for_condition(lambda: alice.get("/v1/memory").json()["jobs"]["running_segments_by_group"].get("cpu", 0) >= 1,
@@ -257,6 +258,31 @@ def test_a_job_completes_with_every_segment_once_when_a_process_dies_mid_job(ali
     assert len(_segment_files(test_root, job["id"])) == SEGMENTS
     if victim == "cpu_group":  # the segments in flight on them were tried again, and recorded once
         assert sum(1 for segment in body["segments"] if segment["attempts"] > 1) >= 1
+
+
+def test_a_result_another_runner_recorded_first_is_counted_in_the_job_s_summary(alice, video_id, test_root):
+    """Two runners may take one job (a rolling update's old and new replica): each result is recorded once, by
+    whichever puts it first, and the job's summary when it ends is what is recorded, not what this runner counted."""
+    from deployments.files.store import FileStore, owner_of
+    from deployments.jobs.results import SegmentResult, SegmentState
+    from deployments.jobs.store import JobStore
+
+    store = JobStore(FileStore((test_root / "jobs-store").as_uri()))
+    job = _start(alice, video_id)
+    wait_for_condition(lambda: alice.get(f"/v1/video/jobs/{job['id']}").json()["state"] == "running", timeout_s=60,
+                       interval_s=0.05)
+    last = SEGMENTS - 1  # run last: queued behind the others, so this runner has not reached it
+    record = store.get(owner_of(KEYS[0]), job["id"])
+    start = last * SEGMENT_S
+    other = SegmentResult(index=last, start_s=start, end_s=VIDEO_S, state=SegmentState.DONE, text="recorded by another runner",
+                          frames={"count": 4, "timestamps_s": [start + 1.25, start + 3.75, start + 6.25, start + 8.75],
+                                  "substituted": 0})
+    assert store.put_segment(record, other) is not None
+
+    body = _ended(alice, job["id"])
+
+    _check_complete(body)  # every segment counted once: the other runner's too
+    assert [segment["text"] for segment in body["segments"] if segment["index"] == last] == ["recorded by another runner"]
 
 
 CHAT = {"messages": [{"role": "user", "content": "Describe a quiet kitchen."}], "max_tokens": 8}
