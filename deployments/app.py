@@ -24,7 +24,7 @@ from deployments.files.service import node_local_store_problem
 from deployments.jobs.runner import JobRunner
 from deployments.plan import AppPlan, resolve_app
 from deployments.replica.model_replica import ModelReplica
-from deployments.routing.groups import CPU_GROUP, DEPLOYMENT_NAMES, GPU_FLOOR_GROUP, GPU_GROUP, GPU_GROUPS
+from deployments.routing.groups import DEPLOYMENT_NAMES, GPU_GROUPS, ROUTING_ORDER, in_routing_order
 from deployments.routing.ready_replica_router import ROUTER_CLASS_PATH, ROUTING_STATS_PERIOD_S
 from deployments.serve_env import REPLICA_ENV
 from memory.allocator import allocator_env
@@ -122,8 +122,7 @@ def build_app_from_config(config: AppConfig) -> Application:
     if problem:
         logger.warning("NODE-LOCAL FILE STORE ON A CLUSTER: %s", problem)
     ingress = config.ingress
-    groups = (_group(plan, GPU_GROUP), _group(plan, CPU_GROUP))
-    floor = _group(plan, GPU_FLOOR_GROUP)
+    groups = in_routing_order({name: _group(plan, name) for name in ROUTING_ORDER})  # one mapping, by group name
     return Ingress.options(
         num_replicas=ingress.num_replicas,
         max_ongoing_requests=ingress.max_ongoing_requests,
@@ -131,11 +130,10 @@ def build_app_from_config(config: AppConfig) -> Application:
         graceful_shutdown_wait_loop_s=_DRAIN_POLL_S,
         ray_actor_options=_actor_options(ingress.num_cpus, 0, {}, ingress.node_labels),
         logging_config={"enable_access_log": ingress.access_log},
-    ).bind(*groups, config, gpu_floor_group=floor, job_runner=_job_runner(config, groups, floor),
-           max_model_len=plan.max_model_len)
+    ).bind(groups, config, job_runner=_job_runner(config, groups), max_model_len=plan.max_model_len)
 
 
-def _job_runner(config: AppConfig, groups: tuple[Application | None, Application | None], floor: Application | None) -> Application | None:
+def _job_runner(config: AppConfig, groups: dict[str, Application]) -> Application | None:
     """The one job runner (long videos as jobs), bound to the same groups as the ingress; ``None`` with jobs off."""
     if not config.jobs.enabled:
         return None
@@ -148,4 +146,4 @@ def _job_runner(config: AppConfig, groups: tuple[Application | None, Application
         graceful_shutdown_wait_loop_s=_DRAIN_POLL_S,
         ray_actor_options=_actor_options(config.jobs.num_cpus, 0, {}, config.ingress.node_labels),
         logging_config={"enable_access_log": False},
-    ).bind(*groups, config, gpu_floor_group=floor)
+    ).bind(groups, config)

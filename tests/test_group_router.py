@@ -456,3 +456,11 @@ def test_a_warm_up_pings_the_groups_that_run_and_wakes_none_that_sleep(gpu_runni
 
     assert pinged == warmed
     assert (len(gpu.pings), len(floor.pings), len(cpu.pings)) == (warmed.count("gpu"), 0, warmed.count("cpu"))
+
+
+def test_the_groups_are_one_mapping_by_name_in_routing_order():
+    from deployments.routing.groups import in_routing_order
+
+    assert list(in_routing_order({"cpu": "c", "gpu_floor": None, "gpu": "g"}).items()) == [("gpu", "g"), ("cpu", "c")]
+    with pytest.raises(ValueError, match=r"Unknown replica groups \['gpu2'\]; the groups are \['gpu', 'gpu_floor', 'cpu'\]"):
+        in_routing_order({"gpu2": "g"})

@@ -75,7 +75,7 @@ from deployments.observability.logs import route_logs_through_serve
 from deployments.observability.metrics import IngressMetrics, fallback_reason_label
 from deployments.replica.protocol import ReplicaAnswer, ServedBy
 from deployments.routing.group_watch import GroupWatch, cpu_group_always_runs
-from deployments.routing.groups import CPU_GROUP, GPU_FLOOR_GROUP, GPU_GROUP, ROUTING_ORDER
+from deployments.routing.groups import GPU_FLOOR_GROUP, GPU_GROUP, in_routing_order
 from deployments.routing.interactive_load import InteractiveLoad, withdraw
 from deployments.routing.router import NoGroupAvailableError, remote_cause, router_for
 from deployments.routing.shared_breaker import SharedBreakers
@@ -132,18 +132,16 @@ class Ingress:
 
     def __init__(
         self,
-        gpu_group: DeploymentHandle | None,
-        cpu_group: DeploymentHandle | None,
+        groups: dict[str, DeploymentHandle],
         config: AppConfig,
-        gpu_floor_group: DeploymentHandle | None = None,
         job_runner: DeploymentHandle | None = None,
         *,
         max_model_len: int,
     ) -> None:
+        """``groups``: the running groups' handles by name (``deployments.routing.groups``), in routing order."""
         route_logs_through_serve()
         remove_stale_uploads(config.ingress.upload_dir, older_than_s=_STALE_UPLOAD_S)
-        handles = {GPU_GROUP: gpu_group, GPU_FLOOR_GROUP: gpu_floor_group, CPU_GROUP: cpu_group}
-        self._groups = {name: handles[name] for name in ROUTING_ORDER if handles[name]}
+        self._groups = in_routing_order(groups)
         self._config = config
         self._model_id = config.model.model_id
         # The built-in tiny model is a Qwen2-VL with the processor's defaults; a checkpoint says its own sizes.
@@ -167,7 +165,7 @@ class Ingress:
         self._metrics = IngressMetrics()
         app_name = serve.get_replica_context().app_name
         self._router = router_for(
-            config, gpu_group, cpu_group, gpu_floor_group, on_fallback=self._count_fallback, on_spill=self._count_spill,
+            config, self._groups, on_fallback=self._count_fallback, on_spill=self._count_spill,
             shared_breakers=SharedBreakers(app_name),
         )
         self._spills_by_reason: collections.Counter[str] = collections.Counter()

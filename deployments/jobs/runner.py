@@ -64,7 +64,7 @@ from deployments.observability.logs import route_logs_through_serve
 from deployments.replica.background import lower_priority
 from deployments.replica.protocol import ReplicaAnswer, StreamOpened
 from deployments.routing.group_watch import GroupWatch, cpu_group_always_runs
-from deployments.routing.groups import DEPLOYMENT_NAMES, ROUTING_ORDER
+from deployments.routing.groups import DEPLOYMENT_NAMES, in_routing_order
 from deployments.routing.interactive_load import PUBLISH_PERIOD_S, interactive_busy
 from deployments.routing.job_backlog import publish_backlog
 from deployments.routing.router import NoGroupAvailableError, remote_cause, router_for
@@ -96,13 +96,8 @@ class _JobRun:
 
 @serve.deployment
 class JobRunner:
-    def __init__(
-        self,
-        gpu_group: DeploymentHandle | None,
-        cpu_group: DeploymentHandle | None,
-        config: AppConfig,
-        gpu_floor_group: DeploymentHandle | None = None,
-    ) -> None:
+    def __init__(self, groups: dict[str, DeploymentHandle], config: AppConfig) -> None:
+        """``groups``: the running groups' handles by name (``deployments.routing.groups``), in routing order."""
         route_logs_through_serve()
         lower_priority()  # everything this process does is background work
         self._config = config
@@ -110,14 +105,13 @@ class JobRunner:
         self._files = open_store(config)
         self._store = JobStore(self._files)
         self._app_name = serve.get_replica_context().app_name
-        self._router = router_for(config, gpu_group, cpu_group, gpu_floor_group,
-                                  shared_breakers=SharedBreakers(self._app_name))
+        groups = in_routing_order(groups)
+        self._router = router_for(config, groups, shared_breakers=SharedBreakers(self._app_name))
         # What Serve says of the GPU groups' replicas, read before a call is routed (at most once a period): a group
         # with none running is skipped at once, as the ingress's router does, not waited on for its reach timeout.
         self._watch = GroupWatch.for_router(self._app_name, self._router)
         # The group job segments go to first: where a backlog should add replicas.
-        handles = {"gpu": gpu_group, "gpu_floor": gpu_floor_group, "cpu": cpu_group}
-        first = next((group for group in ROUTING_ORDER if handles.get(group) is not None), None)
+        first = next(iter(groups), None)
         self._backlog_deployment = DEPLOYMENT_NAMES[first] if first else None
         self._frames = FrameCache(config.files.frame_cache_bytes)
         self._runs: dict[str, _JobRun] = {}

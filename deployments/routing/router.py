@@ -32,7 +32,7 @@ import enum
 import functools
 import logging
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
@@ -400,24 +400,23 @@ class GroupRouter:
 
 def router_for(
     config: AppConfig,
-    gpu_group: DeploymentHandle | None,
-    cpu_group: DeploymentHandle | None,
-    gpu_floor_group: DeploymentHandle | None,
+    groups: Mapping[str, DeploymentHandle],
     *,
     on_fallback: Callable[[str], None] = lambda reason: None,
     on_spill: Callable[[str], None] = lambda reason: None,
     shared_breakers: SharedBreakers | None = None,
 ) -> GroupRouter:
-    """The router the config describes (the ingress's, and the job runner's)."""
+    """The router the config describes over ``groups`` (the running groups' handles by name: the ingress's, and the
+    job runner's)."""
     routing = config.routing
     return GroupRouter(
-        gpu_group,
-        cpu_group,
+        groups.get(GPU_GROUP),
+        groups.get(CPU_GROUP),
         gpu_timeouts=GroupTimeouts(reach_s=routing.gpu_timeout_s, admission_s=routing.admission_timeout_s),
         cpu_timeouts=GroupTimeouts(reach_s=routing.cpu_timeout_s, admission_s=routing.cpu_timeout_s),
         breaker=CircuitBreaker(cooldown_s=routing.breaker_cooldown_s),
         on_fallback=on_fallback,
-        gpu_floor_group=gpu_floor_group,
+        gpu_floor_group=groups.get(GPU_FLOOR_GROUP),
         gpu_scales_to_zero=config.gpu_group.autoscaling.min_replicas == 0,
         on_spill=on_spill,
         shared_breakers=shared_breakers,
