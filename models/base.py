@@ -20,7 +20,7 @@ from models.requests import GenerationRequest, GenerationResult, TextDelta
 if TYPE_CHECKING:
     from models.engine import Engine
     from models.grammar_server import SchemaCompileLimits
-    from models.hf_batch_engine import HfBatchEngine
+    from models.hf_batch_model import HfBatchModel
 
 StopCheck = Callable[[], bool]
 
@@ -49,7 +49,7 @@ class ModelAdapter(abc.ABC):
         yield TextDelta(result.text)
         yield result
 
-    def batch_engine(self) -> "HfBatchEngine | None":
+    def batch_engine(self) -> "HfBatchModel | None":
         """Prefill and decode steps on the loaded model, for continuous batching; ``None`` (the default): this
         adapter runs its own generate loop, one request at a time."""
         return None
@@ -58,7 +58,7 @@ class ModelAdapter(abc.ABC):
         self, *, max_batch_size: int, max_waiting: int, name: str, schema_compile: "SchemaCompileLimits"
     ) -> "Engine | None":
         """The engine of a library that brings its own (vLLM), started with the model; ``None`` (the default): the
-        replica serves this adapter with one of ours (:func:`models.engines.start_engine`)."""
+        replica serves this adapter with one of ours (:func:`models.engine_start.start_engine`)."""
         return None
 
     def unload(self) -> None:

@@ -19,7 +19,7 @@ An engine owns a loaded model and answers many requests with it. The contract, a
 Three engines implement it: :class:`models.scheduler.BatchScheduler` (continuous batching on a
 transformers model), :class:`models.serial_scheduler.SerialScheduler` (one request at a time, for
 adapters with their own generate loop) and :class:`models.vllm_engine.engine.VllmEngine` (vLLM's async
-engine, in vLLM's own environment). :func:`models.engines.start_engine` picks one for an adapter.
+engine, in vLLM's own environment). :func:`models.engine_start.start_engine` picks one for an adapter.
 No torch here: the metrics in the ingress's process read :class:`EngineStats`.
 """
 

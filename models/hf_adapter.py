@@ -18,7 +18,7 @@ from memory.strategy import LoadStrategy
 from models.base import CheckpointAdapter, StopCheck
 from models.chat_template import frame_times, to_template_chat
 from models.errors import InvalidModelInputError, check_prompt_tokens
-from models.hf_batch_engine import HfBatchEngine, eos_token_ids
+from models.hf_batch_model import HfBatchModel, eos_token_ids
 from models.requests import GenerationRequest, GenerationResult, TextDelta
 from models.weight_cache import WeightCache, load_through_cache
 
@@ -142,11 +142,11 @@ class HuggingFaceVisionLanguageAdapter(CheckpointAdapter):
             raise outcome.pop("error")
         yield self._result(outcome["ids"], prompt_tokens)
 
-    def batch_engine(self) -> HfBatchEngine:
+    def batch_engine(self) -> HfBatchModel:
         """Prefill and decode steps on this adapter's model, for the replica's batch scheduler."""
         if self._model is None or self._processor is None:
             raise ModelNotLoadedError(f"Model {self._model_path} is not loaded; call load() first")
-        return HfBatchEngine(self._model, self._processor, self._prepare, link=self._strategy.name)
+        return HfBatchModel(self._model, self._processor, self._prepare, link=self._strategy.name)
 
     def _prepare(self, request: GenerationRequest, *, on_device: bool = True) -> tuple[Any, int]:
         if self._model is None or self._processor is None:

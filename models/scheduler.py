@@ -61,7 +61,7 @@ from models.errors import (
 )
 from models.grammar import GrammarCompiler
 from models.grammar_server import SchemaCompileLimits
-from models.hf_batch_engine import HfBatchEngine, PreparedPrompt
+from models.hf_batch_model import HfBatchModel, PreparedPrompt
 from models.kv_batch import KvBatch
 from models.request_shrink import OomRetry, ShrinkFloor, request_size, shrink_request
 from models.requests import GenerationRequest, ResponseFormat
@@ -128,7 +128,7 @@ class BatchScheduler:
 
     def __init__(
         self,
-        engine: HfBatchEngine,
+        engine: HfBatchModel,
         costs: RequestCostModel,
         limits: BatchLimits,
         *,

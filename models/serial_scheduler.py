@@ -33,7 +33,7 @@ _UNPRICED = RequestCost(kv_cache_bytes=0, vision_bytes=0, prefill_bytes=0)
 
 
 @dataclasses.dataclass
-class _Job:
+class _QueuedRequest:
     request: GenerationRequest
     sink: RequestSink
     stop: threading.Event
@@ -45,7 +45,7 @@ class SerialScheduler:
     def __init__(self, adapter: CheckpointAdapter, *, max_waiting: int) -> None:
         self._adapter = adapter
         self._max_waiting = max_waiting
-        self._jobs: collections.deque[_Job] = collections.deque()
+        self._jobs: collections.deque[_QueuedRequest] = collections.deque()
         self._wake = threading.Condition()
         self._closing = False
         self.stats = EngineStats()
@@ -68,7 +68,7 @@ class SerialScheduler:
                 raise ReplicaBusyError(f"{len(self._jobs)} requests are waiting on this replica (limit {self._max_waiting})")
             # Behind every queued request of the same or a lower priority value (interactive first).
             position = next((i for i, job in enumerate(self._jobs) if job.request.priority > request.priority), len(self._jobs))
-            self._jobs.insert(position, _Job(request, sink, stop))
+            self._jobs.insert(position, _QueuedRequest(request, sink, stop))
             self.stats.waiting = len(self._jobs)
             self._wake.notify()
 
@@ -111,7 +111,7 @@ class SerialScheduler:
             self.stats.running = 0
             self.stats.steps += 1
 
-    def _serve(self, job: _Job) -> None:
+    def _serve(self, job: _QueuedRequest) -> None:
         sent = False
         try:
             job.sink.opened(job.request, (), _UNPRICED)

@@ -15,7 +15,7 @@ from transformers import __version__ as transformers_version
 
 from memory.estimate import load_model_config
 from memory.strategy import parse_strategy
-from models.engines import EngineSettings, start_engine
+from models.engine_start import EngineSettings, start_engine
 from models.grammar_server import SchemaCompileLimits
 from models.hf_adapter import HuggingFaceVisionLanguageAdapter
 from models.request_shrink import ShrinkFloor

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from memory.estimate import load_model_config
-from models.engines import EngineSettings, start_engine
+from models.engine_start import EngineSettings, start_engine
 from models.grammar_server import SchemaCompileLimits
 from models.request_shrink import ShrinkFloor
 from models.requests import ChatMessage, DecodingOptions, GenerationRequest, TextPart, VideoPart

@@ -206,7 +206,7 @@ def _prefill_out_of_memory(request):
 
 def test_out_of_memory_on_a_request_is_absorbed_and_the_replica_keeps_serving(monkeypatch, ready_cpu_replica):
     replica = ready_cpu_replica()
-    monkeypatch.setattr("models.hf_batch_engine.raise_if_simulated_out_of_memory", _prefill_out_of_memory)
+    monkeypatch.setattr("models.hf_batch_model.raise_if_simulated_out_of_memory", _prefill_out_of_memory)
 
     with pytest.raises(RequestOutOfMemoryError, match="ran out of memory with 0 frames and 0 images"):
         generate(replica, REQUEST)
@@ -219,7 +219,7 @@ def test_out_of_memory_on_a_request_is_absorbed_and_the_replica_keeps_serving(mo
 
 def test_recurring_out_of_memory_under_the_headroom_floor_fails_health(monkeypatch, ready_cpu_replica):
     replica = ready_cpu_replica(health_min_headroom_bytes=10**15)  # more than any host has
-    monkeypatch.setattr("models.hf_batch_engine.raise_if_simulated_out_of_memory", _prefill_out_of_memory)
+    monkeypatch.setattr("models.hf_batch_model.raise_if_simulated_out_of_memory", _prefill_out_of_memory)
     for _ in range(2):
         with pytest.raises(RequestOutOfMemoryError):
             generate(replica, REQUEST)

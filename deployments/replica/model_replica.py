@@ -46,7 +46,7 @@ from memory.strategy import LoadStrategy
 from models.adapters import adapter_factory
 from models.base import CheckpointAdapter
 from models.engine import Engine
-from models.engines import EngineSettings, start_engine
+from models.engine_start import EngineSettings, start_engine
 from models.grammar_server import SchemaCompileLimits, start_server_early, stop_early_server
 from models.request_shrink import ShrinkFloor, request_size
 from models.requests import GenerationRequest, GenerationResult, TextDelta, VideoPart

@@ -1,10 +1,10 @@
 """Prefill and decode: the forward passes a batch scheduler runs on a transformers model.
 
-:meth:`HfBatchEngine.prefill_many` runs the prompts admitted together in one pass (ids
+:meth:`HfBatchModel.prefill_many` runs the prompts admitted together in one pass (ids
 left-padded, media concatenated: pixel values, grids, multimodal RoPE) and returns their caches
 as a :class:`~models.kv_batch.KvBatch` plus the logits of each first new token; ``prefill``
 is the one-request case.
-:meth:`HfBatchEngine.decode` runs one step for every row of a joined batch, with each
+:meth:`HfBatchModel.decode` runs one step for every row of a joined batch, with each
 row's own rotary position, and leaves the new keys and values in the batch's cache.
 
 Multimodal RoPE (Qwen2-VL, Qwen2.5-VL, Qwen3-VL) places text after media at
@@ -40,7 +40,10 @@ class PreparedPrompt:
         return dataclasses.replace(self, inputs=None, input_bytes=0)
 
 
-class HfBatchEngine:
+class HfBatchModel:
+    """A loaded transformers model's batched steps (prefill, then decode over a KV batch) and its processor: what the
+    batched engine (:class:`models.scheduler.BatchScheduler`, the :class:`~models.engine.Engine`) drives."""
+
     def __init__(self, model: transformers.PreTrainedModel, processor: Any, prepare: Any, *, link: str = "") -> None:
         self._model = model
         self._link = link  # the loading chain's link that loaded the model (fault drills name it)
