@@ -32,9 +32,11 @@ class ModelAdapter(abc.ABC):
     def load(self) -> None:
         """Bring weights and processor into memory. Called once before ``generate``."""
 
-    @abc.abstractmethod
     def generate(self, request: GenerationRequest) -> GenerationResult:
-        """Answer one request. Must not be called before ``load``."""
+        """Answer one request, for the serial engine (:class:`models.serial_scheduler.SerialScheduler`). An adapter
+        served otherwise (its ``batch_engine``'s steps, or its library's ``own_engine``) has none: the engine start
+        (:func:`models.engine_start.start_engine`) never asks it for one. Must not be called before ``load``."""
+        raise TypeError(f"{type(self).__name__} answers through its engine (batch_engine or own_engine), not generate")
 
     @abc.abstractmethod
     def describe(self) -> dict[str, Any]:

@@ -26,7 +26,6 @@ from models.cache_dir import default_cache_dir
 from models.engine import Engine
 from models.grammar import GrammarCompiler
 from models.grammar_server import SchemaCompileLimits
-from models.requests import GenerationRequest, GenerationResult
 from models.vllm_engine.engine import VllmEngine
 from models.vllm_engine.inputs import PromptBuilder
 from models.vllm_engine.runtime import VllmRuntime
@@ -97,7 +96,6 @@ class VllmAdapter(CheckpointAdapter):
                 f"vLLM did not start as {self._strategy.name}: {type(error).__name__}: {str(error).splitlines()[0]} "
                 f"({self.plan.explanation})"
             ) from error
-        self._model = self._runtime  # loaded: what the chain and health look for
         self._load_seconds = time.perf_counter() - started
         logger.info("vLLM started for %s as %s in %.1f s", self._model_path, self._strategy.name, self._load_seconds)
 
@@ -149,9 +147,6 @@ class VllmAdapter(CheckpointAdapter):
             link=self._strategy.name,
         )
 
-    def generate(self, request: GenerationRequest) -> GenerationResult:
-        raise NotImplementedError("vLLM serves through its engine (own_engine), not one request at a time")
-
     def describe(self) -> dict[str, Any]:
         return {
             "model_path": self._model_path,
@@ -166,6 +161,5 @@ class VllmAdapter(CheckpointAdapter):
 
     def unload(self) -> None:
         runtime, self._runtime = self._runtime, None
-        self._model = None
         if runtime is not None:
             runtime.shutdown()
