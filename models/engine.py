@@ -8,12 +8,13 @@ An engine owns a loaded model and answers many requests with it. The contract, a
 - **stream** its tokens: the engine calls the request's :class:`RequestSink` from its own thread:
   ``opened`` once admitted, ``text`` per piece, then ``finished`` or ``failed``;
 - **cancel** it: set the ``stop`` event given to ``submit``; the engine drops the request at its next
-  step (waiting or running) and counts it in ``stats.cancelled``;
+  step (waiting or running) and counts it in ``stats.cancelled``; a sink that raises (its caller went away) is a
+  cancel of that request, never the engine's end (:class:`GuardedSink`);
 - **describe** its memory and load: :meth:`Engine.describe`, a JSON-ready dict with the
   :class:`EngineStats` and what the engine is; :meth:`Engine.health_problem` says when it can no longer serve;
 - **declare** what it honours: :attr:`Engine.capabilities` (batches or not, which decoding options);
 - **prepare** structured output ahead of the first request that asks for it: :meth:`Engine.prepare_structured_output`
-  (the grammar compile server's start, seconds, paid in the background once the replica is ready);
+  (the grammar compile server's start, seconds: with jobs on, the replica calls it before it reports ready);
 - **close**: stop taking requests; waiting ones fail with :class:`~models.errors.SchedulerClosedError`.
 
 Three engines implement it: :class:`models.scheduler.BatchScheduler` (continuous batching on a
@@ -24,6 +25,7 @@ No torch here: the metrics in the ingress's process read :class:`EngineStats`.
 """
 
 import dataclasses
+import logging
 import threading
 from typing import Any, Literal, Protocol
 
@@ -31,6 +33,8 @@ from memory.admission import RequestCost
 from models.errors import InvalidParameterError
 from models.request_shrink import OomRetry
 from models.requests import DecodingOptions, GenerationRequest, GenerationResult, TextDelta
+
+logger = logging.getLogger(__name__)
 
 EngineMode = Literal["continuous", "serial"]
 
@@ -52,6 +56,43 @@ class RequestSink(Protocol):
     def finished(self, result: GenerationResult) -> None: ...
 
     def failed(self, error: BaseException) -> None: ...
+
+
+class GuardedSink:
+    """A request's sink as an engine calls it: a caller that went away (its sink raises: its event loop closed, its
+    client gone) ends that request, never the engine's thread. The request's ``stop`` is set, so the engine drops it
+    at its next step, as a cancel; later calls go nowhere. Every engine wraps the sink it is given in one."""
+
+    def __init__(self, sink: RequestSink, stop: threading.Event) -> None:
+        self._sink = sink
+        self._stop = stop
+        self._gone = False
+        self.streams_text = sink.streams_text
+
+    def opened(
+        self, used: GenerationRequest, retries: tuple[OomRetry, ...], cost: RequestCost, prompt_tokens: int = 0
+    ) -> None:
+        self._call("opened", used, retries, cost, prompt_tokens)
+
+    def text(self, delta: TextDelta) -> None:
+        self._call("text", delta)
+
+    def finished(self, result: GenerationResult) -> None:
+        self._call("finished", result)
+
+    def failed(self, error: BaseException) -> None:
+        self._call("failed", error)
+
+    def _call(self, name: str, *args: Any) -> None:
+        if self._gone:
+            return
+        try:
+            getattr(self._sink, name)(*args)
+        except Exception as error:  # noqa: BLE001 - the caller's failure, not the engine's
+            self._gone = True
+            self._stop.set()
+            logger.warning("A request's caller went away (%s in %s: %s); the request is dropped", type(error).__name__,
+                           name, str(error)[:200])
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,6 +18,7 @@ from memory.strategy import LoadStrategy
 from models.base import CheckpointAdapter, StopCheck
 from models.chat_template import frame_times, to_template_chat
 from models.errors import InvalidModelInputError, check_prompt_tokens
+from models.fault_injection import raise_if_simulated_out_of_memory
 from models.hf_batch_model import HfBatchModel, eos_token_ids
 from models.requests import GenerationRequest, GenerationResult, TextDelta
 from models.weight_cache import WeightCache, load_through_cache
@@ -104,6 +105,7 @@ class HuggingFaceVisionLanguageAdapter(CheckpointAdapter):
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
         inputs, prompt_tokens = self._prepare(request)
+        raise_if_simulated_out_of_memory(request)  # where a full GPU fails: the drills' double, off unless set
         with torch.inference_mode():
             output_ids = self._model.generate(**inputs, **self._generation_kwargs(request))
         return self._result(output_ids, prompt_tokens)
@@ -112,6 +114,7 @@ class HuggingFaceVisionLanguageAdapter(CheckpointAdapter):
         """Token by token: ``generate`` runs in a thread feeding a streamer, and stops at the next token
         once ``should_stop()`` (the client went away)."""
         inputs, prompt_tokens = self._prepare(request)
+        raise_if_simulated_out_of_memory(request)
         streamer = transformers.TextIteratorStreamer(
             self._processor.tokenizer, skip_prompt=True, skip_special_tokens=True
         )

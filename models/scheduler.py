@@ -52,7 +52,7 @@ from models.batch_policy import (
     next_state,
     plan_admission,
 )
-from models.engine import EngineCapabilities, EngineStats, RequestSink, check_options, describe_engine
+from models.engine import EngineCapabilities, EngineStats, GuardedSink, RequestSink, check_options, describe_engine
 from models.errors import (
     ReplicaBusyError,
     RequestOutOfMemoryError,
@@ -166,6 +166,7 @@ class BatchScheduler:
         its limit, input the processor refuses, a request too big for this replica even at the
         shrink floor, or a full queue (:class:`ReplicaBusyError`).
         """
+        sink = GuardedSink(sink, stop)  # a caller that goes away ends its request, not this engine
         self._check_room()  # before the processor runs: a full queue refuses at once
         check_options(request, self._steps.vocab_size)
         response_format = request.options.response_format

@@ -17,7 +17,7 @@ from memory.admission import RequestCost
 from memory.cleanup import release_memory
 from memory.out_of_memory import is_out_of_memory
 from models.base import CheckpointAdapter
-from models.engine import EngineCapabilities, EngineStats, RequestSink, describe_engine, first_unhonoured_option
+from models.engine import EngineCapabilities, EngineStats, GuardedSink, RequestSink, describe_engine, first_unhonoured_option
 from models.errors import (
     InvalidParameterError,
     ReplicaBusyError,
@@ -53,6 +53,7 @@ class SerialScheduler:
         self._thread.start()
 
     def submit(self, request: GenerationRequest, sink: RequestSink, stop: threading.Event) -> None:
+        sink = GuardedSink(sink, stop)  # a caller that goes away ends its request, not this engine
         unhonoured = first_unhonoured_option(request, self.capabilities.decoding_options)
         if unhonoured is not None:
             raise InvalidParameterError(

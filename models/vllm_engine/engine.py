@@ -26,7 +26,7 @@ from typing import Any
 from vllm.v1.engine.exceptions import EngineDeadError
 
 from memory.admission import RequestCost
-from models.engine import EngineCapabilities, EngineStats, RequestSink, describe_engine
+from models.engine import EngineCapabilities, EngineStats, GuardedSink, RequestSink, describe_engine
 from models.errors import PromptTooLongError, ReplicaBusyError, SchedulerClosedError, check_prompt_tokens
 from models.fault_injection import raise_if_simulated_broken_link
 from models.grammar import GrammarCompiler
@@ -103,6 +103,7 @@ class VllmEngine:
         return self._stats
 
     def submit(self, request: GenerationRequest, sink: RequestSink, stop: threading.Event) -> None:
+        sink = GuardedSink(sink, stop)  # a caller that goes away ends its request, not this engine
         self._check_room()
         response_format = request.options.response_format
         if response_format is not None and self._grammars is not None:
