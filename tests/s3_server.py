@@ -7,7 +7,7 @@ that process's memory only.
 import contextlib
 import subprocess
 import sys
-from typing import Iterator
+from typing import Any, Iterator
 
 import httpx
 from net import free_port
@@ -35,3 +35,16 @@ def moto_s3_server(log_path) -> Iterator[str]:
 
 def storage_options(endpoint_url: str) -> dict:
     return {**CREDENTIALS, "endpoint_url": endpoint_url}
+
+
+def new_bucket_store(endpoint_url: str) -> Any:
+    """A file store (``deployments.files.store.FileStore``) in a new bucket of its own on ``endpoint_url``."""
+    import uuid
+
+    import fsspec
+
+    from deployments.files.store import FileStore
+
+    bucket = f"vd-{uuid.uuid4().hex[:12]}"
+    fsspec.filesystem("s3", **storage_options(endpoint_url)).mkdir(bucket)
+    return FileStore(f"s3://{bucket}/files", storage_options(endpoint_url))

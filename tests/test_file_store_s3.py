@@ -5,7 +5,7 @@ import uuid
 
 import fsspec
 import pytest
-from s3_server import storage_options
+from s3_server import new_bucket_store, storage_options
 from test_file_store import (  # noqa: F401 - collected here, with this module's store: on S3
     _put,
     test_a_record_that_does_not_parse_or_names_another_place_is_no_file_and_the_sweep_goes_on,
@@ -22,9 +22,7 @@ pytestmark = pytest.mark.component
 
 @pytest.fixture
 def store(s3_endpoint):
-    bucket = f"vd-{uuid.uuid4().hex[:12]}"
-    fsspec.filesystem("s3", **storage_options(s3_endpoint)).mkdir(bucket)
-    return FileStore(f"s3://{bucket}/files", storage_options(s3_endpoint))
+    return new_bucket_store(s3_endpoint)
 
 
 def test_a_file_another_process_stored_is_found_after_this_one_listed_the_folder(s3_endpoint, tmp_path):

@@ -1,12 +1,10 @@
 """The job store's tests of tests/test_video_job_units.py, run again on a real S3 endpoint (moto's server), and a
 segment's window read from an S3 object by ranges."""
 
-import uuid
 
-import fsspec
 import media_factory
 import pytest
-from s3_server import storage_options
+from s3_server import new_bucket_store
 from test_video_job_units import (  # noqa: F401 - collected here, with this module's job store: on S3
     LIMITS,
     test_a_final_state_is_never_overwritten_and_the_scan_reads_no_ended_job,
@@ -14,7 +12,6 @@ from test_video_job_units import (  # noqa: F401 - collected here, with this mod
     test_an_ended_job_leaves_the_unfinished_and_is_swept_after_its_time_to_live,
 )
 
-from deployments.files.store import FileStore
 from deployments.jobs.store import JobStore
 from models.video import FrameSelection
 
@@ -23,18 +20,14 @@ pytestmark = pytest.mark.component
 
 @pytest.fixture
 def job_store(s3_endpoint):
-    bucket = f"vd-{uuid.uuid4().hex[:12]}"
-    fsspec.filesystem("s3", **storage_options(s3_endpoint)).mkdir(bucket)
-    return JobStore(FileStore(f"s3://{bucket}/files", storage_options(s3_endpoint)))
+    return JobStore(new_bucket_store(s3_endpoint))
 
 
 def test_a_segment_on_s3_reads_ranges_of_the_object_not_the_whole_of_it(s3_endpoint, tmp_path):
     from deployments.files.service import sample_from_store
     from models.decode_budget import DecodeBudget
 
-    bucket = f"vd-{uuid.uuid4().hex[:12]}"
-    fsspec.filesystem("s3", **storage_options(s3_endpoint)).mkdir(bucket)
-    store = FileStore(f"s3://{bucket}/files", storage_options(s3_endpoint))
+    store = new_bucket_store(s3_endpoint)
     # Two minutes of video, then 32 MiB the demuxer skips (a trailing 'free' box): a large object.
     video = media_factory.video_bytes("mp4", num_frames=240, fps=2, gop=4, width=64, height=48)
     padding = 32 * 2**20
