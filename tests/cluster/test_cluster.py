@@ -198,10 +198,12 @@ def test_losing_the_gpu_node_under_traffic_fails_no_request_and_the_gpu_group_re
 
 def test_a_rolling_update_under_traffic_fails_no_request_and_takes_effect(cluster, deployed, probe):
     config = _config(
-        cluster, probe, limits={"max_tokens": 256}, cpu_group={"autoscaling": {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 8}},
+        cluster, probe, limits={"max_prompt_tokens": 2048, "max_tokens": 256},
+        cpu_group={"autoscaling": {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 8}},
     )
     path = write_config(config, cluster.folder / "serve_config-updated.yaml")
     before = httpx.get(f"{cluster.head.http_url}/v1/models", timeout=60).json()["data"][0]["max_model_len"]
+    assert before == 4096  # the default limits (8192 + 512), capped by the tiny model's positions
 
     with SteadyTraffic(cluster.head.http_url, REQUEST) as traffic, SteadyTraffic(cluster.node("cpu-worker").http_url, REQUEST) as other:
         wait_for_condition(lambda: len(traffic.results) >= 3, timeout_s=60)
@@ -209,7 +211,7 @@ def test_a_rolling_update_under_traffic_fails_no_request_and_takes_effect(cluste
 
         def updated() -> bool:
             models = httpx.get(f"{cluster.head.http_url}/v1/models", timeout=60).json()
-            return models["data"][0]["max_model_len"] == before - 512 + 256 and _app_status(cluster) == "RUNNING"
+            return models["data"][0]["max_model_len"] == 2048 + 256 and _app_status(cluster) == "RUNNING"
 
         wait_for_condition(updated, timeout_s=300, interval_s=2)
 

@@ -4,6 +4,7 @@ import httpx
 import media_factory
 import openai
 import pytest
+from polling import wait_for_condition
 from ray import serve
 
 from integration.conftest import deploy
@@ -27,6 +28,9 @@ def secured_url(http_port, test_root):
         name="secured",
         route_prefix="/secured",
     )
+    # Ready before the tests: its readiness is cached 30 s (ingress.readiness_cache_s), a read before the CPU group
+    # is up would answer 503 for that long.
+    wait_for_condition(lambda: httpx.get(f"{url}/health", timeout=10).status_code == 200, timeout_s=180, interval_s=1)
     yield url
     serve.delete("secured")
 

@@ -295,10 +295,11 @@ def test_a_busy_gpu_group_is_told_from_a_broken_one(http_port, test_root):
         route_prefix="/busy-gpu",
     )
     try:
-        # The ingress learns that a GPU replica runs from Serve's status, polled every 2 s.
+        # The ingress learns that a GPU replica runs from Serve's status, polled every 2 s; the replica loads, warms
+        # up and starts its grammar compile server first (a loaded machine takes more than a minute for it).
         wait_for_condition(
             lambda: _group_of(httpx.post(f"{url}/v1/chat/completions", json=REQUEST, timeout=60)) == "gpu",
-            timeout_s=60,
+            timeout_s=180,
             interval_s=0.5,
         )
         long_request = {**REQUEST, "max_tokens": 3000}

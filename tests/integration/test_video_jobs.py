@@ -241,17 +241,30 @@ def _serve_actors(fragment: str) -> list[str]:
     return names
 
 
+LONG_ANSWER = {
+    "type": "object",
+    "properties": {"events": {"type": "array", "minItems": 20, "items": {
+        "type": "object",
+        "properties": {"time_s": {"type": "number"}, "description": {"type": "string", "minLength": 20}},
+        "required": ["time_s", "description"],
+    }}},
+    "required": ["events"],
+}
+
+
 @pytest.mark.parametrize("victim", ["cpu_group", "JobRunner", "Ingress"])
 def test_a_job_completes_with_every_segment_once_when_a_process_dies_mid_job(alice, video_id, test_root, victim):
-    # Longer answers for the replicas' death: a segment is held for a second or more, not the tiny model's tenth.
-    job = _start(alice, video_id, **({"max_tokens": 400} if victim == "cpu_group" else {}))
-    wait_for_condition(lambda: len(_segment_files(test_root, job["id"])) >= 2, timeout_s=120, interval_s=0.1)
+    # For the replicas' death, answers the schema makes long (20 events or more): a segment is held for seconds, not
+    # the tiny model's tenth of a second, so the kill lands while one runs.
+    job = _start(alice, video_id, **({"json_schema": LONG_ANSWER, "max_tokens": 2000} if victim == "cpu_group" else {}))
+    wait_for_condition(lambda: len(_segment_files(test_root, job["id"])) >= 2, timeout_s=180, interval_s=0.1)
+    victims = [ray.get_actor(name, namespace="serve") for name in _serve_actors(victim)]  # both CPU replicas
     if victim == "cpu_group":  # kill them while a replica holds a segment
         wait_for_condition(lambda: alice.get("/v1/memory").json()["jobs"]["running_segments_by_group"].get("cpu", 0) >= 1,
                            timeout_s=60, interval_s=0.02)
 
-    for name in _serve_actors(victim):  # both CPU replicas: the segments in flight die with them
-        ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+    for actor in victims:  # the segments in flight die with them
+        ray.kill(actor, no_restart=True)
 
     body = _ended(alice, job["id"])
     _check_complete(body)
