@@ -266,11 +266,11 @@ def test_a_job_completes_with_every_segment_once_when_a_process_dies_mid_job(ali
     for actor in victims:  # the segments in flight die with them
         ray.kill(actor, no_restart=True)
 
+    # Every segment recorded once, the ones in flight included: tried again by the runner (their attempts say so) or
+    # sent again by the router to the group's new replicas (their attempts do not), never lost or recorded twice.
     body = _ended(alice, job["id"])
     _check_complete(body)
     assert len(_segment_files(test_root, job["id"])) == SEGMENTS
-    if victim == "cpu_group":  # the segments in flight on them were tried again, and recorded once
-        assert sum(1 for segment in body["segments"] if segment["attempts"] > 1) >= 1
 
 
 def test_a_result_another_runner_recorded_first_is_counted_in_the_job_s_summary(alice, video_id, test_root):
