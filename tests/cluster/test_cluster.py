@@ -66,7 +66,14 @@ def deployed(cluster, probe, test_root):
     cluster.serve_deploy(write_config(config, cluster.folder / "serve_config.yaml"))
     wait_for_condition(lambda: _app_status(cluster) == "RUNNING", timeout_s=240, interval_s=2)
     wait_for_condition(lambda: _served_by(cluster.head.http_url) == "gpu", timeout_s=120, interval_s=1)
+    # Serve calls a replica healthy once its constructor returns; ours is ready after its load and warm-up
+    wait_for_condition(lambda: _replica_states(cluster.head.http_url) == {"ready"}, timeout_s=120, interval_s=1)
     return config
+
+
+def _replica_states(base_url: str) -> set[str]:
+    memory = httpx.get(f"{base_url}/v1/memory", timeout=60).json()
+    return {replica["state"] for group in memory["groups"].values() for replica in group}
 
 
 def _app_status(cluster: LocalCluster) -> str:
@@ -115,7 +122,7 @@ def test_each_group_runs_where_it_belongs(cluster, deployed):
 
     assert {replica["node_ip"] for replica in memory["groups"]["gpu"]} == {cluster.node("gpu-worker").ip}
     assert {replica["node_ip"] for replica in memory["groups"]["cpu"]} == {cluster.node("cpu-worker").ip}
-    assert {replica["state"] for group in memory["groups"].values() for replica in group} == {"ready"}
+    assert _replica_states(cluster.head.http_url) == {"ready"}
     details = httpx.get(f"{cluster.dashboard_url}/api/serve/applications/", timeout=30).json()
     ingress = details["applications"][APP]["deployments"]["Ingress"]["replicas"]
     assert {replica["node_ip"] for replica in ingress} == {cluster.head.ip}  # ingress.node_labels: on the head
