@@ -24,8 +24,8 @@ import json, resource, sys
 import numpy as np, torch
 torch.set_num_threads(1)
 from memory.admission import RequestCostModel, batch_bytes
-from models.base import ChatMessage, GenerationRequest, ImagePart, TextPart, VideoPart
-from models.hf_adapter import HuggingFaceVisionLanguageAdapter
+from models.adapters.base import ChatMessage, GenerationRequest, ImagePart, TextPart, VideoPart
+from models.adapters.hf_adapter import HuggingFaceVisionLanguageAdapter
 
 path, kind, new_tokens = sys.argv[1], sys.argv[2], int(sys.argv[3])
 rng = np.random.default_rng(0)

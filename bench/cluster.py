@@ -118,7 +118,7 @@ def job_with_gpu_node_lost(cluster: LocalCluster, video: pathlib.Path, *, segmen
 
 def _model_in_store(cluster: LocalCluster) -> str:
     """The built-in model, put in the cluster's object store as a team puts its checkpoint: every node fetches it."""
-    from models.tiny import ensure_tiny_model
+    from models.adapters.tiny import ensure_tiny_model
 
     url = f"{cluster.store_url}/models/tiny-qwen2-vl"
     store = cluster.object_store()

@@ -52,7 +52,8 @@ from bench.local_serve import free_port, local_serve  # noqa: I001 - sets Ray's 
 from bench.mid_model import ensure_mid_model, parameter_count
 from bench.plots import engines_chart
 from bench.sampling import _video
-from deployments.app import DEFAULT_VLLM_PYTHON, build_app
+from deployments.app import build_app
+from models.engines.vllm import DEFAULT_VLLM_PYTHON
 
 logger = logging.getLogger("bench.engines")
 DOCS_DIR = pathlib.Path(__file__).resolve().parent.parent / "docs"

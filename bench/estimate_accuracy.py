@@ -24,8 +24,8 @@ from bench.plots import DOCS_DIR, estimate_chart
 from memory.cleanup import release_memory
 from memory.estimate import build_meta_model, estimate_weights, load_model_config, measure_model_bytes
 from memory.strategy import parse_strategy
-from models.reference_configs import build_random_model
-from models.tiny import build_tiny_model
+from models.adapters.reference_configs import build_random_model
+from models.adapters.tiny import build_tiny_model
 
 logger = logging.getLogger("bench.estimate_accuracy")
 

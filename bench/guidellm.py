@@ -24,7 +24,7 @@ from ray import serve  # noqa: E402
 
 from bench.local_serve import local_serve  # noqa: I001 - sets Ray's environment first
 from deployments.app import build_app  # noqa: E402
-from models.tiny import ensure_tiny_model  # noqa: E402
+from models.adapters.tiny import ensure_tiny_model  # noqa: E402
 
 logger = logging.getLogger("bench.guidellm")
 GUIDELLM = "guidellm[vision]==0.8.1"

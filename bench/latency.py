@@ -33,9 +33,9 @@ from deployments.app import build_app  # noqa: E402
 from deployments.config.app_config import load_app_config  # noqa: E402
 from deployments.edge.chat_translation import to_generation_request  # noqa: E402
 from deployments.edge.openai_schema import ChatCompletionRequest  # noqa: E402
-from models.hf_adapter import HuggingFaceVisionLanguageAdapter  # noqa: E402
+from models.adapters.hf_adapter import HuggingFaceVisionLanguageAdapter  # noqa: E402
+from models.adapters.tiny import ensure_tiny_model  # noqa: E402
 from models.requests import ChatMessage, GenerationRequest, TextPart
-from models.tiny import ensure_tiny_model  # noqa: E402
 
 logger = logging.getLogger("bench.latency")
 

@@ -1,12 +1,12 @@
 """Load time and peak memory while loading, per precision, against plain baselines.
 
 For each precision, in a fresh process (so peaks are not hidden by an earlier load), both
-plain ``from_pretrained`` ("plain") and the way ``memory.loader`` loads ("ours": the same
+plain ``from_pretrained`` ("plain") and the way ``memory.chain_load`` loads ("ours": the same
 call inside ``memory.host_heap.returning_freed_memory``):
 
 * time: ``from_pretrained`` wall time against copying the same safetensors bytes
   into fresh memory (page cache warm for both), as a ratio; target 1.3x. As in a replica, the chain is
-  priced from the config first (``memory.plan.estimate_chain``), which imports the model's transformers
+  priced from the config first (``memory.chain_estimate.estimate_chain``), which imports the model's transformers
   module (about 1.8 s for SmolVLM, once per process); that is printed as "estimate s", outside the load;
 * peak: the largest anonymous memory (``RssAnon``, sampled every millisecond)
   above the pre-load level while loading, against the loaded model's bytes,
@@ -115,10 +115,10 @@ copy_seconds = copy_seconds_of(files)
 copied_bytes = sum(path.stat().st_size for path in files)
 
 strategy = parse_strategy(precision, "cpu")
-# A replica prices its chain from the config before it loads (models.loading.load_adapter), which imports the
+# A replica prices its chain from the config before it loads (models.adapters.loading.load_adapter), which imports the
 # model's transformers module; that one-off cost is timed here on its own, outside the load.
 from memory.estimate import load_model_config
-from memory.plan import estimate_chain
+from memory.chain_estimate import estimate_chain
 estimate_started = time.perf_counter()
 estimate_chain(load_model_config(folder), (strategy,))
 estimate_seconds = time.perf_counter() - estimate_started
@@ -128,7 +128,7 @@ baseline = rss_anon_bytes()
 sampler = PeakSampler()
 sampler.start()
 started = time.perf_counter()
-# As memory.loader loads (mode "ours"), or plain from_pretrained (mode "plain").
+# As memory.chain_load loads (mode "ours"), or plain from_pretrained (mode "plain").
 guard = returning_freed_memory() if mode != "plain" else contextlib.nullcontext()
 with guard:
     if mode.startswith("cache"):
@@ -155,7 +155,7 @@ def main() -> int:
     parser.add_argument("--plot-dir", type=pathlib.Path, default=DOCS_DIR, help="where the PNG chart goes")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from models.reference_configs import build_random_model
+    from models.adapters.reference_configs import build_random_model
 
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="vd-load-"))
     rows = []

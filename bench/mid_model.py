@@ -11,7 +11,7 @@ import pathlib
 import torch
 import transformers
 
-from models import tiny
+from models.adapters import tiny
 
 TEXT_WIDTHS = {
     "hidden_size": 1536,

@@ -58,8 +58,8 @@ from bench.engines import (  # noqa: I001 - sets Ray's environment first
 )
 from bench.mid_model import ensure_mid_model
 from bench.plots import DOCS_DIR, overhead_chart
-from deployments.app import DEFAULT_VLLM_PYTHON
-from models.tiny import ensure_tiny_model
+from models.adapters.tiny import ensure_tiny_model
+from models.engines.vllm import DEFAULT_VLLM_PYTHON
 
 logger = logging.getLogger("bench.overhead")
 PY_SPY = pathlib.Path(sys.executable).with_name("py-spy")

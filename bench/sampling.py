@@ -1,6 +1,6 @@
 """Time to take 16 frames from a 10-second and a 10-minute 720p H.264 video, against two baselines.
 
-- ``sampler``: :func:`models.video.sample_video` (seeks only where the keyframe index says seeking
+- ``sampler``: :func:`models.media.video.sample_video` (seeks only where the keyframe index says seeking
   skips decoding);
 - ``seek-each``: seek to each target's keyframe and decode up to the target, for every target;
 - ``decode-all``: decode every frame of the file once, keeping the targets on the way.
@@ -30,7 +30,7 @@ import numpy as np
 
 from bench.plots import DOCS_DIR, sampling_chart
 from models.cache_dir import default_cache_dir
-from models.video import FrameSelection, VideoLimits, sample_video
+from models.media.video import FrameSelection, VideoLimits, sample_video
 
 logger = logging.getLogger("bench.sampling")
 

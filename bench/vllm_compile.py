@@ -1,7 +1,7 @@
 """What vLLM's compiled mode costs on this machine against eager: start-up seconds and peak memory, one start each.
 
 Each start runs the mid-size model (:mod:`bench.mid_model`) as the CPU group's vLLM link does (our
-:class:`~models.vllm_engine.adapter.VllmAdapter`, fp32, 2 threads, 16 sequences of 4096 tokens) in vLLM's own
+:class:`~models.engines.vllm.adapter.VllmAdapter`, fp32, 2 threads, 16 sequences of 4096 tokens) in vLLM's own
 environment, in a process of its own, with a fresh compile cache (``VLLM_CACHE_ROOT``) shared by the three:
 
   eager      ``vllm_compile: eager``;
@@ -32,7 +32,7 @@ from typing import Any
 import psutil
 
 from bench.mid_model import ensure_mid_model
-from deployments.app import DEFAULT_VLLM_PYTHON
+from models.engines.vllm import DEFAULT_VLLM_PYTHON
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 THREADS = 2
@@ -41,8 +41,8 @@ SCRIPT = """
 import json, sys, time
 from memory.budget import MemoryBudget
 from memory.strategy import parse_strategy
-from memory.vllm_plan import VllmShape
-from models.vllm_engine.adapter import VllmAdapter, VllmSettings
+from models.engines.vllm.memory_plan import VllmShape
+from models.engines.vllm.adapter import VllmAdapter, VllmSettings
 
 path, mode = sys.argv[1], sys.argv[2]
 budget = MemoryBudget(device="cpu", weights_bytes=8 * 2**30, limit_bytes=8 * 2**30, available_bytes=8 * 2**30,

@@ -9,7 +9,6 @@ and the CPU group with none, each with its own chain, budget and autoscaling.
 """
 
 import logging
-import pathlib
 from typing import Any
 
 import ray
@@ -28,6 +27,7 @@ from deployments.routing.groups import DEPLOYMENT_NAMES, GPU_GROUPS, ROUTING_ORD
 from deployments.routing.ready_replica_router import ROUTER_CLASS_PATH, ROUTING_STATS_PERIOD_S
 from deployments.serve_env import REPLICA_ENV
 from memory.allocator import allocator_env
+from models.engines import engines_tried
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,6 @@ _RUNNER_SHUTDOWN_S = 5.0
 # waits at least one such period for each, one deployment after another, so at its 2 s a stop with nothing in flight
 # took 2 s for each deployment.
 _DRAIN_POLL_S = 0.2
-DEFAULT_VLLM_PYTHON = pathlib.Path(__file__).resolve().parent.parent / ".venv-vllm" / "bin" / "python"
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -88,17 +87,16 @@ def _group(plan: AppPlan, group: str) -> Application | None:
 
 
 def _replica_python(group: str, settings: GpuGroupSettings | CpuGroupSettings) -> str | None:
-    """vLLM's environment for a group on engine vllm (or auto, where that environment is there); else ``None``:
-    the project's own."""
-    if settings.engine == "transformers":
-        return None
-    python = settings.vllm_python or str(DEFAULT_VLLM_PYTHON)
-    if settings.vllm_python is None and not pathlib.Path(python).is_file():
-        if settings.engine == "vllm":
-            logger.warning("Group %s runs on vLLM but %s is not there: build it with bin/ensure-vllm-venv, or set "
-                           "vllm_python; its replicas run the transformers chain meanwhile", group, python)
-        return None
-    return python
+    """The environment of the group's first engine whose environment is there (``None``: the project's own). An
+    engine named in the config whose environment is missing is logged: its replicas run the next engine meanwhile."""
+    for spec in engines_tried(settings.engine):
+        environment = spec.environment(settings)
+        if environment.missing is None:
+            return environment.python
+        if spec.name == settings.engine:
+            logger.warning("Group %s runs on %s but %s; its replicas run the next engine meanwhile", group, spec.name,
+                           environment.missing)
+    return None
 
 
 def _actor_options(

@@ -26,17 +26,17 @@ from deployments.config.app_config import AppConfig, ConfigError
 from deployments.config.groups import CpuGroupSettings, GpuGroupSettings
 from deployments.routing.groups import CPU_GROUP, GPU_FLOOR_GROUP, GPU_GROUP
 from memory.admission import RequestSize
+from memory.chain_estimate import estimate_chain
 from memory.estimate import activation_reserve_bytes, load_model_config
 from memory.largest_request import largest_request
 from memory.packing import PackingError, SharePlan, plan_share
-from memory.plan import estimate_chain
 from memory.probe import GpuBackend, MemorySnapshot
 from memory.strategy import LoadStrategy, parse_chain
-from models.adapters import AdapterChoiceError, choose_adapter
+from models.adapters.choice import AdapterChoiceError, choose_adapter
+from models.adapters.tiny import ensure_tiny_model
 from models.cache_dir import default_cache_dir
 from models.checkpoint_source import checkpoint_folder
-from models.tiny import ensure_tiny_model
-from models.visual_tokens import VisualTokenGeometry
+from models.media.visual_tokens import VisualTokenGeometry
 from models.weight_cache import WeightCache
 
 logger = logging.getLogger(__name__)

@@ -24,10 +24,10 @@ from typing import Any
 
 from memory.allocator import read_allocator_settings
 from memory.budget import DEFAULT_CUDA_CONTEXT_BYTES, BudgetError, MemoryBudget, cpu_budget, gpu_budget
+from memory.chain_estimate import estimate_chain
 from memory.estimate import ModelConfigError, activation_reserve_bytes, load_model_config
 from memory.largest_request import largest_request
 from memory.packing import DEFAULT_SHARE_GRID, PackingError, SharePlan, plan_share
-from memory.plan import estimate_chain
 from memory.probe import FixedGpu, MemorySnapshot, format_gib
 from memory.strategy import DEFAULT_CPU_CHAIN, DEFAULT_GPU_CHAIN, StrategyError, parse_chain
 

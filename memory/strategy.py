@@ -12,14 +12,8 @@ if TYPE_CHECKING:
 DType = Literal["float32", "bfloat16", "float16"]
 Device = Literal["cuda", "cpu"]
 Quantization = Literal["none", "int8", "nf4", "fp8"]
-EngineName = Literal["transformers", "vllm"]
-
-# What each engine can load: fp8 is vLLM's (weights quantized as they load); int8 is bitsandbytes' LLM.int8 in
-# transformers, which vLLM does not run.
-ENGINE_PRECISIONS: dict[str, tuple[str, ...]] = {
-    "transformers": ("fp32", "bf16", "fp16", "int8", "nf4"),
-    "vllm": ("fp32", "bf16", "fp16", "fp8", "nf4"),
-}
+# Every precision a link may load; each engine declares the ones it runs (models.engines: EngineSpec.precisions).
+PRECISIONS = ("fp32", "bf16", "fp16", "fp8", "int8", "nf4")
 
 
 def precision_name(dtype: str, quantization: Quantization) -> str:
@@ -41,7 +35,7 @@ class LoadStrategy:
     device: Device
     dtype: DType
     quantization: Quantization = "none"
-    engine: EngineName = "transformers"
+    engine: str = "transformers"  # a name in models.engines' registry
 
     @property
     def precision(self) -> str:
@@ -80,16 +74,16 @@ class LoadStrategy:
         return {"name": self.name, **dataclasses.asdict(self)}
 
 
-def parse_strategy(name: str, device: Device, engine: EngineName = "transformers") -> LoadStrategy:
-    """``'bf16'``, ``'fp32'``, ``'fp16'``, ``'int8'``, ``'nf4'`` (and ``'fp8'`` on vLLM) on a device.
+def parse_strategy(name: str, device: Device, engine: str = "transformers") -> LoadStrategy:
+    """``'bf16'``, ``'fp32'``, ``'fp16'``, ``'fp8'``, ``'int8'``, ``'nf4'`` on a device, for ``engine`` (which of them
+    an engine runs is its own: ``EngineSpec.parse_chain`` checks).
 
     Quantized strategies keep their unquantized modules (embeddings, ``lm_head``,
     norms) and compute in bf16 on both devices: the point of quantizing is the
     smaller footprint, and fp32 embeddings would undo much of it.
     """
-    known = ENGINE_PRECISIONS[engine]
-    if name not in known:
-        raise StrategyError(f"Unknown strategy {name!r} for the {engine} engine; use one of {', '.join(known)}")
+    if name not in PRECISIONS:
+        raise StrategyError(f"Unknown strategy {name!r}; use one of {', '.join(PRECISIONS)}")
     plain = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
     if name in plain:
         return LoadStrategy(device=device, dtype=plain[name], engine=engine)
@@ -97,7 +91,7 @@ def parse_strategy(name: str, device: Device, engine: EngineName = "transformers
 
 
 def parse_chain(
-    names: list[str] | tuple[str, ...], device: Device, engine: EngineName = "transformers"
+    names: list[str] | tuple[str, ...], device: Device, engine: str = "transformers"
 ) -> tuple[LoadStrategy, ...]:
     """A chain of strategy names, tried in order."""
     if not names:
@@ -110,7 +104,3 @@ def parse_chain(
 
 DEFAULT_GPU_CHAIN = ("bf16", "int8", "nf4")
 DEFAULT_CPU_CHAIN = ("fp32", "bf16", "int8", "nf4")
-# vLLM's links, tried before the transformers chain: on a GPU bf16, then fp8 where the device has it, then
-# bitsandbytes 4-bit; vLLM's CPU build computes in fp32 or bf16.
-DEFAULT_VLLM_GPU_CHAIN = ("bf16", "fp8", "nf4")
-DEFAULT_VLLM_CPU_CHAIN = ("fp32",)

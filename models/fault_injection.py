@@ -15,7 +15,7 @@ import os
 
 import torch
 
-from models.request_shrink import media_pixels
+from models.media.request_shrink import media_pixels
 from models.requests import GenerationRequest
 
 SIMULATE_OOM_ABOVE_PIXELS_ENV = "VIDEO_DETECTIVE_SIMULATE_OOM_ABOVE_PIXELS"

@@ -2,7 +2,7 @@
 
 A request reaching an adapter is already decoded: images are ``H x W x 3``
 ``uint8`` arrays and videos are ``T x H x W x 3`` ``uint8`` arrays. Adapters do
-not parse URLs or files; that happens at the edge (see :mod:`models.media`).
+not parse URLs or files; that happens at the edge (see :mod:`models.media.inputs`).
 """
 
 import dataclasses

@@ -93,14 +93,14 @@ def local_ray(test_root):
 
 @pytest.fixture(scope="session")
 def tiny_model_path() -> pathlib.Path:
-    from models.tiny import ensure_tiny_model
+    from models.adapters.tiny import ensure_tiny_model
 
     return ensure_tiny_model()
 
 
 @pytest.fixture(scope="session")
 def tiny_adapter(tiny_model_path):
-    from models.hf_adapter import HuggingFaceVisionLanguageAdapter
+    from models.adapters.hf_adapter import HuggingFaceVisionLanguageAdapter
 
     adapter = HuggingFaceVisionLanguageAdapter(str(tiny_model_path))
     adapter.load()

@@ -15,12 +15,12 @@ from transformers import __version__ as transformers_version
 
 from memory.estimate import load_model_config
 from memory.strategy import parse_strategy
-from models.engine_start import EngineSettings, start_engine
-from models.grammar_server import SchemaCompileLimits
-from models.hf_adapter import HuggingFaceVisionLanguageAdapter
-from models.request_shrink import ShrinkFloor
+from models.adapters.hf_adapter import HuggingFaceVisionLanguageAdapter
+from models.decoding.grammar_server import SchemaCompileLimits
+from models.engines.start import EngineSettings, start_engine
+from models.engines.warm_up import answer_through, run_warm_up
+from models.media.request_shrink import ShrinkFloor
 from models.requests import ChatMessage, DecodingOptions, GenerationRequest, ImagePart, TextPart, VideoPart
-from models.warm_up import answer_through, run_warm_up
 
 
 def _requests() -> dict[str, GenerationRequest]:

@@ -5,8 +5,8 @@ import pytest
 import torch
 from mixed_requests import mixed_requests
 
-from models.detokenizer import IncrementalDetokenizer
-from models.kv_batch import KvBatch
+from models.decoding.detokenizer import IncrementalDetokenizer
+from models.engines.transformers.kv_batch import KvBatch
 from models.requests import GenerationRequest
 
 pytestmark = pytest.mark.unit

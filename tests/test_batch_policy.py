@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from models.batch_policy import (
+from models.engines.transformers.batch_policy import (
     IllegalRequestMoveError,
     RequestState,
     admitted_state,
@@ -96,7 +96,7 @@ class Background(Waiting):
 
 
 def test_background_requests_leave_a_quarter_of_the_batch_to_interactive_ones():
-    from models.batch_policy import background_slots
+    from models.engines.transformers.batch_policy import background_slots
 
     def plan_with_background(waiting, holding):
         admitted = plan_admission(

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from memory.estimate import load_model_config
-from models.engine_start import EngineSettings, start_engine
-from models.grammar_server import SchemaCompileLimits
-from models.request_shrink import ShrinkFloor
+from models.decoding.grammar_server import SchemaCompileLimits
+from models.engines.start import EngineSettings, start_engine
+from models.engines.warm_up import answer_through
+from models.media.request_shrink import ShrinkFloor
 from models.requests import ChatMessage, DecodingOptions, GenerationRequest, TextPart, VideoPart
-from models.warm_up import answer_through
 
 pytestmark = pytest.mark.unit
 

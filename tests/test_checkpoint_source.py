@@ -10,8 +10,8 @@ import pytest
 from s3_server import storage_options
 
 from memory.strategy import parse_strategy
+from models.adapters.hf_adapter import HuggingFaceVisionLanguageAdapter
 from models.checkpoint_source import MANIFEST, CheckpointSourceError, fetch_checkpoint, local_copy_folder
-from models.hf_adapter import HuggingFaceVisionLanguageAdapter
 from models.weight_cache import WeightCache
 
 pytestmark = pytest.mark.component  # a real S3 server

@@ -6,7 +6,7 @@ import yaml
 
 from deployments.config.app_config import AppConfig, ConfigError, load_app_config
 from deployments.plan import resolve_app
-from models.adapters import choose_adapter
+from models.adapters.choice import choose_adapter
 
 pytestmark = pytest.mark.unit
 

@@ -10,9 +10,9 @@ import pytest
 from polling import wait_for_condition
 
 from bench.hostile_media import many_stream_video, sparse_keyframe_video
-from models import media
-from models.decode_budget import DecodeBudget
-from models.video import FrameSelection, VideoLimits, sample_video
+from models.media import inputs as media
+from models.media.decode_budget import DecodeBudget
+from models.media.video import FrameSelection, VideoLimits, sample_video
 
 pytestmark = pytest.mark.unit
 
@@ -120,8 +120,8 @@ def test_a_file_of_100_4k_streams_opens_without_decoding_them(tmp_path):
     path = many_stream_video(tmp_path / "streams.mkv", streams=100)
     check = (
         "import resource\n"
-        "from models.decode_budget import DecodeBudget\n"
-        "from models.video import FrameSelection, VideoLimits, sample_video\n"
+        "from models.media.decode_budget import DecodeBudget\n"
+        "from models.media.video import FrameSelection, VideoLimits, sample_video\n"
         "limits = VideoLimits(max_duration_s=60, max_source_pixels=8192 * 4320, max_frames=8, target_pixels_per_frame=10**5)\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         f"sampled = sample_video({str(path)!r}, FrameSelection(num_frames=2), limits, DecodeBudget(10**4, 10**10, 2))\n"

@@ -154,7 +154,7 @@ def test_the_vllm_config_is_serve_config_yaml_with_both_groups_on_vllm():
     assert engines == {"gpu_group": "vllm", "cpu_group": "vllm"}
     assert on_vllm == serve_config
     config = load_app_config(yaml.safe_load((REPO / "deploy" / "serve_config_vllm.yaml").read_text())["applications"][0]["args"])
-    assert [link.name for link in config.cpu_group.vllm_strategies()] == ["vllm-fp32"]
+    assert [link.name for link in config.cpu_group.engine_strategies()["vllm"]] == ["vllm-fp32"]
 
 
 def test_each_group_lands_on_its_worker_group_and_the_ingress_fits_the_head():

@@ -1,4 +1,4 @@
-"""The engine contract (models/engine.py), the same cases on every engine that runs in this environment: the batched
+"""The engine contract (models/engines/contract.py), the same cases on every engine that runs in this environment: the batched
 engine and the serial one, on the real tiny model. vLLM's engine runs the same contract through real vLLM in
 tests/test_vllm_stop.py and tests/integration/test_vllm_engine.py (it needs vLLM's environment).
 
@@ -17,13 +17,13 @@ import pytest
 from polling import wait_for_condition
 
 from memory.estimate import load_model_config
-from models.engine_start import EngineSettings, start_engine
+from models.decoding.grammar_server import SchemaCompileLimits
+from models.engines.start import EngineSettings, start_engine
+from models.engines.transformers.serial_scheduler import SerialScheduler
 from models.errors import InvalidParameterError, RequestOutOfMemoryError, StreamOutOfMemoryError
 from models.fault_injection import SIMULATE_OOM_ABOVE_PIXELS_ENV
-from models.grammar_server import SchemaCompileLimits
-from models.request_shrink import ShrinkFloor
+from models.media.request_shrink import ShrinkFloor
 from models.requests import ChatMessage, DecodingOptions, GenerationRequest, ImagePart, ResponseFormat, TextPart
-from models.serial_scheduler import SerialScheduler
 
 pytestmark = pytest.mark.component
 

@@ -10,20 +10,20 @@ import pathlib
 
 import pytest
 
-from models.engine import first_unhonoured_option
+from models.engines.contract import first_unhonoured_option
+from models.engines.transformers.scheduler import HONOURED_OPTIONS as TRANSFORMERS_OPTIONS
+from models.engines.transformers.serial_scheduler import SerialScheduler
+from models.engines.vllm.options import HONOURED_OPTIONS as VLLM_OPTIONS
 from models.requests import ChatMessage, DecodingOptions, GenerationRequest, TextPart
-from models.scheduler import HONOURED_OPTIONS as TRANSFORMERS_OPTIONS
-from models.serial_scheduler import SerialScheduler
-from models.vllm_engine.options import HONOURED_OPTIONS as VLLM_OPTIONS
 
 pytestmark = pytest.mark.unit
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 FIELDS = frozenset(field.name for field in dataclasses.fields(DecodingOptions))
 ENGINES = {
-    "transformers": (TRANSFORMERS_OPTIONS, ("models/token_sampler.py", "models/answer_builder.py", "models/scheduler.py")),
-    "vllm": (VLLM_OPTIONS, ("models/vllm_engine/inputs.py",)),
-    "serial": (SerialScheduler.capabilities.decoding_options, ("models/serial_scheduler.py",)),
+    "transformers": (TRANSFORMERS_OPTIONS, ("models/decoding/token_sampler.py", "models/decoding/answer_builder.py", "models/engines/transformers/scheduler.py")),
+    "vllm": (VLLM_OPTIONS, ("models/engines/vllm/inputs.py",)),
+    "serial": (SerialScheduler.capabilities.decoding_options, ("models/engines/transformers/serial_scheduler.py",)),
 }
 
 
@@ -53,8 +53,8 @@ def test_an_engine_honours_exactly_the_options_its_mapping_reads(engine):
 
 def test_the_check_finds_an_option_read_in_the_mapping():
     """The scan sees the reads it is meant to see: the sampler reads top_k, and vLLM's mapping names it."""
-    assert "top_k" in _options_read("models/token_sampler.py") and "top_k" in _options_read("models/vllm_engine/inputs.py")
-    assert _options_read("models/serial_scheduler.py") == set()
+    assert "top_k" in _options_read("models/decoding/token_sampler.py") and "top_k" in _options_read("models/engines/vllm/inputs.py")
+    assert _options_read("models/engines/transformers/serial_scheduler.py") == set()
 
 
 def test_an_option_an_engine_does_not_list_is_refused_by_name():

@@ -15,7 +15,7 @@ import pytest
 
 from deployments.files.frame_cache import FrameCache, FrameCacheKey
 from deployments.files.store import FileStore, owner_of
-from models.video import FrameSelection, SampledVideo, VideoLimits, sample_video
+from models.media.video import FrameSelection, SampledVideo, VideoLimits, sample_video
 
 pytestmark = pytest.mark.unit
 

@@ -10,9 +10,9 @@ from deployments.edge.openai_schema import ChatCompletionRequest
 from deployments.errors import ApiError
 from deployments.files.service import FilesService, download_content_type
 from deployments.files.store import owner_of
-from models import media
-from models.decode_budget import DecodeBudget
-from models.video import FrameSelection, VideoLimits
+from models.media import inputs as media
+from models.media.decode_budget import DecodeBudget
+from models.media.video import FrameSelection, VideoLimits
 
 pytestmark = pytest.mark.unit
 

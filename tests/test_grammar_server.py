@@ -1,4 +1,4 @@
-"""Grammar compiles in the replica's compile server (models/grammar_server.py), with the tiny model's real
+"""Grammar compiles in the replica's compile server (models/decoding/grammar_server.py), with the tiny model's real
 tokenizer and real xgrammar: the time limit, abandonment when the request ends, and a server that dies."""
 
 import json
@@ -11,9 +11,14 @@ import pytest
 import transformers
 from polling import wait_for_condition
 
+from models.decoding.grammar import GrammarCompiler
+from models.decoding.grammar_server import (
+    CompileAbandonedError,
+    CompileServerBusyError,
+    CompileServerLostError,
+    SchemaCompileLimits,
+)
 from models.errors import InvalidParameterError
-from models.grammar import GrammarCompiler
-from models.grammar_server import CompileAbandonedError, CompileServerBusyError, CompileServerLostError, SchemaCompileLimits
 from models.requests import ResponseFormat
 
 pytestmark = pytest.mark.component
@@ -165,7 +170,7 @@ def test_a_compile_past_its_memory_limit_is_refused_and_the_server_serves_on(tok
 
 _LIMITS_SCRIPT = """
 import json, os, resource
-from models.grammar_server import _limit_resources
+from models.decoding.grammar_server import _limit_resources
 
 nice_before = os.nice(0)
 _limit_resources(2.2, 256 * 2**20)

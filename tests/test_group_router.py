@@ -16,7 +16,7 @@ from deployments.replica.protocol import ReplicaAnswer, ServedBy, StreamOpened
 from deployments.routing.breaker import CircuitBreaker
 from deployments.routing.router import GroupRouter, GroupTimeouts, NoGroupAvailableError
 from models.errors import PromptTooLongError, ReplicaBusyError, RequestOutOfMemoryError, SchedulerClosedError
-from models.request_shrink import RequestSize
+from models.media.request_shrink import RequestSize
 from models.requests import GenerationResult, TextDelta
 
 pytestmark = pytest.mark.unit

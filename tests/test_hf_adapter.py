@@ -3,7 +3,7 @@ import pytest
 import transformers
 
 from memory.strategy import parse_strategy
-from models.hf_adapter import HuggingFaceVisionLanguageAdapter, InvalidModelInputError, ModelNotLoadedError
+from models.adapters.hf_adapter import HuggingFaceVisionLanguageAdapter, InvalidModelInputError, ModelNotLoadedError
 from models.requests import ChatMessage, GenerationRequest, ImagePart, TextPart, VideoPart
 
 pytestmark = pytest.mark.unit

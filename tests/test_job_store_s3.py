@@ -13,7 +13,7 @@ from test_video_job_units import (  # noqa: F401 - collected here, with this mod
 )
 
 from deployments.jobs.store import JobStore
-from models.video import FrameSelection
+from models.media.video import FrameSelection
 
 pytestmark = pytest.mark.component
 
@@ -25,7 +25,7 @@ def job_store(s3_endpoint):
 
 def test_a_segment_on_s3_reads_ranges_of_the_object_not_the_whole_of_it(s3_endpoint, tmp_path):
     from deployments.files.service import sample_from_store
-    from models.decode_budget import DecodeBudget
+    from models.media.decode_budget import DecodeBudget
 
     store = new_bucket_store(s3_endpoint)
     # Two minutes of video, then 32 MiB the demuxer skips (a trailing 'free' box): a large object.

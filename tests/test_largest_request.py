@@ -11,8 +11,8 @@ from deployments.errors import ApiError
 from deployments.plan import largest_request_for, resolve_app
 from memory.admission import RequestCostModel
 from memory.largest_request import largest_media_mix, largest_request
+from models.media.visual_tokens import VisualTokenGeometry
 from models.requests import ChatMessage, GenerationRequest, ImagePart, TextPart, VideoPart
-from models.visual_tokens import VisualTokenGeometry
 
 pytestmark = pytest.mark.unit
 

@@ -4,7 +4,7 @@ import media_factory
 import numpy as np
 import pytest
 
-from models import media
+from models.media import inputs as media
 
 pytestmark = pytest.mark.unit
 

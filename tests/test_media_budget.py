@@ -6,7 +6,7 @@ from deployments.config.limits import LimitsSettings
 from deployments.edge.json_body import MAX_JSON_DEPTH, json_depth
 from deployments.edge.media_budget import PlannedPart, check_media_budget
 from deployments.errors import ApiError
-from models.visual_tokens import VisualTokenGeometry
+from models.media.visual_tokens import VisualTokenGeometry
 
 pytestmark = pytest.mark.unit
 

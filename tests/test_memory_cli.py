@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from memory.__main__ import main
-from models.reference_configs import write_config_only
+from models.adapters.reference_configs import write_config_only
 
 pytestmark = pytest.mark.unit
 

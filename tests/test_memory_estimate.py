@@ -17,7 +17,7 @@ from memory.estimate import (
     measure_model_bytes,
 )
 from memory.strategy import parse_strategy
-from models.reference_configs import build_random_model
+from models.adapters.reference_configs import build_random_model
 
 pytestmark = pytest.mark.unit
 

@@ -9,15 +9,16 @@ import torch
 from weights_only import weights_only_adapter
 
 from memory.budget import BudgetError, MemoryBudget, cpu_budget
+from memory.chain_estimate import estimate_chain
+from memory.chain_load import ModelLoadError, NothingFitsError
 from memory.estimate import load_model_config
-from memory.loader import ModelLoadError, NothingFitsError
 from memory.out_of_memory import is_out_of_memory
-from memory.plan import estimate_chain
 from memory.probe import MemorySnapshot
 from memory.strategy import StrategyError, parse_chain, parse_strategy
-from models.hf_adapter import HuggingFaceVisionLanguageAdapter
-from models.loading import load_adapter
-from models.reference_configs import build_random_model
+from models.adapters.hf_adapter import HuggingFaceVisionLanguageAdapter
+from models.adapters.loading import load_adapter
+from models.adapters.reference_configs import build_random_model
+from models.engines.transformers import TRANSFORMERS
 from models.requests import ChatMessage, GenerationRequest, TextPart
 
 pytestmark = pytest.mark.unit
@@ -166,8 +167,10 @@ def test_a_chain_with_no_strategy_is_refused():
 
 
 def test_an_unknown_strategy_names_the_known_ones():
-    with pytest.raises(StrategyError, match="use one of fp32, bf16, fp16, int8, nf4"):
+    with pytest.raises(StrategyError, match="use one of fp32, bf16, fp16, fp8, int8, nf4"):
         parse_strategy("int4", "cpu")
+    with pytest.raises(StrategyError, match="for the transformers engine; use one of fp32, bf16, fp16, int8, nf4"):
+        TRANSFORMERS.parse_chain(["fp32", "int4"], "cpu")
 
 
 def test_a_budget_of_zero_is_refused_before_anything_loads():

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from memory.strategy import parse_strategy
-from models.minicpm_v_2_6 import MiniCpmV26Adapter, build_chat_call
+from models.adapters.minicpm_v_2_6 import MiniCpmV26Adapter, build_chat_call
 from models.requests import ChatMessage, GenerationRequest, ImagePart, TextPart, VideoPart
 
 pytestmark = pytest.mark.unit

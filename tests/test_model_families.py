@@ -6,10 +6,10 @@ import pytest
 
 from memory.budget import MemoryBudget
 from memory.strategy import parse_chain
-from models.adapters import adapter_factory, choose_adapter
-from models.loading import load_adapter
+from models.adapters.choice import adapter_factory, choose_adapter
+from models.adapters.loading import load_adapter
+from models.adapters.tiny_families import FAMILIES, build_tiny_family
 from models.requests import ChatMessage, GenerationRequest, TextPart, VideoPart
-from models.tiny_families import FAMILIES, build_tiny_family
 
 pytestmark = pytest.mark.unit
 

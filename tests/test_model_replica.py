@@ -21,10 +21,10 @@ from deployments.replica.model_replica import ModelReplica
 from deployments.replica.protocol import ReplicaAnswer, ReplicaUnavailableError, StreamOpened
 from deployments.routing.autoscaling import READY_METRIC
 from deployments.routing.ready_replica_router import READY_STAT
+from models.decoding.token_sampler import TokenSampler
 from models.errors import RequestOutOfMemoryError, StreamOutOfMemoryError
 from models.fault_injection import SIMULATE_OOM_ABOVE_PIXELS_ENV
 from models.requests import ChatMessage, GenerationRequest, TextDelta, TextPart, VideoPart
-from models.token_sampler import TokenSampler
 
 pytestmark = pytest.mark.component
 
@@ -56,11 +56,11 @@ def ready_cpu_replica(replicas):
 
 
 def _compile_servers() -> set[int]:
-    """This test process's grammar compile servers (models.grammar_server, a child of the replica's engine)."""
+    """This test process's grammar compile servers (models.decoding.grammar_server, a child of the replica's engine)."""
     found = set()
     for child in psutil.Process().children(recursive=True):
         try:
-            if "models.grammar_server" in " ".join(child.cmdline()):
+            if "models.decoding.grammar_server" in " ".join(child.cmdline()):
                 found.add(child.pid)
         except psutil.NoSuchProcess:  # ended between the listing and the look
             continue
@@ -206,7 +206,7 @@ def _prefill_out_of_memory(request):
 
 def test_out_of_memory_on_a_request_is_absorbed_and_the_replica_keeps_serving(monkeypatch, ready_cpu_replica):
     replica = ready_cpu_replica()
-    monkeypatch.setattr("models.hf_batch_model.raise_if_simulated_out_of_memory", _prefill_out_of_memory)
+    monkeypatch.setattr("models.engines.transformers.hf_batch_model.raise_if_simulated_out_of_memory", _prefill_out_of_memory)
 
     with pytest.raises(RequestOutOfMemoryError, match="ran out of memory with 0 frames and 0 images"):
         generate(replica, REQUEST)
@@ -219,7 +219,7 @@ def test_out_of_memory_on_a_request_is_absorbed_and_the_replica_keeps_serving(mo
 
 def test_recurring_out_of_memory_under_the_headroom_floor_fails_health(monkeypatch, ready_cpu_replica):
     replica = ready_cpu_replica(health_min_headroom_bytes=10**15)  # more than any host has
-    monkeypatch.setattr("models.hf_batch_model.raise_if_simulated_out_of_memory", _prefill_out_of_memory)
+    monkeypatch.setattr("models.engines.transformers.hf_batch_model.raise_if_simulated_out_of_memory", _prefill_out_of_memory)
     for _ in range(2):
         with pytest.raises(RequestOutOfMemoryError):
             generate(replica, REQUEST)

@@ -6,8 +6,8 @@ import threading
 import media_factory
 import pytest
 
-from models import media
-from models.remote_media import RemoteUrlRefusedError, fetch_media, is_allowed
+from models.media import inputs as media
+from models.media.remote import RemoteUrlRefusedError, fetch_media, is_allowed
 
 pytestmark = pytest.mark.unit
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from models.request_shrink import ShrinkFloor, request_size, shrink_request
+from models.media.request_shrink import ShrinkFloor, request_size, shrink_request
 from models.requests import ChatMessage, GenerationRequest, ImagePart, TextPart, VideoPart
 
 pytestmark = pytest.mark.unit

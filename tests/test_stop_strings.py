@@ -2,7 +2,7 @@
 
 import pytest
 
-from models.stop_strings import StopStringMatcher
+from models.decoding.stop_strings import StopStringMatcher
 
 pytestmark = pytest.mark.unit
 

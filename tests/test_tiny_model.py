@@ -6,7 +6,7 @@ import pathlib
 import pytest
 import transformers
 
-from models import tiny
+from models.adapters import tiny
 
 pytestmark = pytest.mark.component
 

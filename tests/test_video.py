@@ -5,8 +5,8 @@ import media_factory
 import numpy as np
 import pytest
 
-from models import media
-from models.video import FrameSelection, VideoLimits, sample_video
+from models.media import inputs as media
+from models.media.video import FrameSelection, VideoLimits, sample_video
 
 pytestmark = pytest.mark.unit
 

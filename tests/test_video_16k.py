@@ -20,8 +20,8 @@ def test_a_16k_video_is_refused_without_decoding_a_frame(tmp_path):
     )
     check = (
         "import resource, sys\n"
-        "from models import media\n"
-        "from models.video import FrameSelection, VideoLimits, sample_video\n"
+        "from models.media import inputs as media\n"
+        "from models.media.video import FrameSelection, VideoLimits, sample_video\n"
         "limits = VideoLimits(max_duration_s=60, max_source_pixels=8192 * 4320, max_frames=8, target_pixels_per_frame=10**6)\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "try:\n"

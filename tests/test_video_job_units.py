@@ -24,10 +24,10 @@ from deployments.jobs.segments import (
 )
 from deployments.jobs.store import JobStore
 from deployments.replica.protocol import ReplicaAnswer, ServedBy
-from models import media
-from models.request_shrink import RequestSize
+from models.media import inputs as media
+from models.media.request_shrink import RequestSize
+from models.media.video import FrameSelection, SampledVideo, VideoInfo, VideoLimits, sample_video
 from models.requests import GenerationResult
-from models.video import FrameSelection, SampledVideo, VideoInfo, VideoLimits, sample_video
 
 pytestmark = pytest.mark.unit
 

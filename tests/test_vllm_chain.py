@@ -13,10 +13,10 @@ SCRIPT = """
 import json, sys
 from memory.budget import MemoryBudget
 from memory.strategy import parse_strategy
-from memory.vllm_plan import VllmShape
-from models.hf_adapter import HuggingFaceVisionLanguageAdapter
-from models.loading import load_adapter
-from models.vllm_engine.adapter import VllmAdapter, VllmSettings
+from models.engines.vllm.memory_plan import VllmShape
+from models.adapters.hf_adapter import HuggingFaceVisionLanguageAdapter
+from models.adapters.loading import load_adapter
+from models.engines.vllm.adapter import VllmAdapter, VllmSettings
 from tests.vllm_processes import engine_cores_left
 
 path = sys.argv[1]

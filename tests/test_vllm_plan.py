@@ -9,8 +9,10 @@ import pytest
 from deployments.config.app_config import ConfigError, load_app_config
 from memory.budget import MemoryBudget, cpu_budget, gpu_budget
 from memory.probe import GpuDeviceMemory, MemorySnapshot
-from memory.strategy import StrategyError, parse_chain, parse_strategy
-from memory.vllm_plan import (
+from memory.strategy import StrategyError, parse_strategy
+from models.engines.transformers import TRANSFORMERS
+from models.engines.vllm import VLLM
+from models.engines.vllm.memory_plan import (
     CUDA_GRAPH_RESERVE_BYTES,
     VLLM_CPU_PROCESS_BYTES,
     VllmPlanError,
@@ -131,21 +133,22 @@ def test_a_vllm_link_is_priced_with_its_smallest_kv_cache_and_on_the_cpu_its_pro
 def test_vllm_links_are_named_apart_and_take_fp8_but_not_int8():
     assert parse_strategy("bf16", "cuda", "vllm").name == "vllm-bf16"
     assert parse_strategy("bf16", "cuda").name == "bf16"
-    assert [link.name for link in parse_chain(["bf16", "fp8", "nf4"], "cuda", "vllm")] == ["vllm-bf16", "vllm-fp8", "vllm-nf4"]
+    assert [link.name for link in VLLM.parse_chain(["bf16", "fp8", "nf4"], "cuda")] == ["vllm-bf16", "vllm-fp8", "vllm-nf4"]
     with pytest.raises(StrategyError, match="Unknown strategy 'int8' for the vllm engine"):
-        parse_strategy("int8", "cuda", "vllm")
+        VLLM.parse_chain(["int8"], "cuda")
     with pytest.raises(StrategyError, match="Unknown strategy 'fp8' for the transformers engine"):
-        parse_strategy("fp8", "cuda")
+        TRANSFORMERS.parse_chain(["fp8"], "cuda")
 
 
 def test_a_group_on_vllm_tries_its_vllm_links_first_and_keeps_its_floor():
     config = load_app_config({"gpu_group": {"engine": "vllm", "min_precision": "fp8", "chain": ["bf16", "int8"]}})
     gpu = config.gpu_group
 
-    assert [link.name for link in gpu.vllm_strategies()] == ["vllm-bf16", "vllm-fp8"]  # nf4 is below the floor
-    assert [link.name for link in gpu.strategies()] == ["bf16"]
-    assert load_app_config({}).gpu_group.vllm_strategies() == ()
-    assert [link.name for link in load_app_config({"cpu_group": {"engine": "auto"}}).cpu_group.vllm_strategies()] == ["vllm-fp32"]
+    links = {engine: [link.name for link in chain] for engine, chain in gpu.engine_strategies().items()}
+    assert links == {"vllm": ["vllm-bf16", "vllm-fp8"], "transformers": ["bf16"]}  # nf4 and int8 are below the floor
+    assert list(load_app_config({}).gpu_group.engine_strategies()) == ["transformers"]
+    on_auto = load_app_config({"cpu_group": {"engine": "auto"}}).cpu_group.engine_strategies()
+    assert [link.name for link in on_auto["vllm"]] == ["vllm-fp32"]
 
 
 def test_a_vllm_chain_naming_a_precision_vllm_lacks_is_refused_at_start_up():
@@ -156,7 +159,7 @@ def test_a_vllm_chain_naming_a_precision_vllm_lacks_is_refused_at_start_up():
 
 
 def test_auto_runs_transformers_where_vllm_does_not_import_and_says_why(tiny_model_path):
-    from deployments.replica.engine_choice import choose_engine
+    from deployments.replica.engine_chain import choose_engine
 
     choice = choose_engine("auto", str(tiny_model_path))
 
@@ -166,7 +169,7 @@ def test_auto_runs_transformers_where_vllm_does_not_import_and_says_why(tiny_mod
 
 
 def test_auto_runs_vllm_in_vllms_environment_for_an_architecture_it_supports(tiny_model_path, tmp_path):
-    from deployments.app import DEFAULT_VLLM_PYTHON
+    from models.engines.vllm import DEFAULT_VLLM_PYTHON
 
     if not DEFAULT_VLLM_PYTHON.is_file():
         pytest.skip(f"vLLM's environment is not built ({DEFAULT_VLLM_PYTHON}): run bin/ensure-vllm-venv")
@@ -174,7 +177,7 @@ def test_auto_runs_vllm_in_vllms_environment_for_an_architecture_it_supports(tin
     unknown.mkdir()
     (unknown / "config.json").write_text('{"architectures": ["NoSuchModelForCausalLM"]}')
     script = (
-        "import sys; from deployments.replica.engine_choice import choose_engine; "
+        "import sys; from deployments.replica.engine_chain import choose_engine; "
         "print(choose_engine('auto', sys.argv[1]).engine); print(choose_engine('auto', sys.argv[2]).reason)"
     )
     done = subprocess.run([str(DEFAULT_VLLM_PYTHON), "-c", script, str(tiny_model_path), str(unknown)],
@@ -191,24 +194,32 @@ def test_the_mid_size_model_on_vllm_fits_the_cpu_groups_default_budget_priced_by
     transformers engine's eager-attention reserve, the vLLM link fits with room for its KV cache."""
     from bench.mid_model import write_mid_model_files
     from deployments.plan import resolve_app
-    from deployments.replica.engine_choice import vllm_reserves, vllm_shape, with_engine_overhead
+    from deployments.replica.engine_chain import priced
+    from memory.chain_estimate import estimate_chain
     from memory.estimate import load_model_config
-    from memory.plan import estimate_chain
+    from models.engines.spec import LinkContext
+    from models.engines.vllm.links import vllm_shape
 
     folder = write_mid_model_files(tmp_path / "mid")
     config = load_app_config({"model": {"source": str(folder)}, "cpu_group": {"engine": "vllm"}})
     plan = resolve_app(config)
     settings, model_config = plan.group("cpu").settings, load_model_config(str(folder))
-    (link,) = settings.vllm_strategies()
-    shapes = {link: vllm_shape(model_config, link, plan.max_model_len, settings)}
-    estimate = with_engine_overhead(estimate_chain(model_config, (link,)), shapes)[link]
-    ((reserve, reserve_name),) = vllm_reserves(model_config, shapes, plan.largest_request).values()
+    (link,) = settings.engine_strategies()["vllm"]
+    context = LinkContext(
+        model_config=model_config, settings=settings, max_model_len=plan.max_model_len,
+        largest_request=plan.largest_request, max_media_parts=1, trust_remote_code=False, adapter_family=plan.adapter,
+        max_slice_nums=1, weight_cache=None, share=1.0, budget=lambda: None,
+    )
+    shape = vllm_shape(context, link)
+    price = VLLM.links().price(link, context)
+    estimate = priced(estimate_chain(model_config, (link,))[link], price)
+    (reserve, reserve_name) = price.reserve
     host = MemorySnapshot(process_rss_bytes=0, system_total_bytes=24 * GIB, system_available_bytes=20 * GIB)
 
     by_vllm = cpu_budget(host, configured_bytes=settings.memory_bytes, reserve_bytes=reserve, reserve_name=reserve_name)
     by_transformers = cpu_budget(host, configured_bytes=settings.memory_bytes, reserve_bytes=plan.group("cpu").reserve_bytes)
 
-    assert settings.memory_bytes == 8 * GIB and shapes[link].max_num_batched_tokens == 2048
+    assert settings.memory_bytes == 8 * GIB and shape.max_num_batched_tokens == 2048
     assert estimate.total_bytes <= by_vllm.weights_bytes
     # The transformers reserve prices 12 heads x 8192^2 fp32 scores; vLLM's attention keeps none.
     assert reserve * 3 < plan.group("cpu").reserve_bytes

@@ -12,10 +12,10 @@ SCRIPT = """
 import json, sys, threading, time
 from memory.budget import MemoryBudget
 from memory.strategy import parse_strategy
-from memory.vllm_plan import VllmShape
-from models.grammar_server import SchemaCompileLimits
+from models.engines.vllm.memory_plan import VllmShape
+from models.decoding.grammar_server import SchemaCompileLimits
 from models.requests import ChatMessage, DecodingOptions, GenerationRequest, TextPart
-from models.vllm_engine.adapter import VllmAdapter, VllmSettings
+from models.engines.vllm.adapter import VllmAdapter, VllmSettings
 
 path = sys.argv[1]
 budget = MemoryBudget(device="cpu", weights_bytes=8 * 2**30, limit_bytes=8 * 2**30, available_bytes=8 * 2**30,

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from deployments.edge.web_pages import CONTENT_SECURITY_POLICY, STATIC_FILES, WEB_DIR, page_response, static_response
-from models.thumbnails import frame_thumbnails
+from models.media.thumbnails import frame_thumbnails
 
 pytestmark = pytest.mark.unit
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from memory.strategy import parse_strategy
-from models.hf_adapter import HuggingFaceVisionLanguageAdapter
+from models.adapters.hf_adapter import HuggingFaceVisionLanguageAdapter
 from models.weight_cache import MANIFEST, WeightCache
 
 pytestmark = pytest.mark.unit

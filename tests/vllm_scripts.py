@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from deployments.app import DEFAULT_VLLM_PYTHON
+from models.engines.vllm import DEFAULT_VLLM_PYTHON
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent  # scripts run here, so that tests.* and the project import
 

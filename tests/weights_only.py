@@ -3,7 +3,7 @@
 import transformers
 
 from memory.strategy import LoadStrategy
-from models.hf_adapter import HuggingFaceVisionLanguageAdapter
+from models.adapters.hf_adapter import HuggingFaceVisionLanguageAdapter
 
 
 class WeightsOnlyAdapter(HuggingFaceVisionLanguageAdapter):

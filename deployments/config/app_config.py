@@ -12,7 +12,7 @@ from deployments.config.jobs import JobsSettings
 from deployments.config.limits import LimitsSettings, MediaSettings, RequestOomSettings
 from deployments.config.strict import MIB, StrictSettings
 from memory.allocator import DEFAULT_ALLOCATOR_SETTINGS, AllocatorConfigError, validate_allocator_settings
-from models.adapter_names import AdapterName
+from models.adapters.names import AdapterName
 from models.checkpoint_source import is_remote_source, source_protocol_problem
 
 

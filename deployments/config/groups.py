@@ -8,27 +8,17 @@ from deployments.config.strict import StrictSettings
 from memory.allocator import AllocatorConfigError, refuse_folklore_env
 from memory.budget import DEFAULT_CUDA_CONTEXT_BYTES
 from memory.packing import at_or_above
-from memory.strategy import (
-    DEFAULT_CPU_CHAIN,
-    DEFAULT_GPU_CHAIN,
-    DEFAULT_VLLM_CPU_CHAIN,
-    DEFAULT_VLLM_GPU_CHAIN,
-    LoadStrategy,
-    StrategyError,
-    parse_chain,
-)
+from memory.strategy import DEFAULT_CPU_CHAIN, DEFAULT_GPU_CHAIN, LoadStrategy, StrategyError
+from models.engines import AUTO, BASE_ENGINE, ENGINE_NAMES, ENGINES, engines_tried
 
-EngineChoice = Literal["transformers", "vllm", "auto"]
+EngineChoice = Literal[(*ENGINE_NAMES, AUTO)]  # type: ignore[valid-type]
+# The settings each engine adds to a group (vLLM's vllm_chain, vllm_compile, vllm_python), from the registry.
+_ENGINE_FIELDS = tuple(spec.group_fields for spec in ENGINES if spec.group_fields is not None)
 
-# A group on our transformers engine holds 8 requests in its batch and 16 in all: its own scheduler admits by memory.
-TRANSFORMERS_MAX_BATCH_SIZE = 8
-TRANSFORMERS_MAX_ONGOING_REQUESTS = 16
-# A group on vLLM (engine vllm or auto) lets vLLM's scheduler hold the waiting requests, as bare vLLM does: vLLM
-# runs up to max_num_seqs (our max_batch_size; its own default is 128 on the CPU, 256-1024 on a GPU) within its KV
-# cache and queues the rest itself. At 8 and 16, 16 clients waited in our replica, not in vLLM, and got 0.76-0.79x
-# of bare vLLM's requests a second (bench/engines.py, ours_vllm_defaults; docs/benchmarks.md).
-VLLM_MAX_BATCH_SIZE = 64
-VLLM_MAX_ONGOING_REQUESTS = 128
+
+def _limits_by_engine(limit: str) -> str:
+    return ", ".join(f"{getattr(spec, limit)} on engine {spec.name}" for spec in ENGINES) + \
+        f" ({AUTO}: the first engine's)"
 
 
 class AutoscalingSettings(StrictSettings):
@@ -52,22 +42,20 @@ class AutoscalingSettings(StrictSettings):
         return self
 
 
-class _GroupSettings(StrictSettings):
+class _GroupCore(StrictSettings):
     enabled: bool = Field(default=True, description="Deploy this group; at least one group must be enabled.")
     num_cpus: float = Field(default=1.0, gt=0, description="Ray CPUs per replica; also torch's thread count.")
     max_ongoing_requests: int = Field(
-        default=TRANSFORMERS_MAX_ONGOING_REQUESTS,
+        default=BASE_ENGINE.max_ongoing_requests,
         ge=1,
         description=f"Requests one replica holds: its running batch plus its admission queue. Default: "
-        f"{TRANSFORMERS_MAX_ONGOING_REQUESTS} on engine transformers, {VLLM_MAX_ONGOING_REQUESTS} on vllm or auto "
-        f"(vLLM's scheduler holds the waiting ones).",
+        f"{_limits_by_engine('max_ongoing_requests')}.",
     )
     max_batch_size: int = Field(
-        default=TRANSFORMERS_MAX_BATCH_SIZE,
+        default=BASE_ENGINE.max_batch_size,
         ge=1,
         description=f"Most requests decoding together in one replica (continuous batching; vLLM's max_num_seqs). "
-        f"Default: {TRANSFORMERS_MAX_BATCH_SIZE} on engine transformers, {VLLM_MAX_BATCH_SIZE} on vllm or auto, "
-        f"never above max_ongoing_requests.",
+        f"Default: {_limits_by_engine('max_batch_size')}, never above max_ongoing_requests.",
     )
     max_prefill_tokens: int = Field(
         default=8192,
@@ -113,28 +101,10 @@ class _GroupSettings(StrictSettings):
     )
     autoscaling: AutoscalingSettings = AutoscalingSettings()
     engine: EngineChoice = Field(
-        default="transformers",
-        description="What runs the model: 'transformers' (ours, in the project's environment), 'vllm' (vLLM's async "
-        "engine in vLLM's own environment, vllm_python; its links vllm_chain come first, then chain on transformers), "
-        "or 'auto' (vLLM where it imports in vllm_python and supports the model's architecture, else transformers).",
-    )
-    vllm_chain: tuple[str, ...] | None = Field(
-        default=None,
-        description="vLLM's links, tried before chain: from fp32, bf16, fp16, fp8, nf4. Default: bf16, fp8 (on "
-        "devices that have it), nf4 on a GPU; fp32 on the CPU.",
-    )
-    vllm_compile: Literal["auto", "compiled", "eager"] = Field(
-        default="auto",
-        description="vLLM compiled (torch.compile; on a GPU also CUDA graphs) or eager. 'auto': the planner decides, "
-        "and /v1/memory says why: on the CPU compiled, its compilation cached under the model cache so later "
-        "starts reuse it; on a GPU compiled with CUDA graphs where the KV cache above its minimum holds their "
-        "reserve, eager where it does not (docs/engines.md has the costs measured).",
-    )
-    vllm_python: str | None = Field(
-        default=None,
-        description="The python of vLLM's environment, for the replicas of a group on engine vllm or auto (Ray's "
-        "runtime_env py_executable). Default: .venv-vllm/bin/python beside the project, which bin/ensure-vllm-venv "
-        "builds; on a cluster, the path in the worker image.",
+        default=BASE_ENGINE.name,
+        description="What runs the model: "
+        + ", ".join(f"'{spec.name}' ({spec.summary})" for spec in ENGINES)
+        + f", or '{AUTO}' (each engine in that order where it runs here and supports the model's architecture).",
     )
 
     @model_validator(mode="before")
@@ -143,27 +113,18 @@ class _GroupSettings(StrictSettings):
         """The limits a group leaves unset follow its engine, and a batch unset stays within the requests held."""
         if not isinstance(data, dict):
             return data
-        on_vllm = data.get("engine") in ("vllm", "auto")
+        requested = data.get("engine", BASE_ENGINE.name)
+        first = engines_tried(requested)[0] if requested in (*ENGINE_NAMES, AUTO) else BASE_ENGINE  # else: refused below
         filled = dict(data)
-        filled.setdefault("max_ongoing_requests", VLLM_MAX_ONGOING_REQUESTS if on_vllm else TRANSFORMERS_MAX_ONGOING_REQUESTS)
+        filled.setdefault("max_ongoing_requests", first.max_ongoing_requests)
         if "max_batch_size" not in data:
-            batch = VLLM_MAX_BATCH_SIZE if on_vllm else TRANSFORMERS_MAX_BATCH_SIZE
+            batch = first.max_batch_size
             held = filled["max_ongoing_requests"]
             filled["max_batch_size"] = min(batch, held) if isinstance(held, int) else batch
         return filled
 
-    @field_validator("vllm_chain", check_fields=False)
-    @classmethod
-    def _known_vllm_strategies(cls, chain: tuple[str, ...] | None, info: ValidationInfo) -> tuple[str, ...] | None:
-        if chain is not None:
-            try:
-                parse_chain(chain, info.data.get("device", "cpu"), "vllm")
-            except StrategyError as error:
-                raise ValueError(str(error)) from error
-        return chain
-
     @model_validator(mode="after")
-    def _floor_leaves_a_chain(self) -> "_GroupSettings":
+    def _floor_leaves_a_chain(self) -> "_GroupCore":
         if self.min_precision is not None and not at_or_above(tuple(self.chain), self.min_precision):
             raise ValueError(
                 f"min_precision {self.min_precision!r} leaves nothing of the chain {list(self.chain)}: "
@@ -172,7 +133,7 @@ class _GroupSettings(StrictSettings):
         return self
 
     @model_validator(mode="after")
-    def _batch_within_ongoing(self) -> "_GroupSettings":
+    def _batch_within_ongoing(self) -> "_GroupCore":
         if self.max_batch_size > self.max_ongoing_requests:
             raise ValueError(
                 f"max_batch_size ({self.max_batch_size}) must be less than or equal to max_ongoing_requests "
@@ -194,24 +155,23 @@ class _GroupSettings(StrictSettings):
     def _known_strategies(cls, chain: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
         # The GPU group declares ``device`` before ``chain``; the CPU group always runs on the CPU.
         try:
-            parse_chain(chain, info.data.get("device", "cpu"))
+            BASE_ENGINE.parse_chain(chain, info.data.get("device", "cpu"))
         except StrategyError as error:
             raise ValueError(str(error)) from error
         return chain
 
     def strategies(self) -> tuple[LoadStrategy, ...]:
-        """The chain to load through: ``chain`` without what ``min_precision`` rules out."""
-        return parse_chain(at_or_above(tuple(self.chain), self.min_precision), getattr(self, "device", "cpu"))
+        """The base engine's chain, which ends every replica's: ``chain`` without what ``min_precision`` rules out
+        (never empty: checked above). The plan prices shares and reserves on it."""
+        return BASE_ENGINE.strategies(self)
 
-    def vllm_strategies(self) -> tuple[LoadStrategy, ...]:
-        """vLLM's links, tried first when the replica runs vLLM: ``vllm_chain`` (or the device's default) without what
-        ``min_precision`` rules out. Empty when the group runs transformers."""
-        if self.engine == "transformers":
-            return ()
-        device = getattr(self, "device", "cpu")
-        names = self.vllm_chain or (DEFAULT_VLLM_GPU_CHAIN if device == "cuda" else DEFAULT_VLLM_CPU_CHAIN)
-        kept = at_or_above(tuple(names), self.min_precision)
-        return parse_chain(kept, device, "vllm") if kept else ()
+    def engine_strategies(self) -> dict[str, tuple[LoadStrategy, ...]]:
+        """Every engine's links this group may try, by engine, in order (a replica keeps those that run there)."""
+        return {spec.name: spec.strategies(self) for spec in engines_tried(self.engine)}
+
+
+class _GroupSettings(*_ENGINE_FIELDS, _GroupCore):  # type: ignore[misc]
+    """A group's settings: the core above, then what each engine in the registry adds."""
 
 
 class CpuGroupSettings(_GroupSettings):

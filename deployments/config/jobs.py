@@ -6,7 +6,7 @@ from pydantic import Field, model_validator
 
 from deployments.config.limits import LimitsSettings
 from deployments.config.strict import StrictSettings
-from models.video import VideoLimits
+from models.media.video import VideoLimits
 
 
 class JobsSettings(StrictSettings):

@@ -7,8 +7,8 @@ import urllib.parse
 from pydantic import Field, field_validator, model_validator
 
 from deployments.config.strict import MIB, StrictSettings
-from models.decode_budget import DecodeBudget
-from models.video import VideoLimits
+from models.media.decode_budget import DecodeBudget
+from models.media.video import VideoLimits
 
 
 class LimitsSettings(StrictSettings):

@@ -32,11 +32,11 @@ from deployments.errors import ApiError, describe_validation_errors
 from deployments.files.service import FilesService
 from deployments.files.uploads import receive_upload
 from deployments.replica.protocol import ReplicaAnswer, ServedBy
-from models import media
-from models.decode_budget import DecodeBudget
+from models.media import inputs as media
+from models.media.decode_budget import DecodeBudget
+from models.media.thumbnails import frame_thumbnails
+from models.media.video import FrameSelection, SampledVideo, sample_video
 from models.requests import ChatMessage, DecodingOptions, GenerationRequest, ResponseFormat, TextPart, VideoPart
-from models.thumbnails import frame_thumbnails
-from models.video import FrameSelection, SampledVideo, sample_video
 
 logger = logging.getLogger(__name__)
 

@@ -23,11 +23,11 @@ from deployments.edge.openai_schema import (
 from deployments.errors import ApiError
 from deployments.files.service import FILE_ID_PREFIX, FilesService
 from deployments.files.store import ANONYMOUS, FileRecord
-from models import media
-from models.remote_media import fetch_media
+from models.media import inputs as media
+from models.media.remote import fetch_media
+from models.media.video import FrameSelection, SampledVideo, VideoInfo, probe_video, sample_video
+from models.media.visual_tokens import VisualTokenGeometry
 from models.requests import ChatMessage, ContentPart, GenerationRequest, ImagePart, TextPart, VideoPart
-from models.video import FrameSelection, SampledVideo, VideoInfo, probe_video, sample_video
-from models.visual_tokens import VisualTokenGeometry
 
 _STATUS_BY_MEDIA_ERROR: tuple[tuple[type[media.MediaError], int], ...] = (
     (media.UnsupportedMediaTypeError, 415),

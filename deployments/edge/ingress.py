@@ -81,8 +81,8 @@ from deployments.routing.router import NoGroupAvailableError, remote_cause, rout
 from deployments.routing.shared_breaker import SharedBreakers
 from models.checkpoint_source import checkpoint_folder
 from models.errors import InvalidModelInputError, InvalidParameterError, PromptTooLongError
+from models.media.visual_tokens import VisualTokenGeometry
 from models.requests import GenerationRequest
-from models.visual_tokens import VisualTokenGeometry
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Literal
 
 from deployments.config.limits import LimitsSettings
 from deployments.errors import ApiError
-from models.visual_tokens import VisualTokenGeometry
+from models.media.visual_tokens import VisualTokenGeometry
 
 
 @dataclasses.dataclass(frozen=True)

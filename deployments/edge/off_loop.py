@@ -3,7 +3,7 @@
 A cancelled ``asyncio.to_thread`` leaves its thread running: a decode of a hostile file ran on after Serve
 answered 408, and a handful of them filled the ingress's thread pool. Here the request's end (the client left,
 or Serve timed it out: either cancels the handler) sets the request's stop event, which the decode checks at
-every frame (:class:`models.decode_budget.DecodeBudget`).
+every frame (:class:`models.media.decode_budget.DecodeBudget`).
 """
 
 import asyncio

@@ -31,7 +31,7 @@ from deployments.jobs.records import JobRecord, new_job_id, segment_count
 from deployments.jobs.results import SegmentResult
 from deployments.jobs.segments import DEFAULT_EVENTS_SCHEMA, in_time_order, schema_json
 from deployments.jobs.store import JobStore
-from models import media
+from models.media import inputs as media
 
 logger = logging.getLogger(__name__)
 

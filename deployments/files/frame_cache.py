@@ -12,7 +12,7 @@ import collections
 import dataclasses
 import threading
 
-from models.video import FrameSelection, SampledVideo, VideoLimits
+from models.media.video import FrameSelection, SampledVideo, VideoLimits
 
 
 @dataclasses.dataclass(frozen=True)

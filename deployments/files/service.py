@@ -26,10 +26,10 @@ from deployments.errors import ApiError
 from deployments.files.frame_cache import FrameCache, FrameCacheKey
 from deployments.files.store import FileKind, FileRecord, FileStore
 from deployments.files.uploads import receive_upload
-from models import media
 from models.checkpoint_source import is_remote_source
-from models.decode_budget import DecodeBudget
-from models.video import FrameSelection, SampledVideo, VideoInfo, VideoLimits, probe_video, sample_video, served_demuxer
+from models.media import inputs as media
+from models.media.decode_budget import DecodeBudget
+from models.media.video import FrameSelection, SampledVideo, VideoInfo, VideoLimits, probe_video, sample_video, served_demuxer
 
 logger = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ import ray
 from deployments.files.service import sample_from_store
 from deployments.files.store import FileRecord, FileStore
 from deployments.replica.background import lower_priority
-from models.decode_budget import DecodeBudget
-from models.media import MediaError
-from models.video import FrameSelection, SampledVideo, VideoLimits
+from models.media.decode_budget import DecodeBudget
+from models.media.inputs import MediaError
+from models.media.video import FrameSelection, SampledVideo, VideoLimits
 
 logger = logging.getLogger(__name__)
 

@@ -70,7 +70,7 @@ from deployments.routing.job_backlog import publish_backlog
 from deployments.routing.router import NoGroupAvailableError, remote_cause, router_for
 from deployments.routing.shared_breaker import SharedBreakers
 from models.errors import InvalidModelInputError, InvalidParameterError, PromptTooLongError
-from models.video import FrameSelection
+from models.media.video import FrameSelection
 
 logger = logging.getLogger(__name__)
 

@@ -26,9 +26,9 @@ from typing import Any, Iterable
 from deployments.jobs.records import JobRecord, Segment
 from deployments.jobs.results import SegmentResult, SegmentState
 from deployments.replica.protocol import ReplicaAnswer
+from models.media.thumbnails import frame_thumbnails
+from models.media.video import SampledVideo
 from models.requests import ChatMessage, DecodingOptions, GenerationRequest, ResponseFormat, TextPart, VideoPart
-from models.thumbnails import frame_thumbnails
-from models.video import SampledVideo
 
 # At most this many events a segment, each described in at most this many characters: a bounded answer, which
 # a grammar-constrained model cannot ramble past.

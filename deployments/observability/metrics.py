@@ -11,7 +11,7 @@ from ray.serve import metrics
 from memory.probe import MemorySnapshot
 
 if TYPE_CHECKING:
-    from models.engine import EngineStats
+    from models.engines.contract import EngineStats
 
 # Gauges of what a replica holds now carry its group (Serve adds the replica): a precision tag on them would
 # leave a stale series behind at every precision change. Counters of events carry the precision they ran at.

@@ -22,14 +22,14 @@ from deployments.config.groups import CpuGroupSettings, GpuGroupSettings
 from deployments.observability.metrics import ReplicaMetrics
 from deployments.replica.lifecycle import ReplicaLifecycle, ReplicaState
 from memory.budget import MemoryBudget, cpu_budget
+from memory.chain_load import LoadReport, ModelLoadError, NothingFitsError
 from memory.estimate import WeightEstimate
 from memory.gpu import NoGpuVisibleError, limit_to_share, measure_gpu_budget
-from memory.loader import LoadReport, ModelLoadError, NothingFitsError
 from memory.probe import MemorySnapshot
 from memory.strategy import LoadStrategy
-from models.base import CheckpointAdapter
+from models.adapters.base import CheckpointAdapter
+from models.adapters.loading import load_adapter
 from models.checkpoint_source import CheckpointSourceError
-from models.loading import load_adapter
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 The constructor never fails because memory is short: :class:`~deployments.replica.loader.ReplicaLoader`
 loads in a thread and waits for memory when nothing fits, so Ray Serve never counts constructor
-failures towards ``DEPLOY_FAILED``. Once loaded, an engine (:mod:`models.engine`, the only thing the
+failures towards ``DEPLOY_FAILED``. Once loaded, an engine (:mod:`models.engines.contract`, the only thing the
 replica knows of how a model runs) owns the model: with continuous batching, concurrent requests share
 its decode steps and are admitted by predicted memory. The replica's state is a
 :class:`~deployments.replica.lifecycle.ReplicaLifecycle`; every reader asks its ``is_serving``.
@@ -31,7 +31,7 @@ from deployments.observability.logs import route_logs_through_serve
 from deployments.observability.metrics import ReplicaMetrics
 from deployments.plan import AppPlan, checkpoint_on_this_node
 from deployments.replica.background import BACKGROUND_THREADS
-from deployments.replica.engine_choice import engine_chain
+from deployments.replica.engine_chain import engine_chain
 from deployments.replica.lifecycle import FINAL_STATES, ReplicaLifecycle, ReplicaState
 from deployments.replica.loader import ReplicaLoader
 from deployments.replica.protocol import ReplicaAnswer, ReplicaUnavailableError, ServedBy, StreamOpened
@@ -43,14 +43,14 @@ from memory.cleanup import release_memory
 from memory.estimate import load_model_config
 from memory.probe import MemorySnapshot
 from memory.strategy import LoadStrategy
-from models.adapters import adapter_factory
-from models.base import CheckpointAdapter
-from models.engine import Engine
-from models.engine_start import EngineSettings, start_engine
-from models.grammar_server import SchemaCompileLimits, start_server_early, stop_early_server
-from models.request_shrink import ShrinkFloor, request_size
+from models.adapters.base import CheckpointAdapter
+from models.decoding.grammar_server import SchemaCompileLimits, start_server_early, stop_early_server
+from models.engines.contract import Engine
+from models.engines.spec import LinkContext
+from models.engines.start import EngineSettings, start_engine
+from models.engines.warm_up import run_warm_up
+from models.media.request_shrink import ShrinkFloor, request_size
 from models.requests import GenerationRequest, GenerationResult, TextDelta, VideoPart
-from models.warm_up import run_warm_up
 
 logger = logging.getLogger(__name__)
 
@@ -97,20 +97,19 @@ class ModelReplica:
         model_config = load_model_config(self._model_path, trust_remote_code=trust_remote_code)
         self._model_config = model_config
         self._reserve_bytes = group_plan.reserve_bytes  # the largest request the limits allow, priced by admission's model
-        engines = engine_chain(
-            model_path=self._model_path,
+        engines = engine_chain(self._model_path, LinkContext(
             model_config=model_config,
-            config=config,
             settings=self._settings,
-            transformers_chain=group_plan.strategies,
-            transformers_factory=adapter_factory(
-                plan.adapter, max_slice_nums=config.model.max_slice_nums, weight_cache=plan.weight_cache()
-            ),
-            budget=lambda: self._loader.budget,
-            share=group_plan.num_gpus if group_plan.on_gpu_share else 1.0,
-            largest_request=plan.largest_request,
             max_model_len=plan.max_model_len,
-        )
+            largest_request=plan.largest_request,
+            max_media_parts=config.limits.max_media_parts,
+            trust_remote_code=trust_remote_code,
+            adapter_family=plan.adapter,
+            max_slice_nums=config.model.max_slice_nums,
+            weight_cache=plan.weight_cache(),
+            share=group_plan.num_gpus if group_plan.on_gpu_share else 1.0,
+            budget=lambda: self._loader.budget,
+        ))
         self._engine_choice = engines.choice
         logger.info("Replica %s of group %s runs %s: %s", self._replica_id, group, engines.choice.engine,
                     engines.choice.reason)
@@ -137,7 +136,7 @@ class ModelReplica:
 
     def _start_and_warm_up(self, adapter: CheckpointAdapter, strategy: LoadStrategy) -> None:
         """In the loader thread, once a link loaded: start its engine and send it a real request
-        (:mod:`models.warm_up`). What that raises makes the link unusable (or out of memory), and the chain goes on."""
+        (:mod:`models.engines.warm_up`). What that raises makes the link unusable (or out of memory), and the chain goes on."""
         settings = EngineSettings(
             max_batch_size=self._settings.max_batch_size,
             max_waiting=self._settings.max_ongoing_requests,

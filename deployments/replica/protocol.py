@@ -17,7 +17,7 @@ nothing for it, and each request crosses Ray with one message fewer.
 
 import dataclasses
 
-from models.request_shrink import OomRetry, RequestSize
+from models.media.request_shrink import OomRetry, RequestSize
 from models.requests import GenerationResult
 
 

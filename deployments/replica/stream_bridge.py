@@ -1,6 +1,6 @@
 """From the scheduler thread to an async generator: one request's events, delivered on the event loop.
 
-:class:`StreamBridge` is the :class:`~models.engine.RequestSink` of one request. The scheduler
+:class:`StreamBridge` is the :class:`~models.engines.contract.RequestSink` of one request. The scheduler
 thread calls it; each call puts an item on an ``asyncio.Queue`` through
 ``loop.call_soon_threadsafe``, so the replica's async ``generate_stream`` awaits the items
 without ever blocking the event loop. Its ``stop`` event is what the scheduler checks between
@@ -16,7 +16,7 @@ import threading
 from typing import Any
 
 from memory.admission import RequestCost
-from models.request_shrink import OomRetry
+from models.media.request_shrink import OomRetry
 from models.requests import GenerationRequest, GenerationResult, TextDelta
 
 

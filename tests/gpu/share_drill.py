@@ -23,10 +23,10 @@ _HOLDER = r"""
 import json, sys, time, torch
 from memory.gpu import limit_to_share, measure_gpu_budget
 from memory.estimate import DEFAULT_CUDA_CONTEXT_BYTES
-from memory.loader import NothingFitsError
+from memory.chain_load import NothingFitsError
 from memory.probe import MemorySnapshot
 from memory.strategy import parse_chain
-from models.loading import load_adapter
+from models.adapters.loading import load_adapter
 sys.path.insert(0, "tests")
 from weights_only import weights_only_adapter
 
@@ -56,7 +56,7 @@ def main() -> int:
     args = parser.parse_args()
     import torch
 
-    from models.reference_configs import build_random_model
+    from models.adapters.reference_configs import build_random_model
 
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="vd-drill-"))
     model = build_random_model(args.model, workdir / args.model, dtype=torch.bfloat16)

@@ -14,7 +14,7 @@ from mixed_requests import mixed_requests
 from bench.mid_model import ensure_mid_model
 from memory.admission import RequestCostModel, batch_bytes
 from memory.strategy import parse_strategy
-from models.hf_adapter import HuggingFaceVisionLanguageAdapter
+from models.adapters.hf_adapter import HuggingFaceVisionLanguageAdapter
 from models.requests import GenerationRequest
 
 pytestmark = pytest.mark.gpu

@@ -12,14 +12,14 @@ import pytest
 import torch
 from weights_only import weights_only_adapter
 
+from memory.chain_estimate import estimate_chain
 from memory.cleanup import release_memory
 from memory.estimate import load_model_config
 from memory.gpu import limit_to_share, measure_gpu_budget
-from memory.plan import estimate_chain
 from memory.probe import MemorySnapshot
 from memory.strategy import parse_chain
-from models.loading import load_adapter
-from models.reference_configs import build_random_model
+from models.adapters.loading import load_adapter
+from models.adapters.reference_configs import build_random_model
 
 pytestmark = pytest.mark.gpu
 

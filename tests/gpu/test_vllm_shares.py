@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from bench.mid_model import ensure_mid_model
-from deployments.app import DEFAULT_VLLM_PYTHON
+from models.engines.vllm import DEFAULT_VLLM_PYTHON
 
 pytestmark = pytest.mark.gpu
 DRILL = pathlib.Path(__file__).with_name("vllm_drill.py")

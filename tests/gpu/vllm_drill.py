@@ -10,14 +10,14 @@ import sys
 import threading
 
 from memory.budget import DEFAULT_CUDA_CONTEXT_BYTES
+from memory.chain_estimate import estimate_chain
 from memory.estimate import load_model_config
 from memory.gpu import measure_gpu_budget
-from memory.plan import estimate_chain
 from memory.strategy import parse_chain
-from memory.vllm_plan import VllmShape
-from models.grammar_server import SchemaCompileLimits
+from models.decoding.grammar_server import SchemaCompileLimits
+from models.engines.vllm.adapter import VllmAdapter, VllmSettings
+from models.engines.vllm.memory_plan import VllmShape
 from models.requests import ChatMessage, GenerationRequest, TextPart
-from models.vllm_engine.adapter import VllmAdapter, VllmSettings
 
 
 class _Sink:

@@ -284,7 +284,7 @@ def _compiles_running() -> int:
     """Compiles running on this machine: the grammar compile servers' children (one forked per compile)."""
     running = 0
     for process in psutil.process_iter(["cmdline"]):
-        if "models.grammar_server" in " ".join(process.info["cmdline"] or ()):
+        if "models.decoding.grammar_server" in " ".join(process.info["cmdline"] or ()):
             with contextlib.suppress(psutil.NoSuchProcess):
                 running += len(process.children())
     return running

@@ -20,9 +20,9 @@ import pytest
 from polling import wait_for_condition
 from ray import serve
 
-from deployments.app import DEFAULT_VLLM_PYTHON
 from integration.conftest import TEST_APP_ARGS, deploy
 from memory.probe import FileGpu
+from models.engines.vllm import DEFAULT_VLLM_PYTHON
 
 pytestmark = pytest.mark.integration
 
