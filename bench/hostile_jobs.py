@@ -23,8 +23,8 @@ import httpx
 import numpy as np
 
 from deployments.files.store import FileStore, owner_of
+from deployments.jobs.kinds.video_timeline import DEFAULT_EVENTS_SCHEMA, schema_json
 from deployments.jobs.records import JobRecord, JobState, new_job_id
-from deployments.jobs.segments import DEFAULT_EVENTS_SCHEMA, schema_json
 from deployments.jobs.store import JobStore
 
 KEY = "vd-bench-hostile-key-0001"

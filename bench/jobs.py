@@ -46,7 +46,7 @@ from bench.local_serve import local_serve  # noqa: I001 - sets Ray's environment
 from bench.plots import DOCS_DIR, jobs_chart
 from bench.polling import wait_for
 from deployments.app import build_app
-from deployments.jobs.segments import DEFAULT_EVENTS_SCHEMA
+from deployments.jobs.kinds.video_timeline import DEFAULT_EVENTS_SCHEMA
 
 logger = logging.getLogger("bench.jobs")
 APP = "jobs-bench"

@@ -11,9 +11,7 @@ import numpy as np
 import pytest
 
 from deployments.files.store import FileStore
-from deployments.jobs.records import IllegalJobMoveError, JobRecord, JobState, Segment, new_job_id, plan_segments
-from deployments.jobs.results import SegmentResult, SegmentState
-from deployments.jobs.segments import (
+from deployments.jobs.kinds.video_timeline import (
     DEFAULT_EVENTS_SCHEMA,
     EventBounds,
     clock,
@@ -22,6 +20,8 @@ from deployments.jobs.segments import (
     segment_result,
     timeline,
 )
+from deployments.jobs.records import IllegalJobMoveError, JobRecord, JobState, Segment, new_job_id, plan_segments
+from deployments.jobs.results import SegmentResult, SegmentState
 from deployments.jobs.store import JobStore
 from deployments.replica.protocol import ReplicaAnswer, ServedBy
 from models.media import inputs as media
@@ -243,7 +243,7 @@ def test_the_final_prompt_lists_the_timeline_in_time_order_and_thins_evenly():
 
 
 def test_a_timeline_far_past_the_prompt_limit_is_thinned_by_its_bytes_before_any_tokenization():
-    from deployments.jobs.segments import MAX_BYTES_PER_TOKEN, first_thinning
+    from deployments.jobs.kinds.video_timeline import MAX_BYTES_PER_TOKEN, first_thinning
 
     events = [{"time_s": float(index), "description": "x" * 180, "segment": index // 32} for index in range(64_000)]
     keep_every = first_thinning(events, 4096, 10)
@@ -252,6 +252,26 @@ def test_a_timeline_far_past_the_prompt_limit_is_thinned_by_its_bytes_before_any
     assert keep_every == 256
     assert first_thinning(events[:10], 4096, 10) == 1  # one that may fit is tried as it is
     assert clock(3 * 3600 + 62) == "3:01:02"
+
+
+def test_the_video_timeline_kind_offers_ever_thinner_final_requests_then_stops():
+    from deployments.jobs.kinds import JOB_KINDS, kind_of
+    from deployments.jobs.kinds.video_timeline import MAX_THINNINGS, VIDEO_TIMELINE
+
+    events = tuple({"time_s": float(index), "description": f"e{index}", "segment": 0} for index in range(64))
+    result = SegmentResult(index=0, start_s=0.0, end_s=64.0, state=SegmentState.DONE, events=events)
+    job = _job()
+
+    offered = list(VIDEO_TIMELINE.final_requests(job, [result], 8192))
+
+    assert kind_of(job) is VIDEO_TIMELINE and list(JOB_KINDS) == ["video_timeline"]
+    assert len(offered) == MAX_THINNINGS + 1
+    assert [kept for _, kept in offered] == [64, 32, 16, 8, 4, 2, 1, 1, 1, 1, 1]
+    assert "[0:00:01] e1" in offered[0][0].messages[0].content[0].text
+    assert "[0:00:01] e1\n" not in offered[1][0].messages[0].content[0].text  # every other event
+    assert VIDEO_TIMELINE.plan(job) == job.plan() and VIDEO_TIMELINE.plan(job)[0].index == 0
+    with pytest.raises(ValueError, match="of kind 'audio', which this server does not run"):
+        kind_of(_job(kind="audio"))
 
 
 def test_a_window_is_sampled_inside_itself_in_the_whole_video_s_clock():

@@ -37,9 +37,11 @@ async def _check_request_head(request: Request, call_next: Callable[[Request], A
     Ingress), any other ``Host`` is a 400; and Serve's proxy hints (``x-request-timeout-seconds``, ``x-request-disconnect-disabled``), which its proxy
     obeys from anyone (:mod:`deployments.edge.proxy_headers`), are a 400 too. One middleware for both: each
     ``BaseHTTPMiddleware`` layer wraps every streamed response."""
-    allowed = getattr(request.app.state, "allowed_hosts", ())
+    # This module's app, where the Ingress sets them: the app Serve serves is a copy of it (request.app), made
+    # before any replica started.
+    allowed = getattr(app.state, "allowed_hosts", ())
     host = request.headers.get("host", "")
-    keyless_networks = getattr(request.app.state, "keyless_networks", None)
+    keyless_networks = getattr(app.state, "keyless_networks", None)
     if keyless_networks is not None and not _is_probe(request):
         refusal = keyless_refusal(host, request.headers.get("origin"), request.headers.get("sec-fetch-site"), keyless_networks)
         if refusal is not None:

@@ -27,9 +27,9 @@ from deployments.edge.chat_translation import media_error_to_api_error
 from deployments.edge.openai_schema import SEED_MAX
 from deployments.errors import ApiError, describe_validation_errors
 from deployments.files.service import FilesService
+from deployments.jobs.kinds.video_timeline import DEFAULT_EVENTS_SCHEMA, in_time_order, schema_json
 from deployments.jobs.records import JobRecord, new_job_id, segment_count
 from deployments.jobs.results import SegmentResult
-from deployments.jobs.segments import DEFAULT_EVENTS_SCHEMA, in_time_order, schema_json
 from deployments.jobs.store import JobStore
 from models.media import inputs as media
 

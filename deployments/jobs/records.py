@@ -107,6 +107,7 @@ class JobRecord:
     decode_s: float = 0.0
     inference_s: float = 0.0
     result_bytes: int = 0  # the results' stored bytes (thumbnails included): counted against jobs.max_result_bytes_per_job
+    kind: str = "video_timeline"  # what the job asks of each segment and of their answers (deployments.jobs.kinds)
 
     def plan(self) -> list[Segment]:
         return plan_segments(self.duration_s, self.segment_s)

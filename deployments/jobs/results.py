@@ -8,7 +8,10 @@ version of the runner stored (absent fields take their defaults).
 
 import dataclasses
 import enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from deployments.jobs.records import Segment
 
 
 class SegmentState(str, enum.Enum):
@@ -80,3 +83,9 @@ class SegmentResult:
             decode_s=timings.get("decode_s", 0.0),
             inference_s=timings.get("inference_s", 0.0),
         )
+
+
+def failed_segment(segment: "Segment", reason: str, *, attempts: int, file_gone: bool = False) -> SegmentResult:
+    """A segment recorded without an answer: ``reason`` says why (its frames, the groups, its attempts)."""
+    return SegmentResult(index=segment.index, start_s=segment.start_s, end_s=segment.end_s, state=SegmentState.FAILED,
+                         attempts=attempts, error=reason, file_gone=file_gone)

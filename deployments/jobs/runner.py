@@ -38,6 +38,7 @@ from deployments.files.frame_cache import FrameCache, FrameCacheKey
 from deployments.files.service import open_store
 from deployments.files.store import FileRecord
 from deployments.jobs.decode import DecodedSegment, decode_segment, start_decode_worker
+from deployments.jobs.kinds import kind_of
 from deployments.jobs.policy import (
     RETRY_PAUSE_S,
     Failure,
@@ -49,16 +50,7 @@ from deployments.jobs.policy import (
     running_bound,
 )
 from deployments.jobs.records import JobRecord, JobState, Segment
-from deployments.jobs.results import SegmentResult
-from deployments.jobs.segments import (
-    EventBounds,
-    failed_segment,
-    final_request,
-    first_thinning,
-    segment_request,
-    segment_result,
-    timeline,
-)
+from deployments.jobs.results import SegmentResult, failed_segment
 from deployments.jobs.store import JobStore
 from deployments.observability.logs import route_logs_through_serve
 from deployments.replica.background import lower_priority
@@ -77,7 +69,6 @@ logger = logging.getLogger(__name__)
 # A segment's own fault: trying it again elsewhere would fail the same way.
 _OWN_FAULTS = (InvalidModelInputError, PromptTooLongError, InvalidParameterError)
 _ADOPTION_WAIT_S = 5.0  # a cancel waits this long at most for the job's adoption to finish
-_FINAL_THINNINGS = 10  # halvings of the timeline before the final answer gives up on fitting
 
 
 @dataclasses.dataclass
@@ -116,7 +107,6 @@ class JobRunner:
         self._frames = FrameCache(config.files.frame_cache_bytes)
         self._runs: dict[str, _JobRun] = {}
         self._adopting: set[str] = set()
-        self._bounds = EventBounds(max_events=self._settings.max_events_per_segment, max_keys=self._settings.max_event_keys)
         self._wake = asyncio.Event()
         self._has_runs = asyncio.Event()  # set while self._runs holds a job: the interactive load is watched
         self._published_backlog: int | None = None
@@ -221,7 +211,7 @@ class JobRunner:
         recorded = await asyncio.to_thread(self._store.recorded_indices, job)
         if len(recorded) != job.recorded:  # a runner that died between a result and the summary: count again
             job = await asyncio.to_thread(self._recounted, job)
-        queue = collections.deque(segment for segment in job.plan() if segment.index not in recorded)
+        queue = collections.deque(segment for segment in kind_of(job).plan(job) if segment.index not in recorded)
         if job.state is JobState.QUEUED:
             job = job.moved(JobState.RUNNING, "running", started_at=time.time())
         if not await asyncio.to_thread(self._store.save, job):
@@ -360,10 +350,11 @@ class JobRunner:
                 if decoded.frames is None:
                     return failed_segment(segment, f"its frames: {decoded.why_not}", attempts=attempt,
                                           file_gone=decoded.file_gone), []
-                request = segment_request(job, segment, decoded.frames, self._config.limits.max_prompt_tokens)
+                kind = kind_of(job)
+                request = kind.segment_request(job, segment, decoded.frames, self._config.limits.max_prompt_tokens)
                 answer = await self._route(request, on_opened=lambda opened: self._opened(run, segment, opened))
-                result, thumbnails = segment_result(job, segment, decoded.frames, answer, attempts=attempt,
-                                                    decode_s=decoded.seconds, bounds=self._bounds)
+                result, thumbnails = kind.segment_result(job, segment, decoded.frames, answer, attempts=attempt,
+                                                         decode_s=decoded.seconds, settings=self._settings)
                 return dataclasses.replace(result, store_bytes_fetched=decoded.fetched_bytes, decoded_on=decoded.node_ip), thumbnails
             except _OWN_FAULTS as error:
                 tries.failed(Failure.OWN_FAULT, time.monotonic())
@@ -431,7 +422,7 @@ class JobRunner:
             if job.state is JobState.RUNNING:
                 job = run.job = job.moved(JobState.FINALIZING, "making the final answer")
                 await self._save(job)
-            answer, kept = await self._final_answer(job, timeline(segments))
+            answer, kept = await self._final_answer(job, segments)
             await self._end(
                 job, JobState.SUCCEEDED, "done", final_answer=answer.result.text,
                 final_usage={"prompt_tokens": answer.result.prompt_tokens, "completion_tokens": answer.result.completion_tokens},
@@ -453,16 +444,18 @@ class JobRunner:
         await self._watch.fresh()
         return await self._router.call("generate_stream", request, on_opened=on_opened)
 
-    async def _final_answer(self, job: JobRecord, events: list[dict[str, Any]]) -> tuple[ReplicaAnswer, int]:
-        keep_every, attempt = first_thinning(events, self._config.limits.max_prompt_tokens, _FINAL_THINNINGS), 0
+    async def _final_answer(self, job: JobRecord, segments: list[SegmentResult]) -> tuple[ReplicaAnswer, int]:
+        """The kind's final request, or its next smaller one while a request is too long for the model."""
+        requests = kind_of(job).final_requests(job, segments, self._config.limits.max_prompt_tokens)
+        (request, kept), attempt = next(requests), 0
         while True:
-            request = final_request(job, events, keep_every, self._config.limits.max_prompt_tokens)
             try:
-                return await self._route(request), len(events[::keep_every])
+                return await self._route(request), kept
             except PromptTooLongError:
-                if keep_every >= 2**_FINAL_THINNINGS:
+                smaller = next(requests, None)
+                if smaller is None:
                     raise
-                keep_every *= 2  # every other event, evenly over the video
+                request, kept = smaller
             except NoGroupAvailableError:
                 attempt += 1
                 if attempt >= self._settings.segment_attempts:

@@ -1,5 +1,6 @@
-"""A segment's request and its result, and the final answer's request: what a job asks the model, and how
-the answers become a timeline in the whole video's clock.
+"""The video timeline, the first job kind (:mod:`deployments.jobs.kinds`): a segment's request and its result, and
+the final answer's request: what a job asks the model, and how the answers become a timeline in the whole video's
+clock.
 
 Each segment is asked the job's question about its own range, with its frames (their times in the whole
 video's clock, as the chat template shows them) and the job's schema: by default a list of events, each a time
@@ -21,8 +22,9 @@ import dataclasses
 import itertools
 import json
 import math
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
+from deployments.config.jobs import JobsSettings
 from deployments.jobs.records import JobRecord, Segment
 from deployments.jobs.results import SegmentResult, SegmentState
 from deployments.replica.protocol import ReplicaAnswer
@@ -158,11 +160,6 @@ def segment_result(
     ), thumbnails
 
 
-def failed_segment(segment: Segment, reason: str, *, attempts: int, file_gone: bool = False) -> SegmentResult:
-    return SegmentResult(index=segment.index, start_s=segment.start_s, end_s=segment.end_s, state=SegmentState.FAILED,
-                         attempts=attempts, error=reason, file_gone=file_gone)
-
-
 def _events_of(parsed: Any, custom_schema: bool, segment: Segment) -> list[dict[str, Any]]:
     """The events of an answer: its ``events`` list (the default schema's, or a caller's schema of the same
     shape), each with a numeric ``time_s``; with any other schema of the caller's, the answer itself at the
@@ -259,3 +256,42 @@ def final_request(job: JobRecord, events: list[dict[str, Any]], keep_every: int,
         max_prompt_tokens=max_prompt_tokens,
         priority=BACKGROUND_PRIORITY,
     )
+
+
+# Halvings of the timeline before the final answer gives up on fitting.
+MAX_THINNINGS = 10
+
+
+class VideoTimeline:
+    """A job kind: each segment a list of timed events, the final answer the question over their timeline."""
+
+    name = "video_timeline"
+
+    def plan(self, job: JobRecord) -> list[Segment]:
+        return job.plan()
+
+    def segment_request(
+        self, job: JobRecord, segment: Segment, frames: SampledVideo, max_prompt_tokens: int
+    ) -> GenerationRequest:
+        return segment_request(job, segment, frames, max_prompt_tokens)
+
+    def segment_result(
+        self, job: JobRecord, segment: Segment, frames: SampledVideo, answer: ReplicaAnswer, *, attempts: int,
+        decode_s: float, settings: JobsSettings,
+    ) -> tuple[SegmentResult, list[str]]:
+        bounds = EventBounds(max_events=settings.max_events_per_segment, max_keys=settings.max_event_keys)
+        return segment_result(job, segment, frames, answer, attempts=attempts, decode_s=decode_s, bounds=bounds)
+
+    def final_requests(
+        self, job: JobRecord, results: list[SegmentResult], max_prompt_tokens: int
+    ) -> Iterator[tuple[GenerationRequest, int]]:
+        """Over the whole timeline, then every other event (evenly over the video), and so on, from the first
+        thinning whose bytes alone could fit."""
+        events = timeline(results)
+        keep_every = first_thinning(events, max_prompt_tokens, MAX_THINNINGS)
+        while keep_every <= 2**MAX_THINNINGS:
+            yield final_request(job, events, keep_every, max_prompt_tokens), len(events[::keep_every])
+            keep_every *= 2
+
+
+VIDEO_TIMELINE = VideoTimeline()
