@@ -46,6 +46,7 @@ from bench.local_serve import local_serve  # noqa: I001 - sets Ray's environment
 from bench.plots import DOCS_DIR, jobs_chart
 from bench.polling import wait_for
 from deployments.app import build_app
+from deployments.edge.video_jobs import JOB_PAGE_MAX
 from deployments.jobs.kinds.video_timeline import DEFAULT_EVENTS_SCHEMA
 
 logger = logging.getLogger("bench.jobs")
@@ -225,6 +226,17 @@ def _recorded(workdir: pathlib.Path, job_id: str) -> list[pathlib.Path]:
     return list((workdir / "store").glob(f"*/jobs/{job_id}/segments/[0-9][0-9][0-9][0-9][0-9].json"))
 
 
+def _segments(client: httpx.Client, job_id: str) -> list[dict[str, Any]]:
+    """Every recorded segment of a job, page by page (the events stream's ``done`` carries the job without them)."""
+    segments: list[dict[str, Any]] = []
+    after = -1
+    while after is not None:
+        page = client.get(f"/v1/video/jobs/{job_id}", params={"after": after, "limit": JOB_PAGE_MAX}).json()
+        segments += page["segments"]
+        after = page["next_after"]
+    return segments
+
+
 def failures(client: httpx.Client, workdir: pathlib.Path, file_id: str) -> dict[str, Any]:
     report: dict[str, Any] = {}
     for victim, fragment in (("both cpu replicas killed", "cpu_group"), ("ingress killed", "Ingress")):
@@ -246,7 +258,7 @@ def failures(client: httpx.Client, workdir: pathlib.Path, file_id: str) -> dict[
             "state": job["state"], "segments": job["progress"]["segments"], "done": job["progress"]["done"],
             "failed": job["progress"]["failed"], "recorded_files": len(files),
             "recorded_once": len(files) == len({path.name for path in files}) == job["progress"]["segments"],
-            "segments_tried_again": sum(1 for segment in job["segments"] if segment.get("attempts", 1) > 1),
+            "segments_tried_again": sum(1 for segment in _segments(client, job["id"]) if segment.get("attempts", 1) > 1),
         }
         deploy_ready(client)
     response = client.post("/v1/video/jobs", json={"file_id": file_id, "question": "What happens?", "segment_s": SEGMENT_S,

@@ -27,7 +27,6 @@ from deployments.routing.groups import DEPLOYMENT_NAMES, GPU_GROUPS, ROUTING_ORD
 from deployments.routing.ready_replica_router import ROUTER_CLASS_PATH, ROUTING_STATS_PERIOD_S
 from deployments.serve_env import REPLICA_ENV
 from memory.allocator import allocator_env
-from models.engines import engines_tried
 
 logger = logging.getLogger(__name__)
 
@@ -80,23 +79,10 @@ def _group(plan: AppPlan, group: str) -> Application | None:
             request_router_class=ROUTER_CLASS_PATH, request_routing_stats_period_s=ROUTING_STATS_PERIOD_S
         ),
         ray_actor_options=_actor_options(
-            settings.num_cpus, num_gpus, env_vars, settings.node_labels, python=_replica_python(group, settings)
+            settings.num_cpus, num_gpus, env_vars, settings.node_labels, python=plan.group(group).python
         ),
         logging_config={"enable_access_log": plan.config.ingress.access_log},
     ).bind(plan, group)
-
-
-def _replica_python(group: str, settings: GpuGroupSettings | CpuGroupSettings) -> str | None:
-    """The environment of the group's first engine whose environment is there (``None``: the project's own). An
-    engine named in the config whose environment is missing is logged: its replicas run the next engine meanwhile."""
-    for spec in engines_tried(settings.engine):
-        environment = spec.environment(settings)
-        if environment.missing is None:
-            return environment.python
-        if spec.name == settings.engine:
-            logger.warning("Group %s runs on %s but %s; its replicas run the next engine meanwhile", group, spec.name,
-                           environment.missing)
-    return None
 
 
 def _actor_options(

@@ -6,7 +6,9 @@ checkpoint (the one step that imports transformers), the largest request the lim
 (:func:`largest_request_for`), and per enabled group a :class:`GroupPlan`: its settings with every derived
 value filled in and validated again (``num_gpus`` a number, the floor replicas' settings built from the GPU
 group's), its loading chain parsed, and its activation reserve: that largest request priced by admission's
-cost model on the chain's first strategy (:func:`memory.estimate.activation_reserve_bytes`). Replicas are built from the plan, never from the raw config.
+cost model on the chain's first strategy (:func:`memory.estimate.activation_reserve_bytes`), and the Python its
+replicas run in (:func:`replica_python`: the environment of its first engine that has one here). Replicas are built
+from the plan, never from the raw config.
 
 ``num_gpus: auto``: from the model's config (no weights read), the chain (above ``min_precision``), the
 activation reserve for the request limits and the CUDA context, :func:`memory.packing.plan_share` picks the
@@ -36,6 +38,7 @@ from models.adapters.choice import AdapterChoiceError, choose_adapter
 from models.adapters.tiny import ensure_tiny_model
 from models.cache_dir import default_cache_dir
 from models.checkpoint_source import checkpoint_folder
+from models.engines import engines_tried
 from models.media.visual_tokens import VisualTokenGeometry
 from models.weight_cache import WeightCache
 
@@ -50,6 +53,7 @@ class GroupPlan:
     settings: GpuGroupSettings | CpuGroupSettings  # num_gpus is a number here, never 'auto'
     strategies: tuple[LoadStrategy, ...]
     reserve_bytes: int  # the largest request, priced at strategies[0]: what the loader keeps free beside the weights
+    python: str | None = None  # the Python its replicas run in (replica_python); None: the project's own
 
     @property
     def num_gpus(self) -> float:
@@ -180,7 +184,21 @@ def _group_plan(
     return GroupPlan(
         group=group, settings=resolved, strategies=strategies,
         reserve_bytes=activation_reserve_bytes(model_config, request, strategies[0]),
+        python=replica_python(group, resolved),
     )
+
+
+def replica_python(group: str, settings: GpuGroupSettings | CpuGroupSettings) -> str | None:
+    """The environment of the group's first engine whose environment is there (``None``: the project's own). An
+    engine named in the config whose environment is missing is logged: its replicas run the next engine meanwhile."""
+    for spec in engines_tried(settings.engine):
+        environment = spec.environment(settings)
+        if environment.missing is None:
+            return environment.python
+        if spec.name == settings.engine:
+            logger.warning("Group %s runs on %s but %s; its replicas run the next engine meanwhile", group, spec.name,
+                           environment.missing)
+    return None
 
 
 def _gpu_shares(

@@ -47,6 +47,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         elif kind == "unit" and _COMPONENT_FIXTURES & set(getattr(item, "fixturenames", ())):
             problems.append(f"{item.nodeid}: marked unit, but uses {sorted(_COMPONENT_FIXTURES & set(item.fixturenames))}")
         kinds[item.nodeid] = kind
+        if "browser" in getattr(item, "fixturenames", ()):  # drives chromium: -m "not browser" leaves it out
+            item.add_marker(pytest.mark.browser)
     if problems:
         raise pytest.UsageError("Tests without a right kind (pyproject.toml lists the kinds):\n" + "\n".join(problems))
     items.sort(key=lambda item: KINDS.index(kinds[item.nodeid]))  # stable: a module's tests stay together and in order

@@ -19,7 +19,7 @@ from models.adapters.hf_adapter import HuggingFaceVisionLanguageAdapter
 from models.decoding.grammar_server import SchemaCompileLimits
 from models.engines.start import EngineSettings, start_engine
 from models.engines.warm_up import answer_through, run_warm_up
-from models.media.request_shrink import ShrinkFloor
+from models.media.request_shrink import ShrinkMinimum
 from models.requests import ChatMessage, DecodingOptions, GenerationRequest, ImagePart, TextPart, VideoPart
 
 
@@ -51,7 +51,7 @@ def drill(model_path: str, precision: str) -> dict:
     adapter.load()
     settings = EngineSettings(
         max_batch_size=4, max_waiting=8, headroom_bytes=1 << 30, max_prefill_tokens=8192,
-        shrink_floor=ShrinkFloor(min_frames=2, min_pixels_per_frame=3136), schema_compile=SchemaCompileLimits(time_limit_s=10), name="drill",
+        shrink_minimum=ShrinkMinimum(min_frames=2, min_pixels_per_frame=3136), schema_compile=SchemaCompileLimits(time_limit_s=10), name="drill",
     )
     engine = start_engine(adapter, adapter.strategy, load_model_config(model_path), settings)
     try:

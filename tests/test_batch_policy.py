@@ -69,7 +69,7 @@ def test_a_request_waiting_to_run_alone_starts_only_into_an_empty_batch():
         ("decode", 1, 0, True, "end"),  # a single row mid-answer cannot be made smaller
         ("prefill", 1, 3, True, "wait_alone"),  # beside a batch: the batch drains first
         ("prefill", 1, 0, True, "shrink"),
-        ("prefill", 1, 0, False, "end"),  # at the floor: handed to the other group
+        ("prefill", 1, 0, False, "end"),  # at the minimum: handed to the other group
     ],
 )
 def test_each_out_of_memory_gets_one_answer(phase, rows, others, can_shrink, answer):

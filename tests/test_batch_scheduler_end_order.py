@@ -12,7 +12,7 @@ from memory.estimate import load_model_config
 from models.decoding.grammar_server import SchemaCompileLimits
 from models.engines.start import EngineSettings, start_engine
 from models.engines.warm_up import answer_through
-from models.media.request_shrink import ShrinkFloor
+from models.media.request_shrink import ShrinkMinimum
 from models.requests import ChatMessage, DecodingOptions, GenerationRequest, TextPart, VideoPart
 
 pytestmark = pytest.mark.unit
@@ -29,7 +29,7 @@ def _video_request(frames: int, side: int, new_tokens: int) -> GenerationRequest
 def test_a_request_that_ends_first_leaves_the_batch_whatever_its_place(tiny_adapter, tiny_model_path):
     settings = EngineSettings(
         max_batch_size=4, max_waiting=8, headroom_bytes=1 << 30, max_prefill_tokens=8192,
-        shrink_floor=ShrinkFloor(min_frames=2, min_pixels_per_frame=3136), schema_compile=SchemaCompileLimits(), name="order",
+        shrink_minimum=ShrinkMinimum(min_frames=2, min_pixels_per_frame=3136), schema_compile=SchemaCompileLimits(), name="order",
     )
     engine = start_engine(tiny_adapter, tiny_adapter.strategy, load_model_config(str(tiny_model_path)), settings)
     try:

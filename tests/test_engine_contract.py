@@ -13,13 +13,13 @@ from models.decoding.grammar_server import SchemaCompileLimits
 from models.engines.start import EngineSettings, start_engine
 from models.engines.transformers.serial_scheduler import SerialScheduler
 from models.fault_injection import SIMULATE_OOM_ABOVE_PIXELS_ENV
-from models.media.request_shrink import ShrinkFloor
+from models.media.request_shrink import ShrinkMinimum
 
 pytestmark = pytest.mark.component
 
 SETTINGS = EngineSettings(
     max_batch_size=4, max_waiting=8, headroom_bytes=1 << 30, max_prefill_tokens=8192,
-    shrink_floor=ShrinkFloor(min_frames=2, min_pixels_per_frame=3136), schema_compile=SchemaCompileLimits(time_limit_s=10),
+    shrink_minimum=ShrinkMinimum(min_frames=2, min_pixels_per_frame=3136), schema_compile=SchemaCompileLimits(time_limit_s=10),
     name="contract",
 )
 
@@ -76,6 +76,7 @@ print(json.dumps(outcomes))
 """
 
 
+@pytest.mark.vllm
 def test_vllms_engine_meets_the_contract(tiny_model_path):
     outcomes = run_in_vllm_environment("-c", VLLM_SCRIPT, str(tiny_model_path))
 

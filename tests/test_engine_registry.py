@@ -72,3 +72,20 @@ def test_a_groups_limits_default_to_its_first_engines():
         assert (group.max_batch_size, group.max_ongoing_requests) == (first.max_batch_size, first.max_ongoing_requests)
     with pytest.raises(ConfigError, match="engine"):
         load_app_config({"cpu_group": {"engine": "tensorrt"}})
+
+
+def test_a_groups_python_is_its_first_engines_environment_that_is_there(caplog):
+    from deployments.plan import replica_python
+    from models.engines.vllm import DEFAULT_VLLM_PYTHON
+
+    def python_for(group: dict) -> str | None:
+        return replica_python("cpu", load_app_config({"cpu_group": group}).cpu_group)
+
+    assert python_for({}) is None  # transformers: the project's own
+    assert python_for({"engine": "vllm", "vllm_python": "/opt/vllm/bin/python"}) == "/opt/vllm/bin/python"
+    built = str(DEFAULT_VLLM_PYTHON) if DEFAULT_VLLM_PYTHON.is_file() else None
+    with caplog.at_level("WARNING"):
+        assert python_for({"engine": "auto"}) == built  # auto: vLLM's where it was built, else ours, quietly
+        assert not caplog.records
+        assert python_for({"engine": "vllm"}) == built
+    assert bool(caplog.records) is (built is None)  # named and missing: said

@@ -296,7 +296,7 @@ def test_out_of_memory_at_the_floor_hands_the_request_off_with_the_numbers(monke
     # Set once the replica is ready: its warm-up image (64 x 64) would run out of memory too.
     monkeypatch.setenv(SIMULATE_OOM_ABOVE_PIXELS_ENV, "1000")
 
-    with pytest.raises(RequestOutOfMemoryError, match=r"ran out of memory with 2 frames .* at the floor of 2 frames and 1000 pixels, after 2 smaller retries"):
+    with pytest.raises(RequestOutOfMemoryError, match=r"ran out of memory with 2 frames .* at the minimum of 2 frames and 1000 pixels, after 2 smaller retries"):
         generate(replica, _video_request(8))
 
     assert replica.describe()["request_out_of_memory"] == 3

@@ -7,7 +7,7 @@ of about 1 TiB, as a GPU's profiling run refuses one that does not fit. Skipped 
 import pytest
 from vllm_scripts import run_in_vllm_environment
 
-pytestmark = pytest.mark.component
+pytestmark = [pytest.mark.component, pytest.mark.vllm]
 
 SCRIPT = """
 import json, sys

@@ -11,7 +11,7 @@ from vllm_scripts import need_vllm_environment, run_in_vllm_environment, run_scr
 
 from models.fault_injection import SIMULATE_BROKEN_LINKS_ENV
 
-pytestmark = pytest.mark.component
+pytestmark = [pytest.mark.component, pytest.mark.vllm]
 
 DRILL = pathlib.Path(__file__).with_name("engine_drill.py")
 

@@ -168,6 +168,7 @@ def test_auto_runs_transformers_where_vllm_does_not_import_and_says_why(tiny_mod
     assert choose_engine("transformers", str(tiny_model_path)).reason == "engine: transformers in the group's config"
 
 
+@pytest.mark.vllm
 def test_auto_runs_vllm_in_vllms_environment_for_an_architecture_it_supports(tiny_model_path, tmp_path):
     from models.engines.vllm import DEFAULT_VLLM_PYTHON
 

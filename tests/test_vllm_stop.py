@@ -6,7 +6,7 @@ without vLLM's environment."""
 import pytest
 from vllm_scripts import run_in_vllm_environment
 
-pytestmark = pytest.mark.component
+pytestmark = [pytest.mark.component, pytest.mark.vllm]
 
 SCRIPT = """
 import json, sys, threading, time

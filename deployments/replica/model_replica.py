@@ -49,7 +49,7 @@ from models.engines.contract import Engine
 from models.engines.spec import LinkContext
 from models.engines.start import EngineSettings, start_engine
 from models.engines.warm_up import run_warm_up
-from models.media.request_shrink import ShrinkFloor, request_size
+from models.media.request_shrink import ShrinkMinimum, request_size
 from models.requests import GenerationRequest, GenerationResult, TextDelta, VideoPart
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ class ModelReplica:
         # This node's folder: the plan's was made on the node that built the app, and nodes share no filesystem.
         self._model_path = checkpoint_on_this_node(config, metadata_only=True)
         trust_remote_code = config.model.trust_remote_code
-        self._shrink_floor = ShrinkFloor(
+        self._shrink_minimum = ShrinkMinimum(
             min_frames=config.request_oom.min_frames, min_pixels_per_frame=config.request_oom.min_pixels_per_frame
         )
         self._schema_compile = SchemaCompileLimits(
@@ -142,7 +142,7 @@ class ModelReplica:
             max_waiting=self._settings.max_ongoing_requests,
             headroom_bytes=self._request_headroom_bytes(adapter),
             max_prefill_tokens=self._settings.max_prefill_tokens,
-            shrink_floor=self._shrink_floor,
+            shrink_minimum=self._shrink_minimum,
             schema_compile=self._schema_compile,
             name=f"{self._group}-engine",
         )

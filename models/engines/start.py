@@ -16,7 +16,7 @@ from models.decoding.grammar_server import SchemaCompileLimits
 from models.engines.contract import Engine
 from models.engines.transformers.scheduler import BatchLimits, BatchScheduler
 from models.engines.transformers.serial_scheduler import SerialScheduler
-from models.media.request_shrink import ShrinkFloor
+from models.media.request_shrink import ShrinkMinimum
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +27,7 @@ class EngineSettings:
     max_waiting: int  # requests held: the running batch plus the queue
     headroom_bytes: int  # the budget less the measured weights: what admitted requests may use together
     max_prefill_tokens: int
-    shrink_floor: ShrinkFloor
+    shrink_minimum: ShrinkMinimum
     schema_compile: SchemaCompileLimits
     name: str = "engine"
 
@@ -57,5 +57,5 @@ def start_engine(
         schema_compile=settings.schema_compile,
     )
     return BatchScheduler(
-        steps, costs, limits, shrink_floor=settings.shrink_floor, on_out_of_memory=on_out_of_memory, name=settings.name
+        steps, costs, limits, shrink_minimum=settings.shrink_minimum, on_out_of_memory=on_out_of_memory, name=settings.name
     )

@@ -1,8 +1,8 @@
-"""Make a request cheaper after it ran out of memory: half the frames, half the pixels, down to a floor.
+"""Make a request cheaper after it ran out of memory: half the frames, half the pixels, down to a minimum (``request_oom``'s).
 
 Each step halves the frames of every video (keeping every other one, so they still span the
 video) and halves the pixel budget of every image and frame (scaling by 1/sqrt(2) a side). A
-dimension already at its floor stays there; when nothing can shrink any more there is no next step.
+dimension already at its minimum stays there; when nothing can shrink any more there is no next step.
 """
 
 import dataclasses
@@ -16,7 +16,9 @@ from models.requests import ChatMessage, ContentPart, GenerationRequest, ImagePa
 
 
 @dataclasses.dataclass(frozen=True)
-class ShrinkFloor:
+class ShrinkMinimum:
+    """The least a shrunk request keeps (``request_oom.min_frames``, ``request_oom.min_pixels_per_frame``)."""
+
     min_frames: int
     min_pixels_per_frame: int
 
@@ -61,14 +63,14 @@ def media_pixels(request: GenerationRequest) -> int:
     )
 
 
-def shrink_request(request: GenerationRequest, floor: ShrinkFloor) -> GenerationRequest | None:
-    """The next smaller request, or ``None`` when every video and image is at the floor already."""
+def shrink_request(request: GenerationRequest, minimum: ShrinkMinimum) -> GenerationRequest | None:
+    """The next smaller request, or ``None`` when every video and image is at the minimum already."""
     changed = False
     messages = []
     for message in request.messages:
         parts: list[ContentPart] = []
         for part in message.content:
-            smaller = _shrink_part(part, floor)
+            smaller = _shrink_part(part, minimum)
             changed |= smaller is not part
             parts.append(smaller)
         messages.append(ChatMessage(role=message.role, content=tuple(parts)))
@@ -83,17 +85,17 @@ def _pixels(part: ContentPart) -> int:
     return 0
 
 
-def _shrink_part(part: ContentPart, floor: ShrinkFloor) -> ContentPart:
+def _shrink_part(part: ContentPart, minimum: ShrinkMinimum) -> ContentPart:
     if isinstance(part, ImagePart):
-        pixels = _halve_pixels(part.pixels[np.newaxis], floor.min_pixels_per_frame)
+        pixels = _halve_pixels(part.pixels[np.newaxis], minimum.min_pixels_per_frame)
         return part if pixels is None else ImagePart(pixels=pixels[0])
     if isinstance(part, VideoPart):
         frames, timestamps = part.frames, part.timestamps_s
-        if len(frames) > floor.min_frames:
-            keep = _every_other(len(frames), max(floor.min_frames, math.ceil(len(frames) / 2)))
+        if len(frames) > minimum.min_frames:
+            keep = _every_other(len(frames), max(minimum.min_frames, math.ceil(len(frames) / 2)))
             frames = frames[keep]
             timestamps = tuple(timestamps[index] for index in keep) if timestamps else ()
-        smaller = _halve_pixels(frames, floor.min_pixels_per_frame)
+        smaller = _halve_pixels(frames, minimum.min_pixels_per_frame)
         if smaller is not None:
             frames = smaller
         if frames is part.frames:
@@ -112,7 +114,7 @@ def _halve_pixels(frames: np.ndarray, min_pixels: int) -> np.ndarray | None:
     _, height, width, _ = frames.shape
     if height * width // 2 > min_pixels:
         new_width, new_height = scaled_size(width, height, height * width // 2)
-    else:  # the last step lands on the floor: round up, never under it
+    else:  # the last step lands on the minimum: round up, never under it
         scale = math.sqrt(min_pixels / (height * width))
         new_width, new_height = math.ceil(width * scale / 2) * 2, math.ceil(height * scale / 2) * 2
     if new_width * new_height >= height * width:

@@ -11,7 +11,7 @@ import pytest
 from bench.mid_model import ensure_mid_model
 from models.engines.vllm import DEFAULT_VLLM_PYTHON
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.vllm]
 DRILL = pathlib.Path(__file__).with_name("vllm_drill.py")
 ROOT = DRILL.parent.parent.parent
 

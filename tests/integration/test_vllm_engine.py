@@ -24,7 +24,7 @@ from integration.conftest import TEST_APP_ARGS, deploy
 from memory.probe import FileGpu
 from models.engines.vllm import DEFAULT_VLLM_PYTHON
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.vllm]
 
 GIB = 1024**3
 APP = "vllm-engine"

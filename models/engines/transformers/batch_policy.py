@@ -115,7 +115,7 @@ def answer_out_of_memory(*, phase: OomPhase, rows: int, others_running: int, can
     - a decode step of several rows: run it in halves (the rows stay; none is shrunk or ended);
     - a decode step of one row: end that request (its answer cannot be made smaller mid-way);
     - a prefill beside a running batch: the request waits to run alone (the batch drains first);
-    - a prefill alone: retry the request smaller while the shrink floor allows, else end it (the
+    - a prefill alone: retry the request smaller while the shrink minimum allows, else end it (the
       router hands it to the other group).
     """
     if phase == "decode":

@@ -14,7 +14,7 @@ Each request keeps its own sampling settings and seed, its own stream of text, i
 * out of memory while prefilling beside a running batch: the request waits until the batch has
   drained and tries again alone (the batch is made smaller first);
 * out of memory while prefilling alone: that request, and only that one, is retried with fewer
-  frames and pixels (:func:`models.media.request_shrink.shrink_request`), down to the floor, then
+  frames and pixels (:func:`models.media.request_shrink.shrink_request`), down to the minimum, then
   handed off (:class:`~models.errors.RequestOutOfMemoryError`);
 * out of memory in a decode step: the step is split in halves, recursively; a single row that
   still does not fit ends with an out-of-memory error, and the other rows go on untouched.
@@ -64,7 +64,7 @@ from models.errors import (
     SchedulerClosedError,
     StreamOutOfMemoryError,
 )
-from models.media.request_shrink import OomRetry, ShrinkFloor, request_size, shrink_request
+from models.media.request_shrink import OomRetry, ShrinkMinimum, request_size, shrink_request
 from models.requests import GenerationRequest, ResponseFormat
 
 logger = logging.getLogger(__name__)
@@ -132,14 +132,14 @@ class BatchScheduler:
         costs: RequestCostModel,
         limits: BatchLimits,
         *,
-        shrink_floor: ShrinkFloor,
+        shrink_minimum: ShrinkMinimum,
         on_out_of_memory: Callable[[str], None] = lambda outcome: None,
         name: str = "batch-scheduler",
     ) -> None:
         self._steps = engine
         self._costs = costs
         self._limits = limits
-        self._floor = shrink_floor
+        self._minimum = shrink_minimum
         self._on_out_of_memory = on_out_of_memory
         self._waiting: collections.deque[_Ticket] = collections.deque()
         self._running: list[_Ticket] = []
@@ -164,7 +164,7 @@ class BatchScheduler:
 
         Raises at once (in the caller's thread) what the request itself gets wrong: a prompt over
         its limit, input the processor refuses, a request too big for this replica even at the
-        shrink floor, or a full queue (:class:`ReplicaBusyError`).
+        shrink minimum, or a full queue (:class:`ReplicaBusyError`).
         """
         sink = GuardedSink(sink, stop)  # a caller that goes away ends its request, not this engine
         self._check_room()  # before the processor runs: a full queue refuses at once
@@ -198,20 +198,20 @@ class BatchScheduler:
             )
 
     def _fitting(self, prepared: PreparedPrompt) -> tuple[PreparedPrompt, RequestCost, list[OomRetry]]:
-        """Shrink a request that can never fit the headroom until it does; hand it off at the floor."""
+        """Shrink a request that can never fit the headroom until it does; hand it off at the minimum."""
         retries: list[OomRetry] = []
         while True:
             cost = self._predict(prepared)
             if cost.total_bytes <= self._limits.headroom_bytes:
                 return prepared, cost, retries
             before = request_size(prepared.request)
-            smaller = shrink_request(prepared.request, self._floor)
+            smaller = shrink_request(prepared.request, self._minimum)
             if smaller is None:
                 raise RequestOutOfMemoryError(
                     f"The request is predicted to need {cost.total_bytes} bytes ({before.video_frames} frames, "
                     f"{before.images} images at up to {before.max_pixels_per_frame} pixels, {prepared.prompt_tokens} "
                     f"prompt tokens); this replica's headroom is {self._limits.headroom_bytes} bytes, even at the "
-                    f"floor of {self._floor.min_frames} frames and {self._floor.min_pixels_per_frame} pixels"
+                    f"minimum of {self._minimum.min_frames} frames and {self._minimum.min_pixels_per_frame} pixels"
                 )
             logger.info(  # in the submitter's thread: Serve's request id is in context
                 "Request predicted at %d bytes exceeds the %d-byte headroom; shrinking it up front (%d -> %d frames)",
@@ -434,7 +434,7 @@ class BatchScheduler:
         freed_bytes = freed.gpu_reserved_freed_bytes + freed.process_rss_freed_bytes
         self.stats.request_ooms += 1
         ticket = tickets[0]
-        smaller = shrink_request(ticket.request, self._floor) if phase == "prefill" else None
+        smaller = shrink_request(ticket.request, self._minimum) if phase == "prefill" else None
         others = len(self._running) if phase == "prefill" else 0
         answer = answer_out_of_memory(phase=phase, rows=len(tickets), others_running=others, can_shrink=smaller is not None)
         if answer == "split_step":
@@ -461,14 +461,14 @@ class BatchScheduler:
                 return False
             ticket.log(
                 logging.WARNING,
-                "Request ran out of memory alone at %d frames, %d images, %d pixels per frame, the floor; "
+                "Request ran out of memory alone at %d frames, %d images, %d pixels per frame, the minimum; "
                 "cleanup freed %d bytes; handing it to the other group (%s)",
                 before.video_frames, before.images, before.max_pixels_per_frame, freed_bytes, cause,
             )
             ticket.sink.failed(RequestOutOfMemoryError(
                 f"ran out of memory with {before.video_frames} frames and {before.images} images at "
-                f"{before.max_pixels_per_frame} pixels each, at the floor of {self._floor.min_frames} frames and "
-                f"{self._floor.min_pixels_per_frame} pixels, after {len(ticket.retries)} smaller retries "
+                f"{before.max_pixels_per_frame} pixels each, at the minimum of {self._minimum.min_frames} frames and "
+                f"{self._minimum.min_pixels_per_frame} pixels, after {len(ticket.retries)} smaller retries "
                 f"(cleanup freed {freed_bytes} bytes)"
             ))
             return False
