@@ -16,7 +16,7 @@ from deployments.routing.group_watch import GroupWatch
 from deployments.routing.router import GroupRouter
 
 REASON_CHARS = 300  # a dead replica's error carries its whole traceback
-DESCRIBE_TIMEOUT_S = 10.0
+DESCRIBE_TIMEOUT_S = 10.0  # what the edge waits for a replica's describe, or for the job runner
 
 
 class Readiness:

@@ -27,7 +27,6 @@ from models.media.visual_tokens import VisualTokenGeometry
 from models.requests import GenerationRequest
 
 RETRY_AFTER_S = "5"
-DESCRIBE_TIMEOUT_S = 10.0  # what a route waits for the job runner
 
 
 class IngressBase:

@@ -12,7 +12,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from deployments.edge.http_app import app
 from deployments.edge.job_events import job_events, last_event_id
 from deployments.edge.json_body import read_json_body
-from deployments.edge.routes.base import DESCRIBE_TIMEOUT_S, IngressBase
+from deployments.edge.readiness import DESCRIBE_TIMEOUT_S
+from deployments.edge.routes.base import IngressBase
 from deployments.edge.video_jobs import (
     JOB_PAGE_DEFAULT,
     JOB_PAGE_MAX,

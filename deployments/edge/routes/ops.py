@@ -10,8 +10,8 @@ from fastapi.responses import JSONResponse
 
 from deployments.edge.auth import check_memory_view
 from deployments.edge.http_app import app
-from deployments.edge.readiness import REASON_CHARS
-from deployments.edge.routes.base import DESCRIBE_TIMEOUT_S, RETRY_AFTER_S, IngressBase
+from deployments.edge.readiness import DESCRIBE_TIMEOUT_S, REASON_CHARS
+from deployments.edge.routes.base import RETRY_AFTER_S, IngressBase
 
 
 def _readiness_headers(read_at: float, serving: bool) -> dict[str, str]:
