@@ -76,7 +76,9 @@ def _group(plan: AppPlan, group: str) -> Application | None:
         graceful_shutdown_timeout_s=plan.config.routing.drain_timeout_s,
         graceful_shutdown_wait_loop_s=_DRAIN_POLL_S,
         request_router_config=RequestRouterConfig(
-            request_router_class=ROUTER_CLASS_PATH, request_routing_stats_period_s=ROUTING_STATS_PERIOD_S
+            request_router_class=ROUTER_CLASS_PATH, request_routing_stats_period_s=ROUTING_STATS_PERIOD_S,
+            request_router_kwargs={"media_affinity": plan.config.routing.media_affinity,
+                                   "max_load_gap": plan.config.routing.media_affinity_max_load_gap},
         ),
         ray_actor_options=_actor_options(
             settings.num_cpus, num_gpus, env_vars, settings.node_labels, python=plan.group(group).python

@@ -10,6 +10,8 @@ from typing import Literal
 
 import numpy as np
 
+from models.media.identity import media_id
+
 Role = Literal["system", "user", "assistant"]
 FinishReason = Literal["stop", "length"]
 
@@ -21,9 +23,16 @@ class TextPart:
 
 @dataclasses.dataclass(frozen=True)
 class ImagePart:
-    """One RGB image, ``H x W x 3`` ``uint8``."""
+    """One RGB image, ``H x W x 3`` ``uint8``; ``source``: where it came from (:func:`models.media.identity.media_source`),
+    ``None`` for media with no identity (never cached)."""
 
     pixels: np.ndarray
+    source: str | None = None
+
+    @property
+    def media_id(self) -> str | None:
+        """The key of every media cache (:mod:`models.media.identity`)."""
+        return None if self.source is None else media_id("image", self.source, self.pixels.shape)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +41,12 @@ class VideoPart:
 
     frames: np.ndarray
     timestamps_s: tuple[float, ...] = ()
+    source: str | None = None
+
+    @property
+    def media_id(self) -> str | None:
+        """The key of every media cache (:mod:`models.media.identity`): the source, the frame times, the size."""
+        return None if self.source is None else media_id("video", self.source, self.frames.shape, self.timestamps_s)
 
 
 ContentPart = TextPart | ImagePart | VideoPart
@@ -93,6 +108,14 @@ class GenerationRequest:
     @property
     def num_images(self) -> int:
         return sum(isinstance(part, ImagePart) for message in self.messages for part in message.content)
+
+    @property
+    def media_ids(self) -> tuple[str, ...]:
+        """The identities of its images and videos, in order (those without one left out): what affinity routes on."""
+        return tuple(
+            part.media_id for message in self.messages for part in message.content
+            if isinstance(part, (ImagePart, VideoPart)) and part.media_id is not None
+        )
 
     @property
     def num_video_frames(self) -> int:

@@ -84,8 +84,11 @@ def test_a_groups_python_is_its_first_engines_environment_that_is_there(caplog):
     assert python_for({}) is None  # transformers: the project's own
     assert python_for({"engine": "vllm", "vllm_python": "/opt/vllm/bin/python"}) == "/opt/vllm/bin/python"
     built = str(DEFAULT_VLLM_PYTHON) if DEFAULT_VLLM_PYTHON.is_file() else None
+    def ours() -> list:  # a library imported for the first time here (bitsandbytes) may warn of its own
+        return [record for record in caplog.records if record.name.startswith(("deployments", "models"))]
+
     with caplog.at_level("WARNING"):
         assert python_for({"engine": "auto"}) == built  # auto: vLLM's where it was built, else ours, quietly
-        assert not caplog.records
+        assert not ours()
         assert python_for({"engine": "vllm"}) == built
-    assert bool(caplog.records) is (built is None)  # named and missing: said
+    assert bool(ours()) is (built is None)  # named and missing: said

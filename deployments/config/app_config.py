@@ -154,6 +154,18 @@ class RoutingSettings(StrictSettings):
     breaker_cooldown_s: float = Field(
         default=15.0, gt=0, description="After a GPU-group failure, send traffic to the CPU group this long before probing."
     )
+    media_affinity: bool = Field(
+        default=True,
+        description="Send a question about an image or video to the replica of its group that holds it encoded (its "
+        "media cache), so the second question skips the encoding; off: Serve's power of two choices alone.",
+    )
+    media_affinity_max_load_gap: int = Field(
+        default=2,
+        ge=0,
+        description="Affinity yields to load: a replica holding the media is chosen only while it has at most this "
+        "many more requests in flight than the group's least-loaded ready replica (vLLM's and Serve's prefix-affinity "
+        "routers guard the same way).",
+    )
     drain_timeout_s: float = Field(
         default=600.0,
         gt=0,

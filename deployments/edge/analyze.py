@@ -34,6 +34,7 @@ from deployments.files.uploads import receive_upload
 from deployments.replica.protocol import ReplicaAnswer, ServedBy
 from models.media import inputs as media
 from models.media.decode_budget import DecodeBudget
+from models.media.identity import media_source
 from models.media.thumbnails import frame_thumbnails
 from models.media.video import FrameSelection, SampledVideo, sample_video
 from models.requests import ChatMessage, DecodingOptions, GenerationRequest, ResponseFormat, TextPart, VideoPart
@@ -291,11 +292,11 @@ async def prepare_analysis(
         budget = limits.decode_budget(targets=selection.num_frames or limits.max_video_frames)
         if upload.path is not None:
             check_part_type(upload.content_type)
-            filename, size_bytes = upload.filename, upload.size_bytes
+            filename, size_bytes, content_sha256 = upload.filename, upload.size_bytes, upload.sha256
             sampled = await _sampled(sample_video, upload.path, selection, limits.video_limits(), budget=budget, param=VIDEO_FIELD)
         else:
             record = await asyncio.to_thread(files.video_record, owner, fields.file_id, "file_id")
-            filename, size_bytes = record.filename, record.bytes
+            filename, size_bytes, content_sha256 = record.filename, record.bytes, record.sha256
             sampled = await asyncio.to_thread(files.cached_frames, record, selection, limits.video_limits())
             cache_hit = sampled is not None
             if sampled is None:
@@ -308,7 +309,7 @@ async def prepare_analysis(
         sampled.decode_seconds, sampled.seeks, sampled.decoded_frames, sampled.substituted,
         ", from the frame cache" if cache_hit else "",
     )
-    video = VideoPart(frames=sampled.frames, timestamps_s=sampled.timestamps_s)
+    video = VideoPart(frames=sampled.frames, timestamps_s=sampled.timestamps_s, source=media_source(owner, content_sha256))
     generation_request = GenerationRequest(
         messages=(ChatMessage(role="user", content=(video, TextPart(fields.question))),),
         max_new_tokens=fields.max_tokens or limits.default_max_tokens,

@@ -24,6 +24,7 @@ from deployments.errors import ApiError
 from deployments.files.service import FILE_ID_PREFIX, FilesService
 from deployments.files.store import ANONYMOUS, FileRecord
 from models.media import inputs as media
+from models.media.identity import content_sha256, media_source
 from models.media.remote import fetch_media
 from models.media.video import FrameSelection, SampledVideo, VideoInfo, probe_video, sample_video
 from models.media.visual_tokens import VisualTokenGeometry
@@ -206,17 +207,18 @@ class _MediaSources:
             record = self._file_record(part.file.file_id, f"{where}.file_id")
             if record.kind == "video":
                 return self._video_file(record, f"{where}.file_id")
-            return self._image(self._image_file(record, f"{where}.file_id"), where)
+            return self._image(self._image_file(record, f"{where}.file_id"), where, record.sha256)
         if isinstance(part, ImageUrlContent):
             where = f"{param}.image_url"
             url = part.image_url.url
             if url.startswith(FILE_ID_PREFIX):
-                return self._image(self._image_file(self._file_record(url, where), where), where)
+                record = self._file_record(url, where)
+                return self._image(self._image_file(record, where), where, record.sha256)
             try:
                 payload = _resolve_url(url, media.IMAGE_MIME_TYPES, self._config).payload
             except media.MediaError as error:
                 raise media_error_to_api_error(error, where) from error
-            return self._image(payload, where)
+            return self._image(payload, where, content_sha256(payload))
         where = f"{param}.video_url"
         url = part.video_url.url
         if url.startswith(FILE_ID_PREFIX):
@@ -238,7 +240,7 @@ class _MediaSources:
     def _image_file(self, record: FileRecord, where: str) -> bytes:
         return self._files_or_refuse(where).image_bytes(record, where, self._config.limits.max_image_bytes)
 
-    def _image(self, payload: bytes, where: str) -> tuple[PlannedPart, Decode]:
+    def _image(self, payload: bytes, where: str, sha256: str) -> tuple[PlannedPart, Decode]:
         limits = self._config.limits
         if len(payload) > limits.max_image_bytes:
             raise ApiError(413, f"{where}: the image is {len(payload)} bytes; the limit is {limits.max_image_bytes} "
@@ -257,7 +259,7 @@ class _MediaSources:
                 pixels = media.decode_image(payload, max_pixels=limits.max_image_pixels, target_pixels=limits.max_pixels_per_frame)
             except media.MediaError as error:
                 raise media_error_to_api_error(error, where) from error
-            return ImagePart(pixels=pixels)
+            return ImagePart(pixels=pixels, source=media_source(self._owner, sha256))
 
         return PlannedPart(where, "image", 1, min(width * height, limits.max_pixels_per_frame), source_pixels=width * height), decode
 
@@ -268,6 +270,7 @@ class _MediaSources:
             lambda: probe_video(payload, video_limits),
             lambda: sample_video(payload, selection, video_limits, self.budget),
             where,
+            content_sha256(payload),
         )
 
     def _video_file(self, record: FileRecord, where: str) -> tuple[PlannedPart, Decode]:
@@ -276,15 +279,17 @@ class _MediaSources:
         selection, video_limits = FrameSelection(num_frames=limits.video_frames), limits.video_limits()
         cached = files.cached_frames(record, selection, video_limits)
         if cached is not None:
-            return self._video_plan(cached.info, where), lambda: VideoPart(cached.frames, cached.timestamps_s)
+            source = media_source(self._owner, record.sha256)
+            return self._video_plan(cached.info, where), lambda: VideoPart(cached.frames, cached.timestamps_s, source)
         return self._video(
             lambda: files.probe(record, video_limits),
             lambda: files.sample(record, selection, video_limits, self.budget),
             where,
+            record.sha256,
         )
 
     def _video(
-        self, probe: Callable[[], VideoInfo], sample: Callable[[], SampledVideo], where: str
+        self, probe: Callable[[], VideoInfo], sample: Callable[[], SampledVideo], where: str, sha256: str
     ) -> tuple[PlannedPart, Decode]:
         """Probe now (the plan, from the header), sample later; a media error from either is the part's 4xx."""
         try:
@@ -297,7 +302,7 @@ class _MediaSources:
                 sampled = sample()
             except media.MediaError as error:
                 raise media_error_to_api_error(error, where) from error
-            return VideoPart(frames=sampled.frames, timestamps_s=sampled.timestamps_s)
+            return VideoPart(frames=sampled.frames, timestamps_s=sampled.timestamps_s, source=media_source(self._owner, sha256))
 
         return self._video_plan(info, where), decode
 

@@ -9,6 +9,7 @@ and the temporary file is deleted whatever happens: use :func:`receive_upload` a
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import os
 import pathlib
@@ -35,6 +36,7 @@ class Upload:
     size_bytes: int
     fields: dict[str, str]
     receive_seconds: float = 0.0
+    sha256: str = ""  # of the file's bytes, hashed as they arrived: the media identity's content hash
 
 
 @dataclasses.dataclass
@@ -69,6 +71,7 @@ class _UploadCollector:
         self.file_bytes = 0
         self.file = None
         self.path: pathlib.Path | None = None
+        self.digest = hashlib.sha256()
         self._part = _Part()
         self._headers: dict[bytes, bytes] = {}
 
@@ -145,6 +148,7 @@ class _UploadCollector:
                     code="upload_too_large",
                 )
             self.file.write(data[start:end])
+            self.digest.update(data[start:end])
         else:
             part.data += data[start:end]
             if len(part.data) > self._max_field_bytes:
@@ -284,6 +288,7 @@ async def receive_upload(
             content_type=part_type,
             size_bytes=collector.file_bytes,
             fields=collector.fields,
+            sha256=collector.digest.hexdigest(),
         )
     finally:
         collector.discard()

@@ -49,6 +49,10 @@ class ReplicaMetrics:
         self.prefix_cache_hit_rate = _state_gauge(
             "vd_prefix_cache_hit_ratio", "prompt tokens found in vLLM's prefix cache, of those looked up (vLLM engine only)"
         )
+        self.media_cache_hit_ratio = _state_gauge(
+            "vd_media_cache_hit_ratio", "media found encoded in the replica's media cache, of those looked up"
+        )
+        self.media_cache_bytes = _state_gauge("vd_media_cache_bytes", "bytes of encoded media the replica's media cache holds")
         self.request_out_of_memory = metrics.Counter(
             "vd_request_out_of_memory_total",
             "generation attempts that ran out of memory, by what followed: retry_smaller or handed_off",
@@ -97,6 +101,9 @@ class ReplicaMetrics:
             self.kv_cache_usage.set(stats.kv_cache_usage, tags=self._tags)
         if stats.prefix_cache_hit_rate is not None:
             self.prefix_cache_hit_rate.set(stats.prefix_cache_hit_rate, tags=self._tags)
+        if stats.media_cache is not None:
+            self.media_cache_hit_ratio.set(stats.media_cache.hit_ratio, tags=self._tags)
+            self.media_cache_bytes.set(stats.media_cache.bytes, tags=self._tags)
 
     def record_load_attempt(self, strategy: str, outcome: str) -> None:
         self.load_attempts.inc(tags={"group": self._group, "precision": strategy, "outcome": outcome})

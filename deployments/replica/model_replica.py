@@ -37,7 +37,7 @@ from deployments.replica.loader import ReplicaLoader
 from deployments.replica.protocol import ReplicaAnswer, ReplicaUnavailableError, ServedBy, StreamOpened
 from deployments.replica.stream_bridge import Opened, StreamBridge
 from deployments.routing.autoscaling import FREE_BYTES_METRIC, NEED_BYTES_METRIC, READY_METRIC
-from deployments.routing.ready_replica_router import READY_STAT
+from deployments.routing.ready_replica_router import MEDIA_STAT, READY_STAT
 from memory.allocator import read_allocator_settings
 from memory.cleanup import release_memory
 from memory.estimate import load_model_config
@@ -145,6 +145,7 @@ class ModelReplica:
             shrink_minimum=self._shrink_minimum,
             schema_compile=self._schema_compile,
             name=f"{self._group}-engine",
+            media_cache_bytes=self._settings.media_cache_bytes,
         )
         engine = start_engine(adapter, strategy, self._model_config, settings, on_out_of_memory=self._record_request_oom)
         started = time.perf_counter()
@@ -323,9 +324,11 @@ class ModelReplica:
             NEED_BYTES_METRIC: float(self._loader.weights_bytes() + self._reserve_bytes),
         }
 
-    def record_routing_stats(self) -> dict[str, bool]:
-        """For :class:`~deployments.routing.ready_replica_router.ReadyReplicaRouter`: calls go to loaded replicas first."""
-        return {READY_STAT: self._lifecycle.is_serving}
+    def record_routing_stats(self) -> dict[str, Any]:
+        """For :class:`~deployments.routing.ready_replica_router.ReadyReplicaRouter`: calls go to loaded replicas first,
+        and a media's questions to the replica that holds it encoded."""
+        engine = self._engine if self._lifecycle.is_serving else None
+        return {READY_STAT: self._lifecycle.is_serving, MEDIA_STAT: engine.cached_media() if engine is not None else []}
 
     async def ping(self, wait_ready_s: float = 0.0) -> dict[str, str]:
         """Who answered, once this replica can serve (waiting up to ``wait_ready_s`` for its first load);

@@ -57,7 +57,8 @@ class ModelAdapter(abc.ABC):
         return None
 
     def own_engine(
-        self, *, max_batch_size: int, max_waiting: int, name: str, schema_compile: "SchemaCompileLimits"
+        self, *, max_batch_size: int, max_waiting: int, name: str, schema_compile: "SchemaCompileLimits",
+        media_cache_bytes: int = 0,
     ) -> "Engine | None":
         """The engine of a library that brings its own (vLLM), started with the model; ``None`` (the default): the
         replica serves this adapter with one of ours (:func:`models.engines.start.start_engine`)."""

@@ -41,3 +41,16 @@ def frame_times(part: VideoPart) -> dict[str, Any]:
         "height": int(part.frames.shape[1]),
         "width": int(part.frames.shape[2]),
     }
+
+
+def media_ids_by_modality(messages: tuple[ChatMessage, ...]) -> dict[str, tuple[str | None, ...]]:
+    """Each image's and each video's identity (``None``: it has none), in the order :func:`to_template_chat` hands
+    them to the processor: ``{"image": (...), "video": (...)}``."""
+    ids: dict[str, list[str | None]] = {"image": [], "video": []}
+    for message in messages:
+        for part in message.content:
+            if isinstance(part, ImagePart):
+                ids["image"].append(part.media_id)
+            elif isinstance(part, VideoPart):
+                ids["video"].append(part.media_id)
+    return {modality: tuple(values) for modality, values in ids.items()}

@@ -15,6 +15,8 @@ An engine owns a loaded model and answers many requests with it. The contract, a
 - **declare** what it honours: :attr:`Engine.capabilities` (batches or not, which decoding options);
 - **prepare** structured output ahead of the first request that asks for it: :meth:`Engine.prepare_structured_output`
   (the grammar compile server's start, seconds: with jobs on, the replica calls it before it reports ready);
+- **name** the media it holds encoded: :meth:`Engine.cached_media` (identities, most recent first), for the
+  affinity router;
 - **close**: stop taking requests; waiting ones fail with :class:`~models.errors.SchedulerClosedError`.
 
 Three engines implement it: :class:`models.engines.transformers.scheduler.BatchScheduler` (continuous batching on a
@@ -31,6 +33,7 @@ from typing import Any, Literal, Protocol
 
 from memory.admission import RequestCost
 from models.errors import InvalidParameterError
+from models.media.media_cache import MediaCacheStats
 from models.media.request_shrink import OomRetry
 from models.requests import DecodingOptions, GenerationRequest, GenerationResult, TextDelta
 
@@ -132,9 +135,13 @@ class EngineStats:
     # An engine that keeps a KV cache of its own (vLLM): the part in use, and its prefix-cache hit rate.
     kv_cache_usage: float | None = None
     prefix_cache_hit_rate: float | None = None
+    # Its cache of encoded media, keyed by media identity (None: it keeps none).
+    media_cache: MediaCacheStats | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        figures = dataclasses.asdict(self)
+        figures["media_cache"] = self.media_cache.to_dict() if self.media_cache is not None else None
+        return figures
 
 
 class Engine(Protocol):
@@ -158,6 +165,11 @@ class Engine(Protocol):
         """Start what structured output needs (the grammar compile server, the closing masks) now, in the caller's
         thread, so that the first request with a ``response_format`` does not pay it; nothing for an engine without
         structured output."""
+        ...
+
+    def cached_media(self) -> list[str]:
+        """The media identities whose encoding this engine holds, most recently used first (bounded): what the
+        affinity router sends their next questions here for (:mod:`deployments.routing.media_affinity`)."""
         ...
 
     def close(self, timeout_s: float = 60.0) -> None: ...

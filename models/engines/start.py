@@ -16,6 +16,7 @@ from models.decoding.grammar_server import SchemaCompileLimits
 from models.engines.contract import Engine
 from models.engines.transformers.scheduler import BatchLimits, BatchScheduler
 from models.engines.transformers.serial_scheduler import SerialScheduler
+from models.media.media_cache import MediaCache
 from models.media.request_shrink import ShrinkMinimum
 
 
@@ -30,6 +31,7 @@ class EngineSettings:
     shrink_minimum: ShrinkMinimum
     schema_compile: SchemaCompileLimits
     name: str = "engine"
+    media_cache_bytes: int = 0  # the encoded media kept by identity (the group's media_cache_bytes); 0: none
 
 
 def start_engine(
@@ -42,7 +44,7 @@ def start_engine(
 ) -> Engine:
     """The engine for ``adapter`` (loaded with ``strategy``), running its own thread until ``close``."""
     own = adapter.own_engine(max_batch_size=settings.max_batch_size, max_waiting=settings.max_waiting, name=settings.name,
-                             schema_compile=settings.schema_compile)
+                             schema_compile=settings.schema_compile, media_cache_bytes=settings.media_cache_bytes)
     if own is not None:
         return own
     steps = adapter.batch_engine()
@@ -56,6 +58,8 @@ def start_engine(
         max_prefill_tokens=settings.max_prefill_tokens,
         schema_compile=settings.schema_compile,
     )
+    media_cache = MediaCache(settings.media_cache_bytes, kind="encoder_outputs") if settings.media_cache_bytes else None
     return BatchScheduler(
-        steps, costs, limits, shrink_minimum=settings.shrink_minimum, on_out_of_memory=on_out_of_memory, name=settings.name
+        steps, costs, limits, shrink_minimum=settings.shrink_minimum, on_out_of_memory=on_out_of_memory, name=settings.name,
+        media_cache=media_cache,
     )

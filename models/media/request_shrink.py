@@ -88,7 +88,7 @@ def _pixels(part: ContentPart) -> int:
 def _shrink_part(part: ContentPart, minimum: ShrinkMinimum) -> ContentPart:
     if isinstance(part, ImagePart):
         pixels = _halve_pixels(part.pixels[np.newaxis], minimum.min_pixels_per_frame)
-        return part if pixels is None else ImagePart(pixels=pixels[0])
+        return part if pixels is None else ImagePart(pixels=pixels[0], source=part.source)
     if isinstance(part, VideoPart):
         frames, timestamps = part.frames, part.timestamps_s
         if len(frames) > minimum.min_frames:
@@ -100,7 +100,7 @@ def _shrink_part(part: ContentPart, minimum: ShrinkMinimum) -> ContentPart:
             frames = smaller
         if frames is part.frames:
             return part
-        return VideoPart(frames=frames, timestamps_s=timestamps)
+        return VideoPart(frames=frames, timestamps_s=timestamps, source=part.source)  # identified by what it holds now
     return part
 
 

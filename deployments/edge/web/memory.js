@@ -102,6 +102,11 @@ function card(group, replica) {
     rows.push(["request out-of-memory", String(replica.request_out_of_memory)]);
   }
   if (replica.batching) rows.push(["batch", replica.batching.running + " running, " + replica.batching.waiting + " waiting"]);
+  const media = replica.batching && replica.batching.media_cache;
+  if (media) {
+    rows.push(["media cache", formatBytes(media.bytes) + " of " + formatBytes(media.max_bytes) + ", " + media.entries + " entries, " +
+      Math.round(100 * media.hit_ratio) + "% hits (" + media.hits + " of " + (media.hits + media.misses) + ")"]);
+  }
   fillTable(facts, rows);
   node.append(facts);
   if (replica.memory) node.append(bar(replica));

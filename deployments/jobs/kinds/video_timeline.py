@@ -28,6 +28,7 @@ from deployments.config.jobs import JobsSettings
 from deployments.jobs.records import JobRecord, Segment
 from deployments.jobs.results import SegmentResult, SegmentState
 from deployments.replica.protocol import ReplicaAnswer
+from models.media.identity import media_source
 from models.media.thumbnails import frame_thumbnails
 from models.media.video import SampledVideo
 from models.requests import ChatMessage, DecodingOptions, GenerationRequest, ResponseFormat, TextPart, VideoPart
@@ -77,7 +78,8 @@ def segment_request(job: JobRecord, segment: Segment, sampled: SampledVideo, max
     )
     if not job.custom_schema:
         instruction += " List what happens in this part as events, each with its time in seconds and a short description."
-    video = VideoPart(frames=sampled.frames, timestamps_s=sampled.timestamps_s)
+    # The job's file, identified as a question about it is: a segment asked again hits the caches its first run filled.
+    video = VideoPart(frames=sampled.frames, timestamps_s=sampled.timestamps_s, source=media_source(job.owner, job.file_sha256))
     return GenerationRequest(
         messages=(ChatMessage(role="user", content=(video, TextPart(instruction))),),
         max_new_tokens=job.max_tokens,

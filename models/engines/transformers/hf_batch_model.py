@@ -13,13 +13,16 @@ and kept per row, so rows with different media decode at their own positions.
 """
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import transformers
 
+from models.adapters.chat_template import media_ids_by_modality
+from models.engines.transformers.encoder_reuse import PIXEL_INPUTS, EncoderReuse, supports_encoder_reuse
 from models.engines.transformers.kv_batch import KvBatch, left_pad
 from models.fault_injection import raise_if_simulated_broken_link, raise_if_simulated_out_of_memory
+from models.media.media_cache import MediaCache
 from models.media.request_shrink import media_pixels
 from models.requests import GenerationRequest
 
@@ -34,6 +37,7 @@ class PreparedPrompt:
     visual_patches: int  # vision-encoder patches over all images and frames
     input_bytes: int = 0  # the processor's tensors (ids, masks, pixel values), exactly; dropped after the prefill
     media_bytes: int = 0  # the request's own frames and images (RGB bytes), held until it ends
+    media_ids: dict[str, tuple[str | None, ...]] = dataclasses.field(default_factory=dict)  # by modality, in order
 
     def without_inputs(self) -> "PreparedPrompt":
         """After its prefill: only the KV cache is needed, so the processor's tensors can go."""
@@ -55,6 +59,15 @@ class HfBatchModel:
         self.vocab_size = output.out_features if output is not None else model.config.get_text_config().vocab_size
         self._inner = getattr(model, "model", None)
         self._mrope = hasattr(self._inner, "rope_deltas")
+        self._reuse: EncoderReuse | None = None
+
+    def reuse_encoder_outputs(self, cache: MediaCache, room_bytes: Callable[[], int]) -> bool:
+        """Keep the vision tower's outputs in ``cache`` from now on (:mod:`~models.engines.transformers.encoder_reuse`);
+        whether this model can (``False``: it runs its tower in every prefill, as before)."""
+        if not supports_encoder_reuse(self._model):
+            return False
+        self._reuse = EncoderReuse(self._model, cache, room_bytes)
+        return True
 
     @property
     def kv_dtype_bytes(self) -> int:
@@ -73,6 +86,7 @@ class HfBatchModel:
             visual_patches=patches,
             input_bytes=sum(value.nbytes for value in inputs.values() if isinstance(value, torch.Tensor)),
             media_bytes=3 * media_pixels(request),
+            media_ids=media_ids_by_modality(request.messages),
         )
 
     def batchable(self, prepared: PreparedPrompt) -> bool:
@@ -91,6 +105,11 @@ class HfBatchModel:
         for prepared in prompts:
             raise_if_simulated_out_of_memory(prepared.request)
         inputs = prompts[0].inputs if len(prompts) == 1 else self._collate(prompts)
+        if self._reuse is not None:
+            extra_inputs = {"mm_encoder_outputs": self._reuse.encoder_outputs(prompts, self.device)}
+            inputs = {key: value for key, value in inputs.items() if key not in PIXEL_INPUTS}
+        else:
+            extra_inputs = {}
         inputs = {key: value.to(self.device) for key, value in inputs.items()}
         mask = inputs["attention_mask"]
         extra: dict[str, Any] = {}
@@ -100,7 +119,7 @@ class HfBatchModel:
         else:
             self._inner.rope_deltas = None  # the model keeps the last prefill's deltas; never reuse another row's
         with torch.inference_mode():
-            outputs = self._model(**inputs, **extra, use_cache=True, logits_to_keep=1)
+            outputs = self._model(**inputs, **extra, **extra_inputs, use_cache=True, logits_to_keep=1)
         length = mask.shape[1]
         if self._mrope:
             # Multimodal RoPE: the model placed text after media at ``length + delta`` (per row, padding counted).

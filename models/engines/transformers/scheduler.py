@@ -64,6 +64,7 @@ from models.errors import (
     SchedulerClosedError,
     StreamOutOfMemoryError,
 )
+from models.media.media_cache import MediaCache
 from models.media.request_shrink import OomRetry, ShrinkMinimum, request_size, shrink_request
 from models.requests import GenerationRequest, ResponseFormat
 
@@ -135,6 +136,7 @@ class BatchScheduler:
         shrink_minimum: ShrinkMinimum,
         on_out_of_memory: Callable[[str], None] = lambda outcome: None,
         name: str = "batch-scheduler",
+        media_cache: MediaCache | None = None,
     ) -> None:
         self._steps = engine
         self._costs = costs
@@ -148,6 +150,10 @@ class BatchScheduler:
         self._wake = threading.Condition()
         self._closing = False
         self.stats = EngineStats(headroom_bytes=limits.headroom_bytes)
+        # The vision tower's outputs by media identity, inside the headroom; given back before a request waits for it.
+        self._media_cache = media_cache if media_cache is not None and engine.reuse_encoder_outputs(
+            media_cache, room_bytes=self._media_cache_room) else None
+        self.stats.media_cache = self._media_cache.stats if self._media_cache is not None else None
         self.capabilities = EngineCapabilities(
             mode="continuous", max_batch_size=limits.max_batch_size, decoding_options=HONOURED_OPTIONS
         )
@@ -234,6 +240,23 @@ class BatchScheduler:
     def describe(self) -> dict[str, Any]:
         return describe_engine(self.capabilities, self.stats)
 
+    def cached_media(self) -> list[str]:
+        return self._media_cache.media_ids() if self._media_cache is not None else []
+
+    def _media_cache_room(self) -> int:
+        """What the media cache may grow into now: the headroom less the batch's predicted peak and the cache."""
+        return self._limits.headroom_bytes - self.stats.admitted_bytes - (self._media_cache.bytes if self._media_cache else 0)
+
+    def _give_back_media_cache(self, reason: str) -> None:
+        """Requests come first: after an admission, the cache gives back what the batch's predicted peak needs of the
+        headroom (called with the lock held, before the prefill runs)."""
+        if self._media_cache is None:
+            return
+        over = self.stats.admitted_bytes + self._media_cache.bytes - self._limits.headroom_bytes
+        if over > 0:
+            freed = self._media_cache.give_back(over)
+            logger.info("The media cache gave back %d bytes (%s)", freed, reason)
+
     def prepare_structured_output(self) -> None:
         """The compile server started and ``json_object`` compiled (with the closing masks), before any request."""
         self._grammars.compile(ResponseFormat("json_object"))
@@ -311,6 +334,8 @@ class BatchScheduler:
             self._holding.append(ticket)
         self._count_queue()  # first: the admitted ones leave the waiting requests' inputs
         self._recount(prefilling=admitted)
+        if admitted:
+            self._give_back_media_cache(f"{len(admitted)} requests admitted")
         return admitted
 
     def _batch_bytes(self, tickets: list[_Ticket], prefilling: list[_Ticket]) -> int:
@@ -430,6 +455,8 @@ class BatchScheduler:
         """Every out-of-memory goes through here: release memory, count it, ask the policy
         (:func:`models.engines.transformers.batch_policy.answer_out_of_memory`), do what it says. ``True`` when the caller should
         retry: the prefill of the (now smaller) request, or the decode step in halves."""
+        if self._media_cache is not None and self._media_cache.bytes:  # first what is only a speed-up
+            logger.warning("Out of memory (%s): the media cache gives back all its %d bytes", phase, self._media_cache.give_back(self._media_cache.bytes))
         freed = release_memory()
         freed_bytes = freed.gpu_reserved_freed_bytes + freed.process_rss_freed_bytes
         self.stats.request_ooms += 1

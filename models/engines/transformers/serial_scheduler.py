@@ -80,6 +80,9 @@ class SerialScheduler:
             self.stats.waiting = len(self._jobs)
             self._wake.notify()
 
+    def cached_media(self) -> list[str]:
+        return []  # the adapter's own generate loop runs its vision tower every time
+
     def describe(self) -> dict[str, Any]:
         return describe_engine(self.capabilities, self.stats)
 

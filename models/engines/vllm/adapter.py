@@ -50,6 +50,7 @@ class VllmSettings:
     num_threads: int
     trust_remote_code: bool = False
     compile: str = "auto"  # the group's vllm_compile: auto, compiled or eager (models.engines.vllm.memory_plan.plan_vllm_compile)
+    media_cache_bytes: int = 0  # the group's media_cache_bytes: vLLM's processor cache
 
 
 class VllmAdapter(CheckpointAdapter):
@@ -76,7 +77,8 @@ class VllmAdapter(CheckpointAdapter):
         if budget is None:
             raise RuntimeError("vLLM's link was tried before the replica measured its budget")
         self.plan = plan_vllm_memory(budget, device=self._strategy.device, weights_bytes=self._weights_bytes,
-                                     shape=self._settings.shape, share=self._settings.share)
+                                     shape=self._settings.shape, share=self._settings.share,
+                                     processor_cache_bytes=self._settings.media_cache_bytes)
         self.compile_plan = plan_vllm_compile(self._settings.compile, self.plan)
         logger.info("Starting vLLM for %s as %s: %s; %s", self._model_path, self._strategy.name, self.plan.explanation,
                     self.compile_plan.reason)
@@ -129,7 +131,10 @@ class VllmAdapter(CheckpointAdapter):
         """What this link holds by plan: the weights at its precision and the KV cache vLLM was given."""
         return self._weights_bytes + (self.plan.kv_cache_bytes if self.plan else 0)
 
-    def own_engine(self, *, max_batch_size: int, max_waiting: int, name: str, schema_compile: SchemaCompileLimits) -> Engine:
+    def own_engine(
+        self, *, max_batch_size: int, max_waiting: int, name: str, schema_compile: SchemaCompileLimits, media_cache_bytes: int = 0
+    ) -> Engine:
+        """``media_cache_bytes`` is already vLLM's processor cache, from the plan (its settings)."""
         if self._runtime is None:
             raise RuntimeError(f"vLLM is not started for {self._model_path}")
         tokenizer = self._processor.tokenizer
@@ -145,6 +150,7 @@ class VllmAdapter(CheckpointAdapter):
             kv_bytes_per_token=self._settings.shape.kv_bytes_per_token,
             name=name,
             link=self._strategy.name,
+            media_cache_bytes=self.plan.processor_cache_bytes if self.plan else 0,
         )
 
     def describe(self) -> dict[str, Any]:

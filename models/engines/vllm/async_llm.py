@@ -31,6 +31,8 @@ class VllmFigures:
     prefix_cache_queries: int = 0
     prefix_cache_hits: int = 0
     preemptions: int = 0
+    processor_cache_queries: int = 0  # media items looked up in vLLM's multimodal processor cache
+    processor_cache_hits: int = 0
 
     @property
     def prefix_cache_hit_rate(self) -> float:
@@ -54,6 +56,9 @@ def _figures_logger(figures: VllmFigures) -> Callable[..., StatLoggerBase]:
                 figures.prefix_cache_hits += scheduler_stats.prefix_cache_stats.hits
             if iteration_stats is not None:
                 figures.preemptions += getattr(iteration_stats, "num_preempted_reqs", 0)
+            if mm_cache_stats is not None:
+                figures.processor_cache_queries += mm_cache_stats.queries
+                figures.processor_cache_hits += mm_cache_stats.hits
 
         def log_engine_initialized(self) -> None:
             pass

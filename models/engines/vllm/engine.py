@@ -13,7 +13,9 @@
   ``limits.max_schema_compile_s``, its concurrency and memory bounds, refusals kept), so a schema that would hold
   vLLM's own compiler, which has no time limit, is refused before vLLM sees it.
 - **describe**: our :class:`~models.engines.contract.EngineStats` plus vLLM's own figures (KV-cache use, running and
-  waiting, prefix-cache hit rate).
+  waiting, prefix-cache and processor-cache hit rates).
+- **media**: each item goes to vLLM with our media identity (``multi_modal_uuids``); the engine keeps a record of
+  the identities it handed over, bounded as vLLM's processor cache is, which it names to the affinity router.
 """
 
 import asyncio
@@ -25,7 +27,7 @@ from typing import Any
 
 from vllm.v1.engine.exceptions import EngineDeadError
 
-from memory.admission import RequestCost
+from memory.admission import FP32_BYTES, RequestCost
 from models.decoding.grammar import GrammarCompiler
 from models.engines.contract import EngineCapabilities, EngineStats, GuardedSink, RequestSink, describe_engine
 from models.engines.vllm.async_llm import VllmRuntime
@@ -33,7 +35,8 @@ from models.engines.vllm.inputs import PromptBuilder, token_logprobs
 from models.engines.vllm.options import HONOURED_OPTIONS
 from models.errors import PromptTooLongError, ReplicaBusyError, SchedulerClosedError, check_prompt_tokens
 from models.fault_injection import raise_if_simulated_broken_link
-from models.requests import GenerationRequest, GenerationResult, ResponseFormat, TextDelta
+from models.media.media_cache import MediaCache
+from models.requests import GenerationRequest, GenerationResult, ImagePart, ResponseFormat, TextDelta
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +71,7 @@ class VllmEngine:
         grammars: GrammarCompiler | None = None,
         name: str = "vllm-engine",
         link: str = "",
+        media_cache_bytes: int = 0,
     ) -> None:
         self._runtime = runtime
         self._grammars = grammars
@@ -80,7 +84,10 @@ class VllmEngine:
         self._capabilities = EngineCapabilities(
             mode="continuous", max_batch_size=max_batch_size, decoding_options=HONOURED_OPTIONS
         )
-        self._stats = EngineStats()
+        # What this replica handed vLLM, by media identity, bounded as vLLM's processor cache is: which media vLLM
+        # holds processed here (its own caches key on the same identity), for the affinity router and the figures.
+        self._media = MediaCache(media_cache_bytes, kind="vllm")
+        self._stats = EngineStats(media_cache=self._media.stats if media_cache_bytes else None)
         self._tickets: dict[str, _Ticket] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count()
@@ -110,6 +117,8 @@ class VllmEngine:
             self._grammars.check(response_format, stop)  # within limits.max_schema_compile_s, or refused here
         prompt = self._prompts.build(request)
         params = self._prompts.sampling_params(request)
+        if self._stats.media_cache is not None:
+            self._record_media(request)
         if not sink.streams_text:
             # Nobody reads the pieces: vLLM sends the first token's output (the request is open) and the last.
             params.stream_interval = request.max_new_tokens
@@ -118,6 +127,19 @@ class VllmEngine:
             request_id = f"{self._name}-{next(self._ids)}"
             ticket = self._tickets[request_id] = _Ticket(request, sink, stop)
         self._runtime.spawn(self._run(request_id, ticket, prompt, params))
+
+    def _record_media(self, request: GenerationRequest) -> None:
+        """Count each item as a hit when vLLM was handed it before (and an LRU of its processor cache's size still
+        holds it), else record it, priced as vLLM's processed copy: fp32 pixels, 4 bytes a channel."""
+        for message in request.messages:
+            for part in message.content:
+                media_id = getattr(part, "media_id", None)
+                if media_id is not None and self._media.get(media_id) is None:
+                    pixels = part.pixels if isinstance(part, ImagePart) else part.frames
+                    self._media.put(media_id, None, FP32_BYTES * pixels.nbytes, media_id=media_id)
+
+    def cached_media(self) -> list[str]:
+        return self._media.media_ids()
 
     def _check_room(self) -> None:
         if self._closing:

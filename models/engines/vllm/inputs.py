@@ -2,7 +2,8 @@
 the sampling parameters that honour every decoding option we take.
 
 vLLM never decodes a file here: images and the frames our sampler chose (seek-based, through the frame cache) are
-handed over as arrays, each video with its frames' times, so both engines see the same frames and the same prompt.
+handed over as arrays, each video with its frames' times, so both engines see the same frames and the same prompt. Each item carries our media identity
+(``multi_modal_uuids``), so vLLM's caches key on it.
 """
 
 from typing import Any
@@ -11,7 +12,7 @@ import numpy as np
 from vllm import SamplingParams
 from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
-from models.adapters.chat_template import frame_times, to_template_chat
+from models.adapters.chat_template import frame_times, media_ids_by_modality, to_template_chat
 from models.engines.contract import check_options
 from models.requests import GenerationRequest, TokenLogprob
 
@@ -35,6 +36,12 @@ class PromptBuilder:
         prompt: dict[str, Any] = {"prompt": text}
         if media:
             prompt["multi_modal_data"] = media
+            # Our media identity as vLLM's item ids: its processor, encoder and prefix caches key on them and never
+            # hash the pixels again (None: an item with no identity, which vLLM hashes itself).
+            ids = media_ids_by_modality(request.messages)
+            uuids = {modality: list(ids[modality]) for modality in media if any(ids[modality])}
+            if uuids:
+                prompt["multi_modal_uuids"] = uuids
         return prompt
 
     def sampling_params(self, request: GenerationRequest) -> SamplingParams:

@@ -67,6 +67,7 @@ class VllmLinks:
                 num_threads=max(1, int(settings.num_cpus)),
                 trust_remote_code=context.trust_remote_code,
                 compile=settings.vllm_compile,
+                media_cache_bytes=settings.media_cache_bytes,
             ),
             weights_bytes=weights_bytes,
             budget=context.budget,
@@ -78,8 +79,9 @@ def vllm_shape(context: LinkContext, link: LoadStrategy) -> VllmShape:
     ``max_model_len``, ``max_batch_size`` as vLLM's ``max_num_seqs``)."""
     dtype_bytes = 4 if link.dtype == "float32" else 2  # vLLM keeps the KV cache in the model's dtype
     kv_bytes = RequestCostModel.from_config(context.model_config, dtype_bytes=dtype_bytes, device=link.device).kv_bytes_per_token
+    text = context.model_config.get_text_config() if hasattr(context.model_config, "get_text_config") else context.model_config
     return VllmShape(kv_bytes_per_token=kv_bytes, max_model_len=context.max_model_len,
-                     max_num_seqs=context.settings.max_batch_size)
+                     max_num_seqs=context.settings.max_batch_size, embedding_bytes_per_token=text.hidden_size * dtype_bytes)
 
 
 def _fp8_on_device(device: str) -> bool:

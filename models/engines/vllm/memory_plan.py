@@ -51,6 +51,12 @@ class VllmShape:
     max_model_len: int
     max_num_seqs: int
     max_num_batched_tokens: int = VLLM_DEFAULT_MAX_NUM_BATCHED_TOKENS
+    embedding_bytes_per_token: int = 0  # hidden size x dtype bytes: what one encoder-cache token holds
+
+    @property
+    def encoder_cache_bytes(self) -> int:
+        """vLLM's encoder cache: ``max_num_batched_tokens`` embeddings (vLLM sizes it so; it is not a setting)."""
+        return self.max_num_batched_tokens * self.embedding_bytes_per_token
 
     @property
     def min_kv_cache_bytes(self) -> int:
@@ -71,12 +77,17 @@ class VllmMemoryPlan:
     min_kv_cache_bytes: int
     gpu_memory_utilization: float | None
     explanation: str
+    # vLLM's multimodal processor cache (host memory, one copy in its front end and one in its engine core) and its
+    # encoder cache (on the device, inside the activation peak vLLM profiles): the media a replica keeps encoded.
+    processor_cache_bytes: int = 0
+    encoder_cache_bytes: int = 0
 
     def engine_args(self) -> dict[str, Any]:
         """The engine arguments that carry the plan."""
+        caches = {"mm_processor_cache_gb": self.processor_cache_bytes / 1024**3}
         if self.gpu_memory_utilization is not None:
-            return {"gpu_memory_utilization": self.gpu_memory_utilization}
-        return {"kv_cache_memory_bytes": self.kv_cache_bytes}
+            return {"gpu_memory_utilization": self.gpu_memory_utilization, **caches}
+        return {"kv_cache_memory_bytes": self.kv_cache_bytes, **caches}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -109,13 +120,18 @@ def vllm_activation_bytes(costs: RequestCostModel, shape: VllmShape, largest: Re
 
 
 def plan_vllm_memory(
-    budget: MemoryBudget, *, device: str, weights_bytes: int, shape: VllmShape, share: float = 1.0
+    budget: MemoryBudget, *, device: str, weights_bytes: int, shape: VllmShape, share: float = 1.0,
+    processor_cache_bytes: int = 0,
 ) -> VllmMemoryPlan:
     """vLLM's memory arguments for a replica on ``device`` with ``budget`` loading ``weights_bytes`` of weights (a
-    GPU group's chain run on the CPU, in tests and drills, has a GPU's budget and vLLM's CPU arguments)."""
+    GPU group's chain run on the CPU, in tests and drills, has a GPU's budget and vLLM's CPU arguments).
+    ``processor_cache_bytes``: the group's ``media_cache_bytes``, vLLM's processor cache; on the CPU its two copies
+    come out of the budget, on a GPU they are host memory and the budget is the card's."""
     if device == "cuda":
-        return _plan_gpu(budget, weights_bytes, shape, share)
-    return _plan_cpu(budget, weights_bytes, shape)
+        plan = _plan_gpu(budget, weights_bytes, shape, share)
+    else:
+        plan = _plan_cpu(budget, weights_bytes, shape, processor_cache_bytes)
+    return dataclasses.replace(plan, processor_cache_bytes=processor_cache_bytes, encoder_cache_bytes=shape.encoder_cache_bytes)
 
 
 def _plan_gpu(budget: MemoryBudget, weights_bytes: int, shape: VllmShape, share: float) -> VllmMemoryPlan:
@@ -133,12 +149,13 @@ def _plan_gpu(budget: MemoryBudget, weights_bytes: int, shape: VllmShape, share:
     return VllmMemoryPlan("cuda", weights_bytes, kv, shape.min_kv_cache_bytes, utilization, explanation)
 
 
-def _plan_cpu(budget: MemoryBudget, weights_bytes: int, shape: VllmShape) -> VllmMemoryPlan:
-    room = budget.weights_bytes - VLLM_CPU_PROCESS_BYTES - weights_bytes
+def _plan_cpu(budget: MemoryBudget, weights_bytes: int, shape: VllmShape, processor_cache_bytes: int) -> VllmMemoryPlan:
+    room = budget.weights_bytes - VLLM_CPU_PROCESS_BYTES - weights_bytes - 2 * processor_cache_bytes
     kv = min(room, shape.max_kv_cache_bytes)
+    caches = f" - 2 x media cache {format_gib(processor_cache_bytes)}" if processor_cache_bytes else ""
     explanation = (
         f"KV cache {format_gib(kv)} = min({budget.explain()} - vLLM's processes {format_gib(VLLM_CPU_PROCESS_BYTES)} "
-        f"- weights {format_gib(weights_bytes)}, {shape.max_num_seqs} sequences x {shape.max_model_len} tokens x "
+        f"- weights {format_gib(weights_bytes)}{caches}, {shape.max_num_seqs} sequences x {shape.max_model_len} tokens x "
         f"{shape.kv_bytes_per_token} bytes)"
     )
     _check_kv(kv, shape, explanation)
