@@ -143,15 +143,17 @@ def measure(base_url: str, model: str, levels: list[int], video_part: dict | Non
 
 
 @contextlib.contextmanager
-def bare_vllm(model_path: pathlib.Path, media_dir: pathlib.Path, *, eager: bool = False) -> Iterator[tuple[str, int]]:
-    """vLLM's own OpenAI server as a user starts it: its defaults (compiled, prefix caching on), or ``--enforce-eager``;
-    yields its URL and its process's pid."""
+def bare_vllm(
+    model_path: pathlib.Path, media_dir: pathlib.Path, *, eager: bool = False, extra_args: tuple[str, ...] = ()
+) -> Iterator[tuple[str, int]]:
+    """vLLM's own OpenAI server as a user starts it: its defaults (compiled, prefix caching on), or ``--enforce-eager``,
+    and ``extra_args``; yields its URL and its process's pid."""
     port = free_port()
     command = [
         str(DEFAULT_VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_path),
         "--served-model-name", "mid", "--dtype", "float32", "--max-model-len", str(MAX_MODEL_LEN), "--max-num-seqs", "16",
         *(["--enforce-eager"] if eager else []), "--host", "127.0.0.1", "--port", str(port), "--allowed-local-media-path", str(media_dir),
-        "--media-io-kwargs", json.dumps({"video": {"num_frames": FRAMES}}),
+        "--media-io-kwargs", json.dumps({"video": {"num_frames": FRAMES}}), *extra_args,
     ]
     env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "2", "HF_HUB_OFFLINE": "1",
            "VLLM_CPU_OMP_THREADS_BIND": f"0-{THREADS - 1}"}

@@ -24,31 +24,39 @@ TEXT_WIDTHS = {
 }
 
 
-def mid_model_config() -> transformers.Qwen2VLConfig:
-    """The mid-size model's config: the tiny model's, with Qwen2-VL-2B's text widths."""
+# Qwen2-VL-2B's vision tower widths (embed 1280, 16 heads, MLP x4) with 4 of its 32 blocks: about 80M parameters, a
+# tower whose work on 8 frames weighs as a real one's does beside the decoder's (bench.ask_many).
+VISION_WIDTHS = {"embed_dim": 1280, "depth": 4, "num_heads": 16, "mlp_ratio": 4}
+
+
+def mid_model_config(*, real_vision: bool = False) -> transformers.Qwen2VLConfig:
+    """The mid-size model's config: the tiny model's, with Qwen2-VL-2B's text widths (and with ``real_vision``, its
+    vision tower's widths too)."""
     tiny_folder = tiny.ensure_tiny_model()
     tiny_config = transformers.AutoConfig.from_pretrained(tiny_folder).to_dict()
     text_config = {**tiny_config["text_config"], **TEXT_WIDTHS, "max_position_embeddings": 32768}
     text_config.pop("layer_types", None)  # derived again for 4 layers
     text_config.pop("head_dim", None)
     vision_config = {**tiny_config["vision_config"], "hidden_size": TEXT_WIDTHS["hidden_size"]}  # the merger feeds the decoder
+    if real_vision:
+        vision_config.update(VISION_WIDTHS)
     token_ids = {key: tiny_config[key] for key in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")}
     return transformers.Qwen2VLConfig(text_config=text_config, vision_config=vision_config, tie_word_embeddings=True, **token_ids)
 
 
-def write_mid_model_files(folder: pathlib.Path) -> pathlib.Path:
+def write_mid_model_files(folder: pathlib.Path, *, real_vision: bool = False) -> pathlib.Path:
     """The mid-size model's config, tokenizer and processor files, without weights: what planning reads."""
     folder.mkdir(parents=True, exist_ok=True)
-    mid_model_config().save_pretrained(folder)
+    mid_model_config(real_vision=real_vision).save_pretrained(folder)
     transformers.AutoProcessor.from_pretrained(tiny.ensure_tiny_model()).save_pretrained(folder)
     return folder
 
 
-def ensure_mid_model(folder: pathlib.Path) -> pathlib.Path:
+def ensure_mid_model(folder: pathlib.Path, *, real_vision: bool = False) -> pathlib.Path:
     if (folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file():
         return folder
-    config = mid_model_config()
-    write_mid_model_files(folder)
+    config = mid_model_config(real_vision=real_vision)
+    write_mid_model_files(folder, real_vision=real_vision)
     torch.manual_seed(0)
     model = transformers.Qwen2VLForConditionalGeneration(config).to(torch.float32).eval()
     model.save_pretrained(folder)

@@ -215,3 +215,22 @@ def overhead_chart(bars: Sequence[tuple[str, dict[str, float]]], title: str, pat
     axis.set_xlim(right=axis.get_xlim()[1] * 1.08)  # room for the totals
     axis.legend(fontsize=7, ncol=5, loc="upper center", bbox_to_anchor=(0.5, -0.28))
     return _save(figure, path)
+
+
+def ask_many_chart(nth: dict[str, Any], path: pathlib.Path) -> pathlib.Path:
+    """bench/ask_many.py: each of five questions about one video, in seconds, per engine (and without the media cache)."""
+    figure, axis = plt.subplots(figsize=(6, 4))
+    labels = {"transformers": ("ours, transformers", "#c9822b", "-"),
+              "transformers_no_media_cache": ("ours, transformers, media_cache_bytes: 0", "#e8b878", "--"),
+              "vllm": ("ours, engine: vllm", "#1f5f8b", "-")}
+    for name, (label, color, line) in labels.items():
+        if name in nth:
+            axis.plot(range(1, len(nth[name]["seconds"]) + 1), nth[name]["seconds"], marker="o", label=label, color=color,
+                      linestyle=line)
+    axis.set_xlabel("question about the same 10-minute video")
+    axis.set_ylabel("seconds")
+    axis.set_xticks(range(1, 6))
+    axis.set_ylim(bottom=0)
+    axis.legend(fontsize=8)
+    figure.suptitle("Five questions, 8 frames at 448x448: from the second on")
+    return _save(figure, path)

@@ -8,8 +8,14 @@ import pytest
 from mixed_requests import mixed_requests
 from test_batch_engine import NEW_TOKENS, decode_in_batch
 
+from memory.admission import RequestCostModel
+from memory.estimate import load_model_config
+from models.decoding.grammar_server import SchemaCompileLimits
+from models.engines.transformers.scheduler import BatchLimits, BatchScheduler
+from models.engines.warm_up import answer_through
 from models.media.identity import media_source
 from models.media.media_cache import MediaCache
+from models.media.request_shrink import ShrinkMinimum
 from models.requests import ChatMessage, GenerationRequest, ImagePart, VideoPart
 
 pytestmark = pytest.mark.unit
@@ -89,3 +95,36 @@ def test_the_cache_keeps_nothing_beyond_the_room_it_is_given(tiny_adapter):
     engine.reuse_encoder_outputs(cache, room_bytes=lambda: 0)
     decode_in_batch(engine, _identified(mixed_requests(new_tokens=2)), {0: [1, 2, 3]})
     assert cache.stats.entries == 0 and cache.bytes == 0
+
+
+def test_under_memory_pressure_the_cache_gives_back_before_a_request_waits(tiny_adapter, tiny_model_path):
+    """A cache holding encoded media, and a new request that fits the headroom alone but not beside the cache: the
+    request is admitted and answered, the cache gives back what it needed; nothing is refused."""
+    costs = RequestCostModel.from_config(load_model_config(str(tiny_model_path)), dtype_bytes=4, device="cpu")
+    cache = MediaCache(64 * 1024**2, kind="encoder_outputs")
+    first, second = _identified(mixed_requests(new_tokens=2))[2:4]
+
+    def scheduler(headroom_bytes: int) -> BatchScheduler:
+        limits = BatchLimits(max_batch_size=2, max_waiting=4, headroom_bytes=headroom_bytes, max_prefill_tokens=8192,
+                             schema_compile=SchemaCompileLimits())
+        return BatchScheduler(tiny_adapter.batch_engine(), costs, limits, media_cache=cache,
+                              shrink_minimum=ShrinkMinimum(min_frames=2, min_pixels_per_frame=3136))
+
+    roomy = scheduler(1 << 30)
+    try:
+        answer_through(roomy, first, timeout_s=60)
+        second_alone = roomy._predict(roomy._steps.prepare(second)).total_bytes
+    finally:
+        roomy.close()
+    held = cache.bytes
+    assert held > 0 and cache.stats.entries == 1
+
+    tight = scheduler(second_alone + held // 2)  # the second fits alone; beside the whole cache it would not
+    try:
+        result = answer_through(tight, second, timeout_s=60)
+    finally:
+        tight.close()
+
+    assert result.completion_tokens == 2
+    assert cache.stats.given_back == 1 and cache.stats.given_back_bytes == held
+    assert tight.stats.request_ooms == 0

@@ -20,7 +20,7 @@ from deployments.plan import resolve_app
 from deployments.replica.model_replica import ModelReplica
 from deployments.replica.protocol import ReplicaAnswer, ReplicaUnavailableError, StreamOpened
 from deployments.routing.autoscaling import READY_METRIC
-from deployments.routing.ready_replica_router import READY_STAT
+from deployments.routing.ready_replica_router import MEDIA_STAT, READY_STAT
 from models.decoding.token_sampler import TokenSampler
 from models.errors import RequestOutOfMemoryError, StreamOutOfMemoryError
 from models.fault_injection import SIMULATE_OOM_ABOVE_PIXELS_ENV
@@ -375,14 +375,14 @@ def test_a_stream_that_runs_out_of_memory_mid_answer_ends_with_an_error_and_is_n
 
 def test_an_unloaded_replica_says_so_to_every_reader_at_once(ready_cpu_replica):
     replica = ready_cpu_replica()
-    assert replica.record_routing_stats() == {READY_STAT: True}
+    assert replica.record_routing_stats() == {READY_STAT: True, MEDIA_STAT: []}
     assert replica.record_autoscaling_stats()[READY_METRIC] == 1.0
 
     replica.unload()
 
     description = replica.describe()
     assert (description["state"], description["serving"], description["batching"]) == ("unloaded", False, None)
-    assert replica.record_routing_stats() == {READY_STAT: False}
+    assert replica.record_routing_stats() == {READY_STAT: False, MEDIA_STAT: []}
     assert replica.record_autoscaling_stats()[READY_METRIC] == 0.0
     with pytest.raises(ReplicaUnavailableError, match="is unloaded"):
         asyncio.run(replica.ping())
@@ -461,4 +461,4 @@ def test_a_replica_whose_every_link_cannot_generate_fails_and_never_serves(monke
         replica.check_health()
     with pytest.raises(ReplicaUnavailableError, match="failed"):
         generate(replica, REQUEST)
-    assert replica.record_routing_stats() == {READY_STAT: False}
+    assert replica.record_routing_stats() == {READY_STAT: False, MEDIA_STAT: []}

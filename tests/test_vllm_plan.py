@@ -1,6 +1,7 @@
 """The planner's arithmetic for vLLM: a replica's budget as gpu_memory_utilization or a CPU KV cache, the chain's
 vLLM links and what they are priced at, and the group settings that name them. No vLLM needed."""
 
+import dataclasses
 import subprocess
 import sys
 
@@ -46,7 +47,7 @@ def test_two_replicas_on_a_045_share_each_never_ask_for_more_than_their_share():
 
     assert first.gpu_memory_utilization == second.gpu_memory_utilization == 0.45
     assert first.gpu_memory_utilization + second.gpu_memory_utilization <= 0.9
-    assert first.engine_args() == {"gpu_memory_utilization": 0.45}
+    assert first.engine_args() == {"gpu_memory_utilization": 0.45, "mm_processor_cache_gb": 0.0}
     assert first.kv_cache_bytes == int(80 * GIB * 0.45) - GIB // 2 - GIB - 4 * GIB
     assert "min(share 0.45 x 80.00 GiB, free 80.00 GiB)" in first.explanation
 
@@ -112,8 +113,22 @@ def test_on_the_cpu_the_kv_cache_is_what_the_budget_leaves_capped_at_what_the_se
 
     assert capped.kv_cache_bytes == SHAPE.max_kv_cache_bytes == 8 * 8192 * 28672
     assert left.kv_cache_bytes == 8 * GIB - GIB - VLLM_CPU_PROCESS_BYTES - 4 * GIB
-    assert left.engine_args() == {"kv_cache_memory_bytes": left.kv_cache_bytes}
+    assert left.engine_args() == {"kv_cache_memory_bytes": left.kv_cache_bytes, "mm_processor_cache_gb": 0.0}
     assert left.gpu_memory_utilization is None
+
+
+def test_vllms_processor_cache_is_the_groups_media_cache_and_on_the_cpu_its_two_copies_come_out_of_the_kv_cache():
+    host = MemorySnapshot(process_rss_bytes=0, system_total_bytes=64 * GIB, system_available_bytes=64 * GIB)
+    tight = cpu_budget(host, configured_bytes=8 * GIB, reserve_bytes=GIB)
+    shape = dataclasses.replace(SHAPE, embedding_bytes_per_token=1536 * 2)
+
+    plain = plan_vllm_memory(tight, device="cpu", weights_bytes=4 * GIB, shape=shape)
+    cached = plan_vllm_memory(tight, device="cpu", weights_bytes=4 * GIB, shape=shape, processor_cache_bytes=GIB // 4)
+
+    assert plain.kv_cache_bytes - cached.kv_cache_bytes == 2 * GIB // 4
+    assert cached.engine_args()["mm_processor_cache_gb"] == 0.25
+    assert cached.processor_cache_bytes == GIB // 4 and "2 x media cache 256.00 MiB" in cached.explanation
+    assert cached.encoder_cache_bytes == shape.max_num_batched_tokens * 1536 * 2  # vLLM's: one pass of tokens
 
 
 def test_a_gpu_groups_chain_run_on_the_cpu_gets_vllms_cpu_arguments():
@@ -122,7 +137,7 @@ def test_a_gpu_groups_chain_run_on_the_cpu_gets_vllms_cpu_arguments():
 
     plan = plan_vllm_memory(budget, device="cpu", weights_bytes=GIB, shape=SHAPE)
 
-    assert set(plan.engine_args()) == {"kv_cache_memory_bytes"}
+    assert set(plan.engine_args()) == {"kv_cache_memory_bytes", "mm_processor_cache_gb"}
 
 
 def test_a_vllm_link_is_priced_with_its_smallest_kv_cache_and_on_the_cpu_its_processes():

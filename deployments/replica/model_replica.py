@@ -305,6 +305,8 @@ class ModelReplica:
             "streams_cancelled": self._streams_cancelled,
             "last_cancelled_stream_tokens": engine.stats.last_cancelled_tokens if engine else None,
             "batching": engine.describe() if serving and engine else None,
+            # The media identities held encoded, most recent first: what the affinity router sends here.
+            "cached_media": engine.cached_media() if serving and engine else [],
             "model": adapter.describe() if adapter else {"model_path": loader.model_path or self._model_path, "loaded": False},
             "memory": snapshot.to_dict(),
             "budget": loader.budget.to_dict() if loader.budget else None,

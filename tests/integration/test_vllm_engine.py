@@ -163,6 +163,22 @@ def test_the_same_video_gives_both_engines_the_same_frames_and_the_same_prompt(v
     assert on_vllm["usage"]["prompt_tokens"] == on_transformers["usage"]["prompt_tokens"]
 
 
+def test_the_same_video_has_the_same_identity_on_both_engines_and_a_hit_answers_as_the_miss(vllm_url, base_url):
+    vllm_before = _gpu_replica(vllm_url)["batching"]["media_cache"]
+    first, second = _analyze(vllm_url), _analyze(vllm_url)
+    on_transformers = _analyze(base_url)
+
+    vllm_ids = _gpu_replica(vllm_url)["cached_media"]
+    transformers_ids = {media_id for replica in httpx.get(f"{base_url}/v1/memory", timeout=30).json()["groups"]["cpu"]
+                        for media_id in replica["cached_media"]}
+    assert vllm_ids[0] in transformers_ids  # the upload's bytes, frame times and size: one identity, any engine
+    assert first["answer"] == second["answer"]  # temperature 0: vLLM's caches keyed on it give the answer again
+    assert first["usage"] == second["usage"] == on_transformers["usage"]
+    after = _gpu_replica(vllm_url)["batching"]
+    assert after["media_cache"]["hits"] == vllm_before["hits"] + 1 and after["media_cache"]["kind"] == "vllm"
+    assert after["vllm"]["processor_cache_hits"] >= 1  # vLLM's own processor cache found the item by our identity
+
+
 # -- 3. Parameters: honoured through vLLM's sampling parameters, or refused by name. ------------
 
 
