@@ -1,6 +1,6 @@
-"""The vision tower's outputs reused by media identity, on the real tiny model: a hit decodes exactly the tokens a
-miss decodes (greedy), the cache holds each item once, gives its bytes back when asked, and keeps nothing without
-an identity."""
+"""The vision tower's outputs and media prefixes' KV reused by media identity, on the real tiny model: a hit decodes
+exactly the tokens a miss decodes (greedy), from the prefix or from the tower's output; the cache holds each once,
+gives its bytes back when asked or when a request needs them, and keeps nothing without an identity."""
 
 import dataclasses
 
@@ -16,7 +16,7 @@ from models.engines.warm_up import answer_through
 from models.media.identity import media_source
 from models.media.media_cache import MediaCache
 from models.media.request_shrink import ShrinkMinimum
-from models.requests import ChatMessage, GenerationRequest, ImagePart, VideoPart
+from models.requests import ChatMessage, GenerationRequest, ImagePart, TextPart, VideoPart
 
 pytestmark = pytest.mark.unit
 
@@ -39,7 +39,7 @@ def _identified(requests: list[GenerationRequest]) -> list[GenerationRequest]:
 def reusing(tiny_adapter):
     engine = tiny_adapter.batch_engine()
     cache = MediaCache(64 * 1024**2, kind="encoder_outputs")
-    assert engine.reuse_encoder_outputs(cache, room_bytes=lambda: 1024**3)
+    assert engine.reuse_media(cache, room_bytes=lambda: 1024**3)
     return engine, cache
 
 
@@ -49,15 +49,31 @@ def test_a_hit_decodes_the_tokens_a_miss_decodes(tiny_adapter, reusing):
     plain = decode_in_batch(tiny_adapter.batch_engine(), requests, {0: [0, 1, 2, 3]})
 
     first = decode_in_batch(engine, requests, {0: [0, 1, 2, 3]})
-    assert cache.stats.misses == 3 and cache.stats.hits == 0 and cache.stats.entries == 3
-    second = decode_in_batch(engine, requests, {0: [1], 1: [2, 3], 2: [0]})  # alone, or beside other hits
+    # Each media's tower output, and each prompt's media prefix (its KV up to the media's end).
+    assert cache.stats.misses == 3 and cache.stats.hits == 0 and cache.stats.entries == 6
+    second = decode_in_batch(engine, requests, {0: [1], 1: [2, 0, 3]})  # alone, or beside a prompt without media
 
     assert first == second == plain
-    assert cache.stats.hits == 3 and cache.stats.misses == 3
+    assert cache.stats.hits == 3 and cache.stats.misses == 3 and cache.stats.entries == 6
     assert cache.bytes > 0 and sorted(cache.media_ids()) == sorted(
         part.media_id for request in requests for message in request.messages for part in message.content
         if isinstance(part, (ImagePart, VideoPart))
     )
+
+
+def test_the_same_media_after_other_words_reuses_its_encoding_and_keeps_the_new_prefix(tiny_adapter, reusing):
+    engine, cache = reusing
+    video = _identified(mixed_requests(new_tokens=NEW_TOKENS))[2].messages[0].content[0]
+
+    def asking(question: str) -> GenerationRequest:  # the question first: every question its own prefix
+        return GenerationRequest(messages=(ChatMessage("user", (TextPart(question), video)),), max_new_tokens=NEW_TOKENS)
+
+    requests = [asking("What happens here?"), asking("Who is in it?")]
+    plain = decode_in_batch(tiny_adapter.batch_engine(), requests, {0: [0], 1: [1]})
+
+    assert decode_in_batch(engine, requests, {0: [0], 1: [1]}) == plain
+    assert cache.stats.misses == 1 and cache.stats.hits == 1  # the second found the video's tower output
+    assert cache.stats.entries == 3  # one tower output, two prefixes
 
 
 def test_media_without_an_identity_is_encoded_and_not_kept(reusing):
@@ -73,26 +89,27 @@ def test_other_frames_of_the_same_file_are_other_media(reusing):
     fewer = dataclasses.replace(request, messages=(ChatMessage("user", (
         dataclasses.replace(video, frames=video.frames[:2]), *request.messages[0].content[1:])),))
     decode_in_batch(engine, [request, fewer], {0: [0], 1: [1]})
-    assert cache.stats.entries == 2 and cache.stats.hits == 0
+    assert cache.stats.entries == 4 and cache.stats.hits == 0  # two tower outputs, two prefixes
 
 
 def test_the_cache_gives_its_bytes_back_least_recently_used_first(reusing):
     engine, cache = reusing
-    decode_in_batch(engine, _identified(mixed_requests(new_tokens=2)), {0: [1], 1: [2], 2: [3]})
-    oldest_first = list(reversed(cache.media_ids()))
+    requests = _identified(mixed_requests(new_tokens=2))
+    decode_in_batch(engine, requests, {0: [1], 1: [2], 2: [3]})
     held = cache.bytes
+    assert cache.stats.entries == 6 and cache.media_ids()[0] == requests[3].media_ids[0]  # the most recent first
 
-    freed = cache.give_back(1)
+    freed = cache.give_back(1)  # the oldest: the first image's tower output
 
-    assert 0 < freed < held and cache.bytes == held - freed
-    assert cache.media_ids() == list(reversed(oldest_first[1:]))
-    assert cache.give_back(10 * held) == held - freed and cache.bytes == 0 and cache.stats.given_back == 3
+    assert 0 < freed < held and cache.bytes == held - freed and cache.stats.entries == 5
+    assert cache.give_back(10 * held) == held - freed and cache.bytes == 0 and cache.stats.given_back == 6
+    assert cache.media_ids() == []
 
 
 def test_the_cache_keeps_nothing_beyond_the_room_it_is_given(tiny_adapter):
     engine = tiny_adapter.batch_engine()
     cache = MediaCache(64 * 1024**2, kind="encoder_outputs")
-    engine.reuse_encoder_outputs(cache, room_bytes=lambda: 0)
+    engine.reuse_media(cache, room_bytes=lambda: 0)
     decode_in_batch(engine, _identified(mixed_requests(new_tokens=2)), {0: [1, 2, 3]})
     assert cache.stats.entries == 0 and cache.bytes == 0
 
@@ -117,7 +134,7 @@ def test_under_memory_pressure_the_cache_gives_back_before_a_request_waits(tiny_
     finally:
         roomy.close()
     held = cache.bytes
-    assert held > 0 and cache.stats.entries == 1
+    assert held > 0 and cache.stats.entries == 2  # its tower output and its prefix
 
     tight = scheduler(second_alone + held // 2)  # the second fits alone; beside the whole cache it would not
     try:
@@ -126,5 +143,5 @@ def test_under_memory_pressure_the_cache_gives_back_before_a_request_waits(tiny_
         tight.close()
 
     assert result.completion_tokens == 2
-    assert cache.stats.given_back == 1 and cache.stats.given_back_bytes == held
+    assert cache.stats.given_back == 2 and cache.stats.given_back_bytes == held
     assert tight.stats.request_ooms == 0

@@ -83,8 +83,8 @@ class _GroupCore(StrictSettings):
         default=256 * 1024**2,
         ge=0,
         description="Encoded media kept per replica by media identity, so a second question about the same image or "
-        "video skips its encoding: on the transformers engine the vision tower's outputs (inside the replica's "
-        "headroom, given back before a request would wait for memory), on vLLM its multimodal processor cache "
+        "video skips its encoding: on the transformers engine the vision tower's outputs and the KV of prompts' "
+        "media prefixes (inside the replica's headroom, given back before a request would wait for memory), on vLLM its multimodal processor cache "
         "(mm_processor_cache_gb; on the CPU its two copies come out of the budget). The affinity router sends a "
         "media's next question to the replica that holds it. 0: none.",
     )

@@ -58,7 +58,7 @@ def start_engine(
         max_prefill_tokens=settings.max_prefill_tokens,
         schema_compile=settings.schema_compile,
     )
-    media_cache = MediaCache(settings.media_cache_bytes, kind="encoder_outputs") if settings.media_cache_bytes else None
+    media_cache = MediaCache(settings.media_cache_bytes, kind="encoder_and_prefix") if settings.media_cache_bytes else None
     return BatchScheduler(
         steps, costs, limits, shrink_minimum=settings.shrink_minimum, on_out_of_memory=on_out_of_memory, name=settings.name,
         media_cache=media_cache,

@@ -1,7 +1,7 @@
 """A bounded cache keyed by media identity (:mod:`models.media.identity`), least recently used out first.
 
-The transformers engine keeps its vision tower's outputs in one; vLLM's engine keeps a record of the media it handed
-vLLM (whose own caches hold them). Each entry has its size in bytes; the cache never holds more than ``max_bytes``,
+The transformers engine keeps its vision tower's outputs and its prompts' media-prefix KV in one; vLLM's engine keeps
+a record of the media it handed vLLM (whose own caches hold them). Each entry has its size in bytes; the cache never holds more than ``max_bytes``,
 and gives back what it is asked to (:meth:`MediaCache.give_back`) when requests need the memory: a cache is a
 speed-up, never a reason to refuse a request. Thread-safe: the engine's thread writes, describe and routing read.
 No torch here.
@@ -23,7 +23,7 @@ ADVERTISED_MEDIA = 64
 class MediaCacheStats:
     """What ``/v1/memory``, the memory view and the metrics show of a replica's media cache."""
 
-    kind: str  # encoder_outputs (the vision tower's, ours) or vllm (what vLLM's processor and encoder caches hold)
+    kind: str  # encoder_and_prefix (the vision tower's outputs and media prefixes' KV, ours) or vllm (vLLM's caches)
     max_bytes: int = 0
     bytes: int = 0
     entries: int = 0
@@ -58,6 +58,20 @@ class MediaCache(Generic[Value]):
             self._entries.move_to_end(key)
             self.stats.hits += 1
             return entry[0]
+
+    def peek(self, key: Hashable) -> Value | None:
+        """The value (now the most recently used), or ``None``, counted neither way: the caller counts
+        (:meth:`count_hits`) what the lookup stands for."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            self._entries.move_to_end(key)
+            return entry[0]
+
+    def count_hits(self, hits: int) -> None:
+        with self._lock:
+            self.stats.hits += hits
 
     def put(self, key: Hashable, value: Value, size_bytes: int, *, media_id: str, room_bytes: int | None = None) -> bool:
         """Keep ``value`` (``size_bytes``) under ``key``, dropping the least recently used to stay under ``max_bytes``

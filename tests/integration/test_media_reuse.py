@@ -70,7 +70,7 @@ def test_the_questions_about_a_video_go_to_its_replica_and_a_hit_answers_as_the_
     assert first.status_code == 200, first.text
     holder = first.headers["x-served-by-replica"]
     before = _media_cache(reuse_url, holder)
-    assert len(before["ids"]) == 1 and before["entries"] == 1
+    assert len(before["ids"]) == 1 and before["entries"] == 2  # its tower output and its prompt's media prefix
 
     again = [_ask(reuse_url, file_id) for _ in range(4)]
 

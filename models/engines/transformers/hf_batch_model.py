@@ -20,11 +20,12 @@ import transformers
 
 from models.adapters.chat_template import media_ids_by_modality
 from models.engines.transformers.encoder_reuse import PIXEL_INPUTS, EncoderReuse, supports_encoder_reuse
-from models.engines.transformers.kv_batch import KvBatch, left_pad
+from models.engines.transformers.kv_batch import KvBatch, cache_of, left_pad
+from models.engines.transformers.prefix_reuse import CachedPrefix, MediaPrefix, media_prefix, media_token_ids, slice_prefix
 from models.fault_injection import raise_if_simulated_broken_link, raise_if_simulated_out_of_memory
 from models.media.media_cache import MediaCache
 from models.media.request_shrink import media_pixels
-from models.requests import GenerationRequest
+from models.requests import GenerationRequest, VideoPart
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +39,7 @@ class PreparedPrompt:
     input_bytes: int = 0  # the processor's tensors (ids, masks, pixel values), exactly; dropped after the prefill
     media_bytes: int = 0  # the request's own frames and images (RGB bytes), held until it ends
     media_ids: dict[str, tuple[str | None, ...]] = dataclasses.field(default_factory=dict)  # by modality, in order
+    prefix: MediaPrefix | None = None  # its media prefix, when every media part has an identity
 
     def without_inputs(self) -> "PreparedPrompt":
         """After its prefill: only the KV cache is needed, so the processor's tensors can go."""
@@ -60,13 +62,18 @@ class HfBatchModel:
         self._inner = getattr(model, "model", None)
         self._mrope = hasattr(self._inner, "rope_deltas")
         self._reuse: EncoderReuse | None = None
+        self._prefixes: MediaCache | None = None
+        self._room_bytes: Callable[[], int] = lambda: 0
+        self._placeholders, self._end_token = media_token_ids(model.config)
 
-    def reuse_encoder_outputs(self, cache: MediaCache, room_bytes: Callable[[], int]) -> bool:
-        """Keep the vision tower's outputs in ``cache`` from now on (:mod:`~models.engines.transformers.encoder_reuse`);
-        whether this model can (``False``: it runs its tower in every prefill, as before)."""
+    def reuse_media(self, cache: MediaCache, room_bytes: Callable[[], int]) -> bool:
+        """Keep, in ``cache``, the vision tower's outputs (:mod:`~models.engines.transformers.encoder_reuse`) and the
+        KV of prompts' media prefixes (:mod:`~models.engines.transformers.prefix_reuse`) from now on; ``room_bytes``:
+        what the headroom has spare now. Whether this model can (``False``: every prefill runs all of it, as before)."""
         if not supports_encoder_reuse(self._model):
             return False
         self._reuse = EncoderReuse(self._model, cache, room_bytes)
+        self._prefixes, self._room_bytes = cache, room_bytes
         return True
 
     @property
@@ -87,7 +94,18 @@ class HfBatchModel:
             input_bytes=sum(value.nbytes for value in inputs.values() if isinstance(value, torch.Tensor)),
             media_bytes=3 * media_pixels(request),
             media_ids=media_ids_by_modality(request.messages),
+            prefix=self._media_prefix(request, inputs["input_ids"][0]),
         )
+
+    def _media_prefix(self, request: GenerationRequest, input_ids: torch.Tensor) -> MediaPrefix | None:
+        if self._prefixes is None:
+            return None
+        identified = request.media_ids
+        if len(identified) != request.num_images + sum(
+            isinstance(part, VideoPart) for message in request.messages for part in message.content
+        ):
+            return None  # a part without an identity: its prefix cannot be told from another's
+        return media_prefix(input_ids, identified, self._placeholders, self._end_token)
 
     def batchable(self, prepared: PreparedPrompt) -> bool:
         """Whether this request's inputs can be prefilled together with others' (padded ids, concatenated media)."""
@@ -100,10 +118,68 @@ class HfBatchModel:
 
     def prefill_many(self, prompts: list[PreparedPrompt]) -> tuple[KvBatch, torch.Tensor]:
         """Several prompts in one forward pass (left-padded, their media concatenated): a batch of their rows and
-        each first token's logits ``(rows, vocab)``. One large pass keeps the matrix units busier than many small."""
+        each first token's logits ``(rows, vocab)``. One large pass keeps the matrix units busier than many small.
+        A prompt whose media prefix is cached is prefilled from it alone (only its suffix runs), and its row takes
+        its place among the others."""
         raise_if_simulated_broken_link(self._link)
         for prepared in prompts:
             raise_if_simulated_out_of_memory(prepared.request)
+        cached = self._cached_prefixes(prompts)
+        if not cached:
+            return self._prefill_together(prompts)
+        rows: list[KvBatch | None] = [None] * len(prompts)
+        logits: list[torch.Tensor | None] = [None] * len(prompts)
+        fresh = [index for index in range(len(prompts)) if index not in cached]
+        if fresh:
+            batch, fresh_logits = self._prefill_together([prompts[index] for index in fresh])
+            for position, index in enumerate(fresh):
+                rows[index], logits[index] = _row(batch, position), fresh_logits[position]
+        for index, prefix in cached.items():
+            rows[index], logits[index] = self._prefill_after(prompts[index], prefix)
+        return KvBatch.concatenate(rows), torch.stack(logits)
+
+    def _cached_prefixes(self, prompts: list[PreparedPrompt]) -> dict[int, CachedPrefix]:
+        """The prompts whose media prefix the cache holds, by their place; each counted as a hit for its media."""
+        found: dict[int, CachedPrefix] = {}
+        if self._prefixes is None:
+            return found
+        for index, prepared in enumerate(prompts):
+            prefix = self._prefixes.peek(prepared.prefix.key) if prepared.prefix is not None else None
+            if prefix is not None:
+                found[index] = prefix
+                self._prefixes.count_hits(len(prepared.prefix.key[2]))
+        return found
+
+    def _prefill_after(self, prepared: PreparedPrompt, prefix: CachedPrefix) -> tuple[KvBatch, torch.Tensor]:
+        """One prompt from its cached media prefix: only the tokens after it run, at the positions they have in the
+        whole prompt; a one-row batch and the first token's logits."""
+        suffix = prepared.inputs["input_ids"][:, prefix.length:].to(self.device)
+        total = prefix.length + suffix.shape[1]
+        mask = torch.ones((1, total), dtype=torch.long, device=self.device)
+        start = prefix.length + prefix.rope_delta
+        positions = torch.arange(start, start + suffix.shape[1], device=self.device)[None]
+        cache = cache_of([(keys.to(self.device), values.to(self.device)) for keys, values in prefix.layers])
+        if self._mrope:
+            self._inner.rope_deltas = None
+        with torch.inference_mode():
+            outputs = self._model(input_ids=suffix, attention_mask=mask, position_ids=positions,
+                                  **{CACHE_ARGUMENT: cache}, use_cache=True, logits_to_keep=1)
+        next_positions = torch.tensor([start + suffix.shape[1]], dtype=torch.long, device=self.device)
+        return KvBatch.from_prefill(_output_cache(outputs), attention_mask=mask, next_positions=next_positions), outputs.logits[0, -1]
+
+    def _keep_prefixes(self, prompts: list[PreparedPrompt], batch: KvBatch) -> None:
+        """After a prefill: each identified prompt's media prefix, sliced from its row, into the cache."""
+        length = batch.length
+        for row, prepared in enumerate(prompts):
+            prefix = prepared.prefix
+            if prefix is None or self._prefixes.peek(prefix.key) is not None:
+                continue
+            start = length - prepared.prompt_tokens  # the row's left padding
+            rope_delta = int(batch.next_positions[row]) - prepared.prompt_tokens
+            kept = slice_prefix(batch.cache.layers, row, start, prefix, rope_delta)
+            self._prefixes.put(prefix.key, kept, kept.nbytes, media_id=prefix.key[2][0], room_bytes=self._room_bytes())
+
+    def _prefill_together(self, prompts: list[PreparedPrompt]) -> tuple[KvBatch, torch.Tensor]:
         inputs = prompts[0].inputs if len(prompts) == 1 else self._collate(prompts)
         if self._reuse is not None:
             extra_inputs = {"mm_encoder_outputs": self._reuse.encoder_outputs(prompts, self.device)}
@@ -128,6 +204,8 @@ class HfBatchModel:
         else:
             next_positions = mask.long().sum(-1)
         batch = KvBatch.from_prefill(_output_cache(outputs), attention_mask=mask.long(), next_positions=next_positions.to(mask.device))
+        if self._prefixes is not None:
+            self._keep_prefixes(prompts, batch)
         return batch, outputs.logits[:, -1]
 
     def _collate(self, prompts: list[PreparedPrompt]) -> dict[str, torch.Tensor]:
@@ -168,6 +246,13 @@ def _output_cache(outputs: Any) -> Any:
 # Per-token inputs, left-padded to the longest prompt (the value pads them), and media inputs that stack.
 _PADDED = {"input_ids": 0, "attention_mask": 0, "mm_token_type_ids": 0}
 _CONCATENATED = {"pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw"}
+
+
+def _row(batch: KvBatch, row: int) -> KvBatch:
+    """Row ``row`` of ``batch`` as a one-row batch (views; its left padding kept)."""
+    layers = batch.cache.layers
+    cache = cache_of([(layer.keys[row:row + 1], layer.values[row:row + 1]) for layer in layers])
+    return KvBatch(cache, batch.attention_mask[row:row + 1], batch.next_positions[row:row + 1], batch.last_tokens[row:row + 1])
 
 
 def eos_token_ids(generation_config: transformers.GenerationConfig) -> set[int]:

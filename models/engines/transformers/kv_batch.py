@@ -98,8 +98,8 @@ class KvBatch:
     def split(self, rows: int) -> tuple["KvBatch", "KvBatch"]:
         """Two batches of the first ``rows`` rows and the rest: views of this one, no copy until a step."""
         layers = self.cache.layers
-        first = _cache_of([(layer.keys[:rows], layer.values[:rows]) for layer in layers])
-        second = _cache_of([(layer.keys[rows:], layer.values[rows:]) for layer in layers])
+        first = cache_of([(layer.keys[:rows], layer.values[:rows]) for layer in layers])
+        second = cache_of([(layer.keys[rows:], layer.values[rows:]) for layer in layers])
         return (
             KvBatch(first, self.attention_mask[:rows], self.next_positions[:rows], self.last_tokens[:rows]),
             KvBatch(second, self.attention_mask[rows:], self.next_positions[rows:], self.last_tokens[rows:]),
@@ -109,7 +109,7 @@ class KvBatch:
     def concatenate(cls, parts: list["KvBatch"]) -> "KvBatch":
         """One batch of every part's rows, in order (after a step that ran in parts)."""
         joined = KvBatch(
-            _cache_of([(layer.keys, layer.values) for layer in parts[0].cache.layers]),
+            cache_of([(layer.keys, layer.values) for layer in parts[0].cache.layers]),
             parts[0].attention_mask,
             parts[0].next_positions,
             parts[0].last_tokens,
@@ -126,7 +126,7 @@ class KvBatch:
         self.last_tokens = next_tokens.to(self.last_tokens.device)
 
 
-def _cache_of(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
+def cache_of(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
     """A ``DynamicCache`` holding these keys and values as they are (``DynamicCache(data)`` would copy them)."""
     cache = DynamicCache()
     for keys, values in pairs:

@@ -150,8 +150,9 @@ class BatchScheduler:
         self._wake = threading.Condition()
         self._closing = False
         self.stats = EngineStats(headroom_bytes=limits.headroom_bytes)
-        # The vision tower's outputs by media identity, inside the headroom; given back before a request waits for it.
-        self._media_cache = media_cache if media_cache is not None and engine.reuse_encoder_outputs(
+        # The vision tower's outputs and media prefixes' KV by media identity, inside the headroom; given back before a
+        # request waits for it.
+        self._media_cache = media_cache if media_cache is not None and engine.reuse_media(
             media_cache, room_bytes=self._media_cache_room) else None
         self.stats.media_cache = self._media_cache.stats if self._media_cache is not None else None
         self.capabilities = EngineCapabilities(
