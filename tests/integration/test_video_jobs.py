@@ -140,6 +140,24 @@ def test_a_job_answers_every_segment_once_and_builds_a_timeline_and_a_final_answ
     assert alice.get(f"/v1/video/jobs/{started['id']}", params={"limit": 501}).status_code == 422
 
 
+def _media_cache_totals(client: httpx.Client) -> tuple[int, int]:
+    caches = [replica["batching"]["media_cache"] for replica in client.get("/v1/memory").json()["groups"]["cpu"]]
+    return sum(cache["hits"] for cache in caches), sum(cache["misses"] for cache in caches)
+
+
+def test_a_job_run_again_over_the_same_video_finds_every_segment_encoded_where_it_went_before(alice, video_id):
+    first = _ended(alice, _start(alice, video_id, seed=11)["id"])
+    hits, misses = _media_cache_totals(alice)
+
+    again = _ended(alice, _start(alice, video_id, seed=11)["id"])
+
+    _check_complete(again)
+    # Each segment's frames have the identity they had (the file, their times, their size), and each went to the
+    # replica that encoded them: none encoded again.
+    assert _media_cache_totals(alice) == (hits + SEGMENTS, misses)
+    assert [segment["answer"] for segment in again["segments"]] == [segment["answer"] for segment in first["segments"]]
+
+
 def test_the_events_stream_each_segment_as_it_lands_and_ends_with_the_whole_job(alice, video_id):
     job = _start(alice, video_id, segment_s=20)
     events = []
