@@ -27,6 +27,7 @@ TEXT_WIDTHS = {
 # Qwen2-VL-2B's vision tower widths (embed 1280, 16 heads, MLP x4) with 4 of its 32 blocks: about 80M parameters, a
 # tower whose work on 8 frames weighs as a real one's does beside the decoder's (bench.ask_many).
 VISION_WIDTHS = {"embed_dim": 1280, "depth": 4, "num_heads": 16, "mlp_ratio": 4}
+QWEN2_VL_PIXEL_BOUNDS = {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 16384}  # min_pixels, max_pixels
 
 
 def mid_model_config(*, real_vision: bool = False) -> transformers.Qwen2VLConfig:
@@ -48,7 +49,10 @@ def write_mid_model_files(folder: pathlib.Path, *, real_vision: bool = False) ->
     """The mid-size model's config, tokenizer and processor files, without weights: what planning reads."""
     folder.mkdir(parents=True, exist_ok=True)
     mid_model_config(real_vision=real_vision).save_pretrained(folder)
-    transformers.AutoProcessor.from_pretrained(tiny.ensure_tiny_model()).save_pretrained(folder)
+    processor = transformers.AutoProcessor.from_pretrained(tiny.ensure_tiny_model())
+    if real_vision:  # Qwen2-VL-2B's processor bounds: the server's pixel budget decides a frame's size, as with it
+        processor.image_processor.size = processor.video_processor.size = dict(QWEN2_VL_PIXEL_BOUNDS)
+    processor.save_pretrained(folder)
     return folder
 
 

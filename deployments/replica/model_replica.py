@@ -109,6 +109,8 @@ class ModelReplica:
             weight_cache=plan.weight_cache(),
             share=group_plan.num_gpus if group_plan.on_gpu_share else 1.0,
             budget=lambda: self._loader.budget,
+            max_video_frames=config.limits.max_video_frames,
+            max_pixels_per_frame=config.limits.max_pixels_per_frame,
         ))
         self._engine_choice = engines.choice
         logger.info("Replica %s of group %s runs %s: %s", self._replica_id, group, engines.choice.engine,

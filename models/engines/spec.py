@@ -78,6 +78,8 @@ class LinkContext:
     weight_cache: Any  # models.weight_cache.WeightCache or None
     share: float  # of a GPU; 1.0 on the CPU
     budget: Callable[[], MemoryBudget | None]  # the replica's budget, measured just before a link loads
+    max_video_frames: int = 32  # limits.max_video_frames: the most frames one video of a request holds
+    max_pixels_per_frame: int = 448 * 448  # limits.max_pixels_per_frame: every image and frame is scaled to at most this
 
 
 @dataclasses.dataclass(frozen=True)

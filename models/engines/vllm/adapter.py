@@ -4,7 +4,7 @@ The chain prices the link first (weights at its precision, plus the smallest KV 
 :func:`models.engines.vllm.memory_plan.engine_overhead_bytes`) and skips it when the budget is short. :meth:`VllmAdapter.load`
 turns the budget measured just before into vLLM's own arguments (:func:`models.engines.vllm.memory_plan.plan_vllm_memory`):
 ``gpu_memory_utilization`` on a GPU, ``kv_cache_memory_bytes`` on the CPU, ``max_model_len`` and
-``limit_mm_per_prompt`` from our limits, ``max_num_seqs`` from ``max_batch_size``; prefix caching on. A start-up
+``limit_mm_per_prompt`` from our limits (counts, and the sizes its profiling run builds its dummy media at), ``max_num_seqs`` from ``max_batch_size``; prefix caching on. A start-up
 that fails (vLLM's profiling run short of memory, its engine core dying) is shut down and raised as
 :class:`VllmStartupError`, a :class:`MemoryError`: the chain records it with the plan's numbers and tries its
 next link, down to the transformers engine.
@@ -45,7 +45,7 @@ class VllmSettings:
     """What the replica's config and limits give vLLM, beside the memory plan."""
 
     shape: VllmShape  # bytes a KV token, max_model_len, max_num_seqs
-    limit_mm_per_prompt: dict[str, int]
+    limit_mm_per_prompt: dict[str, Any]  # per modality: a count, or vLLM's count and dummy-media sizes
     share: float  # of the GPU; 1.0 on the CPU
     num_threads: int
     trust_remote_code: bool = False

@@ -5,6 +5,7 @@ processes) and its own activation reserve, and the adapter that starts vLLM for 
 
 import json
 import logging
+import math
 import pathlib
 import sys
 
@@ -55,14 +56,13 @@ class VllmLinks:
     def make_adapter(self, model_path: str, link: LoadStrategy, context: LinkContext, weights_bytes: int):
         from models.engines.vllm.adapter import VllmAdapter, VllmSettings
 
-        media = context.max_media_parts
         settings = context.settings
         return VllmAdapter(
             model_path,
             link,
             settings=VllmSettings(
                 shape=vllm_shape(context, link),
-                limit_mm_per_prompt={"image": media, "video": media},
+                limit_mm_per_prompt=media_limits(context),
                 share=context.share,
                 num_threads=max(1, int(settings.num_cpus)),
                 trust_remote_code=context.trust_remote_code,
@@ -72,6 +72,17 @@ class VllmLinks:
             weights_bytes=weights_bytes,
             budget=context.budget,
         )
+
+
+def media_limits(context: LinkContext) -> dict[str, dict[str, int]]:
+    """vLLM's ``limit_mm_per_prompt`` from our limits: how many images and videos a prompt holds, and the largest
+    each can be (a square of the pixel budget; a video of ``max_video_frames`` such frames). vLLM's profiling run
+    builds its dummy media at these sizes, not at the processor's own bounds (a Qwen2-VL processor allows 12.8
+    megapixels a frame and hundreds of frames, which no request here can send)."""
+    side = max(28, math.isqrt(context.max_pixels_per_frame))
+    media = context.max_media_parts
+    return {"image": {"count": media, "width": side, "height": side},
+            "video": {"count": media, "num_frames": context.max_video_frames, "width": side, "height": side}}
 
 
 def vllm_shape(context: LinkContext, link: LoadStrategy) -> VllmShape:
