@@ -145,3 +145,12 @@ def test_under_memory_pressure_the_cache_gives_back_before_a_request_waits(tiny_
     assert result.completion_tokens == 2
     assert cache.stats.given_back == 2 and cache.stats.given_back_bytes == held
     assert tight.stats.request_ooms == 0
+
+
+def test_two_questions_about_new_media_in_one_pass_encode_it_once(tiny_adapter, reusing):
+    engine, cache = reusing
+    request = _identified(mixed_requests(new_tokens=NEW_TOKENS))[2]
+    plain = decode_in_batch(tiny_adapter.batch_engine(), [request, request], {0: [0, 1]})
+
+    assert decode_in_batch(engine, [request, request], {0: [0, 1]}) == plain
+    assert cache.stats.misses == 1 and cache.stats.hits == 1 and cache.stats.entries == 2

@@ -59,7 +59,17 @@ def test_a_call_goes_to_the_replica_that_reported_its_media():
     affinity = MediaAffinity(AffinitySettings())
 
     assert affinity.choose(("c",), pool, lambda replica: 0) is pool[1]
-    assert affinity.choose(("z",), pool, lambda replica: 0) is None  # unknown media: power of two choices
+
+
+def test_new_media_goes_to_the_less_loaded_of_two_and_its_next_question_follows_at_once():
+    pool = _pool([], [], [])
+    affinity = MediaAffinity(AffinitySettings())
+    load = {"r0": 3, "r1": 1, "r2": 0}
+
+    chosen = affinity.choose(("new",), pool, lambda replica: load[replica.replica_id], sample=lambda replicas, k: replicas[:2])
+
+    assert chosen is pool[1]  # of the two sampled, r0 and r1, the less loaded
+    assert affinity.choose(("new",), pool, lambda replica: load[replica.replica_id]) is pool[1]  # before any report
 
 
 def test_the_replica_holding_most_of_a_calls_media_is_first():
@@ -74,7 +84,7 @@ def test_affinity_yields_when_the_holder_is_busier_than_the_bound():
 
     assert affinity.choose(("a",), pool, lambda replica: load[replica.replica_id]) is pool[0]  # 2 more: within
     load["r0"] = 4
-    assert affinity.choose(("a",), pool, lambda replica: load[replica.replica_id]) is None  # 3 more: load wins
+    assert affinity.choose(("a",), pool, lambda replica: load[replica.replica_id]) is pool[1]  # 3 more: load wins
 
 
 def test_the_routers_own_record_covers_the_time_before_the_next_report_and_forgets_a_dead_replica():
@@ -84,11 +94,12 @@ def test_the_routers_own_record_covers_the_time_before_the_next_report_and_forge
 
     assert affinity.choose(("a",), pool, lambda replica: 0) is pool[1]
     affinity.forget_replica("r1")
-    assert affinity.choose(("a",), pool, lambda replica: 0) is None
+    assert affinity.holders(("a",), pool) == []
 
 
-def test_affinity_off_chooses_nothing():
+def test_affinity_off_and_calls_without_media_choose_nothing():
     assert MediaAffinity(AffinitySettings(enabled=False)).choose(("a",), _pool(["a"]), lambda replica: 0) is None
+    assert MediaAffinity(AffinitySettings()).choose((), _pool(["a"]), lambda replica: 0) is None
 
 
 def test_a_calls_media_are_its_requests_identities():

@@ -4,14 +4,17 @@ Every model replica names the media identities its engine holds encoded (:meth:`
 cached_media`, most recent first) in its routing stats, once a second. The router adds what it sent itself since:
 the replica each media's last call went to, so that the second question, asked before the next report, follows the
 first. A call whose media one of the ready replicas holds goes to that replica, unless that replica has more than
-``max_load_gap`` requests in flight beyond the group's least-loaded ready replica: then, and for calls with no known
-media, Serve's power of two choices decides (vLLM's and Serve's prefix-affinity routers guard the same way).
+``max_load_gap`` requests in flight beyond the group's least-loaded ready replica (vLLM's and Serve's prefix-affinity
+routers guard the same way). New media, and calls past the bound, go to the less loaded of two replicas at random
+(Serve's power of two choices), and that choice is recorded at once: concurrent questions about a new video meet on
+one replica instead of each encoding it on another. Calls without media are Serve's to place.
 
 Pure logic over Serve's replica objects (their ``replica_id``, ``routing_stats``), tested with small stand-ins.
 """
 
 import collections
 import dataclasses
+import random
 from typing import Any, Callable, Hashable, Sequence
 
 MEDIA_STAT = "media"
@@ -51,15 +54,25 @@ class MediaAffinity:
         scores.sort(key=lambda score: score[:2], reverse=True)
         return [replica for *_, replica in scores]
 
-    def choose(self, media: tuple[str, ...], pool: Sequence[Any], queue_len: Callable[[Any], int | None]) -> Any | None:
-        """The replica this call should go to for its media, or ``None``: no ready replica holds it, or the one that
-        does is more than ``max_load_gap`` requests busier than the least-loaded (``queue_len``: a replica's requests in
-        flight as this router last knew them, ``None`` when unknown, taken as 0)."""
+    def choose(
+        self, media: tuple[str, ...], pool: Sequence[Any], queue_len: Callable[[Any], int | None],
+        sample: Callable[[Sequence[Any], int], list[Any]] = random.sample,
+    ) -> Any | None:
+        """The replica this call should go to for its media, or ``None`` (a call without media, affinity off): the
+        replica that holds the media, unless it is more than ``max_load_gap`` requests busier than the least-loaded
+        (``queue_len``: a replica's requests in flight as this router last knew them, ``None`` when unknown, taken
+        as 0); for media no replica holds (or past the bound), the less loaded of two at random (Serve's power of
+        two choices), recorded at once as the media's replica, so that its next question, sent before this one is
+        even accepted, follows it there."""
+        if not self.settings.enabled or not media:
+            return None
         for holder in self.holders(media, pool)[:1]:
             least = min((queue_len(replica) or 0) for replica in pool)
             if (queue_len(holder) or 0) - least <= self.settings.max_load_gap:
                 return holder
-        return None
+        chosen = min(sample(pool, min(2, len(pool))), key=lambda replica: queue_len(replica) or 0)
+        self.sent(media, chosen.replica_id)
+        return chosen
 
     def sent(self, media: tuple[str, ...], replica_id: Hashable) -> None:
         """Record where a call with ``media`` went: its next question follows it before the replica's next report."""

@@ -50,9 +50,9 @@ class ReadyReplicaRouter(FIFOMixin, RequestRouter):
         ranks = [random.sample(pool, min(2, len(pool)))]
         affinity = getattr(self, "_affinity", None)
         if affinity is not None and pending_request is not None:
-            holder = affinity.choose(media_of(pending_request.args), pool, self._queue_len)
-            if holder is not None:
-                ranks.insert(0, [holder])  # full (its max_ongoing_requests): Serve goes on to the next rank
+            chosen = affinity.choose(media_of(pending_request.args), pool, self._queue_len)
+            if chosen is not None:
+                ranks.insert(0, [chosen])  # full (its max_ongoing_requests): Serve goes on to the next rank
         return ranks
 
     def on_request_routed(self, pending_request: PendingRequest, replica_id: Any, result: Any) -> None:

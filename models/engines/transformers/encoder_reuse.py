@@ -56,10 +56,18 @@ class EncoderReuse:
             items = list(_items(prompts, modality, pixel_key, grid_key))
             if not items:
                 continue
-            features: list[torch.Tensor | None] = [
-                self._cache.get(key) if key is not None else None for key, _, _ in items
-            ]
-            missing = [index for index, found in enumerate(features) if found is None]
+            features: list[torch.Tensor | None] = [None] * len(items)
+            first_of: dict[tuple, int] = {}  # the same media twice in one pass (two questions at once): encoded once
+            missing = []
+            for index, (key, _, _) in enumerate(items):
+                if key is not None and key in first_of:
+                    self._cache.count_hits(1)
+                    continue
+                features[index] = self._cache.get(key) if key is not None else None
+                if features[index] is None:
+                    missing.append(index)
+                    if key is not None:
+                        first_of[key] = index
             if missing:
                 pixels = torch.cat([items[index][1] for index in missing]).to(device)
                 grids = torch.stack([items[index][2] for index in missing]).to(device)
@@ -71,6 +79,9 @@ class EncoderReuse:
                     if key is not None:
                         kept = output.clone()  # a view would keep the whole pass's output alive
                         self._cache.put(key, kept, kept.nbytes, media_id=key[1], room_bytes=self._room_bytes())
+            for index, (key, _, _) in enumerate(items):
+                if features[index] is None:  # a repeat within this pass
+                    features[index] = features[first_of[key]]
             outputs[modality] = BaseModelOutputWithPooling(pooler_output=tuple(features))
         return outputs
 

@@ -25,7 +25,7 @@ from models.engines.transformers.prefix_reuse import CachedPrefix, MediaPrefix, 
 from models.fault_injection import raise_if_simulated_broken_link, raise_if_simulated_out_of_memory
 from models.media.media_cache import MediaCache
 from models.media.request_shrink import media_pixels
-from models.requests import GenerationRequest, VideoPart
+from models.requests import GenerationRequest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +82,7 @@ class HfBatchModel:
 
     def prepare(self, request: GenerationRequest) -> PreparedPrompt:
         inputs, prompt_tokens = self._prepare(request, on_device=False)  # moved at prefill: queued inputs hold no device memory
+        media_ids = media_ids_by_modality(request.messages)
         patches = 0
         for grid in ("image_grid_thw", "video_grid_thw"):
             if inputs.get(grid) is not None:
@@ -93,19 +94,16 @@ class HfBatchModel:
             visual_patches=patches,
             input_bytes=sum(value.nbytes for value in inputs.values() if isinstance(value, torch.Tensor)),
             media_bytes=3 * media_pixels(request),
-            media_ids=media_ids_by_modality(request.messages),
-            prefix=self._media_prefix(request, inputs["input_ids"][0]),
+            media_ids=media_ids,
+            prefix=self._media_prefix(request, media_ids, inputs["input_ids"][0]),
         )
 
-    def _media_prefix(self, request: GenerationRequest, input_ids: torch.Tensor) -> MediaPrefix | None:
-        if self._prefixes is None:
-            return None
-        identified = request.media_ids
-        if len(identified) != request.num_images + sum(
-            isinstance(part, VideoPart) for message in request.messages for part in message.content
-        ):
+    def _media_prefix(
+        self, request: GenerationRequest, media_ids: dict[str, tuple[str | None, ...]], input_ids: torch.Tensor
+    ) -> MediaPrefix | None:
+        if self._prefixes is None or None in (media_id for ids in media_ids.values() for media_id in ids):
             return None  # a part without an identity: its prefix cannot be told from another's
-        return media_prefix(input_ids, identified, self._placeholders, self._end_token)
+        return media_prefix(input_ids, request.media_ids, self._placeholders, self._end_token)
 
     def batchable(self, prepared: PreparedPrompt) -> bool:
         """Whether this request's inputs can be prefilled together with others' (padded ids, concatenated media)."""
