@@ -244,3 +244,19 @@ def test_the_mid_size_model_on_vllm_fits_the_cpu_groups_default_budget_priced_by
     assert list(parts) == ["weights_bytes", "min_kv_cache_bytes", "vllm_processes_bytes"]
     assert sum(parts.values()) == estimate.total_bytes and parts["vllm_processes_bytes"] == VLLM_CPU_PROCESS_BYTES
     assert "vLLM's activations (2048 batched tokens)" in by_vllm.explain()
+
+
+def test_vllms_profiling_media_are_the_largest_our_limits_let_through():
+    from models.engines.spec import LinkContext
+    from models.engines.vllm.links import media_limits
+
+    context = LinkContext(
+        model_config=None, settings=None, max_model_len=4096, largest_request=None, max_media_parts=3,
+        trust_remote_code=False, adapter_family="hf", max_slice_nums=1, weight_cache=None, share=1.0, budget=lambda: None,
+        max_video_frames=16, max_pixels_per_frame=448 * 448,
+    )
+
+    assert media_limits(context) == {
+        "image": {"count": 3, "width": 448, "height": 448},
+        "video": {"count": 3, "num_frames": 16, "width": 448, "height": 448},
+    }

@@ -134,9 +134,9 @@ class VllmEngine:
         for message in request.messages:
             for part in message.content:
                 media_id = getattr(part, "media_id", None)
-                if media_id is not None and self._media.get(media_id) is None:
+                if media_id is not None and self._media.get(media_id) is None:  # a record holds True: a hit
                     pixels = part.pixels if isinstance(part, ImagePart) else part.frames
-                    self._media.put(media_id, None, FP32_BYTES * pixels.nbytes, media_id=media_id)
+                    self._media.put(media_id, True, FP32_BYTES * pixels.nbytes, media_id=media_id)
 
     def cached_media(self) -> list[str]:
         return self._media.media_ids()
