@@ -131,7 +131,7 @@ class HfBatchModel:
         if fresh:
             batch, fresh_logits = self._prefill_together([prompts[index] for index in fresh])
             for position, index in enumerate(fresh):
-                rows[index], logits[index] = _row(batch, position), fresh_logits[position]
+                rows[index], logits[index] = batch.row(position), fresh_logits[position]
         for index, prefix in cached.items():
             rows[index], logits[index] = self._prefill_after(prompts[index], prefix)
         return KvBatch.concatenate(rows), torch.stack(logits)
@@ -244,13 +244,6 @@ def _output_cache(outputs: Any) -> Any:
 # Per-token inputs, left-padded to the longest prompt (the value pads them), and media inputs that stack.
 _PADDED = {"input_ids": 0, "attention_mask": 0, "mm_token_type_ids": 0}
 _CONCATENATED = {"pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw"}
-
-
-def _row(batch: KvBatch, row: int) -> KvBatch:
-    """Row ``row`` of ``batch`` as a one-row batch (views; its left padding kept)."""
-    layers = batch.cache.layers
-    cache = cache_of([(layer.keys[row:row + 1], layer.values[row:row + 1]) for layer in layers])
-    return KvBatch(cache, batch.attention_mask[row:row + 1], batch.next_positions[row:row + 1], batch.last_tokens[row:row + 1])
 
 
 def eos_token_ids(generation_config: transformers.GenerationConfig) -> set[int]:

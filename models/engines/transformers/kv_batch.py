@@ -105,6 +105,12 @@ class KvBatch:
             KvBatch(second, self.attention_mask[rows:], self.next_positions[rows:], self.last_tokens[rows:]),
         )
 
+    def row(self, index: int) -> "KvBatch":
+        """Row ``index`` as a one-row batch: views of this one, its left padding kept."""
+        rows = slice(index, index + 1)
+        cache = cache_of([(layer.keys[rows], layer.values[rows]) for layer in self.cache.layers])
+        return KvBatch(cache, self.attention_mask[rows], self.next_positions[rows], self.last_tokens[rows])
+
     @classmethod
     def concatenate(cls, parts: list["KvBatch"]) -> "KvBatch":
         """One batch of every part's rows, in order (after a step that ran in parts)."""
